@@ -1,0 +1,626 @@
+//! What a user writes — [`RequestHandler`] — and what it is given: a
+//! [`StreamRequest`] for a connection or a [`DatagramRequest`] for a packet.
+
+use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
+use std::net::{Shutdown, TcpStream, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{SockAddr, SockRef};
+
+use crate::address::Address;
+use crate::shutdown::{ServerHandle, Slot};
+use crate::stats::Counters;
+use crate::sys;
+
+/// The code that answers requests: Python's `BaseRequestHandler`.
+///
+/// `R` is [`StreamRequest`] for TCP and Unix-stream servers and
+/// [`DatagramRequest`] for UDP and Unix-datagram servers; one type may
+/// implement both. One handler value serves every request on every thread
+/// (`&self`), so per-request state lives in locals of `handle`, and shared
+/// state needs its own synchronisation.
+///
+/// For each request the server calls `setup`, then `handle`, then `finish`.
+/// `finish` runs even when `handle` fails or panics; it does not run when
+/// `setup` fails. An error or a panic from any of them is reported through
+/// the server's `handle_error` hook and counted in
+/// [`Stats`](crate::Stats); the server keeps serving.
+///
+/// Closures `Fn(&mut R) -> io::Result<()>` are handlers too (they only
+/// `handle`).
+///
+/// ```
+/// use socketserver::{RequestHandler, StreamRequest};
+/// use std::io::{self, BufRead, Write};
+///
+/// /// Answers each line with its length.
+/// struct LineLength;
+///
+/// impl RequestHandler<StreamRequest> for LineLength {
+///     fn handle(&self, req: &mut StreamRequest) -> io::Result<()> {
+///         let mut line = String::new();
+///         while req.read_line(&mut line)? > 0 {
+///             writeln!(req, "{}", line.trim_end().len())?;
+///             line.clear();
+///         }
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait RequestHandler<R>: Send + Sync + 'static {
+    /// Runs before `handle`; an error here skips `handle` and `finish`.
+    ///
+    /// # Errors
+    /// Whatever the implementation returns; it is reported, not fatal.
+    fn setup(&self, req: &mut R) -> io::Result<()> {
+        let _ = req;
+        Ok(())
+    }
+
+    /// Serves the request.
+    ///
+    /// # Errors
+    /// Whatever the implementation returns; it is reported, not fatal.
+    fn handle(&self, req: &mut R) -> io::Result<()>;
+
+    /// Runs after `handle`, even when `handle` failed.
+    ///
+    /// # Errors
+    /// Whatever the implementation returns; it is reported, not fatal.
+    fn finish(&self, req: &mut R) -> io::Result<()> {
+        let _ = req;
+        Ok(())
+    }
+}
+
+impl<R, F> RequestHandler<R> for F
+where
+    F: Fn(&mut R) -> io::Result<()> + Send + Sync + 'static,
+{
+    fn handle(&self, req: &mut R) -> io::Result<()> {
+        self(req)
+    }
+}
+
+/// A connected stream socket: TCP or Unix.
+///
+/// Reads and writes go straight to the socket (`Read` and `Write` are
+/// implemented for `Stream` and `&Stream`); [`StreamRequest::try_clone`] gives
+/// one to hand to another thread, e.g. to broadcast to a chat member.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Stream {
+    /// A TCP connection.
+    Tcp(TcpStream),
+    /// A Unix-domain stream connection.
+    Unix(UnixStream),
+}
+
+macro_rules! on_stream {
+    ($self:expr, $s:ident => $e:expr) => {
+        match $self {
+            Stream::Tcp($s) => $e,
+            Stream::Unix($s) => $e,
+        }
+    };
+}
+
+impl Stream {
+    /// Shuts down the read half, the write half or both.
+    ///
+    /// # Errors
+    /// As `shutdown(2)`: e.g. `NotConnected` after the peer reset.
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        on_stream!(self, s => s.shutdown(how))
+    }
+
+    /// Sets how long a read may block (`None`: for ever).
+    ///
+    /// # Errors
+    /// As `setsockopt(SO_RCVTIMEO)`; a zero duration is refused.
+    pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        on_stream!(self, s => s.set_read_timeout(t))
+    }
+
+    /// Sets how long a write may block (`None`: for ever).
+    ///
+    /// # Errors
+    /// As `setsockopt(SO_SNDTIMEO)`; a zero duration is refused.
+    pub fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        on_stream!(self, s => s.set_write_timeout(t))
+    }
+
+    /// A second handle to the same socket.
+    ///
+    /// # Errors
+    /// As `dup(2)`, e.g. when the process is out of descriptors.
+    pub fn try_clone(&self) -> io::Result<Stream> {
+        Ok(match self {
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+        })
+    }
+
+    /// The address of the other end.
+    ///
+    /// # Errors
+    /// As `getpeername(2)`, e.g. `NotConnected` once the peer is gone.
+    pub fn peer_addr(&self) -> io::Result<Address> {
+        match self {
+            Stream::Tcp(s) => s.peer_addr().map(Address::Inet),
+            Stream::Unix(s) => s.peer_addr().map(|a| Address::from_unix(&a)),
+        }
+    }
+
+    /// The address of this end.
+    ///
+    /// # Errors
+    /// As `getsockname(2)`.
+    pub fn local_addr(&self) -> io::Result<Address> {
+        match self {
+            Stream::Tcp(s) => s.local_addr().map(Address::Inet),
+            Stream::Unix(s) => s.local_addr().map(|a| Address::from_unix(&a)),
+        }
+    }
+}
+
+impl Read for &Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        on_stream!(self, s => (&*s).read(buf))
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self).read(buf)
+    }
+}
+
+impl Write for &Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        on_stream!(self, s => (&*s).write(buf))
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        on_stream!(self, s => (&*s).write_vectored(bufs))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self).write(buf)
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        (&*self).write_vectored(bufs)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        on_stream!(self, s => s.as_fd())
+    }
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        on_stream!(self, s => s.as_raw_fd())
+    }
+}
+
+/// Per-connection settings a stream request needs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StreamPolicy {
+    /// The socket's receive timeout is the idle timeout: when it passes, the
+    /// connection is closed.
+    pub(crate) idle: Option<Duration>,
+    pub(crate) read_buffer: usize,
+    pub(crate) write_buffer: usize,
+}
+
+/// Reading more than this from a peer that keeps sending after the handler
+/// is done is not worth it: close (the kernel may then send a reset).
+const LINGER_BYTES: usize = 1 << 20;
+const LINGER_TIME: Duration = Duration::from_millis(500);
+
+/// One connection, as a handler sees it: Python's `StreamRequestHandler`
+/// with `rfile` and `wfile` in one value.
+///
+/// * Reading is buffered: [`BufRead`] (`read_line`, `read_until`, `lines`)
+///   and [`Read`] (`read`, `read_exact`) are implemented; inherent
+///   [`read_line`](Self::read_line) and [`lines`](Self::lines) spare an import.
+/// * Writing sends every byte of every `write` before returning (Python's
+///   `wfile` with `wbufsize = 0`), unless the server was built with
+///   [`Builder::write_buffer`](crate::Builder::write_buffer): then writes
+///   are collected and sent when the buffer fills, on `flush`, and after
+///   `finish`.
+/// * A read that times out fails with `ErrorKind::TimedOut`; if the timeout
+///   was the server's idle timeout, the connection is shut down as well.
+///
+/// When the handler is done, the connection is closed; if the peer is still
+/// sending, the server first stops writing and reads what is left for a
+/// moment, so that the peer gets the whole answer rather than a reset.
+#[derive(Debug)]
+pub struct StreamRequest {
+    reader: BufReader<Stream>,
+    wbuf: Vec<u8>,
+    policy: StreamPolicy,
+    peer: Address,
+    server: ServerHandle,
+    eof: bool,
+    pub(crate) linger: bool,
+    pub(crate) tracked: bool,
+    // Dropped after `reader`, i.e. after the socket is closed.
+    pub(crate) slot: Option<Slot>,
+}
+
+impl StreamRequest {
+    pub(crate) fn new(stream: Stream, peer: Address, server: ServerHandle, policy: StreamPolicy, slot: Slot) -> Self {
+        StreamRequest {
+            reader: BufReader::with_capacity(policy.read_buffer, stream),
+            wbuf: Vec::new(),
+            policy,
+            peer,
+            server,
+            eof: false,
+            linger: true,
+            tracked: true,
+            slot: Some(slot),
+        }
+    }
+
+    /// The address of the client.
+    pub fn peer_addr(&self) -> &Address {
+        &self.peer
+    }
+
+    /// The address the client connected to.
+    ///
+    /// # Errors
+    /// As `getsockname(2)`.
+    pub fn local_addr(&self) -> io::Result<Address> {
+        self.reader.get_ref().local_addr()
+    }
+
+    /// A handle to the server: shut it down, read its stats.
+    pub fn server(&self) -> &ServerHandle {
+        &self.server
+    }
+
+    /// The socket itself, e.g. to change its timeouts. Reading from it
+    /// directly skips bytes already buffered by this request.
+    pub fn get_ref(&self) -> &Stream {
+        self.reader.get_ref()
+    }
+
+    /// A second handle to the connection, for another thread to write to
+    /// (a chat room broadcasting to its members). Shut down together with
+    /// the request when the server closes connections at the end of its
+    /// grace period.
+    ///
+    /// # Errors
+    /// As `dup(2)`.
+    pub fn try_clone(&self) -> io::Result<Stream> {
+        self.reader.get_ref().try_clone()
+    }
+
+    /// Reads a line, up to and including `\n`, appending it to `buf`;
+    /// returns the number of bytes read, 0 at end of stream.
+    ///
+    /// # Errors
+    /// `InvalidData` if the line is not UTF-8; `TimedOut` on a read timeout;
+    /// any socket error.
+    pub fn read_line(&mut self, buf: &mut String) -> io::Result<usize> {
+        BufRead::read_line(self, buf)
+    }
+
+    /// Iterates over the lines of the stream, without their `\n` or `\r\n`.
+    pub fn lines(&mut self) -> io::Lines<&mut Self> {
+        BufRead::lines(self)
+    }
+
+    /// Bytes already read from the socket and not yet consumed.
+    pub fn buffered(&self) -> &[u8] {
+        self.reader.buffer()
+    }
+
+    /// Whether the peer has closed its side (a read returned end of stream).
+    pub fn at_eof(&self) -> bool {
+        self.eof
+    }
+
+    fn read_error(&mut self, e: io::Error) -> io::Error {
+        if e.kind() != io::ErrorKind::WouldBlock {
+            return e;
+        }
+        match self.policy.idle {
+            Some(idle) => {
+                Counters::bump(&self.server.shared.stats.idle_closed);
+                let _ = self.reader.get_ref().shutdown(Shutdown::Both);
+                self.eof = true;
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("idle timeout: nothing from {} for {:?}; connection closed", self.peer, idle),
+                )
+            }
+            None => io::Error::new(io::ErrorKind::TimedOut, format!("read from {} timed out", self.peer)),
+        }
+    }
+
+    fn send(&mut self, buf: &[u8]) -> io::Result<()> {
+        let mut stream = self.reader.get_ref();
+        stream.write_all(buf).map_err(|e| {
+            if e.kind() == io::ErrorKind::WouldBlock {
+                io::Error::new(io::ErrorKind::TimedOut, format!("write to {} timed out", self.peer))
+            } else {
+                e
+            }
+        })
+    }
+
+    fn flush_buffer(&mut self) -> io::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut self.wbuf);
+        let result = self.send(&buf);
+        self.wbuf = buf;
+        self.wbuf.clear();
+        result
+    }
+
+    /// After the handler: peer still sending? Stop writing, read and discard
+    /// briefly, so that closing does not reset the connection and destroy
+    /// the answer in flight.
+    fn linger(&mut self) {
+        if self.eof {
+            return;
+        }
+        let fd = self.fd();
+        let mut ready = [false];
+        let pending =
+            !self.reader.buffer().is_empty() || sys::poll(&[fd], &mut ready, Some(Duration::ZERO)).is_ok_and(|n| n > 0);
+        if !pending || self.reader.get_ref().shutdown(Shutdown::Write).is_err() {
+            return;
+        }
+        let start = std::time::Instant::now();
+        let mut scratch = [0u8; 4096];
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            let left = LINGER_TIME.saturating_sub(start.elapsed());
+            if left.is_zero() || self.reader.get_ref().set_read_timeout(Some(left)).is_err() {
+                break;
+            }
+            match self.reader.get_mut().read(&mut scratch) {
+                Ok(n) if n > 0 => total += n,
+                _ => break,
+            }
+        }
+    }
+
+    pub(crate) fn flush_pending(&mut self) -> io::Result<()> {
+        self.flush_buffer()
+    }
+
+    pub(crate) fn fd(&self) -> RawFd {
+        self.reader.get_ref().as_raw_fd()
+    }
+}
+
+impl Read for StreamRequest {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.reader.read(buf) {
+            Ok(0) if !buf.is_empty() => {
+                self.eof = true;
+                Ok(0)
+            }
+            Ok(n) => Ok(n),
+            Err(e) => Err(self.read_error(e)),
+        }
+    }
+}
+
+impl BufRead for StreamRequest {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.reader.buffer().is_empty() {
+            match self.reader.fill_buf() {
+                Ok(b) => self.eof = b.is_empty(),
+                Err(e) => return Err(self.read_error(e)),
+            }
+        }
+        Ok(self.reader.buffer())
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.reader.consume(amt);
+    }
+}
+
+impl Write for StreamRequest {
+    /// Sends all of `buf` (or buffers it, when write buffering is on).
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let cap = self.policy.write_buffer;
+        if cap == 0 {
+            self.send(buf)?;
+            return Ok(buf.len());
+        }
+        if self.wbuf.len() + buf.len() > cap {
+            self.flush_buffer()?;
+        }
+        if buf.len() >= cap {
+            self.send(buf)?;
+        } else {
+            if self.wbuf.capacity() == 0 {
+                self.wbuf.reserve_exact(cap);
+            }
+            self.wbuf.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.write(buf).map(drop)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_buffer()
+    }
+}
+
+impl Drop for StreamRequest {
+    fn drop(&mut self) {
+        if self.linger {
+            self.linger();
+        }
+        if self.tracked {
+            // Before the descriptor closes (when `reader` drops, right after
+            // this), so the force-closer never touches a reused descriptor.
+            self.server.shared.untrack(self.fd());
+        }
+    }
+}
+
+/// A datagram socket: UDP or Unix-datagram.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum DatagramSocket {
+    /// A UDP socket.
+    Udp(UdpSocket),
+    /// A Unix-domain datagram socket.
+    Unix(UnixDatagram),
+}
+
+impl DatagramSocket {
+    /// Sends `data` as one datagram to `addr`.
+    ///
+    /// # Errors
+    /// `InvalidInput` when `addr` is of the other family or an unnamed Unix
+    /// socket (it cannot be answered); `sendto(2)` errors such as `EMSGSIZE`.
+    pub fn send_to(&self, data: &[u8], addr: &Address) -> io::Result<()> {
+        let n = match (self, addr) {
+            (DatagramSocket::Udp(s), Address::Inet(a)) => s.send_to(data, a)?,
+            (DatagramSocket::Unix(s), Address::Unix(Some(p))) => s.send_to(data, p)?,
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("cannot send a datagram to {addr}: not an address of this socket kind"),
+                ));
+            }
+        };
+        check_sent(n, data.len())
+    }
+
+    pub(crate) fn send_to_raw(&self, data: &[u8], addr: &SockAddr) -> io::Result<()> {
+        let n = SockRef::from(self).send_to(data, addr)?;
+        check_sent(n, data.len())
+    }
+
+    /// The address the socket is bound to.
+    ///
+    /// # Errors
+    /// As `getsockname(2)`.
+    pub fn local_addr(&self) -> io::Result<Address> {
+        match self {
+            DatagramSocket::Udp(s) => s.local_addr().map(Address::Inet),
+            DatagramSocket::Unix(s) => s.local_addr().map(|a| Address::from_unix(&a)),
+        }
+    }
+}
+
+fn check_sent(sent: usize, len: usize) -> io::Result<()> {
+    if sent == len {
+        Ok(())
+    } else {
+        Err(io::Error::new(io::ErrorKind::WriteZero, format!("datagram cut short: sent {sent} of {len} bytes")))
+    }
+}
+
+impl AsFd for DatagramSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            DatagramSocket::Udp(s) => s.as_fd(),
+            DatagramSocket::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
+impl AsRawFd for DatagramSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.as_fd().as_raw_fd()
+    }
+}
+
+/// One datagram, as a handler sees it: Python's `DatagramRequestHandler`
+/// without the file objects.
+///
+/// Nothing is sent back unless the handler calls [`reply`](Self::reply)
+/// (Python always sends a reply, even an empty one). A datagram longer than
+/// the server's `max_datagram_size` never reaches a handler: it is reported
+/// as an error and counted in `Stats::oversized`, never silently cut.
+#[derive(Debug)]
+pub struct DatagramRequest {
+    pub(crate) buf: Vec<u8>,
+    pub(crate) len: usize,
+    pub(crate) peer_raw: SockAddr,
+    pub(crate) peer: Address,
+    pub(crate) socket: Arc<DatagramSocket>,
+    server: ServerHandle,
+    pub(crate) slot: Option<Slot>,
+}
+
+impl DatagramRequest {
+    pub(crate) fn new(buf: Vec<u8>, socket: Arc<DatagramSocket>, server: ServerHandle) -> Self {
+        DatagramRequest {
+            buf,
+            len: 0,
+            peer_raw: SockAddr::from(std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
+            peer: Address::Unix(None),
+            socket,
+            server,
+            slot: None,
+        }
+    }
+
+    /// The bytes of the datagram.
+    pub fn data(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// The sender.
+    pub fn peer_addr(&self) -> &Address {
+        &self.peer
+    }
+
+    /// Sends `data` back to the sender as one datagram.
+    ///
+    /// # Errors
+    /// `InvalidInput` when the sender is an unnamed Unix socket (it did not
+    /// bind, so it cannot be answered); `sendto(2)` errors, e.g. `EMSGSIZE`
+    /// for more than 65,507 bytes over UDP/IPv4.
+    pub fn reply(&self, data: &[u8]) -> io::Result<()> {
+        if let Address::Unix(None) = self.peer {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "cannot reply: the sender's Unix socket is unnamed (the client did not bind)",
+            ));
+        }
+        self.socket.send_to_raw(data, &self.peer_raw)
+    }
+
+    /// The server's socket, to send datagrams to other peers (a chat relay).
+    pub fn socket(&self) -> &DatagramSocket {
+        &self.socket
+    }
+
+    /// A handle to the server: shut it down, read its stats.
+    pub fn server(&self) -> &ServerHandle {
+        &self.server
+    }
+}

@@ -1,0 +1,81 @@
+//! Counters the server keeps, and the snapshot users read.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+/// A snapshot of a server's counters, from [`ServerHandle::stats`](crate::ServerHandle::stats).
+///
+/// For datagram servers a "request" is one datagram: `accepted` counts
+/// datagrams received and `active` the ones being handled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Connections accepted (stream) or datagrams received (datagram), refused ones included.
+    pub accepted: u64,
+    /// Requests accepted and not yet finished: queued, being handled, or in a forked child.
+    pub active: u64,
+    /// Requests whose handler ran to the end (successfully or not).
+    pub completed: u64,
+    /// Connections closed unserved because the pool's queue was full (`Overflow::Reject`)
+    /// or a thread or process could not be started for them.
+    pub rejected: u64,
+    /// Peers refused by `verify_request`.
+    pub refused: u64,
+    /// Requests whose `setup`, `handle` or `finish` returned an error or panicked.
+    pub handler_errors: u64,
+    /// Panics caught in `setup`, `handle` or `finish` (also counted in `handler_errors`).
+    pub panics: u64,
+    /// Errors from `accept` or `recv` on the listening socket (skipped, backed off or fatal).
+    pub accept_errors: u64,
+    /// Datagrams longer than `max_datagram_size`, reported and dropped unhandled.
+    pub oversized: u64,
+    /// Connections closed by the framework because their idle timeout passed.
+    pub idle_closed: u64,
+    /// Requests waiting in the pool's queue for a worker.
+    pub queue_depth: u64,
+    /// Pool workers running a request right now.
+    pub workers_busy: u64,
+    /// Pool workers alive (busy or idle); threads alive under `Threading`;
+    /// children alive under `Forking`.
+    pub workers_total: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) active: AtomicUsize,
+    pub(crate) completed: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) refused: AtomicU64,
+    pub(crate) handler_errors: AtomicU64,
+    pub(crate) panics: AtomicU64,
+    pub(crate) accept_errors: AtomicU64,
+    pub(crate) oversized: AtomicU64,
+    pub(crate) idle_closed: AtomicU64,
+    pub(crate) queued: AtomicUsize,
+    pub(crate) workers_busy: AtomicUsize,
+    pub(crate) workers_total: AtomicUsize,
+}
+
+impl Counters {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        Stats {
+            accepted: self.accepted.load(Relaxed),
+            active: self.active.load(Relaxed) as u64,
+            completed: self.completed.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+            refused: self.refused.load(Relaxed),
+            handler_errors: self.handler_errors.load(Relaxed),
+            panics: self.panics.load(Relaxed),
+            accept_errors: self.accept_errors.load(Relaxed),
+            oversized: self.oversized.load(Relaxed),
+            idle_closed: self.idle_closed.load(Relaxed),
+            queue_depth: self.queued.load(Relaxed) as u64,
+            workers_busy: self.workers_busy.load(Relaxed) as u64,
+            workers_total: self.workers_total.load(Relaxed) as u64,
+        }
+    }
+}

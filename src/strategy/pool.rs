@@ -1,0 +1,187 @@
+//! The thread pool: workers fed through a bounded crossbeam channel, growing
+//! on demand and shrinking when idle.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
+use parking_lot::Mutex;
+
+use super::{Overflow, ThreadPool};
+use crate::service::{Job, Service};
+use crate::stats::Counters;
+
+/// How long the accept loop waits on a hand-off that should complete at once
+/// before it looks again (a worker may have retired in between).
+const HANDOFF_RETRY: Duration = Duration::from_millis(10);
+
+#[derive(Debug)]
+struct Inner {
+    config: ThreadPool,
+    service: Arc<Service>,
+    rx: Receiver<Job>,
+    /// Workers alive.
+    total: AtomicUsize,
+    /// Workers waiting for a job.
+    idle: AtomicUsize,
+    next_id: AtomicUsize,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A running pool.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    tx: Sender<Job>,
+    inner: Arc<Inner>,
+}
+
+impl Pool {
+    pub(crate) fn start(config: &ThreadPool, service: &Arc<Service>) -> io::Result<Pool> {
+        let (tx, rx) = crossbeam_channel::bounded(config.queue);
+        let inner = Arc::new(Inner {
+            config: config.clone(),
+            service: Arc::clone(service),
+            rx,
+            total: AtomicUsize::new(0),
+            idle: AtomicUsize::new(0),
+            next_id: AtomicUsize::new(0),
+            handles: Mutex::new(Vec::new()),
+        });
+        let pool = Pool { tx, inner };
+        for _ in 0..config.min {
+            pool.inner.spawn_worker()?;
+        }
+        Ok(pool)
+    }
+
+    pub(crate) fn has_capacity(&self) -> bool {
+        let inner = &self.inner;
+        inner.config.overflow == Overflow::Reject || !inner.saturated(&self.tx)
+    }
+
+    pub(crate) fn dispatch(&self, job: Job) {
+        let inner = &self.inner;
+        let stats = &inner.service.shared.stats;
+        if inner.idle.load(SeqCst) == 0 && inner.total.load(SeqCst) < inner.config.max {
+            if let Err(e) = inner.spawn_worker() {
+                log::error!("{}: cannot start a pool worker: {e}", inner.service.shared.name);
+            }
+        }
+        if inner.config.overflow == Overflow::Reject && inner.saturated(&self.tx) {
+            Counters::bump(&stats.rejected);
+            log::debug!("{}: pool full, rejecting {}", inner.service.shared.name, job.peer());
+            return; // dropping the job closes the connection
+        }
+        stats.queued.fetch_add(1, SeqCst);
+        let mut job = job;
+        loop {
+            match self.tx.send_timeout(job, HANDOFF_RETRY) {
+                Ok(()) => return,
+                Err(SendTimeoutError::Timeout(j)) => {
+                    job = j;
+                    if inner.total.load(SeqCst) < inner.config.max {
+                        let _ = inner.spawn_worker();
+                    }
+                }
+                Err(SendTimeoutError::Disconnected(_)) => {
+                    stats.queued.fetch_sub(1, SeqCst);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Closes the queue and waits for the workers to serve what is in it.
+    pub(crate) fn finish(self) -> bool {
+        let Pool { tx, inner } = self;
+        drop(tx);
+        let shared = &inner.service.shared;
+        let done = shared.wait_drained(|| inner.total.load(SeqCst) == 0);
+        let handles = std::mem::take(&mut *inner.handles.lock());
+        for h in handles {
+            if done || h.is_finished() {
+                let _ = h.join();
+            }
+        }
+        done
+    }
+}
+
+impl Inner {
+    /// No idle worker, no room to grow, no room in the queue.
+    fn saturated(&self, tx: &Sender<Job>) -> bool {
+        self.idle.load(SeqCst) == 0 && self.total.load(SeqCst) >= self.config.max && tx.len() >= self.config.queue
+    }
+
+    fn spawn_worker(self: &Arc<Self>) -> io::Result<()> {
+        let shared = &self.service.shared;
+        self.total.fetch_add(1, SeqCst);
+        shared.stats.workers_total.fetch_add(1, SeqCst);
+        let id = self.next_id.fetch_add(1, SeqCst);
+        let me = Arc::clone(self);
+        let name = format!("socketserver-worker-{id}");
+        match super::spawn(shared, &name, self.config.stack_size, move || me.work()) {
+            Ok(handle) => {
+                let mut handles = self.handles.lock();
+                handles.retain(|h| !h.is_finished());
+                handles.push(handle);
+                Ok(())
+            }
+            Err(e) => {
+                self.total.fetch_sub(1, SeqCst);
+                shared.stats.workers_total.fetch_sub(1, SeqCst);
+                Err(e)
+            }
+        }
+    }
+
+    fn work(&self) {
+        let stats = &self.service.shared.stats;
+        loop {
+            self.idle.fetch_add(1, SeqCst);
+            let received = if self.total.load(SeqCst) > self.config.min {
+                self.rx.recv_timeout(self.config.keep_alive)
+            } else {
+                self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            };
+            self.idle.fetch_sub(1, SeqCst);
+            match received {
+                Ok(job) => {
+                    stats.queued.fetch_sub(1, SeqCst);
+                    self.service.shared.capacity_freed();
+                    stats.workers_busy.fetch_add(1, SeqCst);
+                    self.service.run(job);
+                    stats.workers_busy.fetch_sub(1, SeqCst);
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.retire() {
+                        return;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.total.fetch_sub(1, SeqCst);
+                    stats.workers_total.fetch_sub(1, SeqCst);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Leaves the pool if it has more than its minimum and nothing is queued.
+    fn retire(&self) -> bool {
+        let min = self.config.min;
+        if self.total.fetch_update(SeqCst, SeqCst, |t| (t > min).then(|| t - 1)).is_err() {
+            return false;
+        }
+        if !self.rx.is_empty() {
+            // A job arrived while we were leaving: stay.
+            self.total.fetch_add(1, SeqCst);
+            return false;
+        }
+        self.service.shared.stats.workers_total.fetch_sub(1, SeqCst);
+        true
+    }
+}

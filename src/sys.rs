@@ -1,0 +1,136 @@
+//! Every call into the OS that std and socket2 do not offer: `poll`, `fork`,
+//! `waitpid`, `kill`, `_exit`, `shutdown` on a registered descriptor, and a
+//! `recvfrom` that reports the real length of an oversized datagram.
+//!
+//! This is the only module with `unsafe` code; each block says why it is sound.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::time::Duration;
+
+use socket2::{SockAddr, SockRef};
+
+/// Waits until one of `fds` is readable or `timeout` passes (`None`: no limit).
+///
+/// Sets, for each descriptor, whether it is ready (readable, hung up or in
+/// error) and returns how many are. `EINTR` is retried with the time left.
+pub(crate) fn poll(fds: &[RawFd], ready: &mut [bool], timeout: Option<Duration>) -> io::Result<usize> {
+    debug_assert!(fds.len() <= 8 && ready.len() >= fds.len());
+    let mut pfds = [libc::pollfd { fd: -1, events: 0, revents: 0 }; 8];
+    for (slot, &fd) in pfds.iter_mut().zip(fds) {
+        slot.fd = fd;
+        slot.events = libc::POLLIN;
+    }
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    loop {
+        let ms: libc::c_int = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(std::time::Instant::now());
+                // Round up so that a wait of 0.4 ms does not become a busy 0.
+                left.as_millis().saturating_add(u128::from(left.subsec_nanos() % 1_000_000 != 0)).min(i32::MAX as u128)
+                    as libc::c_int
+            }
+        };
+        // SAFETY: `pfds` is a valid array of `fds.len()` initialised pollfd structs
+        // that lives for the whole call.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        for (r, p) in ready.iter_mut().zip(&pfds[..fds.len()]) {
+            *r = p.revents != 0;
+        }
+        return Ok(n as usize);
+    }
+}
+
+/// `recvfrom` without blocking (`MSG_DONTWAIT`) that returns the datagram's real
+/// length even when it is longer than `buf` (`MSG_TRUNC` on Linux); on other
+/// systems a length of `buf.len()` with a full buffer may mean "truncated".
+pub(crate) fn recv_from_dontwait(sock: SockRef<'_>, buf: &mut [u8]) -> io::Result<(usize, SockAddr)> {
+    #[cfg(target_os = "linux")]
+    let flags = libc::MSG_DONTWAIT | libc::MSG_TRUNC;
+    #[cfg(not(target_os = "linux"))]
+    let flags = libc::MSG_DONTWAIT;
+    // SAFETY: `[u8]` and `[MaybeUninit<u8>]` have the same layout, and the
+    // bytes are already initialised; recv only writes initialised bytes into it.
+    let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
+    sock.recv_from_with_flags(uninit, flags)
+}
+
+/// Shuts down both directions of the socket behind `fd`.
+///
+/// The caller guarantees `fd` is open for the duration of the call (the
+/// connection tracker holds its lock while the owner may not close it).
+pub(crate) fn shutdown_fd(fd: RawFd) {
+    // SAFETY: per the caller's guarantee the descriptor is open and stays open
+    // while the borrow lives (it is used for this one call only).
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let _ = SockRef::from(&borrowed).shutdown(std::net::Shutdown::Both);
+}
+
+/// Forks the process; the child runs `child` and ends with its return
+/// value as exit code, never returning here. Returns the child's pid.
+pub(crate) fn fork_child(child: impl FnOnce() -> i32) -> io::Result<libc::pid_t> {
+    // SAFETY: after fork only the calling thread exists in the child. The
+    // child runs `child` — the server's request code, which its callers keep
+    // clear of locks other threads may hold — and then `_exit`s, so it never
+    // returns into code that assumes the parent's threads or runs the
+    // parent's destructors and atexit handlers.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            let code = child();
+            exit_now(code)
+        }
+        pid => Ok(pid),
+    }
+}
+
+/// Waits for the child `pid` (and only it) to end; returns its exit code, or
+/// 128 + signal number when a signal ended it.
+pub(crate) fn wait_child(pid: libc::pid_t) -> io::Result<i32> {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: `status` is a valid out-pointer; waitpid on a specific pid
+        // never reaps children that are not ours to reap.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            break;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    if libc::WIFEXITED(status) {
+        Ok(libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        Ok(128 + libc::WTERMSIG(status))
+    } else {
+        Ok(-1)
+    }
+}
+
+/// Sends SIGKILL to the child `pid`.
+pub(crate) fn kill_child(pid: libc::pid_t) {
+    // SAFETY: kill has no memory-safety preconditions; `pid` is a child that
+    // has not been reaped yet, so the pid cannot have been reused.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+}
+
+/// Ends the process at once with `code`: no destructors, no atexit handlers,
+/// no flushing of buffers inherited from the parent.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit is always safe to call; it does not return.
+    unsafe { libc::_exit(code) }
+}
