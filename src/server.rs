@@ -312,6 +312,7 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
             executor: Mutex::new(None),
             serving: AtomicBool::new(false),
             listening: AtomicBool::new(listening),
+            rebind: AtomicBool::new(false),
             fatal: Arc::new(Mutex::new(None)),
             _socket_file: socket_file,
             _marker: PhantomData,
@@ -470,6 +471,8 @@ pub struct Server<T, S = strategy::Sync> {
     executor: Mutex<Option<Executor>>,
     serving: AtomicBool,
     listening: AtomicBool,
+    /// The TCP listener was shut down and must be bound again to listen.
+    rebind: AtomicBool,
     /// A fatal error from a datagram receiver thread.
     fatal: Arc<Mutex<Option<io::Error>>>,
     _socket_file: Option<SocketFile>,
@@ -572,8 +575,14 @@ impl<T: Transport, S: Strategy> Server<T, S> {
     pub fn server_activate(&self) -> io::Result<()> {
         if let Endpoint::Stream(l) = &self.endpoint {
             if !self.listening.load(SeqCst) {
-                l.listen(self.opts.backlog)
-                    .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", self.address)))?;
+                let listen = || {
+                    if let (true, Some(addr)) = (self.rebind.load(SeqCst), self.address.as_inet()) {
+                        SockRef::from(l).bind(&addr.into())?;
+                    }
+                    l.listen(self.opts.backlog)
+                };
+                listen().map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", self.address)))?;
+                self.rebind.store(false, SeqCst);
                 self.listening.store(true, SeqCst);
             }
         }
@@ -610,7 +619,7 @@ impl<T: Transport, S: Strategy> Server<T, S> {
                 if !self.shared.stopping() {
                     self.shared.request_stop(self.opts.grace);
                 }
-                self.stop_listening();
+                self.stop_listening(&executor);
                 executor.finish(&self.service);
                 result
             }
@@ -783,6 +792,10 @@ impl<T: Transport, S: Strategy> Server<T, S> {
         };
         shared.track(stream.as_raw_fd());
         let request = StreamRequest::new(stream, peer, self.handle(), policy, shared.acquire());
+        if shared.stopping() {
+            // Taken from the backlog during a drain: the deadline applies.
+            shared.ensure_watchdog();
+        }
         executor.dispatch(Job::Stream(request));
         Ok(true)
     }
@@ -806,12 +819,25 @@ impl<T: Transport, S: Strategy> Server<T, S> {
         Ok(StreamPolicy { idle, read_buffer: o.read_buffer, write_buffer: o.write_buffer })
     }
 
-    /// After `serve_forever`: refuse new TCP connections at once rather than
-    /// leave them in the backlog; `serve_forever` listens again if called again.
-    fn stop_listening(&self) {
-        if let Endpoint::Stream(Listener::Tcp(l)) = &self.endpoint {
+    /// After the loop: take the connections already waiting in the backlog —
+    /// their clients connected before the shutdown — as far as capacity
+    /// allows without waiting, then refuse new TCP connections at once rather
+    /// than leave them hanging until the socket closes.
+    fn stop_listening(&self, executor: &Executor) {
+        let Endpoint::Stream(listener) = &self.endpoint else { return };
+        while self.can_accept(executor) {
+            match self.accept_one(listener, executor) {
+                Ok(_) => {}
+                Err(e) if accept::classify(&e) == Action::Skip => {}
+                Err(_) => break,
+            }
+        }
+        if let Listener::Tcp(l) = listener {
+            // Linux answers SYNs to a shut-down listener with a reset, and
+            // frees its port: `server_activate` binds it again.
             if SockRef::from(l).shutdown(Shutdown::Read).is_ok() {
                 self.listening.store(false, SeqCst);
+                self.rebind.store(true, SeqCst);
             }
         }
     }
@@ -1056,5 +1082,35 @@ impl DatagramWorker {
         log::error!("{}: giving up: {e}", shared.name);
         self.fatal.lock().get_or_insert(io::Error::new(e.kind(), format!("{}: {e}", shared.name)));
         shared.request_stop(shared.grace);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+    use crate::strategy::Threading;
+
+    /// Port of CPython's test_threads_reaped: finished request threads are
+    /// joined as the server goes, not kept until `server_close`.
+    #[test]
+    fn finished_request_threads_are_joined_as_the_server_goes() {
+        let server = Server::<Tcp, Threading>::bind("127.0.0.1:0", |req: &mut StreamRequest| {
+            std::io::Write::write_all(req, b"x")
+        })
+        .unwrap();
+        let addr = server.server_address().as_inet().unwrap();
+        for _ in 0..50 {
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            server.handle_request().unwrap();
+            // The thread has answered and closed before the next request.
+            c.read_to_end(&mut Vec::new()).unwrap();
+        }
+        let guard = server.executor.lock();
+        let Some(Executor::Threading(threads)) = guard.as_ref() else { panic!("no threading executor") };
+        // Only the threads of the last request or two (which may not have
+        // reported themselves done when the next reap ran) may remain.
+        assert!(threads.unjoined() <= 2, "{} threads kept", threads.unjoined());
     }
 }

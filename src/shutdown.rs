@@ -387,14 +387,13 @@ fn signal_hub() -> io::Result<&'static Hub> {
     let mut installed = INSTALL.lock();
     if *installed != Some(true) {
         let hub: &'static Hub = HUB.get_or_init(|| Mutex::new(Vec::new()));
-        let signals = AtomicUsize::new(0);
         ctrlc::try_set_handler(move || {
-            let grace_over = signals.fetch_add(1, SeqCst) > 0;
             let mut servers = hub.lock();
             servers.retain(|w| w.strong_count() > 0);
             log::info!("signal received: shutting down {} server(s)", servers.len());
             for shared in servers.iter().filter_map(Weak::upgrade) {
-                let grace = if grace_over { Duration::ZERO } else { shared.grace };
+                // A second signal during a drain ends the grace period.
+                let grace = if shared.stopping() { Duration::ZERO } else { shared.grace };
                 shared.request_stop(grace);
             }
         })

@@ -1,0 +1,160 @@
+//! Binding: addresses, socket options, activation, adopted sockets, Unix files.
+
+mod util;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixListener;
+
+use socketserver::{Address, StreamRequest, TcpServer, UdpServer, UnixDatagramServer, UnixStreamServer};
+use util::*;
+
+#[test]
+fn port_zero_resolves_to_the_real_port() {
+    let server = TcpServer::bind("127.0.0.1:0", echo_lines).unwrap();
+    let addr = server.server_address().as_inet().unwrap();
+    assert_ne!(addr.port(), 0);
+    assert_eq!(addr.ip().to_string(), "127.0.0.1");
+    let udp = UdpServer::bind(("127.0.0.1", 0), echo_datagram).unwrap();
+    assert_ne!(udp.server_address().as_inet().unwrap().port(), 0);
+}
+
+#[test]
+fn bind_errors_name_the_address_and_the_cause() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let err = TcpServer::bind(addr, echo_lines).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AddrInUse);
+    let msg = err.to_string();
+    assert!(msg.contains(&addr.to_string()) && msg.contains("tcp"), "{msg}");
+
+    let err = TcpServer::bind("no-such-host.invalid:80", echo_lines).unwrap_err();
+    assert!(err.to_string().contains("no-such-host.invalid"), "{err}");
+
+    let err = UnixStreamServer::bind("/nonexistent-dir/x.sock", echo_lines).unwrap_err();
+    assert!(err.to_string().contains("/nonexistent-dir/x.sock"), "{err}");
+}
+
+/// Reuse-address is on by default for TCP: a server restarted on the same
+/// port while its old connections sit in TIME_WAIT binds fine.
+#[test]
+fn restart_on_the_same_port_despite_time_wait() {
+    let server = TcpServer::bind("127.0.0.1:0", |req: &mut StreamRequest| req.write_all(b"bye\n")).unwrap();
+    let addr = server.server_address().as_inet().unwrap();
+    let mut c = tcp_connect(addr);
+    server.handle_request().unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).unwrap();
+    // The server closed first: its side of the connection is in TIME_WAIT.
+    drop(server);
+    let again = TcpServer::bind(addr, echo_lines).expect("rebinding with SO_REUSEADDR");
+    drop(again);
+    // Without it, the same restart fails.
+    let server = TcpServer::bind("127.0.0.1:0", |req: &mut StreamRequest| req.write_all(b"bye\n")).unwrap();
+    let addr = server.server_address().as_inet().unwrap();
+    let mut c = tcp_connect(addr);
+    server.handle_request().unwrap();
+    c.read_to_string(&mut s).unwrap();
+    drop(server);
+    let err = TcpServer::builder().reuse_address(false).bind(addr, echo_lines).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AddrInUse);
+}
+
+#[test]
+fn reuse_port_lets_two_servers_share_a_port() {
+    let a = TcpServer::builder().reuse_port(true).bind("127.0.0.1:0", echo_lines).unwrap();
+    let addr = a.server_address().as_inet().unwrap();
+    let b = TcpServer::builder().reuse_port(true).bind(addr, echo_lines).unwrap();
+    assert_eq!(b.server_address(), a.server_address());
+    // And not without it.
+    assert!(TcpServer::bind(addr, echo_lines).is_err());
+    // A Unix server cannot have it.
+    let dir = TempDir::new("reuseport");
+    let err = UnixStreamServer::builder().reuse_port(true).bind(dir.join("s"), echo_lines).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+}
+
+/// UDP servers do not set SO_REUSEADDR by default: a second server on a
+/// busy UDP port fails instead of stealing part of its datagrams.
+#[test]
+fn udp_port_in_use_is_an_error() {
+    let a = UdpServer::bind("127.0.0.1:0", echo_datagram).unwrap();
+    let err = UdpServer::bind(a.server_address().as_inet().unwrap(), echo_datagram).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AddrInUse);
+}
+
+#[test]
+fn bind_without_activate_refuses_until_server_activate() {
+    let server = TcpServer::builder().activate(false).bind("127.0.0.1:0", echo_lines).unwrap();
+    let addr = server.server_address().as_inet().unwrap();
+    assert_eq!(TcpStream::connect(addr).unwrap_err().kind(), ErrorKind::ConnectionRefused);
+    server.server_activate().unwrap();
+    let mut c = tcp_connect(addr);
+    c.write_all(b"hi\nquit\n").unwrap();
+    server.handle_request().unwrap();
+    let mut echoed = String::new();
+    c.read_to_string(&mut echoed).unwrap();
+    assert_eq!(echoed, "hi\n");
+}
+
+#[test]
+fn serves_an_adopted_listener() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = TcpServer::builder().from_listener(listener, echo_lines).unwrap();
+    assert_eq!(server.server_address(), &Address::Inet(addr));
+    let running = run(server);
+    let mut c = tcp_connect(addr);
+    assert_eq!(round_trip(&mut c, b"adopted\n"), b"adopted\n");
+    c.write_all(b"quit\n").unwrap();
+    running.stop().unwrap();
+}
+
+#[test]
+fn unix_server_removes_a_stale_socket_file_but_not_a_live_one_or_a_regular_file() {
+    let dir = TempDir::new("stale");
+    let path = dir.join("stale.sock");
+    // A socket file nobody listens on any more: a crashed server's.
+    drop(UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let server = UnixStreamServer::bind(&path, echo_lines).expect("stale file replaced");
+
+    // While it lives, a second server on the same path is refused...
+    let err = UnixStreamServer::bind(&path, echo_lines).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AddrInUse, "{err}");
+    // ...and the first one still works.
+    let running = run(server);
+    let mut c = unix_connect(&path);
+    assert_eq!(round_trip(&mut c, b"alive\n"), b"alive\n");
+    c.write_all(b"quit\n").unwrap();
+    running.stop().unwrap();
+    assert!(!path.exists(), "removed on close");
+
+    // A path that is not a socket is never deleted.
+    let file = dir.join("notes.txt");
+    std::fs::write(&file, "precious").unwrap();
+    let err = UnixStreamServer::bind(&file, echo_lines).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
+
+    // Datagram servers do the same.
+    let dpath = dir.join("d.sock");
+    drop(std::os::unix::net::UnixDatagram::bind(&dpath).unwrap());
+    let d = UnixDatagramServer::bind(&dpath, echo_datagram).expect("stale datagram file replaced");
+    assert!(UnixDatagramServer::bind(&dpath, echo_datagram).is_err());
+    drop(d);
+    assert!(!dpath.exists());
+}
+
+#[test]
+fn unix_server_leaves_a_replaced_file_alone() {
+    let dir = TempDir::new("replaced");
+    let path = dir.join("s.sock");
+    let server = UnixStreamServer::bind(&path, echo_lines).unwrap();
+    // Someone else removes our file and binds their own in its place.
+    std::fs::remove_file(&path).unwrap();
+    let theirs = UnixListener::bind(&path).unwrap();
+    drop(server);
+    assert!(path.exists(), "closing must not delete another server's file");
+    drop(theirs);
+}

@@ -1,0 +1,190 @@
+//! Handler errors and panics are reported and contained; refused peers are
+//! closed without reaching the handler.
+//!
+//! Ported from CPython's Lib/test/test_socketserver.py ErrorHandlerTest
+//! (test_sync_handled, test_threading_handled, test_forking_handled): the
+//! handler runs once, `handle_error` runs once, the server carries on. And
+//! from test_shutdown_request_called_if_verify_request_false: a refused
+//! request is shut down exactly once.
+
+mod util;
+
+use std::io::{self, Read, Write};
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use socketserver::{AnyStrategy, Forking, StreamRequest, Sync, TcpServer, ThreadPool, Threading, UdpServer};
+use util::*;
+
+fn strategies() -> Vec<AnyStrategy> {
+    vec![
+        Sync.into(),
+        Threading::new().into(),
+        ThreadPool::new(NonZeroUsize::new(2).unwrap()).into(),
+        Forking::new().into(),
+    ]
+}
+
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A handler that fails (odd requests) or panics (even ones) after saying
+/// something; a healthy request says "ok".
+fn faulty(req: &mut StreamRequest) -> io::Result<()> {
+    let mut line = String::new();
+    req.read_line(&mut line)?;
+    match line.trim() {
+        "fail" => {
+            req.write_all(b"failing\n")?;
+            Err(io::Error::new(io::ErrorKind::InvalidData, "Test error"))
+        }
+        "panic" => {
+            req.write_all(b"panicking\n")?;
+            panic!("Test panic")
+        }
+        _ => req.write_all(b"ok\n"),
+    }
+}
+
+fn ask(addr: std::net::SocketAddr, what: &str) -> String {
+    let mut c = tcp_connect(addr);
+    c.write_all(format!("{what}\n").as_bytes()).unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn handler_errors_and_panics_are_reported_and_the_server_keeps_serving() {
+    for strategy in strategies() {
+        let forking = matches!(strategy, AnyStrategy::Forking(_));
+        let reported = Arc::new(Mutex::new(Vec::new()));
+        let r = Arc::clone(&reported);
+        let server = TcpServer::builder()
+            .strategy(strategy.clone())
+            .handle_error(move |_peer, e| r.lock().unwrap().push(e.to_string()))
+            .bind("127.0.0.1:0", faulty)
+            .unwrap();
+        let running = run(server);
+        let addr = running.inet();
+        if let AnyStrategy::ThreadPool(_) = strategy {
+            wait_until("the pool to start", || running.handle.stats().workers_total == 2);
+        }
+        assert_eq!(ask(addr, "fail"), "failing\n", "{strategy}");
+        assert_eq!(ask(addr, "panic"), "panicking\n", "{strategy}");
+        assert_eq!(ask(addr, "fine"), "ok\n", "{strategy}: serves on after a panic");
+        wait_until("the counters", || running.handle.stats().completed == 3);
+        let stats = running.handle.stats();
+        assert_eq!(stats.handler_errors, 2, "{strategy}");
+        assert_eq!(stats.panics, 1, "{strategy}");
+        if let AnyStrategy::ThreadPool(_) = strategy {
+            assert_eq!(stats.workers_total, 2, "the pool lost a worker to the panic");
+        }
+        if !forking {
+            // Forked children report in their own process; the parent sees exit codes.
+            let reported = reported.lock().unwrap().clone();
+            assert_eq!(reported.len(), 2, "{strategy}: {reported:?}");
+            assert_eq!(reported[0], "Test error");
+            assert_eq!(reported[1], "handler panicked: Test panic");
+        }
+        running.stop().unwrap();
+    }
+}
+
+#[test]
+fn datagram_handler_errors_are_reported_too() {
+    let errors = Arc::new(AtomicUsize::new(0));
+    let e = Arc::clone(&errors);
+    let server = UdpServer::builder()
+        .handle_error(move |_, _| drop(e.fetch_add(1, Ordering::SeqCst)))
+        .bind("127.0.0.1:0", |req: &mut socketserver::DatagramRequest| {
+            if req.data() == b"panic" {
+                panic!("datagram panic");
+            }
+            req.reply(req.data())
+        })
+        .unwrap();
+    let running = run(server);
+    let c = udp_client();
+    c.send_to(b"panic", running.inet()).unwrap();
+    assert_eq!(udp_round_trip(&c, running.inet(), b"after"), b"after");
+    assert_eq!(errors.load(Ordering::SeqCst), 1);
+    assert_eq!(running.handle.stats().panics, 1);
+    running.stop().unwrap();
+}
+
+#[test]
+fn a_panic_in_handle_error_itself_is_contained() {
+    let server =
+        TcpServer::builder().handle_error(|_, _| panic!("the hook fails too")).bind("127.0.0.1:0", faulty).unwrap();
+    let running = run(server);
+    assert_eq!(ask(running.inet(), "fail"), "failing\n");
+    assert_eq!(ask(running.inet(), "fine"), "ok\n");
+    running.stop().unwrap();
+}
+
+#[test]
+fn verify_request_refuses_before_the_handler_runs() {
+    for strategy in strategies() {
+        let handled = Arc::new(AtomicUsize::new(0));
+        let h = Arc::clone(&handled);
+        let asked = Arc::new(AtomicUsize::new(0));
+        let a = Arc::clone(&asked);
+        let server = TcpServer::builder()
+            .strategy(strategy.clone())
+            .verify_request(move |_peer| {
+                a.fetch_add(1, Ordering::SeqCst);
+                false
+            })
+            .bind("127.0.0.1:0", move |req: &mut StreamRequest| {
+                h.fetch_add(1, Ordering::SeqCst);
+                req.write_all(b"should not happen\n")
+            })
+            .unwrap();
+        let running = run(server);
+        let mut c = tcp_connect(running.inet());
+        let mut got = Vec::new();
+        // Shut down and closed: end of stream (or a reset), never an answer.
+        let _ = c.read_to_end(&mut got);
+        assert!(got.is_empty(), "{strategy}");
+        wait_until("the refusal to be counted", || running.handle.stats().refused == 1);
+        assert_eq!(asked.load(Ordering::SeqCst), 1, "{strategy}: verify_request called exactly once");
+        assert_eq!(handled.load(Ordering::SeqCst), 0, "{strategy}");
+        let stats = running.handle.stats();
+        assert_eq!((stats.accepted, stats.refused, stats.completed, stats.active), (1, 1, 0, 0), "{strategy}");
+        running.stop().unwrap();
+    }
+}
+
+#[test]
+fn verify_request_sees_the_peer_and_refuses_datagrams() {
+    let server = UdpServer::builder()
+        .verify_request(|peer| peer.as_inet().is_some_and(|a| a.port() % 2 == 0))
+        .bind("127.0.0.1:0", echo_datagram)
+        .unwrap();
+    let running = run(server);
+    let (mut even, mut odd) = (None, None);
+    while even.is_none() || odd.is_none() {
+        let c = udp_client();
+        let port = c.local_addr().unwrap().port();
+        if port % 2 == 0 {
+            even.get_or_insert(c)
+        } else {
+            odd.get_or_insert(c)
+        };
+    }
+    let (even, odd) = (even.unwrap(), odd.unwrap());
+    odd.send_to(b"refused", running.inet()).unwrap();
+    assert_eq!(udp_round_trip(&even, running.inet(), b"allowed"), b"allowed");
+    wait_until("the refusal", || running.handle.stats().refused == 1);
+    odd.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    assert!(odd.recv(&mut [0u8; 16]).is_err(), "a refused datagram got an answer");
+    running.stop().unwrap();
+}

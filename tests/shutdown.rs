@@ -1,0 +1,235 @@
+//! Stopping a server: from any thread, at once, gracefully, within a deadline.
+
+mod util;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use socketserver::{AnyStrategy, Forking, StreamRequest, Sync, TcpServer, ThreadPool, Threading, UdpServer};
+use util::*;
+
+fn wait_until(cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "condition not reached");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn retry_connect(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match std::net::TcpStream::connect(addr) {
+            Ok(s) => return s,
+            Err(e) => assert!(Instant::now() < deadline, "{e}"),
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn pool(n: usize) -> ThreadPool {
+    ThreadPool::new(std::num::NonZeroUsize::new(n).unwrap())
+}
+
+/// Port of CPython's test_shutdown (Issue #2302): 20 servers, each shut down
+/// right after its serving thread starts — often before `serve_forever`
+/// runs. Every one must stop; none may hang.
+#[test]
+fn twenty_servers_started_and_shut_down_at_once() {
+    let mut threads = Vec::new();
+    for i in 0..20 {
+        let strategy: AnyStrategy = if i % 2 == 0 { Sync.into() } else { pool(2).into() };
+        let server = TcpServer::builder().strategy(strategy).bind("127.0.0.1:0", echo_stream).unwrap();
+        let handle = server.handle();
+        threads.push(std::thread::spawn(move || server.serve_forever()));
+        handle.shutdown();
+    }
+    for t in threads {
+        t.join().unwrap().unwrap();
+    }
+}
+
+#[test]
+fn shutdown_before_serve_forever_makes_it_return_at_once_and_can_serve_again() {
+    let server = TcpServer::bind("127.0.0.1:0", echo_lines).unwrap();
+    server.shutdown();
+    server.serve_forever().unwrap();
+    // The request was consumed: the server serves again, and stops again.
+    let addr = server.server_address().as_inet().unwrap();
+    let running = run(server);
+    // The listener is activated again when `serve_forever` starts.
+    let mut c = retry_connect(addr);
+    assert_eq!(round_trip(&mut c, b"again\n"), b"again\n");
+    c.write_all(b"quit\n").unwrap();
+    running.stop().unwrap();
+}
+
+/// Python's `shutdown()` called from a handler of a synchronous server
+/// deadlocks (it waits for the loop the handler is blocking). Ours returns.
+#[test]
+fn shutdown_from_a_handler_under_sync_does_not_deadlock() {
+    for strategy in [AnyStrategy::from(Sync), Threading::new().into(), pool(2).into()] {
+        let server = TcpServer::builder()
+            .strategy(strategy.clone())
+            .bind("127.0.0.1:0", |req: &mut StreamRequest| {
+                req.server().shutdown();
+                req.write_all(b"stopping\n")
+            })
+            .unwrap();
+        let mut running = run(server);
+        let mut c = tcp_connect(running.inet());
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        assert_eq!(answer, "stopping\n", "{strategy}");
+        running.join().unwrap();
+    }
+}
+
+/// The loop blocks until the socket or the waker is ready: it never wakes on
+/// a timer (Python's does every 0.5 s to look at its shutdown flag). An idle
+/// server runs `service_actions` zero times; a shutdown still ends it.
+#[test]
+fn idle_loop_does_not_wake_and_shutdown_wakes_it() {
+    let wakes = Arc::new(AtomicUsize::new(0));
+    let w = Arc::clone(&wakes);
+    let server = TcpServer::builder()
+        .service_actions(move || drop(w.fetch_add(1, Ordering::SeqCst)))
+        .bind("127.0.0.1:0", echo_stream)
+        .unwrap();
+    let running = run(server);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(wakes.load(Ordering::SeqCst), 0, "the idle loop woke up by itself");
+    running.stop().unwrap();
+}
+
+#[test]
+fn in_flight_requests_finish_within_the_grace_period() {
+    for strategy in [AnyStrategy::from(Sync), Threading::new().into(), pool(2).into()] {
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let server = TcpServer::builder()
+            .strategy(strategy.clone())
+            .grace_period(Duration::from_secs(10))
+            .bind("127.0.0.1:0", move |req: &mut StreamRequest| {
+                let mut line = String::new();
+                req.read_line(&mut line)?;
+                entered_tx.send(()).unwrap();
+                // Still working when the shutdown arrives.
+                while !req.server().is_shutting_down() {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                write!(req, "done: {line}")
+            })
+            .unwrap();
+        let mut running = run(server);
+        let mut c = tcp_connect(running.inet());
+        c.write_all(b"work\n").unwrap();
+        entered_rx.recv().unwrap();
+        running.handle.shutdown();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        assert_eq!(answer, "done: work\n", "{strategy}");
+        running.join().unwrap();
+    }
+}
+
+#[test]
+fn at_the_deadline_blocked_handlers_are_unblocked_and_serve_forever_returns() {
+    let strategies: Vec<AnyStrategy> =
+        vec![Sync.into(), Threading::new().into(), pool(2).into(), Forking::new().into()];
+    for strategy in strategies {
+        let server = TcpServer::builder()
+            .strategy(strategy.clone())
+            .grace_period(Duration::from_millis(200))
+            .bind("127.0.0.1:0", move |req: &mut StreamRequest| {
+                // Blocks for ever: the client never sends anything.
+                let mut buf = [0u8; 16];
+                let _ = req.read(&mut buf);
+                Ok(())
+            })
+            .unwrap();
+        let mut running = run(server);
+        let c = tcp_connect(running.inet());
+        // Accepted and in flight (in a thread, a worker or a child).
+        wait_until(|| running.handle.stats().active == 1);
+        let start = Instant::now();
+        running.handle.shutdown();
+        running.join().unwrap();
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(150), "{strategy}: returned before the grace period: {took:?}");
+        assert!(took < Duration::from_secs(5), "{strategy}: not forced at the deadline: {took:?}");
+        drop(c);
+    }
+}
+
+#[test]
+fn queued_connections_are_served_during_the_drain() {
+    let release = Arc::new(Barrier::new(2));
+    let r = Arc::clone(&release);
+    let first = Arc::new(AtomicUsize::new(0));
+    let f = Arc::clone(&first);
+    let server = TcpServer::builder()
+        .strategy(pool(1).queue(4))
+        .bind("127.0.0.1:0", move |req: &mut StreamRequest| {
+            if f.fetch_add(1, Ordering::SeqCst) == 0 {
+                r.wait(); // the first request holds the only worker
+            }
+            req.write_all(b"served\n")
+        })
+        .unwrap();
+    let mut running = run(server);
+    let addr = running.inet();
+    let mut a = BufReader::new(tcp_connect(addr));
+    let mut b = BufReader::new(tcp_connect(addr));
+    // Wait until the second one sits in the queue.
+    wait_until(|| running.handle.stats().queue_depth == 1);
+    running.handle.shutdown();
+    release.wait();
+    let mut line = String::new();
+    a.read_line(&mut line).unwrap();
+    assert_eq!(line, "served\n");
+    line.clear();
+    b.read_line(&mut line).unwrap();
+    assert_eq!(line, "served\n", "a queued connection was dropped by the shutdown");
+    running.join().unwrap();
+}
+
+#[test]
+fn after_shutdown_new_tcp_connections_are_refused() {
+    let server = TcpServer::bind("127.0.0.1:0", echo_lines).unwrap();
+    let addr = server.server_address().as_inet().unwrap();
+    server.shutdown();
+    server.serve_forever().unwrap();
+    // The server object still exists, but it no longer accepts.
+    let err = std::net::TcpStream::connect(addr).map(|mut s| {
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s.write_all(b"x\n").and_then(|_| s.read(&mut [0u8; 4]))
+    });
+    match err {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused),
+        Ok(Ok(0)) | Ok(Err(_)) => {} // reset or closed without an answer
+        Ok(Ok(n)) => panic!("served {n} bytes after shutdown"),
+    }
+}
+
+#[test]
+fn shutdown_wakes_a_datagram_pool_and_handle_request_timeout_calls_handle_timeout() {
+    let server = UdpServer::builder().strategy(pool(3)).bind("127.0.0.1:0", echo_datagram).unwrap();
+    let running = run(server);
+    let c = udp_client();
+    assert_eq!(udp_round_trip(&c, running.inet(), b"x"), b"x");
+    running.stop().unwrap();
+
+    let timeouts = Arc::new(AtomicUsize::new(0));
+    let t = Arc::clone(&timeouts);
+    let server = TcpServer::builder()
+        .timeout(Duration::from_millis(20))
+        .handle_timeout(move || drop(t.fetch_add(1, Ordering::SeqCst)))
+        .bind("127.0.0.1:0", echo_stream)
+        .unwrap();
+    server.handle_request().unwrap();
+    assert_eq!(timeouts.load(Ordering::SeqCst), 1);
+}

@@ -1,0 +1,60 @@
+//! The opt-in SIGINT/SIGTERM hub. In its own file: it installs a
+//! process-wide handler and sends signals to this test process.
+
+mod util;
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use socketserver::{StreamRequest, TcpServer, Threading, UdpServer};
+use util::*;
+
+fn raise(sig: libc::c_int) {
+    // SAFETY: sending a signal to our own process; the handler is installed.
+    let rc = unsafe { libc::kill(libc::getpid(), sig) };
+    assert_eq!(rc, 0);
+}
+
+#[test]
+fn a_signal_shuts_down_every_subscribed_server_and_a_second_one_forces_it() {
+    let tcp = TcpServer::builder().strategy(Threading::new()).bind("127.0.0.1:0", echo_lines).unwrap();
+    let udp = UdpServer::bind("127.0.0.1:0", echo_datagram).unwrap();
+    tcp.handle().shutdown_on_signal().unwrap();
+    udp.handle().shutdown_on_signal().unwrap();
+    let mut tcp = run(tcp);
+    let mut udp = run(udp);
+    assert_eq!(udp_round_trip(&udp_client(), udp.inet(), b"up"), b"up");
+    raise(libc::SIGTERM);
+    tcp.join().unwrap();
+    udp.join().unwrap();
+
+    // A handler that never returns on its own: the first signal starts a
+    // drain with a long grace period, the second ends it at once.
+    let stuck = TcpServer::builder()
+        .strategy(Threading::new())
+        .grace_period(Duration::from_secs(60))
+        .bind("127.0.0.1:0", |req: &mut StreamRequest| {
+            let mut buf = [0u8; 8];
+            let _ = req.read(&mut buf);
+            Ok(())
+        })
+        .unwrap();
+    stuck.handle().shutdown_on_signal().unwrap();
+    let mut stuck = run(stuck);
+    let _client = tcp_connect(stuck.inet());
+    let deadline = Instant::now() + TIMEOUT;
+    while stuck.handle.stats().active == 0 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    raise(libc::SIGINT);
+    let deadline = Instant::now() + TIMEOUT;
+    while !stuck.handle.is_shutting_down() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let start = Instant::now();
+    raise(libc::SIGINT);
+    stuck.join().unwrap();
+    assert!(start.elapsed() < Duration::from_secs(5), "the second signal did not force the shutdown");
+}
