@@ -62,6 +62,7 @@ mod address;
 pub mod framing;
 mod handler;
 mod server;
+pub mod servers;
 mod service;
 mod shutdown;
 mod stats;

@@ -573,18 +573,18 @@ impl<T: Transport, S: Strategy> Server<T, S> {
     /// # Errors
     /// As `listen(2)`.
     pub fn server_activate(&self) -> io::Result<()> {
-        if let Endpoint::Stream(l) = &self.endpoint {
-            if !self.listening.load(SeqCst) {
-                let listen = || {
-                    if let (true, Some(addr)) = (self.rebind.load(SeqCst), self.address.as_inet()) {
-                        SockRef::from(l).bind(&addr.into())?;
-                    }
-                    l.listen(self.opts.backlog)
-                };
-                listen().map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", self.address)))?;
-                self.rebind.store(false, SeqCst);
-                self.listening.store(true, SeqCst);
-            }
+        if let Endpoint::Stream(l) = &self.endpoint
+            && !self.listening.load(SeqCst)
+        {
+            let listen = || {
+                if let (true, Some(addr)) = (self.rebind.load(SeqCst), self.address.as_inet()) {
+                    SockRef::from(l).bind(&addr.into())?;
+                }
+                l.listen(self.opts.backlog)
+            };
+            listen().map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", self.address)))?;
+            self.rebind.store(false, SeqCst);
+            self.listening.store(true, SeqCst);
         }
         Ok(())
     }
@@ -619,7 +619,7 @@ impl<T: Transport, S: Strategy> Server<T, S> {
                 if !self.shared.stopping() {
                     self.shared.request_stop(self.opts.grace);
                 }
-                self.stop_listening(&executor);
+                self.stop_listening();
                 executor.finish(&self.service);
                 result
             }
@@ -819,19 +819,11 @@ impl<T: Transport, S: Strategy> Server<T, S> {
         Ok(StreamPolicy { idle, read_buffer: o.read_buffer, write_buffer: o.write_buffer })
     }
 
-    /// After the loop: take the connections already waiting in the backlog —
-    /// their clients connected before the shutdown — as far as capacity
-    /// allows without waiting, then refuse new TCP connections at once rather
-    /// than leave them hanging until the socket closes.
-    fn stop_listening(&self, executor: &Executor) {
+    /// After the loop: refuse new TCP connections at once (those still in
+    /// the kernel's backlog are reset) rather than leave clients hanging
+    /// until the socket closes.
+    fn stop_listening(&self) {
         let Endpoint::Stream(listener) = &self.endpoint else { return };
-        while self.can_accept(executor) {
-            match self.accept_one(listener, executor) {
-                Ok(_) => {}
-                Err(e) if accept::classify(&e) == Action::Skip => {}
-                Err(_) => break,
-            }
-        }
         if let Listener::Tcp(l) = listener {
             // Linux answers SYNs to a shut-down listener with a reset, and
             // frees its port: `server_activate` binds it again.

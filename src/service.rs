@@ -68,18 +68,12 @@ type ErrorFn = dyn Fn(&Address, &io::Error) + Send + Sync;
 type ActionFn = dyn Fn() + Send + Sync;
 
 /// Python's overridable server methods, as closures.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub(crate) struct Hooks {
     pub(crate) verify_request: Option<Arc<VerifyFn>>,
     pub(crate) handle_error: Option<Arc<ErrorFn>>,
     pub(crate) handle_timeout: Option<Arc<ActionFn>>,
     pub(crate) service_actions: Option<Arc<ActionFn>>,
-}
-
-impl Default for Hooks {
-    fn default() -> Self {
-        Hooks { verify_request: None, handle_error: None, handle_timeout: None, service_actions: None }
-    }
 }
 
 impl fmt::Debug for Hooks {
@@ -198,10 +192,10 @@ impl Service {
     }
 
     pub(crate) fn call_hook(&self, hook: &Option<Arc<ActionFn>>, name: &str) {
-        if let Some(hook) = hook {
-            if let Err(p) = catch_unwind(AssertUnwindSafe(|| hook())) {
-                log::error!("{}: {name} panicked: {}", self.shared.name, panic_message(&p));
-            }
+        if let Some(hook) = hook
+            && let Err(p) = catch_unwind(AssertUnwindSafe(|| hook()))
+        {
+            log::error!("{}: {name} panicked: {}", self.shared.name, panic_message(&p));
         }
     }
 }

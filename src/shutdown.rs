@@ -219,8 +219,7 @@ impl Shared {
 
     fn watchdog(&self) {
         let mut d = self.drain.lock();
-        loop {
-            let Some(deadline) = d.deadline else { break };
+        while let Some(deadline) = d.deadline {
             if d.forced || self.stats.active.load(SeqCst) == 0 {
                 break;
             }
@@ -387,7 +386,7 @@ fn signal_hub() -> io::Result<&'static Hub> {
     let mut installed = INSTALL.lock();
     if *installed != Some(true) {
         let hub: &'static Hub = HUB.get_or_init(|| Mutex::new(Vec::new()));
-        ctrlc::try_set_handler(move || {
+        ctrlc::set_handler(move || {
             let mut servers = hub.lock();
             servers.retain(|w| w.strong_count() > 0);
             log::info!("signal received: shutting down {} server(s)", servers.len());

@@ -134,3 +134,41 @@ pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: _exit is always safe to call; it does not return.
     unsafe { libc::_exit(code) }
 }
+
+unsafe extern "C" {
+    /// POSIX `tzset`, missing from the libc crate on Linux.
+    fn tzset();
+}
+
+/// Renders the current local time (`TZ` honoured) with C `strftime` in the
+/// process's locale — "C" for a Rust program, which never calls
+/// `setlocale`. `format` must not contain NUL. Returns `None` when the
+/// result does not fit in `max` bytes (or is empty).
+pub(crate) fn strftime_now(format: &std::ffi::CStr, max: usize) -> io::Result<Option<Vec<u8>>> {
+    // SAFETY: tzset only reads the TZ variable and sets libc's globals; it
+    // is idempotent and thread-safe in glibc and musl.
+    unsafe { tzset() };
+    // SAFETY: time(NULL) has no preconditions.
+    let now = unsafe { libc::time(std::ptr::null_mut()) };
+    // SAFETY: an all-zero `tm` is a valid value of a plain C struct.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call; localtime_r is reentrant.
+    if unsafe { libc::localtime_r(&now, &mut tm) }.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    let mut size = 256.min(max.max(1));
+    loop {
+        let mut buf = vec![0u8; size];
+        // SAFETY: `buf` has room for `size` bytes; `format` is NUL-terminated;
+        // `tm` was filled by localtime_r. strftime writes at most `size` bytes.
+        let n = unsafe { libc::strftime(buf.as_mut_ptr().cast(), size, format.as_ptr(), &tm) };
+        if n > 0 {
+            buf.truncate(n);
+            return Ok(Some(buf));
+        }
+        if size >= max {
+            return Ok(None);
+        }
+        size = (size * 4).min(max);
+    }
+}

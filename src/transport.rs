@@ -197,12 +197,12 @@ impl SocketFile {
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
-            if meta.dev() == self.dev && meta.ino() == self.ino {
-                if let Err(e) = std::fs::remove_file(&self.path) {
-                    log::warn!("cannot remove socket file {}: {e}", self.path.display());
-                }
-            }
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path)
+            && meta.dev() == self.dev
+            && meta.ino() == self.ino
+            && let Err(e) = std::fs::remove_file(&self.path)
+        {
+            log::warn!("cannot remove socket file {}: {e}", self.path.display());
         }
     }
 }

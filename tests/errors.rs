@@ -103,7 +103,9 @@ fn datagram_handler_errors_are_reported_too() {
     let errors = Arc::new(AtomicUsize::new(0));
     let e = Arc::clone(&errors);
     let server = UdpServer::builder()
-        .handle_error(move |_, _| drop(e.fetch_add(1, Ordering::SeqCst)))
+        .handle_error(move |_, _| {
+            e.fetch_add(1, Ordering::SeqCst);
+        })
         .bind("127.0.0.1:0", |req: &mut socketserver::DatagramRequest| {
             if req.data() == b"panic" {
                 panic!("datagram panic");
@@ -174,7 +176,7 @@ fn verify_request_sees_the_peer_and_refuses_datagrams() {
     while even.is_none() || odd.is_none() {
         let c = udp_client();
         let port = c.local_addr().unwrap().port();
-        if port % 2 == 0 {
+        if port.is_multiple_of(2) {
             even.get_or_insert(c)
         } else {
             odd.get_or_insert(c)

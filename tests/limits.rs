@@ -80,7 +80,7 @@ fn max_connections_holds_the_third_connection_until_one_closes() {
         .iter()
         .map(|n| {
             let mut c = tcp_connect(addr);
-            writeln!(c, "{n}").unwrap();
+            c.write_all(format!("{n}\n").as_bytes()).unwrap();
             Some(c)
         })
         .collect();

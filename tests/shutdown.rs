@@ -96,7 +96,9 @@ fn idle_loop_does_not_wake_and_shutdown_wakes_it() {
     let wakes = Arc::new(AtomicUsize::new(0));
     let w = Arc::clone(&wakes);
     let server = TcpServer::builder()
-        .service_actions(move || drop(w.fetch_add(1, Ordering::SeqCst)))
+        .service_actions(move || {
+            w.fetch_add(1, Ordering::SeqCst);
+        })
         .bind("127.0.0.1:0", echo_stream)
         .unwrap();
     let running = run(server);
@@ -227,7 +229,9 @@ fn shutdown_wakes_a_datagram_pool_and_handle_request_timeout_calls_handle_timeou
     let t = Arc::clone(&timeouts);
     let server = TcpServer::builder()
         .timeout(Duration::from_millis(20))
-        .handle_timeout(move || drop(t.fetch_add(1, Ordering::SeqCst)))
+        .handle_timeout(move || {
+            t.fetch_add(1, Ordering::SeqCst);
+        })
         .bind("127.0.0.1:0", echo_stream)
         .unwrap();
     server.handle_request().unwrap();

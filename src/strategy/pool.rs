@@ -65,10 +65,11 @@ impl Pool {
     pub(crate) fn dispatch(&self, job: Job) {
         let inner = &self.inner;
         let stats = &inner.service.shared.stats;
-        if inner.idle.load(SeqCst) == 0 && inner.total.load(SeqCst) < inner.config.max {
-            if let Err(e) = inner.spawn_worker() {
-                log::error!("{}: cannot start a pool worker: {e}", inner.service.shared.name);
-            }
+        if inner.idle.load(SeqCst) == 0
+            && inner.total.load(SeqCst) < inner.config.max
+            && let Err(e) = inner.spawn_worker()
+        {
+            log::error!("{}: cannot start a pool worker: {e}", inner.service.shared.name);
         }
         if inner.config.overflow == Overflow::Reject && inner.saturated(&self.tx) {
             Counters::bump(&stats.rejected);

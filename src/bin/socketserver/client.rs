@@ -1,0 +1,180 @@
+//! `socketserver client`: each line of stdin goes to the server (TCP/Unix:
+//! with its newline; UDP: as one datagram without it), each reply comes
+//! out as a line on stdout. Like the tutorials' `input()` loops.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs, UdpSocket};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false, id = "target")]
+pub struct Target {
+    /// Talk TCP to ADDR (host:port).
+    #[arg(long = "tcp", value_name = "ADDR", group = "target")]
+    tcp: Option<String>,
+    /// Talk UDP to ADDR: each line is one datagram.
+    #[arg(long = "udp", value_name = "ADDR", group = "target")]
+    udp: Option<String>,
+    /// Talk to the Unix stream socket at PATH.
+    #[arg(long = "unix", value_name = "PATH", group = "target")]
+    unix: Option<PathBuf>,
+    /// Talk to the Unix datagram socket at PATH (the client binds a
+    /// temporary socket of its own to get replies).
+    #[arg(long = "unix-dgram", value_name = "PATH", group = "target")]
+    unix_dgram: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Give up on a reply after SECS seconds (exit 1).
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_timeout)]
+    timeout: Duration,
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("`{s}` is not a positive duration"))
+}
+
+fn context(e: io::Error, what: impl std::fmt::Display) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+fn timeout_error(e: io::Error, target: &str, timeout: Duration) -> io::Error {
+    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+        io::Error::new(io::ErrorKind::TimedOut, format!("no reply from {target} within {timeout:?}"))
+    } else {
+        context(e, target)
+    }
+}
+
+pub fn run(args: ClientArgs) -> io::Result<()> {
+    let t = args.target;
+    let timeout = args.timeout;
+    if let Some(addr) = t.tcp {
+        let target = format!("tcp {addr}");
+        let stream = connect_tcp(&addr, timeout).map_err(|e| context(e, format_args!("cannot connect to {target}")))?;
+        stream.set_read_timeout(Some(timeout))?;
+        lines_over_stream(stream, &target, timeout)
+    } else if let Some(path) = t.unix {
+        let target = format!("unix {}", path.display());
+        let stream = UnixStream::connect(&path).map_err(|e| context(e, format_args!("cannot connect to {target}")))?;
+        stream.set_read_timeout(Some(timeout))?;
+        lines_over_stream(stream, &target, timeout)
+    } else if let Some(addr) = t.udp {
+        let target = format!("udp {addr}");
+        let socket = connect_udp(&addr).map_err(|e| context(e, format_args!("cannot reach {target}")))?;
+        socket.set_read_timeout(Some(timeout))?;
+        datagrams(|d| socket.send(d), |b| socket.recv(b), &target, timeout)
+    } else if let Some(path) = t.unix_dgram {
+        let target = format!("unix-dgram {}", path.display());
+        let me = TempSocket::new()?;
+        let socket = UnixDatagram::bind(&me.0)?;
+        socket.connect(&path).map_err(|e| context(e, format_args!("cannot reach {target}")))?;
+        socket.set_read_timeout(Some(timeout))?;
+        datagrams(|d| socket.send(d), |b| socket.recv(b), &target, timeout)
+    } else {
+        unreachable!("clap requires one target")
+    }
+}
+
+fn connect_tcp(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::InvalidInput, "the address resolves to nothing");
+    for a in addr.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&a, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+fn connect_udp(addr: &str) -> io::Result<UdpSocket> {
+    let mut last = io::Error::new(io::ErrorKind::InvalidInput, "the address resolves to nothing");
+    for a in addr.to_socket_addrs()? {
+        let local = if a.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        let socket = UdpSocket::bind(local)?;
+        match socket.connect(a) {
+            Ok(()) => return Ok(socket),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+fn lines_over_stream<S: Read + Write>(stream: S, target: &str, timeout: Duration) -> io::Result<()>
+where
+    for<'a> &'a S: Read + Write,
+{
+    let mut replies = BufReader::new(&stream);
+    let mut out = io::stdout().lock();
+    let mut line = String::new();
+    let mut reply = String::new();
+    for input in io::stdin().lock().lines() {
+        line.clear();
+        line.push_str(&input?);
+        line.push('\n');
+        (&stream).write_all(line.as_bytes()).map_err(|e| context(e, target))?;
+        reply.clear();
+        let n = replies.read_line(&mut reply).map_err(|e| timeout_error(e, target, timeout))?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("{target} closed the connection")));
+        }
+        if !reply.ends_with('\n') {
+            reply.push('\n');
+        }
+        out.write_all(reply.as_bytes())?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+fn datagrams(
+    send: impl Fn(&[u8]) -> io::Result<usize>,
+    recv: impl Fn(&mut [u8]) -> io::Result<usize>,
+    target: &str,
+    timeout: Duration,
+) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    let mut buf = vec![0u8; 65_536];
+    for input in io::stdin().lock().lines() {
+        let input = input?;
+        send(input.as_bytes()).map_err(|e| context(e, target))?;
+        let n = recv(&mut buf).map_err(|e| timeout_error(e, target, timeout))?;
+        out.write_all(&buf[..n])?;
+        out.write_all(b"\n")?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// A socket path of our own for Unix-datagram replies, removed on exit.
+struct TempSocket(PathBuf);
+
+impl TempSocket {
+    fn new() -> io::Result<TempSocket> {
+        let dir = std::env::temp_dir();
+        for n in 0..100 {
+            let path = dir.join(format!("socketserver-client-{}-{n}.sock", std::process::id()));
+            if !Path::new(&path).exists() {
+                return Ok(TempSocket(path));
+            }
+        }
+        Err(io::Error::new(io::ErrorKind::AlreadyExists, "no free temporary socket path"))
+    }
+}
+
+impl Drop for TempSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

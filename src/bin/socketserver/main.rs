@@ -1,0 +1,46 @@
+//! The `socketserver` command: the bundled echo and time servers, a line
+//! client, and the strategy benchmark.
+
+mod client;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Python's socketserver, rebuilt in Rust: bundled servers, a client, benchmarks.
+#[derive(Debug, Parser)]
+#[command(name = "socketserver", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Echo server: every byte (TCP, Unix) or datagram (UDP, Unix-datagram)
+    /// comes back unchanged. Default: TCP and UDP on 127.0.0.1:9999.
+    Echo(serve::ServeArgs),
+    /// Time server: each request is a strftime format, the reply the local
+    /// time rendered with it (empty request: "%Y-%m-%d %X"). Default: TCP
+    /// and UDP on 127.0.0.1:9000.
+    Time(serve::ServeArgs),
+    /// Sends each line of stdin to a server and prints each reply as a line.
+    Client(client::ClientArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Echo(args) => serve::run(serve::Bundled::Echo, args),
+        Command::Time(args) => serve::run(serve::Bundled::Time, args),
+        Command::Client(args) => client::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("socketserver: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! `socketserver echo` and `socketserver time`: bind every listener asked
+//! for, print where each listens, serve until SIGINT/SIGTERM, drain, exit.
+
+use std::io::{self, Write};
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use ipnet::IpNet;
+use socketserver::servers::{Echo, TimeServer};
+use socketserver::transport::{Tcp, Udp, UnixDatagram, UnixStream};
+use socketserver::{
+    Address, AnyStrategy, Builder, DatagramRequest, RequestHandler, Server, ServerHandle, StreamRequest,
+};
+use socketserver::{ThreadPool, Threading, Transport};
+
+#[derive(Clone, Copy, Debug)]
+pub enum Bundled {
+    Echo,
+    Time,
+}
+
+impl Bundled {
+    fn default_port(self) -> u16 {
+        match self {
+            Bundled::Echo => 9999,
+            Bundled::Time => 9000,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    listeners: Listeners,
+    #[command(flatten)]
+    options: ServerOptions,
+}
+
+/// Where to listen; repeatable, all served at once by one process.
+#[derive(Debug, Args)]
+pub struct Listeners {
+    /// Serve TCP on ADDR (host:port, IPv6 as [::1]:port; port 0: any free port).
+    #[arg(long = "tcp", value_name = "ADDR")]
+    tcp: Vec<String>,
+    /// Serve UDP on ADDR.
+    #[arg(long = "udp", value_name = "ADDR")]
+    udp: Vec<String>,
+    /// Serve a Unix stream socket at PATH (a stale socket file is replaced;
+    /// the file is removed on exit).
+    #[arg(long = "unix", value_name = "PATH")]
+    unix: Vec<PathBuf>,
+    /// Serve a Unix datagram socket at PATH.
+    #[arg(long = "unix-dgram", value_name = "PATH")]
+    unix_dgram: Vec<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StrategyArg {
+    /// One request at a time.
+    Sync,
+    /// A thread per connection or datagram.
+    Threading,
+    /// A pool of worker threads that grows from --workers to --max-workers.
+    Pool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServerOptions {
+    /// Concurrency strategy.
+    #[arg(long, value_enum, default_value = "pool")]
+    strategy: StrategyArg,
+    /// Pool workers kept even when idle (default: the number of CPUs, at
+    /// least 2); for UDP, the workers receiving on the socket.
+    #[arg(long, value_name = "N")]
+    workers: Option<NonZeroUsize>,
+    /// The most pool workers (or, with --strategy threading, threads) at
+    /// once. Each open connection holds one.
+    #[arg(long, value_name = "N", default_value = "4096")]
+    max_workers: NonZeroUsize,
+    /// Places in the pool's queue for connections waiting for a worker.
+    #[arg(long, value_name = "N", default_value = "1024")]
+    queue: usize,
+    /// The most connections open at once; at the limit the server stops
+    /// accepting until one closes (the kernel backlog holds the rest).
+    #[arg(long, value_name = "N")]
+    max_connections: Option<NonZeroUsize>,
+    /// Close a connection that sends nothing for SECS seconds.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    idle_timeout: Option<Duration>,
+    /// On SIGINT/SIGTERM, let requests in flight finish for up to SECS
+    /// seconds, then close what is left.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "5")]
+    grace: Duration,
+    /// Set SO_REUSEPORT on TCP and UDP listeners, so that several processes
+    /// can serve the same port.
+    #[arg(long)]
+    reuse_port: bool,
+    /// Serve only peers in CIDR (repeatable; e.g. 127.0.0.1/32, ::1/128,
+    /// 10.0.0.0/8). Others are refused. Unix-socket peers are not filtered.
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    allow: Vec<IpNet>,
+    /// Logging to stderr: off, error, warn, info, debug or trace.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    log_level: log::LevelFilter,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is not a duration in seconds (0 or more)"))
+}
+
+fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("`{s}` is not an address or CIDR block (e.g. 127.0.0.1/32)"))
+}
+
+/// A bound server, ready to run on its own thread.
+struct Bound {
+    label: String,
+    handle: ServerHandle,
+    serve: Box<dyn FnOnce() -> io::Result<()> + Send>,
+}
+
+impl ServerOptions {
+    fn strategy(&self) -> AnyStrategy {
+        match self.strategy {
+            StrategyArg::Sync => AnyStrategy::Sync(socketserver::Sync),
+            StrategyArg::Threading => Threading::new().max_threads(self.max_workers).into(),
+            StrategyArg::Pool => {
+                let mut pool = ThreadPool::default().max_workers(self.max_workers).queue(self.queue);
+                if let Some(n) = self.workers {
+                    pool = pool.workers(n);
+                }
+                pool.into()
+            }
+        }
+    }
+
+    fn configure<T: Transport>(&self, builder: Builder<T>, ip: bool) -> Builder<T, AnyStrategy> {
+        let mut b = builder.strategy(self.strategy()).grace_period(self.grace).reuse_port(ip && self.reuse_port);
+        if let Some(n) = self.max_connections {
+            b = b.max_connections(n.get());
+        }
+        if let Some(t) = self.idle_timeout {
+            b = b.idle_timeout(t);
+        }
+        if !self.allow.is_empty() {
+            let allow = Arc::new(self.allow.clone());
+            b = b.verify_request(move |peer| match peer {
+                Address::Inet(a) => {
+                    let ip = a.ip().to_canonical();
+                    allow.iter().any(|net| net.contains(&ip))
+                }
+                _ => true,
+            });
+        }
+        b
+    }
+}
+
+fn bound<T: Transport>(server: Server<T, AnyStrategy>) -> Bound {
+    let label = format!("{} {}", T::NAME, server.server_address());
+    let handle = server.handle();
+    Bound { label, handle, serve: Box::new(move || server.serve_forever()) }
+}
+
+fn bind_all<H>(handler: H, listeners: &Listeners, opts: &ServerOptions) -> io::Result<Vec<Bound>>
+where
+    H: RequestHandler<StreamRequest> + RequestHandler<DatagramRequest> + Clone,
+{
+    let mut all = Vec::new();
+    for addr in &listeners.tcp {
+        let server = opts.configure(Server::<Tcp>::builder(), true).bind(addr.as_str(), handler.clone())?;
+        all.push(bound(server));
+    }
+    for addr in &listeners.udp {
+        let server = opts.configure(Server::<Udp>::builder(), true).bind(addr.as_str(), handler.clone())?;
+        all.push(bound(server));
+    }
+    for path in &listeners.unix {
+        let server = opts.configure(Server::<UnixStream>::builder(), false).bind(path, handler.clone())?;
+        all.push(bound(server));
+    }
+    for path in &listeners.unix_dgram {
+        let server = opts.configure(Server::<UnixDatagram>::builder(), false).bind(path, handler.clone())?;
+        all.push(bound(server));
+    }
+    Ok(all)
+}
+
+pub fn run(which: Bundled, mut args: ServeArgs) -> io::Result<()> {
+    env_logger::Builder::new().filter_level(args.options.log_level).parse_default_env().init();
+    let l = &mut args.listeners;
+    if l.tcp.is_empty() && l.udp.is_empty() && l.unix.is_empty() && l.unix_dgram.is_empty() {
+        let default = format!("127.0.0.1:{}", which.default_port());
+        l.tcp.push(default.clone());
+        l.udp.push(default);
+    }
+    let servers = match which {
+        Bundled::Echo => bind_all(Echo, &args.listeners, &args.options)?,
+        Bundled::Time => bind_all(TimeServer, &args.listeners, &args.options)?,
+    };
+    let mut out = io::stdout().lock();
+    for s in &servers {
+        writeln!(out, "listening {}", s.label)?;
+    }
+    out.flush()?;
+    drop(out);
+    for s in &servers {
+        s.handle.shutdown_on_signal()?;
+    }
+    let handles: Vec<ServerHandle> = servers.iter().map(|s| s.handle.clone()).collect();
+    let threads: Vec<_> = servers
+        .into_iter()
+        .map(|s| {
+            let label = s.label;
+            let serve = s.serve;
+            let thread = std::thread::Builder::new().name(format!("serve {label}")).spawn(serve);
+            (label, thread)
+        })
+        .collect();
+    let mut failure = None;
+    for (label, thread) in threads {
+        let outcome = match thread {
+            Ok(t) => t.join().unwrap_or_else(|_| Err(io::Error::other("the serving thread panicked"))),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = outcome {
+            log::error!("{label}: {e}");
+            // One listener failed: stop the others too, and say so in the exit code.
+            for h in &handles {
+                h.shutdown();
+            }
+            failure.get_or_insert(e);
+        }
+    }
+    match failure {
+        None => Ok(()),
+        Some(e) => Err(e),
+    }
+}

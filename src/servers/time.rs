@@ -1,0 +1,133 @@
+//! The time server of the Python tutorials: each request is a strftime
+//! format, the answer is the local time rendered with it.
+
+use std::ffi::CString;
+use std::fmt;
+use std::io::{self, Write};
+
+use crate::framing::Lines;
+use crate::{DatagramRequest, MAX_UDP_PAYLOAD, RequestHandler, StreamRequest};
+
+/// The format used for an empty request: `2026-11-22 05:03:42`.
+pub const DEFAULT_TIME_FORMAT: &str = "%Y-%m-%d %X";
+
+/// The longest request line a stream client may send, in bytes.
+pub const MAX_TIME_REQUEST: usize = 4096;
+
+/// Why a format could not be rendered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TimeError {
+    /// The request is not UTF-8.
+    NotUtf8,
+    /// The format contains a NUL byte, which C strings cannot carry.
+    Nul,
+    /// The rendered time would be empty or longer than a datagram can carry.
+    TooLong,
+    /// The OS could not give the local time.
+    Clock(String),
+}
+
+impl fmt::Display for TimeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TimeError::NotUtf8 => f.write_str("the request is not valid UTF-8"),
+            TimeError::Nul => f.write_str("the format contains a NUL byte"),
+            TimeError::TooLong => write!(f, "the format renders to nothing or to more than {MAX_UDP_PAYLOAD} bytes"),
+            TimeError::Clock(e) => write!(f, "cannot read the local time: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for TimeError {}
+
+/// Renders the current local time with the strftime `format` in `request`
+/// exactly as C `strftime` does in the C locale (Python's `time.strftime`
+/// on Linux), `TZ` honoured. A request that is empty or only white space
+/// means [`DEFAULT_TIME_FORMAT`]. Unknown specifiers are copied as C copies
+/// them (`%Q` stays `%Q`); nothing here panics.
+///
+/// # Errors
+/// See [`TimeError`].
+pub fn render_time(request: &[u8]) -> Result<String, TimeError> {
+    let format = std::str::from_utf8(request).map_err(|_| TimeError::NotUtf8)?;
+    let format = if format.trim().is_empty() { DEFAULT_TIME_FORMAT } else { format };
+    let c_format = CString::new(format).map_err(|_| TimeError::Nul)?;
+    match crate::sys::strftime_now(&c_format, MAX_UDP_PAYLOAD) {
+        Ok(Some(bytes)) => String::from_utf8(bytes).map_err(|_| TimeError::NotUtf8),
+        Ok(None) => Err(TimeError::TooLong),
+        Err(e) => Err(TimeError::Clock(e.to_string())),
+    }
+}
+
+/// The reply to one request: the time, or `error: ...`.
+fn reply(request: &[u8]) -> String {
+    render_time(request).unwrap_or_else(|e| format!("error: {e}"))
+}
+
+/// The time server's handler.
+///
+/// * Datagrams: each datagram is a format; the reply is one datagram, no
+///   newline.
+/// * Streams: each line is a format (LF ends it, a CR before it is
+///   dropped); each reply is one line. A line longer than
+///   [`MAX_TIME_REQUEST`] gets an `error:` line and the connection closes.
+///
+/// Bad requests get a reply beginning with `error:`; the server serves on.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TimeServer;
+
+impl RequestHandler<DatagramRequest> for TimeServer {
+    fn handle(&self, req: &mut DatagramRequest) -> io::Result<()> {
+        req.reply(reply(req.data()).as_bytes())
+    }
+}
+
+impl RequestHandler<StreamRequest> for TimeServer {
+    fn handle(&self, req: &mut StreamRequest) -> io::Result<()> {
+        let lines = Lines::new(MAX_TIME_REQUEST);
+        let mut line = Vec::new();
+        loop {
+            match lines.read_line(req, &mut line) {
+                Ok(true) => {
+                    let mut answer = reply(&line);
+                    // A format may render a newline (`%n`); one reply stays one line.
+                    answer.retain(|c| c != '\n');
+                    answer.push('\n');
+                    req.write_all(answer.as_bytes())?;
+                }
+                Ok(false) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    writeln!(req, "error: request line longer than {MAX_TIME_REQUEST} bytes; closing")?;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_like_c_strftime() {
+        let year = render_time(b"%Y").unwrap();
+        assert_eq!(year.len(), 4);
+        assert!(year.starts_with("20"));
+        assert_eq!(render_time(b"%Q").unwrap(), "%Q", "unknown specifiers are copied");
+        assert_eq!(render_time(b"%").unwrap(), "%");
+        assert_eq!(render_time(b"%5Y").unwrap(), format!("0{year}"));
+        assert_eq!(render_time("héllo %%".as_bytes()).unwrap(), "héllo %");
+        let default = render_time(b"  ").unwrap();
+        assert_eq!(default.len(), "2026-11-22 05:03:42".len(), "{default}");
+    }
+
+    #[test]
+    fn bad_formats_are_errors_not_panics() {
+        assert_eq!(render_time(b"\xff%Y"), Err(TimeError::NotUtf8));
+        assert_eq!(render_time(b"%Y\0"), Err(TimeError::Nul));
+        assert_eq!(render_time(b"%100000Y"), Err(TimeError::TooLong));
+    }
+}
