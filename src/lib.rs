@@ -80,6 +80,16 @@ pub use crate::transport::Transport;
 
 use crate::transport::{Tcp, Udp, UnixDatagram, UnixStream};
 
+/// Raises this process's limit on open descriptors (`RLIMIT_NOFILE`) from
+/// its soft to its hard value, as a server that holds thousands of
+/// connections needs (Python: `resource.setrlimit`). Returns the new limit.
+///
+/// # Errors
+/// As `getrlimit(2)`/`setrlimit(2)`.
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    sys::raise_fd_limit()
+}
+
 /// A synchronous TCP server (Python's `TCPServer`); `TcpServer::builder().strategy(..)` picks another strategy.
 pub type TcpServer = Server<Tcp, Sync>;
 /// A UDP server; synchronous unless another strategy is named (Python's `UDPServer`).

@@ -918,8 +918,11 @@ impl<T: Transport, S: Strategy> Server<T, S> {
     /// `ThreadPool` on a datagram socket: the workers receive themselves.
     fn serve_datagram_workers(&self, socket: &Arc<DatagramSocket>, pool: &ThreadPool) -> io::Result<()> {
         let shared = &self.shared;
-        let mut handles = Vec::with_capacity(pool.min);
-        for id in 0..pool.min {
+        // Each receiver handles one datagram at a time: capping receivers
+        // at `max_connections` caps datagrams in flight.
+        let receivers = self.opts.max_connections.map_or(pool.min, |max| pool.min.min(max));
+        let mut handles = Vec::with_capacity(receivers);
+        for id in 0..receivers {
             let worker = DatagramWorker {
                 service: Arc::clone(&self.service),
                 socket: Arc::clone(socket),

@@ -172,3 +172,22 @@ pub(crate) fn strftime_now(format: &std::ffi::CStr, max: usize) -> io::Result<Op
         size = (size * 4).min(max);
     }
 }
+
+/// Raises the soft limit on open descriptors to the hard limit; returns the
+/// new soft limit.
+pub(crate) fn raise_fd_limit() -> io::Result<u64> {
+    // SAFETY: an all-zero rlimit is a valid value; getrlimit fills it.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `lim` is a valid out-pointer for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a valid, initialised rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(lim.rlim_cur as u64)
+}

@@ -8,7 +8,6 @@ mod chat;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::time::Duration;
 
 use util::*;
 

@@ -94,8 +94,10 @@ pub enum Overflow {
 /// `max_workers` are busy, requests wait in a queue of `queue` places; when
 /// that is full too, [`Overflow`] decides.
 ///
-/// For datagram servers, `workers` threads receive on the socket directly
-/// (no hand-off, no copy per datagram).
+/// For datagram servers, `workers` threads (at most `max_connections`)
+/// receive on the socket directly and each handles its own datagram — no
+/// hand-off, no copy per datagram; `max_workers`, the queue and the
+/// overflow policy do not apply there.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ThreadPool {
     pub(crate) min: usize,

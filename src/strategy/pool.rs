@@ -25,8 +25,10 @@ struct Inner {
     rx: Receiver<Job>,
     /// Workers alive.
     total: AtomicUsize,
-    /// Workers waiting for a job.
-    idle: AtomicUsize,
+    /// Jobs handed over and not yet finished: queued, in transit, running.
+    /// Raised by the dispatcher before the hand-off, lowered by the worker
+    /// after the job, so it never lags behind a burst.
+    assigned: AtomicUsize,
     next_id: AtomicUsize,
     handles: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -46,7 +48,7 @@ impl Pool {
             service: Arc::clone(service),
             rx,
             total: AtomicUsize::new(0),
-            idle: AtomicUsize::new(0),
+            assigned: AtomicUsize::new(0),
             next_id: AtomicUsize::new(0),
             handles: Mutex::new(Vec::new()),
         });
@@ -58,23 +60,25 @@ impl Pool {
     }
 
     pub(crate) fn has_capacity(&self) -> bool {
-        let inner = &self.inner;
-        inner.config.overflow == Overflow::Reject || !inner.saturated(&self.tx)
+        self.inner.config.overflow == Overflow::Reject || !self.inner.saturated()
     }
 
     pub(crate) fn dispatch(&self, job: Job) {
         let inner = &self.inner;
         let stats = &inner.service.shared.stats;
-        if inner.idle.load(SeqCst) == 0
+        if inner.config.overflow == Overflow::Reject && inner.saturated() {
+            Counters::bump(&stats.rejected);
+            log::debug!("{}: pool full, rejecting {}", inner.service.shared.name, job.peer());
+            return; // dropping the job closes the connection
+        }
+        // Counted before the hand-off, so that the next dispatch already
+        // knows this job needs a worker — even before any worker wakes.
+        let assigned = inner.assigned.fetch_add(1, SeqCst) + 1;
+        if assigned > inner.total.load(SeqCst)
             && inner.total.load(SeqCst) < inner.config.max
             && let Err(e) = inner.spawn_worker()
         {
             log::error!("{}: cannot start a pool worker: {e}", inner.service.shared.name);
-        }
-        if inner.config.overflow == Overflow::Reject && inner.saturated(&self.tx) {
-            Counters::bump(&stats.rejected);
-            log::debug!("{}: pool full, rejecting {}", inner.service.shared.name, job.peer());
-            return; // dropping the job closes the connection
         }
         stats.queued.fetch_add(1, SeqCst);
         let mut job = job;
@@ -82,13 +86,17 @@ impl Pool {
             match self.tx.send_timeout(job, HANDOFF_RETRY) {
                 Ok(()) => return,
                 Err(SendTimeoutError::Timeout(j)) => {
+                    // A worker retired, or could not be started: try again.
                     job = j;
-                    if inner.total.load(SeqCst) < inner.config.max {
+                    if inner.assigned.load(SeqCst) > inner.total.load(SeqCst)
+                        && inner.total.load(SeqCst) < inner.config.max
+                    {
                         let _ = inner.spawn_worker();
                     }
                 }
                 Err(SendTimeoutError::Disconnected(_)) => {
                     stats.queued.fetch_sub(1, SeqCst);
+                    inner.assigned.fetch_sub(1, SeqCst);
                     return;
                 }
             }
@@ -112,9 +120,9 @@ impl Pool {
 }
 
 impl Inner {
-    /// No idle worker, no room to grow, no room in the queue.
-    fn saturated(&self, tx: &Sender<Job>) -> bool {
-        self.idle.load(SeqCst) == 0 && self.total.load(SeqCst) >= self.config.max && tx.len() >= self.config.queue
+    /// Every worker the pool may have is taken and the queue is full.
+    fn saturated(&self) -> bool {
+        self.assigned.load(SeqCst) >= self.config.max + self.config.queue
     }
 
     fn spawn_worker(self: &Arc<Self>) -> io::Result<()> {
@@ -142,20 +150,19 @@ impl Inner {
     fn work(&self) {
         let stats = &self.service.shared.stats;
         loop {
-            self.idle.fetch_add(1, SeqCst);
             let received = if self.total.load(SeqCst) > self.config.min {
                 self.rx.recv_timeout(self.config.keep_alive)
             } else {
                 self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
             };
-            self.idle.fetch_sub(1, SeqCst);
             match received {
                 Ok(job) => {
                     stats.queued.fetch_sub(1, SeqCst);
-                    self.service.shared.capacity_freed();
                     stats.workers_busy.fetch_add(1, SeqCst);
                     self.service.run(job);
                     stats.workers_busy.fetch_sub(1, SeqCst);
+                    self.assigned.fetch_sub(1, SeqCst);
+                    self.service.shared.capacity_freed();
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     if self.retire() {

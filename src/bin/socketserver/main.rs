@@ -1,6 +1,7 @@
 //! The `socketserver` command: the bundled echo and time servers, a line
 //! client, and the strategy benchmark.
 
+mod bench;
 mod client;
 mod serve;
 
@@ -27,6 +28,10 @@ enum Command {
     Time(serve::ServeArgs),
     /// Sends each line of stdin to a server and prints each reply as a line.
     Client(client::ClientArgs),
+    /// Load generator and strategy benchmark: requests/s, p50/p99/p99.9
+    /// latency, errors and unserved clients against a server (--addr) or
+    /// in-process servers for each strategy (--spawn).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +40,7 @@ fn main() -> ExitCode {
         Command::Echo(args) => serve::run(serve::Bundled::Echo, args),
         Command::Time(args) => serve::run(serve::Bundled::Time, args),
         Command::Client(args) => client::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

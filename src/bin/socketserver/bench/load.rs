@@ -1,0 +1,462 @@
+//! The load generator: many connections per thread on mio, each a closed
+//! loop (send, wait for the whole answer, send again), latencies in an
+//! HDR histogram. 1,000 connections take a few threads, not 1,000.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use mio::net::{TcpStream, UdpSocket};
+use mio::{Events, Interest, Poll, Token};
+
+/// What one client does in a loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// A long-lived connection: write `size` bytes, read them back, repeat.
+    TcpEcho,
+    /// Connect, write `size` bytes, half-close, read them back and the end
+    /// of stream, close; repeat with a new connection.
+    TcpConnect,
+    /// Send a datagram of `size` bytes, wait for it back (or count it lost
+    /// after the timeout), repeat.
+    UdpEcho,
+}
+
+/// One load run.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub mode: Mode,
+    pub addr: SocketAddr,
+    pub clients: usize,
+    pub size: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub threads: usize,
+    /// A datagram (or, for TCP, an answer) not back within this long is lost.
+    pub timeout: Duration,
+}
+
+/// What a run measured (only the measurement window, after the warm-up).
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub requests: u64,
+    pub errors: u64,
+    /// Datagrams that never came back.
+    pub lost: u64,
+    /// Clients that never got a single answer during the whole run.
+    pub unserved: u64,
+    pub elapsed: Duration,
+    /// Latency of each request, in nanoseconds.
+    pub latency: Histogram<u64>,
+    /// CPU time the generator threads used.
+    pub generator_cpu: Duration,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Runs the load, spreading clients over `spec.threads` threads; `tick` is
+/// called about every 100 ms with the requests so far (for progress).
+pub fn run(spec: &Spec, tick: &(dyn Fn(u64) + Sync)) -> io::Result<Outcome> {
+    let threads = spec.threads.clamp(1, spec.clients.max(1));
+    let start = Instant::now();
+    let measure_from = start + spec.warmup;
+    let end = measure_from + spec.duration;
+    let counter = std::sync::atomic::AtomicU64::new(0);
+    let results: Vec<io::Result<ThreadOutcome>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let clients = spec.clients / threads + usize::from(t < spec.clients % threads);
+                let counter = &counter;
+                scope.spawn(move || {
+                    let mut worker = Worker::new(spec, clients, measure_from, end, counter)?;
+                    worker.run()?;
+                    Ok(worker.finish())
+                })
+            })
+            .collect();
+        // Progress while the workers run.
+        while handles.iter().any(|h| !h.is_finished()) {
+            tick(counter.load(std::sync::atomic::Ordering::Relaxed));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(io::Error::other("load thread panicked"))))
+            .collect()
+    });
+    let mut total = Outcome {
+        requests: 0,
+        errors: 0,
+        lost: 0,
+        unserved: 0,
+        elapsed: spec.duration,
+        latency: histogram(),
+        generator_cpu: Duration::ZERO,
+    };
+    for r in results {
+        let r = r?;
+        total.requests += r.requests;
+        total.errors += r.errors;
+        total.lost += r.lost;
+        total.unserved += r.unserved;
+        total.generator_cpu += r.cpu;
+        total.latency.add(&r.latency).map_err(|e| io::Error::other(e.to_string()))?;
+    }
+    Ok(total)
+}
+
+struct ThreadOutcome {
+    requests: u64,
+    errors: u64,
+    lost: u64,
+    unserved: u64,
+    latency: Histogram<u64>,
+    cpu: Duration,
+}
+
+enum Socket {
+    Tcp(TcpStream),
+    Udp(UdpSocket),
+    None,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    Connecting,
+    Writing,
+    Reading,
+    /// Connect mode: answer complete, waiting for the end of stream.
+    Draining,
+    Dead,
+}
+
+struct Client {
+    socket: Socket,
+    state: State,
+    written: usize,
+    read: usize,
+    started: Instant,
+    served: bool,
+}
+
+struct Worker<'a> {
+    spec: &'a Spec,
+    poll: Poll,
+    clients: Vec<Client>,
+    out: Vec<u8>,
+    inbuf: Vec<u8>,
+    measure_from: Instant,
+    end: Instant,
+    counter: &'a std::sync::atomic::AtomicU64,
+    requests: u64,
+    errors: u64,
+    lost: u64,
+    latency: Histogram<u64>,
+    cpu_start: Duration,
+}
+
+impl<'a> Worker<'a> {
+    fn new(
+        spec: &'a Spec,
+        n: usize,
+        measure_from: Instant,
+        end: Instant,
+        counter: &'a std::sync::atomic::AtomicU64,
+    ) -> io::Result<Worker<'a>> {
+        let mut w = Worker {
+            spec,
+            poll: Poll::new()?,
+            clients: Vec::with_capacity(n),
+            out: (0..spec.size).map(|i| b'a' + (i % 26) as u8).collect(),
+            inbuf: vec![0; spec.size.max(1) + 1],
+            measure_from,
+            end,
+            counter,
+            requests: 0,
+            errors: 0,
+            lost: 0,
+            latency: histogram(),
+            cpu_start: thread_cpu(),
+        };
+        for i in 0..n {
+            w.clients.push(Client {
+                socket: Socket::None,
+                state: State::Dead,
+                written: 0,
+                read: 0,
+                started: Instant::now(),
+                served: false,
+            });
+            w.open(i)?;
+        }
+        Ok(w)
+    }
+
+    /// Opens (or reopens) client `i`'s socket and starts its first request.
+    fn open(&mut self, i: usize) -> io::Result<()> {
+        let token = Token(i);
+        let c = &mut self.clients[i];
+        c.written = 0;
+        c.read = 0;
+        c.started = Instant::now();
+        match self.spec.mode {
+            Mode::TcpEcho | Mode::TcpConnect => {
+                let mut s = TcpStream::connect(self.spec.addr)?;
+                self.poll.registry().register(&mut s, token, Interest::READABLE | Interest::WRITABLE)?;
+                c.socket = Socket::Tcp(s);
+                c.state = State::Connecting;
+            }
+            Mode::UdpEcho => {
+                let local: SocketAddr =
+                    if self.spec.addr.is_ipv4() { "127.0.0.1:0".parse() } else { "[::1]:0".parse() }.expect("literal");
+                let mut s = UdpSocket::bind(local)?;
+                s.connect(self.spec.addr)?;
+                self.poll.registry().register(&mut s, token, Interest::READABLE)?;
+                c.socket = Socket::Udp(s);
+                c.state = State::Writing;
+                self.drive(i);
+            }
+        }
+        Ok(())
+    }
+
+    fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let now = Instant::now();
+            if now >= self.end {
+                return Ok(());
+            }
+            let wait = (self.end - now).min(Duration::from_millis(10));
+            if let Err(e) = self.poll.poll(&mut events, Some(wait)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for ev in events.iter() {
+                self.drive(ev.token().0);
+            }
+            self.expire();
+        }
+    }
+
+    /// Requests that waited longer than the timeout: a lost datagram is
+    /// counted and sent again; a stuck TCP client is left alone (it shows
+    /// up as unserved or as missing throughput).
+    fn expire(&mut self) {
+        if self.spec.mode != Mode::UdpEcho {
+            return;
+        }
+        let now = Instant::now();
+        for i in 0..self.clients.len() {
+            let c = &mut self.clients[i];
+            if c.state == State::Reading && now.duration_since(c.started) > self.spec.timeout {
+                if c.started >= self.measure_from {
+                    self.lost += 1;
+                }
+                c.state = State::Writing;
+                c.written = 0;
+                c.started = now;
+                self.drive(i);
+            }
+        }
+    }
+
+    fn fail(&mut self, i: usize) {
+        let c = &mut self.clients[i];
+        if let Socket::Tcp(s) = &mut c.socket {
+            let _ = self.poll.registry().deregister(s);
+        }
+        c.socket = Socket::None;
+        c.state = State::Dead;
+        if Instant::now() >= self.measure_from {
+            self.errors += 1;
+        }
+        // Connect mode goes on with a new connection; a broken long-lived
+        // connection stays broken (the server dropped it).
+        if self.spec.mode == Mode::TcpConnect && Instant::now() < self.end {
+            let _ = self.open(i);
+        }
+    }
+
+    fn complete(&mut self, i: usize) {
+        let now = Instant::now();
+        let c = &mut self.clients[i];
+        c.served = true;
+        if c.started >= self.measure_from && now <= self.end {
+            self.requests += 1;
+            self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _ = self.latency.record(now.duration_since(c.started).as_nanos().max(1) as u64);
+        }
+    }
+
+    /// Moves client `i` as far as its socket allows without blocking.
+    fn drive(&mut self, i: usize) {
+        loop {
+            let state = self.clients[i].state;
+            let step = match state {
+                State::Dead => return,
+                State::Connecting => self.connecting(i),
+                State::Writing => self.writing(i),
+                State::Reading => self.reading(i),
+                State::Draining => self.draining(i),
+            };
+            match step {
+                Ok(true) => continue,
+                Ok(false) => return,
+                Err(_) => {
+                    self.fail(i);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn connecting(&mut self, i: usize) -> io::Result<bool> {
+        let c = &mut self.clients[i];
+        let Socket::Tcp(s) = &c.socket else { return Ok(false) };
+        if let Some(e) = s.take_error()? {
+            return Err(e);
+        }
+        match s.peer_addr() {
+            Ok(_) => {
+                let _ = s.set_nodelay(true);
+                c.state = State::Writing;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotConnected || e.raw_os_error() == Some(libc::EINPROGRESS) => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn writing(&mut self, i: usize) -> io::Result<bool> {
+        let size = self.spec.size;
+        let mode = self.spec.mode;
+        let c = &mut self.clients[i];
+        if c.written == 0 && mode == Mode::TcpEcho {
+            c.started = Instant::now();
+        }
+        match &mut c.socket {
+            Socket::Tcp(s) => {
+                while c.written < size {
+                    match s.write(&self.out[c.written..]) {
+                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                        Ok(n) => c.written += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                if mode == Mode::TcpConnect {
+                    s.shutdown(Shutdown::Write)?;
+                }
+            }
+            Socket::Udp(s) => {
+                c.started = Instant::now();
+                match s.send(&self.out) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) => return Err(e),
+                }
+            }
+            Socket::None => return Ok(false),
+        }
+        c.read = 0;
+        c.state = State::Reading;
+        Ok(true)
+    }
+
+    fn reading(&mut self, i: usize) -> io::Result<bool> {
+        let size = self.spec.size;
+        let mode = self.spec.mode;
+        let c = &mut self.clients[i];
+        match &mut c.socket {
+            Socket::Tcp(s) => {
+                while c.read < size {
+                    match s.read(&mut self.inbuf[..size - c.read]) {
+                        Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                        Ok(n) => c.read += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Socket::Udp(s) => match s.recv(&mut self.inbuf) {
+                Ok(n) if n == size => {}
+                Ok(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, "datagram of the wrong size")),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            },
+            Socket::None => return Ok(false),
+        }
+        if mode == Mode::TcpConnect {
+            c.state = State::Draining;
+            return Ok(true);
+        }
+        self.complete(i);
+        let c = &mut self.clients[i];
+        c.written = 0;
+        c.state = if Instant::now() < self.end { State::Writing } else { State::Dead };
+        Ok(true)
+    }
+
+    fn draining(&mut self, i: usize) -> io::Result<bool> {
+        let c = &mut self.clients[i];
+        let Socket::Tcp(s) = &mut c.socket else { return Ok(false) };
+        loop {
+            match s.read(&mut self.inbuf) {
+                Ok(0) => break,
+                Ok(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, "more bytes than sent")),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let _ = self.poll.registry().deregister(s);
+        self.complete(i);
+        self.clients[i].socket = Socket::None;
+        self.clients[i].state = State::Dead;
+        if Instant::now() < self.end {
+            self.open(i)?;
+        }
+        Ok(false)
+    }
+
+    fn finish(self) -> ThreadOutcome {
+        ThreadOutcome {
+            requests: self.requests,
+            errors: self.errors,
+            lost: self.lost,
+            unserved: self.clients.iter().filter(|c| !c.served).count() as u64,
+            latency: self.latency,
+            cpu: thread_cpu().saturating_sub(self.cpu_start),
+        }
+    }
+}
+
+/// CPU time (user + system) of the calling thread, from /proc (10 ms steps).
+pub fn thread_cpu() -> Duration {
+    cpu_from_stat("/proc/thread-self/stat")
+}
+
+/// CPU time (user + system) of a whole process, from /proc.
+pub fn process_cpu(pid: u32) -> Duration {
+    cpu_from_stat(&format!("/proc/{pid}/stat"))
+}
+
+fn cpu_from_stat(path: &str) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(path) else { return Duration::ZERO };
+    // Fields after the command name (which may contain spaces) in parentheses.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return Duration::ZERO };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after ')'.
+    let ticks: u64 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    Duration::from_millis(ticks * 10)
+}

@@ -1,0 +1,275 @@
+//! `socketserver bench`: drive load against a server (or against servers
+//! started in-process for each strategy) and report throughput, latency,
+//! errors and unserved clients as a table, JSON or a plot.
+
+mod load;
+mod plot;
+mod spawn;
+
+use std::io::{self, IsTerminal, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use load::{Mode, Spec};
+use spawn::{Spawned, StrategyChoice, Workload};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// N long-lived connections, each a closed loop: write B bytes, read them back.
+    TcpEcho,
+    /// Connect, one request, close — connection churn.
+    TcpConnect,
+    /// N clients, each a closed loop of one datagram out and back.
+    UdpEcho,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The workload the clients generate.
+    #[arg(value_enum)]
+    mode: ModeArg,
+    /// Load a server that is already running at ADDR.
+    #[arg(long, value_name = "ADDR", conflicts_with = "spawn", required_unless_present = "spawn")]
+    addr: Option<String>,
+    /// Start servers in this process for each --strategies × --workloads
+    /// and load each in turn.
+    #[arg(long)]
+    spawn: bool,
+    /// Concurrent clients; a comma-separated list runs one cell each.
+    #[arg(long, short = 'c', value_name = "N,...", value_delimiter = ',', default_value = "16")]
+    connections: Vec<usize>,
+    /// Bytes per request.
+    #[arg(long, short = 'b', value_name = "BYTES", default_value = "64")]
+    size: usize,
+    /// Measured seconds per cell.
+    #[arg(long, short = 'd', value_name = "SECS", default_value = "5", value_parser = parse_secs)]
+    duration: Duration,
+    /// Seconds of load before measuring.
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_secs)]
+    warmup: Duration,
+    /// Load-generator threads (each drives many connections).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// A datagram not back within this long counts as lost (and is sent again).
+    #[arg(long, value_name = "SECS", default_value = "0.2", value_parser = parse_secs)]
+    timeout: Duration,
+    /// With --spawn: strategies to compare (sync, threading, pool, pool:N).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "sync,threading,pool:2,pool:16,pool")]
+    strategies: Vec<StrategyChoice>,
+    /// With --spawn: handler workloads (echo, sleep:MS, cpu:MS).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "echo")]
+    workloads: Vec<Workload>,
+    /// A name for the server in the output (with --addr).
+    #[arg(long, value_name = "NAME")]
+    label: Option<String>,
+    /// With --addr: the server's pid, to report its CPU time.
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Also draw throughput and p99 latency against connections, one line
+    /// per server, as an SVG.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<std::path::PathBuf>,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .and_then(|v| Duration::try_from_secs_f64(v).ok())
+        .ok_or_else(|| format!("`{s}` is not a number of seconds"))
+}
+
+/// One cell of the results.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub mode: &'static str,
+    pub server: String,
+    pub workload: String,
+    pub connections: usize,
+    pub size: usize,
+    pub requests: u64,
+    pub requests_per_sec: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub errors: u64,
+    pub lost: u64,
+    pub unserved: u64,
+    pub generator_cpu_pct: f64,
+    pub server_cpu_pct: Option<f64>,
+}
+
+fn mode_name(m: ModeArg) -> &'static str {
+    match m {
+        ModeArg::TcpEcho => "tcp-echo",
+        ModeArg::TcpConnect => "tcp-connect",
+        ModeArg::UdpEcho => "udp-echo",
+    }
+}
+
+pub fn run(args: BenchArgs) -> io::Result<()> {
+    raise_fd_limit();
+    let mode = match args.mode {
+        ModeArg::TcpEcho => Mode::TcpEcho,
+        ModeArg::TcpConnect => Mode::TcpConnect,
+        ModeArg::UdpEcho => Mode::UdpEcho,
+    };
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads = args.threads.unwrap_or(cpus).max(1);
+    let mut rows = Vec::new();
+    let mut cells: Vec<(String, Workload, Option<StrategyChoice>)> = Vec::new();
+    if args.spawn {
+        for w in &args.workloads {
+            for s in &args.strategies {
+                cells.push((s.label.clone(), *w, Some(s.clone())));
+            }
+        }
+    } else {
+        let label = args.label.clone().unwrap_or_else(|| args.addr.clone().unwrap_or_default());
+        cells.push((label, Workload::Echo, None));
+    }
+    for (label, workload, strategy) in cells {
+        for &connections in &args.connections {
+            let spawned = match &strategy {
+                Some(s) => Some(Spawned::start(mode == Mode::UdpEcho, &s.strategy, workload)?),
+                None => None,
+            };
+            let addr = match &spawned {
+                Some(s) => s.addr,
+                None => resolve(args.addr.as_deref().unwrap_or_default())?,
+            };
+            let spec = Spec {
+                mode,
+                addr,
+                clients: connections,
+                size: args.size,
+                warmup: args.warmup,
+                duration: args.duration,
+                threads,
+                timeout: args.timeout,
+            };
+            let what = format!("{} {label} {workload} c={connections}", mode_name(args.mode));
+            let server_cpu_before = args.server_pid.map(load::process_cpu);
+            let outcome = with_progress(&what, &spec, |tick| load::run(&spec, tick))?;
+            let server_cpu = args.server_pid.zip(server_cpu_before).map(|(pid, before)| {
+                let used = load::process_cpu(pid).saturating_sub(before);
+                100.0 * used.as_secs_f64() / (spec.warmup + spec.duration).as_secs_f64()
+            });
+            drop(spawned);
+            let secs = outcome.elapsed.as_secs_f64();
+            let q = |p: f64| outcome.latency.value_at_quantile(p) as f64 / 1000.0;
+            rows.push(Row {
+                mode: mode_name(args.mode),
+                server: label.clone(),
+                workload: workload.to_string(),
+                connections,
+                size: args.size,
+                requests: outcome.requests,
+                requests_per_sec: outcome.requests as f64 / secs,
+                p50_us: q(0.5),
+                p99_us: q(0.99),
+                p999_us: q(0.999),
+                errors: outcome.errors,
+                lost: outcome.lost,
+                unserved: outcome.unserved,
+                generator_cpu_pct: 100.0 * outcome.generator_cpu.as_secs_f64()
+                    / (spec.warmup + spec.duration).as_secs_f64(),
+                server_cpu_pct: server_cpu,
+            });
+        }
+    }
+    let mut out = io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &rows).map_err(io::Error::other)?;
+        writeln!(out)?;
+    } else {
+        print_table(&mut out, &rows)?;
+    }
+    if let Some(path) = &args.plot {
+        plot::draw(path, &rows).map_err(|e| io::Error::other(format!("cannot draw {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+fn resolve(addr: &str) -> io::Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot resolve {addr}: {e}")))?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{addr} resolves to nothing")))
+}
+
+fn with_progress<T>(what: &str, spec: &Spec, f: impl FnOnce(&(dyn Fn(u64) + Sync)) -> T) -> T {
+    if !io::stderr().is_terminal() {
+        return f(&|_| {});
+    }
+    let total = (spec.warmup + spec.duration).as_millis() as u64;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {elapsed_precise} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(what.to_string());
+    let start = std::time::Instant::now();
+    let result = f(&|requests| {
+        bar.set_position(start.elapsed().as_millis() as u64);
+        bar.set_message(format!("{requests} requests"));
+    });
+    bar.finish_and_clear();
+    result
+}
+
+fn print_table(out: &mut impl Write, rows: &[Row]) -> io::Result<()> {
+    writeln!(
+        out,
+        "{:<12} {:<14} {:<10} {:>6} {:>6} {:>11} {:>9} {:>9} {:>9} {:>7} {:>6} {:>8} {:>7} {:>7}",
+        "mode",
+        "server",
+        "workload",
+        "conns",
+        "bytes",
+        "req/s",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "errors",
+        "lost",
+        "unserved",
+        "gen cpu",
+        "srv cpu"
+    )?;
+    for r in rows {
+        let srv = r.server_cpu_pct.map_or("-".to_string(), |c| format!("{c:.0}%"));
+        writeln!(
+            out,
+            "{:<12} {:<14} {:<10} {:>6} {:>6} {:>11.0} {:>9.1} {:>9.1} {:>9.1} {:>7} {:>6} {:>8} {:>6.0}% {:>7}",
+            r.mode,
+            r.server,
+            r.workload,
+            r.connections,
+            r.size,
+            r.requests_per_sec,
+            r.p50_us,
+            r.p99_us,
+            r.p999_us,
+            r.errors,
+            r.lost,
+            r.unserved,
+            r.generator_cpu_pct,
+            srv
+        )?;
+    }
+    Ok(())
+}
+
+/// Thousands of connections need thousands of descriptors: raise the soft
+/// limit to the hard one.
+fn raise_fd_limit() {
+    if let Err(e) = socketserver::raise_fd_limit() {
+        log::warn!("cannot raise the open-file limit: {e}");
+    }
+}

@@ -1,0 +1,152 @@
+//! In-process servers for `bench --spawn`: each strategy, each workload.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::str::FromStr;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use socketserver::{AnyStrategy, DatagramRequest, RequestHandler, ServerHandle, StreamRequest, ThreadPool, Threading};
+use socketserver::{TcpServer, UdpServer};
+
+/// What the handler does before it echoes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Workload {
+    /// Echo at once.
+    Echo,
+    /// Block this long first (a database call, a disk read).
+    Sleep(Duration),
+    /// Compute this long first (busy CPU).
+    Cpu(Duration),
+}
+
+impl Workload {
+    fn before_echo(self) {
+        match self {
+            Workload::Echo => {}
+            Workload::Sleep(d) => std::thread::sleep(d),
+            Workload::Cpu(d) => {
+                let start = Instant::now();
+                let mut x = 0u64;
+                while start.elapsed() < d {
+                    for i in 0..64 {
+                        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Workload::Echo => f.write_str("echo"),
+            Workload::Sleep(d) => write!(f, "sleep:{}", d.as_micros() as f64 / 1000.0),
+            Workload::Cpu(d) => write!(f, "cpu:{}", d.as_micros() as f64 / 1000.0),
+        }
+    }
+}
+
+impl FromStr for Workload {
+    type Err = String;
+    /// `echo`, `sleep:MS` or `cpu:MS` (milliseconds, fractions allowed).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let ms = |v: &str| {
+            v.parse::<f64>()
+                .ok()
+                .and_then(|m| Duration::try_from_secs_f64(m / 1000.0).ok())
+                .ok_or_else(|| format!("`{v}` is not a number of milliseconds"))
+        };
+        match s.split_once(':') {
+            None if s == "echo" => Ok(Workload::Echo),
+            Some(("sleep", v)) => Ok(Workload::Sleep(ms(v)?)),
+            Some(("cpu", v)) => Ok(Workload::Cpu(ms(v)?)),
+            _ => Err(format!("`{s}`: expected echo, sleep:MS or cpu:MS")),
+        }
+    }
+}
+
+/// A strategy to benchmark, as written on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StrategyChoice {
+    pub label: String,
+    pub strategy: AnyStrategy,
+}
+
+impl FromStr for StrategyChoice {
+    type Err = String;
+    /// `sync`, `threading`, `pool` (growing from the CPU count) or `pool:N`
+    /// (exactly N workers).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let strategy: AnyStrategy = match s.split_once(':') {
+            None if s == "sync" => socketserver::Sync.into(),
+            None if s == "threading" => Threading::new().into(),
+            None if s == "pool" => ThreadPool::default().max_workers(NonZeroUsize::new(4096).expect("nonzero")).into(),
+            Some(("pool", n)) => {
+                let n: NonZeroUsize = n.parse().map_err(|_| format!("`{n}` is not a worker count"))?;
+                ThreadPool::new(n).into()
+            }
+            _ => return Err(format!("`{s}`: expected sync, threading, pool or pool:N")),
+        };
+        Ok(StrategyChoice { label: s.to_string(), strategy })
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Bench(Workload);
+
+impl RequestHandler<StreamRequest> for Bench {
+    fn handle(&self, req: &mut StreamRequest) -> io::Result<()> {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let n = req.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            self.0.before_echo();
+            req.write_all(&buf[..n])?;
+        }
+    }
+}
+
+impl RequestHandler<DatagramRequest> for Bench {
+    fn handle(&self, req: &mut DatagramRequest) -> io::Result<()> {
+        self.0.before_echo();
+        req.reply(req.data())
+    }
+}
+
+/// A server running on its own thread until dropped.
+pub struct Spawned {
+    pub addr: SocketAddr,
+    handle: ServerHandle,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl Spawned {
+    pub fn start(udp: bool, strategy: &AnyStrategy, workload: Workload) -> io::Result<Spawned> {
+        let (addr, handle, thread) = if udp {
+            let server = UdpServer::builder().strategy(strategy.clone()).bind("127.0.0.1:0", Bench(workload))?;
+            let addr = server.server_address().as_inet().expect("an IP server");
+            (addr, server.handle(), std::thread::spawn(move || server.serve_forever()))
+        } else {
+            let server =
+                TcpServer::builder().strategy(strategy.clone()).nodelay(true).bind("127.0.0.1:0", Bench(workload))?;
+            let addr = server.server_address().as_inet().expect("an IP server");
+            (addr, server.handle(), std::thread::spawn(move || server.serve_forever()))
+        };
+        Ok(Spawned { addr, handle, thread: Some(thread) })
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        // Whatever the generator left open is closed now.
+        self.handle.shutdown_with_grace(Duration::ZERO);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
