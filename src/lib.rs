@@ -59,6 +59,8 @@
 
 mod accept;
 mod address;
+#[doc(hidden)]
+pub mod bench_support;
 pub mod framing;
 mod handler;
 mod server;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::service::{Job, Service};
 
-pub(crate) use pool::Pool;
+pub(crate) use pool::{Pool, Runner};
 
 /// The default stack of a worker or request thread: enough for ordinary
 /// handlers, small enough that thousands of idle connections stay cheap.

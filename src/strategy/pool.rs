@@ -12,17 +12,40 @@ use parking_lot::Mutex;
 
 use super::{Overflow, ThreadPool};
 use crate::service::{Job, Service};
+use crate::shutdown::Shared;
 use crate::stats::Counters;
+
+/// What runs the pool's jobs: the server's `Service` (jobs are requests),
+/// or a plain closure in the dispatch benchmarks.
+pub(crate) trait Runner: Send + Sync + 'static {
+    type Job: Send + 'static;
+    fn run(&self, job: Self::Job);
+    fn shared(&self) -> &Arc<Shared>;
+    /// Says whom a rejected job was for, in the log.
+    fn describe(&self, job: &Self::Job) -> String;
+}
+
+impl Runner for Service {
+    type Job = Job;
+    fn run(&self, job: Job) {
+        Service::run(self, job);
+    }
+    fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+    fn describe(&self, job: &Job) -> String {
+        job.peer().to_string()
+    }
+}
 
 /// How long the accept loop waits on a hand-off that should complete at once
 /// before it looks again (a worker may have retired in between).
 const HANDOFF_RETRY: Duration = Duration::from_millis(10);
 
-#[derive(Debug)]
-struct Inner {
+struct Inner<R: Runner> {
     config: ThreadPool,
-    service: Arc<Service>,
-    rx: Receiver<Job>,
+    runner: Arc<R>,
+    rx: Receiver<R::Job>,
     /// Workers alive.
     total: AtomicUsize,
     /// Jobs handed over and not yet finished: queued, in transit, running.
@@ -34,18 +57,23 @@ struct Inner {
 }
 
 /// A running pool.
-#[derive(Debug)]
-pub(crate) struct Pool {
-    tx: Sender<Job>,
-    inner: Arc<Inner>,
+pub(crate) struct Pool<R: Runner = Service> {
+    tx: Sender<R::Job>,
+    inner: Arc<Inner<R>>,
 }
 
-impl Pool {
-    pub(crate) fn start(config: &ThreadPool, service: &Arc<Service>) -> io::Result<Pool> {
+impl<R: Runner> std::fmt::Debug for Pool<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("config", &self.inner.config).finish_non_exhaustive()
+    }
+}
+
+impl<R: Runner> Pool<R> {
+    pub(crate) fn start(config: &ThreadPool, runner: &Arc<R>) -> io::Result<Pool<R>> {
         let (tx, rx) = crossbeam_channel::bounded(config.queue);
         let inner = Arc::new(Inner {
             config: config.clone(),
-            service: Arc::clone(service),
+            runner: Arc::clone(runner),
             rx,
             total: AtomicUsize::new(0),
             assigned: AtomicUsize::new(0),
@@ -63,12 +91,12 @@ impl Pool {
         self.inner.config.overflow == Overflow::Reject || !self.inner.saturated()
     }
 
-    pub(crate) fn dispatch(&self, job: Job) {
+    pub(crate) fn dispatch(&self, job: R::Job) {
         let inner = &self.inner;
-        let stats = &inner.service.shared.stats;
+        let stats = &inner.runner.shared().stats;
         if inner.config.overflow == Overflow::Reject && inner.saturated() {
             Counters::bump(&stats.rejected);
-            log::debug!("{}: pool full, rejecting {}", inner.service.shared.name, job.peer());
+            log::debug!("{}: pool full, rejecting {}", inner.runner.shared().name, inner.runner.describe(&job));
             return; // dropping the job closes the connection
         }
         // Counted before the hand-off, so that the next dispatch already
@@ -78,7 +106,7 @@ impl Pool {
             && inner.total.load(SeqCst) < inner.config.max
             && let Err(e) = inner.spawn_worker()
         {
-            log::error!("{}: cannot start a pool worker: {e}", inner.service.shared.name);
+            log::error!("{}: cannot start a pool worker: {e}", inner.runner.shared().name);
         }
         stats.queued.fetch_add(1, SeqCst);
         let mut job = job;
@@ -107,7 +135,7 @@ impl Pool {
     pub(crate) fn finish(self) -> bool {
         let Pool { tx, inner } = self;
         drop(tx);
-        let shared = &inner.service.shared;
+        let shared = &inner.runner.shared();
         let done = shared.wait_drained(|| inner.total.load(SeqCst) == 0);
         let handles = std::mem::take(&mut *inner.handles.lock());
         for h in handles {
@@ -119,14 +147,14 @@ impl Pool {
     }
 }
 
-impl Inner {
+impl<R: Runner> Inner<R> {
     /// Every worker the pool may have is taken and the queue is full.
     fn saturated(&self) -> bool {
         self.assigned.load(SeqCst) >= self.config.max + self.config.queue
     }
 
     fn spawn_worker(self: &Arc<Self>) -> io::Result<()> {
-        let shared = &self.service.shared;
+        let shared = &self.runner.shared();
         self.total.fetch_add(1, SeqCst);
         shared.stats.workers_total.fetch_add(1, SeqCst);
         let id = self.next_id.fetch_add(1, SeqCst);
@@ -148,7 +176,7 @@ impl Inner {
     }
 
     fn work(&self) {
-        let stats = &self.service.shared.stats;
+        let stats = &self.runner.shared().stats;
         loop {
             let received = if self.total.load(SeqCst) > self.config.min {
                 self.rx.recv_timeout(self.config.keep_alive)
@@ -159,10 +187,10 @@ impl Inner {
                 Ok(job) => {
                     stats.queued.fetch_sub(1, SeqCst);
                     stats.workers_busy.fetch_add(1, SeqCst);
-                    self.service.run(job);
+                    self.runner.run(job);
                     stats.workers_busy.fetch_sub(1, SeqCst);
                     self.assigned.fetch_sub(1, SeqCst);
-                    self.service.shared.capacity_freed();
+                    self.runner.shared().capacity_freed();
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     if self.retire() {
@@ -189,7 +217,7 @@ impl Inner {
             self.total.fetch_add(1, SeqCst);
             return false;
         }
-        self.service.shared.stats.workers_total.fetch_sub(1, SeqCst);
+        self.runner.shared().stats.workers_total.fetch_sub(1, SeqCst);
         true
     }
 }
