@@ -6,7 +6,7 @@ use std::net::{Shutdown, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{SockAddr, SockRef};
 
@@ -221,6 +221,8 @@ pub(crate) struct StreamPolicy {
     /// The socket's receive timeout is the idle timeout: when it passes, the
     /// connection is closed.
     pub(crate) idle: Option<Duration>,
+    /// The socket's receive timeout as configured (read or idle timeout).
+    pub(crate) receive_timeout: Option<Duration>,
     pub(crate) read_buffer: usize,
     pub(crate) write_buffer: usize,
 }
@@ -254,7 +256,9 @@ pub struct StreamRequest {
     policy: StreamPolicy,
     peer: Address,
     server: ServerHandle,
+    deadline: Option<Instant>,
     eof: bool,
+    idle_closed: bool,
     pub(crate) linger: bool,
     pub(crate) tracked: bool,
     // Dropped after `reader`, i.e. after the socket is closed.
@@ -269,7 +273,9 @@ impl StreamRequest {
             policy,
             peer,
             server,
+            deadline: None,
             eof: false,
+            idle_closed: false,
             linger: true,
             tracked: true,
             slot: Some(slot),
@@ -336,15 +342,55 @@ impl StreamRequest {
         self.eof
     }
 
+    /// Sets a time by which reads must be done (`None`: no deadline): a
+    /// read still waiting for data then fails with `ErrorKind::TimedOut`,
+    /// however often the peer sends a byte. This is how a handler bounds a
+    /// whole request against a slow client ("slowloris") that the idle
+    /// timeout, which any byte resets, cannot catch. The connection stays
+    /// open; the handler decides what to do.
+    ///
+    /// # Errors
+    /// As `setsockopt(SO_RCVTIMEO)` when the deadline is cleared.
+    pub fn set_read_deadline(&mut self, deadline: Option<Instant>) -> io::Result<()> {
+        if deadline.is_none() && self.deadline.is_some() {
+            self.reader.get_ref().set_read_timeout(self.policy.receive_timeout)?;
+        }
+        self.deadline = deadline;
+        Ok(())
+    }
+
+    /// Before a read that will wait on the socket: bound the wait by the
+    /// deadline, or fail if it has passed.
+    fn before_read(&mut self) -> io::Result<()> {
+        let Some(deadline) = self.deadline else { return Ok(()) };
+        if !self.reader.buffer().is_empty() {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(self.deadline_error());
+        }
+        let wait = self.policy.receive_timeout.map_or(left, |t| t.min(left));
+        self.reader.get_ref().set_read_timeout(Some(wait))
+    }
+
+    fn deadline_error(&self) -> io::Error {
+        io::Error::new(io::ErrorKind::TimedOut, format!("read deadline passed waiting for {}", self.peer))
+    }
+
     fn read_error(&mut self, e: io::Error) -> io::Error {
         if e.kind() != io::ErrorKind::WouldBlock {
             return e;
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return self.deadline_error();
         }
         match self.policy.idle {
             Some(idle) => {
                 Counters::bump(&self.server.shared.stats.idle_closed);
                 let _ = self.reader.get_ref().shutdown(Shutdown::Both);
                 self.eof = true;
+                self.idle_closed = true;
                 io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("idle timeout: nothing from {} for {:?}; connection closed", self.peer, idle),
@@ -405,6 +451,13 @@ impl StreamRequest {
         }
     }
 
+    /// Whether the server closed this connection for its idle timeout: an
+    /// error that follows is the normal end of the connection, not the
+    /// handler's failure.
+    pub(crate) fn idle_closed(&self) -> bool {
+        self.idle_closed
+    }
+
     pub(crate) fn flush_pending(&mut self) -> io::Result<()> {
         self.flush_buffer()
     }
@@ -416,6 +469,7 @@ impl StreamRequest {
 
 impl Read for StreamRequest {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.before_read()?;
         match self.reader.read(buf) {
             Ok(0) if !buf.is_empty() => {
                 self.eof = true;
@@ -430,6 +484,7 @@ impl Read for StreamRequest {
 impl BufRead for StreamRequest {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         if self.reader.buffer().is_empty() {
+            self.before_read()?;
             match self.reader.fill_buf() {
                 Ok(b) => self.eof = b.is_empty(),
                 Err(e) => return Err(self.read_error(e)),
@@ -467,6 +522,41 @@ impl Write for StreamRequest {
 
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         self.write(buf).map(drop)
+    }
+
+    /// Sends all of `bufs` — in one system call when the socket takes it —
+    /// so that a small header and its body leave in one segment.
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if self.policy.write_buffer > 0 {
+            for b in bufs {
+                self.write(b)?;
+            }
+            return Ok(total);
+        }
+        // A copy of the slice list to advance; on the stack for the usual few.
+        let mut stack = [IoSlice::new(&[]); 8];
+        let mut heap = Vec::new();
+        let mut slices: &mut [IoSlice<'_>] = if bufs.len() <= stack.len() {
+            stack[..bufs.len()].copy_from_slice(bufs);
+            &mut stack[..bufs.len()]
+        } else {
+            heap.extend_from_slice(bufs);
+            &mut heap[..]
+        };
+        IoSlice::advance_slices(&mut slices, 0);
+        while !slices.is_empty() {
+            match self.reader.get_ref().write_vectored(slices) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "connection closed while writing")),
+                Ok(n) => IoSlice::advance_slices(&mut slices, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, format!("write to {} timed out", self.peer)));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(total)
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -816,7 +816,7 @@ impl<T: Transport, S: Strategy> Server<T, S> {
             stream.set_write_timeout(o.write_timeout)?;
         }
         let idle = o.idle_timeout.filter(|i| o.read_timeout.is_none_or(|r| *i <= r));
-        Ok(StreamPolicy { idle, read_buffer: o.read_buffer, write_buffer: o.write_buffer })
+        Ok(StreamPolicy { idle, receive_timeout: receive, read_buffer: o.read_buffer, write_buffer: o.write_buffer })
     }
 
     /// After the loop: refuse new TCP connections at once (those still in

@@ -119,6 +119,11 @@ impl Service {
         let result = match (&self.handler, job) {
             (AnyHandler::Stream(h), Job::Stream(mut req)) => {
                 let mut r = run_phases(h.as_ref(), &mut req);
+                if req.idle_closed() && matches!(&r, Err(Failure::Error(e)) if e.kind() == io::ErrorKind::TimedOut) {
+                    // Counted in `idle_closed`; not the handler's failure.
+                    log::debug!("{}: closed idle connection from {}", self.shared.name, req.peer_addr());
+                    r = Ok(());
+                }
                 let flushed = req.flush_pending();
                 if r.is_ok() {
                     r = flushed.map_err(Failure::Error);

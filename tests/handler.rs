@@ -212,3 +212,40 @@ fn datagram_request_gives_data_peer_and_reply_and_sends_nothing_unasked() {
     assert_eq!(&buf[..n], format!("to {}", c.local_addr().unwrap()).as_bytes());
     running.stop().unwrap();
 }
+
+/// A length-prefixed frame written straight to the request leaves in one
+/// vectored write: header and body arrive together, so Nagle's algorithm
+/// and delayed ACKs cannot hold the body back (~40 ms per round trip).
+#[test]
+fn a_frame_written_to_the_request_arrives_in_one_segment() {
+    use socketserver::framing::LengthPrefixed;
+    let (tx, rx) = mpsc::channel();
+    let server = TcpServer::bind("127.0.0.1:0", move |req: &mut StreamRequest| {
+        let codec = LengthPrefixed::new(1024);
+        let mut frame = Vec::new();
+        while codec.read_frame(req, &mut frame)? {
+            codec.write_frame(req, b"reply body")?;
+        }
+        tx.send(()).unwrap();
+        Ok(())
+    })
+    .unwrap();
+    let addr = server.server_address().as_inet().unwrap();
+    let running = run(server);
+    let mut c = tcp_connect(addr);
+    let codec = LengthPrefixed::new(1024);
+    let mut frame = Vec::new();
+    for _ in 0..3 {
+        let mut request = Vec::new();
+        codec.write_frame(&mut request, b"ping").unwrap();
+        c.write_all(&request).unwrap();
+        // The header and the body come in a single read.
+        let mut buf = [0u8; 64];
+        let n = c.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"\0\0\0\x0areply body", "the frame was split");
+        assert!(!codec.read_frame(&mut &buf[n..n], &mut frame).unwrap());
+    }
+    drop(c);
+    rx.recv().unwrap();
+    running.stop().unwrap();
+}

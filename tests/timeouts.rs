@@ -32,6 +32,7 @@ fn idle_connections_are_closed_after_the_idle_timeout() {
     assert_eq!(kind, ErrorKind::TimedOut);
     assert!(msg.contains("idle timeout"), "{msg}");
     assert_eq!(running.handle.stats().idle_closed, 1);
+    assert_eq!(running.handle.stats().handler_errors, 0, "an idle close is not the handler's failure");
     running.stop().unwrap();
 }
 

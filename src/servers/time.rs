@@ -3,7 +3,8 @@
 
 use std::ffi::CString;
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, BufRead, Write};
+use std::time::{Duration, Instant};
 
 use crate::framing::Lines;
 use crate::{DatagramRequest, MAX_UDP_PAYLOAD, RequestHandler, StreamRequest};
@@ -74,8 +75,36 @@ fn reply(request: &[u8]) -> String {
 ///   [`MAX_TIME_REQUEST`] gets an `error:` line and the connection closes.
 ///
 /// Bad requests get a reply beginning with `error:`; the server serves on.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct TimeServer;
+///
+/// A line must arrive whole within the [request
+/// timeout](TimeServer::request_timeout) of its first byte (30 s by
+/// default), so a client that dribbles a byte at a time cannot hold a
+/// worker for ever; waiting for the first byte of the next line is bounded
+/// by the server's idle timeout instead.
+#[derive(Clone, Copy, Debug)]
+pub struct TimeServer {
+    request_timeout: Option<Duration>,
+}
+
+impl Default for TimeServer {
+    fn default() -> Self {
+        TimeServer { request_timeout: Some(Duration::from_secs(30)) }
+    }
+}
+
+impl TimeServer {
+    /// A time server with a 30 s request timeout.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How long a stream client may take to send one whole line, from its
+    /// first byte (`None`: for ever).
+    pub fn request_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+}
 
 impl RequestHandler<DatagramRequest> for TimeServer {
     fn handle(&self, req: &mut DatagramRequest) -> io::Result<()> {
@@ -88,7 +117,15 @@ impl RequestHandler<StreamRequest> for TimeServer {
         let lines = Lines::new(MAX_TIME_REQUEST);
         let mut line = Vec::new();
         loop {
-            match lines.read_line(req, &mut line) {
+            // Wait for the next request to begin (the idle timeout governs
+            // this wait), then give it `request_timeout` to arrive whole.
+            if req.fill_buf()?.is_empty() {
+                return Ok(());
+            }
+            req.set_read_deadline(self.request_timeout.map(|t| Instant::now() + t))?;
+            let read = lines.read_line(req, &mut line);
+            req.set_read_deadline(None)?;
+            match read {
                 Ok(true) => {
                     let mut answer = reply(&line);
                     // A format may render a newline (`%n`); one reply stays one line.
@@ -99,6 +136,10 @@ impl RequestHandler<StreamRequest> for TimeServer {
                 Ok(false) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                     writeln!(req, "error: request line longer than {MAX_TIME_REQUEST} bytes; closing")?;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::TimedOut && !req.at_eof() => {
+                    writeln!(req, "error: request line not complete in time; closing")?;
                     return Ok(());
                 }
                 Err(e) => return Err(e),

@@ -25,7 +25,7 @@ enum Command {
     /// Time server: each request is a strftime format, the reply the local
     /// time rendered with it (empty request: "%Y-%m-%d %X"). Default: TCP
     /// and UDP on 127.0.0.1:9000.
-    Time(serve::ServeArgs),
+    Time(serve::TimeArgs),
     /// Sends each line of stdin to a server and prints each reply as a line.
     Client(client::ClientArgs),
     /// Load generator and strategy benchmark: requests/s, p50/p99/p99.9
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Echo(args) => serve::run(serve::Bundled::Echo, args),
-        Command::Time(args) => serve::run(serve::Bundled::Time, args),
+        Command::Time(args) => serve::run(serve::Bundled::Time(args.request_timeout), args.serve),
         Command::Client(args) => client::run(args),
         Command::Bench(args) => bench::run(args),
     };

@@ -19,16 +19,27 @@ use socketserver::{ThreadPool, Threading, Transport};
 #[derive(Clone, Copy, Debug)]
 pub enum Bundled {
     Echo,
-    Time,
+    /// With the time a stream client has to send one whole request line.
+    Time(Duration),
 }
 
 impl Bundled {
     fn default_port(self) -> u16 {
         match self {
             Bundled::Echo => 9999,
-            Bundled::Time => 9000,
+            Bundled::Time(_) => 9000,
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct TimeArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// A TCP or Unix-stream client must send each request line whole within
+    /// SECS of its first byte, or it gets an `error:` line and is closed.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "30")]
+    pub request_timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -202,7 +213,10 @@ pub fn run(which: Bundled, mut args: ServeArgs) -> io::Result<()> {
     }
     let servers = match which {
         Bundled::Echo => bind_all(Echo, &args.listeners, &args.options)?,
-        Bundled::Time => bind_all(TimeServer, &args.listeners, &args.options)?,
+        Bundled::Time(limit) => {
+            let handler = TimeServer::new().request_timeout(Some(limit).filter(|t| !t.is_zero()));
+            bind_all(handler, &args.listeners, &args.options)?
+        }
     };
     let mut out = io::stdout().lock();
     for s in &servers {

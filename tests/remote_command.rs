@@ -1,0 +1,457 @@
+//! The remote_command example, run in-process: its server on a thread, its
+//! client functions over real TCP connections, and a Python client.
+
+mod util;
+
+#[path = "../examples/remote_command.rs"]
+#[allow(dead_code)]
+mod remote_command;
+
+use std::io::{ErrorKind, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use remote_command::{Config, Outcome};
+use socketserver::framing::LengthPrefixed;
+use util::*;
+
+fn config(allow: &[&str], timeout: Duration) -> Config {
+    Config { allow: allow.iter().map(|s| s.to_string()).collect(), timeout }
+}
+
+fn start(allow: &[&str]) -> Running {
+    start_with(allow, remote_command::DEFAULT_TIMEOUT)
+}
+
+fn start_with(allow: &[&str], timeout: Duration) -> Running {
+    run(remote_command::server("127.0.0.1:0", &config(allow, timeout)).expect("bind"))
+}
+
+/// Runs one command line: the outcome, stdout and stderr.
+fn exec(stream: &mut TcpStream, line: &str) -> (Outcome, Vec<u8>, Vec<u8>) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let outcome = remote_command::run_command(stream, line, &mut out, &mut err).expect("run_command");
+    (outcome, out, err)
+}
+
+fn error_of(outcome: Outcome) -> String {
+    match outcome {
+        Outcome::Error(msg) => msg,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+/// Polls `cond` (a process table or a counter: nothing to block on) until
+/// it holds; fails the test after [`TIMEOUT`].
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < TIMEOUT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Children of this process whose command line is exactly `argv` (Linux),
+/// zombies included: a killed command must also have been reaped.
+fn children_running(argv: &[&str]) -> usize {
+    let me = std::process::id().to_string();
+    let wanted: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return 0 };
+    procs
+        .filter_map(Result::ok)
+        .filter(|p| {
+            let dir = p.path();
+            let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+            // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_string));
+            ppid.as_deref() == Some(me.as_str()) && std::fs::read(dir.join("cmdline")).is_ok_and(|c| c == wanted)
+        })
+        .count()
+}
+
+#[test]
+fn allowed_command_output_and_exit_status() {
+    let running = start(&["echo", "ls"]);
+    let mut c = tcp_connect(running.inet());
+    let (outcome, out, err) = exec(&mut c, "echo hi");
+    assert_eq!(outcome, Outcome::Exit(0));
+    assert_eq!(out, b"hi\n");
+    assert!(err.is_empty());
+
+    // Quoting: one word per quoted string, inner spaces kept.
+    let (outcome, out, _) = exec(&mut c, r#"echo 'a  b' "c \"d\"" e\ f '' x"#);
+    assert_eq!(outcome, Outcome::Exit(0));
+    assert_eq!(String::from_utf8(out).unwrap(), "a  b c \"d\" e f  x\n");
+
+    // Failure: a non-zero status, the stderr captured apart from stdout.
+    let (outcome, out, err) = exec(&mut c, "ls /nonexistent");
+    assert!(matches!(outcome, Outcome::Exit(code) if code != 0), "{outcome:?}");
+    assert!(out.is_empty());
+    assert!(String::from_utf8_lossy(&err).contains("/nonexistent"), "{}", String::from_utf8_lossy(&err));
+
+    // Both streams in one command.
+    let (outcome, out, err) = exec(&mut c, "ls -d / /nonexistent");
+    assert!(matches!(outcome, Outcome::Exit(code) if code != 0));
+    assert_eq!(out, b"/\n");
+    assert!(!err.is_empty());
+    drop(c);
+    running.stop().unwrap();
+}
+
+#[test]
+fn programs_not_allowed_or_given_as_paths_are_refused_and_never_run() {
+    let running = start(&["echo"]);
+    let mut c = tcp_connect(running.inet());
+    let (outcome, out, err) = exec(&mut c, "sh -c 'echo pwned'");
+    let msg = error_of(outcome);
+    assert!(msg.contains("sh") && msg.contains("not allowed"), "{msg}");
+    assert!(out.is_empty() && err.is_empty());
+
+    // A path is refused even when its file name is allowed.
+    for line in ["/bin/echo hi", "./echo hi", "../bin/echo hi"] {
+        let (outcome, out, _) = exec(&mut c, line);
+        assert!(error_of(outcome).contains("not a path"), "{line}");
+        assert!(out.is_empty());
+    }
+    // A quoted program name is still just a name.
+    let (outcome, out, _) = exec(&mut c, "'echo' ok");
+    assert_eq!((outcome, out), (Outcome::Exit(0), b"ok\n".to_vec()));
+    drop(c);
+    running.stop().unwrap();
+}
+
+#[test]
+fn malformed_lines_get_an_error_and_the_connection_goes_on() {
+    let running = start(&["echo"]);
+    let mut c = tcp_connect(running.inet());
+    assert!(error_of(exec(&mut c, "echo \"unterminated").0).contains("unterminated double quote"));
+    assert!(error_of(exec(&mut c, "echo 'unterminated").0).contains("unterminated single quote"));
+    assert!(error_of(exec(&mut c, "echo trailing\\").0).contains("trailing backslash"));
+    assert!(error_of(exec(&mut c, "   ").0).contains("empty"));
+
+    // Not UTF-8: refused, not mangled into something else.
+    LengthPrefixed::new(1024).write_frame(&mut c, b"echo \xff\xfe").unwrap();
+    let mut frame = Vec::new();
+    assert!(LengthPrefixed::new(1 << 20).read_frame(&mut c, &mut frame).unwrap());
+    assert_eq!(frame[0], b'!');
+    assert!(String::from_utf8_lossy(&frame[1..]).contains("UTF-8"));
+
+    let (outcome, out, _) = exec(&mut c, "echo still here");
+    assert_eq!((outcome, out), (Outcome::Exit(0), b"still here\n".to_vec()));
+    drop(c);
+    running.stop().unwrap();
+}
+
+#[test]
+fn megabytes_of_output_arrive_whole_in_bounded_frames() {
+    let running = start(&["head"]);
+    let mut c = tcp_connect(running.inet());
+    LengthPrefixed::new(1024).write_frame(&mut c, b"head -c 5000000 /dev/zero").unwrap();
+    let codec = LengthPrefixed::new(remote_command::MAX_REPLY);
+    let (mut frame, mut total, mut frames) = (Vec::new(), 0usize, 0usize);
+    let status = loop {
+        assert!(codec.read_frame(&mut c, &mut frame).unwrap(), "closed early");
+        assert!(frame.len() <= 1 + remote_command::CHUNK, "a frame of {} bytes", frame.len());
+        match frame[0] {
+            b'o' => {
+                assert!(frame[1..].iter().all(|&b| b == 0));
+                total += frame.len() - 1;
+                frames += 1;
+            }
+            b'x' => break String::from_utf8(frame[1..].to_vec()).unwrap(),
+            other => panic!("unexpected frame {:?}: {:?}", other as char, String::from_utf8_lossy(&frame)),
+        }
+    };
+    assert_eq!(status, "0");
+    assert_eq!(total, 5_000_000);
+    assert!(frames >= 5_000_000 / remote_command::CHUNK, "{frames} frames");
+
+    // The connection is still in step: the next answer is the next command's.
+    let (outcome, out, _) = exec(&mut c, "head -c 3 /dev/zero");
+    assert_eq!((outcome, out), (Outcome::Exit(0), vec![0u8; 3]));
+    drop(c);
+    running.stop().unwrap();
+}
+
+#[test]
+fn commands_sent_back_to_back_are_answered_in_order() {
+    let running = start(&["echo", "ls"]);
+    let mut c = tcp_connect(running.inet());
+    let codec = LengthPrefixed::new(1024);
+    let mut batch = Vec::new();
+    for line in ["echo first", "ls /nonexistent", "echo third"] {
+        codec.write_frame(&mut batch, line.as_bytes()).unwrap();
+    }
+    c.write_all(&batch).unwrap(); // all three before reading anything
+    let replies = LengthPrefixed::new(remote_command::MAX_REPLY);
+    let mut frame = Vec::new();
+    let mut seen = Vec::new();
+    while seen.iter().filter(|(t, _)| *t == b'x' || *t == b'!').count() < 3 {
+        assert!(replies.read_frame(&mut c, &mut frame).unwrap());
+        seen.push((frame[0], frame[1..].to_vec()));
+    }
+    let stdout: Vec<_> = seen.iter().filter(|(t, _)| *t == b'o').map(|(_, d)| d.clone()).collect();
+    assert_eq!(stdout, [b"first\n".to_vec(), b"third\n".to_vec()]);
+    let statuses: Vec<_> = seen.iter().filter(|(t, _)| *t == b'x').map(|(_, d)| d.clone()).collect();
+    assert_eq!(statuses.len(), 3);
+    assert_eq!(statuses[0], b"0");
+    assert_ne!(statuses[1], b"0");
+    assert_eq!(statuses[2], b"0");
+    drop(c);
+    running.stop().unwrap();
+}
+
+#[test]
+fn an_oversized_frame_gets_an_error_and_the_connection_closes() {
+    let running = start(&["echo"]);
+    let mut c = tcp_connect(running.inet());
+    // 4 GiB announced: refused from the header alone.
+    c.write_all(&[0xff, 0xff, 0xff, 0xff, b'e', b'c', b'h', b'o']).unwrap();
+    let mut frame = Vec::new();
+    let codec = LengthPrefixed::new(remote_command::MAX_REPLY);
+    assert!(codec.read_frame(&mut c, &mut frame).unwrap());
+    assert_eq!(frame[0], b'!');
+    let msg = String::from_utf8_lossy(&frame[1..]).into_owned();
+    assert!(msg.contains("maximum") && msg.contains("closing"), "{msg}");
+    match codec.read_frame(&mut c, &mut frame) {
+        Ok(false) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        other => panic!("the connection should be closed: {other:?}"),
+    }
+    // Just over the limit is refused too; the server serves on.
+    let mut c = tcp_connect(running.inet());
+    let too_long = vec![b'a'; remote_command::MAX_COMMAND + 1];
+    c.write_all(&(too_long.len() as u32).to_be_bytes()).unwrap();
+    assert!(codec.read_frame(&mut c, &mut frame).unwrap());
+    assert_eq!(frame[0], b'!');
+    let mut c = tcp_connect(running.inet());
+    assert_eq!(exec(&mut c, "echo ok").1, b"ok\n");
+    drop(c);
+    running.stop().unwrap();
+}
+
+#[test]
+fn a_command_past_its_time_limit_is_killed() {
+    let running = start_with(&["sleep", "echo"], Duration::from_millis(500));
+    let mut c = tcp_connect(running.inet());
+    let started = Instant::now();
+    let msg = error_of(exec(&mut c, "sleep 7.25").0);
+    assert!(msg.contains("timed out"), "{msg}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert_eq!(children_running(&["sleep", "7.25"]), 0, "the sleep was not killed");
+    assert_eq!(exec(&mut c, "echo next").1, b"next\n");
+    drop(c);
+    running.stop().unwrap();
+}
+
+#[test]
+fn a_client_that_goes_away_has_its_command_killed() {
+    let running = start(&["sleep"]); // 30 s limit: only the disconnect can end it early
+    let mut c = tcp_connect(running.inet());
+    LengthPrefixed::new(1024).write_frame(&mut c, b"sleep 29.5").unwrap();
+    wait_until("the command to start", || children_running(&["sleep", "29.5"]) == 1);
+    let started = Instant::now();
+    drop(c);
+    wait_until("the handler to finish", || running.handle.stats().completed == 1);
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert_eq!(children_running(&["sleep", "29.5"]), 0, "the sleep outlived its client");
+    running.stop().unwrap();
+}
+
+#[test]
+fn interactive_client_reads_lines_until_quit() {
+    let running = start(&["echo", "ls"]);
+    let mut c = tcp_connect(running.inet());
+    let mut input: &[u8] = b"echo one\n\n   \necho \"two\nls /nonexistent\nsh\nquit\necho never\n";
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    remote_command::interactive(&mut c, &mut input, &mut out, &mut err).unwrap();
+    assert_eq!(out, b"one\n");
+    let err = String::from_utf8(err).unwrap();
+    assert!(err.contains("error: unterminated double quote"), "{err}");
+    assert!(err.contains("[exit status 2]"), "{err}");
+    assert!(err.contains("error: sh: not allowed"), "{err}");
+    assert!(!err.contains("never"));
+    // End of input ends it too.
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    remote_command::interactive(&mut c, &mut &b"echo last"[..], &mut out, &mut err).unwrap();
+    assert_eq!(out, b"last\n");
+    drop(c);
+    running.stop().unwrap();
+}
+
+/// A Python client speaking the protocol with `struct.pack('!I', n)`, as
+/// the example's documentation shows.
+const PYTHON_CLIENT: &str = r#"
+import json, socket, struct, sys
+
+def recv_exact(s, n):
+    buf = b''
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError('server closed the connection')
+        buf += chunk
+    return buf
+
+def run(s, line):
+    body = line.encode('utf-8')
+    s.sendall(struct.pack('!I', len(body)) + body)
+    out, err = b'', b''
+    while True:
+        (n,) = struct.unpack('!I', recv_exact(s, 4))
+        frame = recv_exact(s, n)
+        tag, data = frame[:1], frame[1:]
+        if tag == b'o':
+            out += data
+        elif tag == b'e':
+            err += data
+        elif tag == b'x':
+            return {'status': int(data), 'out': out.decode(), 'err': err.decode()}
+        else:
+            return {'error': data.decode('utf-8')}
+
+with socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=10) as s:
+    results = [run(s, line) for line in sys.argv[2:]]
+print(json.dumps(results))
+"#;
+
+#[test]
+fn a_python_client_interoperates() {
+    let running = start(&["echo", "ls", "head"]);
+    let port = running.inet().port().to_string();
+    let lines = ["echo hi from python", "ls /nonexistent", "sh -c id", "head -c 200000 /dev/zero"];
+    let output = match std::process::Command::new("python3")
+        .args(["-c", PYTHON_CLIENT, &port])
+        .args(lines)
+        .stdin(std::process::Stdio::null())
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            eprintln!("python3 not found: skipping the interop test");
+            return;
+        }
+        Err(e) => panic!("python3: {e}"),
+    };
+    assert!(output.status.success(), "python failed: {}", String::from_utf8_lossy(&output.stderr));
+    let results: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(results[0]["status"], 0);
+    assert_eq!(results[0]["out"], "hi from python\n");
+    assert_ne!(results[1]["status"], 0);
+    assert!(results[1]["err"].as_str().unwrap().contains("/nonexistent"));
+    assert!(results[2]["error"].as_str().unwrap().contains("not allowed"));
+    assert_eq!(results[3]["status"], 0);
+    assert_eq!(results[3]["out"].as_str().unwrap().len(), 200_000);
+    running.stop().unwrap();
+}
+
+#[test]
+fn splitting_and_quoting() {
+    use remote_command::{join_command, split_command};
+    assert_eq!(split_command("  ls   -l\t/tmp \n").unwrap(), ["ls", "-l", "/tmp"]);
+    assert_eq!(split_command(r#"a'b c'"d e"f"#).unwrap(), ["ab cd ef"]);
+    assert_eq!(split_command(r#"'' "" x"#).unwrap(), ["", "", "x"]);
+    assert_eq!(split_command(r#"'a\"b' "a\"b\\c\n""#).unwrap(), [r#"a\"b"#, r#"a"b\c\n"#]);
+    assert_eq!(split_command(r"a\ b \'c").unwrap(), ["a b", "'c"]);
+    assert_eq!(split_command("héllo wörld").unwrap(), ["héllo", "wörld"]);
+    assert!(split_command("").unwrap().is_empty());
+    assert!(split_command("'x").is_err());
+    assert!(split_command("\"x").is_err());
+    assert!(split_command("\"x\\").is_err());
+    assert!(split_command("x\\").is_err());
+    let tricky = ["echo", "it's", "a b", "", "\"q\"", "back\\slash", "$HOME", "*", "tab\there", "ünï"];
+    assert_eq!(split_command(&join_command(&tricky)).unwrap(), tricky);
+    assert_eq!(join_command(&["ls", "-l", "/tmp"]), "ls -l /tmp");
+}
+
+#[test]
+fn arguments_are_parsed_by_hand_and_bad_ones_refused() {
+    use remote_command::{Args, parse_args};
+    let args = |s: &[&str]| parse_args(&s.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+    assert_eq!(
+        args(&["server", "--allow", "ls", "--timeout", "2.5", "--allow", "echo"]).unwrap(),
+        Args::Server {
+            addr: "127.0.0.1:9001".into(),
+            config: Config { allow: vec!["ls".into(), "echo".into()], timeout: Duration::from_millis(2500) }
+        }
+    );
+    assert_eq!(
+        args(&["client", "--addr", "[::1]:7", "ls", "--addr", "x"]).unwrap(),
+        Args::Client { addr: "[::1]:7".into(), command: vec!["ls".into(), "--addr".into(), "x".into()] }
+    );
+    assert_eq!(
+        args(&["client", "--", "--weird"]).unwrap(),
+        Args::Client { addr: "127.0.0.1:9001".into(), command: vec!["--weird".into()] }
+    );
+    assert_eq!(args(&["client"]).unwrap(), Args::Client { addr: "127.0.0.1:9001".into(), command: vec![] });
+    assert_eq!(args(&["--help"]).unwrap(), Args::Help);
+    for bad in [
+        &[][..],
+        &["server"],
+        &["server", "--allow"],
+        &["server", "--allow", "ls", "--timeout", "0"],
+        &["server", "--allow", "ls", "--timeout", "soon"],
+        &["server", "--allow", "ls", "extra"],
+        &["client", "--bogus"],
+        &["client", "--addr"],
+        &["serve"],
+    ] {
+        assert!(args(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn the_allowlist_is_checked_at_start() {
+    let bad = remote_command::server("127.0.0.1:0", &config(&["/bin/echo"], Duration::from_secs(1))).unwrap_err();
+    assert_eq!(bad.kind(), ErrorKind::InvalidInput, "{bad}");
+    let missing =
+        remote_command::server("127.0.0.1:0", &config(&["no-such-program-here"], Duration::from_secs(1))).unwrap_err();
+    assert_eq!(missing.kind(), ErrorKind::NotFound, "{missing}");
+}
+
+#[test]
+fn exit_codes_of_the_client() {
+    assert_eq!(Outcome::Exit(0).exit_code(), 0);
+    assert_eq!(Outcome::Exit(3).exit_code(), 3);
+    assert_eq!(Outcome::Exit(9999).exit_code(), 255);
+    assert_eq!(Outcome::Exit(-9).exit_code(), 137);
+    assert_eq!(Outcome::Exit(i32::MIN).exit_code(), 255);
+    assert_eq!(Outcome::Error("x".into()).exit_code(), 1);
+}
+
+#[test]
+fn a_misbehaving_server_is_an_error_not_a_panic() {
+    use std::net::TcpListener;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let replies: Vec<Vec<u8>> = vec![
+        vec![0, 0, 0, 0],                                     // an empty frame
+        vec![0, 0, 0, 2, b'?', b'?'],                         // an unknown tag
+        vec![0, 0, 0, 3, b'x', b'z', b'z'],                   // an unreadable status
+        vec![0xff, 0xff, 0xff, 0xff],                         // 4 GiB announced
+        vec![0, 0, 0, 9, b'o', b'a'],                         // cut short
+        [&12u32.to_be_bytes()[..], b"x-2147483648"].concat(), // the most negative status
+    ];
+    let n = replies.len();
+    let server = std::thread::spawn(move || {
+        for reply in replies {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut frame = Vec::new();
+            let _ = LengthPrefixed::new(1024).read_frame(&mut s, &mut frame);
+            let _ = s.write_all(&reply);
+        }
+    });
+    for i in 0..n {
+        let mut c = tcp_connect(addr);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let result = remote_command::run_command(&mut c, "echo", &mut out, &mut err);
+        if i == n - 1 {
+            let outcome = result.unwrap();
+            assert_eq!(outcome, Outcome::Exit(i32::MIN));
+            assert_eq!(outcome.exit_code(), 255);
+        } else {
+            assert!(result.is_err(), "reply {i}: {result:?}");
+        }
+    }
+    server.join().unwrap();
+}
