@@ -190,3 +190,72 @@ fn verify_request_sees_the_peer_and_refuses_datagrams() {
     assert!(odd.recv(&mut [0u8; 16]).is_err(), "a refused datagram got an answer");
     running.stop().unwrap();
 }
+
+/// Panics in `setup` and in `finish`, not only in `handle`, under every
+/// strategy: reported, counted, contained; no worker lost; the next request
+/// is served.
+#[test]
+fn panics_in_setup_and_finish_are_contained_under_every_strategy() {
+    use socketserver::RequestHandler;
+
+    struct Fragile;
+    impl RequestHandler<StreamRequest> for Fragile {
+        fn setup(&self, req: &mut StreamRequest) -> io::Result<()> {
+            let mut line = String::new();
+            req.read_line(&mut line)?;
+            if line.trim() == "setup" {
+                req.write_all(b"setup panics\n")?;
+                panic!("setup panic");
+            }
+            req.write_all(line.as_bytes())
+        }
+        fn handle(&self, req: &mut StreamRequest) -> io::Result<()> {
+            req.write_all(b"handled\n")
+        }
+        fn finish(&self, req: &mut StreamRequest) -> io::Result<()> {
+            if req.peer_addr().as_inet().is_some_and(|a| a.port() % 2 == 0) {
+                // Half the clients, whatever they said: a panic after the answer.
+                panic!("finish panic");
+            }
+            Ok(())
+        }
+    }
+
+    for strategy in strategies() {
+        let server = TcpServer::builder()
+            .strategy(strategy.clone())
+            .handle_error(|_, _| {})
+            .bind("127.0.0.1:0", Fragile)
+            .unwrap();
+        let running = run(server);
+        let addr = running.inet();
+        if let AnyStrategy::ThreadPool(_) = strategy {
+            wait_until("the pool to start", || running.handle.stats().workers_total == 2);
+        }
+        let mut expected_panics = 0;
+        for round in 0..6 {
+            let what = if round % 3 == 0 { "setup" } else { "hello" };
+            let mut c = tcp_connect(addr);
+            let even = c.local_addr().unwrap().port() % 2 == 0;
+            c.write_all(format!("{what}\n").as_bytes()).unwrap();
+            let mut answer = String::new();
+            c.read_to_string(&mut answer).unwrap();
+            if what == "setup" {
+                // finish does not run after a failed setup.
+                assert_eq!(answer, "setup panics\n", "{strategy}");
+                expected_panics += 1;
+            } else {
+                assert_eq!(answer, "hello\nhandled\n", "{strategy}");
+                expected_panics += u64::from(even);
+            }
+        }
+        wait_until("the counters", || running.handle.stats().completed == 6);
+        let stats = running.handle.stats();
+        assert_eq!(stats.panics, expected_panics, "{strategy}");
+        assert_eq!(stats.handler_errors, expected_panics, "{strategy}");
+        if let AnyStrategy::ThreadPool(_) = strategy {
+            assert_eq!(stats.workers_total, 2, "{strategy}: the pool lost workers");
+        }
+        running.stop().unwrap();
+    }
+}

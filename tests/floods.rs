@@ -1,0 +1,110 @@
+//! Connection floods: thousands of connections that reset at once, close
+//! without a word, or send half a message and vanish. Well-behaved clients
+//! are answered throughout, and the server's descriptors return to where
+//! they were. Alone in its file (its own process) so that descriptor counts
+//! are the server's and this test's only.
+
+mod util;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, SockRef, Socket, Type};
+use socketserver::{TcpServer, ThreadPool};
+use util::*;
+
+const FLOOD: usize = 2000;
+
+fn connect_raw(addr: SocketAddr) -> Option<Socket> {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).ok()?;
+    s.connect_timeout(&addr.into(), TIMEOUT).ok()?;
+    Some(s)
+}
+
+#[test]
+fn floods_do_not_stop_well_behaved_clients_and_leak_no_descriptors() {
+    let server = TcpServer::builder()
+        .strategy(ThreadPool::default())
+        .idle_timeout(Duration::from_secs(5))
+        .handle_error(|_, _| {}) // resets and broken pipes are expected here
+        .bind("127.0.0.1:0", echo_lines)
+        .unwrap();
+    let running = run(server);
+    let addr = running.inet();
+    // Let the pool start its workers before counting.
+    let deadline = Instant::now() + TIMEOUT;
+    while running.handle.stats().workers_total == 0 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let baseline = open_fds();
+
+    // A well-behaved client talks all through the floods.
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    let probe = {
+        let (stop, answered) = (Arc::clone(&stop), Arc::clone(&answered));
+        std::thread::spawn(move || {
+            let mut c = tcp_connect(addr);
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let msg = format!("probe {i}\n");
+                assert_eq!(
+                    round_trip(&mut c, msg.as_bytes()),
+                    msg.as_bytes(),
+                    "a well-behaved client was not answered"
+                );
+                answered.fetch_add(1, Ordering::SeqCst);
+                i += 1;
+            }
+            c.write_all(b"quit\n").unwrap();
+        })
+    };
+
+    // 1. Connections reset at once (SO_LINGER 0: RST instead of FIN).
+    for _ in 0..FLOOD {
+        if let Some(s) = connect_raw(addr) {
+            s.set_linger(Some(Duration::ZERO)).unwrap();
+        }
+    }
+    // 2. Connections closed without sending anything.
+    for _ in 0..FLOOD {
+        drop(connect_raw(addr));
+    }
+    // 3. Half a message, then gone — some politely, some with a reset.
+    for i in 0..FLOOD / 4 {
+        if let Some(s) = connect_raw(addr) {
+            let _ = SockRef::from(&s).send(b"half a mess");
+            if i % 2 == 0 {
+                s.set_linger(Some(Duration::ZERO)).unwrap();
+            }
+        }
+    }
+    let during = answered.load(Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
+    probe.join().unwrap();
+    assert!(during > 0, "the well-behaved client got no answers during the floods");
+
+    // Everything the floods opened is closed again.
+    let deadline = Instant::now() + TIMEOUT;
+    while running.handle.stats().active > 0 || open_fds() > baseline {
+        assert!(
+            Instant::now() < deadline,
+            "descriptors: {} now, {baseline} before; stats {:?}",
+            open_fds(),
+            running.handle.stats()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stats = running.handle.stats();
+    assert!(stats.accepted as usize >= 2 * FLOOD, "{stats:?}");
+    // And the server still serves.
+    let mut c = tcp_connect(addr);
+    assert_eq!(round_trip(&mut c, b"after\n"), b"after\n");
+    c.write_all(b"quit\n").unwrap();
+    eprintln!("floods: {stats:?}; {during} probe round trips during the floods; fds back to {baseline}");
+    running.stop().unwrap();
+}
