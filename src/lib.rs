@@ -61,6 +61,8 @@ mod accept;
 mod address;
 #[doc(hidden)]
 pub mod bench_support;
+mod builder;
+mod datagram;
 pub mod framing;
 mod handler;
 mod server;
@@ -73,8 +75,9 @@ mod sys;
 pub mod transport;
 
 pub use crate::address::Address;
+pub use crate::builder::{Builder, MAX_UDP_PAYLOAD};
 pub use crate::handler::{DatagramRequest, DatagramSocket, RequestHandler, Stream, StreamRequest};
-pub use crate::server::{Builder, MAX_UDP_PAYLOAD, Server};
+pub use crate::server::Server;
 pub use crate::shutdown::ServerHandle;
 pub use crate::stats::Stats;
 pub use crate::strategy::{AnyStrategy, Forking, Overflow, Strategy, Sync, ThreadPool, Threading};

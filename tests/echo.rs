@@ -30,6 +30,7 @@ fn strategies() -> Vec<AnyStrategy> {
 
 #[test]
 fn tcp_echo_every_strategy() {
+    let _serial = serial();
     for strategy in strategies() {
         let server = TcpServer::builder().strategy(strategy.clone()).bind("127.0.0.1:0", echo_lines).unwrap();
         let running = run(server);
@@ -47,6 +48,7 @@ fn tcp_echo_every_strategy() {
 
 #[test]
 fn tcp_echo_concurrent_clients_on_concurrent_strategies() {
+    let _serial = serial();
     for strategy in strategies().into_iter().skip(1) {
         let server = TcpServer::builder().strategy(strategy.clone()).bind("127.0.0.1:0", echo_lines).unwrap();
         let running = run(server);
@@ -65,6 +67,7 @@ fn tcp_echo_concurrent_clients_on_concurrent_strategies() {
 
 #[test]
 fn tcp_echo_ipv6() {
+    let _serial = serial();
     let Ok(server) = TcpServer::builder().strategy(Threading::new()).bind("[::1]:0", echo_lines) else {
         eprintln!("no IPv6 loopback here; skipping");
         return;
@@ -79,6 +82,7 @@ fn tcp_echo_ipv6() {
 
 #[test]
 fn unix_stream_echo_every_strategy() {
+    let _serial = serial();
     let dir = TempDir::new("echo");
     for (i, strategy) in strategies().into_iter().enumerate() {
         let path = dir.join(&format!("s{i}.sock"));
@@ -97,6 +101,7 @@ fn unix_stream_echo_every_strategy() {
 
 #[test]
 fn udp_echo_every_strategy() {
+    let _serial = serial();
     for strategy in strategies() {
         let server = UdpServer::builder().strategy(strategy.clone()).bind("127.0.0.1:0", echo_datagram).unwrap();
         let running = run(server);
@@ -119,6 +124,7 @@ fn udp_echo_every_strategy() {
 
 #[test]
 fn unix_datagram_echo_every_strategy() {
+    let _serial = serial();
     let dir = TempDir::new("dgram");
     for (i, strategy) in strategies().into_iter().enumerate() {
         let path = dir.join(&format!("d{i}.sock"));

@@ -63,6 +63,7 @@ fn ask(addr: std::net::SocketAddr, what: &str) -> String {
 
 #[test]
 fn handler_errors_and_panics_are_reported_and_the_server_keeps_serving() {
+    let _serial = serial();
     for strategy in strategies() {
         let forking = matches!(strategy, AnyStrategy::Forking(_));
         let reported = Arc::new(Mutex::new(Vec::new()));
@@ -100,6 +101,7 @@ fn handler_errors_and_panics_are_reported_and_the_server_keeps_serving() {
 
 #[test]
 fn datagram_handler_errors_are_reported_too() {
+    let _serial = serial();
     let errors = Arc::new(AtomicUsize::new(0));
     let e = Arc::clone(&errors);
     let server = UdpServer::builder()
@@ -124,6 +126,7 @@ fn datagram_handler_errors_are_reported_too() {
 
 #[test]
 fn a_panic_in_handle_error_itself_is_contained() {
+    let _serial = serial();
     let server =
         TcpServer::builder().handle_error(|_, _| panic!("the hook fails too")).bind("127.0.0.1:0", faulty).unwrap();
     let running = run(server);
@@ -134,6 +137,7 @@ fn a_panic_in_handle_error_itself_is_contained() {
 
 #[test]
 fn verify_request_refuses_before_the_handler_runs() {
+    let _serial = serial();
     for strategy in strategies() {
         let handled = Arc::new(AtomicUsize::new(0));
         let h = Arc::clone(&handled);
@@ -167,6 +171,7 @@ fn verify_request_refuses_before_the_handler_runs() {
 
 #[test]
 fn verify_request_sees_the_peer_and_refuses_datagrams() {
+    let _serial = serial();
     let server = UdpServer::builder()
         .verify_request(|peer| peer.as_inet().is_some_and(|a| a.port() % 2 == 0))
         .bind("127.0.0.1:0", echo_datagram)
@@ -196,6 +201,7 @@ fn verify_request_sees_the_peer_and_refuses_datagrams() {
 /// is served.
 #[test]
 fn panics_in_setup_and_finish_are_contained_under_every_strategy() {
+    let _serial = serial();
     use socketserver::RequestHandler;
 
     struct Fragile;
@@ -236,7 +242,7 @@ fn panics_in_setup_and_finish_are_contained_under_every_strategy() {
         for round in 0..6 {
             let what = if round % 3 == 0 { "setup" } else { "hello" };
             let mut c = tcp_connect(addr);
-            let even = c.local_addr().unwrap().port() % 2 == 0;
+            let even = c.local_addr().unwrap().port().is_multiple_of(2);
             c.write_all(format!("{what}\n").as_bytes()).unwrap();
             let mut answer = String::new();
             c.read_to_string(&mut answer).unwrap();

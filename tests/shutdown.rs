@@ -39,6 +39,7 @@ fn pool(n: usize) -> ThreadPool {
 /// runs. Every one must stop; none may hang.
 #[test]
 fn twenty_servers_started_and_shut_down_at_once() {
+    let _serial = serial();
     let mut threads = Vec::new();
     for i in 0..20 {
         let strategy: AnyStrategy = if i % 2 == 0 { Sync.into() } else { pool(2).into() };
@@ -54,6 +55,7 @@ fn twenty_servers_started_and_shut_down_at_once() {
 
 #[test]
 fn shutdown_before_serve_forever_makes_it_return_at_once_and_can_serve_again() {
+    let _serial = serial();
     let server = TcpServer::bind("127.0.0.1:0", echo_lines).unwrap();
     server.shutdown();
     server.serve_forever().unwrap();
@@ -71,6 +73,7 @@ fn shutdown_before_serve_forever_makes_it_return_at_once_and_can_serve_again() {
 /// deadlocks (it waits for the loop the handler is blocking). Ours returns.
 #[test]
 fn shutdown_from_a_handler_under_sync_does_not_deadlock() {
+    let _serial = serial();
     for strategy in [AnyStrategy::from(Sync), Threading::new().into(), pool(2).into()] {
         let server = TcpServer::builder()
             .strategy(strategy.clone())
@@ -93,6 +96,7 @@ fn shutdown_from_a_handler_under_sync_does_not_deadlock() {
 /// server runs `service_actions` zero times; a shutdown still ends it.
 #[test]
 fn idle_loop_does_not_wake_and_shutdown_wakes_it() {
+    let _serial = serial();
     let wakes = Arc::new(AtomicUsize::new(0));
     let w = Arc::clone(&wakes);
     let server = TcpServer::builder()
@@ -109,6 +113,7 @@ fn idle_loop_does_not_wake_and_shutdown_wakes_it() {
 
 #[test]
 fn in_flight_requests_finish_within_the_grace_period() {
+    let _serial = serial();
     for strategy in [AnyStrategy::from(Sync), Threading::new().into(), pool(2).into()] {
         let (entered_tx, entered_rx) = mpsc::channel();
         let server = TcpServer::builder()
@@ -140,6 +145,7 @@ fn in_flight_requests_finish_within_the_grace_period() {
 
 #[test]
 fn at_the_deadline_blocked_handlers_are_unblocked_and_serve_forever_returns() {
+    let _serial = serial();
     let strategies: Vec<AnyStrategy> =
         vec![Sync.into(), Threading::new().into(), pool(2).into(), Forking::new().into()];
     for strategy in strategies {
@@ -169,6 +175,7 @@ fn at_the_deadline_blocked_handlers_are_unblocked_and_serve_forever_returns() {
 
 #[test]
 fn queued_connections_are_served_during_the_drain() {
+    let _serial = serial();
     let release = Arc::new(Barrier::new(2));
     let r = Arc::clone(&release);
     let first = Arc::new(AtomicUsize::new(0));
@@ -201,6 +208,7 @@ fn queued_connections_are_served_during_the_drain() {
 
 #[test]
 fn after_shutdown_new_tcp_connections_are_refused() {
+    let _serial = serial();
     let server = TcpServer::bind("127.0.0.1:0", echo_lines).unwrap();
     let addr = server.server_address().as_inet().unwrap();
     server.shutdown();
@@ -219,6 +227,7 @@ fn after_shutdown_new_tcp_connections_are_refused() {
 
 #[test]
 fn shutdown_wakes_a_datagram_pool_and_handle_request_timeout_calls_handle_timeout() {
+    let _serial = serial();
     let server = UdpServer::builder().strategy(pool(3)).bind("127.0.0.1:0", echo_datagram).unwrap();
     let running = run(server);
     let c = udp_client();

@@ -169,6 +169,16 @@ impl Drop for TempDir {
     }
 }
 
+/// Serialises the tests of one file that fork. A forked child inherits
+/// every descriptor of the test process — the sockets of tests running
+/// beside it too — and holds their connections open: a client of another
+/// test waiting for end of stream would wait until the child exits. Every
+/// test in a file with a `Forking` server takes this first.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Open descriptors of this process (Linux).
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)

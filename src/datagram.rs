@@ -1,0 +1,243 @@
+//! Datagram servers: the receive loop, and the pool workers that receive
+//! for themselves.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use socket2::SockRef;
+
+use crate::accept::{self, Action, Backoff};
+use crate::address::Address;
+use crate::handler::{DatagramRequest, DatagramSocket};
+use crate::server::{BATCH, Server};
+use crate::service::{AnyHandler, Job, Service};
+use crate::stats::Counters;
+use crate::strategy::{self, Executor, Strategy, ThreadPool};
+use crate::sys;
+use crate::transport::Transport;
+
+impl<T: Transport, S: Strategy> Server<T, S> {
+    fn datagram_buffer(&self) -> Vec<u8> {
+        // One byte more than the limit, so that even without MSG_TRUNC an
+        // oversized datagram shows as longer than the limit.
+        vec![0; self.opts.max_datagram_size + 1]
+    }
+
+    pub(crate) fn datagram_loop(&self, socket: &Arc<DatagramSocket>, executor: &Executor) -> io::Result<()> {
+        let shared = &self.shared;
+        let fds = [socket.as_raw_fd(), shared.waker.stop_fd(), shared.waker.notify_fd()];
+        let mut scratch = None;
+        let mut backoff = Backoff::default();
+        loop {
+            if shared.stopping() {
+                return Ok(());
+            }
+            executor.reap();
+            if !self.can_accept(executor) {
+                shared.wait_for_capacity(|| self.can_accept(executor))?;
+                continue;
+            }
+            let mut ready = [false; 3];
+            sys::poll(&fds, &mut ready, self.opts.service_interval)?;
+            if ready[2] {
+                shared.waker.drain_notify();
+            }
+            if ready[0] {
+                for _ in 0..BATCH {
+                    if shared.stopping() || !self.can_accept(executor) {
+                        break;
+                    }
+                    match self.receive_one(socket, executor, &mut scratch) {
+                        Ok(_) => {
+                            backoff.reset();
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            if !self.on_accept_error(e, &mut backoff)? {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            self.service.call_hook(&self.service.hooks.service_actions, "service_actions");
+        }
+    }
+
+    /// Receives one datagram into `scratch` and handles it there (`Sync`)
+    /// or hands a copy to the strategy. `Ok(false)`: dropped.
+    pub(crate) fn receive_one(
+        &self,
+        socket: &Arc<DatagramSocket>,
+        executor: &Executor,
+        scratch: &mut Option<DatagramRequest>,
+    ) -> io::Result<bool> {
+        let req = scratch
+            .get_or_insert_with(|| DatagramRequest::new(self.datagram_buffer(), Arc::clone(socket), self.handle()));
+        if !self.receive_into(socket, req)? {
+            return Ok(false);
+        }
+        if let Executor::Sync(_) = executor {
+            let AnyHandler::Datagram(h) = &self.service.handler else { unreachable!("datagram server") };
+            req.slot = Some(self.shared.acquire());
+            self.service.run_datagram(h.as_ref(), req);
+            req.slot = None;
+        } else {
+            let mut job = DatagramRequest::new(req.data().to_vec(), Arc::clone(socket), self.handle());
+            job.len = req.len;
+            job.peer_raw = req.peer_raw.clone();
+            job.peer = req.peer.clone();
+            job.slot = Some(self.shared.acquire());
+            executor.dispatch(Job::Datagram(job));
+        }
+        Ok(true)
+    }
+
+    /// Receives into `req`; `Ok(false)` when the datagram was oversized or refused.
+    fn receive_into(&self, socket: &DatagramSocket, req: &mut DatagramRequest) -> io::Result<bool> {
+        receive_into(&self.service, self.opts.max_datagram_size, socket, req)
+    }
+
+    /// `ThreadPool` on a datagram socket: the workers receive themselves.
+    pub(crate) fn serve_datagram_workers(&self, socket: &Arc<DatagramSocket>, pool: &ThreadPool) -> io::Result<()> {
+        let shared = &self.shared;
+        // Each receiver handles one datagram at a time: capping receivers
+        // at `max_connections` caps datagrams in flight.
+        let receivers = self.opts.max_connections.map_or(pool.min, |max| pool.min.min(max));
+        let mut handles = Vec::with_capacity(receivers);
+        for id in 0..receivers {
+            let worker = DatagramWorker {
+                service: Arc::clone(&self.service),
+                socket: Arc::clone(socket),
+                request: DatagramRequest::new(self.datagram_buffer(), Arc::clone(socket), self.handle()),
+                max: self.opts.max_datagram_size,
+                fatal: Arc::clone(&self.fatal),
+            };
+            shared.stats.workers_total.fetch_add(1, SeqCst);
+            match strategy::spawn(shared, &format!("socketserver-udp-{id}"), pool.stack_size, move || worker.run()) {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    shared.stats.workers_total.fetch_sub(1, SeqCst);
+                    shared.request_stop(Duration::ZERO);
+                    for h in handles {
+                        let _ = h.join();
+                    }
+                    return Err(io::Error::new(e.kind(), format!("{}: cannot start pool workers: {e}", shared.name)));
+                }
+            }
+        }
+        let mut ready = [false];
+        while !shared.stopping() {
+            sys::poll(&[shared.waker.stop_fd()], &mut ready, None)?;
+        }
+        let done = shared.wait_drained(|| shared.threads.load(SeqCst) == 0);
+        for h in handles {
+            if done || h.is_finished() {
+                let _ = h.join();
+            }
+        }
+        match self.fatal.lock().take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Receives one datagram into `req` without blocking; `Ok(false)` when it
+/// was oversized (reported) or refused by `verify_request`.
+fn receive_into(service: &Service, max: usize, socket: &DatagramSocket, req: &mut DatagramRequest) -> io::Result<bool> {
+    let (len, from) = sys::recv_from_dontwait(SockRef::from(socket), &mut req.buf)?;
+    let stats = &service.shared.stats;
+    Counters::bump(&stats.accepted);
+    let peer = Address::from_sockaddr(&from);
+    if len > max {
+        Counters::bump(&stats.oversized);
+        let shown = if len > req.buf.len() { format!("{len} bytes") } else { format!("more than {max} bytes") };
+        let err = io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("datagram of {shown} exceeds max_datagram_size ({max} bytes); dropped unhandled"),
+        );
+        service.handle_error(&peer, &err);
+        return Ok(false);
+    }
+    if !service.verify(&peer) {
+        Counters::bump(&stats.refused);
+        return Ok(false);
+    }
+    req.len = len;
+    req.peer_raw = from;
+    req.peer = peer;
+    Ok(true)
+}
+
+/// A pool worker that receives datagrams itself.
+struct DatagramWorker {
+    service: Arc<Service>,
+    socket: Arc<DatagramSocket>,
+    request: DatagramRequest,
+    max: usize,
+    fatal: Arc<Mutex<Option<io::Error>>>,
+}
+
+impl DatagramWorker {
+    fn run(mut self) {
+        let shared = Arc::clone(&self.service.shared);
+        let AnyHandler::Datagram(handler) = self.service.handler.clone() else { unreachable!("datagram server") };
+        let fds = [self.socket.as_raw_fd(), shared.waker.stop_fd()];
+        let mut backoff = Backoff::default();
+        'serve: while !shared.stopping() {
+            let mut ready = [false; 2];
+            if let Err(e) = sys::poll(&fds, &mut ready, None) {
+                self.fail(e);
+                break;
+            }
+            for _ in 0..BATCH {
+                if shared.stopping() {
+                    break 'serve;
+                }
+                match receive_into(&self.service, self.max, &self.socket, &mut self.request) {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        backoff.reset();
+                        self.request.slot = Some(shared.acquire());
+                        shared.stats.workers_busy.fetch_add(1, SeqCst);
+                        self.service.run_datagram(handler.as_ref(), &mut self.request);
+                        shared.stats.workers_busy.fetch_sub(1, SeqCst);
+                        self.request.slot = None;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        Counters::bump(&shared.stats.accept_errors);
+                        match accept::classify(&e) {
+                            Action::Skip => {}
+                            Action::BackOff => {
+                                let (wait, first) = backoff.step();
+                                if first {
+                                    log::warn!("{}: receive failed: {e}; backing off", shared.name);
+                                }
+                                let _ = sys::poll(&fds[1..], &mut ready[..1], Some(wait));
+                                break;
+                            }
+                            Action::Fatal => {
+                                self.fail(e);
+                                break 'serve;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        shared.stats.workers_total.fetch_sub(1, SeqCst);
+    }
+
+    fn fail(&self, e: io::Error) {
+        let shared = &self.service.shared;
+        log::error!("{}: giving up: {e}", shared.name);
+        self.fatal.lock().get_or_insert(io::Error::new(e.kind(), format!("{}: {e}", shared.name)));
+        shared.request_stop(shared.grace);
+    }
+}
