@@ -7,7 +7,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -373,31 +373,47 @@ impl ServerHandle {
     /// Fails if another signal handler was installed through `ctrlc` or the
     /// OS refuses the handler.
     pub fn shutdown_on_signal(&self) -> io::Result<()> {
-        signal_hub()?.lock().push(Arc::downgrade(&self.shared));
-        Ok(())
+        // Registered before the handler is installed, so that no signal can
+        // find the hub without this server; and a server registered after
+        // a signal arrived stops at once.
+        {
+            let mut hub = HUB.lock();
+            hub.servers.push(Arc::downgrade(&self.shared));
+            if hub.signals > 0 {
+                self.shared.request_stop(self.shared.grace);
+            }
+        }
+        install_signal_handler()
     }
 }
 
-type Hub = Mutex<Vec<Weak<Shared>>>;
+/// The servers signals shut down, and how many signals came.
+struct Hub {
+    servers: Vec<Weak<Shared>>,
+    signals: usize,
+}
 
-fn signal_hub() -> io::Result<&'static Hub> {
-    static HUB: OnceLock<Hub> = OnceLock::new();
-    static INSTALL: Mutex<Option<bool>> = Mutex::new(None);
-    let mut installed = INSTALL.lock();
-    if *installed != Some(true) {
-        let hub: &'static Hub = HUB.get_or_init(|| Mutex::new(Vec::new()));
-        ctrlc::set_handler(move || {
-            let mut servers = hub.lock();
-            servers.retain(|w| w.strong_count() > 0);
-            log::info!("signal received: shutting down {} server(s)", servers.len());
-            for shared in servers.iter().filter_map(Weak::upgrade) {
-                // A second signal during a drain ends the grace period.
-                let grace = if shared.stopping() { Duration::ZERO } else { shared.grace };
-                shared.request_stop(grace);
-            }
-        })
-        .map_err(|e| io::Error::other(format!("cannot install the SIGINT/SIGTERM handler: {e}")))?;
-        *installed = Some(true);
+static HUB: Mutex<Hub> = Mutex::new(Hub { servers: Vec::new(), signals: 0 });
+
+fn on_signal() {
+    let mut hub = HUB.lock();
+    hub.signals += 1;
+    hub.servers.retain(|w| w.strong_count() > 0);
+    log::info!("signal received: shutting down {} server(s)", hub.servers.len());
+    for shared in hub.servers.iter().filter_map(Weak::upgrade) {
+        // A second signal during a drain ends the grace period.
+        let grace = if shared.stopping() { Duration::ZERO } else { shared.grace };
+        shared.request_stop(grace);
     }
-    Ok(HUB.get_or_init(|| Mutex::new(Vec::new())))
+}
+
+fn install_signal_handler() -> io::Result<()> {
+    static INSTALLED: Mutex<bool> = Mutex::new(false);
+    let mut installed = INSTALLED.lock();
+    if !*installed {
+        ctrlc::set_handler(on_signal)
+            .map_err(|e| io::Error::other(format!("cannot install the SIGINT/SIGTERM handler: {e}")))?;
+        *installed = true;
+    }
+    Ok(())
 }

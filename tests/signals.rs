@@ -19,17 +19,7 @@ fn raise(sig: libc::c_int) {
 fn a_signal_shuts_down_every_subscribed_server_and_a_second_one_forces_it() {
     let tcp = TcpServer::builder().strategy(Threading::new()).bind("127.0.0.1:0", echo_lines).unwrap();
     let udp = UdpServer::bind("127.0.0.1:0", echo_datagram).unwrap();
-    tcp.handle().shutdown_on_signal().unwrap();
-    udp.handle().shutdown_on_signal().unwrap();
-    let mut tcp = run(tcp);
-    let mut udp = run(udp);
-    assert_eq!(udp_round_trip(&udp_client(), udp.inet(), b"up"), b"up");
-    raise(libc::SIGTERM);
-    tcp.join().unwrap();
-    udp.join().unwrap();
-
-    // A handler that never returns on its own: the first signal starts a
-    // drain with a long grace period, the second ends it at once.
+    // A handler that never returns on its own, and a long grace period.
     let stuck = TcpServer::builder()
         .strategy(Threading::new())
         .grace_period(Duration::from_secs(60))
@@ -39,22 +29,38 @@ fn a_signal_shuts_down_every_subscribed_server_and_a_second_one_forces_it() {
             Ok(())
         })
         .unwrap();
-    stuck.handle().shutdown_on_signal().unwrap();
+    for handle in [tcp.handle(), udp.handle(), stuck.handle()] {
+        handle.shutdown_on_signal().unwrap();
+    }
+    let mut tcp = run(tcp);
+    let mut udp = run(udp);
     let mut stuck = run(stuck);
+    assert_eq!(udp_round_trip(&udp_client(), udp.inet(), b"up"), b"up");
     let _client = tcp_connect(stuck.inet());
     let deadline = Instant::now() + TIMEOUT;
     while stuck.handle.stats().active == 0 {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(2));
     }
-    raise(libc::SIGINT);
+
+    // The first signal stops them all; the idle ones return at once, the
+    // stuck one starts draining.
+    raise(libc::SIGTERM);
+    tcp.join().unwrap();
+    udp.join().unwrap();
     let deadline = Instant::now() + TIMEOUT;
     while !stuck.handle.is_shutting_down() {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(2));
     }
+    // The second signal ends the grace period.
     let start = Instant::now();
     raise(libc::SIGINT);
     stuck.join().unwrap();
     assert!(start.elapsed() < Duration::from_secs(5), "the second signal did not force the shutdown");
+
+    // A server that subscribes after the process was signalled stops at once.
+    let late = TcpServer::bind("127.0.0.1:0", echo_lines).unwrap();
+    late.handle().shutdown_on_signal().unwrap();
+    late.serve_forever().unwrap();
 }

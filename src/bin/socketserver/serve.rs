@@ -218,15 +218,18 @@ pub fn run(which: Bundled, mut args: ServeArgs) -> io::Result<()> {
             bind_all(handler, &args.listeners, &args.options)?
         }
     };
+    // Every server answers SIGINT/SIGTERM before anyone is told where they
+    // listen: a script that signals as soon as it reads the lines gets a
+    // clean shutdown.
+    for s in &servers {
+        s.handle.shutdown_on_signal()?;
+    }
     let mut out = io::stdout().lock();
     for s in &servers {
         writeln!(out, "listening {}", s.label)?;
     }
     out.flush()?;
     drop(out);
-    for s in &servers {
-        s.handle.shutdown_on_signal()?;
-    }
     let handles: Vec<ServerHandle> = servers.iter().map(|s| s.handle.clone()).collect();
     let threads: Vec<_> = servers
         .into_iter()

@@ -1,0 +1,1420 @@
+//! Tests of the `socketserver` command: the built binary runs as a
+//! subprocess, and these tests talk to it over real sockets, read its
+//! `listening ...` lines to learn where it listens, send it signals and
+//! check its exit codes and output.
+//!
+//! Every wait has a deadline, every client socket a read timeout, and every
+//! child process is killed by its PID when its guard drops, so a failing
+//! test leaks no process.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_socketserver");
+
+/// How long anything that should happen may take before the test fails.
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a reply that must not come is waited for.
+const SHORT: Duration = Duration::from_millis(300);
+/// How soon after a signal a process with nothing in flight must be gone.
+const QUICK_EXIT: Duration = Duration::from_secs(1);
+
+// ---------------------------------------------------------------------------
+// Child processes
+
+/// A child process killed (SIGKILL, by PID) and reaped on drop unless it
+/// has already been reaped.
+struct Proc {
+    child: Child,
+    status: Option<ExitStatus>,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command) -> Proc {
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+        Proc { child, status: None }
+    }
+
+    fn pid(&self) -> libc::pid_t {
+        libc::pid_t::try_from(self.child.id()).expect("a pid")
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        assert!(self.status.is_none(), "signalling a process already reaped");
+        // SAFETY: kill(2) on our own child, which has not been reaped, so the
+        // PID cannot have been reused.
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill({}, {sig}): {}", self.pid(), io::Error::last_os_error());
+    }
+
+    fn try_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().expect("try_wait");
+        }
+        self.status
+    }
+
+    /// The exit status, if the process exits within `limit`.
+    fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.try_status() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.try_status().is_none() {
+            // SAFETY: as in `signal`: our own, unreaped child.
+            unsafe { libc::kill(self.pid(), libc::SIGKILL) };
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn command(program: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args).env_remove("RUST_LOG").env("RUST_BACKTRACE", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Reads `r` to its end on a thread, into a shared buffer.
+fn drain<R: Read + Send + 'static>(mut r: R) -> (Arc<Mutex<Vec<u8>>>, JoinHandle<()>) {
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let b = Arc::clone(&buf);
+    let t = thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match r.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => b.lock().unwrap().extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+    (buf, t)
+}
+
+/// Waits (bounded) for a reader thread that sees EOF once its process is gone.
+fn join_reader(t: JoinHandle<()>) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !t.is_finished() {
+        assert!(Instant::now() < deadline, "a pipe of an exited process did not reach EOF");
+        thread::sleep(Duration::from_millis(2));
+    }
+    t.join().unwrap();
+}
+
+/// What a command that ran to its end left behind.
+#[derive(Debug)]
+struct Output {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `program` with `stdin`, waits at most `limit` for it to exit.
+fn run_program(program: &str, args: &[&str], env: &[(&str, &str)], stdin: &[u8], limit: Duration) -> Output {
+    let mut cmd = command(program, args, env);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut proc = Proc::spawn(cmd);
+    let mut input = proc.child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let (out, out_t) = drain(proc.child.stdout.take().unwrap());
+    let (err, err_t) = drain(proc.child.stderr.take().unwrap());
+    let Some(status) = proc.wait_for(limit) else {
+        panic!(
+            "`{program} {}` still running after {limit:?}; stderr so far: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&err.lock().unwrap())
+        );
+    };
+    join_reader(out_t);
+    join_reader(err_t);
+    let _ = writer.join();
+    let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap()).into_owned();
+    Output { status, stdout: text(&out), stderr: text(&err) }
+}
+
+/// Runs the `socketserver` binary to its end.
+fn run(args: &[&str], stdin: &[u8]) -> Output {
+    run_program(BIN, args, &[], stdin, TIMEOUT)
+}
+
+/// A running `socketserver echo|time` process and the listeners it reported.
+struct Server {
+    proc: Proc,
+    /// `(kind, address)` of each `listening KIND ADDRESS` line, in order.
+    listening: Vec<(String, String)>,
+    stdout_rest: mpsc::Receiver<String>,
+    stdout_thread: Option<JoinHandle<()>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    stderr_thread: Option<JoinHandle<()>>,
+}
+
+/// How many `listening` lines `args` should produce.
+fn listener_count(args: &[&str]) -> usize {
+    let n = args.iter().filter(|a| matches!(**a, "--tcp" | "--udp" | "--unix" | "--unix-dgram")).count();
+    if n == 0 { 2 } else { n }
+}
+
+impl Server {
+    /// Starts the binary and reads its `listening` lines (one per listener).
+    fn start(args: &[&str]) -> Server {
+        Server::start_env(args, &[])
+    }
+
+    fn start_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        match Server::try_start(args, env) {
+            Ok(s) => s,
+            Err(out) => panic!("`socketserver {}` did not start: {out:?}", args.join(" ")),
+        }
+    }
+
+    /// Like `start`, but a process that exits before reporting all its
+    /// listeners is an `Err` with what it printed.
+    fn try_start(args: &[&str], env: &[(&str, &str)]) -> Result<Server, Output> {
+        let mut cmd = command(BIN, args, env);
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut proc = Proc::spawn(cmd);
+        let stdout = proc.child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let stdout_thread = thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let (stderr, stderr_thread) = drain(proc.child.stderr.take().unwrap());
+        let expected = listener_count(args);
+        let deadline = Instant::now() + TIMEOUT;
+        let mut listening = Vec::new();
+        while listening.len() < expected {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    let rest = line
+                        .strip_prefix("listening ")
+                        .unwrap_or_else(|| panic!("stdout line is not a `listening` line: {line:?}"));
+                    let (kind, addr) = rest.split_once(' ').unwrap_or_else(|| panic!("malformed line {line:?}"));
+                    listening.push((kind.to_string(), addr.to_string()));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("`socketserver {}` printed {listening:?} within {TIMEOUT:?}", args.join(" "))
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = proc.wait_for(TIMEOUT).expect("stdout closed but the process runs on");
+                    join_reader(stderr_thread);
+                    let stderr = String::from_utf8_lossy(&stderr.lock().unwrap()).into_owned();
+                    let stdout = listening.iter().map(|(k, a)| format!("listening {k} {a}\n")).collect();
+                    return Err(Output { status, stdout, stderr });
+                }
+            }
+        }
+        Ok(Server {
+            proc,
+            listening,
+            stdout_rest: rx,
+            stdout_thread: Some(stdout_thread),
+            stderr,
+            stderr_thread: Some(stderr_thread),
+        })
+    }
+
+    fn nth(&self, kind: &str, n: usize) -> &str {
+        self.listening
+            .iter()
+            .filter(|(k, _)| k == kind)
+            .nth(n)
+            .map(|(_, a)| a.as_str())
+            .unwrap_or_else(|| panic!("no listener #{n} of kind {kind} in {:?}", self.listening))
+    }
+
+    fn inet(&self, kind: &str, n: usize) -> SocketAddr {
+        let a = self.nth(kind, n);
+        let addr: SocketAddr = a.parse().unwrap_or_else(|e| panic!("{kind} address {a:?}: {e}"));
+        assert_ne!(addr.port(), 0, "port 0 must be resolved to the real port");
+        addr
+    }
+
+    fn tcp(&self) -> SocketAddr {
+        self.inet("tcp", 0)
+    }
+
+    fn udp(&self) -> SocketAddr {
+        self.inet("udp", 0)
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        self.proc.signal(sig);
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.proc.try_status().is_none()
+    }
+
+    fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    /// Waits (bounded) until stderr contains `needle`; false if it never does.
+    fn stderr_shows(&self, needle: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.stderr_text().contains(needle) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Waits at most `limit` for the process to exit; panics if it does not.
+    /// Returns the status and how long it took.
+    fn exits_within(&mut self, limit: Duration) -> (ExitStatus, Duration) {
+        let start = Instant::now();
+        match self.proc.wait_for(limit) {
+            Some(s) => (s, start.elapsed()),
+            None => panic!("the server still runs {limit:?} later; stderr: {}", self.stderr_text()),
+        }
+    }
+
+    /// After exit: whatever the process printed on stdout after its
+    /// `listening` lines (there should be nothing), and all of stderr.
+    fn finish(&mut self) -> (Vec<String>, String) {
+        assert!(self.proc.try_status().is_some(), "finish() before the process exited");
+        if let Some(t) = self.stdout_thread.take() {
+            join_reader(t);
+        }
+        if let Some(t) = self.stderr_thread.take() {
+            join_reader(t);
+        }
+        let rest = self.stdout_rest.try_iter().collect();
+        (rest, self.stderr_text())
+    }
+
+    /// Sends `sig`, expects exit code 0 within `limit`, nothing more on
+    /// stdout than the `listening` lines, and no panic.
+    fn stop_cleanly(&mut self, sig: libc::c_int, limit: Duration) -> Duration {
+        self.signal(sig);
+        let (status, took) = self.exits_within(limit);
+        let (rest, stderr) = self.finish();
+        assert_eq!(status.code(), Some(0), "exit status after signal {sig}: {status}; stderr: {stderr}");
+        assert!(rest.is_empty(), "stdout must hold only the listening lines; also got {rest:?}");
+        assert_no_panic(&stderr);
+        took
+    }
+}
+
+fn assert_no_panic(stderr: &str) {
+    let lower = stderr.to_lowercase();
+    assert!(!lower.contains("panicked") && !lower.contains("backtrace"), "stderr shows a panic: {stderr}");
+}
+
+// ---------------------------------------------------------------------------
+// Clients
+
+/// A directory for Unix socket files, unique to this process and test,
+/// removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("ss-cli-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    fn arg(&self, name: &str) -> String {
+        self.join(name).to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tcp_connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, TIMEOUT).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(TIMEOUT)).unwrap();
+    s
+}
+
+fn unix_connect(path: &Path) -> UnixStream {
+    let s = UnixStream::connect(path).unwrap_or_else(|e| panic!("connect to {}: {e}", path.display()));
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(TIMEOUT)).unwrap();
+    s
+}
+
+fn udp_client(to: SocketAddr) -> UdpSocket {
+    let s = UdpSocket::bind(if to.is_ipv4() { "127.0.0.1:0" } else { "[::1]:0" }).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s
+}
+
+/// A Unix datagram client bound to a path of its own, so it can be answered.
+fn unix_dgram_client(dir: &TempDir, name: &str) -> UnixDatagram {
+    let s = UnixDatagram::bind(dir.join(name)).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s
+}
+
+/// Writes `msg`, reads back exactly as many bytes.
+fn round_trip<S: Read + Write>(s: &mut S, msg: &[u8]) -> Vec<u8> {
+    s.write_all(msg).expect("write");
+    let mut back = vec![0; msg.len()];
+    s.read_exact(&mut back).expect("read the echo");
+    back
+}
+
+fn udp_round_trip(s: &UdpSocket, to: SocketAddr, msg: &[u8]) -> Vec<u8> {
+    s.send_to(msg, to).expect("send a datagram");
+    let mut buf = vec![0; 70_000];
+    let (n, from) = s.recv_from(&mut buf).expect("a reply datagram");
+    assert_eq!(from, to, "the reply comes from the server's address");
+    buf.truncate(n);
+    buf
+}
+
+fn unix_dgram_round_trip(s: &UnixDatagram, to: &Path, msg: &[u8]) -> Vec<u8> {
+    s.send_to(msg, to).expect("send a datagram");
+    let mut buf = vec![0; 70_000];
+    let n = s.recv(&mut buf).expect("a reply datagram");
+    buf.truncate(n);
+    buf
+}
+
+/// What one read on a connection gave.
+#[derive(Debug, PartialEq)]
+enum Got {
+    Data(Vec<u8>),
+    Eof,
+    Reset,
+    Timeout,
+}
+
+fn is_reset(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe)
+}
+
+fn read_once(s: &mut TcpStream, wait: Duration) -> Got {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 1024];
+    let got = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break Got::Eof,
+            Ok(n) => break Got::Data(buf[..n].to_vec()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => break Got::Timeout,
+            Err(e) if is_reset(&e) => break Got::Reset,
+            Err(e) => panic!("read: {e}"),
+        }
+    };
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    got
+}
+
+/// Connects from `from` (an address to bind the client to first) to
+/// `to`, sends a few bytes and expects to be refused: connection refused,
+/// or EOF/reset without one byte echoed.
+fn assert_refused_from(from: SocketAddr, to: SocketAddr) {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(to), socket2::Type::STREAM, None).unwrap();
+    socket.bind(&from.into()).unwrap_or_else(|e| panic!("bind the client to {from}: {e}"));
+    match socket.connect_timeout(&to.into(), TIMEOUT) {
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused || is_reset(&e) => return,
+        Err(e) => panic!("connect from {from} to {to}: {e}"),
+        Ok(()) => {}
+    }
+    let mut s = TcpStream::from(socket);
+    s.set_write_timeout(Some(TIMEOUT)).unwrap();
+    let _ = s.write_all(b"let me in\n");
+    match read_once(&mut s, TIMEOUT) {
+        Got::Eof | Got::Reset => {}
+        other => panic!("a client from {from} must be refused (EOF or reset, no echo), got {other:?}"),
+    }
+}
+
+/// A connection made after the server stopped accepting must not be
+/// served: refused, or EOF/reset without an echo.
+fn assert_not_served(addr: SocketAddr) {
+    let mut s = match TcpStream::connect_timeout(&addr, TIMEOUT) {
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused || is_reset(&e) => return,
+        Err(e) => panic!("connect to {addr}: {e}"),
+        Ok(s) => s,
+    };
+    s.set_write_timeout(Some(TIMEOUT)).unwrap();
+    let _ = s.write_all(b"anyone there?\n");
+    match read_once(&mut s, Duration::from_secs(2)) {
+        Got::Eof | Got::Reset => {}
+        Got::Data(d) => panic!("a connection made after the signal was served: {:?}", String::from_utf8_lossy(&d)),
+        Got::Timeout => panic!("a connection made after the signal was neither refused nor closed"),
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
+
+/// Writes 8 MiB from one thread while this one reads them back, and
+/// compares every byte.
+fn big_echo<S: Read + Write + Send + 'static>(mut reader: S, writer: S) {
+    const LEN: usize = 8 << 20;
+    let data = Arc::new(pattern(LEN, 7));
+    let sent = Arc::clone(&data);
+    let w = thread::spawn(move || -> io::Result<S> {
+        let mut writer = writer;
+        for chunk in sent.chunks(100_003) {
+            writer.write_all(chunk)?;
+        }
+        Ok(writer)
+    });
+    let mut got = vec![0u8; LEN];
+    let read = reader.read_exact(&mut got);
+    let written = w.join().expect("the writer thread");
+    written.expect("write 8 MiB");
+    read.expect("read 8 MiB back");
+    if let Some(i) = got.iter().zip(data.iter()).position(|(a, b)| a != b) {
+        panic!("the echo differs from what was sent at byte {i}");
+    }
+}
+
+fn ipv6_available() -> bool {
+    TcpListener::bind("[::1]:0").is_ok() && UdpSocket::bind("[::1]:0").is_ok()
+}
+
+// ---------------------------------------------------------------------------
+// Echo
+
+#[test]
+fn echo_tcp_returns_8_mib_written_while_reading() {
+    let server = Server::start(&["echo", "--tcp", "127.0.0.1:0"]);
+    let s = tcp_connect(server.tcp());
+    big_echo(s.try_clone().unwrap(), s);
+}
+
+#[test]
+fn echo_unix_stream_returns_8_mib_written_while_reading() {
+    let dir = TempDir::new("echo-unix");
+    let server = Server::start(&["echo", "--unix", &dir.arg("e.sock")]);
+    let s = unix_connect(&dir.join("e.sock"));
+    big_echo(s.try_clone().unwrap(), s);
+    drop(server);
+}
+
+#[test]
+fn echo_udp_keeps_datagram_boundaries_up_to_65507_bytes() {
+    let server = Server::start(&["echo", "--udp", "127.0.0.1:0"]);
+    let to = server.udp();
+    let c = udp_client(to);
+    let big = pattern(65_507, 3);
+    assert!(udp_round_trip(&c, to, &big) == big, "a 65,507-byte datagram must come back unchanged");
+    assert_eq!(udp_round_trip(&c, to, b""), b"", "an empty datagram comes back empty");
+    // Several datagrams sent back to back come back as as many datagrams.
+    let msgs: [&[u8]; 3] = [b"one", b"two\n", b"three\0\xff"];
+    for m in msgs {
+        c.send_to(m, to).unwrap();
+    }
+    let mut back = Vec::new();
+    let mut buf = [0u8; 100];
+    for _ in msgs {
+        let n = c.recv(&mut buf).expect("one reply per datagram");
+        back.push(buf[..n].to_vec());
+    }
+    back.sort();
+    let mut want: Vec<Vec<u8>> = msgs.iter().map(|m| m.to_vec()).collect();
+    want.sort();
+    assert_eq!(back, want);
+}
+
+#[test]
+fn echo_unix_datagram_keeps_boundaries_up_to_65507_bytes() {
+    let dir = TempDir::new("echo-udg");
+    let path = dir.join("d.sock");
+    let _server = Server::start(&["echo", "--unix-dgram", &dir.arg("d.sock")]);
+    let c = unix_dgram_client(&dir, "client.sock");
+    let big = pattern(65_507, 4);
+    assert!(unix_dgram_round_trip(&c, &path, &big) == big, "a 65,507-byte datagram must come back unchanged");
+    assert_eq!(unix_dgram_round_trip(&c, &path, b""), b"", "an empty datagram comes back empty");
+    assert_eq!(unix_dgram_round_trip(&c, &path, b"a\nb"), b"a\nb");
+}
+
+#[test]
+fn one_process_serves_every_listener_and_reports_each() {
+    let dir = TempDir::new("many");
+    let (us, ud) = (dir.arg("s.sock"), dir.arg("d.sock"));
+    let mut server = Server::start(&[
+        "echo",
+        "--tcp",
+        "127.0.0.1:0",
+        "--udp",
+        "127.0.0.1:0",
+        "--tcp",
+        "127.0.0.1:0",
+        "--unix",
+        &us,
+        "--unix-dgram",
+        &ud,
+        "--udp",
+        "127.0.0.1:0",
+    ]);
+    let mut kinds: Vec<&str> = server.listening.iter().map(|(k, _)| k.as_str()).collect();
+    kinds.sort_unstable();
+    assert_eq!(kinds, ["tcp", "tcp", "udp", "udp", "unix", "unix-dgram"]);
+    for (kind, addr) in &server.listening {
+        match kind.as_str() {
+            "tcp" | "udp" => {
+                assert!(addr.starts_with("127.0.0.1:"), "{kind} {addr}");
+                assert_ne!(addr.parse::<SocketAddr>().unwrap().port(), 0, "port 0 resolved");
+            }
+            "unix" => assert_eq!(addr, &us),
+            "unix-dgram" => assert_eq!(addr, &ud),
+            _ => unreachable!(),
+        }
+    }
+    // All served at once: hold a connection open on each stream listener.
+    let (t0, t1) = (server.inet("tcp", 0), server.inet("tcp", 1));
+    assert_ne!(t0, t1);
+    let mut a = tcp_connect(t0);
+    let mut b = tcp_connect(t1);
+    let mut u = unix_connect(&dir.join("s.sock"));
+    assert_eq!(round_trip(&mut a, b"first tcp"), b"first tcp");
+    assert_eq!(round_trip(&mut b, b"second tcp"), b"second tcp");
+    assert_eq!(round_trip(&mut u, b"unix"), b"unix");
+    for n in 0..2 {
+        let to = server.inet("udp", n);
+        assert_eq!(udp_round_trip(&udp_client(to), to, b"udp"), b"udp");
+    }
+    let d = unix_dgram_client(&dir, "c.sock");
+    assert_eq!(unix_dgram_round_trip(&d, &dir.join("d.sock"), b"dgram"), b"dgram");
+    assert_eq!(round_trip(&mut a, b"still"), b"still");
+    drop((a, b, u));
+    server.stop_cleanly(libc::SIGTERM, TIMEOUT);
+}
+
+#[test]
+fn ipv6_listeners_are_reported_in_brackets_and_served() {
+    if !ipv6_available() {
+        eprintln!("skipped: IPv6 loopback [::1] is not available here");
+        return;
+    }
+    let server = Server::start(&["echo", "--tcp", "[::1]:0", "--udp", "[::1]:0"]);
+    for (kind, addr) in &server.listening {
+        assert!(addr.starts_with("[::1]:"), "listening {kind} {addr}");
+    }
+    let mut s = tcp_connect(server.tcp());
+    assert_eq!(round_trip(&mut s, b"over v6"), b"over v6");
+    let to = server.udp();
+    assert_eq!(udp_round_trip(&udp_client(to), to, b"dgram v6"), b"dgram v6");
+}
+
+// ---------------------------------------------------------------------------
+// Strategies and options
+
+/// Echo over TCP, UDP and a Unix stream; with `concurrent`, two TCP
+/// connections open at once are both served.
+fn strategy_echoes(extra: &[&str], concurrent: bool) {
+    let dir = TempDir::new("strategy");
+    let unix = dir.arg("s.sock");
+    let mut args = vec!["echo", "--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0", "--unix", &unix];
+    args.extend_from_slice(extra);
+    let mut server = Server::start(&args);
+    let mut a = tcp_connect(server.tcp());
+    assert_eq!(round_trip(&mut a, b"hello"), b"hello");
+    if concurrent {
+        let mut b = tcp_connect(server.tcp());
+        assert_eq!(round_trip(&mut b, b"second"), b"second");
+        assert_eq!(round_trip(&mut a, b"first again"), b"first again");
+    }
+    drop(a);
+    let to = server.udp();
+    assert_eq!(udp_round_trip(&udp_client(to), to, b"datagram"), b"datagram");
+    let mut u = unix_connect(&dir.join("s.sock"));
+    assert_eq!(round_trip(&mut u, b"unix"), b"unix");
+    drop(u);
+    server.stop_cleanly(libc::SIGINT, TIMEOUT);
+    assert!(!dir.join("s.sock").exists(), "the Unix socket file is removed on exit");
+}
+
+#[test]
+fn strategy_sync_echoes() {
+    strategy_echoes(&["--strategy", "sync"], false);
+}
+
+#[test]
+fn strategy_threading_echoes() {
+    strategy_echoes(&["--strategy", "threading", "--max-workers", "8"], true);
+}
+
+#[test]
+fn strategy_pool_echoes() {
+    strategy_echoes(&["--strategy", "pool", "--workers", "2", "--max-workers", "8", "--queue", "4"], true);
+}
+
+#[test]
+fn no_strategy_flag_echoes_concurrently() {
+    strategy_echoes(&["--grace", "1", "--log-level", "warn"], true);
+}
+
+#[test]
+fn max_connections_1_serves_the_second_client_only_after_the_first_closes() {
+    let server = Server::start(&["echo", "--tcp", "127.0.0.1:0", "--max-connections", "1"]);
+    let mut first = tcp_connect(server.tcp());
+    assert_eq!(round_trip(&mut first, b"first"), b"first");
+    let mut second = tcp_connect(server.tcp());
+    second.write_all(b"second").unwrap();
+    assert_eq!(read_once(&mut second, SHORT), Got::Timeout, "the second client must wait while the first is open");
+    assert_eq!(round_trip(&mut first, b"first again"), b"first again");
+    drop(first);
+    let mut back = [0u8; 6];
+    second.read_exact(&mut back).expect("the second client is served once the first closes");
+    assert_eq!(&back, b"second");
+}
+
+#[test]
+fn idle_timeout_closes_an_idle_connection_but_not_a_busy_one() {
+    let server = Server::start(&["echo", "--tcp", "127.0.0.1:0", "--idle-timeout", "0.2"]);
+    let mut idle = tcp_connect(server.tcp());
+    let mut busy = tcp_connect(server.tcp());
+    let watcher = thread::spawn(move || {
+        assert_eq!(round_trip(&mut idle, b"hi"), b"hi");
+        let start = Instant::now();
+        let got = read_once(&mut idle, Duration::from_secs(3));
+        (got, start.elapsed())
+    });
+    // The busy client talks every 20 ms for 0.5 s, longer than the timeout.
+    let start = Instant::now();
+    let mut i = 0;
+    while start.elapsed() < Duration::from_millis(500) {
+        let msg = format!("ping {i}");
+        assert_eq!(round_trip(&mut busy, msg.as_bytes()), msg.as_bytes(), "a busy connection stays open");
+        thread::sleep(Duration::from_millis(20));
+        i += 1;
+    }
+    let (got, took) = watcher.join().unwrap();
+    assert!(matches!(got, Got::Eof | Got::Reset), "the idle connection must be closed, got {got:?}");
+    assert!(took >= Duration::from_millis(150), "closed before it was idle for 0.2 s: {took:?}");
+    assert!(took < Duration::from_millis(200) + QUICK_EXIT, "closed late: {took:?}");
+}
+
+#[test]
+fn reuse_port_lets_two_processes_share_a_port() {
+    let a = Server::start(&["echo", "--reuse-port", "--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"]);
+    let (tcp, udp) = (a.tcp(), a.udp());
+    let mut b = Server::start(&["echo", "--reuse-port", "--tcp", &tcp.to_string(), "--udp", &udp.to_string()]);
+    assert_eq!(b.tcp(), tcp);
+    assert_eq!(b.udp(), udp);
+    // Without --reuse-port the same port is in use.
+    let out = run(&["echo", "--tcp", &tcp.to_string()], b"");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // Both serve; once the first is gone the second serves the port alone.
+    let mut s = tcp_connect(tcp);
+    assert_eq!(round_trip(&mut s, b"shared"), b"shared");
+    drop(s);
+    let mut a = a;
+    a.stop_cleanly(libc::SIGTERM, TIMEOUT);
+    let mut s = tcp_connect(tcp);
+    assert_eq!(round_trip(&mut s, b"still served"), b"still served");
+    drop(s);
+    assert_eq!(udp_round_trip(&udp_client(udp), udp, b"udp too"), b"udp too");
+    b.stop_cleanly(libc::SIGTERM, TIMEOUT);
+}
+
+#[test]
+fn allow_refuses_peers_outside_the_cidr() {
+    let server = Server::start(&["echo", "--allow", "127.0.0.1/32", "--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"]);
+    let (tcp, udp) = (server.tcp(), server.udp());
+    let outsider: SocketAddr = "127.0.0.2:0".parse().unwrap();
+    assert_refused_from(outsider, tcp);
+    let mut ok = tcp_connect(tcp);
+    assert_eq!(round_trip(&mut ok, b"insider"), b"insider");
+    // UDP: no reply to the outsider, a reply to 127.0.0.1.
+    let out = UdpSocket::bind(outsider).unwrap();
+    out.set_read_timeout(Some(SHORT)).unwrap();
+    out.send_to(b"outsider", udp).unwrap();
+    assert_eq!(udp_round_trip(&udp_client(udp), udp, b"insider"), b"insider");
+    let mut buf = [0u8; 64];
+    assert!(out.recv(&mut buf).is_err(), "a datagram from outside the allowed CIDR must get no reply");
+
+    // Repeatable, and a bare address counts as a /32.
+    let server = Server::start(&["echo", "--allow", "10.0.0.0/8", "--allow", "127.0.0.2", "--tcp", "127.0.0.1:0"]);
+    let mut s = TcpStream::from({
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.bind(&outsider.into()).unwrap();
+        sock.connect_timeout(&server.tcp().into(), TIMEOUT).unwrap();
+        sock
+    });
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert_eq!(round_trip(&mut s, b"now allowed"), b"now allowed");
+    assert_refused_from("127.0.0.1:0".parse().unwrap(), server.tcp());
+}
+
+#[test]
+fn logs_go_to_stderr_and_stdout_has_only_listening_lines() {
+    let mut server = Server::start(&["echo", "--log-level", "trace", "--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"]);
+    let mut s = tcp_connect(server.tcp());
+    assert_eq!(round_trip(&mut s, b"chatter"), b"chatter");
+    drop(s);
+    let to = server.udp();
+    assert_eq!(udp_round_trip(&udp_client(to), to, b"x"), b"x");
+    server.stop_cleanly(libc::SIGTERM, TIMEOUT);
+    assert!(!server.stderr_text().is_empty(), "trace logging writes to stderr");
+
+    let mut quiet = Server::start(&["echo", "--log-level", "off", "--tcp", "127.0.0.1:0"]);
+    let mut s = tcp_connect(quiet.tcp());
+    assert_eq!(round_trip(&mut s, b"hush"), b"hush");
+    drop(s);
+    quiet.stop_cleanly(libc::SIGINT, TIMEOUT);
+    assert_eq!(quiet.stderr_text(), "", "--log-level off: nothing on stderr");
+}
+
+// ---------------------------------------------------------------------------
+// Signals
+
+fn signal_with_nothing_in_flight_exits_at_once(sig: libc::c_int) {
+    let dir = TempDir::new("sig-idle");
+    let mut server = Server::start(&[
+        "echo",
+        "--tcp",
+        "127.0.0.1:0",
+        "--udp",
+        "127.0.0.1:0",
+        "--unix",
+        &dir.arg("s.sock"),
+        "--unix-dgram",
+        &dir.arg("d.sock"),
+    ]);
+    let tcp = server.tcp();
+    let mut s = tcp_connect(tcp);
+    assert_eq!(round_trip(&mut s, b"before"), b"before");
+    drop(s);
+    let mut u = unix_connect(&dir.join("s.sock"));
+    assert_eq!(round_trip(&mut u, b"before"), b"before");
+    drop(u);
+    assert!(dir.join("s.sock").exists() && dir.join("d.sock").exists());
+    let took = server.stop_cleanly(sig, QUICK_EXIT);
+    assert!(took < QUICK_EXIT, "with nothing in flight the process must be gone at once, took {took:?}");
+    assert!(!dir.join("s.sock").exists(), "the Unix stream socket file is removed");
+    assert!(!dir.join("d.sock").exists(), "the Unix datagram socket file is removed");
+    let refused = TcpStream::connect_timeout(&tcp, TIMEOUT);
+    assert!(refused.is_err(), "nothing listens after exit");
+}
+
+#[test]
+fn sigint_with_nothing_in_flight_exits_0_at_once_and_removes_socket_files() {
+    signal_with_nothing_in_flight_exits_at_once(libc::SIGINT);
+}
+
+#[test]
+fn sigterm_with_nothing_in_flight_exits_0_at_once_and_removes_socket_files() {
+    signal_with_nothing_in_flight_exits_at_once(libc::SIGTERM);
+}
+
+/// A script reads the `listening` lines, then signals: the process must
+/// already be ready for it (exit 0, socket files removed), however soon
+/// the signal comes.
+#[test]
+fn a_signal_right_after_the_listening_lines_is_a_clean_shutdown() {
+    for (i, sig) in [libc::SIGTERM, libc::SIGINT].into_iter().cycle().take(10).enumerate() {
+        let dir = TempDir::new("sig-early");
+        let unix = dir.arg("s.sock");
+        let mut server = Server::start(&["echo", "--tcp", "127.0.0.1:0", "--unix", &unix]);
+        server.signal(sig);
+        let Some(status) = server.proc.wait_for(Duration::from_secs(3)) else {
+            panic!("round {i}: signal {sig} sent right after the listening lines was lost: still running 3 s later");
+        };
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "round {i}: signal {sig} sent right after the listening lines: exit status {status}, \
+             socket file left behind: {}",
+            dir.join("s.sock").exists()
+        );
+        assert!(!dir.join("s.sock").exists(), "round {i}: the Unix socket file is removed");
+    }
+}
+
+#[test]
+fn after_a_signal_a_conversation_in_flight_finishes_and_then_the_process_exits() {
+    let dir = TempDir::new("sig-flight");
+    let unix = dir.arg("s.sock");
+    let mut server = Server::start(&["echo", "--tcp", "127.0.0.1:0", "--unix", &unix, "--grace", "10"]);
+    let tcp = server.tcp();
+    let mut talking = tcp_connect(tcp);
+    assert_eq!(round_trip(&mut talking, b"before the signal"), b"before the signal");
+    server.signal(libc::SIGTERM);
+    // Give the process a moment to notice (the log line says when), then
+    // check that it no longer accepts while the conversation goes on.
+    server.stderr_shows("signal", Duration::from_secs(1));
+    assert!(server.is_running(), "a connection in flight keeps the process running");
+    assert_not_served(tcp);
+    match UnixStream::connect(dir.join("s.sock")) {
+        Err(_) => {}
+        Ok(mut late) => {
+            late.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let _ = late.write_all(b"late");
+            let mut buf = [0u8; 16];
+            match late.read(&mut buf) {
+                Ok(0) => {}
+                Err(e) if is_reset(&e) => {}
+                other => panic!("a Unix connection made after the signal was served or left hanging: {other:?}"),
+            }
+        }
+    }
+    for i in 0..5 {
+        let msg = format!("after the signal {i}");
+        assert_eq!(round_trip(&mut talking, msg.as_bytes()), msg.as_bytes(), "the conversation keeps working");
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(server.is_running(), "still draining while the client talks");
+    let closed = Instant::now();
+    drop(talking);
+    let (status, _) = server.exits_within(Duration::from_secs(5));
+    let took = closed.elapsed();
+    assert!(took < QUICK_EXIT, "the process must exit as soon as nothing is in flight, took {took:?}");
+    let (rest, stderr) = server.finish();
+    assert_eq!(status.code(), Some(0), "{status}; stderr: {stderr}");
+    assert!(rest.is_empty(), "stdout: {rest:?}");
+    assert_no_panic(&stderr);
+    assert!(!dir.join("s.sock").exists(), "the Unix socket file is removed");
+}
+
+#[test]
+fn at_the_grace_deadline_an_idle_connection_is_closed_and_the_process_exits() {
+    let mut server = Server::start(&["echo", "--tcp", "127.0.0.1:0", "--grace", "0.3"]);
+    let mut idle = tcp_connect(server.tcp());
+    assert_eq!(round_trip(&mut idle, b"then nothing"), b"then nothing");
+    let took = server.stop_cleanly(libc::SIGINT, TIMEOUT);
+    assert!(took < Duration::from_millis(300) + QUICK_EXIT, "grace 0.3 s, but the process took {took:?}");
+    assert_eq!(read_once(&mut idle, Duration::from_secs(2)), Got::Eof, "the client sees EOF");
+}
+
+#[test]
+fn a_second_signal_ends_the_grace_period_at_once() {
+    let mut server = Server::start(&["echo", "--tcp", "127.0.0.1:0", "--grace", "30"]);
+    let mut idle = tcp_connect(server.tcp());
+    assert_eq!(round_trip(&mut idle, b"stay"), b"stay");
+    server.signal(libc::SIGTERM);
+    assert!(server.stderr_shows("signal", Duration::from_secs(2)), "stderr: {}", server.stderr_text());
+    assert!(server.proc.wait_for(Duration::from_millis(200)).is_none(), "the connection in flight is waited for");
+    let took = server.stop_cleanly(libc::SIGTERM, Duration::from_secs(5));
+    assert!(took < QUICK_EXIT, "the second signal must close what is left at once, took {took:?}");
+    assert_eq!(read_once(&mut idle, Duration::from_secs(2)), Got::Eof);
+}
+
+// ---------------------------------------------------------------------------
+// Defaults
+
+/// Starts `socketserver <which>` with no listener, if 127.0.0.1:port is
+/// free for TCP and UDP; `None` (test skipped) otherwise.
+fn start_default(which: &str, port: u16) -> Option<Server> {
+    let addr = format!("127.0.0.1:{port}");
+    let free = TcpListener::bind(&addr).is_ok() && UdpSocket::bind(&addr).is_ok();
+    if !free {
+        eprintln!("skipped: {addr} is in use by something else, cannot test the default listeners of `{which}`");
+        return None;
+    }
+    match Server::try_start(&[which], &[]) {
+        Ok(s) => Some(s),
+        Err(out) if out.status.code() == Some(1) && out.stderr.contains("in use") => {
+            eprintln!("skipped: {addr} was taken meanwhile: {}", out.stderr.trim());
+            None
+        }
+        Err(out) => panic!("`socketserver {which}` did not start: {out:?}"),
+    }
+}
+
+#[test]
+fn echo_defaults_to_tcp_and_udp_on_127_0_0_1_9999() {
+    let Some(mut server) = start_default("echo", 9999) else { return };
+    let mut lines: Vec<String> = server.listening.iter().map(|(k, a)| format!("{k} {a}")).collect();
+    lines.sort();
+    assert_eq!(lines, ["tcp 127.0.0.1:9999", "udp 127.0.0.1:9999"]);
+    let mut s = tcp_connect(server.tcp());
+    assert_eq!(round_trip(&mut s, b"default"), b"default");
+    drop(s);
+    let to = server.udp();
+    assert_eq!(udp_round_trip(&udp_client(to), to, b"default"), b"default");
+    server.stop_cleanly(libc::SIGTERM, TIMEOUT);
+}
+
+#[test]
+fn time_defaults_to_tcp_and_udp_on_127_0_0_1_9000() {
+    let Some(mut server) = start_default("time", 9000) else { return };
+    let mut lines: Vec<String> = server.listening.iter().map(|(k, a)| format!("{k} {a}")).collect();
+    lines.sort();
+    assert_eq!(lines, ["tcp 127.0.0.1:9000", "udp 127.0.0.1:9000"]);
+    let mut s = BufReader::new(tcp_connect(server.tcp()));
+    assert_eq!(ask_line(&mut s, b"%Q"), "%Q");
+    let to = server.udp();
+    assert_eq!(ask_datagram(&udp_client(to), to, b"%Q"), "%Q");
+    drop(s);
+    server.stop_cleanly(libc::SIGTERM, TIMEOUT);
+}
+
+// ---------------------------------------------------------------------------
+// Bad addresses and bad usage
+
+/// A bind failure: exactly one line on stderr naming `names` and
+/// containing `cause` (lower case), exit code 1, no panic.
+fn assert_bind_failure(args: &[&str], names: &str, cause: &str) {
+    let out = run(args, b"");
+    let what = format!("`socketserver {}`", args.join(" "));
+    assert_eq!(out.status.code(), Some(1), "{what}: {out:?}");
+    assert_no_panic(&out.stderr);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{what}: exactly one line on stderr, got {:?}", out.stderr);
+    assert!(lines[0].contains(names), "{what}: the error must name {names:?}: {:?}", lines[0]);
+    assert!(lines[0].to_lowercase().contains(cause), "{what}: the error must give the cause ({cause}): {:?}", lines[0]);
+    assert!(!out.stdout.contains("listening"), "{what}: nothing may claim to listen: {:?}", out.stdout);
+}
+
+#[test]
+fn bad_addresses_fail_with_one_line_and_exit_1() {
+    assert_bind_failure(&["echo", "--tcp", "nonsense"], "nonsense", "");
+    assert_bind_failure(&["echo", "--udp", "nonsense"], "nonsense", "");
+    assert_bind_failure(&["echo", "--tcp", "127.0.0.1:99999"], "127.0.0.1:99999", "");
+    assert_bind_failure(&["time", "--udp", "127.0.0.1:99999"], "127.0.0.1:99999", "");
+    assert_bind_failure(&["echo", "--unix", "/nonexistent/dir/x.sock"], "/nonexistent/dir/x.sock", "no such file");
+    assert_bind_failure(
+        &["time", "--unix-dgram", "/nonexistent/dir/y.sock"],
+        "/nonexistent/dir/y.sock",
+        "no such file",
+    );
+    // A good listener before the bad one changes nothing.
+    assert_bind_failure(
+        &["echo", "--tcp", "127.0.0.1:0", "--unix", "/nonexistent/dir/z.sock"],
+        "/nonexistent/dir/z.sock",
+        "no such file",
+    );
+}
+
+#[test]
+fn a_port_in_use_fails_with_one_line_and_exit_1() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    assert_bind_failure(&["echo", "--tcp", &addr], &addr, "in use");
+    let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    assert_bind_failure(&["time", "--udp", &addr], &addr, "in use");
+}
+
+#[test]
+fn bad_usage_is_a_clap_error_with_exit_2() {
+    let cases: &[&[&str]] = &[
+        &["echo", "--bogus"],
+        &["time", "--bogus"],
+        &["echo", "--strategy", "nope"],
+        &["echo", "--workers", "0"],
+        &["echo", "--grace", "soon"],
+        &["client"],
+        &["client", "--tcp", "127.0.0.1:1", "--udp", "127.0.0.1:1"],
+        &["client", "--tcp", "127.0.0.1:1", "--unix", "/tmp/x.sock"],
+        &["no-such-command"],
+        &[],
+    ];
+    for args in cases {
+        let out = run(args, b"");
+        let what = format!("`socketserver {}`", args.join(" "));
+        assert_eq!(out.status.code(), Some(2), "{what}: {out:?}");
+        assert!(out.stderr.contains("rror") || out.stderr.contains("Usage"), "{what}: clap's message: {out:?}");
+        assert!(out.stderr.contains("--help") || out.stderr.contains("Usage"), "{what}: clap's message: {out:?}");
+        assert_no_panic(&out.stderr);
+        assert_eq!(out.stdout, "", "{what}");
+    }
+    let out = run(&["client"], b"");
+    assert!(out.stderr.contains("Usage:"), "{out:?}");
+}
+
+// ---------------------------------------------------------------------------
+// The client
+
+#[test]
+fn client_talks_to_the_echo_server_over_every_transport() {
+    let dir = TempDir::new("client-echo");
+    let server = Server::start(&[
+        "echo",
+        "--tcp",
+        "127.0.0.1:0",
+        "--udp",
+        "127.0.0.1:0",
+        "--unix",
+        &dir.arg("s.sock"),
+        "--unix-dgram",
+        &dir.arg("d.sock"),
+    ]);
+    let input = "hello\nworld\n\n  spaced out  \nlast\n";
+    let targets = [
+        ("--tcp", server.tcp().to_string()),
+        ("--udp", server.udp().to_string()),
+        ("--unix", dir.arg("s.sock")),
+        ("--unix-dgram", dir.arg("d.sock")),
+    ];
+    for (flag, target) in &targets {
+        let out = run(&["client", flag, target], input.as_bytes());
+        assert_eq!(out.status.code(), Some(0), "client {flag}: {out:?}");
+        assert_eq!(out.stdout, input, "client {flag}: each line comes back as one line");
+        // No newline after the last line: still sent, still printed.
+        let out = run(&["client", flag, target], b"a\nb");
+        assert_eq!((out.status.code(), out.stdout.as_str()), (Some(0), "a\nb\n"), "client {flag}: {out:?}");
+        // Nothing to send: exits 0 at once.
+        let out = run(&["client", flag, target], b"");
+        assert_eq!((out.status.code(), out.stdout.as_str()), (Some(0), ""), "client {flag}: {out:?}");
+    }
+    // Many lines over one connection.
+    let many: String = (0..500).map(|i| format!("line {i}\n")).collect();
+    let out = run(&["client", "--tcp", &server.tcp().to_string()], many.as_bytes());
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(out.stdout, many);
+}
+
+#[test]
+fn client_talks_to_the_time_server() {
+    let dir = TempDir::new("client-time");
+    let server = Server::start_env(
+        &["time", "--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0", "--unix", &dir.arg("t.sock")],
+        &[("TZ", "UTC")],
+    );
+    let targets =
+        [("--tcp", server.tcp().to_string()), ("--udp", server.udp().to_string()), ("--unix", dir.arg("t.sock"))];
+    for (flag, target) in &targets {
+        let out = run(&["client", flag, target], b"%Q\n%z %Z\n\n%%Y\n");
+        assert_eq!(out.status.code(), Some(0), "client {flag}: {out:?}");
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        assert_eq!(lines.len(), 4, "client {flag}: one line per request: {:?}", out.stdout);
+        assert_eq!(lines[0], "%Q", "client {flag}");
+        assert_eq!(lines[1], "+0000 UTC", "client {flag}");
+        assert!(looks_like_default_time(lines[2]), "client {flag}: empty request: {:?}", lines[2]);
+        assert_eq!(lines[3], "%Y", "client {flag}");
+    }
+}
+
+#[test]
+fn client_failures_are_one_line_and_exit_1() {
+    // Nothing listens on the port.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let out = run(&["client", "--tcp", &port], b"hello\n");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+    assert!(out.stderr.contains(&port), "the error names the target: {out:?}");
+    assert_no_panic(&out.stderr);
+    // A UDP peer that never answers: --timeout, then exit 1.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = silent.local_addr().unwrap().to_string();
+    let start = Instant::now();
+    let out = run(&["client", "--udp", &to, "--timeout", "0.2"], b"anyone?\n");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(start.elapsed() < Duration::from_secs(3), "--timeout 0.2 took {:?}", start.elapsed());
+    assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+    assert_no_panic(&out.stderr);
+    assert_eq!(out.stdout, "");
+}
+
+// ---------------------------------------------------------------------------
+// The time server
+
+/// Sends `fmt` plus LF and reads one reply line (LF stripped).
+fn ask_line<S: Read + Write>(conn: &mut BufReader<S>, fmt: &[u8]) -> String {
+    let mut req = fmt.to_vec();
+    req.push(b'\n');
+    conn.get_mut().write_all(&req).expect("send a request line");
+    read_reply_line(conn)
+}
+
+fn read_reply_line<S: Read>(conn: &mut BufReader<S>) -> String {
+    let mut line = Vec::new();
+    conn.read_until(b'\n', &mut line).expect("a reply line");
+    assert_eq!(line.last(), Some(&b'\n'), "a reply line ends with LF: {:?}", String::from_utf8_lossy(&line));
+    line.pop();
+    String::from_utf8(line).expect("a UTF-8 reply")
+}
+
+fn ask_datagram(s: &UdpSocket, to: SocketAddr, fmt: &[u8]) -> String {
+    String::from_utf8(udp_round_trip(s, to, fmt)).expect("a UTF-8 reply")
+}
+
+/// `2026-11-22 05:03:42`: what `%Y-%m-%d %X` gives in the C locale.
+fn looks_like_default_time(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 19
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b' ',
+            13 | 16 => *c == b':',
+            _ => c.is_ascii_digit(),
+        })
+}
+
+/// Python's `time.strftime` of each format under `TZ=tz`; `None` if there
+/// is no python3.
+fn python_strftime(tz: &str, formats: &[&str]) -> Option<Vec<String>> {
+    let probe = Command::new("python3").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    if probe.is_err() {
+        return None;
+    }
+    let mut args = vec!["-c", "import json, sys, time; print(json.dumps([time.strftime(f) for f in sys.argv[1:]]))"];
+    args.extend_from_slice(formats);
+    let out = run_program("python3", &args, &[("TZ", tz)], b"", TIMEOUT);
+    assert!(out.status.success(), "python3: {out:?}");
+    Some(serde_json::from_str(&out.stdout).expect("python's JSON"))
+}
+
+/// Compares the server's rendering of each format (`ask`) with Python's
+/// under the same TZ. Python runs before and after the server is asked; if
+/// both agree, the server must agree with them; if they differ (the clock
+/// crossed a boundary meanwhile), try again.
+fn compare_with_python(tz: &str, formats: &[&str], what: &str, mut ask: impl FnMut(&str) -> String) {
+    for _attempt in 0..5 {
+        let Some(before) = python_strftime(tz, formats) else {
+            eprintln!("skipped the comparison with Python ({what}): no python3");
+            return;
+        };
+        let ours: Vec<String> = formats.iter().map(|f| ask(f)).collect();
+        let after = python_strftime(tz, formats).unwrap();
+        if before != after {
+            continue;
+        }
+        for ((f, o), p) in formats.iter().zip(&ours).zip(&before) {
+            assert_eq!(o, p, "{what}, TZ={tz}: format {f:?}: server {o:?}, python3 {p:?}");
+        }
+        return;
+    }
+    panic!("{what}: the clock kept crossing boundaries while comparing with Python");
+}
+
+const FORMATS: &[&str] = &[
+    "%Y-%m-%d",
+    "%a %b",
+    "%j",
+    "%Q",
+    "%A %B %p %y %e %C %G %g %V %u %w %D %h %U %W %%",
+    "%H:%M %I %l %k %P",
+    "%z %Z",
+    "%5Y|%-d|%_m|%Ex|%Oy",
+    "%E|%+|%",
+    "a%tb",
+    "%x",
+    "just text",
+    "100%",
+];
+
+#[test]
+fn time_renders_like_python_strftime_over_tcp_and_udp() {
+    let dir = TempDir::new("time-fmt");
+    let path = dir.join("t.sock");
+    let server = Server::start_env(
+        &[
+            "time",
+            "--tcp",
+            "127.0.0.1:0",
+            "--udp",
+            "127.0.0.1:0",
+            "--unix",
+            &dir.arg("t.sock"),
+            "--unix-dgram",
+            &dir.arg("d.sock"),
+        ],
+        &[("TZ", "UTC")],
+    );
+    let mut tcp = BufReader::new(tcp_connect(server.tcp()));
+    compare_with_python("UTC", FORMATS, "tcp", |f| ask_line(&mut tcp, f.as_bytes()));
+    let to = server.udp();
+    let udp = udp_client(to);
+    compare_with_python("UTC", FORMATS, "udp", |f| ask_datagram(&udp, to, f.as_bytes()));
+    let mut unix = BufReader::new(unix_connect(&path));
+    compare_with_python("UTC", &FORMATS[..4], "unix", |f| ask_line(&mut unix, f.as_bytes()));
+    let d = unix_dgram_client(&dir, "c.sock");
+    compare_with_python("UTC", &FORMATS[..4], "unix-dgram", |f| {
+        String::from_utf8(unix_dgram_round_trip(&d, &dir.join("d.sock"), f.as_bytes())).unwrap()
+    });
+    // UTF-8 text passes through (not compared with Python: its locale
+    // handling of non-ASCII formats varies).
+    assert_eq!(ask_line(&mut tcp, "héllo %%".as_bytes()), "héllo %");
+    assert_eq!(ask_datagram(&udp, to, "日付 %Q".as_bytes()), "日付 %Q");
+}
+
+#[test]
+fn time_honours_tz() {
+    let mut zones = vec![("UTC", "+0000"), ("XXX-9", "+0900")];
+    if Path::new("/usr/share/zoneinfo/Asia/Tokyo").exists() {
+        zones.push(("Asia/Tokyo", "+0900"));
+    } else {
+        eprintln!("Asia/Tokyo not tested: no /usr/share/zoneinfo/Asia/Tokyo");
+    }
+    let formats = ["%Y-%m-%d %H:%M", "%H", "%z", "%Z", "%a %b %j"];
+    let mut hours = Vec::new();
+    for (tz, offset) in zones {
+        let server = Server::start_env(&["time", "--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"], &[("TZ", tz)]);
+        let mut tcp = BufReader::new(tcp_connect(server.tcp()));
+        assert_eq!(ask_line(&mut tcp, b"%z"), offset, "TZ={tz}");
+        compare_with_python(tz, &formats, "tcp", |f| ask_line(&mut tcp, f.as_bytes()));
+        let to = server.udp();
+        let udp = udp_client(to);
+        assert_eq!(ask_datagram(&udp, to, b"%z"), offset, "TZ={tz}");
+        compare_with_python(tz, &formats, "udp", |f| ask_datagram(&udp, to, f.as_bytes()));
+        hours.push((tz, tcp, offset, server));
+    }
+    // The same instant in UTC and at +09:00: nine hours apart (retry if the
+    // hour turns between the two requests).
+    for attempt in 0.. {
+        let h: Vec<u32> = hours.iter_mut().map(|(_, c, _, _)| ask_line(c, b"%H%M").parse().unwrap()).collect();
+        let utc = h[0] / 100;
+        let same_minute = h.iter().all(|x| x % 100 == h[0] % 100);
+        if !same_minute && attempt < 3 {
+            continue;
+        }
+        for (i, (tz, _, offset, _)) in hours.iter().enumerate().skip(1) {
+            assert_eq!(*offset, "+0900");
+            assert_eq!(h[i] / 100, (utc + 9) % 24, "TZ={tz} vs UTC: {h:?}");
+        }
+        break;
+    }
+}
+
+#[test]
+fn time_empty_request_means_the_default_format() {
+    let server = Server::start_env(&["time", "--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"], &[("TZ", "UTC")]);
+    let mut tcp = BufReader::new(tcp_connect(server.tcp()));
+    let to = server.udp();
+    let udp = udp_client(to);
+    compare_with_python("UTC", &["%Y-%m-%d %X"], "tcp, empty line", |_| ask_line(&mut tcp, b""));
+    compare_with_python("UTC", &["%Y-%m-%d %X"], "tcp, blank line", |_| ask_line(&mut tcp, b" \t \r"));
+    compare_with_python("UTC", &["%Y-%m-%d %X"], "udp, empty datagram", |_| ask_datagram(&udp, to, b""));
+    compare_with_python("UTC", &["%Y-%m-%d %X"], "udp, blank datagram", |_| ask_datagram(&udp, to, b"  \n"));
+    assert!(looks_like_default_time(&ask_line(&mut tcp, b"")));
+    assert!(looks_like_default_time(&ask_datagram(&udp, to, b"")));
+}
+
+#[test]
+fn time_framing_lines_over_streams_datagrams_over_udp() {
+    let dir = TempDir::new("time-frame");
+    let server = Server::start(&[
+        "time",
+        "--tcp",
+        "127.0.0.1:0",
+        "--udp",
+        "127.0.0.1:0",
+        "--unix",
+        &dir.arg("t.sock"),
+        "--unix-dgram",
+        &dir.arg("d.sock"),
+    ]);
+    // TCP: many requests on one connection, sent in one write; CR before
+    // LF dropped; one reply line each.
+    let mut tcp = BufReader::new(tcp_connect(server.tcp()));
+    tcp.get_mut().write_all(b"%Q\r\nA%%B\nx\r\n%%Q\n").unwrap();
+    for want in ["%Q", "A%B", "x", "%Q"] {
+        assert_eq!(read_reply_line(&mut tcp), want);
+    }
+    // A request split across writes is one request.
+    tcp.get_mut().write_all(b"%").unwrap();
+    tcp.get_mut().flush().unwrap();
+    thread::sleep(Duration::from_millis(50));
+    tcp.get_mut().write_all(b"Q\n").unwrap();
+    assert_eq!(read_reply_line(&mut tcp), "%Q");
+    // Unix stream: the same.
+    let mut unix = BufReader::new(unix_connect(&dir.join("t.sock")));
+    unix.get_mut().write_all(b"%Q\r\nB\n").unwrap();
+    assert_eq!(read_reply_line(&mut unix), "%Q");
+    assert_eq!(read_reply_line(&mut unix), "B");
+    // UDP: the reply is exactly the rendering, no newline.
+    let to = server.udp();
+    let udp = udp_client(to);
+    assert_eq!(udp_round_trip(&udp, to, b"%Q"), b"%Q");
+    assert_eq!(udp_round_trip(&udp, to, b"%Y").len(), 4, "no newline after a datagram reply");
+    // Unix datagram: the same.
+    let d = unix_dgram_client(&dir, "c.sock");
+    assert_eq!(unix_dgram_round_trip(&d, &dir.join("d.sock"), b"%Q"), b"%Q");
+    // Long but legal lines are served.
+    let long = "a".repeat(4000);
+    assert_eq!(ask_line(&mut tcp, long.as_bytes()), long);
+}
+
+#[test]
+fn time_bad_input_gets_an_error_reply_and_everyone_else_is_still_served() {
+    let server = Server::start(&["time", "--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"]);
+    let tcp = server.tcp();
+    let check_others = |what: &str| {
+        let mut other = BufReader::new(tcp_connect(tcp));
+        let year = ask_line(&mut other, b"%Y");
+        assert!(year.len() == 4 && year.starts_with("20"), "after {what}: another client gets a time: {year:?}");
+        let to = server.udp();
+        let year = ask_datagram(&udp_client(to), to, b"%Y");
+        assert!(year.len() == 4 && year.starts_with("20"), "after {what}: UDP gets a time: {year:?}");
+    };
+    let bad_lines: [(&str, Vec<u8>); 5] = [
+        ("invalid UTF-8", b"\xff\xfe%Y".to_vec()),
+        ("a lone continuation byte", b"%Y \x80".to_vec()),
+        ("a NUL byte", b"%Y\0%m".to_vec()),
+        ("a 4097-byte line", vec![b'a'; 4097]),
+        ("a 20,000-byte line", vec![b'%'; 20_000]),
+    ];
+    for (what, line) in &bad_lines {
+        let mut c = BufReader::new(tcp_connect(tcp));
+        let reply = ask_line(&mut c, line);
+        assert!(reply.starts_with("error:"), "tcp, {what}: reply {reply:?}");
+        check_others(what);
+    }
+    let to = server.udp();
+    let udp = udp_client(to);
+    for (what, dgram) in [("invalid UTF-8", &b"\xff%Y"[..]), ("a NUL byte", &b"%Y\0"[..])] {
+        let reply = ask_datagram(&udp, to, dgram);
+        assert!(reply.starts_with("error:"), "udp, {what}: reply {reply:?}");
+        assert!(!reply.ends_with('\n'), "udp, {what}: no newline in a datagram reply: {reply:?}");
+        check_others(what);
+    }
+    // The same UDP client is still served.
+    assert_eq!(ask_datagram(&udp, to, b"%Q"), "%Q");
+}
+
+#[test]
+fn time_over_tcp_error_then_shutdown_still_clean() {
+    // A client that sends garbage then keeps its connection open does not
+    // stop a signal from ending the process with exit code 0.
+    let mut server = Server::start(&["time", "--tcp", "127.0.0.1:0", "--grace", "0.3"]);
+    let mut c = BufReader::new(tcp_connect(server.tcp()));
+    assert!(ask_line(&mut c, b"\xff").starts_with("error:"));
+    server.stop_cleanly(libc::SIGTERM, TIMEOUT);
+    let _ = c.get_mut().shutdown(Shutdown::Both);
+}
