@@ -366,8 +366,9 @@ impl ServerHandle {
     /// The crate keeps one process-wide hub (the `ctrlc` crate allows one
     /// handler per process) that every server subscribed here shares: a
     /// signal shuts all of them down with their grace periods; a second
-    /// signal closes everything at once. Nothing is installed unless this is
-    /// called.
+    /// signal closes everything at once. A server subscribed after the
+    /// process was signalled is shut down at once. Nothing is installed
+    /// unless this is called.
     ///
     /// # Errors
     /// Fails if another signal handler was installed through `ctrlc` or the
