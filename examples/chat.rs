@@ -164,6 +164,7 @@ impl TcpRoom {
                     if let Some(m) = self.members.lock().get_mut(&id) {
                         m.name = new.to_string();
                     }
+                    self.send_to(id, &format!("* you are now {new}"));
                     self.broadcast(id, &format!("* {name} is now {new}"));
                 } else {
                     self.send_to(id, &format!("error: a name is 1 to {MAX_NAME} letters, digits, '_' or '-'"));

@@ -27,47 +27,6 @@ impl<T: Transport, S: Strategy> Server<T, S> {
         vec![0; self.opts.max_datagram_size + 1]
     }
 
-    pub(crate) fn datagram_loop(&self, socket: &Arc<DatagramSocket>, executor: &Executor) -> io::Result<()> {
-        let shared = &self.shared;
-        let fds = [socket.as_raw_fd(), shared.waker.stop_fd(), shared.waker.notify_fd()];
-        let mut scratch = None;
-        let mut backoff = Backoff::default();
-        loop {
-            if shared.stopping() {
-                return Ok(());
-            }
-            executor.reap();
-            if !self.can_accept(executor) {
-                shared.wait_for_capacity(|| self.can_accept(executor))?;
-                continue;
-            }
-            let mut ready = [false; 3];
-            sys::poll(&fds, &mut ready, self.opts.service_interval)?;
-            if ready[2] {
-                shared.waker.drain_notify();
-            }
-            if ready[0] {
-                for _ in 0..BATCH {
-                    if shared.stopping() || !self.can_accept(executor) {
-                        break;
-                    }
-                    match self.receive_one(socket, executor, &mut scratch) {
-                        Ok(_) => {
-                            backoff.reset();
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) => {
-                            if !self.on_accept_error(e, &mut backoff)? {
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
-            self.service.call_hook(&self.service.hooks.service_actions, "service_actions");
-        }
-    }
-
     /// Receives one datagram into `scratch` and handles it there (`Sync`)
     /// or hands a copy to the strategy. `Ok(false)`: dropped.
     pub(crate) fn receive_one(

@@ -220,8 +220,15 @@ impl<T: Transport, S: Strategy> Server<T, S> {
                     None => Executor::start(&self.strategy, &self.service)?,
                 };
                 let result = match endpoint {
-                    Endpoint::Stream(listener) => self.stream_loop(listener, &executor),
-                    Endpoint::Datagram(socket) => self.datagram_loop(socket, &executor),
+                    Endpoint::Stream(listener) => {
+                        self.serve_loop(listener.as_raw_fd(), &executor, || self.accept_one(listener, &executor))
+                    }
+                    Endpoint::Datagram(socket) => {
+                        let mut scratch = None;
+                        self.serve_loop(socket.as_raw_fd(), &executor, || {
+                            self.receive_one(socket, &executor, &mut scratch)
+                        })
+                    }
                 };
                 if !self.shared.stopping() {
                     self.shared.request_stop(self.opts.grace);
@@ -299,9 +306,17 @@ impl<T: Transport, S: Strategy> Server<T, S> {
         self.opts.max_connections.is_none_or(|max| active < max) && executor.has_capacity()
     }
 
-    fn stream_loop(&self, listener: &Listener, executor: &Executor) -> io::Result<()> {
+    /// The loop of `serve_forever`: wait until the socket is readable or
+    /// the waker fires (never on a timer, unless `service_interval` asks),
+    /// then `take` connections or datagrams while capacity allows.
+    pub(crate) fn serve_loop(
+        &self,
+        fd: RawFd,
+        executor: &Executor,
+        mut take: impl FnMut() -> io::Result<bool>,
+    ) -> io::Result<()> {
         let shared = &self.shared;
-        let fds = [listener.as_raw_fd(), shared.waker.stop_fd(), shared.waker.notify_fd()];
+        let fds = [fd, shared.waker.stop_fd(), shared.waker.notify_fd()];
         let mut backoff = Backoff::default();
         loop {
             if shared.stopping() {
@@ -318,18 +333,23 @@ impl<T: Transport, S: Strategy> Server<T, S> {
                 shared.waker.drain_notify();
             }
             if ready[0] {
-                self.accept_batch(listener, executor, &mut backoff)?;
+                self.take_batch(executor, &mut backoff, &mut take)?;
             }
             self.service.call_hook(&self.service.hooks.service_actions, "service_actions");
         }
     }
 
-    fn accept_batch(&self, listener: &Listener, executor: &Executor, backoff: &mut Backoff) -> io::Result<()> {
+    fn take_batch(
+        &self,
+        executor: &Executor,
+        backoff: &mut Backoff,
+        take: &mut impl FnMut() -> io::Result<bool>,
+    ) -> io::Result<()> {
         for _ in 0..BATCH {
             if self.shared.stopping() || !self.can_accept(executor) {
                 return Ok(());
             }
-            match self.accept_one(listener, executor) {
+            match take() {
                 Ok(_) => {
                     if backoff.in_episode() {
                         let errors = backoff.reset();

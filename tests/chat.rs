@@ -66,9 +66,11 @@ fn tcp_room_broadcasts_to_every_other_member() {
     let addr = running.inet();
     let mut a = Member::join(addr);
     a.say("/name ann");
+    assert_eq!(a.line(), "* you are now ann");
     let mut b = Member::join(addr);
     assert!(a.line().ends_with("joined"));
     b.say("/name ben");
+    assert_eq!(b.line(), "* you are now ben");
     assert_eq!(a.line(), format!("* {} is now ben", "guest1"));
     let mut c = Member::join(addr);
     assert!(a.line().ends_with("joined"));
@@ -95,6 +97,7 @@ fn a_member_that_does_not_read_is_disconnected_not_waited_for() {
     let mut talker = Member::join(addr);
     // Processed before the talker's chat lines: one connection, one order.
     talker.say("/name talker");
+    assert_eq!(talker.line(), "* you are now talker");
     let mut silent = tcp_connect(addr);
     let mut listener = Member::join(addr);
     let big = "x".repeat(chat::MAX_LINE - 16);

@@ -126,6 +126,6 @@ fn without_timeouts_slow_clients_hold_workers_up_to_the_pool_maximum_and_the_res
     line.clear();
     waiting.read_line(&mut line).unwrap();
     assert_eq!(line.len(), 5, "{line:?}");
-    drop(silent);
+    drop((silent, waiting));
     running.stop().unwrap();
 }
