@@ -81,7 +81,8 @@ struct Drain {
     /// When the grace period of the current shutdown ends.
     deadline: Option<Instant>,
     watchdog: bool,
-    forced: bool,
+    /// When the grace period ran out and connections were shut down.
+    forced_at: Option<Instant>,
 }
 
 /// State shared by a server, its workers, its requests and its handles.
@@ -203,7 +204,7 @@ impl Shared {
     }
 
     fn start_watchdog(self: &Arc<Self>, d: &mut Drain) {
-        if d.watchdog || d.forced {
+        if d.watchdog || d.forced_at.is_some() {
             return;
         }
         let shared = Arc::clone(self);
@@ -220,7 +221,7 @@ impl Shared {
     fn watchdog(&self) {
         let mut d = self.drain.lock();
         while let Some(deadline) = d.deadline {
-            if d.forced || self.stats.active.load(SeqCst) == 0 {
+            if d.forced_at.is_some() || self.stats.active.load(SeqCst) == 0 {
                 break;
             }
             if Instant::now() >= deadline {
@@ -233,7 +234,7 @@ impl Shared {
     }
 
     fn force_close(&self, d: &mut Drain) {
-        d.forced = true;
+        d.forced_at = Some(Instant::now());
         let fds = self.tracker.lock();
         let children = self.children.lock();
         if !fds.is_empty() || !children.is_empty() {
@@ -256,8 +257,8 @@ impl Shared {
     }
 
     /// Waits until `done()` holds, forcing connections closed at the grace
-    /// deadline and giving up [`FORCE_WAIT`] after it. Returns whether
-    /// everything finished.
+    /// deadline (if the watchdog has not already), then waiting at most
+    /// [`FORCE_WAIT`] more. Returns whether everything finished.
     pub(crate) fn wait_drained(self: &Arc<Self>, done: impl Fn() -> bool) -> bool {
         self.ensure_watchdog();
         let mut d = self.drain.lock();
@@ -265,16 +266,22 @@ impl Shared {
             if done() {
                 return true;
             }
-            let deadline = d.deadline.unwrap_or_else(|| Instant::now() + self.grace);
             let now = Instant::now();
-            if now >= deadline && !d.forced {
-                self.force_close(&mut d);
-                continue;
-            }
-            let until = if d.forced { deadline.max(now) + FORCE_WAIT } else { deadline };
-            if self.drain_cv.wait_until(&mut d, until).timed_out() && d.forced && Instant::now() >= until {
+            let until = match d.forced_at {
+                Some(at) => at + FORCE_WAIT,
+                None => {
+                    let deadline = *d.deadline.get_or_insert(now + self.grace);
+                    if now >= deadline {
+                        self.force_close(&mut d);
+                        continue;
+                    }
+                    deadline
+                }
+            };
+            if d.forced_at.is_some() && now >= until {
                 return done();
             }
+            self.drain_cv.wait_until(&mut d, until);
         }
     }
 
@@ -282,7 +289,7 @@ impl Shared {
     pub(crate) fn reset(&self) {
         let mut d = self.drain.lock();
         d.deadline = None;
-        d.forced = false;
+        d.forced_at = None;
         self.stop.store(false, SeqCst);
         self.waker.reset_stop();
     }

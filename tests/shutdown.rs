@@ -246,3 +246,33 @@ fn shutdown_wakes_a_datagram_pool_and_handle_request_timeout_calls_handle_timeou
     server.handle_request().unwrap();
     assert_eq!(timeouts.load(Ordering::SeqCst), 1);
 }
+
+/// After the grace period the connections are shut down; handlers that then
+/// take a moment to finish (up to a second) are still waited for, whoever
+/// noticed the deadline first.
+#[test]
+fn handlers_unblocked_at_the_deadline_are_waited_for() {
+    let _serial = serial();
+    for strategy in [AnyStrategy::from(Threading::new()), pool(2).into()] {
+        for _ in 0..3 {
+            let finished = Arc::new(AtomicUsize::new(0));
+            let f = Arc::clone(&finished);
+            let server = TcpServer::builder()
+                .strategy(strategy.clone())
+                .grace_period(Duration::from_millis(100))
+                .bind("127.0.0.1:0", move |req: &mut StreamRequest| {
+                    let _ = req.read(&mut [0u8; 8]); // until the server shuts the connection
+                    std::thread::sleep(Duration::from_millis(300)); // cleaning up
+                    f.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                })
+                .unwrap();
+            let mut running = run(server);
+            let _c = tcp_connect(running.inet());
+            wait_until(|| running.handle.stats().active == 1);
+            running.handle.shutdown();
+            running.join().unwrap();
+            assert_eq!(finished.load(Ordering::SeqCst), 1, "{strategy}: serve_forever returned before the handler");
+        }
+    }
+}
