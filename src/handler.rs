@@ -332,6 +332,18 @@ impl StreamRequest {
         BufRead::lines(self)
     }
 
+    /// Like [`BufRead::fill_buf`], and the socket to answer on at the same
+    /// time: a handler can write straight out of the read buffer, then
+    /// [`consume`](BufRead::consume) what it used. An empty slice means end
+    /// of stream. Writes to the `Stream` go to the socket unbuffered.
+    ///
+    /// # Errors
+    /// As [`BufRead::fill_buf`].
+    pub fn fill_buf_and_stream(&mut self) -> io::Result<(&[u8], &Stream)> {
+        BufRead::fill_buf(self)?;
+        Ok((self.reader.buffer(), self.reader.get_ref()))
+    }
+
     /// Bytes already read from the socket and not yet consumed.
     pub fn buffered(&self) -> &[u8] {
         self.reader.buffer()

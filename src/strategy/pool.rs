@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
 use parking_lot::Mutex;
 
 use super::{Overflow, ThreadPool};
@@ -109,7 +109,17 @@ impl<R: Runner> Pool<R> {
             log::error!("{}: cannot start a pool worker: {e}", inner.runner.shared().name);
         }
         stats.queued.fetch_add(1, SeqCst);
-        let mut job = job;
+        // The common case — room in the queue, or a worker waiting — needs
+        // no clock and no timer.
+        let mut job = match self.tx.try_send(job) {
+            Ok(()) => return,
+            Err(TrySendError::Full(job)) => job,
+            Err(TrySendError::Disconnected(_)) => {
+                stats.queued.fetch_sub(1, SeqCst);
+                inner.assigned.fetch_sub(1, SeqCst);
+                return;
+            }
+        };
         loop {
             match self.tx.send_timeout(job, HANDOFF_RETRY) {
                 Ok(()) => return,

@@ -204,7 +204,7 @@ impl<'a> Worker<'a> {
         c.started = Instant::now();
         match self.spec.mode {
             Mode::TcpEcho | Mode::TcpConnect => {
-                let mut s = TcpStream::connect(self.spec.addr)?;
+                let mut s = connect(self.spec.addr, i)?;
                 self.poll.registry().register(&mut s, token, Interest::READABLE | Interest::WRITABLE)?;
                 c.socket = Socket::Tcp(s);
                 c.state = State::Connecting;
@@ -439,6 +439,27 @@ impl<'a> Worker<'a> {
             cpu: thread_cpu().saturating_sub(self.cpu_start),
         }
     }
+}
+
+/// Starts a non-blocking connect. Against an IPv4 loopback server, client
+/// `i` connects from 127.0.0.(2 + i % 200): connection churn then spreads
+/// over many source addresses instead of exhausting one address's
+/// ephemeral ports (and their TIME_WAIT slots) and capping the load.
+fn connect(addr: SocketAddr, i: usize) -> io::Result<TcpStream> {
+    let SocketAddr::V4(v4) = addr else { return TcpStream::connect(addr) };
+    if !v4.ip().is_loopback() {
+        return TcpStream::connect(addr);
+    }
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + (i % 200) as u8);
+    socket.bind(&SocketAddr::from((source, 0)).into())?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(std::net::TcpStream::from(socket)))
 }
 
 /// CPU time (user + system) of the calling thread, from /proc (10 ms steps).

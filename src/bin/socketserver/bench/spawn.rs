@@ -1,6 +1,6 @@
 //! In-process servers for `bench --spawn`: each strategy, each workload.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Write};
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::str::FromStr;
@@ -99,14 +99,15 @@ struct Bench(Workload);
 
 impl RequestHandler<StreamRequest> for Bench {
     fn handle(&self, req: &mut StreamRequest) -> io::Result<()> {
-        let mut buf = [0u8; 16 * 1024];
         loop {
-            let n = req.read(&mut buf)?;
-            if n == 0 {
+            let (data, mut stream) = req.fill_buf_and_stream()?;
+            if data.is_empty() {
                 return Ok(());
             }
             self.0.before_echo();
-            req.write_all(&buf[..n])?;
+            let n = data.len();
+            stream.write_all(data)?;
+            req.consume(n);
         }
     }
 }
