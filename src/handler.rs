@@ -332,6 +332,42 @@ impl StreamRequest {
         BufRead::lines(self)
     }
 
+    /// Waits until the peer sends something (`true`) or closes (`false`),
+    /// without consuming anything. Call it where a new request may begin:
+    /// while a handler waits here its connection counts as idle, and a
+    /// shutdown ends the wait at once (it returns `false`) instead of
+    /// granting the connection the grace period — as a web server closes
+    /// idle keep-alive connections. A request that arrived just before the
+    /// shutdown is still returned (`true`) and can be answered.
+    ///
+    /// # Errors
+    /// As [`BufRead::fill_buf`]: timeouts, socket errors.
+    pub fn wait_for_data(&mut self) -> io::Result<bool> {
+        if !self.reader.buffer().is_empty() {
+            return Ok(true);
+        }
+        if self.eof {
+            return Ok(false);
+        }
+        let fd = self.fd();
+        let shared = Arc::clone(&self.server.shared);
+        if self.tracked && !shared.set_idle(fd, true) {
+            // Shutting down: a request that has already arrived is served;
+            // otherwise the connection is idle and its service ends here.
+            let mut ready = [false];
+            if sys::poll(&[fd], &mut ready, Some(Duration::ZERO))? == 0 {
+                self.eof = true;
+                return Ok(false);
+            }
+            return BufRead::fill_buf(self).map(|data| !data.is_empty());
+        }
+        let result = BufRead::fill_buf(self).map(|data| !data.is_empty());
+        if self.tracked {
+            shared.set_idle(fd, false);
+        }
+        result
+    }
+
     /// Like [`BufRead::fill_buf`], and the socket to answer on at the same
     /// time: a handler can write straight out of the read buffer, then
     /// [`consume`](BufRead::consume) what it used. An empty slice means end

@@ -2,7 +2,7 @@
 //! at once, the tracker that force-closes connections when the grace period
 //! ends, and the process-wide signal hub.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -95,7 +95,9 @@ pub(crate) struct Shared {
     waiting: AtomicBool,
     /// Threads the strategy runs (pool workers, request threads, reapers).
     pub(crate) threads: AtomicUsize,
-    tracker: Mutex<HashSet<RawFd>>,
+    /// Open connections, and whether each is idle: its handler waits in
+    /// `StreamRequest::wait_for_data` for a request to begin.
+    tracker: Mutex<HashMap<RawFd, bool>>,
     children: Mutex<HashSet<libc::pid_t>>,
     drain: Mutex<Drain>,
     drain_cv: Condvar,
@@ -111,7 +113,7 @@ impl Shared {
             stop: AtomicBool::new(false),
             waiting: AtomicBool::new(false),
             threads: AtomicUsize::new(0),
-            tracker: Mutex::new(HashSet::new()),
+            tracker: Mutex::new(HashMap::new()),
             children: Mutex::new(HashSet::new()),
             drain: Mutex::new(Drain::default()),
             drain_cv: Condvar::new(),
@@ -166,7 +168,21 @@ impl Shared {
     }
 
     pub(crate) fn track(&self, fd: RawFd) {
-        self.tracker.lock().insert(fd);
+        self.tracker.lock().insert(fd, false);
+    }
+
+    /// Marks connection `fd` idle (waiting for a request) or busy. Returns
+    /// false, leaving it busy, when it would go idle during a shutdown: an
+    /// idle connection is not served any more then.
+    pub(crate) fn set_idle(&self, fd: RawFd, idle: bool) -> bool {
+        let mut tracker = self.tracker.lock();
+        if idle && self.stopping() {
+            return false;
+        }
+        if let Some(state) = tracker.get_mut(&fd) {
+            *state = idle;
+        }
+        true
     }
 
     pub(crate) fn untrack(&self, fd: RawFd) {
@@ -189,6 +205,12 @@ impl Shared {
         d.deadline = Some(d.deadline.map_or(deadline, |old| old.min(deadline)));
         self.stop.store(true, SeqCst);
         self.waker.stop();
+        // Idle connections are not in flight: end their wait now. Only the
+        // read side is shut, so a request that has just arrived is still
+        // read and answered.
+        for (&fd, _) in self.tracker.lock().iter().filter(|(_, idle)| **idle) {
+            sys::shutdown_fd(fd, std::net::Shutdown::Read);
+        }
         self.drain_cv.notify_all();
         if self.stats.active.load(SeqCst) > 0 {
             self.start_watchdog(&mut d);
@@ -247,8 +269,8 @@ impl Shared {
         }
         // The lock is held while shutting down, so no owner can close (and the
         // OS reuse) a descriptor under our feet.
-        for &fd in fds.iter() {
-            sys::shutdown_fd(fd);
+        for &fd in fds.keys() {
+            sys::shutdown_fd(fd, std::net::Shutdown::Both);
         }
         for &pid in children.iter() {
             sys::kill_child(pid);

@@ -65,15 +65,15 @@ pub(crate) fn recv_from_dontwait(sock: SockRef<'_>, buf: &mut [u8]) -> io::Resul
     sock.recv_from_with_flags(uninit, flags)
 }
 
-/// Shuts down both directions of the socket behind `fd`.
+/// Shuts down one or both directions of the socket behind `fd`.
 ///
 /// The caller guarantees `fd` is open for the duration of the call (the
 /// connection tracker holds its lock while the owner may not close it).
-pub(crate) fn shutdown_fd(fd: RawFd) {
+pub(crate) fn shutdown_fd(fd: RawFd, how: std::net::Shutdown) {
     // SAFETY: per the caller's guarantee the descriptor is open and stays open
     // while the borrow lives (it is used for this one call only).
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let _ = SockRef::from(&borrowed).shutdown(std::net::Shutdown::Both);
+    let _ = SockRef::from(&borrowed).shutdown(how);
 }
 
 /// Forks the process; the child runs `child` and ends with its return

@@ -875,25 +875,32 @@ fn a_signal_right_after_the_listening_lines_is_a_clean_shutdown() {
     }
 }
 
+/// A request in flight is one the server has begun to receive: here a time
+/// request whose line is not complete yet. Connections waiting between
+/// requests are idle, and closed at once.
 #[test]
-fn after_a_signal_a_conversation_in_flight_finishes_and_then_the_process_exits() {
+fn after_a_signal_a_request_in_flight_finishes_idle_connections_close_and_the_process_exits() {
     let dir = TempDir::new("sig-flight");
     let unix = dir.arg("s.sock");
-    let mut server = Server::start(&["echo", "--tcp", "127.0.0.1:0", "--unix", &unix, "--grace", "10"]);
+    let mut server = Server::start(&["time", "--tcp", "127.0.0.1:0", "--unix", &unix, "--grace", "10"]);
     let tcp = server.tcp();
-    let mut talking = tcp_connect(tcp);
-    assert_eq!(round_trip(&mut talking, b"before the signal"), b"before the signal");
+    let mut idle = tcp_connect(tcp);
+    assert_eq!(round_trip_line(&mut idle, b"%%\n"), "%\n");
+    let mut busy = tcp_connect(tcp);
+    busy.write_all(b"%Y").unwrap(); // half a request
+    thread::sleep(Duration::from_millis(50));
     server.signal(libc::SIGTERM);
     // Give the process a moment to notice (the log line says when), then
-    // check that it no longer accepts while the conversation goes on.
+    // check that it no longer accepts while the request goes on.
     server.stderr_shows("signal", Duration::from_secs(1));
-    assert!(server.is_running(), "a connection in flight keeps the process running");
+    assert_eq!(read_once(&mut idle, Duration::from_secs(2)), Got::Eof, "an idle connection is closed at once");
+    assert!(server.is_running(), "a request in flight keeps the process running");
     assert_not_served(tcp);
     match UnixStream::connect(dir.join("s.sock")) {
         Err(_) => {}
         Ok(mut late) => {
             late.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            let _ = late.write_all(b"late");
+            let _ = late.write_all(b"late\n");
             let mut buf = [0u8; 16];
             match late.read(&mut buf) {
                 Ok(0) => {}
@@ -902,16 +909,15 @@ fn after_a_signal_a_conversation_in_flight_finishes_and_then_the_process_exits()
             }
         }
     }
-    for i in 0..5 {
-        let msg = format!("after the signal {i}");
-        assert_eq!(round_trip(&mut talking, msg.as_bytes()), msg.as_bytes(), "the conversation keeps working");
-        thread::sleep(Duration::from_millis(20));
-    }
-    assert!(server.is_running(), "still draining while the client talks");
-    let closed = Instant::now();
-    drop(talking);
+    assert!(server.is_running(), "still draining while the request is incomplete");
+    // The rest of the request: it is answered, then the connection, idle
+    // again, is closed and the process exits at once.
+    let finished = Instant::now();
+    let answer = round_trip_line(&mut busy, b"-%m\n");
+    assert!(answer.len() == "2026-11\n".len() && answer.ends_with('\n'), "{answer:?}");
+    assert_eq!(read_once(&mut busy, Duration::from_secs(2)), Got::Eof);
     let (status, _) = server.exits_within(Duration::from_secs(5));
-    let took = closed.elapsed();
+    let took = finished.elapsed();
     assert!(took < QUICK_EXIT, "the process must exit as soon as nothing is in flight, took {took:?}");
     let (rest, stderr) = server.finish();
     assert_eq!(status.code(), Some(0), "{status}; stderr: {stderr}");
@@ -921,26 +927,57 @@ fn after_a_signal_a_conversation_in_flight_finishes_and_then_the_process_exits()
 }
 
 #[test]
-fn at_the_grace_deadline_an_idle_connection_is_closed_and_the_process_exits() {
-    let mut server = Server::start(&["echo", "--tcp", "127.0.0.1:0", "--grace", "0.3"]);
-    let mut idle = tcp_connect(server.tcp());
-    assert_eq!(round_trip(&mut idle, b"then nothing"), b"then nothing");
+fn idle_connections_do_not_hold_the_exit_even_with_a_long_grace() {
+    let mut server = Server::start(&["echo", "--tcp", "127.0.0.1:0", "--grace", "30"]);
+    let mut idle: Vec<_> = (0..20).map(|_| tcp_connect(server.tcp())).collect();
+    for c in &mut idle {
+        assert_eq!(round_trip(c, b"then nothing"), b"then nothing");
+    }
     let took = server.stop_cleanly(libc::SIGINT, TIMEOUT);
+    assert!(took < QUICK_EXIT, "20 idle connections held the exit for {took:?}");
+    for c in &mut idle {
+        assert_eq!(read_once(c, Duration::from_secs(2)), Got::Eof, "the client sees EOF");
+    }
+}
+
+#[test]
+fn at_the_grace_deadline_a_request_in_flight_is_closed_and_the_process_exits() {
+    let mut server = Server::start(&["time", "--tcp", "127.0.0.1:0", "--grace", "0.3"]);
+    let mut stuck = tcp_connect(server.tcp());
+    stuck.write_all(b"%H:%M").unwrap(); // never finished
+    thread::sleep(Duration::from_millis(50));
+    let took = server.stop_cleanly(libc::SIGINT, TIMEOUT);
+    assert!(took >= Duration::from_millis(250), "the request in flight was not given its grace: {took:?}");
     assert!(took < Duration::from_millis(300) + QUICK_EXIT, "grace 0.3 s, but the process took {took:?}");
-    assert_eq!(read_once(&mut idle, Duration::from_secs(2)), Got::Eof, "the client sees EOF");
+    assert_eq!(read_once(&mut stuck, Duration::from_secs(2)), Got::Eof, "the client sees EOF");
 }
 
 #[test]
 fn a_second_signal_ends_the_grace_period_at_once() {
-    let mut server = Server::start(&["echo", "--tcp", "127.0.0.1:0", "--grace", "30"]);
-    let mut idle = tcp_connect(server.tcp());
-    assert_eq!(round_trip(&mut idle, b"stay"), b"stay");
+    let mut server = Server::start(&["time", "--tcp", "127.0.0.1:0", "--grace", "30"]);
+    let mut stuck = tcp_connect(server.tcp());
+    stuck.write_all(b"%Y").unwrap(); // a request in flight
+    thread::sleep(Duration::from_millis(50));
     server.signal(libc::SIGTERM);
     assert!(server.stderr_shows("signal", Duration::from_secs(2)), "stderr: {}", server.stderr_text());
-    assert!(server.proc.wait_for(Duration::from_millis(200)).is_none(), "the connection in flight is waited for");
+    assert!(server.proc.wait_for(Duration::from_millis(200)).is_none(), "the request in flight is waited for");
     let took = server.stop_cleanly(libc::SIGTERM, Duration::from_secs(5));
     assert!(took < QUICK_EXIT, "the second signal must close what is left at once, took {took:?}");
-    assert_eq!(read_once(&mut idle, Duration::from_secs(2)), Got::Eof);
+    assert_eq!(read_once(&mut stuck, Duration::from_secs(2)), Got::Eof);
+}
+
+/// Writes `msg` and reads one line back.
+fn round_trip_line(s: &mut TcpStream, msg: &[u8]) -> String {
+    s.write_all(msg).unwrap();
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\n") {
+        match s.read(&mut byte) {
+            Ok(1) => line.push(byte[0]),
+            other => panic!("no whole line back: {other:?} after {line:?}"),
+        }
+    }
+    String::from_utf8(line).unwrap()
 }
 
 // ---------------------------------------------------------------------------

@@ -276,3 +276,68 @@ fn handlers_unblocked_at_the_deadline_are_waited_for() {
         }
     }
 }
+
+/// A handler that waits for requests with `wait_for_data` marks its
+/// connection idle between requests: a shutdown closes idle connections at
+/// once, while a request already begun gets the grace period and its answer.
+#[test]
+fn idle_connections_close_at_once_and_requests_begun_are_finished() {
+    let _serial = serial();
+    // Requests are 8 bytes; the answer is the request reversed.
+    let server = TcpServer::builder()
+        .strategy(Threading::new())
+        .grace_period(Duration::from_secs(30))
+        .bind("127.0.0.1:0", |req: &mut StreamRequest| {
+            while req.wait_for_data()? {
+                let mut request = [0u8; 8];
+                req.read_exact(&mut request)?;
+                request.reverse();
+                req.write_all(&request)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let mut running = run(server);
+    let addr = running.inet();
+    let mut idle = tcp_connect(addr);
+    assert_eq!(round_trip(&mut idle, b"12345678"), b"87654321");
+    let mut begun = tcp_connect(addr);
+    begun.write_all(b"abcd").unwrap(); // half a request
+    wait_until(|| running.handle.stats().active == 2);
+    let start = Instant::now();
+    running.handle.shutdown();
+    // The idle one is closed at once...
+    assert_eq!(idle.read(&mut [0u8; 8]).unwrap(), 0);
+    assert!(start.elapsed() < Duration::from_secs(5));
+    // ...the begun one is finished and answered, then closed as idle.
+    begun.write_all(b"efgh").unwrap();
+    let mut answer = [0u8; 8];
+    begun.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"hgfedcba");
+    assert_eq!(begun.read(&mut [0u8; 8]).unwrap(), 0);
+    running.join().unwrap();
+    assert!(start.elapsed() < Duration::from_secs(5), "the 30 s grace period was waited out");
+    // A request that arrived just before the shutdown is still answered.
+    let server = TcpServer::builder()
+        .strategy(Threading::new())
+        .bind("127.0.0.1:0", |req: &mut StreamRequest| {
+            while req.wait_for_data()? {
+                std::thread::sleep(Duration::from_millis(100)); // busy with something
+                let mut request = [0u8; 8];
+                req.read_exact(&mut request)?;
+                req.write_all(&request)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let mut running = run(server);
+    let mut c = tcp_connect(running.inet());
+    c.write_all(b"one.....").unwrap();
+    wait_until(|| running.handle.stats().active == 1);
+    c.write_all(b"two.....").unwrap(); // queued while the handler is busy
+    running.handle.shutdown();
+    let mut both = [0u8; 16];
+    c.read_exact(&mut both).unwrap();
+    assert_eq!(&both, b"one.....two.....");
+    running.join().unwrap();
+}

@@ -17,6 +17,15 @@ impl RequestHandler<StreamRequest> for Echo {
         // Straight out of the request's read buffer: no second buffer, so an
         // idle connection's thread touches as little memory as it can.
         loop {
+            // Between chunks an echo connection is idle: a shutdown closes it
+            // at once rather than waiting out the grace period.
+            match req.wait_for_data() {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(()),
+                Err(e) => return Err(e),
+            }
             let (data, mut stream) = match req.fill_buf_and_stream() {
                 Ok(([], _)) => return Ok(()),
                 Ok(pair) => pair,

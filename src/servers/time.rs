@@ -3,7 +3,7 @@
 
 use std::ffi::CString;
 use std::fmt;
-use std::io::{self, BufRead, Write};
+use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
 use crate::framing::Lines;
@@ -119,7 +119,7 @@ impl RequestHandler<StreamRequest> for TimeServer {
         loop {
             // Wait for the next request to begin (the idle timeout governs
             // this wait), then give it `request_timeout` to arrive whole.
-            if req.fill_buf()?.is_empty() {
+            if !req.wait_for_data()? {
                 return Ok(());
             }
             req.set_read_deadline(self.request_timeout.map(|t| Instant::now() + t))?;

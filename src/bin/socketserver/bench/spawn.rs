@@ -99,16 +99,14 @@ struct Bench(Workload);
 
 impl RequestHandler<StreamRequest> for Bench {
     fn handle(&self, req: &mut StreamRequest) -> io::Result<()> {
-        loop {
+        while req.wait_for_data()? {
             let (data, mut stream) = req.fill_buf_and_stream()?;
-            if data.is_empty() {
-                return Ok(());
-            }
             self.0.before_echo();
             let n = data.len();
             stream.write_all(data)?;
             req.consume(n);
         }
+        Ok(())
     }
 }
 
