@@ -60,7 +60,7 @@ impl Default for Options {
             timeout: None,
             grace: Duration::from_secs(5),
             service_interval: None,
-            read_buffer: 8 * 1024,
+            read_buffer: 64 * 1024,
             write_buffer: 0,
             datagram_handoff: false,
         }
@@ -217,7 +217,10 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
         self
     }
 
-    /// The read buffer of each connection, in bytes (default 8 KiB).
+    /// The most a connection's read buffer grows to, in bytes (default
+    /// 64 KiB). It starts at 2 KiB and doubles only when a read fills it,
+    /// so idle and small-message connections use little memory while bulk
+    /// transfers get large reads.
     pub fn read_buffer(mut self, bytes: usize) -> Self {
         self.opts.read_buffer = bytes.max(1);
         self

@@ -2,19 +2,21 @@
 //! for themselves.
 
 use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use socket2::SockRef;
+use socket2::{SockAddr, SockRef, Socket, Type};
 
 use crate::accept::{self, Action, Backoff};
 use crate::address::Address;
 use crate::handler::{DatagramRequest, DatagramSocket};
-use crate::server::{BATCH, Server};
+use crate::server::Server;
 use crate::service::{AnyHandler, Job, Service};
+use crate::shutdown::{FORCE_WAIT, Shared};
 use crate::stats::Counters;
 use crate::strategy::{self, Executor, Strategy, ThreadPool};
 use crate::sys;
@@ -58,7 +60,7 @@ impl<T: Transport, S: Strategy> Server<T, S> {
 
     /// Receives into `req`; `Ok(false)` when the datagram was oversized or refused.
     fn receive_into(&self, socket: &DatagramSocket, req: &mut DatagramRequest) -> io::Result<bool> {
-        receive_into(&self.service, self.opts.max_datagram_size, socket, req)
+        receive_into(&self.service, self.opts.max_datagram_size, socket, req, true)
     }
 
     /// `ThreadPool` on a datagram socket: the workers receive themselves.
@@ -67,6 +69,7 @@ impl<T: Transport, S: Strategy> Server<T, S> {
         // Each receiver handles one datagram at a time: capping receivers
         // at `max_connections` caps datagrams in flight.
         let receivers = self.opts.max_connections.map_or(pool.min, |max| pool.min.min(max));
+        let wake = wake_address(socket);
         let mut handles = Vec::with_capacity(receivers);
         for id in 0..receivers {
             let worker = DatagramWorker {
@@ -77,7 +80,9 @@ impl<T: Transport, S: Strategy> Server<T, S> {
                 fatal: Arc::clone(&self.fatal),
             };
             shared.stats.workers_total.fetch_add(1, SeqCst);
-            match strategy::spawn(shared, &format!("socketserver-udp-{id}"), pool.stack_size, move || worker.run()) {
+            let blocking = wake.is_some();
+            let run = move || worker.run(blocking);
+            match strategy::spawn(shared, &format!("socketserver-udp-{id}"), pool.stack_size, run) {
                 Ok(h) => handles.push(h),
                 Err(e) => {
                     shared.stats.workers_total.fetch_sub(1, SeqCst);
@@ -93,7 +98,10 @@ impl<T: Transport, S: Strategy> Server<T, S> {
         while !shared.stopping() {
             sys::poll(&[shared.waker.stop_fd()], &mut ready, None)?;
         }
-        let done = shared.wait_drained(|| shared.threads.load(SeqCst) == 0);
+        let done = match &wake {
+            Some(to) => wake_receivers(shared, to, self.opts.grace + FORCE_WAIT),
+            None => shared.wait_drained(|| shared.threads.load(SeqCst) == 0),
+        };
         for h in handles {
             if done || h.is_finished() {
                 let _ = h.join();
@@ -106,10 +114,17 @@ impl<T: Transport, S: Strategy> Server<T, S> {
     }
 }
 
-/// Receives one datagram into `req` without blocking; `Ok(false)` when it
-/// was oversized (reported) or refused by `verify_request`.
-fn receive_into(service: &Service, max: usize, socket: &DatagramSocket, req: &mut DatagramRequest) -> io::Result<bool> {
-    let (len, from) = sys::recv_from_dontwait(SockRef::from(socket), &mut req.buf)?;
+/// Receives one datagram into `req` (without blocking if `dontwait`);
+/// `Ok(false)` when it was oversized (reported) or refused by
+/// `verify_request`.
+fn receive_into(
+    service: &Service,
+    max: usize,
+    socket: &DatagramSocket,
+    req: &mut DatagramRequest,
+    dontwait: bool,
+) -> io::Result<bool> {
+    let (len, from) = sys::recv_from(SockRef::from(socket), &mut req.buf, dontwait)?;
     let stats = &service.shared.stats;
     Counters::bump(&stats.accepted);
     let peer = Address::from_sockaddr(&from);
@@ -143,48 +158,51 @@ struct DatagramWorker {
 }
 
 impl DatagramWorker {
-    fn run(mut self) {
+    /// Receives and handles datagrams until the shutdown. With `blocking`
+    /// it waits in `recvfrom` itself — one system call per datagram — and
+    /// the shutdown wakes it with a datagram of its own (`wake`); without,
+    /// it waits in `poll` on the socket and the shutdown pipe.
+    fn run(mut self, blocking: bool) {
         let shared = Arc::clone(&self.service.shared);
         let AnyHandler::Datagram(handler) = self.service.handler.clone() else { unreachable!("datagram server") };
         let fds = [self.socket.as_raw_fd(), shared.waker.stop_fd()];
         let mut backoff = Backoff::default();
-        'serve: while !shared.stopping() {
-            let mut ready = [false; 2];
-            if let Err(e) = sys::poll(&fds, &mut ready, None) {
-                self.fail(e);
-                break;
+        while !shared.stopping() {
+            let received = receive_into(&self.service, self.max, &self.socket, &mut self.request, !blocking);
+            if shared.stopping() {
+                break; // the wake-up, or a datagram that came after the shutdown
             }
-            for _ in 0..BATCH {
-                if shared.stopping() {
-                    break 'serve;
+            match received {
+                Ok(false) => {}
+                Ok(true) => {
+                    backoff.reset();
+                    self.request.slot = Some(shared.acquire());
+                    shared.stats.workers_busy.fetch_add(1, SeqCst);
+                    self.service.run_datagram(handler.as_ref(), &mut self.request);
+                    shared.stats.workers_busy.fetch_sub(1, SeqCst);
+                    self.request.slot = None;
                 }
-                match receive_into(&self.service, self.max, &self.socket, &mut self.request) {
-                    Ok(false) => {}
-                    Ok(true) => {
-                        backoff.reset();
-                        self.request.slot = Some(shared.acquire());
-                        shared.stats.workers_busy.fetch_add(1, SeqCst);
-                        self.service.run_datagram(handler.as_ref(), &mut self.request);
-                        shared.stats.workers_busy.fetch_sub(1, SeqCst);
-                        self.request.slot = None;
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Nothing queued (or an adopted socket in non-blocking mode).
+                    if let Err(e) = sys::poll(&fds, &mut [false; 2], None) {
+                        self.fail(e);
+                        break;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        Counters::bump(&shared.stats.accept_errors);
-                        match accept::classify(&e) {
-                            Action::Skip => {}
-                            Action::BackOff => {
-                                let (wait, first) = backoff.step();
-                                if first {
-                                    log::warn!("{}: receive failed: {e}; backing off", shared.name);
-                                }
-                                let _ = sys::poll(&fds[1..], &mut ready[..1], Some(wait));
-                                break;
+                }
+                Err(e) => {
+                    Counters::bump(&shared.stats.accept_errors);
+                    match accept::classify(&e) {
+                        Action::Skip => {}
+                        Action::BackOff => {
+                            let (wait, first) = backoff.step();
+                            if first {
+                                log::warn!("{}: receive failed: {e}; backing off", shared.name);
                             }
-                            Action::Fatal => {
-                                self.fail(e);
-                                break 'serve;
-                            }
+                            let _ = sys::poll(&fds[1..], &mut [false], Some(wait));
+                        }
+                        Action::Fatal => {
+                            self.fail(e);
+                            break;
                         }
                     }
                 }
@@ -198,5 +216,46 @@ impl DatagramWorker {
         log::error!("{}: giving up: {e}", shared.name);
         self.fatal.lock().get_or_insert(io::Error::new(e.kind(), format!("{}: {e}", shared.name)));
         shared.request_stop(shared.grace);
+    }
+}
+
+/// Where a datagram to ourselves goes: the socket's own address (loopback
+/// for a wildcard bind), or `None` when it has none we can send to.
+fn wake_address(socket: &DatagramSocket) -> Option<SockAddr> {
+    match socket.local_addr().ok()? {
+        Address::Inet(mut addr) => {
+            if addr.ip().is_unspecified() {
+                addr.set_ip(if addr.is_ipv4() { Ipv4Addr::LOCALHOST.into() } else { Ipv6Addr::LOCALHOST.into() });
+            }
+            Some(addr.into())
+        }
+        Address::Unix(Some(path)) => SockAddr::unix(path).ok(),
+        Address::Unix(None) => None,
+    }
+}
+
+/// Wakes receivers blocked in `recvfrom` by sending the socket empty
+/// datagrams until every receiver has ended (each sees the shutdown and
+/// leaves), for at most `limit`. Returns whether they all ended.
+fn wake_receivers(shared: &Shared, to: &SockAddr, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let sender = Socket::new(to.domain(), Type::DGRAM, None);
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let left = shared.threads.load(SeqCst);
+        if left == 0 {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        if let Ok(sender) = &sender {
+            for _ in 0..left {
+                let _ = sender.send_to(&[], to);
+            }
+        }
+        // Shutdown only: the receivers leave within microseconds of a wake.
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }

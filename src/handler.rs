@@ -1,7 +1,7 @@
 //! What a user writes — [`RequestHandler`] — and what it is given: a
 //! [`StreamRequest`] for a connection or a [`DatagramRequest`] for a packet.
 
-use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
+use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::{UnixDatagram, UnixStream};
@@ -215,6 +215,76 @@ impl AsRawFd for Stream {
     }
 }
 
+/// A connection's read buffer that grows as the connection needs it:
+/// 2 KiB at first, doubling up to its capacity each time a read fills it.
+/// `std::io::BufReader` zero-fills its whole buffer before the first read
+/// (stable Rust cannot hand a socket uninitialised memory), so every idle
+/// connection would cost its full buffer in resident memory; here it costs
+/// what it has used.
+#[derive(Debug)]
+struct Reader {
+    stream: Stream,
+    buf: Vec<u8>,
+    pos: usize,
+    filled: usize,
+    capacity: usize,
+}
+
+impl Reader {
+    const FIRST: usize = 2048;
+
+    fn new(stream: Stream, capacity: usize) -> Reader {
+        Reader { stream, buf: Vec::new(), pos: 0, filled: 0, capacity: capacity.max(1) }
+    }
+
+    fn get_ref(&self) -> &Stream {
+        &self.stream
+    }
+
+    fn get_mut(&mut self) -> &mut Stream {
+        &mut self.stream
+    }
+
+    fn buffer(&self) -> &[u8] {
+        &self.buf[self.pos..self.filled]
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.pos = (self.pos + amt).min(self.filled);
+    }
+
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.pos >= self.filled {
+            let size = self.buf.len();
+            if size == 0 {
+                self.buf.resize(Self::FIRST.min(self.capacity), 0);
+            } else if self.filled == size && size < self.capacity {
+                // The last read filled the buffer: the peer sends big chunks.
+                self.buf.resize((size * 2).min(self.capacity), 0);
+            }
+            let n = self.stream.read(&mut self.buf)?;
+            self.pos = 0;
+            self.filled = n;
+        }
+        Ok(self.buffer())
+    }
+
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        // Nothing buffered and a large read: straight from the socket.
+        if self.pos >= self.filled && out.len() >= self.capacity {
+            return self.stream.read(out);
+        }
+        let n = {
+            let available = self.fill_buf()?;
+            let n = available.len().min(out.len());
+            out[..n].copy_from_slice(&available[..n]);
+            n
+        };
+        self.consume(n);
+        Ok(n)
+    }
+}
+
 /// Per-connection settings a stream request needs.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct StreamPolicy {
@@ -251,7 +321,7 @@ const LINGER_TIME: Duration = Duration::from_millis(500);
 /// moment, so that the peer gets the whole answer rather than a reset.
 #[derive(Debug)]
 pub struct StreamRequest {
-    reader: BufReader<Stream>,
+    reader: Reader,
     wbuf: Vec<u8>,
     policy: StreamPolicy,
     peer: Address,
@@ -268,7 +338,7 @@ pub struct StreamRequest {
 impl StreamRequest {
     pub(crate) fn new(stream: Stream, peer: Address, server: ServerHandle, policy: StreamPolicy, slot: Slot) -> Self {
         StreamRequest {
-            reader: BufReader::with_capacity(policy.read_buffer, stream),
+            reader: Reader::new(stream, policy.read_buffer),
             wbuf: Vec::new(),
             policy,
             peer,

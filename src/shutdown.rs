@@ -205,11 +205,15 @@ impl Shared {
         d.deadline = Some(d.deadline.map_or(deadline, |old| old.min(deadline)));
         self.stop.store(true, SeqCst);
         self.waker.stop();
-        // Idle connections are not in flight: end their wait now. Only the
-        // read side is shut, so a request that has just arrived is still
+        // Idle connections are not in flight: end their wait now — unless a
+        // request has begun to arrive (its handler is about to read it).
+        // Only the read side is shut, so bytes already queued are still
         // read and answered.
         for (&fd, _) in self.tracker.lock().iter().filter(|(_, idle)| **idle) {
-            sys::shutdown_fd(fd, std::net::Shutdown::Read);
+            let mut ready = [false];
+            if sys::poll(&[fd], &mut ready, Some(Duration::ZERO)).is_ok_and(|n| n == 0) {
+                sys::shutdown_fd(fd, std::net::Shutdown::Read);
+            }
         }
         self.drain_cv.notify_all();
         if self.stats.active.load(SeqCst) > 0 {

@@ -51,14 +51,18 @@ pub(crate) fn poll(fds: &[RawFd], ready: &mut [bool], timeout: Option<Duration>)
     }
 }
 
-/// `recvfrom` without blocking (`MSG_DONTWAIT`) that returns the datagram's real
-/// length even when it is longer than `buf` (`MSG_TRUNC` on Linux); on other
-/// systems a length of `buf.len()` with a full buffer may mean "truncated".
-pub(crate) fn recv_from_dontwait(sock: SockRef<'_>, buf: &mut [u8]) -> io::Result<(usize, SockAddr)> {
+/// `recvfrom` that returns the datagram's real length even when it is
+/// longer than `buf` (`MSG_TRUNC` on Linux; elsewhere a length of
+/// `buf.len()` with a full buffer may mean "truncated"). With `dontwait`,
+/// it never blocks (`MSG_DONTWAIT`), whatever the socket's mode.
+pub(crate) fn recv_from(sock: SockRef<'_>, buf: &mut [u8], dontwait: bool) -> io::Result<(usize, SockAddr)> {
     #[cfg(target_os = "linux")]
-    let flags = libc::MSG_DONTWAIT | libc::MSG_TRUNC;
+    let mut flags = libc::MSG_TRUNC;
     #[cfg(not(target_os = "linux"))]
-    let flags = libc::MSG_DONTWAIT;
+    let mut flags = 0;
+    if dontwait {
+        flags |= libc::MSG_DONTWAIT;
+    }
     // SAFETY: `[u8]` and `[MaybeUninit<u8>]` have the same layout, and the
     // bytes are already initialised; recv only writes initialised bytes into it.
     let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };

@@ -152,7 +152,11 @@ impl ServerOptions {
     }
 
     fn configure<T: Transport>(&self, builder: Builder<T>, ip: bool) -> Builder<T, AnyStrategy> {
-        let mut b = builder.strategy(self.strategy()).grace_period(self.grace).reuse_port(ip && self.reuse_port);
+        // TCP_NODELAY: echo answers partial data and the time server short
+        // lines; Nagle's algorithm would hold the tail of an answer back
+        // until the client's delayed ACK (~40 ms).
+        let mut b =
+            builder.strategy(self.strategy()).grace_period(self.grace).reuse_port(ip && self.reuse_port).nodelay(true);
         if let Some(n) = self.max_connections {
             b = b.max_connections(n.get());
         }

@@ -452,6 +452,23 @@ fn connect(addr: SocketAddr, i: usize) -> io::Result<TcpStream> {
     }
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
     socket.set_nonblocking(true)?;
+    // Let connect, not bind, choose the port — by the whole 4-tuple —
+    // instead of bind searching the range for a port free on this address,
+    // which grows slow as TIME_WAIT sockets pile up.
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor, a pointer to a live c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
     let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + (i % 200) as u8);
     socket.bind(&SocketAddr::from((source, 0)).into())?;
     match socket.connect(&addr.into()) {
