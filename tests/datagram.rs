@@ -86,3 +86,42 @@ fn unix_datagram_peers_are_answered_at_their_path_and_unnamed_ones_get_an_error(
     assert!(errors[0].contains("(unnamed)") && errors[0].contains("unnamed"), "{errors:?}");
     running.stop().unwrap();
 }
+
+/// Pool workers wait in `recvfrom` itself; a shutdown wakes them with
+/// datagrams sent to the socket — also when it is bound to a wildcard
+/// address, is a Unix socket, or was adopted in non-blocking mode.
+#[test]
+fn datagram_pools_wake_from_recvfrom_at_shutdown() {
+    use socketserver::ThreadPool;
+    use std::num::NonZeroUsize;
+    let pool = || ThreadPool::new(NonZeroUsize::new(3).unwrap());
+    let check = |running: util::Running, send: &dyn Fn()| {
+        send();
+        let start = std::time::Instant::now();
+        running.stop().unwrap();
+        assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
+    };
+
+    let wildcard = run(UdpServer::builder().strategy(pool()).bind("0.0.0.0:0", echo_datagram).unwrap());
+    let port = wildcard.inet().port();
+    check(wildcard, &|| {
+        let c = udp_client();
+        assert_eq!(udp_round_trip(&c, ([127, 0, 0, 1], port).into(), b"hi"), b"hi");
+    });
+
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let adopted = run(UdpServer::builder().strategy(pool()).from_socket(socket, echo_datagram).unwrap());
+    let addr = adopted.inet();
+    check(adopted, &|| assert_eq!(udp_round_trip(&udp_client(), addr, b"nb"), b"nb"));
+
+    let dir = TempDir::new("wake");
+    let path = dir.join("pool.sock");
+    let unix = run(UnixDatagramServer::builder().strategy(pool()).bind(&path, echo_datagram).unwrap());
+    let client = unix_dgram_client(&dir, "c.sock");
+    check(unix, &|| {
+        client.send_to(b"u", &path).unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(client.recv(&mut buf).unwrap(), 1);
+    });
+}
