@@ -1,0 +1,120 @@
+//! A tokio echo server: multi-thread runtime (one worker per CPU unless
+//! `--threads N`), one task per TCP connection with a 16 KiB buffer, and
+//! `--udp-tasks N` tasks (default: the runtime's worker count) each
+//! `recv_from`/`send_to` on one shared UDP socket. SIGINT (Ctrl-C): the
+//! runtime is dropped, which cancels every task, and the process exits.
+//!
+//! `tokio_echo --tcp 127.0.0.1:0 --udp 127.0.0.1:0` prints
+//! `listening tcp ADDR` / `listening udp ADDR` like `socketserver echo`.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+fn main() {
+    let args = Args::parse();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.threads {
+        rt.worker_threads(n);
+    }
+    let rt = rt.enable_all().build().unwrap_or_else(|e| die(&format!("runtime: {e}")));
+    let workers = rt.metrics().num_workers();
+    rt.block_on(async {
+        let tcp = match &args.tcp {
+            Some(a) => Some(TcpListener::bind(a).await.unwrap_or_else(|e| die(&format!("tcp {a}: {e}")))),
+            None => None,
+        };
+        let udp = match &args.udp {
+            Some(a) => Some(Arc::new(UdpSocket::bind(a).await.unwrap_or_else(|e| die(&format!("udp {a}: {e}"))))),
+            None => None,
+        };
+        if let Some(l) = &tcp {
+            println!("listening tcp {}", l.local_addr().expect("local address"));
+        }
+        if let Some(s) = &udp {
+            println!("listening udp {}", s.local_addr().expect("local address"));
+        }
+        std::io::stdout().flush().expect("stdout");
+
+        if let Some(socket) = udp {
+            for _ in 0..args.udp_tasks.unwrap_or(workers) {
+                let socket = Arc::clone(&socket);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65_536];
+                    loop {
+                        if let Ok((n, peer)) = socket.recv_from(&mut buf).await {
+                            let _ = socket.send_to(&buf[..n], peer).await;
+                        }
+                    }
+                });
+            }
+        }
+        if let Some(listener) = tcp {
+            tokio::spawn(async move {
+                loop {
+                    match listener.accept().await {
+                        Ok((stream, _)) => {
+                            tokio::spawn(echo(stream));
+                        }
+                        Err(e) => {
+                            eprintln!("tokio_echo: accept: {e}");
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                }
+            });
+        }
+        let _ = tokio::signal::ctrl_c().await;
+    });
+    // Dropping the runtime cancels the connection tasks.
+}
+
+async fn echo(mut stream: TcpStream) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if stream.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+struct Args {
+    tcp: Option<String>,
+    udp: Option<String>,
+    threads: Option<usize>,
+    udp_tasks: Option<usize>,
+}
+
+impl Args {
+    fn parse() -> Args {
+        let mut args = Args { tcp: None, udp: None, threads: None, udp_tasks: None };
+        let mut it = std::env::args().skip(1);
+        while let Some(flag) = it.next() {
+            let mut value = || it.next().unwrap_or_else(|| die(&format!("{flag} needs a value")));
+            match flag.as_str() {
+                "--tcp" => args.tcp = Some(value()),
+                "--udp" => args.udp = Some(value()),
+                "--threads" => args.threads = Some(value().parse().unwrap_or_else(|_| die("--threads N"))),
+                "--udp-tasks" => args.udp_tasks = Some(value().parse().unwrap_or_else(|_| die("--udp-tasks N"))),
+                _ => die(&format!("unknown argument {flag}")),
+            }
+        }
+        if args.tcp.is_none() && args.udp.is_none() {
+            die("usage: tokio_echo [--tcp ADDR] [--udp ADDR] [--threads N] [--udp-tasks N]");
+        }
+        args
+    }
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("tokio_echo: {msg}");
+    std::process::exit(2)
+}

@@ -1,0 +1,671 @@
+#!/usr/bin/env python3
+"""Turns the raw results of benches/compare.sh (and, when present, of the
+criterion benches in target/criterion) into BENCHMARKS.md and an SVG plot.
+
+    python3 benches/report.py --results target/compare --command "..." \
+        --markdown BENCHMARKS.md --svg BENCHMARKS.svg
+
+Standard library only. A section of the existing BENCHMARKS.md between
+`<!-- notes:start -->` and `<!-- notes:end -->` (hand-written analysis) is
+kept when the file is regenerated.
+"""
+import argparse
+import datetime
+import glob
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+
+NAMES = {
+    "sync": "ours: Sync",
+    "threading": "ours: Threading",
+    "pool": "ours: ThreadPool",
+    "std": "std thread/conn",
+    "tokio": "tokio",
+    "python": "Python socketserver",
+}
+ORDER = ["sync", "threading", "pool", "std", "tokio", "python"]
+COLORS = {
+    "sync": "#7f7f7f",
+    "threading": "#ff7f0e",
+    "pool": "#d62728",
+    "std": "#1f77b4",
+    "tokio": "#2ca02c",
+    "python": "#9467bd",
+}
+# (key, label): key = (mode, connections, size)
+CELLS = [
+    (("tcp-echo", 1, 64), "TCP echo 64 B, 1 conn"),
+    (("tcp-echo", 16, 64), "TCP echo 64 B, 16 conns"),
+    (("tcp-echo", 64, 64), "TCP echo 64 B, 64 conns"),
+    (("tcp-echo", 256, 64), "TCP echo 64 B, 256 conns"),
+    (("tcp-echo", 16, 16384), "TCP echo 16 KiB, 16 conns"),
+    (("tcp-connect", 16, 64), "connect-per-request, 16 clients"),
+    (("udp-echo", 1, 64), "UDP echo 64 B, 1 client"),
+    (("udp-echo", 16, 64), "UDP echo 64 B, 16 clients"),
+]
+
+
+def sh(*cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+
+
+def load(results):
+    rounds = {}
+    for path in sorted(glob.glob(os.path.join(results, "cells", "*.json"))):
+        with open(path) as f:
+            for r in json.load(f):
+                r["_file"] = os.path.basename(path)
+                rounds.setdefault((r["server"], (r["mode"], r["connections"], r["size"])), []).append(r)
+    rows = {k: median_round(v) for k, v in rounds.items()}
+    idle = {}
+    with open(os.path.join(results, "idle.jsonl")) as f:
+        for line in f:
+            if line.strip():
+                d = json.loads(line)
+                idle[d["server"]] = d
+    sigint = []
+    with open(os.path.join(results, "sigint.jsonl")) as f:
+        for line in f:
+            if line.strip():
+                sigint.append(json.loads(line))
+    with open(os.path.join(results, "settings.json")) as f:
+        settings = json.load(f)
+    try:
+        with open(os.path.join(results, "loadavg_after")) as f:
+            settings["loadavg_after"] = f.read().strip()
+    except OSError:
+        settings["loadavg_after"] = "?"
+    # CPU used by other processes while each `bench` invocation ran: the
+    # machine's busy time less what the server and the generator used.
+    cpu = {}
+    try:
+        with open(os.path.join(results, "cpu.jsonl")) as f:
+            for line in f:
+                if line.strip():
+                    d = json.loads(line)
+                    cpu[d["file"]] = d
+    except OSError:
+        pass
+    window = settings["duration"] + settings["warmup"]
+    ncpu = os.cpu_count() or 1
+    for (server, _), r in rows.items():
+        d = cpu.get(r["_file"])
+        if not d or not d["total"]:
+            r["other_cpu_pct"] = r["steal_pct"] = None
+            continue
+        wall = d["total"] / ncpu / 100
+        ours = sum((x["server_cpu_pct"] or 0) + x["generator_cpu_pct"]
+                   for rs in rounds.values() for x in rs if x["_file"] == r["_file"]) / 100 * window
+        r["other_cpu_pct"] = max(0.0, (d["busy"] / 100 - ours) / wall * 100)
+        r["steal_pct"] = d["steal"] / 100 / wall * 100
+    servers = [s for s in ORDER if any(k[0] == s for k in rows)]
+    return rows, idle, sigint, settings, servers
+
+
+def median_round(runs):
+    """The round with the median requests/s (the lower middle one for an even
+    count), with the spread of all rounds; errors and unserved clients are the
+    worst of any round, so that "every client served" holds in every round."""
+    runs = sorted(runs, key=lambda r: r["requests_per_sec"])
+    r = dict(runs[(len(runs) - 1) // 2])
+    r["rounds"] = len(runs)
+    r["rps_all"] = [x["requests_per_sec"] for x in runs]
+    for k in ("errors", "unserved", "lost"):
+        r[k] = max(x[k] for x in runs)
+    return r
+
+
+def pct(x):
+    return "–" if x is None else f"{x:.0f}%"
+
+
+def fmt_int(x):
+    return f"{x:,.0f}"
+
+
+def fmt_us(x):
+    if x >= 10_000:
+        return f"{x / 1000:,.1f} ms"
+    return f"{x:,.0f} µs"
+
+
+def served_note(r):
+    notes = []
+    if r["unserved"]:
+        notes.append(f"{r['unserved']}/{r['connections']} unserved")
+    if r["errors"]:
+        notes.append(f"{r['errors']} errors")
+    if r.get("lost"):
+        notes.append(f"{r['lost']} lost")
+    return f" ({', '.join(notes)})" if notes else ""
+
+
+def ratio(rows, a, b, cell):
+    ra, rb = rows.get((a, cell)), rows.get((b, cell))
+    if not ra or not rb or rb["requests_per_sec"] == 0:
+        return None
+    return ra["requests_per_sec"] / rb["requests_per_sec"]
+
+
+def fully_served(r):
+    return r is not None and r["unserved"] == 0 and r["errors"] == 0
+
+
+def machine():
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = "?"
+    try:
+        with open("/proc/meminfo") as f:
+            kib = int(f.readline().split()[1])
+            mem = f"{kib / 1024 / 1024:.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    commit = sh("git", "rev-parse", "HEAD")
+    dirty = sh("git", "status", "--porcelain", "--untracked-files=no")
+    tokio = "?"
+    try:
+        with open("benches/contenders/Cargo.lock") as f:
+            m = re.search(r'name = "tokio"\nversion = "([^"]+)"', f.read())
+            tokio = m.group(1) if m else "?"
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "memory": mem,
+        "kernel": platform.release(),
+        "rustc": sh("rustc", "--version"),
+        "python": sh("python3", "--version"),
+        "tokio": tokio,
+        "commit": commit + (" (with uncommitted changes)" if dirty and dirty != "?" else ""),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+# --- criterion -------------------------------------------------------------------
+
+
+def criterion(root="target/criterion"):
+    """{group_id: {value_str: (ns_per_iter, throughput_elements)}}"""
+    out = {}
+    for path in glob.glob(os.path.join(root, "**", "new", "benchmark.json"), recursive=True):
+        with open(path) as f:
+            b = json.load(f)
+        with open(os.path.join(os.path.dirname(path), "estimates.json")) as f:
+            e = json.load(f)
+        est = e.get("slope") or e["mean"]
+        name = b.get("value_str") or b.get("function_id") or "?"
+        out.setdefault(b["group_id"], {})[name] = est["point_estimate"]
+    return out
+
+
+def criterion_section(crit):
+    if not crit:
+        return ["_No criterion results in target/criterion: run `cargo bench --bench pool_dispatch --bench echo`"
+                " (or `benches/compare.sh --with-criterion`)._", ""]
+    lines = []
+    pools = ["socketserver", "mpsc_mutex", "pl_condvar"]
+    lat = {g: v for g, v in crit.items() if g.startswith("latency/")}
+    thr = {g: v for g, v in crit.items() if g.startswith("throughput/")}
+
+    def key(g):
+        _, w, c = g.split("/")
+        return int(w[1:]), int(c[3:])
+
+    if lat or thr:
+        lines += [
+            "### Pool dispatch (`benches/pool_dispatch.rs`)",
+            "",
+            "Same job and worker count for each pool; capacity = jobs that may wait in the queue (0: hand-off to an"
+            " idle worker only). *Latency*: one job in flight, time from `submit` to the job starting on a worker"
+            " (mean). *Throughput*: one producer submitting as fast as it can, until the last job has run.",
+            "",
+            "| workers | queue | latency: ours | mpsc+Mutex | parking_lot deque | jobs/s: ours | mpsc+Mutex |"
+            " parking_lot deque |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for g in sorted(set(k.split("/", 1)[1] for k in list(lat) + list(thr)), key=lambda s: key("x/" + s)):
+            w, c = key("x/" + g)
+            lcell = [lat.get("latency/" + g, {}).get(p) for p in pools]
+            tcell = [thr.get("throughput/" + g, {}).get(p) for p in pools]
+
+            def fl(ns):
+                return "–" if ns is None else (f"{ns / 1000:.2f} µs" if ns >= 1000 else f"{ns:.0f} ns")
+
+            def ft(ns):
+                return "–" if ns is None else f"{1e9 / ns / 1e6:.2f} M" if 1e9 / ns >= 1e6 else f"{1e9 / ns / 1e3:.0f} k"
+
+            lines.append(f"| {w} | {c} | " + " | ".join(fl(x) for x in lcell) + " | "
+                         + " | ".join(ft(x) for x in tcell) + " |")
+        lines.append("")
+    other = {g: v for g, v in crit.items() if not g.startswith(("latency/", "throughput/"))}
+    if other:
+        lines += [
+            "### Echo through in-process servers (`benches/echo.rs`)",
+            "",
+            "| benchmark | ours: Sync | ours: Threading | ours: ThreadPool |",
+            "|---|---:|---:|---:|",
+        ]
+        for g in sorted(other):
+            v = other[g]
+            cells = []
+            for s in ["sync", "threading", "pool"]:
+                ns = v.get(s)
+                cells.append("–" if ns is None else f"{ns / 1000:.1f} µs ({1e9 / ns:,.0f}/s)")
+            lines.append(f"| `{g}` | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+# --- SVG -------------------------------------------------------------------------
+
+
+def esc(s):
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class Svg:
+    def __init__(self, w, h):
+        self.w, self.h, self.parts = w, h, []
+
+    def add(self, s):
+        self.parts.append(s)
+
+    def text(self, x, y, s, size=12, anchor="start", weight="normal", color="#000", rotate=None):
+        tr = f' transform="rotate({rotate} {x:.1f} {y:.1f})"' if rotate else ""
+        self.add(f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}" '
+                 f'font-weight="{weight}" fill="{color}"{tr}>{esc(s)}</text>')
+
+    def line(self, x1, y1, x2, y2, color="#000", width=1, dash=None):
+        d = f' stroke-dasharray="{dash}"' if dash else ""
+        self.add(f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="{color}" '
+                 f'stroke-width="{width}"{d}/>')
+
+    def render(self):
+        return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{self.w}" height="{self.h}" '
+                f'viewBox="0 0 {self.w} {self.h}" font-family="sans-serif">\n'
+                f'<rect width="100%" height="100%" fill="white"/>\n' + "\n".join(self.parts) + "\n</svg>\n")
+
+
+def nice_max(v):
+    if v <= 0:
+        return 1
+    mag = 10 ** len(str(int(v))) / 10
+    for m in (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
+        if m * mag >= v:
+            return m * mag
+    return 10 * mag
+
+
+def si(v):
+    if v >= 1e6:
+        return f"{v / 1e6:g}M"
+    if v >= 1e3:
+        return f"{v / 1e3:g}k"
+    return f"{v:g}"
+
+
+def line_panel(svg, x0, y0, w, h, title, servers, series, ylabel, log_y=False):
+    """series: {server: [(x_index, y, label_x, warn)]}; x is categorical."""
+    svg.text(x0 + w / 2, y0 - 10, title, 14, "middle", "bold")
+    xs = sorted({p[0] for pts in series.values() for p in pts})
+    xlabels = {p[0]: p[2] for pts in series.values() for p in pts}
+    ys = [p[1] for pts in series.values() for p in pts if p[1] > 0]
+    if not xs or not ys:
+        return
+    import math
+    if log_y:
+        lo = 10 ** math.floor(math.log10(min(ys)))
+        hi = 10 ** math.ceil(math.log10(max(ys)))
+        fy = lambda v: y0 + h - (math.log10(max(v, lo)) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) * h
+        ticks = [lo * 10 ** i for i in range(int(round(math.log10(hi / lo))) + 1)]
+    else:
+        hi = nice_max(max(ys))
+        fy = lambda v: y0 + h - v / hi * h
+        ticks = [hi * i / 5 for i in range(6)]
+    fx = lambda i: x0 + (xs.index(i) + 0.5) / len(xs) * w
+    for t in ticks:
+        svg.line(x0, fy(t), x0 + w, fy(t), "#ddd")
+        svg.text(x0 - 6, fy(t) + 4, si(t) if not log_y else (f"{t / 1000:g} ms" if t >= 1000 else f"{t:g} µs"),
+                 11, "end")
+    svg.line(x0, y0, x0, y0 + h, "#333")
+    svg.line(x0, y0 + h, x0 + w, y0 + h, "#333")
+    for i in xs:
+        svg.text(fx(i), y0 + h + 16, xlabels[i], 11, "middle")
+    svg.text(x0 + w / 2, y0 + h + 34, "concurrent connections", 11, "middle")
+    svg.text(x0 - 52, y0 + h / 2, ylabel, 11, "middle", rotate=-90)
+    for s in servers:
+        pts = sorted(series.get(s, []))
+        if not pts:
+            continue
+        c = COLORS[s]
+        d = " ".join(f"{'M' if k == 0 else 'L'}{fx(p[0]):.1f},{fy(p[1]):.1f}" for k, p in enumerate(pts) if p[1] > 0)
+        svg.add(f'<path d="{d}" fill="none" stroke="{c}" stroke-width="2"/>')
+        for p in pts:
+            if p[1] > 0 and p[3]:  # not every client served: hollow
+                svg.add(f'<circle cx="{fx(p[0]):.1f}" cy="{fy(p[1]):.1f}" r="4.5" fill="white" stroke="{c}" '
+                        'stroke-width="2"/>')
+            elif p[1] > 0:
+                svg.add(f'<circle cx="{fx(p[0]):.1f}" cy="{fy(p[1]):.1f}" r="3" fill="{c}"/>')
+
+
+def bar_panel(svg, x0, y0, w, h, title, servers, values):
+    """values: {server: (value, warn)}"""
+    svg.text(x0 + w / 2, y0 - 10, title, 13, "middle", "bold")
+    vals = [v for v, _ in values.values()]
+    if not vals:
+        return
+    hi = nice_max(max(vals))
+    for i in range(6):
+        t = hi * i / 5
+        y = y0 + h - t / hi * h
+        svg.line(x0, y, x0 + w, y, "#ddd")
+        svg.text(x0 - 5, y + 4, si(t), 10, "end")
+    svg.line(x0, y0 + h, x0 + w, y0 + h, "#333")
+    present = [s for s in servers if s in values]
+    bw = w / max(len(present), 1)
+    for k, s in enumerate(present):
+        v, warn = values[s]
+        bh = v / hi * h
+        x = x0 + k * bw + bw * 0.15
+        svg.add(f'<rect x="{x:.1f}" y="{y0 + h - bh:.1f}" width="{bw * 0.7:.1f}" height="{bh:.1f}" '
+                f'fill="{COLORS[s]}"/>')
+        if warn:
+            svg.text(x + bw * 0.35, y0 + h - bh - 4, "!", 12, "middle", "bold", "#c00")
+
+
+def draw(rows, servers, path, settings):
+    svg = Svg(1000, 980)
+    svg.text(500, 24, "socketserver vs std, tokio and Python — requests/s and p99 latency (loopback, 2 cores)",
+             15, "middle", "bold")
+    echo = [(c, lbl) for c, lbl in CELLS if c[0] == "tcp-echo" and c[2] == 64]
+    thr, p99 = {}, {}
+    for s in servers:
+        for i, (c, _) in enumerate(echo):
+            r = rows.get((s, c))
+            if r:
+                warn = not fully_served(r)
+                thr.setdefault(s, []).append((i, r["requests_per_sec"], str(c[1]), warn))
+                p99.setdefault(s, []).append((i, r["p99_us"], str(c[1]), warn))
+    line_panel(svg, 90, 70, 360, 300, "TCP echo 64 B: requests/s", servers, thr, "requests/s")
+    line_panel(svg, 590, 70, 360, 300, "TCP echo 64 B: p99 latency", servers, p99, "p99 (log scale)", log_y=True)
+    others = [(c, lbl) for c, lbl in CELLS if not (c[0] == "tcp-echo" and c[2] == 64)]
+    for k, (c, lbl) in enumerate(others):
+        vals = {}
+        for s in servers:
+            r = rows.get((s, c))
+            if r:
+                vals[s] = (r["requests_per_sec"], not fully_served(r) or r.get("lost", 0) > 0)
+        x0 = 90 + (k % 2) * 500
+        y0 = 470 + (k // 2) * 230
+        bar_panel(svg, x0, y0, 360, 160, lbl + ": requests/s", servers, vals)
+    # Legend.
+    lx, ly = 90, 940
+    for s in servers:
+        svg.add(f'<rect x="{lx}" y="{ly - 10}" width="14" height="10" fill="{COLORS[s]}"/>')
+        svg.text(lx + 18, ly, NAMES[s], 12)
+        lx += 28 + 7.2 * len(NAMES[s])
+    svg.text(990, 970, f"median of {settings.get('rounds', 1)} rounds of {settings['duration']} s per cell after {settings['warmup']} s warm-up; "
+             "! or hollow point = some clients unserved, errors or lost datagrams", 10, "end", color="#555")
+    with open(path, "w") as f:
+        f.write(svg.render())
+
+
+# --- markdown --------------------------------------------------------------------
+
+
+def interference(rows):
+    """A sentence on CPU used by other processes during the median rounds."""
+    vals = [r["other_cpu_pct"] for r in rows.values() if r.get("other_cpu_pct") is not None]
+    if not vals:
+        return ""
+    worst = max(vals)
+    steal = max((r["steal_pct"] for r in rows.values() if r.get("steal_pct") is not None), default=0)
+    return (f"other processes used at most {worst:.0f}% of a core during the rounds shown (median"
+            f" {statistics.median(vals):.0f}%; hypervisor steal at most {steal:.0f}%; per cell in the last table).")
+
+
+def verdict(ok):
+    return "**met**" if ok else "**MISSED**"
+
+
+def targets(rows, idle, sig0):
+    out = []
+    x = lambda r: "–" if r is None else f"{r:.2f}×"
+    # 1. TCP echo 16–256.
+    for strat in ["pool", "threading"]:
+        parts, ok = [], True
+        for c in (16, 64, 256):
+            cell = ("tcp-echo", c, 64)
+            rs, rt = ratio(rows, strat, "std", cell), ratio(rows, strat, "tokio", cell)
+            served = fully_served(rows.get((strat, cell)))
+            good = rs is not None and rt is not None and rs >= 0.95 and rt >= 1.1 and served
+            ok &= good
+            parts.append(f"{c}: {x(rs)} std, {x(rt)} tokio" + ("" if served else ", **not all served**"))
+        out.append((f"TCP echo 64 B, 16–256 conns, {NAMES[strat]}: ≥ 0.95× std and ≥ 1.1× tokio, all served",
+                    "; ".join(parts), verdict(ok)))
+    cell = ("tcp-echo", 16, 16384)
+    for strat in ["pool", "threading"]:
+        rs, rt = ratio(rows, strat, "std", cell), ratio(rows, strat, "tokio", cell)
+        served = fully_served(rows.get((strat, cell)))
+        ok = rs is not None and rt is not None and rs >= 0.95 and rt >= 1.1 and served
+        out.append((f"(same, 16 KiB at 16 conns), {NAMES[strat]}", f"{x(rs)} std, {x(rt)} tokio", verdict(ok)))
+    # 2. Connect per request.
+    cell = ("tcp-connect", 16, 64)
+    rth, rtk = ratio(rows, "pool", "threading", cell), ratio(rows, "pool", "tokio", cell)
+    ok = rth is not None and rtk is not None and rth >= 1.5 and rtk >= 1.0
+    out.append(("connect-per-request, 16 clients: ThreadPool ≥ 1.5× Threading and ≥ 1.0× tokio",
+                f"{x(rth)} Threading, {x(rtk)} tokio", verdict(ok)))
+    # 3. UDP.
+    cell = ("udp-echo", 16, 64)
+    r = ratio(rows, "pool", "tokio", cell)
+    extra = ", ".join(f"{NAMES[s]} {x(ratio(rows, s, 'tokio', cell))}" for s in ("sync", "threading"))
+    out.append(("UDP echo, 16 clients: ThreadPool ≥ 1.0× tokio", f"{x(r)} ({extra})",
+                verdict(r is not None and r >= 1.0)))
+    # 4. Idle.
+    for strat in ["threading", "pool"]:
+        d = idle.get(strat)
+        if d and d["held"]:
+            per = (d["rss_kib"] - d["base_rss_kib"]) / d["held"]
+            ok = per <= 25 and d["served"] == d["held"]
+            out.append((f"{d['conns']:,} idle connections, {NAMES[strat]}: ≤ 25 KiB RSS per connection",
+                        f"{per:.1f} KiB/conn, {d['served']:,} of {d['conns']:,} served", verdict(ok)))
+    # 5. SIGINT.
+    for strat in ["sync", "threading", "pool"]:
+        runs = [d["result"]["exit_ms"] for d in sig0 if d["server"] == strat]
+        if runs:
+            ok = all(v is not None and v < 10 for v in runs)
+            shown = "did not exit" if any(v is None for v in runs) else \
+                f"median {statistics.median(runs):.1f} ms, max {max(runs):.1f} ms"
+            out.append((f"SIGINT→exit, nothing in flight, {NAMES[strat]}: < 10 ms", shown, verdict(ok)))
+    return out
+
+
+def markdown(rows, idle, sigint, settings, servers, meta, command, crit, notes, svg_name):
+    L = []
+    L += [
+        "# Benchmarks",
+        "",
+        "Generated by `benches/compare.sh` (tables, plot and target checks; regenerate rather than edit — only the"
+        " *Notes* section at the end is hand-written and kept across runs). One run on a shared 2-core machine:"
+        " absolute numbers drift from run to run, ratios less so.",
+        "",
+        f"![requests/s and p99 per contender]({svg_name})",
+        "",
+        "## Setup",
+        "",
+        f"* Command: `{command}` (cells: `socketserver bench --duration {settings['duration']} --warmup"
+        f" {settings['warmup']} --json --server-pid PID`, {settings.get('rounds', 1)} rounds, the contenders taking"
+        " turns in each; tables show the median round, and a cell counts as fully served only if every round"
+        " served every client)",
+        f"* Commit: `{settings.get('commit', meta['commit'])}` (built at the start of the run); report written"
+        f" {meta['date']}",
+        f"* Machine: {meta['cpus']} CPUs ({meta['cpu']}), {meta['memory']} RAM, Linux {meta['kernel']}",
+        f"* {meta['rustc']}; {meta['python']}; tokio {meta['tokio']}",
+        f"* Shared machine: {interference(rows) or 'CPU use of other processes was not recorded.'}",
+        "* Load generator: `target/release/socketserver bench` on the same machine (it shares the 2 cores with the"
+        " server; its own CPU use is in the detail table). Clients: closed loops, one request in flight each.",
+        "",
+        "Contenders, each serving TCP and UDP echo on 127.0.0.1 with port 0:",
+        "",
+        "| name | what runs |",
+        "|---|---|",
+        "| ours: Sync / Threading / ThreadPool | `target/release/socketserver echo --strategy sync\\|threading\\|pool"
+        " --tcp 127.0.0.1:0 --udp 127.0.0.1:0` (defaults: pool of CPUs ≥ 2 workers growing to 4,096, queue 1,024,"
+        " grace 5 s; no `TCP_NODELAY`) |",
+        "| std thread/conn | `benches/contenders` `std_echo`: `TcpListener::incoming`, `thread::spawn` per connection"
+        " (std's default stack), 16 KiB buffer; UDP: one blocking `recv_from` loop per CPU; no signal handling |",
+        f"| tokio | `benches/contenders` `tokio_echo`: tokio {meta['tokio']} multi-thread runtime (a worker per CPU),"
+        " a task per connection with a 16 KiB buffer; UDP: a task per worker on one shared socket; Ctrl-C drops the"
+        " runtime |",
+        "| Python socketserver | `benches/contenders/python_echo.py`: stock `ThreadingTCPServer` /"
+        " `ThreadingUDPServer` (backlog 5, a thread per connection / datagram, non-daemon threads) |",
+        "",
+    ]
+    # Main table.
+    L += ["## Requests per second", "", "| cell | " + " | ".join(NAMES[s] for s in servers) + " |",
+          "|---|" + "---:|" * len(servers)]
+    for c, lbl in CELLS:
+        cells = []
+        for s in servers:
+            r = rows.get((s, c))
+            cells.append("–" if r is None else fmt_int(r["requests_per_sec"]) + served_note(r))
+        L.append(f"| {lbl} | " + " | ".join(cells) + " |")
+    L += ["", "## p99 latency", "", "| cell | " + " | ".join(NAMES[s] for s in servers) + " |",
+          "|---|" + "---:|" * len(servers)]
+    for c, lbl in CELLS:
+        cells = []
+        for s in servers:
+            r = rows.get((s, c))
+            cells.append("–" if r is None else fmt_us(r["p99_us"]))
+        L.append(f"| {lbl} | " + " | ".join(cells) + " |")
+    L += ["", "## Server CPU per request", "",
+          "Server CPU time (user + system, from `/proc/PID/stat`) divided by requests, in µs: what a request costs the"
+          " server, independent of whether the load generator — which shares the 2 cores — was the bottleneck.", "",
+          "| cell | " + " | ".join(NAMES[s] for s in servers) + " |", "|---|" + "---:|" * len(servers)]
+    for c, lbl in CELLS:
+        cells = []
+        for s in servers:
+            r = rows.get((s, c))
+            if r is None or r["server_cpu_pct"] is None or not r["requests_per_sec"]:
+                cells.append("–")
+            else:
+                cells.append(f"{r['server_cpu_pct'] / 100 / r['requests_per_sec'] * 1e6:.1f}")
+        L.append(f"| {lbl} | " + " | ".join(cells) + " |")
+    L += [""]
+    # Idle.
+    L += ["## Idle connections", "",
+          f"{settings['idle']:,} connections opened one after another, each checked with one 64-byte round trip,"
+          " then held idle; RSS (`VmRSS`) and threads from `/proc/PID/status` of a freshly started server, before and"
+          " while holding them. Not run for Sync, which serves one connection at a time.", "",
+          "| server | served | RSS before | RSS holding | per connection | threads before → holding |",
+          "|---|---:|---:|---:|---:|---:|"]
+    for s in servers:
+        d = idle.get(s)
+        if not d:
+            continue
+        per = (d["rss_kib"] - d["base_rss_kib"]) / d["held"] if d["held"] else float("nan")
+        L.append(f"| {NAMES[s]} | {d['served']:,} of {d['conns']:,}"
+                 + (f" ({d['failed']} failed to connect)" if d["failed"] else "")
+                 + f" | {d['base_rss_kib'] / 1024:.1f} MiB | {d['rss_kib'] / 1024:.1f} MiB | {per:.1f} KiB |"
+                 f" {d['base_threads']} → {d['threads']:,} |")
+    L += [""]
+    # SIGINT.
+    sig0 = [d for d in sigint if d["idle"] == 0]
+    sigN = [d for d in sigint if d["idle"] != 0]
+    L += ["## SIGINT → exit", "",
+          f"Time from `kill -INT` to the process's exit (a pidfd becoming readable), capped at {settings['sigint_cap']} s."
+          f" *Nothing in flight*: a fresh server that has served 4 connections, all closed ({settings['sigint_runs']}"
+          f" runs). *Idle*: a fresh server holding {settings['idle_sigint']} idle connections (ours drain them for the"
+          " grace period, 5 s by default, then close them).", "",
+          "| server | nothing in flight: median | max | with idle connections |", "|---|---:|---:|---:|"]
+    for s in servers:
+        runs = [d["result"]["exit_ms"] for d in sig0 if d["server"] == s]
+        idl = [d for d in sigN if d["server"] == s]
+        if not runs and not idl:
+            continue
+        if runs and all(v is not None for v in runs):
+            med, mx = f"{statistics.median(runs):.1f} ms", f"{max(runs):.1f} ms"
+        else:
+            n = sum(v is None for v in runs)
+            med, mx = f"did not exit ({n}/{len(runs)} runs)", "–"
+        if idl:
+            d = idl[0]
+            v = d["result"]["exit_ms"]
+            it = ("did not exit" if v is None else f"{v / 1000:.2f} s" if v >= 1000 else f"{v:.1f} ms")
+            it += f" ({d['held']} held, {d['served']} served)" if d["served"] != d["held"] else ""
+        else:
+            it = "–"
+        L.append(f"| {NAMES[s]} | {med} | {mx} | {it} |")
+    L += [""]
+    # Targets.
+    L += ["## Targets of issue 4", "", "| target | measured | verdict |", "|---|---|---|"]
+    for t, m, v in targets(rows, idle, sig0):
+        L.append(f"| {t} | {m} | {v} |")
+    L += [""]
+    # Criterion.
+    L += ["## Criterion micro-benchmarks", ""]
+    L += criterion_section(crit)
+    # Detail.
+    L += ["## All cells", "", "<details><summary>req/s (median round, and every round), p50/p99/p99.9 of the median"
+          " round, errors, lost and unserved (worst round), generator and server CPU (100% = one core)</summary>", "",
+          "| cell | server | req/s | all rounds | p50 | p99 | p99.9 | errors | lost | unserved | gen CPU | server CPU |"
+          " other CPU | steal |",
+          "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for c, lbl in CELLS:
+        for s in servers:
+            r = rows.get((s, c))
+            if not r:
+                continue
+            srv = "–" if r["server_cpu_pct"] is None else f"{r['server_cpu_pct']:.0f}%"
+            spread = " / ".join(fmt_int(x) for x in r["rps_all"])
+            L.append(f"| {lbl} | {NAMES[s]} | {fmt_int(r['requests_per_sec'])} | {spread} | {fmt_us(r['p50_us'])} |"
+                     f" {fmt_us(r['p99_us'])} | {fmt_us(r['p999_us'])} | {r['errors']} | {r['lost']} |"
+                     f" {r['unserved']} | {r['generator_cpu_pct']:.0f}% | {srv} | {pct(r.get('other_cpu_pct'))} |"
+                     f" {pct(r.get('steal_pct'))} |")
+    L += ["", "</details>", ""]
+    L += ["## Notes", "", "<!-- notes:start -->", notes.strip() if notes.strip() else "_None yet._",
+          "<!-- notes:end -->", ""]
+    return "\n".join(L)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--command", required=True)
+    ap.add_argument("--markdown", required=True)
+    ap.add_argument("--svg", required=True)
+    ap.add_argument("--criterion", default="target/criterion")
+    a = ap.parse_args()
+    rows, idle, sigint, settings, servers = load(a.results)
+    notes = ""
+    if os.path.exists(a.markdown):
+        with open(a.markdown) as f:
+            m = re.search(r"<!-- notes:start -->\n(.*?)<!-- notes:end -->", f.read(), re.S)
+            if m:
+                notes = "" if m.group(1).strip() == "_None yet._" else m.group(1)
+    draw(rows, servers, a.svg, settings)
+    md = markdown(rows, idle, sigint, settings, servers, machine(), a.command, criterion(a.criterion), notes,
+                  os.path.relpath(a.svg, os.path.dirname(os.path.abspath(a.markdown))))
+    with open(a.markdown, "w") as f:
+        f.write(md)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
