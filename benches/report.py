@@ -528,7 +528,7 @@ def markdown(rows, idle, sigint, settings, servers, meta, command, crit, notes, 
         "|---|---|",
         "| ours: Sync / Threading / ThreadPool | `target/release/socketserver echo --strategy sync\\|threading\\|pool"
         " --tcp 127.0.0.1:0 --udp 127.0.0.1:0` (defaults: pool of CPUs ≥ 2 workers growing to 4,096, queue 1,024,"
-        " grace 5 s; no `TCP_NODELAY`) |",
+        " grace 5 s; `TCP_NODELAY` on) |",
         "| std thread/conn | `benches/contenders` `std_echo`: `TcpListener::incoming`, `thread::spawn` per connection"
         " (std's default stack), 16 KiB buffer; UDP: one blocking `recv_from` loop per CPU; no signal handling |",
         f"| tokio | `benches/contenders` `tokio_echo`: tokio {meta['tokio']} multi-thread runtime (a worker per CPU),"
@@ -592,8 +592,8 @@ def markdown(rows, idle, sigint, settings, servers, meta, command, crit, notes, 
     L += ["## SIGINT → exit", "",
           f"Time from `kill -INT` to the process's exit (a pidfd becoming readable), capped at {settings['sigint_cap']} s."
           f" *Nothing in flight*: a fresh server that has served 4 connections, all closed ({settings['sigint_runs']}"
-          f" runs). *Idle*: a fresh server holding {settings['idle_sigint']} idle connections (ours drain them for the"
-          " grace period, 5 s by default, then close them).", "",
+          f" runs). *Idle*: a fresh server holding {settings['idle_sigint']} idle connections (ours close a connection"
+          " that is idle between requests at once; only requests under way get the grace period).", "",
           "| server | nothing in flight: median | max | with idle connections |", "|---|---:|---:|---:|"]
     for s in servers:
         runs = [d["result"]["exit_ms"] for d in sig0 if d["server"] == s]
