@@ -228,12 +228,18 @@ pub fn run(which: Bundled, mut args: ServeArgs) -> io::Result<()> {
     for s in &servers {
         s.handle.shutdown_on_signal()?;
     }
-    let mut out = io::stdout().lock();
-    for s in &servers {
-        writeln!(out, "listening {}", s.label)?;
+    // The lines are for whoever started us; if they have stopped reading
+    // (a closed pipe, a full disk), that is no reason to stop serving.
+    let announce = || -> io::Result<()> {
+        let mut out = io::stdout().lock();
+        for s in &servers {
+            writeln!(out, "listening {}", s.label)?;
+        }
+        out.flush()
+    };
+    if let Err(e) = announce() {
+        log::warn!("cannot print the listening lines to stdout ({e}); serving anyway");
     }
-    out.flush()?;
-    drop(out);
     let handles: Vec<ServerHandle> = servers.iter().map(|s| s.handle.clone()).collect();
     let threads: Vec<_> = servers
         .into_iter()
