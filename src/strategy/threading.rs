@@ -84,6 +84,12 @@ impl Threads {
         }
     }
 
+    /// The number of request threads still running.
+    #[cfg(test)]
+    pub(crate) fn live(&self) -> usize {
+        self.live.load(SeqCst)
+    }
+
     /// The number of request threads not yet joined.
     #[cfg(test)]
     pub(crate) fn unjoined(&self) -> usize {
