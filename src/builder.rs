@@ -111,7 +111,8 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
     }
 
     /// The concurrency strategy: [`Sync`](crate::Sync), [`Threading`](crate::Threading),
-    /// [`ThreadPool`], [`Forking`](crate::Forking) or an [`AnyStrategy`].
+    /// [`ThreadPool`](crate::ThreadPool), [`Forking`](crate::Forking) or an
+    /// [`AnyStrategy`](crate::AnyStrategy).
     pub fn strategy<S2: Strategy>(self, strategy: S2) -> Builder<T, S2> {
         Builder { opts: self.opts, strategy, hooks: self.hooks, _transport: PhantomData }
     }
