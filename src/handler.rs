@@ -346,7 +346,9 @@ impl StreamRequest {
             deadline: None,
             eof: false,
             idle_closed: false,
-            linger: true,
+            // Set when the handler runs: a request closed before that (a
+            // rejected newcomer) has no answer to protect and closes at once.
+            linger: false,
             tracked: true,
             slot: Some(slot),
         }

@@ -118,6 +118,7 @@ impl Service {
     pub(crate) fn run(&self, job: Job) -> Outcome {
         let result = match (&self.handler, job) {
             (AnyHandler::Stream(h), Job::Stream(mut req)) => {
+                req.linger = true;
                 let mut r = run_phases(h.as_ref(), &mut req);
                 if req.idle_closed() && matches!(&r, Err(Failure::Error(e)) if e.kind() == io::ErrorKind::TimedOut) {
                     // Counted in `idle_closed`; not the handler's failure.

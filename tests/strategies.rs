@@ -376,6 +376,27 @@ fn pool_overflow_reject_closes_newcomers_at_once() {
     assert_eq!((s.accepted, s.rejected), (s0.accepted + 2, s0.rejected + 1), "{s:?}");
     gate.assert_none_enters("a rejected connection never reaches a handler");
 
+    // Rejecting does not stall the accept loop: newcomers that sent a
+    // request and keep their end open are closed one after another at
+    // once, not after the half-second linger an answered connection gets
+    // (6 of them would take 2.5 s then).
+    let start = Instant::now();
+    let mut held = Vec::new();
+    for i in 0..6 {
+        let mut c = tcp_connect(addr);
+        let _ = c.write_all(format!("r{i}\n").as_bytes());
+        match c.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+            other => panic!("rejected connection {i}: expected EOF or reset, got {other:?}"),
+        }
+        held.push(c);
+    }
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(2), "6 rejections took {took:?}: the accept loop lingered on each");
+    assert_eq!(stats().rejected, s0.rejected + 7);
+    drop(held);
+
     gate.release(1);
     assert_eq!(read_line(&mut c1), "c1\n");
     wait_until("the worker is free again", || {
@@ -387,7 +408,7 @@ fn pool_overflow_reject_closes_newcomers_at_once() {
     gate.release(1);
     assert_eq!(read_line(&mut c3), "c3\n");
     let s = stats();
-    assert_eq!((s.accepted, s.rejected), (s0.accepted + 3, s0.rejected + 1), "{s:?}");
+    assert_eq!((s.accepted, s.rejected), (s0.accepted + 9, s0.rejected + 7), "{s:?}");
     running.stop().unwrap();
 }
 
