@@ -98,6 +98,8 @@ pub(crate) enum Outcome {
 enum Failure {
     Error(io::Error),
     Panic(String),
+    /// `handle` failed, then `finish` failed too: both are reported.
+    Both(Box<Failure>, Box<Failure>),
 }
 
 /// Everything a worker needs to run requests.
@@ -154,14 +156,25 @@ impl Service {
         }
     }
 
+    /// Reports a request's failure: counted once in `handler_errors`, each
+    /// error or panic in it passed to `handle_error`.
     fn report(&self, peer: &Address, failure: Failure) -> Outcome {
+        Counters::bump(&self.shared.stats.handler_errors);
+        self.report_each(peer, failure)
+    }
+
+    fn report_each(&self, peer: &Address, failure: Failure) -> Outcome {
         let stats = &self.shared.stats;
-        Counters::bump(&stats.handler_errors);
         let (err, outcome) = match failure {
             Failure::Error(e) => (e, Outcome::Failed),
             Failure::Panic(msg) => {
                 Counters::bump(&stats.panics);
                 (io::Error::other(format!("handler panicked: {msg}")), Outcome::Panicked)
+            }
+            Failure::Both(handled, finished) => {
+                let first = self.report_each(peer, *handled);
+                let second = self.report_each(peer, *finished);
+                return if first == Outcome::Panicked { first } else { second };
             }
         };
         self.handle_error(peer, &err);
@@ -210,7 +223,10 @@ fn run_phases<R: 'static>(h: &dyn RequestHandler<R>, req: &mut R) -> Result<(), 
     guarded(|| h.setup(req))?;
     let handled = guarded(|| h.handle(req));
     let finished = guarded(|| h.finish(req));
-    handled.and(finished)
+    match (handled, finished) {
+        (Err(h), Err(f)) => Err(Failure::Both(Box::new(h), Box::new(f))),
+        (handled, finished) => handled.and(finished),
+    }
 }
 
 fn guarded(f: impl FnOnce() -> io::Result<()>) -> Result<(), Failure> {

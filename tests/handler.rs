@@ -72,6 +72,37 @@ fn finish_runs_when_handle_fails_or_panics() {
     assert!(errors[0].contains("handler panicked: handle panicked on purpose"), "{errors:?}");
 }
 
+/// `handle` fails and then `finish` panics: neither is lost. Both reach
+/// `handle_error`; the request counts once in `handler_errors`, the panic in
+/// `panics`.
+#[test]
+fn a_panic_in_finish_after_a_failed_handle_is_reported_too() {
+    struct FailThenPanic;
+    impl RequestHandler<StreamRequest> for FailThenPanic {
+        fn handle(&self, _req: &mut StreamRequest) -> io::Result<()> {
+            Err(io::Error::other("handle failed"))
+        }
+        fn finish(&self, _req: &mut StreamRequest) -> io::Result<()> {
+            panic!("finish panicked on purpose")
+        }
+    }
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let errs = Arc::clone(&errors);
+    let server = TcpServer::builder()
+        .handle_error(move |_peer, e| errs.lock().unwrap().push(e.to_string()))
+        .bind("127.0.0.1:0", FailThenPanic)
+        .unwrap();
+    let mut client = tcp_connect(server.server_address().as_inet().unwrap());
+    server.handle_request().unwrap();
+    client.read_to_end(&mut Vec::new()).unwrap();
+    let errors = errors.lock().unwrap().clone();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert_eq!(errors[0], "handle failed");
+    assert!(errors[1].contains("handler panicked: finish panicked on purpose"), "{errors:?}");
+    let stats = server.stats();
+    assert_eq!((stats.handler_errors, stats.panics, stats.completed), (1, 1, 1), "{stats:?}");
+}
+
 #[test]
 fn finish_does_not_run_when_setup_fails() {
     let (phases, errors) = phases_for(true, false, false);
