@@ -321,7 +321,10 @@ impl<S: Strategy> Builder<Tcp, S> {
 
     /// Serves on a listener bound elsewhere (systemd socket activation, a
     /// `SO_REUSEPORT` sibling, a hand-off on restart). It should already be
-    /// listening; the builder's socket options are not applied to it.
+    /// listening; the builder's socket options are not applied to it. When
+    /// serving stops, the listener is left listening (a server that bound
+    /// its own shuts it down so that newcomers are refused at once): other
+    /// holders of the same socket go on accepting from it.
     ///
     /// # Errors
     /// If it cannot be made non-blocking or has no local address.
@@ -331,7 +334,10 @@ impl<S: Strategy> Builder<Tcp, S> {
         handler: H,
     ) -> io::Result<Server<Tcp, S>> {
         listener.set_nonblocking(true)?;
-        self.build(Endpoint::Stream(Listener::Tcp(listener)), AnyHandler::Stream(Arc::new(handler)), None, true)
+        let mut server =
+            self.build(Endpoint::Stream(Listener::Tcp(listener)), AnyHandler::Stream(Arc::new(handler)), None, true)?;
+        server.adopted = true;
+        Ok(server)
     }
 }
 

@@ -49,8 +49,12 @@ pub struct Server<T, S = strategy::Sync> {
     pub(crate) executor: Mutex<Option<Executor>>,
     pub(crate) serving: AtomicBool,
     pub(crate) listening: AtomicBool,
-    /// The TCP listener was shut down and must be bound again to listen.
+    /// The TCP listener was shut down and must listen again (and be bound
+    /// again if the kernel released its port).
     pub(crate) rebind: AtomicBool,
+    /// The listener came from `from_listener`: others may share it, so it
+    /// is never shut down.
+    pub(crate) adopted: bool,
     /// A fatal error from a datagram receiver thread.
     pub(crate) fatal: Arc<Mutex<Option<io::Error>>>,
     pub(crate) _socket_file: Option<SocketFile>,
@@ -138,6 +142,7 @@ impl<T: Transport, S: Strategy> Server<T, S> {
             serving: AtomicBool::new(false),
             listening: AtomicBool::new(listening),
             rebind: AtomicBool::new(false),
+            adopted: false,
             fatal: Arc::new(Mutex::new(None)),
             _socket_file: socket_file,
             _marker: PhantomData,
@@ -185,7 +190,13 @@ impl<T: Transport, S: Strategy> Server<T, S> {
         {
             let listen = || {
                 if let (true, Some(addr)) = (self.rebind.load(SeqCst), self.address.as_inet()) {
-                    SockRef::from(l).bind(&addr.into())?;
+                    // Shutting the listener down released its port if the
+                    // kernel chose it (port 0); a port asked for by number
+                    // stays bound and must not be bound twice.
+                    let sock = SockRef::from(l);
+                    if sock.local_addr()?.as_socket().is_none_or(|a| a.port() == 0) {
+                        sock.bind(&addr.into())?;
+                    }
                 }
                 l.listen(self.opts.backlog)
             };
@@ -451,6 +462,12 @@ impl<T: Transport, S: Strategy> Server<T, S> {
     /// until the socket closes.
     fn stop_listening(&self) {
         let Endpoint::Stream(listener) = &self.endpoint else { return };
+        if self.adopted {
+            // Shutting it down would end it for every process holding it
+            // (systemd, the server being handed over to): newcomers wait in
+            // its backlog instead.
+            return;
+        }
         if let Listener::Tcp(l) = listener {
             // Linux answers SYNs to a shut-down listener with a reset, and
             // frees its port: `server_activate` binds it again.

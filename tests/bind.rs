@@ -110,6 +110,27 @@ fn serves_an_adopted_listener() {
     running.stop().unwrap();
 }
 
+/// Stopping a server that adopted a listener leaves the listener working
+/// for whoever else holds it (systemd, the process it is handed over to).
+#[test]
+fn stopping_a_server_leaves_an_adopted_listener_to_its_other_holders() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let kept = listener.try_clone().unwrap();
+    let server = TcpServer::builder().from_listener(listener, echo_lines).unwrap();
+    let running = run(server);
+    let mut c = tcp_connect(addr);
+    assert_eq!(round_trip(&mut c, b"served\n"), b"served\n");
+    c.write_all(b"quit\n").unwrap();
+    running.stop().unwrap();
+    // The other holder accepts a newcomer on the same socket.
+    kept.set_nonblocking(false).unwrap();
+    let newcomer = tcp_connect(addr);
+    let (accepted, peer) = kept.accept().expect("the kept listener still accepts");
+    assert_eq!(peer, newcomer.local_addr().unwrap());
+    drop(accepted);
+}
+
 #[test]
 fn unix_server_removes_a_stale_socket_file_but_not_a_live_one_or_a_regular_file() {
     let dir = TempDir::new("stale");

@@ -69,6 +69,29 @@ fn shutdown_before_serve_forever_makes_it_return_at_once_and_can_serve_again() {
     running.stop().unwrap();
 }
 
+/// A port asked for by number stays the server's across runs: after a
+/// shutdown, `serve_forever` listens on it again (the kernel keeps such a
+/// port bound when the listener is shut down, unlike a port 0 one).
+#[test]
+fn a_server_on_a_fixed_port_serves_again_after_shutdown() {
+    let _serial = serial();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = TcpServer::bind(("127.0.0.1", port), echo_lines).unwrap();
+    let addr = server.server_address().as_inet().unwrap();
+    assert_eq!(addr.port(), port);
+    for run in 0..3 {
+        std::thread::scope(|s| {
+            let serving = s.spawn(|| server.serve_forever());
+            let mut c = retry_connect(addr);
+            let msg = format!("run {run}\n");
+            assert_eq!(round_trip(&mut c, msg.as_bytes()), msg.as_bytes());
+            c.write_all(b"quit\n").unwrap();
+            server.shutdown();
+            serving.join().unwrap().unwrap_or_else(|e| panic!("run {run}: {e}"));
+        });
+    }
+}
+
 /// Python's `shutdown()` called from a handler of a synchronous server
 /// deadlocks (it waits for the loop the handler is blocking). Ours returns.
 #[test]
