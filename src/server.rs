@@ -256,12 +256,24 @@ impl<T: Transport, S: Strategy> Server<T, S> {
     /// Waits for and handles one request (Python's `handle_request`),
     /// through the strategy: under `Threading` it may still be running when
     /// this returns. Waits at most [`timeout`](Builder::timeout), then calls
-    /// `handle_timeout`; returns at once if a shutdown is under way.
+    /// `handle_timeout`. A [`shutdown`](Self::shutdown) ends the wait at
+    /// once, and one requested while nothing was serving makes this return
+    /// at once; either way this call consumes it, and the next one serves.
     ///
     /// # Errors
     /// While `serve_forever` runs; on a fatal accept or receive error.
     pub fn handle_request(&self) -> io::Result<()> {
         let _serving = self.begin_serving()?;
+        let result = self.handle_one_request();
+        if self.shared.stopping() {
+            // Requested before or during this call (from a handler, say):
+            // it ended this call, and must not end every later one.
+            self.shared.reset();
+        }
+        result
+    }
+
+    fn handle_one_request(&self) -> io::Result<()> {
         self.server_activate()?;
         let mut slot = self.executor.lock();
         if slot.is_none() {

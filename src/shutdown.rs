@@ -318,6 +318,8 @@ impl Shared {
         d.forced_at = None;
         self.stop.store(false, SeqCst);
         self.waker.reset_stop();
+        // A watchdog waiting for the old deadline sees there is none.
+        self.drain_cv.notify_all();
     }
 }
 

@@ -30,6 +30,12 @@ fn retry_connect(addr: std::net::SocketAddr) -> std::net::TcpStream {
     }
 }
 
+fn read_one_line(c: &mut std::net::TcpStream) -> String {
+    let mut line = String::new();
+    BufReader::new(c).read_line(&mut line).unwrap();
+    line
+}
+
 fn pool(n: usize) -> ThreadPool {
     ThreadPool::new(std::num::NonZeroUsize::new(n).unwrap())
 }
@@ -268,6 +274,49 @@ fn shutdown_wakes_a_datagram_pool_and_handle_request_timeout_calls_handle_timeou
         .unwrap();
     server.handle_request().unwrap();
     assert_eq!(timeouts.load(Ordering::SeqCst), 1);
+}
+
+/// A shutdown asked for by a handler during `handle_request` ends that call
+/// and no more: the next call waits (and times out) as usual, the one after
+/// serves the client waiting.
+#[test]
+fn a_shutdown_during_handle_request_does_not_end_later_calls() {
+    let _serial = serial();
+    let timeouts = Arc::new(AtomicUsize::new(0));
+    let t = Arc::clone(&timeouts);
+    let server = TcpServer::builder()
+        .timeout(Duration::from_millis(100))
+        .handle_timeout(move || {
+            t.fetch_add(1, Ordering::SeqCst);
+        })
+        .bind("127.0.0.1:0", |req: &mut StreamRequest| {
+            let mut line = String::new();
+            req.read_line(&mut line)?;
+            if line == "stop\n" {
+                req.server().shutdown();
+            }
+            req.write_all(line.as_bytes())
+        })
+        .unwrap();
+    let addr = server.server_address().as_inet().unwrap();
+    let mut first = tcp_connect(addr);
+    first.write_all(b"stop\n").unwrap();
+    server.handle_request().unwrap();
+    assert_eq!(read_one_line(&mut first), "stop\n");
+    // Nobody connects: this call waits for its timeout.
+    server.handle_request().unwrap();
+    assert_eq!(timeouts.load(Ordering::SeqCst), 1, "the second call timed out");
+    let mut second = tcp_connect(addr);
+    second.write_all(b"served\n").unwrap();
+    server.handle_request().unwrap();
+    assert_eq!(read_one_line(&mut second), "served\n");
+    // And a shutdown while nothing serves makes the next call return at
+    // once, without waiting or calling handle_timeout.
+    server.shutdown();
+    server.handle_request().unwrap();
+    assert_eq!(timeouts.load(Ordering::SeqCst), 1);
+    server.handle_request().unwrap();
+    assert_eq!(timeouts.load(Ordering::SeqCst), 2);
 }
 
 /// After the grace period the connections are shut down; handlers that then
