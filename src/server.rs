@@ -193,9 +193,10 @@ impl<T: Transport, S: Strategy> Server<T, S> {
                     // Shutting the listener down released its port if the
                     // kernel chose it (port 0); a port asked for by number
                     // stays bound and must not be bound twice.
-                    let sock = SockRef::from(l);
-                    if sock.local_addr()?.as_socket().is_none_or(|a| a.port() == 0) {
-                        sock.bind(&addr.into())?;
+                    // (EINVAL: it is still bound.)
+                    match SockRef::from(l).bind(&addr.into()) {
+                        Err(e) if !sys::is_already_bound(&e) => return Err(e),
+                        _ => {}
                     }
                 }
                 l.listen(self.opts.backlog)

@@ -195,3 +195,8 @@ pub(crate) fn raise_fd_limit() -> io::Result<u64> {
     }
     Ok(lim.rlim_cur as u64)
 }
+
+/// Whether `bind` failed because the socket is bound already.
+pub(crate) fn is_already_bound(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EINVAL)
+}
