@@ -366,7 +366,9 @@ impl<S: Strategy> Builder<Udp, S> {
         handler: H,
     ) -> io::Result<Server<Udp, S>> {
         let socket = Arc::new(DatagramSocket::Udp(socket));
-        self.build(Endpoint::Datagram(socket), AnyHandler::Datagram(Arc::new(handler)), None, true)
+        let mut server = self.build(Endpoint::Datagram(socket), AnyHandler::Datagram(Arc::new(handler)), None, true)?;
+        server.adopted = true;
+        Ok(server)
     }
 }
 
@@ -429,6 +431,8 @@ impl<S: Strategy> Builder<UnixDatagram, S> {
         handler: H,
     ) -> io::Result<Server<UnixDatagram, S>> {
         let socket = Arc::new(DatagramSocket::Unix(socket));
-        self.build(Endpoint::Datagram(socket), AnyHandler::Datagram(Arc::new(handler)), None, true)
+        let mut server = self.build(Endpoint::Datagram(socket), AnyHandler::Datagram(Arc::new(handler)), None, true)?;
+        server.adopted = true;
+        Ok(server)
     }
 }

@@ -5,6 +5,7 @@ use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
 
@@ -60,7 +61,8 @@ impl<T: Transport, S: Strategy> Server<T, S> {
 
     /// Receives into `req`; `Ok(false)` when the datagram was oversized or refused.
     fn receive_into(&self, socket: &DatagramSocket, req: &mut DatagramRequest) -> io::Result<bool> {
-        receive_into(&self.service, self.opts.max_datagram_size, socket, req, true)
+        let wake_from = self.wake.get().and_then(Option::as_ref).map(|w| &w.from);
+        receive_into(&self.service, self.opts.max_datagram_size, socket, req, true, wake_from)
     }
 
     /// `ThreadPool` on a datagram socket: the workers receive themselves.
@@ -69,7 +71,14 @@ impl<T: Transport, S: Strategy> Server<T, S> {
         // Each receiver handles one datagram at a time: capping receivers
         // at `max_connections` caps datagrams in flight.
         let receivers = self.opts.max_connections.map_or(pool.min, |max| pool.min.min(max));
-        let wake = wake_address(socket);
+        // Blocking receives need a wake-up only we send, to a socket only we
+        // read: not one shared with other processes (adopted, or a
+        // SO_REUSEPORT group, where the kernel may route it elsewhere).
+        let wake = if self.adopted || self.opts.reuse_port {
+            None
+        } else {
+            self.wake.get_or_init(|| WakeSender::new(socket)).as_ref()
+        };
         let mut handles = Vec::with_capacity(receivers);
         for id in 0..receivers {
             let worker = DatagramWorker {
@@ -78,10 +87,10 @@ impl<T: Transport, S: Strategy> Server<T, S> {
                 request: DatagramRequest::new(self.datagram_buffer(), Arc::clone(socket), self.handle()),
                 max: self.opts.max_datagram_size,
                 fatal: Arc::clone(&self.fatal),
+                wake_from: wake.map(|w| w.from.clone()),
             };
             shared.stats.workers_total.fetch_add(1, SeqCst);
-            let blocking = wake.is_some();
-            let run = move || worker.run(blocking);
+            let run = move || worker.run();
             match strategy::spawn(shared, &format!("socketserver-udp-{id}"), pool.stack_size, run) {
                 Ok(h) => handles.push(h),
                 Err(e) => {
@@ -98,8 +107,8 @@ impl<T: Transport, S: Strategy> Server<T, S> {
         while !shared.stopping() {
             sys::poll(&[shared.waker.stop_fd()], &mut ready, None)?;
         }
-        let done = match &wake {
-            Some(to) => wake_receivers(shared, to, self.opts.grace + FORCE_WAIT),
+        let done = match wake {
+            Some(wake) => wake.wake_receivers(shared, self.opts.grace + FORCE_WAIT),
             None => shared.wait_drained(|| shared.threads.load(SeqCst) == 0),
         };
         for h in handles {
@@ -115,16 +124,20 @@ impl<T: Transport, S: Strategy> Server<T, S> {
 }
 
 /// Receives one datagram into `req` (without blocking if `dontwait`);
-/// `Ok(false)` when it was oversized (reported) or refused by
-/// `verify_request`.
+/// `Ok(false)` when it was oversized (reported), refused by
+/// `verify_request`, or a wake-up from `wake_from` (not counted).
 fn receive_into(
     service: &Service,
     max: usize,
     socket: &DatagramSocket,
     req: &mut DatagramRequest,
     dontwait: bool,
+    wake_from: Option<&SockAddr>,
 ) -> io::Result<bool> {
     let (len, from) = sys::recv_from(SockRef::from(socket), &mut req.buf, dontwait)?;
+    if len == 0 && wake_from == Some(&from) {
+        return Ok(false);
+    }
     let stats = &service.shared.stats;
     Counters::bump(&stats.accepted);
     let peer = Address::from_sockaddr(&from);
@@ -155,6 +168,8 @@ struct DatagramWorker {
     request: DatagramRequest,
     max: usize,
     fatal: Arc<Mutex<Option<io::Error>>>,
+    /// Where the shutdown's wake-ups come from, in blocking mode.
+    wake_from: Option<SockAddr>,
 }
 
 impl DatagramWorker {
@@ -162,13 +177,21 @@ impl DatagramWorker {
     /// it waits in `recvfrom` itself — one system call per datagram — and
     /// the shutdown wakes it with a datagram of its own (`wake`); without,
     /// it waits in `poll` on the socket and the shutdown pipe.
-    fn run(mut self, blocking: bool) {
+    fn run(mut self) {
+        let blocking = self.wake_from.is_some();
         let shared = Arc::clone(&self.service.shared);
         let AnyHandler::Datagram(handler) = self.service.handler.clone() else { unreachable!("datagram server") };
         let fds = [self.socket.as_raw_fd(), shared.waker.stop_fd()];
         let mut backoff = Backoff::default();
         while !shared.stopping() {
-            let received = receive_into(&self.service, self.max, &self.socket, &mut self.request, !blocking);
+            let received = receive_into(
+                &self.service,
+                self.max,
+                &self.socket,
+                &mut self.request,
+                !blocking,
+                self.wake_from.as_ref(),
+            );
             if shared.stopping() {
                 break; // the wake-up, or a datagram that came after the shutdown
             }
@@ -219,43 +242,68 @@ impl DatagramWorker {
     }
 }
 
-/// Where a datagram to ourselves goes: the socket's own address (loopback
-/// for a wildcard bind), or `None` when it has none we can send to.
-fn wake_address(socket: &DatagramSocket) -> Option<SockAddr> {
-    match socket.local_addr().ok()? {
-        Address::Inet(mut addr) => {
-            if addr.ip().is_unspecified() {
-                addr.set_ip(if addr.is_ipv4() { Ipv4Addr::LOCALHOST.into() } else { Ipv6Addr::LOCALHOST.into() });
-            }
-            Some(addr.into())
-        }
-        Address::Unix(Some(path)) => SockAddr::unix(path).ok(),
-        Address::Unix(None) => None,
-    }
+/// How a shutdown reaches pool workers blocked in `recvfrom`: empty
+/// datagrams to the server's own socket from a socket of ours, whose
+/// address tells them apart from any client's.
+#[derive(Debug)]
+pub(crate) struct WakeSender {
+    sender: Socket,
+    /// The sender's address, as the workers see it.
+    pub(crate) from: SockAddr,
+    /// The server socket's address (loopback for a wildcard bind).
+    to: SockAddr,
 }
 
-/// Wakes receivers blocked in `recvfrom` by sending the socket empty
-/// datagrams until every receiver has ended (each sees the shutdown and
-/// leaves), for at most `limit`. Returns whether they all ended.
-fn wake_receivers(shared: &Shared, to: &SockAddr, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    let sender = Socket::new(to.domain(), Type::DGRAM, None);
-    let mut pause = Duration::from_millis(1);
-    loop {
-        let left = shared.threads.load(SeqCst);
-        if left == 0 {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        if let Ok(sender) = &sender {
-            for _ in 0..left {
-                let _ = sender.send_to(&[], to);
+static WAKE_SENDERS: AtomicUsize = AtomicUsize::new(0);
+
+impl WakeSender {
+    /// `None` when the socket has no address we can send to, or no sender
+    /// with an address of its own can be made (then workers poll).
+    pub(crate) fn new(socket: &DatagramSocket) -> Option<WakeSender> {
+        let (to, bind) = match socket.local_addr().ok()? {
+            Address::Inet(mut addr) => {
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(if addr.is_ipv4() { Ipv4Addr::LOCALHOST.into() } else { Ipv6Addr::LOCALHOST.into() });
+                }
+                let any_port = std::net::SocketAddr::new(addr.ip(), 0);
+                (SockAddr::from(addr), SockAddr::from(any_port))
             }
+            Address::Unix(Some(path)) => {
+                // An abstract name (Linux): no file to clean up, and unique.
+                let name = format!("\0socketserver-wake-{}-{}", std::process::id(), WAKE_SENDERS.fetch_add(1, SeqCst));
+                (SockAddr::unix(path).ok()?, SockAddr::unix(name).ok()?)
+            }
+            Address::Unix(None) => return None,
+        };
+        let sender = Socket::new(to.domain(), Type::DGRAM, None).ok()?;
+        sender.bind(&bind).ok()?;
+        let from = sender.local_addr().ok()?;
+        if from.as_socket().is_none() && from.as_abstract_namespace().is_none() {
+            return None; // not Linux: the Unix sender would be unnamed
         }
-        // Shutdown only: the receivers leave within microseconds of a wake.
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(50));
+        Some(WakeSender { sender, from, to })
+    }
+
+    /// Sends empty datagrams until every receiver has ended (each sees the
+    /// shutdown and leaves), for at most `limit`. Returns whether they all
+    /// ended. Extra wake-ups left in the queue are skipped on a later run.
+    fn wake_receivers(&self, shared: &Shared, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let left = shared.threads.load(SeqCst);
+            if left == 0 {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            for _ in 0..left {
+                let _ = self.sender.send_to(&[], &self.to);
+            }
+            // Shutdown only: the receivers leave within microseconds of a wake.
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
     }
 }

@@ -57,6 +57,9 @@ pub struct Server<T, S = strategy::Sync> {
     pub(crate) adopted: bool,
     /// A fatal error from a datagram receiver thread.
     pub(crate) fatal: Arc<Mutex<Option<io::Error>>>,
+    /// Wakes datagram pool workers blocked in `recvfrom`; made on first use
+    /// and kept, so that its leftovers are known on a later run.
+    pub(crate) wake: std::sync::OnceLock<Option<crate::datagram::WakeSender>>,
     pub(crate) _socket_file: Option<SocketFile>,
     pub(crate) _marker: PhantomData<fn() -> (T, S)>,
 }
@@ -144,6 +147,7 @@ impl<T: Transport, S: Strategy> Server<T, S> {
             rebind: AtomicBool::new(false),
             adopted: false,
             fatal: Arc::new(Mutex::new(None)),
+            wake: std::sync::OnceLock::new(),
             _socket_file: socket_file,
             _marker: PhantomData,
         })

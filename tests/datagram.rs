@@ -49,7 +49,8 @@ fn oversized_datagrams_are_reported_never_truncated() {
         let errors = errors.lock().unwrap().clone();
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors.iter().all(|(k, _)| *k == ErrorKind::InvalidData));
-        assert!(errors[1].1.contains("5000 bytes"), "the real size is reported on Linux: {}", errors[1].1);
+        // (In either order: pool workers receive side by side.)
+        assert!(errors.iter().any(|(_, m)| m.contains("5000 bytes")), "the real size is reported on Linux: {errors:?}");
         assert_eq!(running.handle.stats().oversized, 2);
         running.stop().unwrap();
     }
@@ -124,4 +125,85 @@ fn datagram_pools_wake_from_recvfrom_at_shutdown() {
         let mut buf = [0u8; 8];
         assert_eq!(client.recv(&mut buf).unwrap(), 1);
     });
+}
+
+fn pool2() -> ThreadPool {
+    ThreadPool::new(std::num::NonZeroUsize::new(2).unwrap())
+}
+
+/// The datagrams that woke the pool at shutdown are not requests: a worker
+/// still busy when the shutdown came leaves some in the queue, and the next
+/// run skips them (not handled, not counted).
+#[test]
+fn wake_ups_left_over_from_a_shutdown_never_reach_the_handler() {
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = Mutex::new(release_rx);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let handler_seen = Arc::clone(&seen);
+    let server = UdpServer::builder()
+        .strategy(pool2())
+        .bind("127.0.0.1:0", move |req: &mut DatagramRequest| {
+            handler_seen.lock().unwrap().push(req.data().to_vec());
+            if req.data() == b"hold" {
+                entered_tx.send(()).unwrap();
+                release_rx.lock().unwrap().recv_timeout(TIMEOUT).unwrap();
+            }
+            req.reply(req.data())
+        })
+        .unwrap();
+    let addr = server.server_address().as_inet().unwrap();
+    let c = udp_client();
+    std::thread::scope(|s| {
+        let serving = s.spawn(|| server.serve_forever());
+        c.send_to(b"hold", addr).unwrap();
+        entered_rx.recv_timeout(TIMEOUT).unwrap();
+        // The idle worker is woken; the busy one is sent wake-ups until it
+        // is done, which it is only after a few rounds of them.
+        let stopping = s.spawn(|| server.shutdown());
+        std::thread::sleep(Duration::from_millis(30));
+        release_tx.send(()).unwrap();
+        stopping.join().unwrap();
+        serving.join().unwrap().unwrap();
+    });
+    let mut buf = [0u8; 16];
+    assert_eq!(c.recv(&mut buf).unwrap(), 4, "the held request was answered");
+    std::thread::scope(|s| {
+        let serving = s.spawn(|| server.serve_forever());
+        assert_eq!(udp_round_trip(&c, addr, b"next"), b"next");
+        server.shutdown();
+        serving.join().unwrap().unwrap();
+    });
+    assert_eq!(*seen.lock().unwrap(), [b"hold".to_vec(), b"next".to_vec()]);
+    assert_eq!(server.stats().accepted, 2, "{:?}", server.stats());
+}
+
+/// In a SO_REUSEPORT group the kernel may route a datagram to a sibling
+/// socket, so wake-ups sent to our address could reach another server (and
+/// ours would never wake). The pool then waits in `poll` instead: stopping
+/// one member sends the others nothing.
+#[test]
+fn stopping_one_reuse_port_member_sends_the_others_nothing() {
+    for round in 0..6 {
+        let empties = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let e = Arc::clone(&empties);
+        let a = UdpServer::builder().strategy(pool2()).reuse_port(true).bind("127.0.0.1:0", echo_datagram).unwrap();
+        let addr = a.server_address().as_inet().unwrap();
+        let b = UdpServer::builder()
+            .strategy(pool2())
+            .reuse_port(true)
+            .bind(addr, move |req: &mut DatagramRequest| {
+                if req.data().is_empty() {
+                    e.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                req.reply(req.data())
+            })
+            .unwrap();
+        let (a, b) = (run(a), run(b));
+        a.stop().unwrap();
+        // Whatever reaches the group now goes to `b`: it answers.
+        assert_eq!(udp_round_trip(&udp_client(), addr, b"b"), b"b");
+        b.stop().unwrap();
+        assert_eq!(empties.load(std::sync::atomic::Ordering::SeqCst), 0, "round {round}");
+    }
 }
