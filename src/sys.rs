@@ -146,8 +146,9 @@ unsafe extern "C" {
 
 /// Renders the current local time (`TZ` honoured) with C `strftime` in the
 /// process's locale — "C" for a Rust program, which never calls
-/// `setlocale`. `format` must not contain NUL. Returns `None` when the
-/// result does not fit in `max` bytes (or is empty).
+/// `setlocale`. Returns `None` when the result does not fit in `max` bytes
+/// (C's strftime cannot tell that from an empty result: give it a format
+/// that renders to at least one byte).
 pub(crate) fn strftime_now(format: &std::ffi::CStr, max: usize) -> io::Result<Option<Vec<u8>>> {
     // SAFETY: tzset only reads the TZ variable and sets libc's globals; it
     // is idempotent and thread-safe in glibc and musl.
@@ -160,7 +161,9 @@ pub(crate) fn strftime_now(format: &std::ffi::CStr, max: usize) -> io::Result<Op
     if unsafe { libc::localtime_r(&now, &mut tm) }.is_null() {
         return Err(io::Error::last_os_error());
     }
-    let mut size = 256.min(max.max(1));
+    // One byte more than `max`, for the NUL that strftime writes too.
+    let max = max + 1;
+    let mut size = 256.min(max);
     loop {
         let mut buf = vec![0u8; size];
         // SAFETY: `buf` has room for `size` bytes; `format` is NUL-terminated;

@@ -1379,6 +1379,20 @@ fn time_renders_like_python_strftime_over_tcp_and_udp() {
     assert_eq!(ask_datagram(&udp, to, "日付 %Q".as_bytes()), "日付 %Q");
 }
 
+/// A format may render to nothing (`%Z` where the zone has no name): the
+/// answer is then empty, as Python's `time.strftime` gives, not an error.
+#[test]
+fn time_a_format_that_renders_to_nothing_is_answered_empty() {
+    let server = Server::start_env(&["time", "--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"], &[("TZ", "<>0")]);
+    let mut tcp = BufReader::new(tcp_connect(server.tcp()));
+    assert_eq!(ask_line(&mut tcp, b"%Z"), "");
+    assert_eq!(ask_line(&mut tcp, b"[%Z]"), "[]");
+    let to = server.udp();
+    let udp = udp_client(to);
+    assert_eq!(ask_datagram(&udp, to, b"%Z"), "");
+    compare_with_python("<>0", &["%Z", "[%Z]", "%z"], "tcp", |f| ask_line(&mut tcp, f.as_bytes()));
+}
+
 #[test]
 fn time_honours_tz() {
     let mut zones = vec![("UTC", "+0000"), ("XXX-9", "+0900")];

@@ -23,7 +23,7 @@ pub enum TimeError {
     NotUtf8,
     /// The format contains a NUL byte, which C strings cannot carry.
     Nul,
-    /// The rendered time would be empty or longer than a datagram can carry.
+    /// The rendered time would be longer than a datagram can carry.
     TooLong,
     /// The OS could not give the local time.
     Clock(String),
@@ -34,7 +34,7 @@ impl fmt::Display for TimeError {
         match self {
             TimeError::NotUtf8 => f.write_str("the request is not valid UTF-8"),
             TimeError::Nul => f.write_str("the format contains a NUL byte"),
-            TimeError::TooLong => write!(f, "the format renders to nothing or to more than {MAX_UDP_PAYLOAD} bytes"),
+            TimeError::TooLong => write!(f, "the format renders to more than {MAX_UDP_PAYLOAD} bytes"),
             TimeError::Clock(e) => write!(f, "cannot read the local time: {e}"),
         }
     }
@@ -53,9 +53,14 @@ impl std::error::Error for TimeError {}
 pub fn render_time(request: &[u8]) -> Result<String, TimeError> {
     let format = std::str::from_utf8(request).map_err(|_| TimeError::NotUtf8)?;
     let format = if format.trim().is_empty() { DEFAULT_TIME_FORMAT } else { format };
-    let c_format = CString::new(format).map_err(|_| TimeError::Nul)?;
-    match crate::sys::strftime_now(&c_format, MAX_UDP_PAYLOAD) {
-        Ok(Some(bytes)) => String::from_utf8(bytes).map_err(|_| TimeError::NotUtf8),
+    // A leading space that `strftime_now` strips again: C's strftime
+    // returns 0 both for an empty result and for one that does not fit.
+    let c_format = CString::new(format!(" {format}")).map_err(|_| TimeError::Nul)?;
+    match crate::sys::strftime_now(&c_format, MAX_UDP_PAYLOAD + 1) {
+        Ok(Some(mut bytes)) => {
+            bytes.remove(0); // the space
+            String::from_utf8(bytes).map_err(|_| TimeError::NotUtf8)
+        }
         Ok(None) => Err(TimeError::TooLong),
         Err(e) => Err(TimeError::Clock(e.to_string())),
     }
@@ -170,5 +175,9 @@ mod tests {
         assert_eq!(render_time(b"\xff%Y"), Err(TimeError::NotUtf8));
         assert_eq!(render_time(b"%Y\0"), Err(TimeError::Nul));
         assert_eq!(render_time(b"%100000Y"), Err(TimeError::TooLong));
+        // The largest datagram's worth, and nothing at all, are results too.
+        assert_eq!(render_time(b"%65507Y").map(|s| s.len()), Ok(65_507));
+        assert_eq!(render_time(b"%65508Y"), Err(TimeError::TooLong));
+        assert_eq!(render_time("x".repeat(65_507).as_bytes()).map(|s| s.len()), Ok(65_507));
     }
 }
