@@ -129,6 +129,8 @@ fn join_reader(t: JoinHandle<()>) {
 struct Output {
     status: ExitStatus,
     stdout: String,
+    /// stdout as it came, for output that need not be UTF-8.
+    stdout_bytes: Vec<u8>,
     stderr: String,
 }
 
@@ -155,7 +157,8 @@ fn run_program(program: &str, args: &[&str], env: &[(&str, &str)], stdin: &[u8],
     join_reader(err_t);
     let _ = writer.join();
     let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap()).into_owned();
-    Output { status, stdout: text(&out), stderr: text(&err) }
+    let stdout_bytes = out.lock().unwrap().clone();
+    Output { status, stdout: text(&out), stdout_bytes, stderr: text(&err) }
 }
 
 /// Runs the `socketserver` binary to its end.
@@ -230,8 +233,8 @@ impl Server {
                     let status = proc.wait_for(TIMEOUT).expect("stdout closed but the process runs on");
                     join_reader(stderr_thread);
                     let stderr = String::from_utf8_lossy(&stderr.lock().unwrap()).into_owned();
-                    let stdout = listening.iter().map(|(k, a)| format!("listening {k} {a}\n")).collect();
-                    return Err(Output { status, stdout, stderr });
+                    let stdout: String = listening.iter().map(|(k, a)| format!("listening {k} {a}\n")).collect();
+                    return Err(Output { status, stdout_bytes: stdout.clone().into_bytes(), stdout, stderr });
                 }
             }
         }
@@ -1141,6 +1144,26 @@ fn bad_usage_is_a_clap_error_with_exit_2() {
 
 // ---------------------------------------------------------------------------
 // The client
+
+/// Lines are bytes: what is not UTF-8 goes out and comes back as it is.
+/// And a line longer than the socket buffers can hold comes back whole
+/// (the client reads the echo while it is still sending the line).
+#[test]
+fn client_sends_any_bytes_and_lines_of_any_length() {
+    let server = Server::start(&["echo", "--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"]);
+    let input = b"ok\n\xff\xfe latin-1 \xe9\n\nlast\n";
+    for kind in ["--tcp", "--udp"] {
+        let addr = if kind == "--tcp" { server.tcp() } else { server.udp() }.to_string();
+        let out = run(&["client", kind, &addr], input);
+        assert!(out.status.success(), "{kind}: {out:?}");
+        assert_eq!(out.stdout_bytes, input, "{kind}");
+    }
+    let mut long = pattern(8 << 20, 7).iter().map(|b| b'a' + b % 26).collect::<Vec<u8>>();
+    long.push(b'\n');
+    let out = run(&["client", "--tcp", &server.tcp().to_string()], &long);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(out.stdout_bytes == long, "an 8 MiB line came back changed ({} bytes)", out.stdout_bytes.len());
+}
 
 #[test]
 fn client_talks_to_the_echo_server_over_every_transport() {

@@ -64,11 +64,13 @@ pub fn run(args: ClientArgs) -> io::Result<()> {
         let target = format!("tcp {addr}");
         let stream = connect_tcp(&addr, timeout).map_err(|e| context(e, format_args!("cannot connect to {target}")))?;
         stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
         lines_over_stream(stream, &target, timeout)
     } else if let Some(path) = t.unix {
         let target = format!("unix {}", path.display());
         let stream = UnixStream::connect(&path).map_err(|e| context(e, format_args!("cannot connect to {target}")))?;
         stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
         lines_over_stream(stream, &target, timeout)
     } else if let Some(addr) = t.udp {
         let target = format!("udp {addr}");
@@ -111,29 +113,62 @@ fn connect_udp(addr: &str) -> io::Result<UdpSocket> {
     Err(last)
 }
 
-fn lines_over_stream<S: Read + Write>(stream: S, target: &str, timeout: Duration) -> io::Result<()>
+/// The next line of stdin as bytes, without its LF (or CRLF); any bytes
+/// at all, not only UTF-8. `None` at EOF.
+fn next_line(stdin: &mut impl BufRead, line: &mut Vec<u8>) -> io::Result<Option<()>> {
+    line.clear();
+    if stdin.read_until(b'\n', line)? == 0 {
+        return Ok(None);
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+    }
+    Ok(Some(()))
+}
+
+fn lines_over_stream<S: Read + Write + Sync>(stream: S, target: &str, timeout: Duration) -> io::Result<()>
 where
     for<'a> &'a S: Read + Write,
 {
     let mut replies = BufReader::new(&stream);
     let mut out = io::stdout().lock();
-    let mut line = String::new();
-    let mut reply = String::new();
-    for input in io::stdin().lock().lines() {
-        line.clear();
-        line.push_str(&input?);
-        line.push('\n');
-        (&stream).write_all(line.as_bytes()).map_err(|e| context(e, target))?;
-        reply.clear();
-        let n = replies.read_line(&mut reply).map_err(|e| timeout_error(e, target, timeout))?;
+    let mut stdin = io::stdin().lock();
+    let mut line = Vec::new();
+    let mut reply = Vec::new();
+    while next_line(&mut stdin, &mut line)?.is_some() {
+        line.push(b'\n');
+        // The line goes out on a thread of its own while the reply comes
+        // in: an echo of a line longer than the socket buffers can hold
+        // would otherwise block both ends for good.
+        let (sent, got) = std::thread::scope(|s| {
+            let sender = s.spawn(|| (&stream).write_all(&line));
+            reply.clear();
+            let got = replies.read_until(b'\n', &mut reply);
+            let sent = sender.join().unwrap_or_else(|_| Err(io::Error::other("the sending thread panicked")));
+            (sent, got)
+        });
+        let n = got.map_err(|e| timeout_error(e, target, timeout))?;
+        if n > 0 {
+            if reply.last() != Some(&b'\n') {
+                reply.push(b'\n');
+            }
+            out.write_all(&reply)?;
+            out.flush()?;
+        }
+        // A reply that came is shown even when the rest of the line could
+        // not be sent (a server that answers `error:` and hangs up).
+        sent.map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                io::Error::new(io::ErrorKind::TimedOut, format!("{target} took no data for {timeout:?}"))
+            }
+            _ => context(e, target),
+        })?;
         if n == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("{target} closed the connection")));
         }
-        if !reply.ends_with('\n') {
-            reply.push('\n');
-        }
-        out.write_all(reply.as_bytes())?;
-        out.flush()?;
     }
     Ok(())
 }
@@ -145,10 +180,11 @@ fn datagrams(
     timeout: Duration,
 ) -> io::Result<()> {
     let mut out = io::stdout().lock();
+    let mut stdin = io::stdin().lock();
+    let mut line = Vec::new();
     let mut buf = vec![0u8; 65_536];
-    for input in io::stdin().lock().lines() {
-        let input = input?;
-        send(input.as_bytes()).map_err(|e| context(e, target))?;
+    while next_line(&mut stdin, &mut line)?.is_some() {
+        send(&line).map_err(|e| context(e, target))?;
         let n = recv(&mut buf).map_err(|e| timeout_error(e, target, timeout))?;
         out.write_all(&buf[..n])?;
         out.write_all(b"\n")?;
