@@ -1123,6 +1123,12 @@ fn bad_usage_is_a_clap_error_with_exit_2() {
         &["echo", "--strategy", "nope"],
         &["echo", "--workers", "0"],
         &["echo", "--grace", "soon"],
+        // Options that parse but conflict, or ask for more threads than
+        // the system can start (which would abort the process under load).
+        &["echo", "--workers", "5", "--max-workers", "2"],
+        &["time", "--workers", "100000"],
+        &["echo", "--max-workers", "100000000"],
+        &["time", "--strategy", "threading", "--max-workers", "100000000"],
         &["client"],
         &["client", "--tcp", "127.0.0.1:1", "--udp", "127.0.0.1:1"],
         &["client", "--tcp", "127.0.0.1:1", "--unix", "/tmp/x.sock"],

@@ -7,7 +7,7 @@ mod serve;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Python's socketserver, rebuilt in Rust: bundled servers, a client, benchmarks.
 #[derive(Debug, Parser)]
@@ -36,6 +36,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let options = match &cli.command {
+        Command::Echo(args) => Some(&args.options),
+        Command::Time(args) => Some(&args.serve.options),
+        _ => None,
+    };
+    if let Some(Err(msg)) = options.map(serve::ServerOptions::check) {
+        Cli::command().error(clap::error::ErrorKind::ArgumentConflict, msg).exit();
+    }
     let result = match cli.command {
         Command::Echo(args) => serve::run(serve::Bundled::Echo, args),
         Command::Time(args) => serve::run(serve::Bundled::Time(args.request_timeout), args.serve),

@@ -47,7 +47,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     listeners: Listeners,
     #[command(flatten)]
-    options: ServerOptions,
+    pub options: ServerOptions,
 }
 
 /// Where to listen; repeatable, all served at once by one process.
@@ -136,7 +136,36 @@ struct Bound {
     serve: Box<dyn FnOnce() -> io::Result<()> + Send>,
 }
 
+/// About the most threads this process can start: each takes four or so
+/// memory mappings (stack, guard page, signal stack and its guard) out of
+/// the kernel's `vm.max_map_count`, and a thread that cannot get them
+/// aborts the whole process as it starts, so this is checked up front.
+fn thread_ceiling() -> usize {
+    let maps = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .unwrap_or(65_530);
+    maps / 5
+}
+
 impl ServerOptions {
+    /// Options that parse but do not make sense together: a usage error.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(w) = self.workers
+            && w > self.max_workers
+        {
+            return Err(format!("--workers {w} is more than --max-workers {}", self.max_workers));
+        }
+        let ceiling = thread_ceiling();
+        if self.max_workers.get() > ceiling {
+            return Err(format!(
+                "--max-workers {} is more threads than this system can start (about {ceiling}: vm.max_map_count / 5)",
+                self.max_workers
+            ));
+        }
+        Ok(())
+    }
+
     fn strategy(&self) -> AnyStrategy {
         match self.strategy {
             StrategyArg::Sync => AnyStrategy::Sync(socketserver::Sync),
