@@ -174,7 +174,10 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
     /// A connection that sends nothing for this long while its handler
     /// waits to read is shut down by the server, the read fails with
     /// `ErrorKind::TimedOut`, and `Stats::idle_closed` counts it. This is
-    /// what stops idle clients from pinning workers for ever. Default none.
+    /// what stops idle clients from pinning workers for ever. With a
+    /// shorter [`read_timeout`](Self::read_timeout), reads time out as that
+    /// says, and a handler that reads on is closed once the peer has been
+    /// silent for the idle timeout in all. Default none.
     pub fn idle_timeout(mut self, t: Duration) -> Self {
         self.opts.idle_timeout = Some(t).filter(|t| !t.is_zero());
         self

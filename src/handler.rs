@@ -288,10 +288,13 @@ impl Reader {
 /// Per-connection settings a stream request needs.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct StreamPolicy {
-    /// The socket's receive timeout is the idle timeout: when it passes, the
-    /// connection is closed.
+    /// The idle timeout: when the peer has sent nothing for this long while
+    /// the handler waits to read, the connection is closed.
     pub(crate) idle: Option<Duration>,
-    /// The socket's receive timeout as configured (read or idle timeout).
+    /// The read timeout: a read that waits this long fails (the connection
+    /// stays open).
+    pub(crate) read_timeout: Option<Duration>,
+    /// The socket's receive timeout as configured: the shorter of the two.
     pub(crate) receive_timeout: Option<Duration>,
     pub(crate) read_buffer: usize,
     pub(crate) write_buffer: usize,
@@ -327,6 +330,8 @@ pub struct StreamRequest {
     peer: Address,
     server: ServerHandle,
     deadline: Option<Instant>,
+    /// When the peer last sent anything (or the connection began).
+    last_data: Instant,
     eof: bool,
     idle_closed: bool,
     pub(crate) linger: bool,
@@ -344,6 +349,7 @@ impl StreamRequest {
             peer,
             server,
             deadline: None,
+            last_data: Instant::now(),
             eof: false,
             idle_closed: false,
             // Set when the handler runs: a request closed before that (a
@@ -481,17 +487,41 @@ impl StreamRequest {
 
     /// Before a read that will wait on the socket: bound the wait by the
     /// deadline, or fail if it has passed.
+    /// Also, with a read timeout shorter than the idle timeout, bound it by
+    /// what is left of the idle timeout, which retried reads use up.
     fn before_read(&mut self) -> io::Result<()> {
-        let Some(deadline) = self.deadline else { return Ok(()) };
         if !self.reader.buffer().is_empty() {
             return Ok(());
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(self.deadline_error());
+        let now = Instant::now();
+        let mut wait = None;
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(now);
+            if left.is_zero() {
+                return Err(self.deadline_error());
+            }
+            wait = Some(self.policy.receive_timeout.map_or(left, |t| t.min(left)));
         }
-        let wait = self.policy.receive_timeout.map_or(left, |t| t.min(left));
-        self.reader.get_ref().set_read_timeout(Some(wait))
+        if let (Some(idle), Some(read)) = (self.policy.idle, self.policy.read_timeout)
+            && read < idle
+        {
+            // At least a moment: a zero timeout would mean "wait for ever".
+            let left = idle.saturating_sub(now.duration_since(self.last_data)).max(Duration::from_millis(1));
+            wait = Some(wait.unwrap_or(read).min(left));
+        }
+        match wait {
+            Some(wait) => self.reader.get_ref().set_read_timeout(Some(wait)),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether a read that timed out means the idle timeout has passed.
+    fn idle_passed(&self) -> bool {
+        match (self.policy.idle, self.policy.read_timeout) {
+            (Some(idle), Some(read)) if read < idle => self.last_data.elapsed() >= idle,
+            (Some(_), _) => true,
+            (None, _) => false,
+        }
     }
 
     fn deadline_error(&self) -> io::Error {
@@ -505,7 +535,7 @@ impl StreamRequest {
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
             return self.deadline_error();
         }
-        match self.policy.idle {
+        match self.policy.idle.filter(|_| self.idle_passed()) {
             Some(idle) => {
                 Counters::bump(&self.server.shared.stats.idle_closed);
                 let _ = self.reader.get_ref().shutdown(Shutdown::Both);
@@ -595,7 +625,10 @@ impl Read for StreamRequest {
                 self.eof = true;
                 Ok(0)
             }
-            Ok(n) => Ok(n),
+            Ok(n) => {
+                self.last_data = Instant::now();
+                Ok(n)
+            }
             Err(e) => Err(self.read_error(e)),
         }
     }
@@ -606,7 +639,10 @@ impl BufRead for StreamRequest {
         if self.reader.buffer().is_empty() {
             self.before_read()?;
             match self.reader.fill_buf() {
-                Ok(b) => self.eof = b.is_empty(),
+                Ok(b) => {
+                    self.eof = b.is_empty();
+                    self.last_data = Instant::now();
+                }
                 Err(e) => return Err(self.read_error(e)),
             }
         }

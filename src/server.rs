@@ -470,8 +470,13 @@ impl<T: Transport, S: Strategy> Server<T, S> {
         if o.write_timeout.is_some() {
             stream.set_write_timeout(o.write_timeout)?;
         }
-        let idle = o.idle_timeout.filter(|i| o.read_timeout.is_none_or(|r| *i <= r));
-        Ok(StreamPolicy { idle, receive_timeout: receive, read_buffer: o.read_buffer, write_buffer: o.write_buffer })
+        Ok(StreamPolicy {
+            idle: o.idle_timeout,
+            read_timeout: o.read_timeout,
+            receive_timeout: receive,
+            read_buffer: o.read_buffer,
+            write_buffer: o.write_buffer,
+        })
     }
 
     /// After the loop: refuse new TCP connections at once (those still in

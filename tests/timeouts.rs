@@ -36,6 +36,50 @@ fn idle_connections_are_closed_after_the_idle_timeout() {
     running.stop().unwrap();
 }
 
+/// With a read timeout shorter than the idle timeout, a handler that
+/// retries its reads after each read timeout is still closed once the peer
+/// has been silent for the idle timeout.
+#[test]
+fn the_idle_timeout_holds_when_the_read_timeout_is_shorter() {
+    let (tx, rx) = mpsc::channel();
+    let server = TcpServer::builder()
+        .read_timeout(Duration::from_millis(60))
+        .idle_timeout(Duration::from_millis(300))
+        .bind("127.0.0.1:0", move |req: &mut StreamRequest| {
+            let mut buf = [0u8; 16];
+            let mut read_timeouts = 0;
+            let start = std::time::Instant::now();
+            let outcome = loop {
+                match req.read(&mut buf) {
+                    Ok(0) => break Ok(()),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::TimedOut && !e.to_string().contains("idle timeout") => {
+                        read_timeouts += 1;
+                        if read_timeouts > 100 {
+                            break Err("never closed for idleness".to_string());
+                        }
+                    }
+                    Err(e) => break Err(e.to_string()),
+                }
+            };
+            tx.send((outcome, read_timeouts, start.elapsed())).unwrap();
+            Ok(())
+        })
+        .unwrap();
+    let running = run(server);
+    let mut c = tcp_connect(running.inet());
+    c.write_all(b"x").unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(c.read_to_end(&mut rest).unwrap(), 0, "the server closed the silent connection");
+    let (outcome, read_timeouts, took) = rx.recv_timeout(TIMEOUT).unwrap();
+    let msg = outcome.unwrap_err();
+    assert!(msg.contains("idle timeout"), "{msg}");
+    assert!(read_timeouts >= 2, "the shorter read timeout still applied: {read_timeouts}");
+    assert!(took >= Duration::from_millis(290), "closed before the idle timeout: {took:?}");
+    assert_eq!(running.handle.stats().idle_closed, 1);
+    running.stop().unwrap();
+}
+
 #[test]
 fn a_read_timeout_is_reported_to_the_handler_and_the_connection_stays_open() {
     let server = TcpServer::builder()
