@@ -414,7 +414,12 @@ impl ServerHandle {
         // a signal arrived stops at once.
         {
             let mut hub = HUB.lock();
-            hub.servers.push(Arc::downgrade(&self.shared));
+            // Servers come and go: forget the dropped ones as new ones come.
+            hub.servers.retain(|w| w.strong_count() > 0);
+            let me = Arc::downgrade(&self.shared);
+            if !hub.servers.iter().any(|w| w.ptr_eq(&me)) {
+                hub.servers.push(me);
+            }
             if hub.signals > 0 {
                 self.shared.request_stop(self.shared.grace);
             }
@@ -452,4 +457,22 @@ fn install_signal_handler() -> io::Result<()> {
         *installed = true;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Subscribing twice counts once, and servers that are gone are
+    /// forgotten as others subscribe: the hub does not grow with churn.
+    #[test]
+    fn the_signal_hub_forgets_dropped_servers_and_counts_each_once() {
+        for _ in 0..20 {
+            let server = crate::TcpServer::bind("127.0.0.1:0", |_: &mut crate::StreamRequest| Ok(())).unwrap();
+            let handle = server.handle();
+            handle.shutdown_on_signal().unwrap();
+            handle.shutdown_on_signal().unwrap();
+            assert_eq!(HUB.lock().servers.len(), 1);
+        }
+    }
 }

@@ -222,8 +222,11 @@ impl<R: Runner> Inner<R> {
         if self.total.fetch_update(SeqCst, SeqCst, |t| (t > min).then(|| t - 1)).is_err() {
             return false;
         }
-        if !self.rx.is_empty() {
-            // A job arrived while we were leaving: stay.
+        // A job arrived while we were leaving, or one was counted that no
+        // worker is left to take (the dispatcher raises `assigned` before it
+        // reads `total`, we lower `total` before we read `assigned`: one of
+        // us sees the other): stay.
+        if !self.rx.is_empty() || self.assigned.load(SeqCst) > self.total.load(SeqCst) {
             self.total.fetch_add(1, SeqCst);
             return false;
         }
