@@ -123,6 +123,26 @@ pub(crate) fn wait_child(pid: libc::pid_t) -> io::Result<i32> {
     }
 }
 
+/// Waits for the child `pid` to end without reaping it: it stays a zombie,
+/// so its pid cannot be reused (and a `kill_child` racing with the reaper
+/// hits nothing) until [`wait_child`] collects it.
+pub(crate) fn wait_child_exited(pid: libc::pid_t) -> io::Result<()> {
+    loop {
+        // SAFETY: an all-zero siginfo_t is a valid value; waitid fills it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a valid out-pointer; P_PID waits on this child
+        // only, and WNOWAIT leaves it to be reaped later.
+        let r = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if r == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
 /// Sends SIGKILL to the child `pid`.
 pub(crate) fn kill_child(pid: libc::pid_t) {
     // SAFETY: kill has no memory-safety preconditions; `pid` is a child that

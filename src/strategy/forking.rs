@@ -52,9 +52,12 @@ impl Children {
                 let service = Arc::clone(&self.service);
                 let live = Arc::clone(&self.live);
                 let reap = move || {
-                    let status = sys::wait_child(pid);
-                    let stats = &service.shared.stats;
+                    // Untracked while still a zombie, then reaped: the
+                    // force-closer never signals a pid already reused.
+                    let exited = sys::wait_child_exited(pid);
                     service.shared.untrack_child(pid);
+                    let status = exited.and_then(|()| sys::wait_child(pid));
+                    let stats = &service.shared.stats;
                     Counters::bump(&stats.completed);
                     match status {
                         Ok(0) => {}
