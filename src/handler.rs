@@ -330,7 +330,8 @@ pub struct StreamRequest {
     peer: Address,
     server: ServerHandle,
     deadline: Option<Instant>,
-    /// When the peer last sent anything (or the connection began).
+    /// When the peer last sent anything (or the connection began); kept
+    /// only when the idle timeout spans reads.
     last_data: Instant,
     eof: bool,
     idle_closed: bool,
@@ -493,10 +494,9 @@ impl StreamRequest {
         if !self.reader.buffer().is_empty() {
             return Ok(());
         }
-        let now = Instant::now();
         let mut wait = None;
         if let Some(deadline) = self.deadline {
-            let left = deadline.saturating_duration_since(now);
+            let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(self.deadline_error());
             }
@@ -506,12 +506,24 @@ impl StreamRequest {
             && read < idle
         {
             // At least a moment: a zero timeout would mean "wait for ever".
-            let left = idle.saturating_sub(now.duration_since(self.last_data)).max(Duration::from_millis(1));
+            let left = idle.saturating_sub(self.last_data.elapsed()).max(Duration::from_millis(1));
             wait = Some(wait.unwrap_or(read).min(left));
         }
         match wait {
             Some(wait) => self.reader.get_ref().set_read_timeout(Some(wait)),
             None => Ok(()),
+        }
+    }
+
+    /// Whether the idle timeout can span several reads (a shorter read
+    /// timeout ends each one first), so that `last_data` must be kept.
+    fn idle_spans_reads(&self) -> bool {
+        matches!((self.policy.idle, self.policy.read_timeout), (Some(idle), Some(read)) if read < idle)
+    }
+
+    fn note_data(&mut self) {
+        if self.idle_spans_reads() {
+            self.last_data = Instant::now();
         }
     }
 
@@ -626,7 +638,7 @@ impl Read for StreamRequest {
                 Ok(0)
             }
             Ok(n) => {
-                self.last_data = Instant::now();
+                self.note_data();
                 Ok(n)
             }
             Err(e) => Err(self.read_error(e)),
@@ -641,7 +653,7 @@ impl BufRead for StreamRequest {
             match self.reader.fill_buf() {
                 Ok(b) => {
                     self.eof = b.is_empty();
-                    self.last_data = Instant::now();
+                    self.note_data();
                 }
                 Err(e) => return Err(self.read_error(e)),
             }
