@@ -37,12 +37,21 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let options = match &cli.command {
-        Command::Echo(args) => Some(&args.options),
-        Command::Time(args) => Some(&args.serve.options),
+        Command::Echo(args) => Some(("echo", &args.options)),
+        Command::Time(args) => Some(("time", &args.serve.options)),
         _ => None,
     };
-    if let Some(Err(msg)) = options.map(serve::ServerOptions::check) {
-        Cli::command().error(clap::error::ErrorKind::ArgumentConflict, msg).exit();
+    if let Some((name, options)) = options
+        && let Err(msg) = options.check()
+    {
+        // A usage error like clap's own, with the subcommand's usage line.
+        let mut cli = Cli::command();
+        cli.build();
+        let kind = clap::error::ErrorKind::ArgumentConflict;
+        match cli.find_subcommand_mut(name) {
+            Some(sub) => sub.error(kind, msg).exit(),
+            None => cli.error(kind, msg).exit(),
+        }
     }
     let result = match cli.command {
         Command::Echo(args) => serve::run(serve::Bundled::Echo, args),
