@@ -263,6 +263,8 @@ fn serve<T: socketserver::Transport, S: socketserver::Strategy>(server: Server<T
 
 #[allow(dead_code)] // the tests include this file as a module
 fn main() {
+    // Logs (the library's errors included) on stderr; RUST_LOG=debug for more.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, default: &str| args.get(i).cloned().unwrap_or_else(|| default.to_string());
     let result = match args.first().map(String::as_str) {

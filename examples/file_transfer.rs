@@ -966,6 +966,8 @@ fn run_main(args: Args) -> io::Result<()> {
 
 #[allow(dead_code)] // the tests include this file as a module
 fn main() {
+    // Logs (the library's errors included) on stderr; RUST_LOG=debug for more.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args: Vec<String> = match std::env::args_os().skip(1).map(|a| a.into_string()).collect() {
         Ok(a) => a,
         Err(bad) => {

@@ -178,8 +178,9 @@ impl Allowlist {
 }
 
 /// Splits a command line into words: white space separates words; `'...'`
-/// keeps everything literally; `"..."` keeps everything but `\"` and `\\`,
-/// which stand for `"` and `\`; outside quotes `\` makes the next character
+/// keeps everything literally; `"..."` keeps everything but `\"`, `\\`,
+/// `\$` and `` \` ``, which stand for the second character (as in a POSIX
+/// shell; there is no expansion here); outside quotes `\` makes the next character
 /// literal. Quoted and unquoted pieces next to each other make one word
 /// (`'a'"b"c` is `abc`), and `''` is an empty word.
 ///
@@ -212,7 +213,7 @@ pub fn split_command(line: &str) -> Result<Vec<String>, String> {
                     match chars.next() {
                         Some('"') => break,
                         Some('\\') => match chars.next() {
-                            Some(c @ ('"' | '\\')) => w.push(c),
+                            Some(c @ ('"' | '\\' | '$' | '`')) => w.push(c),
                             Some(c) => {
                                 w.push('\\');
                                 w.push(c);
@@ -458,7 +459,23 @@ impl RemoteCommand {
             }
             let wait = TICK.min(deadline - now).min(drain_until.map_or(TICK, |d| d - now));
             match output.recv_timeout(wait) {
-                Ok(body) => send_body(req, &body)?, // on error `running` kills
+                Ok(body) => {
+                    // A client that does not read must not stretch the time
+                    // limit: the write may wait only until the deadline. (A
+                    // frame cut short cannot be followed by a message: the
+                    // connection closes, and `running` kills on drop.)
+                    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+                    req.get_ref().set_write_timeout(Some(left.min(WRITE_TIMEOUT)))?;
+                    if let Err(e) = send_body(req, &body) {
+                        if Instant::now() >= deadline {
+                            return Err(io::Error::new(
+                                ErrorKind::TimedOut,
+                                format!("timed out after {:?} while the client was not reading; killed", self.timeout),
+                            ));
+                        }
+                        return Err(e);
+                    }
+                }
                 Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {
                     if client_gone(req.get_ref()) {
@@ -768,6 +785,8 @@ fn run_main(args: Args) -> io::Result<i32> {
 
 #[allow(dead_code)] // the tests include this file as a module
 fn main() {
+    // Logs (the library's errors included) on stderr; RUST_LOG=debug for more.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args: Vec<String> = match std::env::args_os().skip(1).map(|a| a.into_string()).collect() {
         Ok(a) => a,
         Err(bad) => {

@@ -41,6 +41,8 @@ pub fn bind(addr: &str) -> io::Result<UdpServer> {
 
 #[allow(dead_code)] // the tests include this file as a module
 fn main() {
+    // Logs (the library's errors included) on stderr; RUST_LOG=debug for more.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9000".to_string());
     let server = match bind(&addr) {
         Ok(s) => s,

@@ -244,6 +244,35 @@ fn a_command_past_its_time_limit_is_killed() {
     running.stop().unwrap();
 }
 
+/// A client that stops reading while its command pours out output cannot
+/// stretch the time limit: the server's writes wait only until the
+/// deadline (not the 60 s write timeout), then the command is killed. The
+/// client then finds either the `timed out` error after the output, or
+/// the connection closed (a frame cut short cannot be followed by one).
+#[test]
+fn a_client_that_does_not_read_cannot_stretch_the_time_limit() {
+    let running = start_with(&["sh"], Duration::from_millis(500));
+    let mut c = tcp_connect(running.inet());
+    let script = "head -c 30000000 /dev/zero; sleep 29.25";
+    LengthPrefixed::new(1024).write_frame(&mut c, format!("sh -c '{script}'").as_bytes()).unwrap();
+    wait_until("the command to start", || children_running(&["sh", "-c", script]) == 1);
+    let started = Instant::now();
+    // The client reads nothing meanwhile.
+    wait_until("the command to be killed", || children_running(&["sh", "-c", script]) == 0);
+    assert!(started.elapsed() < Duration::from_secs(5), "killed only after {:?}", started.elapsed());
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    match remote_command::run_command(&mut c, "", &mut out, &mut err) {
+        Ok(outcome) => assert!(error_of(outcome).contains("timed out"), "{err:?}"),
+        Err(e) => assert!(
+            matches!(e.kind(), ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe),
+            "{e}"
+        ),
+    }
+    assert!(out.len() < 30_000_000, "the whole output was sent after all");
+    drop(c);
+    running.stop().unwrap();
+}
+
 #[test]
 fn a_client_that_goes_away_has_its_command_killed() {
     let running = start(&["sleep"]); // 30 s limit: only the disconnect can end it early
@@ -359,6 +388,8 @@ fn splitting_and_quoting() {
     assert!(split_command("\"x").is_err());
     assert!(split_command("\"x\\").is_err());
     assert!(split_command("x\\").is_err());
+    // In double quotes `\$` and `\`` stand for `$` and `` ` `` (as in sh).
+    assert_eq!(split_command(r#"sh -c "kill -9 \$\$ \`x\`""#).unwrap(), ["sh", "-c", "kill -9 $$ `x`"]);
     let tricky = ["echo", "it's", "a b", "", "\"q\"", "back\\slash", "$HOME", "*", "tab\there", "ünï"];
     assert_eq!(split_command(&join_command(&tricky)).unwrap(), tricky);
     assert_eq!(join_command(&["ls", "-l", "/tmp"]), "ls -l /tmp");
