@@ -12,12 +12,15 @@
 //! UDP protocol, one text datagram each way:
 //! * `/name alice` — be known as `alice` (answer `ok: you are alice`);
 //! * `@bob hello` — the server sends `alice: hello` to bob;
-//! * `/who` — the names online; anything else gets `error: ...`.
+//! * `/who` — the names online;
+//! * `/quit` — forget my name (answer `ok: bye`); the client sends it when
+//!   its input ends or on Ctrl-C. Anything else gets `error: ...`.
 //!
 //! TCP room: each line a member sends reaches every other member as
-//! `[name] line`; `/name NAME` renames; joins and leaves are announced. A
-//! member that does not read its messages fast enough is disconnected
-//! rather than slowing the room down.
+//! `[name] line`; `/name NAME` renames (to a name nobody else has); joins
+//! and leaves are announced. A member that does not read its messages fast
+//! enough is disconnected rather than slowing the room down (and announced
+//! as gone).
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Write};
@@ -70,6 +73,10 @@ impl UdpChat {
             users.insert(name.to_string(), from.clone());
             return Ok(format!("ok: you are {name}"));
         }
+        if text == "/quit" {
+            self.users.lock().retain(|_, a| a != from);
+            return Ok("ok: bye".to_string());
+        }
         if text == "/who" {
             let mut names: Vec<_> = self.users.lock().keys().cloned().collect();
             names.sort();
@@ -86,7 +93,7 @@ impl UdpChat {
             req.socket().send_to(format!("{sender}: {message}").as_bytes(), &addr)?;
             return Ok(format!("sent to {to}"));
         }
-        Ok("error: use /name NAME, @NAME MESSAGE or /who".to_string())
+        Ok("error: use /name NAME, @NAME MESSAGE, /who or /quit".to_string())
     }
 }
 
@@ -122,22 +129,29 @@ impl TcpRoom {
     /// Sends `line` to every member but `except`; members whose outbox is
     /// full are too slow: they are disconnected.
     fn broadcast(&self, except: u64, line: &str) {
-        let line: Arc<str> = Arc::from(format!("{line}\n"));
-        let mut members = self.members.lock();
-        members.retain(|&id, m| {
-            if id == except {
-                return true;
-            }
-            match m.outbox.try_send(Arc::clone(&line)) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_)) => {
-                    log::warn!("{} is not reading; disconnecting", m.name);
-                    let _ = m.stream.shutdown(Shutdown::Both);
-                    false
+        let mut pending = vec![(except, line.to_string())];
+        while let Some((except, line)) = pending.pop() {
+            let line: Arc<str> = Arc::from(format!("{line}\n"));
+            let mut members = self.members.lock();
+            let mut dropped = Vec::new();
+            members.retain(|&id, m| {
+                if id == except {
+                    return true;
                 }
-                Err(TrySendError::Disconnected(_)) => false,
-            }
-        });
+                match m.outbox.try_send(Arc::clone(&line)) {
+                    Ok(()) => true,
+                    Err(TrySendError::Full(_)) => {
+                        log::warn!("{} is not reading; disconnecting", m.name);
+                        let _ = m.stream.shutdown(Shutdown::Both);
+                        dropped.push((id, m.name.clone()));
+                        false
+                    }
+                    Err(TrySendError::Disconnected(_)) => false,
+                }
+            });
+            // Their own handler finds them gone and announces nothing.
+            pending.extend(dropped.into_iter().map(|(id, name)| (id, format!("* {name} left (too slow)"))));
+        }
     }
 
     fn serve_member(&self, id: u64, req: &mut StreamRequest) -> io::Result<()> {
@@ -160,14 +174,27 @@ impl TcpRoom {
             };
             if let Some(new) = text.strip_prefix("/name ") {
                 let new = new.trim();
-                if valid_name(new) {
-                    if let Some(m) = self.members.lock().get_mut(&id) {
-                        m.name = new.to_string();
+                if !valid_name(new) {
+                    self.send_to(id, &format!("error: a name is 1 to {MAX_NAME} letters, digits, '_' or '-'"));
+                    continue;
+                }
+                let renamed = {
+                    let mut members = self.members.lock();
+                    // Nobody may speak as somebody else.
+                    if members.iter().any(|(&other, m)| other != id && m.name == new) {
+                        false
+                    } else {
+                        if let Some(m) = members.get_mut(&id) {
+                            m.name = new.to_string();
+                        }
+                        true
                     }
+                };
+                if renamed {
                     self.send_to(id, &format!("* you are now {new}"));
                     self.broadcast(id, &format!("* {name} is now {new}"));
                 } else {
-                    self.send_to(id, &format!("error: a name is 1 to {MAX_NAME} letters, digits, '_' or '-'"));
+                    self.send_to(id, &format!("error: {new} is taken"));
                 }
                 continue;
             }
@@ -227,31 +254,52 @@ fn udp_client(addr: &str, name: &str) -> io::Result<()> {
     socket.connect(addr)?;
     socket.send(format!("/name {name}").as_bytes())?;
     let receiver = socket.try_clone()?;
+    let (bye_tx, bye_rx) = crossbeam_channel::bounded(1);
     std::thread::spawn(move || {
         let mut buf = [0u8; 65_536];
         while let Ok(n) = receiver.recv(&mut buf) {
+            if &buf[..n] == b"ok: bye" {
+                let _ = bye_tx.send(());
+                break;
+            }
             println!("{}", String::from_utf8_lossy(&buf[..n]));
         }
     });
+    // Ctrl-C gives the name back too.
+    let on_signal = socket.try_clone()?;
+    ctrlc::set_handler(move || {
+        let _ = on_signal.send(b"/quit");
+        std::process::exit(130);
+    })
+    .map_err(io::Error::other)?;
     for line in io::stdin().lock().lines() {
         socket.send(line?.as_bytes())?;
     }
+    // The server answers in order: once `/quit` is answered, every reply
+    // to what came before it has been printed.
+    socket.send(b"/quit")?;
+    let _ = bye_rx.recv_timeout(std::time::Duration::from_secs(2));
     Ok(())
 }
 
 fn tcp_client(addr: &str) -> io::Result<()> {
     let stream = TcpStream::connect(addr)?;
     let reader = BufReader::new(stream.try_clone()?);
-    std::thread::spawn(move || {
+    let printer = std::thread::spawn(move || {
         for line in reader.lines().map_while(Result::ok) {
             println!("{line}");
         }
+        // The room closed the connection: nothing more to send either.
         std::process::exit(0);
     });
     let mut stream = stream;
     for line in io::stdin().lock().lines() {
         writeln!(stream, "{}", line?)?;
     }
+    // Input ended: leave, and print what the room still sends until it
+    // closes the connection.
+    stream.shutdown(Shutdown::Write)?;
+    let _ = printer.join();
     Ok(())
 }
 

@@ -35,6 +35,13 @@ fn udp_chat_relays_to_the_named_peer() {
     assert!(String::from_utf8(udp_round_trip(&alice, server, b"\xff")).unwrap().starts_with("error:"));
     let stranger = udp_client();
     assert_eq!(say(&stranger, server, "@bob psst"), "error: say /name NAME first");
+    // `/quit` gives the name back: a client started again (from another
+    // port) can take it.
+    assert_eq!(say(&alice, server, "/quit"), "ok: bye");
+    assert_eq!(say(&bob, server, "@alice still there?"), "error: no such user alice");
+    let alice_again = udp_client();
+    assert_eq!(say(&alice_again, server, "/name alice"), "ok: you are alice");
+    assert_eq!(say(&bob, server, "/who"), "online: alice bob");
     running.stop().unwrap();
 }
 
@@ -84,6 +91,11 @@ fn tcp_room_broadcasts_to_every_other_member() {
     drop(c);
     assert_eq!(a.line(), "* guest2 left");
     assert_eq!(b.line(), "* guest2 left");
+    // Nobody may take a name somebody else has.
+    b.say("/name ann");
+    assert_eq!(b.line(), "error: ann is taken");
+    b.say("still ben");
+    assert_eq!(a.line(), "[ben] still ben");
     drop((a, b));
     running.stop().unwrap();
 }
@@ -103,14 +115,23 @@ fn a_member_that_does_not_read_is_disconnected_not_waited_for() {
     let big = "x".repeat(chat::MAX_LINE - 16);
     let expected = format!("[talker] {big}");
     // Far more than the silent member's socket buffers and outbox hold.
+    let mut notices = Vec::new();
     for _ in 0..(chat::OUTBOX * 8) {
         talker.say(&big);
         let mut got = listener.line();
         while got.starts_with("* ") {
-            got = listener.line(); // join and rename notices
+            notices.push(got);
+            got = listener.line(); // join, rename and leave notices
         }
         assert!(got == expected, "unexpected line: {}", &got[..got.len().min(60)]);
     }
+    // The others are told it is gone (right after the line that found it
+    // too slow, so perhaps after the last one).
+    let gone = |n: &String| n.starts_with("* guest") && n.ends_with(" left (too slow)");
+    if !notices.iter().any(gone) {
+        notices.push(listener.line());
+    }
+    assert!(notices.iter().any(gone), "{notices:?}");
     // The silent member was cut off: what it has not read ends in EOF.
     silent.set_read_timeout(Some(TIMEOUT)).unwrap();
     let mut rest = Vec::new();
