@@ -191,11 +191,16 @@ impl Lines {
     /// Writes `line` and a `\n`.
     ///
     /// # Errors
-    /// `InvalidInput` if `line` contains a newline or is longer than the
+    /// `InvalidInput` if `line` contains a newline, ends in `\r` (which
+    /// [`read_line`](Self::read_line) would take for part of a `\r\n`, so
+    /// the line would not come back as written) or is longer than the
     /// maximum; write errors.
     pub fn write_line<W: Write + ?Sized>(&self, w: &mut W, line: &[u8]) -> io::Result<()> {
         if line.contains(&b'\n') {
             return Err(io::Error::new(ErrorKind::InvalidInput, "a line cannot contain a newline"));
+        }
+        if line.last() == Some(&b'\r') {
+            return Err(io::Error::new(ErrorKind::InvalidInput, "a line cannot end in a carriage return"));
         }
         if line.len() > self.max_line {
             return Err(io::Error::new(ErrorKind::InvalidInput, format!("line longer than {} bytes", self.max_line)));

@@ -92,4 +92,27 @@ proptest! {
         }
         prop_assert_eq!(got, lines);
     }
+
+    /// Whatever `write_line` accepts, `read_line` gives back exactly; what
+    /// it refuses (a newline inside, a trailing `\r`, too long) it refuses
+    /// before writing anything.
+    #[test]
+    fn write_line_accepts_only_what_read_line_gives_back(
+        line in prop::collection::vec(prop_oneof![Just(b'\r'), Just(b'\n'), any::<u8>()], 0..40),
+    ) {
+        let codec = Lines::new(32);
+        let mut wire = Vec::new();
+        match codec.write_line(&mut wire, &line) {
+            Ok(()) => {
+                let mut got = Vec::new();
+                prop_assert!(codec.read_line(&mut BufReader::new(&wire[..]), &mut got).unwrap());
+                prop_assert_eq!(got, line);
+            }
+            Err(e) => {
+                prop_assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+                prop_assert!(wire.is_empty());
+                prop_assert!(line.contains(&b'\n') || line.last() == Some(&b'\r') || line.len() > 32);
+            }
+        }
+    }
 }
