@@ -249,6 +249,25 @@ impl<'a> Progress<'a> {
     }
 }
 
+/// A `Write` that sends each line to the log (`info`): the server's
+/// progress on the uploads it receives.
+struct LogLines(Vec<u8>);
+
+impl Write for LogLines {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        while let Some(end) = self.0.iter().position(|&b| b == b'\n') {
+            log::info!("{}", String::from_utf8_lossy(&self.0[..end]));
+            self.0.drain(..=end);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 // ---------------------------------------------------------------- server
 
 /// What the server serves.
@@ -377,6 +396,12 @@ impl FileService {
         let mut buf = vec![0u8; CHUNK];
         let mut left = size;
         let mut store_error = None;
+        // The receiver reports progress too: in the log.
+        let mut log = LogLines(Vec::new());
+        let mut shown = Progress::new(&mut log, format!("{}: receiving {name}", req.peer_addr()), size);
+        if size == 0 {
+            shown.advance(0);
+        }
         while left > 0 {
             let want = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK);
             let n = match req.read(&mut buf[..want]) {
@@ -389,6 +414,7 @@ impl FileService {
                 Err(e) => return Err(e),
             };
             hasher.update(&buf[..n]);
+            shown.advance(n as u64);
             if store_error.is_none()
                 && let Err(e) = temp.file.write_all(&buf[..n])
             {

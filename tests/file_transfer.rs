@@ -94,12 +94,38 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// The log records of this test binary (the server logs its progress).
+static LOGGED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::Level::Info
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            LOGGED.lock().unwrap().push(r.args().to_string());
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        log::set_logger(&Capture).unwrap();
+        log::set_max_level(log::LevelFilter::Info);
+    });
+}
+
 fn progress_lines(progress: &[u8]) -> Vec<String> {
     String::from_utf8(progress.to_vec()).unwrap().lines().map(str::to_string).collect()
 }
 
 #[test]
 fn upload_and_download_round_trip_with_digests_and_progress() {
+    capture_logs();
     let served = TempDir::new("ft-served");
     let local = TempDir::new("ft-local");
     let data = noise(3 * 1024 * 1024 + 17, 7);
@@ -114,6 +140,11 @@ fn upload_and_download_round_trip_with_digests_and_progress() {
     let lines = progress_lines(&progress);
     assert!(!lines.is_empty() && lines.len() <= 20, "{} progress lines", lines.len());
     assert!(lines.last().unwrap().contains("100%"), "{lines:?}");
+    // The server, as the receiver, reports its progress in its log.
+    let received: Vec<String> =
+        LOGGED.lock().unwrap().iter().filter(|l| l.contains("receiving stored.bin")).cloned().collect();
+    assert!(!received.is_empty() && received.len() <= 20, "{received:?}");
+    assert!(received.last().unwrap().contains(&format!("100% ({0} of {0} bytes)", data.len())), "{received:?}");
 
     // Same connection: download it back (into a folder: named after it).
     let mut progress = Vec::new();
