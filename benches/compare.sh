@@ -94,6 +94,10 @@ server_cmd() {
 # jobs (Python would then never see KeyboardInterrupt).
 start() {
     local log="$OUT/logs/$1.$2"
+    # Created here: the background job's redirection may come after the
+    # first look below (awk on a missing file would end the script).
+    : >"$log.out"
+    : >"$log.err"
     # shellcheck disable=SC2046
     env --default-signal=INT $(server_cmd "$1") --tcp 127.0.0.1:0 --udp 127.0.0.1:0 >"$log.out" 2>"$log.err" &
     PID=$!

@@ -91,11 +91,34 @@ fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     Ok(s)
 }
 
+/// The server's log in the child: each back-off episode must log once.
+static LOGGED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::Level::Warn
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            LOGGED.lock().unwrap().push(r.args().to_string());
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn logged_containing(needle: &str) -> usize {
+    LOGGED.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
+}
+
 #[test]
 fn emfile_child() {
     if std::env::var_os(CHILD_ENV).is_none() {
         return; // only meaningful in the child process started above
     }
+    log::set_logger(&Capture).unwrap();
+    log::set_max_level(log::LevelFilter::Warn);
     let server = TcpServer::builder().strategy(Threading::new()).bind("127.0.0.1:0", echo_lines).unwrap();
     let running = run(server);
     let addr = running.inet();
@@ -157,8 +180,10 @@ fn emfile_child() {
 
     // The episode: the pending connection stays in the backlog, the loop keeps
     // failing to accept it. It must sleep between attempts, not spin.
+    // (1.5 s: the back-off may be well under way when the window opens on
+    // a loaded machine; its steps double from 5 ms to 1 s.)
     let (cpu0, wall0, s0) = (cpu_time(), Instant::now(), handle.stats());
-    thread::sleep(Duration::from_millis(300));
+    thread::sleep(Duration::from_millis(1500));
     let (cpu, wall, s1) = (cpu_time() - cpu0, wall0.elapsed(), handle.stats());
     println!("EMFILE episode: {cpu:?} CPU in {wall:?}; accept errors {} -> {}", s0.accept_errors, s1.accept_errors);
     assert!(cpu.as_secs_f64() < 0.3 * wall.as_secs_f64(), "the accept loop burns CPU: {cpu:?} in {wall:?}");
@@ -182,6 +207,13 @@ fn emfile_child() {
     }
     let s = handle.stats();
     assert!(s.accept_errors > 0 && s.handler_errors == 0, "{s:?}");
+    // Logged once per episode, not once per failed accept: each episode
+    // (there may be short ones before the long one) says it backs off and
+    // that it accepts again, once each.
+    let (backing_off, again) = (logged_containing("backing off"), logged_containing("accepting again"));
+    println!("log: {backing_off} back-off episode(s), {again} recovery line(s), {} accept errors", s.accept_errors);
+    assert!(backing_off >= 1 && backing_off == again, "{:?}", LOGGED.lock().unwrap());
+    assert!(backing_off < s.accept_errors as usize, "logged for every failed accept: {:?}", LOGGED.lock().unwrap());
     running.stop().unwrap();
     println!("{CHILD_DONE}");
 }

@@ -179,3 +179,97 @@ fn unix_server_leaves_a_replaced_file_alone() {
     assert!(path.exists(), "closing must not delete another server's file");
     drop(theirs);
 }
+
+/// An accept error that is neither skipped nor backed off ends
+/// `serve_forever` with that error: here a socket that was bound but never
+/// listens (accept: EINVAL).
+#[test]
+fn an_unexpected_accept_error_ends_serve_forever_with_it() {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    let server = TcpServer::builder().from_listener(TcpListener::from(socket), echo_lines).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(server.serve_forever()));
+    let result = rx.recv_timeout(TIMEOUT).expect("serve_forever kept going after a fatal accept error");
+    let err = result.expect_err("serve_forever returned Ok");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("Invalid argument"), "the OS error is kept in the message: {err}");
+}
+
+/// Python's combined names exist and are the server kinds they say.
+#[test]
+fn the_python_combined_names_bind_what_they_say() {
+    use socketserver::{
+        ForkingTcpServer, ForkingUdpServer, ForkingUnixDatagramServer, ForkingUnixStreamServer,
+        ThreadPoolUnixDatagramServer, ThreadingUdpServer, ThreadingUnixDatagramServer, ThreadingUnixStreamServer,
+    };
+    let dir = TempDir::new("aliases");
+    let udp = run(ThreadingUdpServer::bind("127.0.0.1:0", echo_datagram).unwrap());
+    assert_eq!(udp_round_trip(&udp_client(), udp.inet(), b"threading udp"), b"threading udp");
+    udp.stop().unwrap();
+    let unix = run(ThreadingUnixStreamServer::bind(dir.join("s.sock"), echo_lines).unwrap());
+    let mut c = std::os::unix::net::UnixStream::connect(dir.join("s.sock")).unwrap();
+    assert_eq!(round_trip(&mut c, b"threading unix\n"), b"threading unix\n");
+    c.write_all(b"quit\n").unwrap();
+    unix.stop().unwrap();
+    for (name, server) in [
+        ("threading", run(ThreadingUnixDatagramServer::bind(dir.join("d1.sock"), echo_datagram).unwrap())),
+        ("pool", run(ThreadPoolUnixDatagramServer::bind(dir.join("d2.sock"), echo_datagram).unwrap())),
+    ] {
+        let client = unix_dgram_client(&dir, &format!("{name}-client.sock"));
+        let to = server.addr.as_path().expect("a Unix address").to_path_buf();
+        client.send_to(name.as_bytes(), &to).unwrap();
+        let mut buf = [0u8; 64];
+        let n = client.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], name.as_bytes());
+        server.stop().unwrap();
+    }
+    // The forking ones bind (serving them is tests/strategies.rs's business).
+    assert!(ForkingTcpServer::bind("127.0.0.1:0", echo_lines).is_ok());
+    assert!(ForkingUdpServer::bind("127.0.0.1:0", echo_datagram).is_ok());
+    assert!(ForkingUnixStreamServer::bind(dir.join("f.sock"), echo_lines).is_ok());
+    assert!(ForkingUnixDatagramServer::bind(dir.join("fd.sock"), echo_datagram).is_ok());
+}
+
+/// The library installs no signal handler unless asked
+/// (`ServerHandle::shutdown_on_signal`): serving leaves SIGINT and SIGTERM
+/// as they were.
+#[test]
+fn no_signal_handler_is_installed_unless_asked() {
+    let server = TcpServer::bind("127.0.0.1:0", echo_lines).unwrap();
+    let running = run(server);
+    let mut c = tcp_connect(running.inet());
+    assert_eq!(round_trip(&mut c, b"x\n"), b"x\n");
+    c.write_all(b"quit\n").unwrap();
+    running.stop().unwrap();
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: an all-zero sigaction is a valid value; with a null new
+        // action, sigaction only reads the current one into `old`.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) }, 0);
+        assert_eq!(old.sa_sigaction, libc::SIG_DFL, "signal {sig} has a handler");
+    }
+}
+
+/// Without a `handle_error` hook, a handler's error is logged and the
+/// server serves on (Python's default).
+#[test]
+fn by_default_a_handler_error_is_logged_and_serving_goes_on() {
+    let server = TcpServer::bind("127.0.0.1:0", |req: &mut StreamRequest| {
+        let mut line = String::new();
+        req.read_line(&mut line)?;
+        if line == "fail\n" {
+            return Err(std::io::Error::other("failing on purpose"));
+        }
+        req.write_all(line.as_bytes())
+    })
+    .unwrap();
+    let running = run(server);
+    let mut bad = tcp_connect(running.inet());
+    bad.write_all(b"fail\n").unwrap();
+    assert_eq!(bad.read(&mut [0u8; 8]).unwrap(), 0, "closed after the error");
+    let mut good = tcp_connect(running.inet());
+    assert_eq!(round_trip(&mut good, b"fine\n"), b"fine\n");
+    assert_eq!(running.handle.stats().handler_errors, 1);
+    running.stop().unwrap();
+}

@@ -925,12 +925,13 @@ fn after_a_signal_a_request_in_flight_finishes_idle_connections_close_and_the_pr
     let mut idle = tcp_connect(tcp);
     assert_eq!(round_trip_line(&mut idle, b"%%\n"), "%\n");
     let mut busy = tcp_connect(tcp);
+    // A whole request first: the connection is being served (no sleep).
+    assert_eq!(round_trip_line(&mut busy, b"%%\n"), "%\n");
     busy.write_all(b"%Y").unwrap(); // half a request
-    thread::sleep(Duration::from_millis(50));
     server.signal(libc::SIGTERM);
-    // Give the process a moment to notice (the log line says when), then
-    // check that it no longer accepts while the request goes on.
-    server.stderr_shows("signal", Duration::from_secs(1));
+    // The log line says when the process noticed; then check that it no
+    // longer accepts while the request goes on.
+    assert!(server.stderr_shows("signal", TIMEOUT), "stderr: {}", server.stderr_text());
     assert_eq!(read_once(&mut idle, Duration::from_secs(2)), Got::Eof, "an idle connection is closed at once");
     assert!(server.is_running(), "a request in flight keeps the process running");
     assert_not_served(tcp);
@@ -982,8 +983,8 @@ fn idle_connections_do_not_hold_the_exit_even_with_a_long_grace() {
 fn at_the_grace_deadline_a_request_in_flight_is_closed_and_the_process_exits() {
     let mut server = Server::start(&["time", "--tcp", "127.0.0.1:0", "--grace", "0.3"]);
     let mut stuck = tcp_connect(server.tcp());
+    assert_eq!(round_trip_line(&mut stuck, b"%%\n"), "%\n"); // being served
     stuck.write_all(b"%H:%M").unwrap(); // never finished
-    thread::sleep(Duration::from_millis(50));
     let took = server.stop_cleanly(libc::SIGINT, TIMEOUT);
     assert!(took >= Duration::from_millis(250), "the request in flight was not given its grace: {took:?}");
     assert!(took < Duration::from_millis(300) + QUICK_EXIT, "grace 0.3 s, but the process took {took:?}");
@@ -994,8 +995,8 @@ fn at_the_grace_deadline_a_request_in_flight_is_closed_and_the_process_exits() {
 fn a_second_signal_ends_the_grace_period_at_once() {
     let mut server = Server::start(&["time", "--tcp", "127.0.0.1:0", "--grace", "30"]);
     let mut stuck = tcp_connect(server.tcp());
+    assert_eq!(round_trip_line(&mut stuck, b"%%\n"), "%\n"); // being served
     stuck.write_all(b"%Y").unwrap(); // a request in flight
-    thread::sleep(Duration::from_millis(50));
     server.signal(libc::SIGTERM);
     assert!(server.stderr_shows("signal", Duration::from_secs(2)), "stderr: {}", server.stderr_text());
     assert!(server.proc.wait_for(Duration::from_millis(200)).is_none(), "the request in flight is waited for");
@@ -1517,6 +1518,20 @@ fn time_framing_lines_over_streams_datagrams_over_udp() {
     // Long but legal lines are served.
     let long = "a".repeat(4000);
     assert_eq!(ask_line(&mut tcp, long.as_bytes()), long);
+}
+
+/// A last request without its newline, then the client's end of stream:
+/// answered (the line is complete at EOF), then the connection closes.
+#[test]
+fn time_a_last_line_without_newline_is_answered_at_end_of_stream() {
+    let server = Server::start(&["time", "--tcp", "127.0.0.1:0"]);
+    let mut c = tcp_connect(server.tcp());
+    c.write_all(b"[%%]").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut all = String::new();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    c.read_to_string(&mut all).expect("an answer and end of stream, not a timeout");
+    assert_eq!(all, "[%]\n");
 }
 
 #[test]

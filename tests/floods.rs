@@ -42,9 +42,12 @@ fn floods_do_not_stop_well_behaved_clients_and_leak_no_descriptors() {
     }
     let baseline = open_fds();
 
-    // A well-behaved client talks all through the floods.
+    // Well-behaved clients talk all through the floods: one on a connection
+    // it keeps, one that connects anew for every request (through the same
+    // accept queue as the floods).
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicU64::new(0));
+    let fresh_answered = Arc::new(AtomicU64::new(0));
     let probe = {
         let (stop, answered) = (Arc::clone(&stop), Arc::clone(&answered));
         std::thread::spawn(move || {
@@ -63,6 +66,24 @@ fn floods_do_not_stop_well_behaved_clients_and_leak_no_descriptors() {
             c.write_all(b"quit\n").unwrap();
         })
     };
+    let fresh_probe = {
+        let (stop, answered) = (Arc::clone(&stop), Arc::clone(&fresh_answered));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let mut c = tcp_connect(addr);
+                assert_eq!(round_trip(&mut c, b"new\n"), b"new\n", "a new well-behaved client was not answered");
+                c.write_all(b"quit\n").unwrap();
+                answered.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    // Both are under way before the floods start.
+    let deadline = Instant::now() + TIMEOUT;
+    while answered.load(Ordering::SeqCst) == 0 || fresh_answered.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the probes never got going");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let before = (answered.load(Ordering::SeqCst), fresh_answered.load(Ordering::SeqCst));
 
     // 1. Connections reset at once (SO_LINGER 0: RST instead of FIN).
     for _ in 0..FLOOD {
@@ -83,10 +104,13 @@ fn floods_do_not_stop_well_behaved_clients_and_leak_no_descriptors() {
             }
         }
     }
-    let during = answered.load(Ordering::SeqCst);
+    let during = (answered.load(Ordering::SeqCst) - before.0, fresh_answered.load(Ordering::SeqCst) - before.1);
     stop.store(true, Ordering::SeqCst);
     probe.join().unwrap();
-    assert!(during > 0, "the well-behaved client got no answers during the floods");
+    fresh_probe.join().unwrap();
+    println!("during the floods: {} round trips on a kept connection, {} on new ones", during.0, during.1);
+    assert!(during.0 > 0, "the well-behaved client got no answers during the floods");
+    assert!(during.1 > 0, "no new well-behaved client was served during the floods");
 
     // Everything the floods opened is closed again.
     let deadline = Instant::now() + TIMEOUT;
@@ -105,6 +129,9 @@ fn floods_do_not_stop_well_behaved_clients_and_leak_no_descriptors() {
     let mut c = tcp_connect(addr);
     assert_eq!(round_trip(&mut c, b"after\n"), b"after\n");
     c.write_all(b"quit\n").unwrap();
-    eprintln!("floods: {stats:?}; {during} probe round trips during the floods; fds back to {baseline}");
+    eprintln!(
+        "floods: {stats:?}; {} + {} probe round trips during the floods (kept + new connections); fds back to {baseline}",
+        during.0, during.1
+    );
     running.stop().unwrap();
 }

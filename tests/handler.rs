@@ -202,17 +202,33 @@ fn writes_are_sent_whole_and_at_once() {
 
 #[test]
 fn buffered_writes_are_flushed_after_finish() {
+    // The handler writes, then waits: with buffering nothing may reach the
+    // client until it is done.
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = Mutex::new(release_rx);
     let server = TcpServer::builder()
         .write_buffer(64 * 1024)
-        .bind("127.0.0.1:0", |req: &mut StreamRequest| {
+        .bind("127.0.0.1:0", move |req: &mut StreamRequest| {
             for i in 0..1000 {
                 writeln!(req, "line {i}")?;
             }
+            release_rx.lock().unwrap().recv_timeout(TIMEOUT).map_err(io::Error::other)?;
             Ok(())
         })
         .unwrap();
     let mut c = tcp_connect(server.server_address().as_inet().unwrap());
-    server.handle_request().unwrap();
+    std::thread::scope(|s| {
+        let serving = s.spawn(|| server.handle_request());
+        c.set_read_timeout(Some(std::time::Duration::from_millis(300))).unwrap();
+        let early = c.read(&mut [0u8; 16]);
+        assert!(
+            matches!(&early, Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)),
+            "bytes arrived before the handler was done: {early:?}"
+        );
+        release_tx.send(()).unwrap();
+        serving.join().unwrap().unwrap();
+    });
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
     let mut all = String::new();
     c.read_to_string(&mut all).unwrap();
     assert_eq!(all.lines().count(), 1000);

@@ -67,9 +67,17 @@ fn announcing_echo(entered: Sender<String>) -> impl Fn(&mut StreamRequest) -> io
 
 #[test]
 fn max_connections_holds_the_third_connection_until_one_closes() {
+    // A pool with workers to spare: the limit, not the pool, holds the third.
+    let pool = ThreadPool::new(NonZeroUsize::new(4).unwrap());
+    for strategy in [socketserver::AnyStrategy::from(Threading::new()), pool.into()] {
+        max_connections_hold_the_third(strategy);
+    }
+}
+
+fn max_connections_hold_the_third(strategy: socketserver::AnyStrategy) {
     let (entered_tx, entered) = unbounded();
     let server = TcpServer::builder()
-        .strategy(Threading::new())
+        .strategy(strategy)
         .max_connections(2)
         .bind("127.0.0.1:0", announcing_echo(entered_tx))
         .unwrap();

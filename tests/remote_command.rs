@@ -94,6 +94,14 @@ fn allowed_command_output_and_exit_status() {
     assert!(matches!(outcome, Outcome::Exit(code) if code != 0));
     assert_eq!(out, b"/\n");
     assert!(!err.is_empty());
+
+    // No shell: what a shell would expand, chain or redirect arrives as
+    // plain arguments (the output is the words themselves, not `id`'s, and
+    // no file `x` appears).
+    let (outcome, out, _) = exec(&mut c, r#"echo $(id) `id` ; ls | cat && * > x $HOME"#);
+    assert_eq!(outcome, Outcome::Exit(0));
+    assert_eq!(String::from_utf8(out).unwrap(), "$(id) `id` ; ls | cat && * > x $HOME\n");
+    assert!(!std::path::Path::new("x").exists());
     drop(c);
     running.stop().unwrap();
 }

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 const CLIENTS: usize = 8;
@@ -15,6 +15,8 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 struct Server {
     child: Child,
     addr: SocketAddr,
+    /// All the process wrote on stderr so far.
+    stderr: Arc<Mutex<Vec<u8>>>,
 }
 
 impl Server {
@@ -22,13 +24,34 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_socketserver"))
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start socketserver");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let addr = line.trim().strip_prefix("listening tcp ").expect("a listening line").parse().unwrap();
-        Server { child, addr }
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Server { child, addr, stderr }
+    }
+
+    /// Waits (bounded) until stderr contains `needle`.
+    fn stderr_shows(&self, needle: &str) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < TIMEOUT {
+            if String::from_utf8_lossy(&self.stderr.lock().unwrap()).contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        false
     }
 
     fn signal(&self, sig: libc::c_int) {
@@ -63,7 +86,7 @@ fn connect(addr: SocketAddr) -> TcpStream {
 
 #[test]
 fn sigint_under_load_answers_every_accepted_request_and_refuses_newcomers() {
-    let mut server = Server::start(&["echo", "--tcp", "127.0.0.1:0", "--grace", "10", "--log-level", "off"]);
+    let mut server = Server::start(&["echo", "--tcp", "127.0.0.1:0", "--grace", "10", "--log-level", "info"]);
     let addr = server.addr;
     let written = Arc::new(Barrier::new(CLIENTS + 1));
     let clients: Vec<_> = (0..CLIENTS)
@@ -100,8 +123,8 @@ fn sigint_under_load_answers_every_accepted_request_and_refuses_newcomers() {
         .collect();
     written.wait();
     server.signal(libc::SIGINT);
-    // A newcomer after the signal is not served.
-    std::thread::sleep(Duration::from_millis(50));
+    // A newcomer once the server has taken the signal is not served.
+    assert!(server.stderr_shows("signal received"), "the server never logged the signal");
     match TcpStream::connect_timeout(&addr, TIMEOUT) {
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused),
         Ok(mut late) => {
@@ -128,8 +151,12 @@ fn a_request_in_flight_for_ever_does_not_stop_the_exit_at_the_deadline() {
     let mut server = Server::start(&["time", "--tcp", "127.0.0.1:0", "--grace", "0.5", "--log-level", "off"]);
     // Half a request, never finished: its handler waits for ever for the rest.
     let mut stuck = connect(server.addr);
+    // A whole request first, so the connection is being served (no sleep).
+    stuck.write_all(b"%%\n").unwrap();
+    let mut answer = [0u8; 2];
+    stuck.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"%\n");
     stuck.write_all(b"%Y-%m").unwrap();
-    std::thread::sleep(Duration::from_millis(50));
     let start = Instant::now();
     server.signal(libc::SIGTERM);
     let (code, _) = server.wait_exit(Duration::from_secs(5));

@@ -37,9 +37,17 @@ impl Running {
         self.join()
     }
 
-    /// Waits for `serve_forever` to return (after a shutdown asked elsewhere).
+    /// Waits for `serve_forever` to return (after a shutdown asked elsewhere);
+    /// a shutdown that never finishes fails the test rather than hanging the
+    /// suite (the bound is well above any grace period the tests set).
     pub fn join(&mut self) -> io::Result<()> {
-        self.thread.take().expect("joined once").join().expect("serve_forever panicked")
+        let thread = self.thread.take().expect("joined once");
+        let deadline = std::time::Instant::now() + 3 * TIMEOUT;
+        while !thread.is_finished() {
+            assert!(std::time::Instant::now() < deadline, "serve_forever did not return after the shutdown");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        thread.join().expect("serve_forever panicked")
     }
 }
 
