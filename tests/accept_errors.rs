@@ -91,34 +91,13 @@ fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     Ok(s)
 }
 
-/// The server's log in the child: each back-off episode must log once.
-static LOGGED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-
-struct Capture;
-
-impl log::Log for Capture {
-    fn enabled(&self, m: &log::Metadata) -> bool {
-        m.level() <= log::Level::Warn
-    }
-    fn log(&self, r: &log::Record) {
-        if self.enabled(r.metadata()) {
-            LOGGED.lock().unwrap().push(r.args().to_string());
-        }
-    }
-    fn flush(&self) {}
-}
-
-fn logged_containing(needle: &str) -> usize {
-    LOGGED.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
-}
-
 #[test]
 fn emfile_child() {
     if std::env::var_os(CHILD_ENV).is_none() {
         return; // only meaningful in the child process started above
     }
-    log::set_logger(&Capture).unwrap();
-    log::set_max_level(log::LevelFilter::Warn);
+    // The server's log: each back-off episode must log once.
+    capture_logs();
     let server = TcpServer::builder().strategy(Threading::new()).bind("127.0.0.1:0", echo_lines).unwrap();
     let running = run(server);
     let addr = running.inet();
@@ -210,10 +189,10 @@ fn emfile_child() {
     // Logged once per episode, not once per failed accept: each episode
     // (there may be short ones before the long one) says it backs off and
     // that it accepts again, once each.
-    let (backing_off, again) = (logged_containing("backing off"), logged_containing("accepting again"));
+    let (backing_off, again) = (logged_containing("backing off").len(), logged_containing("accepting again").len());
     println!("log: {backing_off} back-off episode(s), {again} recovery line(s), {} accept errors", s.accept_errors);
-    assert!(backing_off >= 1 && backing_off == again, "{:?}", LOGGED.lock().unwrap());
-    assert!(backing_off < s.accept_errors as usize, "logged for every failed accept: {:?}", LOGGED.lock().unwrap());
+    assert!(backing_off >= 1 && backing_off == again, "{:?}", logged_containing(""));
+    assert!(backing_off < s.accept_errors as usize, "logged for every failed accept: {:?}", logged_containing(""));
     running.stop().unwrap();
     println!("{CHILD_DONE}");
 }

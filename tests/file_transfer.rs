@@ -94,31 +94,6 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// The log records of this test binary (the server logs its progress).
-static LOGGED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-
-struct Capture;
-
-impl log::Log for Capture {
-    fn enabled(&self, m: &log::Metadata) -> bool {
-        m.level() <= log::Level::Info
-    }
-    fn log(&self, r: &log::Record) {
-        if self.enabled(r.metadata()) {
-            LOGGED.lock().unwrap().push(r.args().to_string());
-        }
-    }
-    fn flush(&self) {}
-}
-
-fn capture_logs() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        log::set_logger(&Capture).unwrap();
-        log::set_max_level(log::LevelFilter::Info);
-    });
-}
-
 fn progress_lines(progress: &[u8]) -> Vec<String> {
     String::from_utf8(progress.to_vec()).unwrap().lines().map(str::to_string).collect()
 }
@@ -141,8 +116,7 @@ fn upload_and_download_round_trip_with_digests_and_progress() {
     assert!(!lines.is_empty() && lines.len() <= 20, "{} progress lines", lines.len());
     assert!(lines.last().unwrap().contains("100%"), "{lines:?}");
     // The server, as the receiver, reports its progress in its log.
-    let received: Vec<String> =
-        LOGGED.lock().unwrap().iter().filter(|l| l.contains("receiving stored.bin")).cloned().collect();
+    let received = logged_containing("receiving stored.bin");
     assert!(!received.is_empty() && received.len() <= 20, "{received:?}");
     assert!(received.last().unwrap().contains(&format!("100% ({0} of {0} bytes)", data.len())), "{received:?}");
 

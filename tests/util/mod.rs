@@ -191,3 +191,35 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
 }
+
+/// Every log record at `info` or above, from the first `capture_logs()` on
+/// (one logger per test binary).
+static LOGGED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::Level::Info
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            LOGGED.lock().unwrap().push(r.args().to_string());
+        }
+    }
+    fn flush(&self) {}
+}
+
+/// Installs the capturing logger (once per test binary).
+pub fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        log::set_logger(&Capture).expect("no other logger in this test binary");
+        log::set_max_level(log::LevelFilter::Info);
+    });
+}
+
+/// The captured log lines that contain `needle`.
+pub fn logged_containing(needle: &str) -> Vec<String> {
+    LOGGED.lock().unwrap().iter().filter(|l| l.contains(needle)).cloned().collect()
+}
