@@ -166,10 +166,16 @@ unsafe extern "C" {
 
 /// Renders the current local time (`TZ` honoured) with C `strftime` in the
 /// process's locale — "C" for a Rust program, which never calls
-/// `setlocale`. Returns `None` when the result does not fit in `max` bytes
-/// (C's strftime cannot tell that from an empty result: give it a format
-/// that renders to at least one byte).
-pub(crate) fn strftime_now(format: &std::ffi::CStr, max: usize) -> io::Result<Option<Vec<u8>>> {
+/// `setlocale`. Returns `None` when the result is longer than `max` bytes;
+/// an empty result is a result (C's strftime returns 0 for both, so the
+/// format is given a leading space that is taken off again).
+///
+/// # Errors
+/// `InvalidInput` if `format` contains NUL; the OS's if it cannot give the
+/// local time.
+pub(crate) fn strftime_now(format: &str, max: usize) -> io::Result<Option<Vec<u8>>> {
+    let format = std::ffi::CString::new(format!(" {format}"))
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "the format contains NUL"))?;
     // SAFETY: tzset only reads the TZ variable and sets libc's globals; it
     // is idempotent and thread-safe in glibc and musl.
     unsafe { tzset() };
@@ -181,9 +187,9 @@ pub(crate) fn strftime_now(format: &std::ffi::CStr, max: usize) -> io::Result<Op
     if unsafe { libc::localtime_r(&now, &mut tm) }.is_null() {
         return Err(io::Error::last_os_error());
     }
-    // One byte more than `max`, for the NUL that strftime writes too.
-    let max = max + 1;
-    let mut size = 256.min(max);
+    // Room for the leading space and the NUL that strftime writes too.
+    let limit = max + 2;
+    let mut size = 256.min(limit);
     loop {
         let mut buf = vec![0u8; size];
         // SAFETY: `buf` has room for `size` bytes; `format` is NUL-terminated;
@@ -191,12 +197,13 @@ pub(crate) fn strftime_now(format: &std::ffi::CStr, max: usize) -> io::Result<Op
         let n = unsafe { libc::strftime(buf.as_mut_ptr().cast(), size, format.as_ptr(), &tm) };
         if n > 0 {
             buf.truncate(n);
+            buf.remove(0); // the space
             return Ok(Some(buf));
         }
-        if size >= max {
+        if size >= limit {
             return Ok(None);
         }
-        size = (size * 4).min(max);
+        size = (size * 4).min(limit);
     }
 }
 

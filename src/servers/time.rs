@@ -1,7 +1,6 @@
 //! The time server of the Python tutorials: each request is a strftime
 //! format, the answer is the local time rendered with it.
 
-use std::ffi::CString;
 use std::fmt;
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
@@ -53,14 +52,11 @@ impl std::error::Error for TimeError {}
 pub fn render_time(request: &[u8]) -> Result<String, TimeError> {
     let format = std::str::from_utf8(request).map_err(|_| TimeError::NotUtf8)?;
     let format = if format.trim().is_empty() { DEFAULT_TIME_FORMAT } else { format };
-    // A leading space that `strftime_now` strips again: C's strftime
-    // returns 0 both for an empty result and for one that does not fit.
-    let c_format = CString::new(format!(" {format}")).map_err(|_| TimeError::Nul)?;
-    match crate::sys::strftime_now(&c_format, MAX_UDP_PAYLOAD + 1) {
-        Ok(Some(mut bytes)) => {
-            bytes.remove(0); // the space
-            String::from_utf8(bytes).map_err(|_| TimeError::NotUtf8)
-        }
+    if format.contains('\0') {
+        return Err(TimeError::Nul);
+    }
+    match crate::sys::strftime_now(format, MAX_UDP_PAYLOAD) {
+        Ok(Some(bytes)) => String::from_utf8(bytes).map_err(|_| TimeError::NotUtf8),
         Ok(None) => Err(TimeError::TooLong),
         Err(e) => Err(TimeError::Clock(e.to_string())),
     }
