@@ -502,12 +502,11 @@ impl StreamRequest {
             }
             wait = Some(self.policy.receive_timeout.map_or(left, |t| t.min(left)));
         }
-        if let (Some(idle), Some(read)) = (self.policy.idle, self.policy.read_timeout)
-            && read < idle
-        {
+        if let Some(idle) = self.idle_across_reads() {
             // At least a moment: a zero timeout would mean "wait for ever".
             let left = idle.saturating_sub(self.last_data.elapsed()).max(Duration::from_millis(1));
-            wait = Some(wait.unwrap_or(read).min(left));
+            // (Without a deadline, `wait` is the read timeout, the shorter.)
+            wait = Some(wait.or(self.policy.receive_timeout).map_or(left, |w| w.min(left)));
         }
         match wait {
             Some(wait) => self.reader.get_ref().set_read_timeout(Some(wait)),
@@ -515,24 +514,24 @@ impl StreamRequest {
         }
     }
 
-    /// Whether the idle timeout can span several reads (a shorter read
-    /// timeout ends each one first), so that `last_data` must be kept.
-    fn idle_spans_reads(&self) -> bool {
-        matches!((self.policy.idle, self.policy.read_timeout), (Some(idle), Some(read)) if read < idle)
+    /// The idle timeout when it spans several reads (a shorter read timeout
+    /// ends each one first), so that `last_data` must be kept.
+    fn idle_across_reads(&self) -> Option<Duration> {
+        self.policy.idle.filter(|idle| self.policy.read_timeout.is_some_and(|read| read < *idle))
     }
 
     fn note_data(&mut self) {
-        if self.idle_spans_reads() {
+        if self.idle_across_reads().is_some() {
             self.last_data = Instant::now();
         }
     }
 
-    /// Whether a read that timed out means the idle timeout has passed.
+    /// Whether a read that timed out means the idle timeout has passed:
+    /// always, when the socket's timeout is the idle timeout itself.
     fn idle_passed(&self) -> bool {
-        match (self.policy.idle, self.policy.read_timeout) {
-            (Some(idle), Some(read)) if read < idle => self.last_data.elapsed() >= idle,
-            (Some(_), _) => true,
-            (None, _) => false,
+        match self.idle_across_reads() {
+            Some(idle) => self.last_data.elapsed() >= idle,
+            None => self.policy.idle.is_some(),
         }
     }
 
