@@ -297,6 +297,14 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
     ) -> io::Result<Server<T, S>> {
         Server::new(endpoint, handler, self.hooks, strategy::to_any(&self.strategy), self.opts, socket_file, listening)
     }
+
+    /// Builds on a socket made elsewhere: it listens already, may be shared
+    /// with other processes, and is never shut down by this server.
+    fn adopt(self, endpoint: Endpoint, handler: AnyHandler) -> io::Result<Server<T, S>> {
+        let mut server = self.build(endpoint, handler, None, true)?;
+        server.adopted = true;
+        Ok(server)
+    }
 }
 
 impl<S: Strategy> Builder<Tcp, S> {
@@ -337,10 +345,7 @@ impl<S: Strategy> Builder<Tcp, S> {
         handler: H,
     ) -> io::Result<Server<Tcp, S>> {
         listener.set_nonblocking(true)?;
-        let mut server =
-            self.build(Endpoint::Stream(Listener::Tcp(listener)), AnyHandler::Stream(Arc::new(handler)), None, true)?;
-        server.adopted = true;
-        Ok(server)
+        self.adopt(Endpoint::Stream(Listener::Tcp(listener)), AnyHandler::Stream(Arc::new(handler)))
     }
 }
 
@@ -369,9 +374,7 @@ impl<S: Strategy> Builder<Udp, S> {
         handler: H,
     ) -> io::Result<Server<Udp, S>> {
         let socket = Arc::new(DatagramSocket::Udp(socket));
-        let mut server = self.build(Endpoint::Datagram(socket), AnyHandler::Datagram(Arc::new(handler)), None, true)?;
-        server.adopted = true;
-        Ok(server)
+        self.adopt(Endpoint::Datagram(socket), AnyHandler::Datagram(Arc::new(handler)))
     }
 }
 
@@ -403,7 +406,7 @@ impl<S: Strategy> Builder<UnixStream, S> {
         handler: H,
     ) -> io::Result<Server<UnixStream, S>> {
         listener.set_nonblocking(true)?;
-        self.build(Endpoint::Stream(Listener::Unix(listener)), AnyHandler::Stream(Arc::new(handler)), None, true)
+        self.adopt(Endpoint::Stream(Listener::Unix(listener)), AnyHandler::Stream(Arc::new(handler)))
     }
 }
 
@@ -434,8 +437,6 @@ impl<S: Strategy> Builder<UnixDatagram, S> {
         handler: H,
     ) -> io::Result<Server<UnixDatagram, S>> {
         let socket = Arc::new(DatagramSocket::Unix(socket));
-        let mut server = self.build(Endpoint::Datagram(socket), AnyHandler::Datagram(Arc::new(handler)), None, true)?;
-        server.adopted = true;
-        Ok(server)
+        self.adopt(Endpoint::Datagram(socket), AnyHandler::Datagram(Arc::new(handler)))
     }
 }

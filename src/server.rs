@@ -52,8 +52,9 @@ pub struct Server<T, S = strategy::Sync> {
     /// The TCP listener was shut down and must listen again (and be bound
     /// again if the kernel released its port).
     pub(crate) rebind: AtomicBool,
-    /// The listener came from `from_listener`: others may share it, so it
-    /// is never shut down.
+    /// The socket came from `from_listener`/`from_socket`: others may share
+    /// it, so it is never shut down, and datagram pools poll rather than
+    /// wake themselves through it.
     pub(crate) adopted: bool,
     /// A fatal error from a datagram receiver thread.
     pub(crate) fatal: Arc<Mutex<Option<io::Error>>>,
