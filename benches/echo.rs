@@ -1,4 +1,4 @@
-//! Echo through in-process servers, one per strategy (`Sync`, `Threading`,
+//! Echo through in-process servers, one per strategy (`Synchronous`, `Threading`,
 //! `ThreadPool` with its defaults), bound to 127.0.0.1:0 with the bundled
 //! `servers::Echo` handler and `TCP_NODELAY`:
 //!
@@ -48,7 +48,7 @@ impl Drop for Running {
 
 fn strategies() -> [(&'static str, AnyStrategy); 3] {
     [
-        ("sync", socketserver::Sync.into()),
+        ("sync", socketserver::Synchronous.into()),
         ("threading", Threading::new().into()),
         ("pool", ThreadPool::default().into()),
     ]

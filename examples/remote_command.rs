@@ -465,7 +465,7 @@ impl RemoteCommand {
                     // frame cut short cannot be followed by a message: the
                     // connection closes, and `running` kills on drop.)
                     let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-                    req.get_ref().set_write_timeout(Some(left.min(WRITE_TIMEOUT)))?;
+                    req.socket()?.set_write_timeout(Some(left.min(WRITE_TIMEOUT)))?;
                     if let Err(e) = send_body(req, &body) {
                         if Instant::now() >= deadline {
                             return Err(io::Error::new(
@@ -478,7 +478,7 @@ impl RemoteCommand {
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {
-                    if client_gone(req.get_ref()) {
+                    if client_gone(req.socket()?) {
                         return Err(gone());
                     }
                     if drain_until.is_none() && running.try_wait()?.is_some() {
@@ -496,7 +496,7 @@ impl RemoteCommand {
             if Instant::now() >= deadline {
                 return Ok(timed_out());
             }
-            if client_gone(req.get_ref()) {
+            if client_gone(req.socket()?) {
                 return Err(gone());
             }
             std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));

@@ -3,69 +3,19 @@
 use std::fmt;
 use std::io;
 use std::marker::PhantomData;
-use std::net::{TcpListener, ToSocketAddrs, UdpSocket};
-use std::os::unix::net;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use socket2::Type;
-
-use crate::address::Address;
-use crate::handler::{DatagramRequest, DatagramSocket, RequestHandler, StreamRequest};
-use crate::server::Server;
-use crate::service::{AnyHandler, Hooks};
+use crate::handler::RequestHandler;
+use crate::loops::Kind;
+use crate::net::Address;
+use crate::net::bind::SocketFile;
+use crate::options::Options;
+use crate::server::{Parts, Server};
+use crate::service::Hooks;
 use crate::strategy::{self, Strategy};
-use crate::transport::{
-    self, BindOptions, Endpoint, Listener, SocketFile, Tcp, Transport, Udp, UnixDatagram, UnixStream,
-};
-
-/// The largest UDP payload over IPv4 (65,535 − 8 − 20): the default
-/// [`max_datagram_size`](Builder::max_datagram_size).
-pub const MAX_UDP_PAYLOAD: usize = 65_507;
-
-#[derive(Clone, Debug)]
-pub(crate) struct Options {
-    pub(crate) reuse_address: Option<bool>,
-    pub(crate) reuse_port: bool,
-    pub(crate) backlog: i32,
-    pub(crate) activate: bool,
-    pub(crate) nodelay: bool,
-    pub(crate) read_timeout: Option<Duration>,
-    pub(crate) write_timeout: Option<Duration>,
-    pub(crate) idle_timeout: Option<Duration>,
-    pub(crate) max_datagram_size: usize,
-    pub(crate) max_connections: Option<usize>,
-    pub(crate) timeout: Option<Duration>,
-    pub(crate) grace: Duration,
-    pub(crate) service_interval: Option<Duration>,
-    pub(crate) read_buffer: usize,
-    pub(crate) write_buffer: usize,
-    pub(crate) datagram_handoff: bool,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            reuse_address: None,
-            reuse_port: false,
-            backlog: libc::SOMAXCONN,
-            activate: true,
-            nodelay: false,
-            read_timeout: None,
-            write_timeout: None,
-            idle_timeout: None,
-            max_datagram_size: MAX_UDP_PAYLOAD,
-            max_connections: None,
-            timeout: None,
-            grace: Duration::from_secs(5),
-            service_interval: None,
-            read_buffer: 64 * 1024,
-            write_buffer: 0,
-            datagram_handoff: false,
-        }
-    }
-}
+use crate::transport::sealed::{Adopt, Bind};
+use crate::transport::{BindAddress, Transport};
 
 /// Configures a server before it binds: socket options, limits, timeouts,
 /// the strategy and the hooks. Get one from [`Server::builder`].
@@ -88,7 +38,7 @@ impl Default for Options {
 /// # }
 /// ```
 #[must_use = "a builder does nothing until `bind` is called"]
-pub struct Builder<T, S = strategy::Sync> {
+pub struct Builder<T, S = strategy::Synchronous> {
     opts: Options,
     strategy: S,
     hooks: Hooks,
@@ -106,11 +56,11 @@ impl<T, S: fmt::Debug> fmt::Debug for Builder<T, S> {
 }
 
 impl<T: Transport, S: Strategy> Builder<T, S> {
-    pub(crate) fn new(strategy: S) -> Self {
+    fn new(strategy: S) -> Self {
         Builder { opts: Options::default(), strategy, hooks: Hooks::default(), _transport: PhantomData }
     }
 
-    /// The concurrency strategy: [`Sync`](crate::Sync), [`Threading`](crate::Threading),
+    /// The concurrency strategy: [`Synchronous`](crate::Synchronous), [`Threading`](crate::Threading),
     /// [`ThreadPool`](crate::ThreadPool), [`Forking`](crate::Forking) or an
     /// [`AnyStrategy`](crate::AnyStrategy).
     pub fn strategy<S2: Strategy>(self, strategy: S2) -> Builder<T, S2> {
@@ -237,21 +187,11 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
         self
     }
 
-    /// Datagram servers under a [`ThreadPool`] normally let the workers
-    /// receive on the socket themselves; with this set, one loop receives
-    /// and hands each datagram (copied) through the pool's queue instead.
-    /// Kept for comparison in benchmarks.
-    #[doc(hidden)]
-    pub fn datagram_handoff(mut self, on: bool) -> Self {
-        self.opts.datagram_handoff = on;
-        self
-    }
-
     /// Python's `verify_request`: called with each peer before its request
     /// is handled; `false` refuses it (a connection is shut down and closed,
     /// a datagram dropped; the handler never runs) and counts it in
     /// `Stats::refused`.
-    pub fn verify_request(mut self, f: impl Fn(&Address) -> bool + Send + std::marker::Sync + 'static) -> Self {
+    pub fn verify_request(mut self, f: impl Fn(&Address) -> bool + Send + Sync + 'static) -> Self {
         self.hooks.verify_request = Some(Arc::new(f));
         self
     }
@@ -260,183 +200,97 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
     /// handler fails or panics (a panic arrives as an error whose message
     /// starts with `handler panicked`). The default logs it through `log`
     /// at error level. The server keeps serving either way.
-    pub fn handle_error(mut self, f: impl Fn(&Address, &io::Error) + Send + std::marker::Sync + 'static) -> Self {
+    pub fn handle_error(mut self, f: impl Fn(&Address, &io::Error) + Send + Sync + 'static) -> Self {
         self.hooks.handle_error = Some(Arc::new(f));
         self
     }
 
     /// Python's `handle_timeout`: called when `handle_request` waited
     /// `timeout` for nothing.
-    pub fn handle_timeout(mut self, f: impl Fn() + Send + std::marker::Sync + 'static) -> Self {
+    pub fn handle_timeout(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
         self.hooks.handle_timeout = Some(Arc::new(f));
         self
     }
 
     /// Python's `service_actions`: called by `serve_forever` after each
     /// wake-up (and every [`service_interval`](Self::service_interval), if set).
-    pub fn service_actions(mut self, f: impl Fn() + Send + std::marker::Sync + 'static) -> Self {
+    pub fn service_actions(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
         self.hooks.service_actions = Some(Arc::new(f));
         self
     }
 
-    fn bind_options(&self, stream: bool) -> BindOptions {
-        BindOptions {
-            reuse_address: self.opts.reuse_address.unwrap_or(stream),
-            reuse_port: self.opts.reuse_port,
-            backlog: self.opts.backlog,
-            activate: self.opts.activate,
-        }
+    /// Binds (and, unless [`activate(false)`](Self::activate), listens):
+    ///
+    /// * TCP and UDP: on the first address `addr` resolves to. Port 0 picks
+    ///   a free port: see [`Server::server_address`].
+    /// * Unix sockets: at the path `addr`. A stale socket file there — one
+    ///   no server answers on — is removed first; a live one, or a file
+    ///   that is not a socket, is an error. The file is removed when the
+    ///   server closes.
+    ///
+    /// # Errors
+    /// An error naming the address and the cause (a [`ContextError`](crate::ContextError)
+    /// inside): it cannot be resolved, it is in use, permission is denied...
+    pub fn bind<A, H>(self, addr: A, handler: H) -> io::Result<Server<T, S>>
+    where
+        A: BindAddress<T>,
+        H: RequestHandler<T::Request>,
+    {
+        let (endpoint, socket_file) = Bind::<T>::bind(addr, &self.opts)?;
+        self.build(endpoint, socket_file, Arc::new(handler))
+    }
+
+    /// Serves on a socket bound elsewhere (systemd socket activation, a
+    /// `SO_REUSEPORT` sibling, a hand-off on restart): a `TcpListener`, a
+    /// `UdpSocket`, a `UnixListener` or a `UnixDatagram`, as the transport
+    /// says. A listener should already be listening; the builder's socket
+    /// options are not applied to it. When serving stops, the socket is left
+    /// as it is (a server that bound its own listener shuts it down so that
+    /// newcomers are refused at once): other holders of the same socket go
+    /// on using it. A Unix socket's file is left in place.
+    ///
+    /// # Errors
+    /// If it cannot be made non-blocking or has no local address.
+    pub fn from_socket<H>(self, socket: T::Socket, handler: H) -> io::Result<Server<T, S>>
+    where
+        H: RequestHandler<T::Request>,
+    {
+        let endpoint = socket.adopt()?;
+        self.build(endpoint, None, Arc::new(handler))
     }
 
     fn build(
         self,
-        endpoint: Endpoint,
-        handler: AnyHandler,
+        endpoint: <T::Request as Kind>::Endpoint,
         socket_file: Option<SocketFile>,
-        listening: bool,
+        handler: Arc<dyn RequestHandler<T::Request>>,
     ) -> io::Result<Server<T, S>> {
-        Server::new(endpoint, handler, self.hooks, strategy::to_any(&self.strategy), self.opts, socket_file, listening)
-    }
-
-    /// Builds on a socket made elsewhere: it listens already, may be shared
-    /// with other processes, and is never shut down by this server.
-    fn adopt(self, endpoint: Endpoint, handler: AnyHandler) -> io::Result<Server<T, S>> {
-        let mut server = self.build(endpoint, handler, None, true)?;
-        server.adopted = true;
-        Ok(server)
-    }
-}
-
-impl<S: Strategy> Builder<Tcp, S> {
-    /// Binds (and, unless `activate(false)`, listens) on the first address
-    /// `addr` resolves to. Port 0 picks a free port: see
-    /// [`Server::server_address`].
-    ///
-    /// # Errors
-    /// An error naming the address and the cause: it cannot be resolved, it
-    /// is in use, permission is denied...
-    pub fn bind<A, H>(self, addr: A, handler: H) -> io::Result<Server<Tcp, S>>
-    where
-        A: ToSocketAddrs + fmt::Debug,
-        H: RequestHandler<StreamRequest>,
-    {
-        let opts = self.bind_options(true);
-        let socket = transport::bind_inet(addr, Tcp::NAME, Type::STREAM, &opts)?;
-        self.build(
-            Endpoint::Stream(transport::tcp_listener(socket)),
-            AnyHandler::Stream(Arc::new(handler)),
-            None,
-            opts.activate,
-        )
-    }
-
-    /// Serves on a listener bound elsewhere (systemd socket activation, a
-    /// `SO_REUSEPORT` sibling, a hand-off on restart). It should already be
-    /// listening; the builder's socket options are not applied to it. When
-    /// serving stops, the listener is left listening (a server that bound
-    /// its own shuts it down so that newcomers are refused at once): other
-    /// holders of the same socket go on accepting from it.
-    ///
-    /// # Errors
-    /// If it cannot be made non-blocking or has no local address.
-    pub fn from_listener<H: RequestHandler<StreamRequest>>(
-        self,
-        listener: TcpListener,
-        handler: H,
-    ) -> io::Result<Server<Tcp, S>> {
-        listener.set_nonblocking(true)?;
-        self.adopt(Endpoint::Stream(Listener::Tcp(listener)), AnyHandler::Stream(Arc::new(handler)))
+        Server::assemble(Parts {
+            endpoint,
+            socket_file,
+            handler,
+            hooks: self.hooks,
+            strategy: strategy::to_any(&self.strategy),
+            opts: self.opts,
+        })
     }
 }
 
-impl<S: Strategy> Builder<Udp, S> {
-    /// Binds on the first address `addr` resolves to (port 0: a free port).
+impl<T: Transport, S: Strategy> Server<T, S> {
+    /// A builder with default options and `S::default()` as the strategy.
+    pub fn builder() -> Builder<T, S> {
+        Builder::new(S::default())
+    }
+
+    /// Binds a server with default options; see [`Builder::bind`].
     ///
     /// # Errors
     /// An error naming the address and the cause.
-    pub fn bind<A, H>(self, addr: A, handler: H) -> io::Result<Server<Udp, S>>
+    pub fn bind<A, H>(addr: A, handler: H) -> io::Result<Self>
     where
-        A: ToSocketAddrs + fmt::Debug,
-        H: RequestHandler<DatagramRequest>,
+        A: BindAddress<T>,
+        H: RequestHandler<T::Request>,
     {
-        let socket = transport::bind_inet(addr, Udp::NAME, Type::DGRAM, &self.bind_options(false))?;
-        let socket = Arc::new(transport::udp_socket(socket));
-        self.build(Endpoint::Datagram(socket), AnyHandler::Datagram(Arc::new(handler)), None, true)
-    }
-
-    /// Serves on a socket bound elsewhere.
-    ///
-    /// # Errors
-    /// If it has no local address.
-    pub fn from_socket<H: RequestHandler<DatagramRequest>>(
-        self,
-        socket: UdpSocket,
-        handler: H,
-    ) -> io::Result<Server<Udp, S>> {
-        let socket = Arc::new(DatagramSocket::Udp(socket));
-        self.adopt(Endpoint::Datagram(socket), AnyHandler::Datagram(Arc::new(handler)))
-    }
-}
-
-impl<S: Strategy> Builder<UnixStream, S> {
-    /// Binds (and listens) at `path`. A stale socket file there — one no
-    /// server answers on — is removed first; a live one, or a file that is
-    /// not a socket, is an error. The file is removed when the server closes.
-    ///
-    /// # Errors
-    /// An error naming the path and the cause.
-    pub fn bind<P: AsRef<Path>, H: RequestHandler<StreamRequest>>(
-        self,
-        path: P,
-        handler: H,
-    ) -> io::Result<Server<UnixStream, S>> {
-        let opts = self.bind_options(true);
-        let (socket, file) = transport::bind_unix(path.as_ref(), UnixStream::NAME, Type::STREAM, &opts)?;
-        let endpoint = Endpoint::Stream(transport::unix_listener(socket));
-        self.build(endpoint, AnyHandler::Stream(Arc::new(handler)), Some(file), opts.activate)
-    }
-
-    /// Serves on a listener bound elsewhere; its file is left in place on close.
-    ///
-    /// # Errors
-    /// If it cannot be made non-blocking or has no local address.
-    pub fn from_listener<H: RequestHandler<StreamRequest>>(
-        self,
-        listener: net::UnixListener,
-        handler: H,
-    ) -> io::Result<Server<UnixStream, S>> {
-        listener.set_nonblocking(true)?;
-        self.adopt(Endpoint::Stream(Listener::Unix(listener)), AnyHandler::Stream(Arc::new(handler)))
-    }
-}
-
-impl<S: Strategy> Builder<UnixDatagram, S> {
-    /// Binds at `path`, removing a stale socket file first; the file is
-    /// removed when the server closes.
-    ///
-    /// # Errors
-    /// An error naming the path and the cause.
-    pub fn bind<P: AsRef<Path>, H: RequestHandler<DatagramRequest>>(
-        self,
-        path: P,
-        handler: H,
-    ) -> io::Result<Server<UnixDatagram, S>> {
-        let (socket, file) =
-            transport::bind_unix(path.as_ref(), UnixDatagram::NAME, Type::DGRAM, &self.bind_options(false))?;
-        let socket = Arc::new(transport::unix_datagram(socket));
-        self.build(Endpoint::Datagram(socket), AnyHandler::Datagram(Arc::new(handler)), Some(file), true)
-    }
-
-    /// Serves on a socket bound elsewhere; its file is left in place on close.
-    ///
-    /// # Errors
-    /// If it has no local address.
-    pub fn from_socket<H: RequestHandler<DatagramRequest>>(
-        self,
-        socket: net::UnixDatagram,
-        handler: H,
-    ) -> io::Result<Server<UnixDatagram, S>> {
-        let socket = Arc::new(DatagramSocket::Unix(socket));
-        self.adopt(Endpoint::Datagram(socket), AnyHandler::Datagram(Arc::new(handler)))
+        Self::builder().bind(addr, handler)
     }
 }

@@ -27,7 +27,7 @@
 //! | Python | here |
 //! |---|---|
 //! | `TCPServer`, `UDPServer`, `UnixStreamServer`, `UnixDatagramServer` | [`TcpServer`], [`UdpServer`], [`UnixStreamServer`], [`UnixDatagramServer`]: one generic [`Server`] over a [`Transport`] |
-//! | `ThreadingMixIn`, `ForkingMixIn` | strategies [`Threading`], [`Forking`], plus [`Sync`] (the default) and [`ThreadPool`] |
+//! | `ThreadingMixIn`, `ForkingMixIn` | strategies [`Threading`], [`Forking`], plus [`Synchronous`] (the default) and [`ThreadPool`] |
 //! | `ThreadingTCPServer`, `ForkingUDPServer`, ... | the aliases [`ThreadingTcpServer`], [`ForkingUdpServer`], ... |
 //! | `BaseRequestHandler` (`setup`, `handle`, `finish`) | [`RequestHandler`]; closures are handlers too |
 //! | `StreamRequestHandler` (`rfile`, `wfile`) | [`StreamRequest`]: buffered reads, writes sent whole |
@@ -57,31 +57,35 @@
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![deny(unsafe_code)]
 
-mod accept;
-mod address;
-#[doc(hidden)]
-pub mod bench_support;
 mod builder;
-mod datagram;
+mod error;
 pub mod framing;
+mod handle;
 mod handler;
+mod loops;
+mod net;
+mod options;
+mod request;
 mod server;
 pub mod servers;
 mod service;
 mod shutdown;
+mod signals;
 mod stats;
 pub mod strategy;
 mod sys;
 pub mod transport;
 
-pub use crate::address::Address;
-pub use crate::builder::{Builder, MAX_UDP_PAYLOAD};
-pub use crate::handler::{DatagramRequest, DatagramSocket, RequestHandler, Stream, StreamRequest};
+pub use crate::builder::Builder;
+pub use crate::error::ContextError;
+pub use crate::handle::ServerHandle;
+pub use crate::handler::RequestHandler;
+pub use crate::net::{Address, DatagramSocket, Listener, MAX_UDP_PAYLOAD, Stream};
+pub use crate::request::{DatagramRequest, MAX_LINE, StreamRequest};
 pub use crate::server::Server;
-pub use crate::shutdown::ServerHandle;
 pub use crate::stats::Stats;
-pub use crate::strategy::{AnyStrategy, Forking, Overflow, Strategy, Sync, ThreadPool, Threading};
-pub use crate::transport::Transport;
+pub use crate::strategy::{AnyStrategy, Forking, Overflow, Strategy, Synchronous, ThreadPool, Threading};
+pub use crate::transport::{BindAddress, Transport};
 
 use crate::transport::{Tcp, Udp, UnixDatagram, UnixStream};
 
@@ -96,13 +100,13 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
 }
 
 /// A synchronous TCP server (Python's `TCPServer`); `TcpServer::builder().strategy(..)` picks another strategy.
-pub type TcpServer = Server<Tcp, Sync>;
+pub type TcpServer = Server<Tcp, Synchronous>;
 /// A UDP server; synchronous unless another strategy is named (Python's `UDPServer`).
-pub type UdpServer = Server<Udp, Sync>;
+pub type UdpServer = Server<Udp, Synchronous>;
 /// A Unix-stream server (Python's `UnixStreamServer`).
-pub type UnixStreamServer = Server<UnixStream, Sync>;
+pub type UnixStreamServer = Server<UnixStream, Synchronous>;
 /// A Unix-datagram server (Python's `UnixDatagramServer`).
-pub type UnixDatagramServer = Server<UnixDatagram, Sync>;
+pub type UnixDatagramServer = Server<UnixDatagram, Synchronous>;
 
 /// Python's `ThreadingTCPServer`: a thread per connection.
 pub type ThreadingTcpServer = Server<Tcp, Threading>;

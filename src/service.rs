@@ -1,5 +1,7 @@
 //! Running one request through a handler: setup → handle → finish, each
-//! guarded against panics, errors reported through `handle_error`.
+//! guarded against panics, errors reported through `handle_error`. Generic
+//! over the request, so that a stream server and a datagram server share it
+//! with no run-time check of which is which.
 
 use std::any::Any;
 use std::fmt;
@@ -8,60 +10,11 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::address::Address;
-use crate::handler::{DatagramRequest, RequestHandler, StreamRequest};
+use crate::handler::RequestHandler;
+use crate::net::Address;
+use crate::request::Request;
 use crate::shutdown::Shared;
 use crate::stats::Counters;
-
-/// A unit of work for a strategy: an accepted connection or a received datagram.
-#[derive(Debug)]
-pub(crate) enum Job {
-    Stream(StreamRequest),
-    Datagram(DatagramRequest),
-}
-
-impl Job {
-    /// Prepares the copy of a job that a forked child runs: the child must
-    /// not touch the parent's locks or counters when it drops the request.
-    pub(crate) fn detach_for_child(&mut self) {
-        match self {
-            Job::Stream(req) => {
-                req.tracked = false;
-                std::mem::forget(req.slot.take());
-            }
-            Job::Datagram(req) => std::mem::forget(req.slot.take()),
-        }
-    }
-
-    /// Drops the parent's copy of a job handed to a child, keeping the slot
-    /// that counts it as in flight until the child is reaped.
-    pub(crate) fn release_to_child(self) -> Option<crate::shutdown::Slot> {
-        match self {
-            Job::Stream(mut req) => {
-                req.linger = false;
-                req.slot.take()
-            }
-            Job::Datagram(mut req) => req.slot.take(),
-        }
-    }
-
-    pub(crate) fn peer(&self) -> &Address {
-        match self {
-            Job::Stream(r) => r.peer_addr(),
-            Job::Datagram(r) => r.peer_addr(),
-        }
-    }
-}
-
-pub(crate) type StreamHandler = Arc<dyn RequestHandler<StreamRequest>>;
-pub(crate) type DatagramHandler = Arc<dyn RequestHandler<DatagramRequest>>;
-
-/// The user's handler, for one of the two request kinds.
-#[derive(Clone)]
-pub(crate) enum AnyHandler {
-    Stream(StreamHandler),
-    Datagram(DatagramHandler),
-}
 
 type VerifyFn = dyn Fn(&Address) -> bool + Send + Sync;
 type ErrorFn = dyn Fn(&Address, &io::Error) + Send + Sync;
@@ -102,85 +55,129 @@ enum Failure {
     Both(Box<Failure>, Box<Failure>),
 }
 
-/// Everything a worker needs to run requests.
-pub(crate) struct Service {
-    pub(crate) handler: AnyHandler,
+impl Failure {
+    /// Each error in it, as `handle_error` is given it, with how it ended.
+    fn into_errors(self, out: &mut Vec<(io::Error, Outcome)>) {
+        match self {
+            Failure::Error(e) => out.push((e, Outcome::Failed)),
+            Failure::Panic(msg) => out.push((io::Error::other(format!("handler panicked: {msg}")), Outcome::Panicked)),
+            Failure::Both(handled, finished) => {
+                handled.into_errors(out);
+                finished.into_errors(out);
+            }
+        }
+    }
+}
+
+/// Everything a worker needs to run requests of kind `R`.
+pub(crate) struct Service<R> {
+    pub(crate) handler: Arc<dyn RequestHandler<R>>,
     pub(crate) hooks: Hooks,
     pub(crate) shared: Arc<Shared>,
 }
 
-impl fmt::Debug for Service {
+impl<R> fmt::Debug for Service<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Service").field("hooks", &self.hooks).finish_non_exhaustive()
     }
 }
 
-impl Service {
-    /// Runs one request to the end and releases it (closing a connection).
-    pub(crate) fn run(&self, job: Job) -> Outcome {
-        let result = match (&self.handler, job) {
-            (AnyHandler::Stream(h), Job::Stream(mut req)) => {
-                req.linger = true;
-                let mut r = run_phases(h.as_ref(), &mut req);
-                if req.idle_closed() && matches!(&r, Err(Failure::Error(e)) if e.kind() == io::ErrorKind::TimedOut) {
-                    // Counted in `idle_closed`; not the handler's failure.
-                    log::debug!("{}: closed idle connection from {}", self.shared.name, req.peer_addr());
-                    r = Ok(());
-                }
-                let flushed = req.flush_pending();
-                if r.is_ok() {
-                    r = flushed.map_err(Failure::Error);
-                }
-                r.map_err(|f| (f, req.peer_addr().clone()))
-            }
-            (AnyHandler::Datagram(h), Job::Datagram(mut req)) => {
-                run_phases(h.as_ref(), &mut req).map_err(|f| (f, req.peer_addr().clone()))
-            }
-            (_, job) => {
-                Err((Failure::Error(io::Error::other("request kind does not match the handler")), job.peer().clone()))
-            }
-        };
+impl<R: Request> Service<R> {
+    /// Runs one request to the end, reports its errors, then releases it
+    /// (closing a connection). It counts as completed only after all that.
+    pub(crate) fn run(&self, mut req: R) -> Outcome {
+        let outcome = self.serve(&mut req);
+        drop(req);
         self.shared.stats.completed.fetch_add(1, Relaxed);
-        match result {
+        outcome
+    }
+
+    /// Runs a request the caller keeps (a datagram receiver reuses its buffer).
+    pub(crate) fn run_in_place(&self, req: &mut R) -> Outcome {
+        let outcome = self.serve(req);
+        self.shared.stats.completed.fetch_add(1, Relaxed);
+        outcome
+    }
+
+    fn serve(&self, req: &mut R) -> Outcome {
+        match self.run_phases(req) {
             Ok(()) => Outcome::Ok,
-            Err((failure, peer)) => self.report(&peer, failure),
+            Err(failure) => self.report(req.peer(), failure),
         }
     }
 
-    /// Runs a datagram request that the caller keeps (its buffer is reused).
-    pub(crate) fn run_datagram(&self, h: &dyn RequestHandler<DatagramRequest>, req: &mut DatagramRequest) {
-        let result = run_phases(h, req);
-        self.shared.stats.completed.fetch_add(1, Relaxed);
-        if let Err(f) = result {
-            self.report(&req.peer.clone(), f);
+    /// Runs a request in a forked child, which must take no lock another
+    /// thread of the parent may have held: nothing is logged and no hook
+    /// runs here. Each error is written to `report` (one line each, raw
+    /// `write(2)`) for the parent to pass to `handle_error`; the outcome
+    /// becomes the exit code.
+    pub(crate) fn run_in_child(&self, mut req: R, report: &std::os::fd::OwnedFd) -> Outcome {
+        let mut outcome = Outcome::Ok;
+        if let Err(failure) = self.run_phases(&mut req) {
+            let mut errors = Vec::new();
+            failure.into_errors(&mut errors);
+            let mut text = String::new();
+            for (err, how) in errors {
+                text.push_str(&err.to_string().replace('\n', " "));
+                text.push('\n');
+                outcome = worse(outcome, how);
+            }
+            crate::sys::process::write_raw(report, text.as_bytes());
         }
+        outcome
+    }
+
+    fn run_phases(&self, req: &mut R) -> Result<(), Failure> {
+        req.begin();
+        let h = self.handler.as_ref();
+        guarded(|| h.setup(req))?;
+        let handled = guarded(|| h.handle(req));
+        let finished = guarded(|| h.finish(req));
+        let mut result = match (handled, finished) {
+            (Err(h), Err(f)) => Err(Failure::Both(Box::new(h), Box::new(f))),
+            (handled, finished) => handled.and(finished),
+        };
+        if req.closed_for_idleness() && matches!(&result, Err(Failure::Error(e)) if e.kind() == io::ErrorKind::TimedOut)
+        {
+            // Counted in `idle_closed`; not the handler's failure.
+            log::debug!("{}: closed idle connection from {}", self.shared.name, req.peer());
+            result = Ok(());
+        }
+        let flushed = req.flush();
+        result.and(flushed.map_err(Failure::Error))
     }
 
     /// Reports a request's failure: counted once in `handler_errors`, each
     /// error or panic in it passed to `handle_error`.
     fn report(&self, peer: &Address, failure: Failure) -> Outcome {
-        Counters::bump(&self.shared.stats.handler_errors);
-        self.report_each(peer, failure)
-    }
-
-    fn report_each(&self, peer: &Address, failure: Failure) -> Outcome {
         let stats = &self.shared.stats;
-        let (err, outcome) = match failure {
-            Failure::Error(e) => (e, Outcome::Failed),
-            Failure::Panic(msg) => {
+        Counters::bump(&stats.handler_errors);
+        let mut errors = Vec::new();
+        failure.into_errors(&mut errors);
+        let mut outcome = Outcome::Ok;
+        for (err, how) in errors {
+            if how == Outcome::Panicked {
                 Counters::bump(&stats.panics);
-                (io::Error::other(format!("handler panicked: {msg}")), Outcome::Panicked)
             }
-            Failure::Both(handled, finished) => {
-                let first = self.report_each(peer, *handled);
-                let second = self.report_each(peer, *finished);
-                return if first == Outcome::Panicked { first } else { second };
-            }
-        };
-        self.handle_error(peer, &err);
+            self.handle_error(peer, &err);
+            outcome = worse(outcome, how);
+        }
         outcome
     }
+}
 
+/// A panic outranks an error, which outranks success.
+fn worse(a: Outcome, b: Outcome) -> Outcome {
+    if a == Outcome::Panicked || b == Outcome::Panicked {
+        Outcome::Panicked
+    } else if a == Outcome::Failed || b == Outcome::Failed {
+        Outcome::Failed
+    } else {
+        Outcome::Ok
+    }
+}
+
+impl<R> Service<R> {
     /// Calls the user's `handle_error`, or logs; a panic in it is contained too.
     pub(crate) fn handle_error(&self, peer: &Address, err: &io::Error) {
         match &self.hooks.handle_error {
@@ -210,22 +207,20 @@ impl Service {
         }
     }
 
-    pub(crate) fn call_hook(&self, hook: &Option<Arc<ActionFn>>, name: &str) {
+    pub(crate) fn handle_timeout(&self) {
+        self.call_hook(&self.hooks.handle_timeout, "handle_timeout");
+    }
+
+    pub(crate) fn service_actions(&self) {
+        self.call_hook(&self.hooks.service_actions, "service_actions");
+    }
+
+    fn call_hook(&self, hook: &Option<Arc<ActionFn>>, name: &str) {
         if let Some(hook) = hook
             && let Err(p) = catch_unwind(AssertUnwindSafe(|| hook()))
         {
             log::error!("{}: {name} panicked: {}", self.shared.name, panic_message(&p));
         }
-    }
-}
-
-fn run_phases<R: 'static>(h: &dyn RequestHandler<R>, req: &mut R) -> Result<(), Failure> {
-    guarded(|| h.setup(req))?;
-    let handled = guarded(|| h.handle(req));
-    let finished = guarded(|| h.finish(req));
-    match (handled, finished) {
-        (Err(h), Err(f)) => Err(Failure::Both(Box::new(h), Box::new(f))),
-        (handled, finished) => handled.and(finished),
     }
 }
 

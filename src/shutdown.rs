@@ -1,9 +1,11 @@
-//! Stopping a server: the [`ServerHandle`], the waker that ends the loop's wait
-//! at once, the tracker that force-closes connections when the grace period
-//! ends, and the process-wide signal hub.
+//! A server's shared state: its counters, the shutdown flag and the waker
+//! that ends the loop's wait at once, the drain with its deadline, the
+//! tracker that force-closes connections when the grace period ends, and the
+//! children a forking server has to kill then.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
+use std::net::Shutdown;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
@@ -12,8 +14,10 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::stats::{Counters, Stats};
+use crate::net::Stream;
+use crate::stats::Counters;
 use crate::sys;
+use crate::sys::process::Children;
 
 /// How long, after the grace period ends and every connection has been shut
 /// down, the server still waits for handlers to return before it stops
@@ -85,7 +89,18 @@ struct Drain {
     forced_at: Option<Instant>,
 }
 
-/// State shared by a server, its workers, its requests and its handles.
+/// An open connection as the tracker sees it.
+#[derive(Debug)]
+struct Tracked {
+    /// Held weakly: the request owns the socket. Upgrading it keeps the
+    /// descriptor open while the tracker shuts it down, so it can never be
+    /// a number the OS has since given to another socket.
+    stream: Weak<Stream>,
+    /// Its handler waits in `StreamRequest::wait_for_data` for a request to begin.
+    idle: bool,
+}
+
+/// State shared by a server, its loops, workers, requests and handles.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) stats: Counters,
@@ -95,10 +110,10 @@ pub(crate) struct Shared {
     waiting: AtomicBool,
     /// Threads the strategy runs (pool workers, request threads, reapers).
     pub(crate) threads: AtomicUsize,
-    /// Open connections, and whether each is idle: its handler waits in
-    /// `StreamRequest::wait_for_data` for a request to begin.
-    tracker: Mutex<HashMap<RawFd, bool>>,
-    children: Mutex<HashSet<libc::pid_t>>,
+    /// Open connections, by descriptor.
+    tracker: Mutex<HashMap<RawFd, Tracked>>,
+    /// Children of a forking server.
+    pub(crate) children: Children,
     drain: Mutex<Drain>,
     drain_cv: Condvar,
     pub(crate) grace: Duration,
@@ -114,7 +129,7 @@ impl Shared {
             waiting: AtomicBool::new(false),
             threads: AtomicUsize::new(0),
             tracker: Mutex::new(HashMap::new()),
-            children: Mutex::new(HashSet::new()),
+            children: Children::default(),
             drain: Mutex::new(Drain::default()),
             drain_cv: Condvar::new(),
             grace,
@@ -167,8 +182,9 @@ impl Shared {
         self.drain_cv.notify_all();
     }
 
-    pub(crate) fn track(&self, fd: RawFd) {
-        self.tracker.lock().insert(fd, false);
+    pub(crate) fn track(&self, stream: &Arc<Stream>) {
+        let entry = Tracked { stream: Arc::downgrade(stream), idle: false };
+        self.tracker.lock().insert(stream.as_raw_fd(), entry);
     }
 
     /// Marks connection `fd` idle (waiting for a request) or busy. Returns
@@ -179,22 +195,15 @@ impl Shared {
         if idle && self.stopping() {
             return false;
         }
-        if let Some(state) = tracker.get_mut(&fd) {
-            *state = idle;
+        if let Some(entry) = tracker.get_mut(&fd) {
+            entry.idle = idle;
         }
         true
     }
 
+    /// Forgets connection `fd`; its owner calls this before it closes it.
     pub(crate) fn untrack(&self, fd: RawFd) {
         self.tracker.lock().remove(&fd);
-    }
-
-    pub(crate) fn track_child(&self, pid: libc::pid_t) {
-        self.children.lock().insert(pid);
-    }
-
-    pub(crate) fn untrack_child(&self, pid: libc::pid_t) {
-        self.children.lock().remove(&pid);
     }
 
     /// Requests a shutdown whose grace period is `grace`; a later request may
@@ -209,16 +218,20 @@ impl Shared {
         // request has begun to arrive (its handler is about to read it).
         // Only the read side is shut, so bytes already queued are still
         // read and answered.
-        for (&fd, _) in self.tracker.lock().iter().filter(|(_, idle)| **idle) {
-            let mut ready = [false];
-            if sys::poll(&[fd], &mut ready, Some(Duration::ZERO)).is_ok_and(|n| n == 0) {
-                sys::shutdown_fd(fd, std::net::Shutdown::Read);
+        for stream in self.tracked(|entry| entry.idle) {
+            if !sys::readable_now(stream.as_raw_fd()) {
+                let _ = stream.shutdown(Shutdown::Read);
             }
         }
         self.drain_cv.notify_all();
         if self.stats.active.load(SeqCst) > 0 {
             self.start_watchdog(&mut d);
         }
+    }
+
+    /// The open connections that `which` picks, kept open while in hand.
+    fn tracked(&self, which: impl Fn(&Tracked) -> bool) -> Vec<Arc<Stream>> {
+        self.tracker.lock().values().filter(|e| which(e)).filter_map(|e| e.stream.upgrade()).collect()
     }
 
     /// Makes sure someone enforces the deadline while work is in flight.
@@ -261,25 +274,19 @@ impl Shared {
 
     fn force_close(&self, d: &mut Drain) {
         d.forced_at = Some(Instant::now());
-        let fds = self.tracker.lock();
-        let children = self.children.lock();
-        if !fds.is_empty() || !children.is_empty() {
-            log::warn!(
-                "{}: grace period over: closing {} connection(s), killing {} child process(es)",
-                self.name,
-                fds.len(),
-                children.len()
-            );
-        }
-        // The lock is held while shutting down, so no owner can close (and the
-        // OS reuse) a descriptor under our feet.
-        for &fd in fds.keys() {
-            sys::shutdown_fd(fd, std::net::Shutdown::Both);
-        }
-        for &pid in children.iter() {
-            sys::kill_child(pid);
+        let open = self.tracked(|_| true);
+        let killed = self.children.kill_all();
+        for stream in &open {
+            let _ = stream.shutdown(Shutdown::Both);
         }
         self.drain_cv.notify_all();
+        if !open.is_empty() || killed > 0 {
+            log::warn!(
+                "{}: grace period over: closed {} connection(s), killed {killed} child process(es)",
+                self.name,
+                open.len(),
+            );
+        }
     }
 
     /// Waits until `done()` holds, forcing connections closed at the grace
@@ -335,144 +342,6 @@ impl Drop for Slot {
         self.shared.capacity_freed();
         if before == 1 && self.shared.stopping() {
             self.shared.notify_drain();
-        }
-    }
-}
-
-/// A cloneable handle to a running server: stop it, read its counters.
-///
-/// Every method works from any thread — a handler of the same server
-/// included, under any strategy — and returns at once: `shutdown` asks the
-/// server to stop and never waits for it, so it cannot deadlock (Python's
-/// `shutdown()` blocks until `serve_forever` ends, which hangs when called
-/// from the serving thread).
-///
-/// ```no_run
-/// # fn main() -> std::io::Result<()> {
-/// use socketserver::{StreamRequest, ThreadingTcpServer};
-/// use std::io::Write;
-///
-/// let server = ThreadingTcpServer::bind("127.0.0.1:0", |req: &mut StreamRequest| {
-///     req.write_all(b"bye\n")?;
-///     req.server().shutdown(); // stop after this request
-///     Ok(())
-/// })?;
-/// server.serve_forever()?; // returns once the request above is done
-/// # Ok(()) }
-/// ```
-#[derive(Clone, Debug)]
-pub struct ServerHandle {
-    pub(crate) shared: Arc<Shared>,
-}
-
-impl ServerHandle {
-    /// Asks the server to stop, with the grace period set by the builder
-    /// ([`Builder::grace_period`](crate::Builder::grace_period), 5 s by default).
-    ///
-    /// The accept loop wakes at once and accepts nothing more. Requests
-    /// already accepted (queued ones included) run to completion; when the
-    /// grace period ends, every connection still open is shut down so that
-    /// blocked handlers return, and forked children are killed.
-    /// `serve_forever` returns when all of it is done. Calling it before
-    /// `serve_forever` makes the next `serve_forever` return at once.
-    pub fn shutdown(&self) {
-        self.shared.request_stop(self.shared.grace);
-    }
-
-    /// Like [`shutdown`](Self::shutdown) with a grace period of `grace`
-    /// (`Duration::ZERO`: close every connection now). A second call can
-    /// shorten the deadline of a shutdown under way, not lengthen it.
-    pub fn shutdown_with_grace(&self, grace: Duration) {
-        self.shared.request_stop(grace);
-    }
-
-    /// Whether a shutdown has been asked for and the server has not finished it.
-    pub fn is_shutting_down(&self) -> bool {
-        self.shared.stopping()
-    }
-
-    /// A snapshot of the server's counters.
-    pub fn stats(&self) -> Stats {
-        self.shared.stats.snapshot()
-    }
-
-    /// Has SIGINT (Ctrl-C) and SIGTERM shut this server down.
-    ///
-    /// The crate keeps one process-wide hub (the `ctrlc` crate allows one
-    /// handler per process) that every server subscribed here shares: a
-    /// signal shuts all of them down with their grace periods; a second
-    /// signal closes everything at once. A server subscribed after the
-    /// process was signalled is shut down at once. Nothing is installed
-    /// unless this is called.
-    ///
-    /// # Errors
-    /// Fails if another signal handler was installed through `ctrlc` or the
-    /// OS refuses the handler.
-    pub fn shutdown_on_signal(&self) -> io::Result<()> {
-        // Registered before the handler is installed, so that no signal can
-        // find the hub without this server; and a server registered after
-        // a signal arrived stops at once.
-        {
-            let mut hub = HUB.lock();
-            // Servers come and go: forget the dropped ones as new ones come.
-            hub.servers.retain(|w| w.strong_count() > 0);
-            let me = Arc::downgrade(&self.shared);
-            if !hub.servers.iter().any(|w| w.ptr_eq(&me)) {
-                hub.servers.push(me);
-            }
-            if hub.signals > 0 {
-                self.shared.request_stop(self.shared.grace);
-            }
-        }
-        install_signal_handler()
-    }
-}
-
-/// The servers signals shut down, and how many signals came.
-struct Hub {
-    servers: Vec<Weak<Shared>>,
-    signals: usize,
-}
-
-static HUB: Mutex<Hub> = Mutex::new(Hub { servers: Vec::new(), signals: 0 });
-
-fn on_signal() {
-    let mut hub = HUB.lock();
-    hub.signals += 1;
-    hub.servers.retain(|w| w.strong_count() > 0);
-    log::info!("signal received: shutting down {} server(s)", hub.servers.len());
-    for shared in hub.servers.iter().filter_map(Weak::upgrade) {
-        // A second signal during a drain ends the grace period.
-        let grace = if shared.stopping() { Duration::ZERO } else { shared.grace };
-        shared.request_stop(grace);
-    }
-}
-
-fn install_signal_handler() -> io::Result<()> {
-    static INSTALLED: Mutex<bool> = Mutex::new(false);
-    let mut installed = INSTALLED.lock();
-    if !*installed {
-        ctrlc::set_handler(on_signal)
-            .map_err(|e| io::Error::other(format!("cannot install the SIGINT/SIGTERM handler: {e}")))?;
-        *installed = true;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Subscribing twice counts once, and servers that are gone are
-    /// forgotten as others subscribe: the hub does not grow with churn.
-    #[test]
-    fn the_signal_hub_forgets_dropped_servers_and_counts_each_once() {
-        for _ in 0..20 {
-            let server = crate::TcpServer::bind("127.0.0.1:0", |_: &mut crate::StreamRequest| Ok(())).unwrap();
-            let handle = server.handle();
-            handle.shutdown_on_signal().unwrap();
-            handle.shutdown_on_signal().unwrap();
-            assert_eq!(HUB.lock().servers.len(), 1);
         }
     }
 }

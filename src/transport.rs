@@ -1,21 +1,42 @@
-//! Socket kinds: creating, binding and activating the server's socket, and
-//! taking connections or datagrams from it.
+//! Socket kinds. A [`Transport`] names the request its handlers get and the
+//! std socket a server of its kind can adopt, so that one generic `bind`
+//! (and one `from_socket`) serves every server kind, and a stream server and
+//! a datagram server are different types all the way down.
 
 use std::fmt;
 use std::io;
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::net::{TcpListener, ToSocketAddrs, UdpSocket};
 use std::os::unix::net;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::Type;
 
-use crate::address::Address;
-use crate::handler::{DatagramSocket, Stream};
+use crate::loops::Kind;
+use crate::loops::accept::StreamEndpoint;
+use crate::loops::receive::DatagramEndpoint;
+use crate::net::bind::{self, SocketFile};
+use crate::net::{DatagramSocket, Listener};
+use crate::options::Options;
+use crate::request::{DatagramRequest, StreamRequest};
 
-mod sealed {
+#[allow(private_interfaces, reason = "sealed traits: their methods take crate-private types")]
+pub(crate) mod sealed {
+    use super::*;
+
     pub trait Sealed {}
+
+    /// A std socket a server of kind `R` can serve.
+    pub trait Adopt<R: Kind> {
+        /// Serves it as it is: listening already, maybe shared.
+        fn adopt(self) -> io::Result<R::Endpoint>;
+    }
+
+    /// An address a server of transport `T` can bind.
+    pub trait Bind<T: Transport> {
+        /// Creates and binds the socket (and listens, for streams, unless
+        /// the builder said not to).
+        fn bind(self, opts: &Options) -> io::Result<(<T::Request as Kind>::Endpoint, Option<SocketFile>)>;
+    }
 }
 
 /// A socket kind a server can serve: [`Tcp`], [`Udp`], [`UnixStream`] or
@@ -24,240 +45,111 @@ pub trait Transport: sealed::Sealed + Send + Sync + 'static {
     /// The name used in logs and in the command's `listening` lines:
     /// `tcp`, `udp`, `unix` or `unix-dgram`.
     const NAME: &'static str;
+    /// What a handler is given: [`StreamRequest`] or [`DatagramRequest`].
+    type Request: Kind;
+    /// The std socket a server of this kind can serve when it was made
+    /// elsewhere ([`Builder::from_socket`](crate::Builder::from_socket)).
+    type Socket: sealed::Adopt<Self::Request>;
 }
 
-/// TCP over IPv4 or IPv6; handlers get a [`StreamRequest`](crate::StreamRequest).
+/// An address a server on transport `T` can bind: anything that resolves
+/// to socket addresses (`"127.0.0.1:9999"`, a `SocketAddr`, ...) for TCP
+/// and UDP, a path for Unix sockets. Sealed.
+pub trait BindAddress<T: Transport>: sealed::Bind<T> {}
+
+impl<T: Transport, A: sealed::Bind<T>> BindAddress<T> for A {}
+
+/// TCP over IPv4 or IPv6; handlers get a [`StreamRequest`].
 #[derive(Clone, Copy, Debug)]
 pub struct Tcp;
-/// UDP over IPv4 or IPv6; handlers get a [`DatagramRequest`](crate::DatagramRequest).
+/// UDP over IPv4 or IPv6; handlers get a [`DatagramRequest`].
 #[derive(Clone, Copy, Debug)]
 pub struct Udp;
-/// Unix-domain stream sockets; handlers get a [`StreamRequest`](crate::StreamRequest).
+/// Unix-domain stream sockets; handlers get a [`StreamRequest`].
 #[derive(Clone, Copy, Debug)]
 pub struct UnixStream;
-/// Unix-domain datagram sockets; handlers get a [`DatagramRequest`](crate::DatagramRequest).
+/// Unix-domain datagram sockets; handlers get a [`DatagramRequest`].
 #[derive(Clone, Copy, Debug)]
 pub struct UnixDatagram;
 
 macro_rules! transport {
-    ($($t:ident = $name:literal),*) => {$(
+    ($($t:ident = $name:literal, $request:ty, $socket:ty;)*) => {$(
         impl sealed::Sealed for $t {}
         impl Transport for $t {
             const NAME: &'static str = $name;
+            type Request = $request;
+            type Socket = $socket;
         }
     )*};
 }
-transport!(Tcp = "tcp", Udp = "udp", UnixStream = "unix", UnixDatagram = "unix-dgram");
-
-/// A listening stream socket.
-#[derive(Debug)]
-pub(crate) enum Listener {
-    Tcp(TcpListener),
-    Unix(net::UnixListener),
+transport! {
+    Tcp = "tcp", StreamRequest, TcpListener;
+    Udp = "udp", DatagramRequest, UdpSocket;
+    UnixStream = "unix", StreamRequest, net::UnixListener;
+    UnixDatagram = "unix-dgram", DatagramRequest, net::UnixDatagram;
 }
 
-impl Listener {
-    /// Takes one pending connection (the listener is non-blocking).
-    pub(crate) fn accept(&self) -> io::Result<(Stream, Address)> {
-        let (stream, peer) = match self {
-            Listener::Tcp(l) => l.accept().map(|(s, a)| (Stream::Tcp(s), Address::Inet(a)))?,
-            Listener::Unix(l) => l.accept().map(|(s, a)| (Stream::Unix(s), Address::from_unix(&a)))?,
-        };
-        // BSDs hand out accepted sockets that inherit O_NONBLOCK; Linux does not.
-        #[cfg(not(target_os = "linux"))]
-        match &stream {
-            Stream::Tcp(s) => s.set_nonblocking(false)?,
-            Stream::Unix(s) => s.set_nonblocking(false)?,
-        }
-        Ok((stream, peer))
-    }
-
-    pub(crate) fn listen(&self, backlog: i32) -> io::Result<()> {
-        socket2::SockRef::from(self).listen(backlog)
+#[allow(private_interfaces, reason = "sealed trait")]
+impl sealed::Adopt<StreamRequest> for TcpListener {
+    fn adopt(self) -> io::Result<StreamEndpoint> {
+        StreamEndpoint::adopted(Listener::Tcp(self))
     }
 }
 
-impl std::os::fd::AsFd for Listener {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        match self {
-            Listener::Tcp(l) => l.as_fd(),
-            Listener::Unix(l) => l.as_fd(),
-        }
+#[allow(private_interfaces, reason = "sealed trait")]
+impl sealed::Adopt<StreamRequest> for net::UnixListener {
+    fn adopt(self) -> io::Result<StreamEndpoint> {
+        StreamEndpoint::adopted(Listener::Unix(self))
     }
 }
 
-impl AsRawFd for Listener {
-    fn as_raw_fd(&self) -> RawFd {
-        match self {
-            Listener::Tcp(l) => l.as_raw_fd(),
-            Listener::Unix(l) => l.as_raw_fd(),
-        }
+#[allow(private_interfaces, reason = "sealed trait")]
+impl sealed::Adopt<DatagramRequest> for UdpSocket {
+    fn adopt(self) -> io::Result<DatagramEndpoint> {
+        Ok(DatagramEndpoint::adopted(DatagramSocket::Udp(self)))
     }
 }
 
-/// The server's socket.
-#[derive(Debug)]
-pub(crate) enum Endpoint {
-    Stream(Listener),
-    Datagram(std::sync::Arc<DatagramSocket>),
-}
-
-impl Endpoint {
-    pub(crate) fn fd(&self) -> RawFd {
-        match self {
-            Endpoint::Stream(l) => l.as_raw_fd(),
-            Endpoint::Datagram(s) => s.as_raw_fd(),
-        }
-    }
-
-    pub(crate) fn local_addr(&self) -> io::Result<Address> {
-        match self {
-            Endpoint::Stream(Listener::Tcp(l)) => l.local_addr().map(Address::Inet),
-            Endpoint::Stream(Listener::Unix(l)) => l.local_addr().map(|a| Address::from_unix(&a)),
-            Endpoint::Datagram(s) => s.local_addr(),
-        }
+#[allow(private_interfaces, reason = "sealed trait")]
+impl sealed::Adopt<DatagramRequest> for net::UnixDatagram {
+    fn adopt(self) -> io::Result<DatagramEndpoint> {
+        Ok(DatagramEndpoint::adopted(DatagramSocket::Unix(self)))
     }
 }
 
-/// Socket-level settings applied at bind time.
-#[derive(Clone, Debug)]
-pub(crate) struct BindOptions {
-    pub(crate) reuse_address: bool,
-    pub(crate) reuse_port: bool,
-    pub(crate) backlog: i32,
-    pub(crate) activate: bool,
-}
-
-fn context(e: io::Error, what: impl fmt::Display) -> io::Error {
-    io::Error::new(e.kind(), format!("{what}: {e}"))
-}
-
-/// Creates, configures and binds an IP socket on the first of `addrs` that
-/// works; listens too for a stream socket when `activate` is set.
-pub(crate) fn bind_inet<A: ToSocketAddrs + fmt::Debug>(
-    addrs: A,
-    kind: &str,
-    ty: Type,
-    opts: &BindOptions,
-) -> io::Result<Socket> {
-    let resolved: Vec<SocketAddr> = addrs
-        .to_socket_addrs()
-        .map_err(|e| context(e, format_args!("cannot resolve {kind} address {addrs:?}")))?
-        .collect();
-    let mut last = io::Error::new(io::ErrorKind::InvalidInput, format!("{kind} address {addrs:?} resolves to nothing"));
-    for addr in resolved {
-        match bind_one(addr, ty, opts) {
-            Ok(s) => return Ok(s),
-            Err(e) => last = context(e, format_args!("cannot bind {kind} {addr}")),
-        }
-    }
-    Err(last)
-}
-
-fn bind_one(addr: SocketAddr, ty: Type, opts: &BindOptions) -> io::Result<Socket> {
-    let proto = if ty == Type::STREAM { Protocol::TCP } else { Protocol::UDP };
-    let socket = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
-    socket.set_reuse_address(opts.reuse_address)?;
-    if opts.reuse_port {
-        socket.set_reuse_port(true)?;
-    }
-    socket.bind(&addr.into())?;
-    if ty == Type::STREAM {
-        socket.set_nonblocking(true)?;
-        if opts.activate {
-            socket.listen(opts.backlog)?;
-        }
-    }
-    Ok(socket)
-}
-
-pub(crate) fn tcp_listener(socket: Socket) -> Listener {
-    Listener::Tcp(TcpListener::from(socket))
-}
-
-pub(crate) fn udp_socket(socket: Socket) -> DatagramSocket {
-    DatagramSocket::Udp(UdpSocket::from(socket))
-}
-
-/// A socket file this server created, removed when the server closes if it
-/// is still the same file (another server may have replaced it since).
-#[derive(Debug)]
-pub(crate) struct SocketFile {
-    path: PathBuf,
-    dev: u64,
-    ino: u64,
-}
-
-impl SocketFile {
-    fn new(path: &Path) -> io::Result<SocketFile> {
-        let meta = std::fs::symlink_metadata(path)?;
-        Ok(SocketFile { path: path.to_path_buf(), dev: meta.dev(), ino: meta.ino() })
+#[allow(private_interfaces, reason = "sealed trait")]
+impl<A: ToSocketAddrs + fmt::Debug> sealed::Bind<Tcp> for A {
+    fn bind(self, opts: &Options) -> io::Result<(StreamEndpoint, Option<SocketFile>)> {
+        let opts = opts.bind_options(true);
+        let socket = bind::bind_inet(self, Tcp::NAME, Type::STREAM, &opts)?;
+        Ok((StreamEndpoint::bound(Listener::Tcp(socket.into()), opts.activate)?, None))
     }
 }
 
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        if let Ok(meta) = std::fs::symlink_metadata(&self.path)
-            && meta.dev() == self.dev
-            && meta.ino() == self.ino
-            && let Err(e) = std::fs::remove_file(&self.path)
-        {
-            log::warn!("cannot remove socket file {}: {e}", self.path.display());
-        }
+#[allow(private_interfaces, reason = "sealed trait")]
+impl<A: ToSocketAddrs + fmt::Debug> sealed::Bind<Udp> for A {
+    fn bind(self, opts: &Options) -> io::Result<(DatagramEndpoint, Option<SocketFile>)> {
+        let socket = bind::bind_inet(self, Udp::NAME, Type::DGRAM, &opts.bind_options(false))?;
+        Ok((DatagramEndpoint::bound(DatagramSocket::Udp(socket.into())), None))
     }
 }
 
-/// Removes a socket file that no server is listening on. Refuses to touch a
-/// path that is not a socket, or a socket someone is still serving.
-fn remove_stale(path: &Path, ty: Type) -> io::Result<()> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if !meta.file_type().is_socket() {
-        return Err(io::Error::new(io::ErrorKind::AlreadyExists, "the path exists and is not a socket"));
-    }
-    let probe = Socket::new(Domain::UNIX, ty, None)?;
-    match probe.connect(&SockAddr::unix(path)?) {
-        Ok(()) => Err(io::Error::new(io::ErrorKind::AddrInUse, "another server is listening on it")),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            log::info!("removing stale socket file {}", path.display());
-            std::fs::remove_file(path)
-        }
-        Err(e) => Err(e),
+#[allow(private_interfaces, reason = "sealed trait")]
+impl<P: AsRef<Path>> sealed::Bind<UnixStream> for P {
+    fn bind(self, opts: &Options) -> io::Result<(StreamEndpoint, Option<SocketFile>)> {
+        let opts = opts.bind_options(true);
+        let (socket, file) = bind::bind_unix(self.as_ref(), UnixStream::NAME, Type::STREAM, &opts)?;
+        let listener = Listener::Unix(std::os::fd::OwnedFd::from(socket).into());
+        Ok((StreamEndpoint::bound(listener, opts.activate)?, Some(file)))
     }
 }
 
-/// Binds a Unix socket at `path`, removing a stale socket file first.
-pub(crate) fn bind_unix(path: &Path, kind: &str, ty: Type, opts: &BindOptions) -> io::Result<(Socket, SocketFile)> {
-    let what = || format!("cannot bind {kind} {}", path.display());
-    if opts.reuse_port {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{}: reuse_port applies to IP sockets only", what()),
-        ));
+#[allow(private_interfaces, reason = "sealed trait")]
+impl<P: AsRef<Path>> sealed::Bind<UnixDatagram> for P {
+    fn bind(self, opts: &Options) -> io::Result<(DatagramEndpoint, Option<SocketFile>)> {
+        let (socket, file) =
+            bind::bind_unix(self.as_ref(), UnixDatagram::NAME, Type::DGRAM, &opts.bind_options(false))?;
+        let socket = DatagramSocket::Unix(std::os::fd::OwnedFd::from(socket).into());
+        Ok((DatagramEndpoint::bound(socket), Some(file)))
     }
-    let bind = || -> io::Result<(Socket, SocketFile)> {
-        remove_stale(path, ty)?;
-        let socket = Socket::new(Domain::UNIX, ty, None)?;
-        socket.bind(&SockAddr::unix(path)?)?;
-        let file = SocketFile::new(path)?;
-        if ty == Type::STREAM {
-            socket.set_nonblocking(true)?;
-            if opts.activate {
-                socket.listen(opts.backlog)?;
-            }
-        }
-        Ok((socket, file))
-    };
-    bind().map_err(|e| context(e, what()))
-}
-
-pub(crate) fn unix_listener(socket: Socket) -> Listener {
-    Listener::Unix(net::UnixListener::from(std::os::fd::OwnedFd::from(socket)))
-}
-
-pub(crate) fn unix_datagram(socket: Socket) -> DatagramSocket {
-    DatagramSocket::Unix(net::UnixDatagram::from(std::os::fd::OwnedFd::from(socket)))
 }

@@ -101,7 +101,7 @@ fn bind_without_activate_refuses_until_server_activate() {
 fn serves_an_adopted_listener() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = TcpServer::builder().from_listener(listener, echo_lines).unwrap();
+    let server = TcpServer::builder().from_socket(listener, echo_lines).unwrap();
     assert_eq!(server.server_address(), &Address::Inet(addr));
     let running = run(server);
     let mut c = tcp_connect(addr);
@@ -117,7 +117,7 @@ fn stopping_a_server_leaves_an_adopted_listener_to_its_other_holders() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let kept = listener.try_clone().unwrap();
-    let server = TcpServer::builder().from_listener(listener, echo_lines).unwrap();
+    let server = TcpServer::builder().from_socket(listener, echo_lines).unwrap();
     let running = run(server);
     let mut c = tcp_connect(addr);
     assert_eq!(round_trip(&mut c, b"served\n"), b"served\n");
@@ -187,7 +187,7 @@ fn unix_server_leaves_a_replaced_file_alone() {
 fn an_unexpected_accept_error_ends_serve_forever_with_it() {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
-    let server = TcpServer::builder().from_listener(TcpListener::from(socket), echo_lines).unwrap();
+    let server = TcpServer::builder().from_socket(TcpListener::from(socket), echo_lines).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || tx.send(server.serve_forever()));
     let result = rx.recv_timeout(TIMEOUT).expect("serve_forever kept going after a fatal accept error");

@@ -12,7 +12,7 @@ use std::io::Write;
 use std::num::NonZeroUsize;
 use std::thread;
 
-use socketserver::{AnyStrategy, Forking, Sync, ThreadPool, Threading};
+use socketserver::{AnyStrategy, Forking, Synchronous, ThreadPool, Threading};
 use socketserver::{TcpServer, UdpServer, UnixDatagramServer, UnixStreamServer};
 use util::*;
 
@@ -21,7 +21,7 @@ const CLIENTS: usize = 3;
 
 fn strategies() -> Vec<AnyStrategy> {
     vec![
-        Sync.into(),
+        Synchronous.into(),
         Threading::new().into(),
         ThreadPool::new(NonZeroUsize::new(2).unwrap()).max_workers(NonZeroUsize::new(4).unwrap()).into(),
         Forking::new().into(),
@@ -35,7 +35,7 @@ fn tcp_echo_every_strategy() {
         let server = TcpServer::builder().strategy(strategy.clone()).bind("127.0.0.1:0", echo_lines).unwrap();
         let running = run(server);
         let addr = running.inet();
-        // Clients one after another work under every strategy, Sync included.
+        // Clients one after another work under every strategy, Synchronous included.
         for _ in 0..CLIENTS {
             let mut c = tcp_connect(addr);
             assert_eq!(round_trip(&mut c, MSG), MSG, "{strategy}");
@@ -53,7 +53,7 @@ fn tcp_echo_concurrent_clients_on_concurrent_strategies() {
         let server = TcpServer::builder().strategy(strategy.clone()).bind("127.0.0.1:0", echo_lines).unwrap();
         let running = run(server);
         let addr = running.inet();
-        // Both connections open at once: a Sync server would serve only one.
+        // Both connections open at once: a Synchronous server would serve only one.
         let mut a = tcp_connect(addr);
         let mut b = tcp_connect(addr);
         assert_eq!(round_trip(&mut a, b"a1\n"), b"a1\n", "{strategy}");

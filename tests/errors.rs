@@ -15,12 +15,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use socketserver::{AnyStrategy, Forking, StreamRequest, Sync, TcpServer, ThreadPool, Threading, UdpServer};
+use socketserver::{AnyStrategy, Forking, StreamRequest, Synchronous, TcpServer, ThreadPool, Threading, UdpServer};
 use util::*;
 
 fn strategies() -> Vec<AnyStrategy> {
     vec![
-        Sync.into(),
+        Synchronous.into(),
         Threading::new().into(),
         ThreadPool::new(NonZeroUsize::new(2).unwrap()).into(),
         Forking::new().into(),

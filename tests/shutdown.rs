@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use socketserver::{AnyStrategy, Forking, StreamRequest, Sync, TcpServer, ThreadPool, Threading, UdpServer};
+use socketserver::{AnyStrategy, Forking, StreamRequest, Synchronous, TcpServer, ThreadPool, Threading, UdpServer};
 use util::*;
 
 fn wait_until(cond: impl Fn() -> bool) {
@@ -48,7 +48,7 @@ fn twenty_servers_started_and_shut_down_at_once() {
     let _serial = serial();
     let mut threads = Vec::new();
     for i in 0..20 {
-        let strategy: AnyStrategy = if i % 2 == 0 { Sync.into() } else { pool(2).into() };
+        let strategy: AnyStrategy = if i % 2 == 0 { Synchronous.into() } else { pool(2).into() };
         let server = TcpServer::builder().strategy(strategy).bind("127.0.0.1:0", echo_stream).unwrap();
         let handle = server.handle();
         threads.push(std::thread::spawn(move || server.serve_forever()));
@@ -103,7 +103,7 @@ fn a_server_on_a_fixed_port_serves_again_after_shutdown() {
 #[test]
 fn shutdown_from_a_handler_under_sync_does_not_deadlock() {
     let _serial = serial();
-    for strategy in [AnyStrategy::from(Sync), Threading::new().into(), pool(2).into()] {
+    for strategy in [AnyStrategy::from(Synchronous), Threading::new().into(), pool(2).into()] {
         let server = TcpServer::builder()
             .strategy(strategy.clone())
             .bind("127.0.0.1:0", |req: &mut StreamRequest| {
@@ -148,7 +148,7 @@ fn idle_loop_does_not_wake_and_shutdown_wakes_it() {
 #[test]
 fn in_flight_requests_finish_within_the_grace_period() {
     let _serial = serial();
-    for strategy in [AnyStrategy::from(Sync), Threading::new().into(), pool(2).into()] {
+    for strategy in [AnyStrategy::from(Synchronous), Threading::new().into(), pool(2).into()] {
         let (entered_tx, entered_rx) = mpsc::channel();
         let server = TcpServer::builder()
             .strategy(strategy.clone())
@@ -181,7 +181,7 @@ fn in_flight_requests_finish_within_the_grace_period() {
 fn at_the_deadline_blocked_handlers_are_unblocked_and_serve_forever_returns() {
     let _serial = serial();
     let strategies: Vec<AnyStrategy> =
-        vec![Sync.into(), Threading::new().into(), pool(2).into(), Forking::new().into()];
+        vec![Synchronous.into(), Threading::new().into(), pool(2).into(), Forking::new().into()];
     for strategy in strategies {
         let server = TcpServer::builder()
             .strategy(strategy.clone())

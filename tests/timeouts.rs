@@ -137,7 +137,7 @@ fn nodelay_is_set_on_accepted_connections_when_asked() {
         let server = TcpServer::builder()
             .nodelay(on)
             .bind("127.0.0.1:0", move |req: &mut StreamRequest| {
-                let Stream::Tcp(s) = req.get_ref() else { unreachable!() };
+                let Stream::Tcp(s) = req.socket()? else { panic!("a TCP server gives TCP streams") };
                 tx.send(s.nodelay()?).unwrap();
                 Ok(())
             })

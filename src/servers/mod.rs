@@ -5,4 +5,4 @@ mod echo;
 mod time;
 
 pub use echo::Echo;
-pub use time::{DEFAULT_TIME_FORMAT, MAX_TIME_REQUEST, TimeError, TimeServer, render_time};
+pub use time::{DEFAULT_TIME_FORMAT, MAX_TIME_REQUEST, Strftime, TimeError, render_time};

@@ -55,7 +55,7 @@ pub fn render_time(request: &[u8]) -> Result<String, TimeError> {
     if format.contains('\0') {
         return Err(TimeError::Nul);
     }
-    match crate::sys::strftime_now(format, MAX_UDP_PAYLOAD) {
+    match crate::sys::time::strftime_now(format, MAX_UDP_PAYLOAD) {
         Ok(Some(bytes)) => String::from_utf8(bytes).map_err(|_| TimeError::NotUtf8),
         Ok(None) => Err(TimeError::TooLong),
         Err(e) => Err(TimeError::Clock(e.to_string())),
@@ -67,7 +67,8 @@ fn reply(request: &[u8]) -> String {
     render_time(request).unwrap_or_else(|e| format!("error: {e}"))
 }
 
-/// The time server's handler.
+/// The time server's handler: each request a strftime format, each answer
+/// the local time rendered with it.
 ///
 /// * Datagrams: each datagram is a format; the reply is one datagram, no
 ///   newline.
@@ -78,22 +79,22 @@ fn reply(request: &[u8]) -> String {
 /// Bad requests get a reply beginning with `error:`; the server serves on.
 ///
 /// A line must arrive whole within the [request
-/// timeout](TimeServer::request_timeout) of its first byte (30 s by
+/// timeout](Strftime::request_timeout) of its first byte (30 s by
 /// default), so a client that dribbles a byte at a time cannot hold a
 /// worker for ever; waiting for the first byte of the next line is bounded
 /// by the server's idle timeout instead.
 #[derive(Clone, Copy, Debug)]
-pub struct TimeServer {
+pub struct Strftime {
     request_timeout: Option<Duration>,
 }
 
-impl Default for TimeServer {
+impl Default for Strftime {
     fn default() -> Self {
-        TimeServer { request_timeout: Some(Duration::from_secs(30)) }
+        Strftime { request_timeout: Some(Duration::from_secs(30)) }
     }
 }
 
-impl TimeServer {
+impl Strftime {
     /// A time server with a 30 s request timeout.
     pub fn new() -> Self {
         Self::default()
@@ -107,13 +108,13 @@ impl TimeServer {
     }
 }
 
-impl RequestHandler<DatagramRequest> for TimeServer {
+impl RequestHandler<DatagramRequest> for Strftime {
     fn handle(&self, req: &mut DatagramRequest) -> io::Result<()> {
         req.reply(reply(req.data()).as_bytes())
     }
 }
 
-impl RequestHandler<StreamRequest> for TimeServer {
+impl RequestHandler<StreamRequest> for Strftime {
     fn handle(&self, req: &mut StreamRequest) -> io::Result<()> {
         let lines = Lines::new(MAX_TIME_REQUEST);
         let mut line = Vec::new();

@@ -1,26 +1,40 @@
 //! A process per request. Each child is waited for by a small reaper thread
-//! that calls `waitpid` on that child's pid only, so the server never reaps
-//! children the program started elsewhere, and never leaves zombies.
+//! that waits for that child's pid only, so the server never reaps children
+//! the program started elsewhere, and never leaves zombies.
+//!
+//! The child runs the handler and nothing of the server's that takes a lock
+//! (a lock another thread held at fork time would stay locked for ever in
+//! the child): it logs nothing and calls no hook. It reports each error as a
+//! line on a pipe, written with raw `write(2)`, and how the request ended as
+//! its exit code; the reaper passes the errors to `handle_error`.
 
+use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
 use super::Forking;
-use crate::service::{Job, Outcome, Service};
+use crate::net::Address;
+use crate::request::Request;
+use crate::service::{Outcome, Service};
 use crate::stats::Counters;
-use crate::sys;
+use crate::sys::process;
 
 const REAPER_STACK: usize = 64 * 1024;
 
-#[derive(Debug)]
-pub(crate) struct Children {
+pub(crate) struct Children<R> {
     config: Forking,
-    service: Arc<Service>,
+    service: Arc<Service<R>>,
     live: Arc<AtomicUsize>,
 }
 
-impl Children {
-    pub(crate) fn new(config: &Forking, service: &Arc<Service>) -> Children {
+impl<R> std::fmt::Debug for Children<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Children").field("config", &self.config).field("live", &self.live).finish()
+    }
+}
+
+impl<R: Request> Children<R> {
+    pub(crate) fn new(config: &Forking, service: &Arc<Service<R>>) -> Children<R> {
         Children { config: config.clone(), service: Arc::clone(service), live: Arc::new(AtomicUsize::new(0)) }
     }
 
@@ -28,66 +42,84 @@ impl Children {
         self.live.load(SeqCst) < self.config.max_children
     }
 
-    pub(crate) fn dispatch(&self, job: Job) {
+    // The one use of `unsafe` outside `sys`: forking is the strategy's job,
+    // and `fork`'s precondition is about what the child runs, which only
+    // this function knows.
+    #[allow(unsafe_code)]
+    pub(crate) fn dispatch(&self, req: R) {
         let shared = &self.service.shared;
-        // The child runs the request without touching the parent's locks or
-        // counters (`detach_for_child`) and exits.
-        let mut job = Some(job);
-        let forked = sys::fork_child(|| {
-            let Some(mut job) = job.take() else { return Outcome::Failed as i32 };
-            job.detach_for_child();
-            self.service.run(job) as i32
-        });
-        let Some(job) = job else { return };
-        match forked {
+        let peer = req.peer().clone();
+        let (report_rx, report_tx) = match process::pipe() {
+            Ok(pair) => pair,
             Err(e) => {
                 Counters::bump(&shared.stats.rejected);
-                log::error!("{}: fork failed, closing the request from {}: {e}", shared.name, job.peer());
+                log::error!("{}: cannot make a pipe for a child, closing the request from {peer}: {e}", shared.name);
+                return;
             }
-            Ok(pid) => {
-                self.live.fetch_add(1, SeqCst);
-                shared.stats.workers_total.fetch_add(1, SeqCst);
-                shared.track_child(pid);
-                let slot = job.release_to_child();
-                let service = Arc::clone(&self.service);
-                let live = Arc::clone(&self.live);
-                let reap = move || {
-                    // Untracked while still a zombie, then reaped: the
-                    // force-closer never signals a pid already reused.
-                    let exited = sys::wait_child_exited(pid);
-                    service.shared.untrack_child(pid);
-                    let status = exited.and_then(|()| sys::wait_child(pid));
-                    let stats = &service.shared.stats;
-                    Counters::bump(&stats.completed);
-                    match status {
-                        Ok(0) => {}
-                        Ok(code) => {
-                            Counters::bump(&stats.handler_errors);
-                            if code == Outcome::Panicked as i32 {
-                                Counters::bump(&stats.panics);
-                            }
-                        }
-                        Err(e) => log::error!("{}: waitpid({pid}) failed: {e}", service.shared.name),
+        };
+        let mut req = Some(req);
+        // SAFETY: the child runs the request through `run_in_child`, which
+        // takes none of the server's locks (no logging, no hooks, counters
+        // detached by `detach_for_child`), writes its report with raw
+        // write(2) and exits.
+        let forked = unsafe {
+            shared.children.spawn(|| {
+                let Some(mut req) = req.take() else { return Outcome::Failed as i32 };
+                req.detach_for_child();
+                self.service.run_in_child(req, &report_tx) as i32
+            })
+        };
+        // The parent's copy of the write end: closed now, so that the pipe
+        // ends when the child does (later children never inherit it).
+        drop(report_tx);
+        let Some(req) = req else { return };
+        let pid = match forked {
+            Ok(pid) => pid,
+            Err(e) => {
+                Counters::bump(&shared.stats.rejected);
+                log::error!("{}: fork failed, closing the request from {peer}: {e}", shared.name);
+                return;
+            }
+        };
+        self.live.fetch_add(1, SeqCst);
+        shared.stats.workers_total.fetch_add(1, SeqCst);
+        let slot = req.release_to_child();
+        let service = Arc::clone(&self.service);
+        let live = Arc::clone(&self.live);
+        let reap = move || {
+            let mut report = Vec::new();
+            let _ = std::fs::File::from(report_rx).take(64 * 1024).read_to_end(&mut report);
+            let status = service.shared.children.wait(pid);
+            let stats = &service.shared.stats;
+            match status {
+                Ok(0) => {}
+                Ok(code) => {
+                    Counters::bump(&stats.handler_errors);
+                    if code == Outcome::Panicked as i32 {
+                        Counters::bump(&stats.panics);
                     }
-                    live.fetch_sub(1, SeqCst);
-                    stats.workers_total.fetch_sub(1, SeqCst);
-                    drop(slot);
-                    service.shared.capacity_freed();
-                };
-                // Shared so that the closure can still run here if no thread starts.
-                let reap = Arc::new(parking_lot::Mutex::new(Some(reap)));
-                let in_thread = Arc::clone(&reap);
-                let spawned = super::spawn(shared, "socketserver-reaper", REAPER_STACK, move || {
-                    if let Some(f) = in_thread.lock().take() {
-                        f();
-                    }
-                });
-                if let Err(e) = spawned {
-                    log::error!("{}: cannot start a reaper thread ({e}); waiting for child {pid} inline", shared.name);
-                    if let Some(f) = reap.lock().take() {
-                        f();
-                    }
+                    report_errors(&service, &peer, &report, code);
                 }
+                Err(e) => log::error!("{}: waitpid({pid}) failed: {e}", service.shared.name),
+            }
+            Counters::bump(&stats.completed);
+            live.fetch_sub(1, SeqCst);
+            stats.workers_total.fetch_sub(1, SeqCst);
+            drop(slot);
+            service.shared.capacity_freed();
+        };
+        // Shared so that the closure can still run here if no thread starts.
+        let reap = Arc::new(parking_lot::Mutex::new(Some(reap)));
+        let in_thread = Arc::clone(&reap);
+        let spawned = super::spawn(shared, "socketserver-reaper", REAPER_STACK, move || {
+            if let Some(f) = in_thread.lock().take() {
+                f();
+            }
+        });
+        if let Err(e) = spawned {
+            log::error!("{}: cannot start a reaper thread ({e}); waiting for child {pid} inline", shared.name);
+            if let Some(f) = reap.lock().take() {
+                f();
             }
         }
     }
@@ -95,5 +127,19 @@ impl Children {
     pub(crate) fn finish(self) -> bool {
         let shared = &self.service.shared;
         shared.wait_drained(|| self.live.load(SeqCst) == 0 && shared.threads.load(SeqCst) == 0)
+    }
+}
+
+/// Passes what a failed child reported to `handle_error`: one error per
+/// line, or — a child killed before it could say — its exit status.
+fn report_errors<R>(service: &Service<R>, peer: &Address, report: &[u8], code: i32) {
+    let text = String::from_utf8_lossy(report);
+    let mut lines = text.lines().filter(|l| !l.is_empty()).peekable();
+    if lines.peek().is_none() {
+        let err = std::io::Error::other(format!("the child serving the request exited with status {code}"));
+        service.handle_error(peer, &err);
+    }
+    for line in lines {
+        service.handle_error(peer, &std::io::Error::other(line.to_string()));
     }
 }

@@ -1,18 +1,16 @@
 //! Concurrency strategies: where a request runs. Chosen independently of the
 //! socket kind, as Python's mix-ins are.
 
+mod executor;
 mod forking;
 mod pool;
 mod threading;
 
 use std::fmt;
 use std::num::NonZeroUsize;
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::service::{Job, Service};
-
-pub(crate) use pool::{Pool, Runner};
+pub(crate) use executor::{Executor, spawn};
 
 /// The default stack of a worker or request thread: enough for ordinary
 /// handlers, small enough that thousands of idle connections stay cheap.
@@ -25,17 +23,18 @@ mod sealed {
     }
 }
 
-/// A concurrency strategy: [`Sync`], [`Threading`], [`ThreadPool`],
+/// A concurrency strategy: [`Synchronous`], [`Threading`], [`ThreadPool`],
 /// [`Forking`], or [`AnyStrategy`] to choose one at run time.
 ///
 /// The trait is sealed: the four strategies are the ones the server knows
 /// how to drive.
-pub trait Strategy: sealed::Sealed + Clone + Default + Send + std::marker::Sync + fmt::Debug + 'static {}
+pub trait Strategy: sealed::Sealed + Clone + Default + Send + Sync + fmt::Debug + 'static {}
 
 /// One request at a time, in the thread that called `serve_forever`
-/// (Python's plain `TCPServer`/`UDPServer`).
+/// (Python's plain `TCPServer`/`UDPServer`, which its documentation calls
+/// synchronous): a client that sends nothing holds up every other.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Sync;
+pub struct Synchronous;
 
 /// A new thread per request (Python's `ThreadingMixIn`), optionally capped:
 /// at the cap the server stops accepting until a thread finishes. Finished
@@ -209,8 +208,8 @@ impl Forking {
 /// A strategy chosen at run time, e.g. from a command-line flag.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AnyStrategy {
-    /// See [`Sync`].
-    Sync(Sync),
+    /// See [`Synchronous`].
+    Synchronous(Synchronous),
     /// See [`Threading`].
     Threading(Threading),
     /// See [`ThreadPool`].
@@ -221,14 +220,14 @@ pub enum AnyStrategy {
 
 impl Default for AnyStrategy {
     fn default() -> Self {
-        AnyStrategy::Sync(Sync)
+        AnyStrategy::Synchronous(Synchronous)
     }
 }
 
 impl fmt::Display for AnyStrategy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AnyStrategy::Sync(_) => f.write_str("sync"),
+            AnyStrategy::Synchronous(_) => f.write_str("sync"),
             AnyStrategy::Threading(_) => f.write_str("threading"),
             AnyStrategy::ThreadPool(p) => write!(f, "pool({}-{})", p.min, p.max),
             AnyStrategy::Forking(_) => f.write_str("forking"),
@@ -251,7 +250,7 @@ macro_rules! strategy {
         }
     )*};
 }
-strategy!(Sync, Threading, ThreadPool, Forking);
+strategy!(Synchronous, Threading, ThreadPool, Forking);
 
 impl sealed::Sealed for AnyStrategy {
     fn to_any(&self) -> AnyStrategy {
@@ -262,102 +261,4 @@ impl Strategy for AnyStrategy {}
 
 pub(crate) fn to_any<S: Strategy>(s: &S) -> AnyStrategy {
     sealed::Sealed::to_any(s)
-}
-
-/// A running strategy.
-#[derive(Debug)]
-pub(crate) enum Executor {
-    Sync(Arc<Service>),
-    Threading(threading::Threads),
-    Pool(Pool),
-    Forking(forking::Children),
-}
-
-impl Executor {
-    pub(crate) fn start(strategy: &AnyStrategy, service: &Arc<Service>) -> std::io::Result<Executor> {
-        Ok(match strategy {
-            AnyStrategy::Sync(_) => Executor::Sync(Arc::clone(service)),
-            AnyStrategy::Threading(t) => Executor::Threading(threading::Threads::new(t, service)),
-            AnyStrategy::ThreadPool(p) => Executor::Pool(Pool::start(p, service)?),
-            AnyStrategy::Forking(f) => Executor::Forking(forking::Children::new(f, service)),
-        })
-    }
-
-    /// Whether another request can be taken now without waiting.
-    pub(crate) fn has_capacity(&self) -> bool {
-        match self {
-            Executor::Sync(_) => true,
-            Executor::Threading(t) => t.has_capacity(),
-            Executor::Pool(p) => p.has_capacity(),
-            Executor::Forking(c) => c.has_capacity(),
-        }
-    }
-
-    /// Runs `job` (inline under `Sync`) or hands it over.
-    pub(crate) fn dispatch(&self, job: Job) {
-        match self {
-            Executor::Sync(service) => {
-                service.run(job);
-            }
-            Executor::Threading(t) => t.dispatch(job),
-            Executor::Pool(p) => p.dispatch(job),
-            Executor::Forking(c) => c.dispatch(job),
-        }
-    }
-
-    /// Joins request threads that have finished.
-    pub(crate) fn reap(&self) {
-        if let Executor::Threading(t) = self {
-            t.reap();
-        }
-    }
-
-    /// Lets everything in flight finish (forcing it at the grace deadline);
-    /// returns whether every thread and child ended.
-    pub(crate) fn finish(self, service: &Arc<Service>) -> bool {
-        let shared = &service.shared;
-        let done = match self {
-            Executor::Sync(_) => {
-                shared.wait_drained(|| shared.stats.active.load(std::sync::atomic::Ordering::SeqCst) == 0)
-            }
-            Executor::Threading(t) => t.finish(),
-            Executor::Pool(p) => p.finish(),
-            Executor::Forking(c) => c.finish(),
-        };
-        if !done {
-            log::warn!(
-                "{}: {} thread(s) did not return after the grace period and the connections were closed; leaving them",
-                shared.name,
-                shared.threads.load(std::sync::atomic::Ordering::SeqCst)
-            );
-        }
-        done
-    }
-}
-
-/// Starts a thread through `std::thread::Builder`, so that failure is an
-/// error, counting it in `Shared::threads` until it ends.
-pub(crate) fn spawn(
-    shared: &Arc<crate::shutdown::Shared>,
-    name: &str,
-    stack_size: usize,
-    f: impl FnOnce() + Send + 'static,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    use std::sync::atomic::Ordering::SeqCst;
-    shared.threads.fetch_add(1, SeqCst);
-    let guard_shared = Arc::clone(shared);
-    let result = std::thread::Builder::new().name(name.to_string()).stack_size(stack_size).spawn(move || {
-        struct Exit(Arc<crate::shutdown::Shared>);
-        impl Drop for Exit {
-            fn drop(&mut self) {
-                self.0.thread_exited();
-            }
-        }
-        let _exit = Exit(guard_shared);
-        f();
-    });
-    if result.is_err() {
-        shared.thread_exited();
-    }
-    result
 }

@@ -11,41 +11,18 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, Tr
 use parking_lot::Mutex;
 
 use super::{Overflow, ThreadPool};
-use crate::service::{Job, Service};
-use crate::shutdown::Shared;
+use crate::request::Request;
+use crate::service::Service;
 use crate::stats::Counters;
-
-/// What runs the pool's jobs: the server's `Service` (jobs are requests),
-/// or a plain closure in the dispatch benchmarks.
-pub(crate) trait Runner: Send + Sync + 'static {
-    type Job: Send + 'static;
-    fn run(&self, job: Self::Job);
-    fn shared(&self) -> &Arc<Shared>;
-    /// Says whom a rejected job was for, in the log.
-    fn describe(&self, job: &Self::Job) -> String;
-}
-
-impl Runner for Service {
-    type Job = Job;
-    fn run(&self, job: Job) {
-        Service::run(self, job);
-    }
-    fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-    fn describe(&self, job: &Job) -> String {
-        job.peer().to_string()
-    }
-}
 
 /// How long the accept loop waits on a hand-off that should complete at once
 /// before it looks again (a worker may have retired in between).
 const HANDOFF_RETRY: Duration = Duration::from_millis(10);
 
-struct Inner<R: Runner> {
+struct Inner<R> {
     config: ThreadPool,
-    runner: Arc<R>,
-    rx: Receiver<R::Job>,
+    service: Arc<Service<R>>,
+    rx: Receiver<R>,
     /// Workers alive.
     total: AtomicUsize,
     /// Jobs handed over and not yet finished: queued, in transit, running.
@@ -57,23 +34,23 @@ struct Inner<R: Runner> {
 }
 
 /// A running pool.
-pub(crate) struct Pool<R: Runner = Service> {
-    tx: Sender<R::Job>,
+pub(crate) struct Pool<R> {
+    tx: Sender<R>,
     inner: Arc<Inner<R>>,
 }
 
-impl<R: Runner> std::fmt::Debug for Pool<R> {
+impl<R> std::fmt::Debug for Pool<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool").field("config", &self.inner.config).finish_non_exhaustive()
     }
 }
 
-impl<R: Runner> Pool<R> {
-    pub(crate) fn start(config: &ThreadPool, runner: &Arc<R>) -> io::Result<Pool<R>> {
+impl<R: Request> Pool<R> {
+    pub(crate) fn start(config: &ThreadPool, service: &Arc<Service<R>>) -> io::Result<Pool<R>> {
         let (tx, rx) = crossbeam_channel::bounded(config.queue);
         let inner = Arc::new(Inner {
             config: config.clone(),
-            runner: Arc::clone(runner),
+            service: Arc::clone(service),
             rx,
             total: AtomicUsize::new(0),
             assigned: AtomicUsize::new(0),
@@ -91,12 +68,12 @@ impl<R: Runner> Pool<R> {
         self.inner.config.overflow == Overflow::Reject || !self.inner.saturated()
     }
 
-    pub(crate) fn dispatch(&self, job: R::Job) {
+    pub(crate) fn dispatch(&self, job: R) {
         let inner = &self.inner;
-        let stats = &inner.runner.shared().stats;
+        let stats = &inner.service.shared.stats;
         if inner.config.overflow == Overflow::Reject && inner.saturated() {
             Counters::bump(&stats.rejected);
-            log::debug!("{}: pool full, rejecting {}", inner.runner.shared().name, inner.runner.describe(&job));
+            log::debug!("{}: pool full, rejecting {}", inner.service.shared.name, job.peer());
             return; // dropping the job closes the connection
         }
         // Counted before the hand-off, so that the next dispatch already
@@ -106,7 +83,7 @@ impl<R: Runner> Pool<R> {
             && inner.total.load(SeqCst) < inner.config.max
             && let Err(e) = inner.spawn_worker()
         {
-            log::error!("{}: cannot start a pool worker: {e}", inner.runner.shared().name);
+            log::error!("{}: cannot start a pool worker: {e}", inner.service.shared.name);
         }
         stats.queued.fetch_add(1, SeqCst);
         // The common case — room in the queue, or a worker waiting — needs
@@ -145,7 +122,7 @@ impl<R: Runner> Pool<R> {
     pub(crate) fn finish(self) -> bool {
         let Pool { tx, inner } = self;
         drop(tx);
-        let shared = &inner.runner.shared();
+        let shared = &inner.service.shared;
         let done = shared.wait_drained(|| inner.total.load(SeqCst) == 0);
         let handles = std::mem::take(&mut *inner.handles.lock());
         for h in handles {
@@ -157,14 +134,14 @@ impl<R: Runner> Pool<R> {
     }
 }
 
-impl<R: Runner> Inner<R> {
+impl<R: Request> Inner<R> {
     /// Every worker the pool may have is taken and the queue is full.
     fn saturated(&self) -> bool {
         self.assigned.load(SeqCst) >= self.config.max + self.config.queue
     }
 
     fn spawn_worker(self: &Arc<Self>) -> io::Result<()> {
-        let shared = &self.runner.shared();
+        let shared = &self.service.shared;
         self.total.fetch_add(1, SeqCst);
         shared.stats.workers_total.fetch_add(1, SeqCst);
         let id = self.next_id.fetch_add(1, SeqCst);
@@ -186,7 +163,7 @@ impl<R: Runner> Inner<R> {
     }
 
     fn work(&self) {
-        let stats = &self.runner.shared().stats;
+        let stats = &self.service.shared.stats;
         loop {
             let received = if self.total.load(SeqCst) > self.config.min {
                 self.rx.recv_timeout(self.config.keep_alive)
@@ -197,10 +174,10 @@ impl<R: Runner> Inner<R> {
                 Ok(job) => {
                     stats.queued.fetch_sub(1, SeqCst);
                     stats.workers_busy.fetch_add(1, SeqCst);
-                    self.runner.run(job);
+                    self.service.run(job);
                     stats.workers_busy.fetch_sub(1, SeqCst);
                     self.assigned.fetch_sub(1, SeqCst);
-                    self.runner.shared().capacity_freed();
+                    self.service.shared.capacity_freed();
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     if self.retire() {
@@ -230,7 +207,7 @@ impl<R: Runner> Inner<R> {
             self.total.fetch_add(1, SeqCst);
             return false;
         }
-        self.runner.shared().stats.workers_total.fetch_sub(1, SeqCst);
+        self.service.shared.stats.workers_total.fetch_sub(1, SeqCst);
         true
     }
 }

@@ -9,13 +9,13 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
 use super::Threading;
-use crate::service::{Job, Service};
+use crate::request::Request;
+use crate::service::Service;
 use crate::stats::Counters;
 
-#[derive(Debug)]
-pub(crate) struct Threads {
+pub(crate) struct Threads<R> {
     config: Threading,
-    service: Arc<Service>,
+    service: Arc<Service<R>>,
     live: Arc<AtomicUsize>,
     next_id: AtomicU64,
     running: Mutex<HashMap<u64, JoinHandle<()>>>,
@@ -23,8 +23,14 @@ pub(crate) struct Threads {
     done_rx: Receiver<u64>,
 }
 
-impl Threads {
-    pub(crate) fn new(config: &Threading, service: &Arc<Service>) -> Threads {
+impl<R> std::fmt::Debug for Threads<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Threads").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl<R: Request> Threads<R> {
+    pub(crate) fn new(config: &Threading, service: &Arc<Service<R>>) -> Threads<R> {
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
         Threads {
             config: config.clone(),
@@ -41,7 +47,7 @@ impl Threads {
         self.config.max_threads.is_none_or(|max| self.live.load(SeqCst) < max)
     }
 
-    pub(crate) fn dispatch(&self, job: Job) {
+    pub(crate) fn dispatch(&self, req: R) {
         let shared = &self.service.shared;
         let id = self.next_id.fetch_add(1, SeqCst);
         let service = Arc::clone(&self.service);
@@ -53,7 +59,7 @@ impl Threads {
         // before its handle is in the map.
         let mut running = self.running.lock();
         let spawned = super::spawn(shared, "socketserver-request", self.config.stack_size, move || {
-            service.run(job);
+            service.run(req);
             let _ = done.send(id);
             live.fetch_sub(1, SeqCst);
             service.shared.stats.workers_total.fetch_sub(1, SeqCst);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use ipnet::IpNet;
-use socketserver::servers::{Echo, TimeServer};
+use socketserver::servers::{Echo, Strftime};
 use socketserver::transport::{Tcp, Udp, UnixDatagram, UnixStream};
 use socketserver::{
     Address, AnyStrategy, Builder, DatagramRequest, RequestHandler, Server, ServerHandle, StreamRequest,
@@ -168,7 +168,7 @@ impl ServerOptions {
 
     fn strategy(&self) -> AnyStrategy {
         match self.strategy {
-            StrategyArg::Sync => AnyStrategy::Sync(socketserver::Sync),
+            StrategyArg::Sync => AnyStrategy::Synchronous(socketserver::Synchronous),
             StrategyArg::Threading => Threading::new().max_threads(self.max_workers).into(),
             StrategyArg::Pool => {
                 let mut pool = ThreadPool::default().max_workers(self.max_workers).queue(self.queue);
@@ -247,7 +247,7 @@ pub fn run(which: Bundled, mut args: ServeArgs) -> io::Result<()> {
     let servers = match which {
         Bundled::Echo => bind_all(Echo, &args.listeners, &args.options)?,
         Bundled::Time(limit) => {
-            let handler = TimeServer::new().request_timeout(Some(limit).filter(|t| !t.is_zero()));
+            let handler = Strftime::new().request_timeout(Some(limit).filter(|t| !t.is_zero()));
             bind_all(handler, &args.listeners, &args.options)?
         }
     };

@@ -81,7 +81,7 @@ impl FromStr for StrategyChoice {
     /// (exactly N workers).
     fn from_str(s: &str) -> Result<Self, String> {
         let strategy: AnyStrategy = match s.split_once(':') {
-            None if s == "sync" => socketserver::Sync.into(),
+            None if s == "sync" => socketserver::Synchronous.into(),
             None if s == "threading" => Threading::new().into(),
             None if s == "pool" => ThreadPool::default().max_workers(NonZeroUsize::new(4096).expect("nonzero")).into(),
             Some(("pool", n)) => {

@@ -1,97 +1,117 @@
-//! Datagram servers: the receive loop, and the pool workers that receive
-//! for themselves.
+//! The datagram receive loop, and the pool workers that receive for
+//! themselves (no hand-off, no copy per datagram).
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::os::fd::AsRawFd;
-use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
-use std::sync::atomic::Ordering::SeqCst;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use socket2::{SockAddr, SockRef, Socket, Type};
 
-use crate::accept::{self, Action, Backoff};
-use crate::address::Address;
-use crate::handler::{DatagramRequest, DatagramSocket};
-use crate::server::Server;
-use crate::service::{AnyHandler, Job, Service};
+use super::errors::{self, Next};
+use super::{Core, Endpoint, Kind};
+use crate::net::{Address, DatagramSocket};
+use crate::request::DatagramRequest;
+use crate::service::Service;
 use crate::shutdown::{FORCE_WAIT, Shared};
 use crate::stats::Counters;
-use crate::strategy::{self, Executor, Strategy, ThreadPool};
+use crate::strategy::{self, AnyStrategy, Executor, ThreadPool};
 use crate::sys;
-use crate::transport::Transport;
 
-impl<T: Transport, S: Strategy> Server<T, S> {
-    fn datagram_buffer(&self) -> Vec<u8> {
-        // One byte more than the limit, so that even without MSG_TRUNC an
-        // oversized datagram shows as longer than the limit.
-        vec![0; self.opts.max_datagram_size + 1]
+/// A datagram server's socket and its state across runs.
+#[derive(Debug)]
+pub struct DatagramEndpoint {
+    socket: Arc<DatagramSocket>,
+    /// Made elsewhere, or shared with other processes: pool workers poll
+    /// rather than wake themselves through it.
+    adopted: bool,
+    /// Wakes pool workers blocked in `recvfrom`; made on first use and kept,
+    /// so that its leftovers are known on a later run.
+    wake: OnceLock<Option<WakeSender>>,
+}
+
+impl DatagramEndpoint {
+    pub(crate) fn bound(socket: DatagramSocket) -> DatagramEndpoint {
+        DatagramEndpoint { socket: Arc::new(socket), adopted: false, wake: OnceLock::new() }
     }
 
-    /// Receives one datagram into `scratch` and handles it there (`Sync`)
-    /// or hands a copy to the strategy. `Ok(false)`: dropped.
-    pub(crate) fn receive_one(
+    pub(crate) fn adopted(socket: DatagramSocket) -> DatagramEndpoint {
+        DatagramEndpoint { adopted: true, ..DatagramEndpoint::bound(socket) }
+    }
+
+    fn new_request(&self, core: &Core) -> DatagramRequest {
+        // One byte more than the limit, so that even without MSG_TRUNC an
+        // oversized datagram shows as longer than the limit.
+        let buf = vec![0; core.opts.max_datagram_size + 1];
+        DatagramRequest::new(buf, Arc::clone(&self.socket), core.handle())
+    }
+
+    fn wake_from(&self) -> Option<&SockAddr> {
+        self.wake.get().and_then(Option::as_ref).map(|w| &w.from)
+    }
+
+    /// Receives one datagram into `scratch` and handles it there
+    /// (`Synchronous`) or hands a copy to the strategy. `Ok(false)`: dropped.
+    fn receive_one(
         &self,
-        socket: &Arc<DatagramSocket>,
-        executor: &Executor,
+        core: &Core,
+        service: &Service<DatagramRequest>,
+        executor: &Executor<DatagramRequest>,
         scratch: &mut Option<DatagramRequest>,
     ) -> io::Result<bool> {
-        let req = scratch
-            .get_or_insert_with(|| DatagramRequest::new(self.datagram_buffer(), Arc::clone(socket), self.handle()));
-        if !self.receive_into(socket, req)? {
+        let req = scratch.get_or_insert_with(|| self.new_request(core));
+        if !receive_into(core, service, req, true, self.wake_from())? {
             return Ok(false);
         }
-        if let Executor::Sync(_) = executor {
-            let AnyHandler::Datagram(h) = &self.service.handler else { unreachable!("datagram server") };
-            req.slot = Some(self.shared.acquire());
-            self.service.run_datagram(h.as_ref(), req);
+        if let Executor::Synchronous(_) = executor {
+            req.slot = Some(core.shared.acquire());
+            service.run_in_place(req);
             req.slot = None;
         } else {
-            let mut job = DatagramRequest::new(req.data().to_vec(), Arc::clone(socket), self.handle());
+            let mut job = DatagramRequest::new(req.data().to_vec(), Arc::clone(&self.socket), core.handle());
             job.len = req.len;
             job.peer_raw = req.peer_raw.clone();
             job.peer = req.peer.clone();
-            job.slot = Some(self.shared.acquire());
-            executor.dispatch(Job::Datagram(job));
+            job.slot = Some(core.shared.acquire());
+            executor.dispatch(job);
         }
         Ok(true)
     }
 
-    /// Receives into `req`; `Ok(false)` when the datagram was oversized or refused.
-    fn receive_into(&self, socket: &DatagramSocket, req: &mut DatagramRequest) -> io::Result<bool> {
-        let wake_from = self.wake.get().and_then(Option::as_ref).map(|w| &w.from);
-        receive_into(&self.service, self.opts.max_datagram_size, socket, req, true, wake_from)
-    }
-
     /// `ThreadPool` on a datagram socket: the workers receive themselves.
-    pub(crate) fn serve_datagram_workers(&self, socket: &Arc<DatagramSocket>, pool: &ThreadPool) -> io::Result<()> {
-        let shared = &self.shared;
+    fn serve_receivers(
+        &self,
+        core: &Arc<Core>,
+        service: &Arc<Service<DatagramRequest>>,
+        pool: &ThreadPool,
+    ) -> io::Result<()> {
+        let shared = &core.shared;
         // Each receiver handles one datagram at a time: capping receivers
         // at `max_connections` caps datagrams in flight.
-        let receivers = self.opts.max_connections.map_or(pool.min, |max| pool.min.min(max));
+        let receivers = core.opts.max_connections.map_or(pool.min, |max| pool.min.min(max));
         // Blocking receives need a wake-up only we send, to a socket only we
         // read: not one shared with other processes (adopted, or a
         // SO_REUSEPORT group, where the kernel may route it elsewhere).
-        let wake = if self.adopted || self.opts.reuse_port {
+        let wake = if self.adopted || core.opts.reuse_port {
             None
         } else {
-            self.wake.get_or_init(|| WakeSender::new(socket)).as_ref()
+            self.wake.get_or_init(|| WakeSender::new(&self.socket)).as_ref()
         };
+        let fatal = Arc::new(Mutex::new(None));
         let mut handles = Vec::with_capacity(receivers);
         for id in 0..receivers {
-            let worker = DatagramWorker {
-                service: Arc::clone(&self.service),
-                socket: Arc::clone(socket),
-                request: DatagramRequest::new(self.datagram_buffer(), Arc::clone(socket), self.handle()),
-                max: self.opts.max_datagram_size,
-                fatal: Arc::clone(&self.fatal),
+            let worker = Receiver {
+                core: Arc::clone(core),
+                service: Arc::clone(service),
+                request: self.new_request(core),
+                fatal: Arc::clone(&fatal),
                 wake_from: wake.map(|w| w.from.clone()),
             };
             shared.stats.workers_total.fetch_add(1, SeqCst);
-            let run = move || worker.run();
-            match strategy::spawn(shared, &format!("socketserver-udp-{id}"), pool.stack_size, run) {
+            match strategy::spawn(shared, &format!("socketserver-udp-{id}"), pool.stack_size, move || worker.run()) {
                 Ok(h) => handles.push(h),
                 Err(e) => {
                     shared.stats.workers_total.fetch_sub(1, SeqCst);
@@ -99,7 +119,7 @@ impl<T: Transport, S: Strategy> Server<T, S> {
                     for h in handles {
                         let _ = h.join();
                     }
-                    return Err(io::Error::new(e.kind(), format!("{}: cannot start pool workers: {e}", shared.name)));
+                    return Err(crate::error::context(e, format_args!("{}: cannot start pool workers", shared.name)));
                 }
             }
         }
@@ -108,7 +128,7 @@ impl<T: Transport, S: Strategy> Server<T, S> {
             sys::poll(&[shared.waker.stop_fd()], &mut ready, None)?;
         }
         let done = match wake {
-            Some(wake) => wake.wake_receivers(shared, self.opts.grace + FORCE_WAIT),
+            Some(wake) => wake.wake_receivers(shared, core.opts.grace + FORCE_WAIT),
             None => shared.wait_drained(|| shared.threads.load(SeqCst) == 0),
         };
         for h in handles {
@@ -116,29 +136,81 @@ impl<T: Transport, S: Strategy> Server<T, S> {
                 let _ = h.join();
             }
         }
-        match self.fatal.lock().take() {
+        match fatal.lock().take() {
             Some(e) => Err(e),
             None => Ok(()),
         }
     }
 }
 
+impl AsRawFd for DatagramEndpoint {
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+impl Endpoint for DatagramEndpoint {
+    type Request = DatagramRequest;
+
+    fn local_addr(&self) -> io::Result<Address> {
+        self.socket.local_addr()
+    }
+
+    fn serve(
+        &self,
+        core: &Arc<Core>,
+        service: &Arc<Service<DatagramRequest>>,
+        strategy: &AnyStrategy,
+        kept: &Mutex<Option<Executor<DatagramRequest>>>,
+    ) -> io::Result<()> {
+        if let AnyStrategy::ThreadPool(pool) = strategy {
+            return self.serve_receivers(core, service, pool);
+        }
+        let executor = match kept.lock().take() {
+            Some(e) => e,
+            None => Executor::start(strategy, service)?,
+        };
+        let mut scratch = None;
+        super::serve_with(
+            self.as_raw_fd(),
+            core,
+            service,
+            executor,
+            |executor| self.receive_one(core, service, executor, &mut scratch),
+            || {},
+        )
+    }
+
+    fn take_one(
+        &self,
+        core: &Core,
+        service: &Arc<Service<DatagramRequest>>,
+        executor: &Executor<DatagramRequest>,
+    ) -> io::Result<bool> {
+        self.receive_one(core, service, executor, &mut None)
+    }
+}
+
+impl Kind for DatagramRequest {
+    type Endpoint = DatagramEndpoint;
+}
+
 /// Receives one datagram into `req` (without blocking if `dontwait`);
 /// `Ok(false)` when it was oversized (reported), refused by
 /// `verify_request`, or a wake-up from `wake_from` (not counted).
 fn receive_into(
-    service: &Service,
-    max: usize,
-    socket: &DatagramSocket,
+    core: &Core,
+    service: &Service<DatagramRequest>,
     req: &mut DatagramRequest,
     dontwait: bool,
     wake_from: Option<&SockAddr>,
 ) -> io::Result<bool> {
-    let (len, from) = sys::recv_from(SockRef::from(socket), &mut req.buf, dontwait)?;
+    let (len, from) = sys::recv_from(SockRef::from(&*req.socket), &mut req.buf, dontwait)?;
     if len == 0 && wake_from == Some(&from) {
         return Ok(false);
     }
-    let stats = &service.shared.stats;
+    let stats = &core.shared.stats;
+    let max = core.opts.max_datagram_size;
     Counters::bump(&stats.accepted);
     let peer = Address::from_sockaddr(&from);
     if len > max {
@@ -162,83 +234,64 @@ fn receive_into(
 }
 
 /// A pool worker that receives datagrams itself.
-struct DatagramWorker {
-    service: Arc<Service>,
-    socket: Arc<DatagramSocket>,
+struct Receiver {
+    core: Arc<Core>,
+    service: Arc<Service<DatagramRequest>>,
     request: DatagramRequest,
-    max: usize,
     fatal: Arc<Mutex<Option<io::Error>>>,
     /// Where the shutdown's wake-ups come from, in blocking mode.
     wake_from: Option<SockAddr>,
 }
 
-impl DatagramWorker {
-    /// Receives and handles datagrams until the shutdown. With `blocking`
-    /// it waits in `recvfrom` itself — one system call per datagram — and
-    /// the shutdown wakes it with a datagram of its own (`wake`); without,
-    /// it waits in `poll` on the socket and the shutdown pipe.
+impl Receiver {
+    /// Receives and handles datagrams until the shutdown. With a wake-up
+    /// sender it waits in `recvfrom` itself — one system call per datagram —
+    /// and the shutdown wakes it with a datagram of its own; without, it
+    /// waits in `poll` on the socket and the shutdown pipe.
     fn run(mut self) {
         let blocking = self.wake_from.is_some();
-        let shared = Arc::clone(&self.service.shared);
-        let AnyHandler::Datagram(handler) = self.service.handler.clone() else { unreachable!("datagram server") };
-        let fds = [self.socket.as_raw_fd(), shared.waker.stop_fd()];
-        let mut backoff = Backoff::default();
+        let core = Arc::clone(&self.core);
+        let shared = &core.shared;
+        let fds = [self.request.socket.as_raw_fd(), shared.waker.stop_fd()];
+        let mut errors = core.accept_errors();
         while !shared.stopping() {
-            let received = receive_into(
-                &self.service,
-                self.max,
-                &self.socket,
-                &mut self.request,
-                !blocking,
-                self.wake_from.as_ref(),
-            );
+            let received = receive_into(&core, &self.service, &mut self.request, !blocking, self.wake_from.as_ref());
             if shared.stopping() {
                 break; // the wake-up, or a datagram that came after the shutdown
             }
             match received {
                 Ok(false) => {}
                 Ok(true) => {
-                    backoff.reset();
+                    errors.succeeded();
                     self.request.slot = Some(shared.acquire());
                     shared.stats.workers_busy.fetch_add(1, SeqCst);
-                    self.service.run_datagram(handler.as_ref(), &mut self.request);
+                    self.service.run_in_place(&mut self.request);
                     shared.stats.workers_busy.fetch_sub(1, SeqCst);
                     self.request.slot = None;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Nothing queued (or an adopted socket in non-blocking mode).
                     if let Err(e) = sys::poll(&fds, &mut [false; 2], None) {
-                        self.fail(e);
+                        self.fail(errors::fatal(core.name(), e));
                         break;
                     }
                 }
-                Err(e) => {
-                    Counters::bump(&shared.stats.accept_errors);
-                    match accept::classify(&e) {
-                        Action::Skip => {}
-                        Action::BackOff => {
-                            let (wait, first) = backoff.step();
-                            if first {
-                                log::warn!("{}: receive failed: {e}; backing off", shared.name);
-                            }
-                            let _ = sys::poll(&fds[1..], &mut [false], Some(wait));
-                        }
-                        Action::Fatal => {
-                            self.fail(e);
-                            break;
-                        }
+                Err(e) => match errors.failed(e) {
+                    Ok(Next::Now | Next::Paused) => {}
+                    Err(e) => {
+                        self.fail(e);
+                        break;
                     }
-                }
+                },
             }
         }
         shared.stats.workers_total.fetch_sub(1, SeqCst);
     }
 
+    /// Ends serving with `e` (already logged, with the server's name).
     fn fail(&self, e: io::Error) {
-        let shared = &self.service.shared;
-        log::error!("{}: giving up: {e}", shared.name);
-        self.fatal.lock().get_or_insert(io::Error::new(e.kind(), format!("{}: {e}", shared.name)));
-        shared.request_stop(shared.grace);
+        self.fatal.lock().get_or_insert(e);
+        self.core.shared.request_stop(self.core.shared.grace);
     }
 }
 
@@ -249,7 +302,7 @@ impl DatagramWorker {
 pub(crate) struct WakeSender {
     sender: Socket,
     /// The sender's address, as the workers see it.
-    pub(crate) from: SockAddr,
+    from: SockAddr,
     /// The server socket's address (loopback for a wildcard bind).
     to: SockAddr,
 }
@@ -259,7 +312,7 @@ static WAKE_SENDERS: AtomicUsize = AtomicUsize::new(0);
 impl WakeSender {
     /// `None` when the socket has no address we can send to, or no sender
     /// with an address of its own can be made (then workers poll).
-    pub(crate) fn new(socket: &DatagramSocket) -> Option<WakeSender> {
+    fn new(socket: &DatagramSocket) -> Option<WakeSender> {
         let (to, bind) = match socket.local_addr().ok()? {
             Address::Inet(mut addr) => {
                 if addr.ip().is_unspecified() {

@@ -1,0 +1,82 @@
+//! [`ServerHandle`]: stop a server, read its counters, from any thread.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::shutdown::Shared;
+use crate::stats::Stats;
+
+/// A cloneable handle to a running server: stop it, read its counters.
+///
+/// Every method works from any thread — a handler of the same server
+/// included, under any strategy — and returns at once: `shutdown` asks the
+/// server to stop and never waits for it, so it cannot deadlock (Python's
+/// `shutdown()` blocks until `serve_forever` ends, which hangs when called
+/// from the serving thread).
+///
+/// ```no_run
+/// # fn main() -> std::io::Result<()> {
+/// use socketserver::{StreamRequest, ThreadingTcpServer};
+/// use std::io::Write;
+///
+/// let server = ThreadingTcpServer::bind("127.0.0.1:0", |req: &mut StreamRequest| {
+///     req.write_all(b"bye\n")?;
+///     req.server().shutdown(); // stop after this request
+///     Ok(())
+/// })?;
+/// server.serve_forever()?; // returns once the request above is done
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct ServerHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl ServerHandle {
+    /// Asks the server to stop, with the grace period set by the builder
+    /// ([`Builder::grace_period`](crate::Builder::grace_period), 5 s by default).
+    ///
+    /// The accept loop wakes at once and accepts nothing more. Requests
+    /// already accepted (queued ones included) run to completion; when the
+    /// grace period ends, every connection still open is shut down so that
+    /// blocked handlers return, and forked children are killed.
+    /// `serve_forever` returns when all of it is done. Calling it before
+    /// `serve_forever` makes the next `serve_forever` return at once.
+    pub fn shutdown(&self) {
+        self.shared.request_stop(self.shared.grace);
+    }
+
+    /// Like [`shutdown`](Self::shutdown) with a grace period of `grace`
+    /// (`Duration::ZERO`: close every connection now). A second call can
+    /// shorten the deadline of a shutdown under way, not lengthen it.
+    pub fn shutdown_with_grace(&self, grace: Duration) {
+        self.shared.request_stop(grace);
+    }
+
+    /// Whether a shutdown has been asked for and the server has not finished it.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.stopping()
+    }
+
+    /// A snapshot of the server's counters.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats.snapshot()
+    }
+
+    /// Has SIGINT (Ctrl-C) and SIGTERM shut this server down.
+    ///
+    /// The crate keeps one process-wide hub (the `ctrlc` crate allows one
+    /// handler per process) that every server subscribed here shares: a
+    /// signal shuts all of them down with their grace periods; a second
+    /// signal closes everything at once. A server subscribed after the
+    /// process was signalled is shut down at once. Nothing is installed
+    /// unless this is called.
+    ///
+    /// # Errors
+    /// Fails if another signal handler was installed through `ctrlc` or the
+    /// OS refuses the handler.
+    pub fn shutdown_on_signal(&self) -> io::Result<()> {
+        crate::signals::subscribe(&self.shared)
+    }
+}

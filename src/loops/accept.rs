@@ -1,0 +1,195 @@
+//! The stream accept loop: take connections from the listener, check them
+//! (`verify_request`), configure them, and hand each to the strategy as a
+//! [`StreamRequest`]. After serving, the listener refuses newcomers at once.
+
+use std::io;
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+
+use parking_lot::Mutex;
+use socket2::SockRef;
+
+use super::{Core, Endpoint, Kind};
+use crate::error::context;
+use crate::net::{Address, Listener, Stream};
+use crate::request::StreamRequest;
+use crate::service::Service;
+use crate::stats::Counters;
+use crate::strategy::{AnyStrategy, Executor};
+use crate::sys;
+
+/// A stream server's listener and its state across runs.
+#[derive(Debug)]
+pub struct StreamEndpoint {
+    listener: Listener,
+    /// Where it is bound, to bind again after a shutdown released the port.
+    address: Address,
+    listening: AtomicBool,
+    /// The TCP listener was shut down and must listen again (and be bound
+    /// again if the kernel released its port).
+    rebind: AtomicBool,
+    /// Made elsewhere (systemd, a hand-off, a `SO_REUSEPORT` sibling):
+    /// others may hold it too, so it is never shut down.
+    adopted: bool,
+}
+
+impl StreamEndpoint {
+    /// A listener this server bound (listening already, or after `activate`).
+    pub(crate) fn bound(listener: Listener, listening: bool) -> io::Result<StreamEndpoint> {
+        let address = listener.local_addr()?;
+        Ok(StreamEndpoint {
+            listener,
+            address,
+            listening: AtomicBool::new(listening),
+            rebind: AtomicBool::new(false),
+            adopted: false,
+        })
+    }
+
+    /// A listener made elsewhere; it should be listening already.
+    pub(crate) fn adopted(listener: Listener) -> io::Result<StreamEndpoint> {
+        listener.set_nonblocking(true)?;
+        Ok(StreamEndpoint { adopted: true, ..StreamEndpoint::bound(listener, true)? })
+    }
+
+    /// Accepts one connection and hands it to the strategy. `Ok(false)`: it
+    /// was refused or could not be configured.
+    fn accept_one(
+        &self,
+        core: &Core,
+        service: &Service<StreamRequest>,
+        executor: &Executor<StreamRequest>,
+    ) -> io::Result<bool> {
+        let (stream, peer) = self.listener.accept()?;
+        let shared = &core.shared;
+        Counters::bump(&shared.stats.accepted);
+        if !service.verify(&peer) {
+            Counters::bump(&shared.stats.refused);
+            log::debug!("{}: refused {peer}", shared.name);
+            let _ = stream.shutdown(Shutdown::Both);
+            return Ok(false);
+        }
+        if let Err(e) = configure(&stream, core) {
+            service.handle_error(&peer, &context(e, "cannot configure the connection"));
+            return Ok(false);
+        }
+        let request = StreamRequest::new(stream, peer, core.handle(), core.opts.stream_policy(), shared.acquire());
+        if shared.stopping() {
+            // Taken from the backlog during a drain: the deadline applies.
+            shared.ensure_watchdog();
+        }
+        executor.dispatch(request);
+        Ok(true)
+    }
+
+    /// After the loop: refuse new TCP connections at once (those still in
+    /// the kernel's backlog are reset) rather than leave clients hanging
+    /// until the socket closes.
+    fn stop_listening(&self) {
+        if self.adopted {
+            // Shutting it down would end it for every process holding it
+            // (systemd, the server being handed over to): newcomers wait in
+            // its backlog instead.
+            return;
+        }
+        if let Listener::Tcp(l) = &self.listener {
+            // Linux answers SYNs to a shut-down listener with a reset, and
+            // frees its port: `activate` binds it again.
+            if SockRef::from(l).shutdown(Shutdown::Read).is_ok() {
+                self.listening.store(false, SeqCst);
+                self.rebind.store(true, SeqCst);
+            }
+        }
+    }
+}
+
+/// Applies the server's per-connection socket options.
+fn configure(stream: &Stream, core: &Core) -> io::Result<()> {
+    let o = &core.opts;
+    if let (true, Stream::Tcp(s)) = (o.nodelay, stream) {
+        s.set_nodelay(true)?;
+    }
+    let receive = o.stream_policy().timeouts.receive();
+    if receive.is_some() {
+        stream.set_read_timeout(receive)?;
+    }
+    if o.write_timeout.is_some() {
+        stream.set_write_timeout(o.write_timeout)?;
+    }
+    Ok(())
+}
+
+impl AsRawFd for StreamEndpoint {
+    fn as_raw_fd(&self) -> RawFd {
+        self.listener.as_raw_fd()
+    }
+}
+
+impl Endpoint for StreamEndpoint {
+    type Request = StreamRequest;
+
+    fn local_addr(&self) -> io::Result<Address> {
+        self.listener.local_addr()
+    }
+
+    fn activate(&self, core: &Core) -> io::Result<()> {
+        if self.listening.load(SeqCst) {
+            return Ok(());
+        }
+        let listen = || {
+            if let (true, Listener::Tcp(l), Some(addr)) =
+                (self.rebind.load(SeqCst), &self.listener, self.address.as_inet())
+            {
+                // Shutting the listener down released its port if the kernel
+                // chose it (port 0); a port asked for by number stays bound
+                // and must not be bound twice (EINVAL: it is still bound).
+                match SockRef::from(l).bind(&addr.into()) {
+                    Err(e) if !sys::is_already_bound(&e) => return Err(e),
+                    _ => {}
+                }
+            }
+            self.listener.listen(core.opts.backlog)
+        };
+        listen().map_err(|e| context(e, format_args!("cannot listen on {}", self.address)))?;
+        self.rebind.store(false, SeqCst);
+        self.listening.store(true, SeqCst);
+        Ok(())
+    }
+
+    fn serve(
+        &self,
+        core: &Arc<Core>,
+        service: &Arc<Service<StreamRequest>>,
+        strategy: &AnyStrategy,
+        kept: &Mutex<Option<Executor<StreamRequest>>>,
+    ) -> io::Result<()> {
+        let executor = match kept.lock().take() {
+            Some(e) => e,
+            None => Executor::start(strategy, service)?,
+        };
+        let fd = self.as_raw_fd();
+        super::serve_with(
+            fd,
+            core,
+            service,
+            executor,
+            |executor| self.accept_one(core, service, executor),
+            || self.stop_listening(),
+        )
+    }
+
+    fn take_one(
+        &self,
+        core: &Core,
+        service: &Arc<Service<StreamRequest>>,
+        executor: &Executor<StreamRequest>,
+    ) -> io::Result<bool> {
+        self.accept_one(core, service, executor)
+    }
+}
+
+impl Kind for StreamRequest {
+    type Endpoint = StreamEndpoint;
+}

@@ -1,0 +1,222 @@
+//! The loops that take work from a server's socket — the stream accept
+//! loop ([`accept`]) and the datagram receive loop ([`receive`]) — over a
+//! narrow [`Core`]: the options, the shared state (counters, shutdown,
+//! waker) and nothing else of the server. Accept errors are handled by one
+//! policy ([`errors`]) wherever they happen.
+//!
+//! [`Endpoint`] and [`Kind`] are public traits in this private module: a
+//! transport names them (`Transport::Request: Kind`), so they are reachable,
+//! but nobody outside can name them, implement them or call their methods,
+//! whose signatures use the crate's private types on purpose.
+#![allow(private_interfaces, reason = "sealed traits: their methods take crate-private types")]
+
+pub(crate) mod accept;
+pub(crate) mod errors;
+pub(crate) mod receive;
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use self::errors::{AcceptErrors, Next};
+use crate::handle::ServerHandle;
+use crate::net::Address;
+use crate::options::Options;
+use crate::request::Request;
+use crate::service::Service;
+use crate::shutdown::Shared;
+use crate::strategy::{AnyStrategy, Executor};
+use crate::sys;
+
+/// How many connections or datagrams the loop takes per wake-up before it
+/// looks at the shutdown flag and the hooks again.
+pub(crate) const BATCH: usize = 64;
+
+/// What the loops need of a server.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub(crate) opts: Options,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Core {
+    pub(crate) fn handle(&self) -> ServerHandle {
+        ServerHandle { shared: Arc::clone(&self.shared) }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Whether another connection or datagram may be taken now.
+    pub(crate) fn can_accept<R: Request>(&self, executor: &Executor<R>) -> bool {
+        let active = self.shared.stats.active.load(SeqCst);
+        self.opts.max_connections.is_none_or(|max| active < max) && executor.has_capacity()
+    }
+
+    fn accept_errors(&self) -> AcceptErrors<'_> {
+        AcceptErrors::new(&self.shared.name, &self.shared.stats, self.shared.waker.stop_fd())
+    }
+}
+
+/// A server's socket with what its kind needs to serve it: the stream
+/// listener or the datagram socket. Sealed (a public trait in a private
+/// module): the transports name it, nobody else can.
+pub trait Endpoint: AsRawFd + fmt::Debug + Send + Sync + 'static {
+    /// What a handler of this endpoint is given.
+    type Request: Request;
+
+    /// The address it is bound to.
+    fn local_addr(&self) -> io::Result<Address>;
+
+    /// Listens, if it is a listener that does not yet (Python's `server_activate`).
+    fn activate(&self, _core: &Core) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// `serve_forever`: serves until a shutdown, then drains. `kept` holds
+    /// the executor a `handle_request` may have started.
+    fn serve(
+        &self,
+        core: &Arc<Core>,
+        service: &Arc<Service<Self::Request>>,
+        strategy: &AnyStrategy,
+        kept: &Mutex<Option<Executor<Self::Request>>>,
+    ) -> io::Result<()>;
+
+    /// Takes one connection or datagram, if there is one, and runs it
+    /// through `executor`. `Ok(false)`: it was refused or dropped.
+    fn take_one(
+        &self,
+        core: &Core,
+        service: &Arc<Service<Self::Request>>,
+        executor: &Executor<Self::Request>,
+    ) -> io::Result<bool>;
+}
+
+/// Ties a request type to the endpoint that produces it, so that a
+/// transport names one and gets the other.
+pub trait Kind: Request {
+    /// The endpoint whose handlers get this request.
+    type Endpoint: Endpoint<Request = Self>;
+}
+
+/// The loop of `serve_forever` for every strategy that takes work through
+/// an executor: wait until the socket is readable or the waker fires (never
+/// on a timer, unless `service_interval` asks), then `take` connections or
+/// datagrams while capacity allows. Returns at the shutdown.
+pub(crate) fn run<R: Request>(
+    fd: RawFd,
+    core: &Core,
+    service: &Service<R>,
+    executor: &Executor<R>,
+    mut take: impl FnMut() -> io::Result<bool>,
+) -> io::Result<()> {
+    let shared = &core.shared;
+    let fds = [fd, shared.waker.stop_fd(), shared.waker.notify_fd()];
+    let mut errors = core.accept_errors();
+    loop {
+        if shared.stopping() {
+            return Ok(());
+        }
+        executor.reap();
+        if !core.can_accept(executor) {
+            shared.wait_for_capacity(|| core.can_accept(executor))?;
+            continue;
+        }
+        let mut ready = [false; 3];
+        sys::poll(&fds, &mut ready, core.opts.service_interval)?;
+        if ready[2] {
+            shared.waker.drain_notify();
+        }
+        if ready[0] {
+            take_batch(core, executor, &mut errors, &mut take)?;
+        }
+        service.service_actions();
+    }
+}
+
+fn take_batch<R: Request>(
+    core: &Core,
+    executor: &Executor<R>,
+    errors: &mut AcceptErrors<'_>,
+    take: &mut impl FnMut() -> io::Result<bool>,
+) -> io::Result<()> {
+    for _ in 0..BATCH {
+        if core.shared.stopping() || !core.can_accept(executor) {
+            return Ok(());
+        }
+        match take() {
+            Ok(_) => errors.succeeded(),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => {
+                if errors.failed(e)? == Next::Paused {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the loop with `executor`, calls `stopped` (a listener refuses
+/// newcomers from then on), then drains: the common `serve` of every
+/// endpoint and strategy that hands work to an executor.
+pub(crate) fn serve_with<R: Request>(
+    fd: RawFd,
+    core: &Core,
+    service: &Service<R>,
+    executor: Executor<R>,
+    mut take: impl FnMut(&Executor<R>) -> io::Result<bool>,
+    stopped: impl FnOnce(),
+) -> io::Result<()> {
+    let result = run(fd, core, service, &executor, || take(&executor));
+    if !core.shared.stopping() {
+        core.shared.request_stop(core.opts.grace);
+    }
+    stopped();
+    executor.finish(&core.shared);
+    result
+}
+
+/// Python's `handle_request`: waits (at most the `timeout`) for one
+/// connection or datagram and takes it.
+pub(crate) fn handle_request<E: Endpoint>(
+    endpoint: &E,
+    core: &Core,
+    service: &Arc<Service<E::Request>>,
+    executor: &Executor<E::Request>,
+) -> io::Result<()> {
+    executor.reap();
+    let shared = &core.shared;
+    let deadline = core.opts.timeout.map(|t| Instant::now() + t);
+    let fds = [endpoint.as_raw_fd(), shared.waker.stop_fd()];
+    let mut errors = core.accept_errors();
+    loop {
+        if shared.stopping() {
+            return Ok(());
+        }
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let mut ready = [false; 2];
+        if sys::poll(&fds, &mut ready, left)? == 0 {
+            service.handle_timeout();
+            return Ok(());
+        }
+        if !ready[0] {
+            continue;
+        }
+        match endpoint.take_one(core, service, executor) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                errors.failed(e)?;
+            }
+        }
+    }
+}

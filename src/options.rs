@@ -1,0 +1,71 @@
+//! A server's settings, as the builder leaves them.
+
+use std::time::Duration;
+
+use crate::net::MAX_UDP_PAYLOAD;
+use crate::net::bind::BindOptions;
+use crate::request::StreamPolicy;
+use crate::request::timeouts::TimeoutPolicy;
+
+#[derive(Clone, Debug)]
+pub(crate) struct Options {
+    pub(crate) reuse_address: Option<bool>,
+    pub(crate) reuse_port: bool,
+    pub(crate) backlog: i32,
+    pub(crate) activate: bool,
+    pub(crate) nodelay: bool,
+    pub(crate) read_timeout: Option<Duration>,
+    pub(crate) write_timeout: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) max_datagram_size: usize,
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) grace: Duration,
+    pub(crate) service_interval: Option<Duration>,
+    pub(crate) read_buffer: usize,
+    pub(crate) write_buffer: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            reuse_address: None,
+            reuse_port: false,
+            backlog: libc::SOMAXCONN,
+            activate: true,
+            nodelay: false,
+            read_timeout: None,
+            write_timeout: None,
+            idle_timeout: None,
+            max_datagram_size: MAX_UDP_PAYLOAD,
+            max_connections: None,
+            timeout: None,
+            grace: Duration::from_secs(5),
+            service_interval: None,
+            read_buffer: 64 * 1024,
+            write_buffer: 0,
+        }
+    }
+}
+
+impl Options {
+    /// Socket options at bind time; `SO_REUSEADDR` defaults on for stream
+    /// servers only.
+    pub(crate) fn bind_options(&self, stream: bool) -> BindOptions {
+        BindOptions {
+            reuse_address: self.reuse_address.unwrap_or(stream),
+            reuse_port: self.reuse_port,
+            backlog: self.backlog,
+            activate: self.activate,
+        }
+    }
+
+    /// What each stream request needs to know.
+    pub(crate) fn stream_policy(&self) -> StreamPolicy {
+        StreamPolicy {
+            timeouts: TimeoutPolicy { idle: self.idle_timeout, read: self.read_timeout },
+            read_buffer: self.read_buffer,
+            write_buffer: self.write_buffer,
+        }
+    }
+}

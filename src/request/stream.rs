@@ -1,0 +1,445 @@
+//! [`StreamRequest`]: one connection, as a handler sees it.
+
+use std::io::{self, BufRead, IoSlice, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::RawFd;
+use std::time::Instant;
+
+use super::buffer::ReadBuffer;
+use super::conn::Connection;
+use super::timeouts::{Expired, ReadTimeouts, TimeoutPolicy};
+use crate::handle::ServerHandle;
+use crate::net::{Address, Stream};
+use crate::shutdown::Slot;
+use crate::stats::Counters;
+use crate::sys;
+
+/// The longest line [`StreamRequest::next_line`] reads, in bytes.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Per-connection settings a stream request needs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StreamPolicy {
+    pub(crate) timeouts: TimeoutPolicy,
+    pub(crate) read_buffer: usize,
+    pub(crate) write_buffer: usize,
+}
+
+/// One connection, as a handler sees it: Python's `StreamRequestHandler`
+/// with `rfile` and `wfile` in one value.
+///
+/// * Reading is buffered: [`next_line`](Self::next_line) gives the next
+///   line as an owned `String` (Python's `for line in self.rfile`), and
+///   [`BufRead`] (`read_line`, `read_until`, `lines`) and [`Read`] (`read`,
+///   `read_exact`) are implemented.
+/// * Writing sends every byte of every `write` before returning (Python's
+///   `wfile` with `wbufsize = 0`), unless the server was built with
+///   [`Builder::write_buffer`](crate::Builder::write_buffer): then writes
+///   are collected and sent when the buffer fills, on `flush`, and after
+///   `finish`. Whatever hands out the socket itself
+///   ([`socket`](Self::socket), [`try_clone`](Self::try_clone),
+///   [`fill_buf_and_stream`](Self::fill_buf_and_stream)) sends the buffer
+///   first, so bytes written there never overtake bytes written here.
+/// * A read that times out fails with `ErrorKind::TimedOut`; if the timeout
+///   was the server's idle timeout, the connection is shut down as well.
+///
+/// When the handler is done, the connection is closed; if the peer is still
+/// sending, the server first stops writing and reads what is left for a
+/// moment, so that the peer gets the whole answer rather than a reset.
+///
+/// ```no_run
+/// use socketserver::{StreamRequest, ThreadingTcpServer};
+/// use std::io::Write;
+///
+/// let server = ThreadingTcpServer::bind("127.0.0.1:0", |req: &mut StreamRequest| {
+///     while let Some(line) = req.next_line()? {
+///         writeln!(req, "{}", line.to_uppercase())?;
+///     }
+///     Ok(())
+/// })?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct StreamRequest {
+    conn: Connection,
+    rbuf: ReadBuffer,
+    wbuf: Vec<u8>,
+    write_buffer: usize,
+    timeouts: ReadTimeouts,
+    peer: Address,
+    eof: bool,
+    idle_closed: bool,
+}
+
+impl StreamRequest {
+    pub(crate) fn new(stream: Stream, peer: Address, server: ServerHandle, policy: StreamPolicy, slot: Slot) -> Self {
+        StreamRequest {
+            conn: Connection::new(stream, server, slot),
+            rbuf: ReadBuffer::new(policy.read_buffer),
+            wbuf: Vec::new(),
+            write_buffer: policy.write_buffer,
+            timeouts: ReadTimeouts::new(policy.timeouts, Instant::now()),
+            peer,
+            eof: false,
+            idle_closed: false,
+        }
+    }
+
+    /// The address of the client.
+    pub fn peer_addr(&self) -> &Address {
+        &self.peer
+    }
+
+    /// The address the client connected to.
+    ///
+    /// # Errors
+    /// As `getsockname(2)`.
+    pub fn local_addr(&self) -> io::Result<Address> {
+        self.conn.stream().local_addr()
+    }
+
+    /// A handle to the server: shut it down, read its stats.
+    pub fn server(&self) -> &ServerHandle {
+        self.conn.server()
+    }
+
+    /// The socket itself, e.g. to change its timeouts, after sending what
+    /// the write buffer holds. Reading from it directly skips bytes already
+    /// buffered by this request.
+    ///
+    /// # Errors
+    /// When sending the write buffer fails.
+    pub fn socket(&mut self) -> io::Result<&Stream> {
+        self.flush_buffer()?;
+        Ok(self.conn.stream())
+    }
+
+    /// A second handle to the connection, for another thread to write to
+    /// (a chat room broadcasting to its members), after sending what the
+    /// write buffer holds. Shut down together with the request when the
+    /// server closes connections at the end of its grace period.
+    ///
+    /// # Errors
+    /// When sending the write buffer fails; as `dup(2)`.
+    pub fn try_clone(&mut self) -> io::Result<Stream> {
+        self.flush_buffer()?;
+        self.conn.try_clone()
+    }
+
+    /// The next line, without its `\n` or `\r\n`; `None` at the end of the
+    /// stream. Python's `for line in self.rfile`, written
+    /// `while let Some(line) = req.next_line()? { ... }`: the line is owned,
+    /// so the body can write to `req`.
+    ///
+    /// # Errors
+    /// `InvalidData` if the line is not UTF-8 or longer than [`MAX_LINE`]
+    /// bytes; `TimedOut` on a read timeout; any socket error.
+    pub fn next_line(&mut self) -> io::Result<Option<String>> {
+        let mut line = Vec::new();
+        loop {
+            let available = self.fill_buf()?;
+            if available.is_empty() {
+                if line.is_empty() {
+                    return Ok(None);
+                }
+                break; // a last line without a newline
+            }
+            let (used, done) = match available.iter().position(|&b| b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (available.len(), false),
+            };
+            if line.len() + used > MAX_LINE + 1 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("line from {} longer than {MAX_LINE} bytes", self.peer),
+                ));
+            }
+            line.extend_from_slice(&available[..used]);
+            self.consume(used);
+            if done {
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                break;
+            }
+        }
+        String::from_utf8(line)
+            .map(Some)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("line from {} is not UTF-8", self.peer)))
+    }
+
+    /// Reads a line, up to and including `\n`, appending it to `buf`;
+    /// returns the number of bytes read, 0 at end of stream.
+    ///
+    /// # Errors
+    /// `InvalidData` if the line is not UTF-8; `TimedOut` on a read timeout;
+    /// any socket error.
+    pub fn read_line(&mut self, buf: &mut String) -> io::Result<usize> {
+        BufRead::read_line(self, buf)
+    }
+
+    /// Iterates over the lines of the stream, without their `\n` or `\r\n`.
+    /// The iterator borrows the request: to write while reading lines, use
+    /// [`next_line`](Self::next_line).
+    pub fn lines(&mut self) -> io::Lines<&mut Self> {
+        BufRead::lines(self)
+    }
+
+    /// Waits until the peer sends something (`true`) or closes (`false`),
+    /// without consuming anything. Call it where a new request may begin:
+    /// while a handler waits here its connection counts as idle, and a
+    /// shutdown ends the wait at once (it returns `false`) instead of
+    /// granting the connection the grace period — as a web server closes
+    /// idle keep-alive connections. A request that arrived just before the
+    /// shutdown is still returned (`true`) and can be answered.
+    ///
+    /// # Errors
+    /// As [`BufRead::fill_buf`]: timeouts, socket errors.
+    pub fn wait_for_data(&mut self) -> io::Result<bool> {
+        if !self.rbuf.is_empty() {
+            return Ok(true);
+        }
+        if self.eof {
+            return Ok(false);
+        }
+        if !self.conn.set_idle(true) {
+            // Shutting down: a request that has already arrived is served;
+            // otherwise the connection is idle and its service ends here.
+            if !sys::readable_now(self.fd()) {
+                self.eof = true;
+                return Ok(false);
+            }
+            return self.fill_buf().map(|data| !data.is_empty());
+        }
+        let result = self.fill_buf().map(|data| !data.is_empty());
+        self.conn.set_idle(false);
+        result
+    }
+
+    /// Like [`BufRead::fill_buf`], and the socket to answer on at the same
+    /// time: a handler can write straight out of the read buffer, then
+    /// [`consume`](BufRead::consume) what it used. An empty slice means end
+    /// of stream. Writes to the `Stream` go to the socket unbuffered, after
+    /// what the write buffer held.
+    ///
+    /// # Errors
+    /// As [`BufRead::fill_buf`]; when sending the write buffer fails.
+    pub fn fill_buf_and_stream(&mut self) -> io::Result<(&[u8], &Stream)> {
+        self.flush_buffer()?;
+        BufRead::fill_buf(self)?;
+        Ok((self.rbuf.buffer(), self.conn.stream()))
+    }
+
+    /// Bytes already read from the socket and not yet consumed.
+    pub fn buffered(&self) -> &[u8] {
+        self.rbuf.buffer()
+    }
+
+    /// Whether the peer has closed its side (a read returned end of stream).
+    pub fn at_eof(&self) -> bool {
+        self.eof
+    }
+
+    /// Sets a time by which reads must be done (`None`: no deadline): a
+    /// read still waiting for data then fails with `ErrorKind::TimedOut`,
+    /// however often the peer sends a byte. This is how a handler bounds a
+    /// whole request against a slow client ("slowloris") that the idle
+    /// timeout, which any byte resets, cannot catch. The connection stays
+    /// open; the handler decides what to do.
+    ///
+    /// # Errors
+    /// As `setsockopt(SO_RCVTIMEO)` when the deadline is cleared.
+    pub fn set_read_deadline(&mut self, deadline: Option<Instant>) -> io::Result<()> {
+        if let Some(receive) = self.timeouts.set_deadline(deadline) {
+            self.conn.stream().set_read_timeout(receive)?;
+        }
+        Ok(())
+    }
+
+    /// Before a read that will wait on the socket: bound the wait by the
+    /// deadline (or fail if it has passed) and by what is left of an idle
+    /// timeout that spans reads.
+    fn before_read(&mut self) -> io::Result<()> {
+        match self.timeouts.next_wait(Instant::now) {
+            Ok(None) => Ok(()),
+            Ok(Some(wait)) => self.conn.stream().set_read_timeout(Some(wait)),
+            Err(_) => Err(self.deadline_error()),
+        }
+    }
+
+    fn deadline_error(&self) -> io::Error {
+        io::Error::new(io::ErrorKind::TimedOut, format!("read deadline passed waiting for {}", self.peer))
+    }
+
+    fn read_error(&mut self, e: io::Error) -> io::Error {
+        if e.kind() != io::ErrorKind::WouldBlock {
+            return e;
+        }
+        match self.timeouts.expired(Instant::now) {
+            Expired::Deadline => self.deadline_error(),
+            Expired::Idle(idle) => {
+                Counters::bump(&self.server().shared.stats.idle_closed);
+                let _ = self.conn.stream().shutdown(Shutdown::Both);
+                self.eof = true;
+                self.idle_closed = true;
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("idle timeout: nothing from {} for {:?}; connection closed", self.peer, idle),
+                )
+            }
+            Expired::Read => io::Error::new(io::ErrorKind::TimedOut, format!("read from {} timed out", self.peer)),
+        }
+    }
+
+    fn write_timed_out(&self) -> io::Error {
+        io::Error::new(io::ErrorKind::TimedOut, format!("write to {} timed out", self.peer))
+    }
+
+    fn send(&mut self, buf: &[u8]) -> io::Result<()> {
+        let mut stream = self.conn.stream();
+        stream
+            .write_all(buf)
+            .map_err(|e| if e.kind() == io::ErrorKind::WouldBlock { self.write_timed_out() } else { e })
+    }
+
+    fn flush_buffer(&mut self) -> io::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut self.wbuf);
+        let result = self.send(&buf);
+        self.wbuf = buf;
+        self.wbuf.clear();
+        result
+    }
+
+    /// Whether the server closed this connection for its idle timeout: an
+    /// error that follows is the normal end of the connection, not the
+    /// handler's failure.
+    pub(crate) fn idle_closed(&self) -> bool {
+        self.idle_closed
+    }
+
+    pub(crate) fn flush_pending(&mut self) -> io::Result<()> {
+        self.flush_buffer()
+    }
+
+    pub(crate) fn connection(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    pub(crate) fn fd(&self) -> RawFd {
+        self.conn.fd()
+    }
+}
+
+impl Read for StreamRequest {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.rbuf.is_empty() {
+            self.before_read()?;
+        }
+        match self.rbuf.read_from(self.conn.stream(), buf) {
+            Ok(0) if !buf.is_empty() => {
+                self.eof = true;
+                Ok(0)
+            }
+            Ok(n) => {
+                self.timeouts.data_came(Instant::now);
+                Ok(n)
+            }
+            Err(e) => Err(self.read_error(e)),
+        }
+    }
+}
+
+impl BufRead for StreamRequest {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.rbuf.is_empty() {
+            self.before_read()?;
+            match self.rbuf.fill_from(self.conn.stream()) {
+                Ok(b) => {
+                    self.eof = b.is_empty();
+                    self.timeouts.data_came(Instant::now);
+                }
+                Err(e) => return Err(self.read_error(e)),
+            }
+        }
+        Ok(self.rbuf.buffer())
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.rbuf.consume(amt);
+    }
+}
+
+impl Write for StreamRequest {
+    /// Sends all of `buf` (or buffers it, when write buffering is on).
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let cap = self.write_buffer;
+        if cap == 0 {
+            self.send(buf)?;
+            return Ok(buf.len());
+        }
+        if self.wbuf.len() + buf.len() > cap {
+            self.flush_buffer()?;
+        }
+        if buf.len() >= cap {
+            self.send(buf)?;
+        } else {
+            if self.wbuf.capacity() == 0 {
+                self.wbuf.reserve_exact(cap);
+            }
+            self.wbuf.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.write(buf).map(drop)
+    }
+
+    /// Sends all of `bufs` — in one system call when the socket takes it —
+    /// so that a small header and its body leave in one segment.
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if self.write_buffer > 0 {
+            for b in bufs {
+                self.write(b)?;
+            }
+            return Ok(total);
+        }
+        // A copy of the slice list to advance; on the stack for the usual few.
+        let mut stack = [IoSlice::new(&[]); 8];
+        let mut heap = Vec::new();
+        let mut slices: &mut [IoSlice<'_>] = if bufs.len() <= stack.len() {
+            stack[..bufs.len()].copy_from_slice(bufs);
+            &mut stack[..bufs.len()]
+        } else {
+            heap.extend_from_slice(bufs);
+            &mut heap[..]
+        };
+        IoSlice::advance_slices(&mut slices, 0);
+        while !slices.is_empty() {
+            match self.conn.stream().write_vectored(slices) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "connection closed while writing")),
+                Ok(n) => IoSlice::advance_slices(&mut slices, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(self.write_timed_out()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(total)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.flush_buffer()
+    }
+}
+
+impl Drop for StreamRequest {
+    fn drop(&mut self) {
+        let unread = !self.rbuf.is_empty();
+        self.conn.close(self.eof, unread);
+    }
+}

@@ -1,0 +1,144 @@
+//! The OS calls std and socket2 do not offer, and the only `unsafe` code in
+//! the crate: `poll`, a `recvfrom` that reports the real length of an
+//! oversized datagram, the process calls of the forking strategy ([`process`]) and C `strftime` for
+//! the bundled time server ([`time`]). Every `unsafe` block says why it is
+//! sound; every function with a precondition the compiler cannot check is
+//! an `unsafe fn` with a `# Safety` section.
+#![allow(unsafe_code)]
+
+pub(crate) mod process;
+pub(crate) mod time;
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+use socket2::{SockAddr, SockRef};
+
+/// The most descriptors [`poll`] waits on at once.
+pub(crate) const POLL_MAX: usize = 8;
+
+/// Waits until one of `fds` is readable or `timeout` passes (`None`: no limit).
+///
+/// Sets, for each descriptor, whether it is ready (readable, hung up or in
+/// error) and returns how many are. `EINTR` is retried with the time left.
+///
+/// # Errors
+/// `InvalidInput` for more than [`POLL_MAX`] descriptors or fewer `ready`
+/// slots than descriptors (in every build: the array is on the stack);
+/// otherwise as `poll(2)`.
+pub(crate) fn poll(fds: &[RawFd], ready: &mut [bool], timeout: Option<Duration>) -> io::Result<usize> {
+    poll_for(fds, libc::POLLIN, ready, timeout)
+}
+
+fn poll_for(fds: &[RawFd], events: libc::c_short, ready: &mut [bool], timeout: Option<Duration>) -> io::Result<usize> {
+    if fds.len() > POLL_MAX || ready.len() < fds.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("poll: {} descriptors and {} slots (at most {POLL_MAX})", fds.len(), ready.len()),
+        ));
+    }
+    let mut pfds = [libc::pollfd { fd: -1, events: 0, revents: 0 }; POLL_MAX];
+    for (slot, &fd) in pfds.iter_mut().zip(fds) {
+        slot.fd = fd;
+        slot.events = events;
+    }
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let ms = match deadline {
+            None => -1,
+            Some(d) => poll_millis(d.saturating_duration_since(Instant::now())),
+        };
+        // SAFETY: `pfds` holds `fds.len()` (at most POLL_MAX, checked above)
+        // initialised pollfd structs and lives for the whole call.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        for (r, p) in ready.iter_mut().zip(&pfds[..fds.len()]) {
+            *r = p.revents != 0;
+        }
+        return Ok(n as usize);
+    }
+}
+
+/// A wait in whole milliseconds for `poll`, rounded up so that a wait of
+/// 0.4 ms does not become a busy 0.
+fn poll_millis(left: Duration) -> libc::c_int {
+    let ms = left.as_millis().saturating_add(u128::from(!left.subsec_nanos().is_multiple_of(1_000_000)));
+    ms.min(libc::c_int::MAX as u128) as libc::c_int
+}
+
+/// Whether `fd` has something to read (or is hung up) right now.
+pub(crate) fn readable_now(fd: RawFd) -> bool {
+    poll(&[fd], &mut [false], Some(Duration::ZERO)).is_ok_and(|n| n > 0)
+}
+
+/// `recvfrom` that returns the datagram's real length even when it is
+/// longer than `buf` (`MSG_TRUNC` on Linux; elsewhere a length of
+/// `buf.len()` with a full buffer may mean "truncated"). With `dontwait`,
+/// it never blocks (`MSG_DONTWAIT`), whatever the socket's mode.
+pub(crate) fn recv_from(sock: SockRef<'_>, buf: &mut [u8], dontwait: bool) -> io::Result<(usize, SockAddr)> {
+    #[cfg(target_os = "linux")]
+    let mut flags = libc::MSG_TRUNC;
+    #[cfg(not(target_os = "linux"))]
+    let mut flags = 0;
+    if dontwait {
+        flags |= libc::MSG_DONTWAIT;
+    }
+    // SAFETY: `[u8]` and `[MaybeUninit<u8>]` have the same layout, and the
+    // bytes are already initialised; recv only writes initialised bytes into it.
+    let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
+    sock.recv_from_with_flags(uninit, flags)
+}
+
+/// Raises the soft limit on open descriptors to the hard limit; returns the
+/// new soft limit.
+pub(crate) fn raise_fd_limit() -> io::Result<u64> {
+    // SAFETY: an all-zero rlimit is a valid value; getrlimit fills it.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `lim` is a valid out-pointer for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a valid, initialised rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(lim.rlim_cur as u64)
+}
+
+/// Whether `bind` failed because the socket is bound already.
+pub(crate) fn is_already_bound(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EINVAL)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poll_refuses_more_descriptors_than_it_holds_in_every_build() {
+        let fds = [0; POLL_MAX + 1];
+        let err = poll(&fds, &mut [false; POLL_MAX + 1], Some(Duration::ZERO)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        let err = poll(&[0, 0], &mut [false], Some(Duration::ZERO)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "fewer slots than descriptors");
+    }
+
+    #[test]
+    fn poll_rounds_a_partial_millisecond_up() {
+        assert_eq!(poll_millis(Duration::ZERO), 0);
+        assert_eq!(poll_millis(Duration::from_micros(400)), 1);
+        assert_eq!(poll_millis(Duration::from_millis(3)), 3);
+        assert_eq!(poll_millis(Duration::from_secs(u64::MAX)), libc::c_int::MAX);
+    }
+}
