@@ -89,6 +89,12 @@ pub use crate::transport::{BindAddress, Transport};
 
 use crate::transport::{Tcp, Udp, UnixDatagram, UnixStream};
 
+/// The README's code, compiled by `cargo test` so that what a newcomer
+/// copies from it compiles.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 /// Raises this process's limit on open descriptors (`RLIMIT_NOFILE`) from
 /// its soft to its hard value, as a server that holds thousands of
 /// connections needs (Python: `resource.setrlimit`). Returns the new limit.

@@ -296,3 +296,83 @@ fn a_frame_written_to_the_request_arrives_in_one_segment() {
     rx.recv().unwrap();
     running.stop().unwrap();
 }
+
+/// Python's `for line in self.rfile: self.wfile.write(...)`, written with
+/// `next_line`: owned lines, so the body writes to the request; `\r\n` and
+/// `\n` both end a line, a last line without one is still a line.
+#[test]
+fn next_line_gives_owned_lines_the_body_can_answer() {
+    let server = TcpServer::bind("127.0.0.1:0", |req: &mut StreamRequest| {
+        while let Some(line) = req.next_line()? {
+            writeln!(req, "[{line}]")?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let mut c = tcp_connect(server.server_address().as_inet().unwrap());
+    c.write_all(b"one\ntwo\r\n\nlast").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    server.handle_request().unwrap();
+    let mut all = String::new();
+    c.read_to_string(&mut all).unwrap();
+    assert_eq!(all, "[one]\n[two]\n[]\n[last]\n");
+}
+
+#[test]
+fn next_line_refuses_lines_too_long_or_not_utf8() {
+    for (input, want) in [(vec![b'x'; socketserver::MAX_LINE + 1], "longer than"), (b"\xff\xfe\n".to_vec(), "UTF-8")] {
+        let (tx, rx) = mpsc::channel();
+        let server = TcpServer::bind("127.0.0.1:0", move |req: &mut StreamRequest| {
+            tx.send(req.next_line().map_err(|e| (e.kind(), e.to_string()))).unwrap();
+            Ok(())
+        })
+        .unwrap();
+        let mut c = tcp_connect(server.server_address().as_inet().unwrap());
+        c.write_all(&input).unwrap();
+        c.write_all(b"\n").unwrap();
+        server.handle_request().unwrap();
+        let (kind, text) = rx.recv_timeout(TIMEOUT).unwrap().unwrap_err();
+        assert_eq!(kind, io::ErrorKind::InvalidData);
+        assert!(text.contains(want), "{text}");
+    }
+    // Exactly MAX_LINE bytes is a line.
+    let (tx, rx) = mpsc::channel();
+    let server = TcpServer::bind("127.0.0.1:0", move |req: &mut StreamRequest| {
+        tx.send(req.next_line().map(|l| l.map(|l| l.len())).map_err(|e| e.to_string())).unwrap();
+        Ok(())
+    })
+    .unwrap();
+    let mut c = tcp_connect(server.server_address().as_inet().unwrap());
+    c.write_all(&[b'y'; socketserver::MAX_LINE]).unwrap();
+    c.write_all(b"\r\n").unwrap();
+    server.handle_request().unwrap();
+    assert_eq!(rx.recv_timeout(TIMEOUT).unwrap(), Ok(Some(socketserver::MAX_LINE)));
+}
+
+/// With a write buffer, bytes written through the socket a request hands
+/// out — `fill_buf_and_stream`, `socket`, `try_clone` — never overtake bytes
+/// still in the buffer.
+#[test]
+fn writes_through_the_socket_never_overtake_buffered_writes() {
+    let server = TcpServer::builder()
+        .write_buffer(64 * 1024)
+        .bind("127.0.0.1:0", |req: &mut StreamRequest| {
+            req.write_all(b"1")?;
+            let (data, mut stream) = req.fill_buf_and_stream()?;
+            assert_eq!(data, b"go");
+            stream.write_all(b"2")?;
+            req.write_all(b"3")?;
+            (&*req.socket()?).write_all(b"4")?;
+            req.write_all(b"5")?;
+            req.try_clone()?.write_all(b"6")?;
+            req.write_all(b"7")?;
+            Ok(())
+        })
+        .unwrap();
+    let mut c = tcp_connect(server.server_address().as_inet().unwrap());
+    c.write_all(b"go").unwrap();
+    server.handle_request().unwrap();
+    let mut all = String::new();
+    c.read_to_string(&mut all).unwrap();
+    assert_eq!(all, "1234567");
+}

@@ -148,12 +148,6 @@ impl StreamRequest {
                 Some(i) => (i + 1, true),
                 None => (available.len(), false),
             };
-            if line.len() + used > MAX_LINE + 1 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("line from {} longer than {MAX_LINE} bytes", self.peer),
-                ));
-            }
             line.extend_from_slice(&available[..used]);
             self.consume(used);
             if done {
@@ -161,6 +155,15 @@ impl StreamRequest {
                 if line.last() == Some(&b'\r') {
                     line.pop();
                 }
+            }
+            // Not done yet, the last byte may still be the `\r` of a `\r\n`.
+            if line.len() > MAX_LINE + usize::from(!done) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("line from {} longer than {MAX_LINE} bytes", self.peer),
+                ));
+            }
+            if done {
                 break;
             }
         }
