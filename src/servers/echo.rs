@@ -2,7 +2,8 @@
 
 use std::io::{self, BufRead, Write};
 
-use crate::{DatagramRequest, RequestHandler, StreamRequest};
+use crate::handler::RequestHandler;
+use crate::request::{DatagramRequest, StreamRequest};
 
 /// Sends back what it receives. Over a stream, every byte, in order, for as
 /// long as the client keeps the connection open — a client that writes

@@ -6,7 +6,9 @@ use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
 use crate::framing::Lines;
-use crate::{DatagramRequest, MAX_UDP_PAYLOAD, RequestHandler, StreamRequest};
+use crate::handler::RequestHandler;
+use crate::net::MAX_UDP_PAYLOAD;
+use crate::request::{DatagramRequest, StreamRequest};
 
 /// The format used for an empty request: `2026-11-22 05:03:42`.
 pub const DEFAULT_TIME_FORMAT: &str = "%Y-%m-%d %X";
