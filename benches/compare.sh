@@ -16,7 +16,9 @@
 # Knobs (environment): ROUNDS (3), DURATION (s per cell, 2), WARMUP (s, 1),
 # CONTENDERS ("sync threading pool std tokio python"), IDLE (2000),
 # IDLE_SIGINT (500), SIGINT_RUNS (5), SIGINT_CAP (s, 10), OUT (target/compare),
-# MARKDOWN (BENCHMARKS.md), SVG (BENCHMARKS.svg).
+# MARKDOWN (BENCHMARKS.md), SVG (BENCHMARKS.svg), BIN (the socketserver
+# binary to run as "ours"; default: built here), LOAD_ONLY (1: only the
+# throughput cells, no idle or SIGINT runs).
 #
 # Needs: cargo, python3 (3.9+, Linux: pidfd), GNU env (--default-signal).
 # Not part of CI: nothing here runs under `cargo test`.
@@ -49,7 +51,8 @@ SIGINT_CAP=${SIGINT_CAP:-10}
 OUT=${OUT:-target/compare}
 MARKDOWN=${MARKDOWN:-BENCHMARKS.md}
 SVG=${SVG:-BENCHMARKS.svg}
-BIN=target/release/socketserver
+BIN=${BIN:-target/release/socketserver}
+LOAD_ONLY=${LOAD_ONLY:-0}
 CB=target/contenders/release
 SIGEXIT=benches/contenders/sigexit.py
 
@@ -182,6 +185,7 @@ done
 cut -d' ' -f1-3 /proc/loadavg >"$OUT/loadavg_after"
 
 for name in $CONTENDERS; do
+    [[ $LOAD_ONLY == 1 ]] && break
     # Idle connections: RSS and threads (a Sync server serves one at a time).
     if [[ $name != sync ]]; then
         log "$name: $IDLE idle connections"
