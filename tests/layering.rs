@@ -48,11 +48,7 @@ fn uses(src: &Path, name: &str) -> BTreeSet<String> {
         // Unit tests may use the whole crate: they sit at the end of a file.
         let text = text.split("#[cfg(test)]\nmod tests").next().unwrap_or_default();
         // Doc comments may link anywhere (`[Builder](crate::Builder)`): only code counts.
-        let code: String = text
-            .lines()
-            .filter(|l| !l.trim_start().starts_with("//"))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let code: String = text.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
         let mut rest = code.as_str();
         while let Some(i) = rest.find("crate::") {
             rest = &rest[i + "crate::".len()..];
