@@ -362,7 +362,8 @@ fn writes_through_the_socket_never_overtake_buffered_writes() {
             assert_eq!(data, b"go");
             stream.write_all(b"2")?;
             req.write_all(b"3")?;
-            (&*req.socket()?).write_all(b"4")?;
+            let mut socket = req.socket()?;
+            socket.write_all(b"4")?;
             req.write_all(b"5")?;
             req.try_clone()?.write_all(b"6")?;
             req.write_all(b"7")?;
