@@ -38,14 +38,14 @@ use crate::transport::{BindAddress, Transport};
 /// # }
 /// ```
 #[must_use = "a builder does nothing until `bind` is called"]
-pub struct Builder<T, S = strategy::Synchronous> {
+pub struct Builder<T: Transport, S = strategy::Synchronous> {
     opts: Options,
     strategy: S,
-    hooks: Hooks,
+    hooks: Hooks<T::Request>,
     _transport: PhantomData<fn() -> T>,
 }
 
-impl<T, S: fmt::Debug> fmt::Debug for Builder<T, S> {
+impl<T: Transport, S: fmt::Debug> fmt::Debug for Builder<T, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
             .field("opts", &self.opts)
@@ -158,9 +158,29 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
     }
 
     /// How long a shutdown lets requests in flight finish before it shuts
-    /// their connections down (default 5 s).
+    /// their connections down (default 5 s). Python's two settings are the
+    /// two ends:
+    ///
+    /// * `Duration::MAX`: no deadline — the shutdown waits for every request
+    ///   to finish however long it takes (Python's `block_on_close = True`);
+    /// * `Duration::ZERO`: no wait — every connection is shut down at once,
+    ///   forked children killed, and `serve_forever` returns as soon as the
+    ///   handlers see it (Python's `daemon_threads = True`, where the
+    ///   process's exit ends them).
     pub fn grace_period(mut self, grace: Duration) -> Self {
         self.opts.grace = grace;
+        self
+    }
+
+    /// During a shutdown, how long a connection waiting between requests is
+    /// still waited on for its next request (default 100 ms; see
+    /// [`StreamRequest`](crate::StreamRequest#request-boundaries-and-shutdown)):
+    /// a request that raced the signal is served instead of cut, and a quiet
+    /// connection closes when the window ends. A datagram server answers
+    /// what is already queued on its socket for as long. `Duration::ZERO`:
+    /// idle connections close at once.
+    pub fn drain_window(mut self, window: Duration) -> Self {
+        self.opts.drain_window = window;
         self
     }
 
@@ -196,11 +216,36 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
         self
     }
 
-    /// Python's `handle_error`: called with the peer and the error when a
+    /// Python's `handle_error(request, client_address)`: called when a
     /// handler fails or panics (a panic arrives as an error whose message
-    /// starts with `handler panicked`). The default logs it through `log`
-    /// at error level. The server keeps serving either way.
-    pub fn handle_error(mut self, f: impl Fn(&Address, &io::Error) + Send + Sync + 'static) -> Self {
+    /// starts with `handler panicked`), with the request — still open, so
+    /// the hook can answer on it, e.g. an error line to the client — the
+    /// peer and the error. The request is `None` for errors that have no
+    /// request (a connection that could not be configured, an oversized
+    /// datagram, a thread that could not be started) and under `Forking`,
+    /// where the request lives in the child process. The default logs
+    /// through `log` at error level. The server keeps serving either way.
+    ///
+    /// ```no_run
+    /// use socketserver::{StreamRequest, TcpServer};
+    /// use std::io::Write;
+    ///
+    /// let server = TcpServer::builder()
+    ///     .handle_error(|req, peer, err| {
+    ///         log::warn!("{peer}: {err}");
+    ///         if let Some(req) = req {
+    ///             let _ = writeln!(req, "error: {err}");
+    ///         }
+    ///     })
+    ///     .bind("127.0.0.1:0", |req: &mut StreamRequest| {
+    ///         Err(std::io::Error::other("not today"))
+    ///     })?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn handle_error(
+        mut self,
+        f: impl Fn(Option<&mut T::Request>, &Address, &io::Error) + Send + Sync + 'static,
+    ) -> Self {
         self.hooks.handle_error = Some(Arc::new(f));
         self
     }

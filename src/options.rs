@@ -7,6 +7,10 @@ use crate::net::bind::BindOptions;
 use crate::request::StreamPolicy;
 use crate::request::timeouts::TimeoutPolicy;
 
+/// How long, during a shutdown, a connection between requests (or a
+/// datagram socket) is still waited on for a request that raced the signal.
+pub(crate) const DEFAULT_DRAIN_WINDOW: Duration = Duration::from_millis(100);
+
 #[derive(Clone, Debug)]
 pub(crate) struct Options {
     pub(crate) reuse_address: Option<bool>,
@@ -21,6 +25,7 @@ pub(crate) struct Options {
     pub(crate) max_connections: Option<usize>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) grace: Duration,
+    pub(crate) drain_window: Duration,
     pub(crate) service_interval: Option<Duration>,
     pub(crate) read_buffer: usize,
     pub(crate) write_buffer: usize,
@@ -41,6 +46,7 @@ impl Default for Options {
             max_connections: None,
             timeout: None,
             grace: Duration::from_secs(5),
+            drain_window: DEFAULT_DRAIN_WINDOW,
             service_interval: None,
             read_buffer: 64 * 1024,
             write_buffer: 0,
@@ -66,6 +72,7 @@ impl Options {
             timeouts: TimeoutPolicy { idle: self.idle_timeout, read: self.read_timeout },
             read_buffer: self.read_buffer,
             write_buffer: self.write_buffer,
+            drain_window: self.drain_window,
         }
     }
 }

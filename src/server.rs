@@ -62,7 +62,7 @@ pub(crate) struct Parts<T: Transport> {
     pub(crate) endpoint: EndpointOf<T>,
     pub(crate) socket_file: Option<SocketFile>,
     pub(crate) handler: Arc<dyn RequestHandler<T::Request>>,
-    pub(crate) hooks: Hooks,
+    pub(crate) hooks: Hooks<T::Request>,
     pub(crate) strategy: AnyStrategy,
     pub(crate) opts: Options,
 }

@@ -17,19 +17,24 @@ use crate::shutdown::Shared;
 use crate::stats::Counters;
 
 type VerifyFn = dyn Fn(&Address) -> bool + Send + Sync;
-type ErrorFn = dyn Fn(&Address, &io::Error) + Send + Sync;
+type ErrorFn<R> = dyn Fn(Option<&mut R>, &Address, &io::Error) + Send + Sync;
 type ActionFn = dyn Fn() + Send + Sync;
 
 /// Python's overridable server methods, as closures.
-#[derive(Clone, Default)]
-pub(crate) struct Hooks {
+pub(crate) struct Hooks<R> {
     pub(crate) verify_request: Option<Arc<VerifyFn>>,
-    pub(crate) handle_error: Option<Arc<ErrorFn>>,
+    pub(crate) handle_error: Option<Arc<ErrorFn<R>>>,
     pub(crate) handle_timeout: Option<Arc<ActionFn>>,
     pub(crate) service_actions: Option<Arc<ActionFn>>,
 }
 
-impl fmt::Debug for Hooks {
+impl<R> Default for Hooks<R> {
+    fn default() -> Self {
+        Hooks { verify_request: None, handle_error: None, handle_timeout: None, service_actions: None }
+    }
+}
+
+impl<R> fmt::Debug for Hooks<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Hooks")
             .field("verify_request", &self.verify_request.is_some())
@@ -72,7 +77,7 @@ impl Failure {
 /// Everything a worker needs to run requests of kind `R`.
 pub(crate) struct Service<R> {
     pub(crate) handler: Arc<dyn RequestHandler<R>>,
-    pub(crate) hooks: Hooks,
+    pub(crate) hooks: Hooks<R>,
     pub(crate) shared: Arc<Shared>,
 }
 
@@ -102,7 +107,7 @@ impl<R: Request> Service<R> {
     fn serve(&self, req: &mut R) -> Outcome {
         match self.run_phases(req) {
             Ok(()) => Outcome::Ok,
-            Err(failure) => self.report(req.peer(), failure),
+            Err(failure) => self.report(req, failure),
         }
     }
 
@@ -148,18 +153,20 @@ impl<R: Request> Service<R> {
     }
 
     /// Reports a request's failure: counted once in `handler_errors`, each
-    /// error or panic in it passed to `handle_error`.
-    fn report(&self, peer: &Address, failure: Failure) -> Outcome {
+    /// error or panic in it passed to `handle_error` with the request, which
+    /// is still open (the hook may answer on it).
+    fn report(&self, req: &mut R, failure: Failure) -> Outcome {
         let stats = &self.shared.stats;
         Counters::bump(&stats.handler_errors);
         let mut errors = Vec::new();
         failure.into_errors(&mut errors);
+        let peer = req.peer().clone();
         let mut outcome = Outcome::Ok;
         for (err, how) in errors {
             if how == Outcome::Panicked {
                 Counters::bump(&stats.panics);
             }
-            self.handle_error(peer, &err);
+            self.handle_error(Some(&mut *req), &peer, &err);
             outcome = worse(outcome, how);
         }
         outcome
@@ -178,11 +185,12 @@ fn worse(a: Outcome, b: Outcome) -> Outcome {
 }
 
 impl<R> Service<R> {
-    /// Calls the user's `handle_error`, or logs; a panic in it is contained too.
-    pub(crate) fn handle_error(&self, peer: &Address, err: &io::Error) {
+    /// Calls the user's `handle_error` (with the request, when there is one
+    /// still open), or logs; a panic in it is contained too.
+    pub(crate) fn handle_error(&self, req: Option<&mut R>, peer: &Address, err: &io::Error) {
         match &self.hooks.handle_error {
             Some(hook) => {
-                if catch_unwind(AssertUnwindSafe(|| hook(peer, err))).is_err() {
+                if catch_unwind(AssertUnwindSafe(|| hook(req, peer, err))).is_err() {
                     log::error!("{}: handle_error panicked while reporting: {err}", self.shared.name);
                 }
             }
@@ -198,6 +206,7 @@ impl<R> Service<R> {
                 Ok(ok) => ok,
                 Err(p) => {
                     self.handle_error(
+                        None,
                         peer,
                         &io::Error::other(format!("verify_request panicked: {}", panic_message(&p))),
                     );

@@ -82,22 +82,28 @@ fn drain(mut rx: &UnixStream) {
 
 #[derive(Debug, Default)]
 struct Drain {
-    /// When the grace period of the current shutdown ends.
+    /// A shutdown was asked for and is not finished.
+    requested: bool,
+    /// When its grace period ends; `None` with `requested`: never (a grace
+    /// period of `Duration::MAX`, Python's `block_on_close`).
     deadline: Option<Instant>,
     watchdog: bool,
     /// When the grace period ran out and connections were shut down.
     forced_at: Option<Instant>,
 }
 
-/// An open connection as the tracker sees it.
-#[derive(Debug)]
-struct Tracked {
-    /// Held weakly: the request owns the socket. Upgrading it keeps the
-    /// descriptor open while the tracker shuts it down, so it can never be
-    /// a number the OS has since given to another socket.
-    stream: Weak<Stream>,
-    /// Its handler waits in `StreamRequest::wait_for_data` for a request to begin.
-    idle: bool,
+impl Drain {
+    /// Asks for a shutdown with `grace`: a later request may shorten the
+    /// deadline, never lengthen it.
+    fn request(&mut self, grace: Duration) {
+        let new = Instant::now().checked_add(grace);
+        self.deadline = match (self.requested, self.deadline, new) {
+            (false, _, new) => new,
+            (true, Some(old), Some(new)) => Some(old.min(new)),
+            (true, old, new) => old.or(new),
+        };
+        self.requested = true;
+    }
 }
 
 /// State shared by a server, its loops, workers, requests and handles.
@@ -110,8 +116,11 @@ pub(crate) struct Shared {
     waiting: AtomicBool,
     /// Threads the strategy runs (pool workers, request threads, reapers).
     pub(crate) threads: AtomicUsize,
-    /// Open connections, by descriptor.
-    tracker: Mutex<HashMap<RawFd, Tracked>>,
+    /// Open connections, by descriptor, held weakly: the request owns the
+    /// socket. Upgrading one keeps the descriptor open while the tracker
+    /// shuts it down, so it can never be a number the OS has since given to
+    /// another socket.
+    tracker: Mutex<HashMap<RawFd, Weak<Stream>>>,
     /// Children of a forking server.
     pub(crate) children: Children,
     drain: Mutex<Drain>,
@@ -170,6 +179,22 @@ impl Shared {
         result
     }
 
+    /// Like [`wait_for_capacity`](Self::wait_for_capacity) during a shutdown
+    /// (the stop descriptor, readable now, is not waited on): until
+    /// `ready()` or `until`. Returns `ready()`.
+    pub(crate) fn wait_for_capacity_until(&self, ready: impl Fn() -> bool, until: Instant) -> bool {
+        self.waiting.store(true, SeqCst);
+        while !ready() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() || sys::poll(&[self.waker.notify_fd()], &mut [false], Some(left)).is_err() {
+                break;
+            }
+            self.waker.drain_notify();
+        }
+        self.waiting.store(false, SeqCst);
+        ready()
+    }
+
     /// A strategy thread or reaper ended: wake a drain waiting for the last one.
     pub(crate) fn thread_exited(&self) {
         if self.threads.fetch_sub(1, SeqCst) == 1 {
@@ -183,22 +208,7 @@ impl Shared {
     }
 
     pub(crate) fn track(&self, stream: &Arc<Stream>) {
-        let entry = Tracked { stream: Arc::downgrade(stream), idle: false };
-        self.tracker.lock().insert(stream.as_raw_fd(), entry);
-    }
-
-    /// Marks connection `fd` idle (waiting for a request) or busy. Returns
-    /// false, leaving it busy, when it would go idle during a shutdown: an
-    /// idle connection is not served any more then.
-    pub(crate) fn set_idle(&self, fd: RawFd, idle: bool) -> bool {
-        let mut tracker = self.tracker.lock();
-        if idle && self.stopping() {
-            return false;
-        }
-        if let Some(entry) = tracker.get_mut(&fd) {
-            entry.idle = idle;
-        }
-        true
+        self.tracker.lock().insert(stream.as_raw_fd(), Arc::downgrade(stream));
     }
 
     /// Forgets connection `fd`; its owner calls this before it closes it.
@@ -207,31 +217,23 @@ impl Shared {
     }
 
     /// Requests a shutdown whose grace period is `grace`; a later request may
-    /// shorten the deadline, never lengthen it.
+    /// shorten the deadline, never lengthen it. Connections waiting for a
+    /// request see the stop descriptor and drain by the drain window
+    /// (`StreamRequest`); requests under way get the grace period.
     pub(crate) fn request_stop(self: &Arc<Self>, grace: Duration) {
         let mut d = self.drain.lock();
-        let deadline = Instant::now() + grace;
-        d.deadline = Some(d.deadline.map_or(deadline, |old| old.min(deadline)));
+        d.request(grace);
         self.stop.store(true, SeqCst);
         self.waker.stop();
-        // Idle connections are not in flight: end their wait now — unless a
-        // request has begun to arrive (its handler is about to read it).
-        // Only the read side is shut, so bytes already queued are still
-        // read and answered.
-        for stream in self.tracked(|entry| entry.idle) {
-            if !sys::readable_now(stream.as_raw_fd()) {
-                let _ = stream.shutdown(Shutdown::Read);
-            }
-        }
         self.drain_cv.notify_all();
         if self.stats.active.load(SeqCst) > 0 {
             self.start_watchdog(&mut d);
         }
     }
 
-    /// The open connections that `which` picks, kept open while in hand.
-    fn tracked(&self, which: impl Fn(&Tracked) -> bool) -> Vec<Arc<Stream>> {
-        self.tracker.lock().values().filter(|e| which(e)).filter_map(|e| e.stream.upgrade()).collect()
+    /// The open connections, kept open while in hand.
+    fn tracked(&self) -> Vec<Arc<Stream>> {
+        self.tracker.lock().values().filter_map(Weak::upgrade).collect()
     }
 
     /// Makes sure someone enforces the deadline while work is in flight.
@@ -259,32 +261,45 @@ impl Shared {
 
     fn watchdog(&self) {
         let mut d = self.drain.lock();
-        while let Some(deadline) = d.deadline {
+        while d.requested {
             if d.forced_at.is_some() || self.stats.active.load(SeqCst) == 0 {
                 break;
             }
-            if Instant::now() >= deadline {
-                self.force_close(&mut d);
-                break;
+            match d.deadline {
+                Some(deadline) if Instant::now() >= deadline => {
+                    let (closed, killed) = self.force_close(&mut d);
+                    drop(d);
+                    self.log_forced(closed, killed);
+                    d = self.drain.lock();
+                    break;
+                }
+                Some(deadline) => {
+                    self.drain_cv.wait_until(&mut d, deadline);
+                }
+                None => self.drain_cv.wait(&mut d),
             }
-            self.drain_cv.wait_until(&mut d, deadline);
         }
         d.watchdog = false;
     }
 
-    fn force_close(&self, d: &mut Drain) {
+    /// Shuts down every open connection and kills every child; returns how
+    /// many of each, for the caller to log once it holds no lock.
+    fn force_close(&self, d: &mut Drain) -> (usize, usize) {
         d.forced_at = Some(Instant::now());
-        let open = self.tracked(|_| true);
+        let open = self.tracked();
         let killed = self.children.kill_all();
         for stream in &open {
             let _ = stream.shutdown(Shutdown::Both);
         }
         self.drain_cv.notify_all();
-        if !open.is_empty() || killed > 0 {
+        (open.len(), killed)
+    }
+
+    fn log_forced(&self, closed: usize, killed: usize) {
+        if closed > 0 || killed > 0 {
             log::warn!(
-                "{}: grace period over: closed {} connection(s), killed {killed} child process(es)",
+                "{}: grace period over: closed {closed} connection(s), killed {killed} child process(es)",
                 self.name,
-                open.len(),
             );
         }
     }
@@ -295,34 +310,39 @@ impl Shared {
     pub(crate) fn wait_drained(self: &Arc<Self>, done: impl Fn() -> bool) -> bool {
         self.ensure_watchdog();
         let mut d = self.drain.lock();
+        if !d.requested {
+            d.request(self.grace);
+        }
         loop {
             if done() {
                 return true;
             }
             let now = Instant::now();
-            let until = match d.forced_at {
-                Some(at) => at + FORCE_WAIT,
-                None => {
-                    let deadline = *d.deadline.get_or_insert(now + self.grace);
-                    if now >= deadline {
-                        self.force_close(&mut d);
-                        continue;
-                    }
-                    deadline
+            let until = match (d.forced_at, d.deadline) {
+                (Some(at), _) => Some(at + FORCE_WAIT),
+                (None, Some(deadline)) if now >= deadline => {
+                    let (closed, killed) = self.force_close(&mut d);
+                    drop(d);
+                    self.log_forced(closed, killed);
+                    d = self.drain.lock();
+                    continue;
                 }
+                (None, deadline) => deadline,
             };
-            if d.forced_at.is_some() && now >= until {
-                return done();
+            match until {
+                Some(until) if d.forced_at.is_some() && now >= until => return done(),
+                Some(until) => {
+                    self.drain_cv.wait_until(&mut d, until);
+                }
+                None => self.drain_cv.wait(&mut d),
             }
-            self.drain_cv.wait_until(&mut d, until);
         }
     }
 
     /// Forgets the finished shutdown so that the server can serve again.
     pub(crate) fn reset(&self) {
         let mut d = self.drain.lock();
-        d.deadline = None;
-        d.forced_at = None;
+        *d = Drain { watchdog: d.watchdog, ..Drain::default() };
         self.stop.store(false, SeqCst);
         self.waker.reset_stop();
         // A watchdog waiting for the old deadline sees there is none.

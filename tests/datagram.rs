@@ -31,7 +31,7 @@ fn oversized_datagrams_are_reported_never_truncated() {
         let h = Arc::clone(&handled);
         let builder = UdpServer::builder()
             .max_datagram_size(100)
-            .handle_error(move |_, err| e.lock().unwrap().push((err.kind(), err.to_string())));
+            .handle_error(move |_, _, err| e.lock().unwrap().push((err.kind(), err.to_string())));
         let handler = move |req: &mut DatagramRequest| {
             h.lock().unwrap().push(req.data().len());
             req.reply(b"handled")
@@ -69,7 +69,7 @@ fn unix_datagram_peers_are_answered_at_their_path_and_unnamed_ones_get_an_error(
     let errors = Arc::new(Mutex::new(Vec::new()));
     let e = Arc::clone(&errors);
     let server = UnixDatagramServer::builder()
-        .handle_error(move |peer, err| e.lock().unwrap().push(format!("{peer}: {err}")))
+        .handle_error(move |_, peer, err| e.lock().unwrap().push(format!("{peer}: {err}")))
         .bind(&path, |req: &mut DatagramRequest| {
             let answer = format!("hello {}", req.peer_addr());
             req.reply(answer.as_bytes())

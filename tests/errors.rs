@@ -70,7 +70,7 @@ fn handler_errors_and_panics_are_reported_and_the_server_keeps_serving() {
         let r = Arc::clone(&reported);
         let server = TcpServer::builder()
             .strategy(strategy.clone())
-            .handle_error(move |_peer, e| r.lock().unwrap().push(e.to_string()))
+            .handle_error(move |_, _peer, e| r.lock().unwrap().push(e.to_string()))
             .bind("127.0.0.1:0", faulty)
             .unwrap();
         let running = run(server);
@@ -105,7 +105,7 @@ fn datagram_handler_errors_are_reported_too() {
     let errors = Arc::new(AtomicUsize::new(0));
     let e = Arc::clone(&errors);
     let server = UdpServer::builder()
-        .handle_error(move |_, _| {
+        .handle_error(move |_, _, _| {
             e.fetch_add(1, Ordering::SeqCst);
         })
         .bind("127.0.0.1:0", |req: &mut socketserver::DatagramRequest| {
@@ -128,7 +128,7 @@ fn datagram_handler_errors_are_reported_too() {
 fn a_panic_in_handle_error_itself_is_contained() {
     let _serial = serial();
     let server =
-        TcpServer::builder().handle_error(|_, _| panic!("the hook fails too")).bind("127.0.0.1:0", faulty).unwrap();
+        TcpServer::builder().handle_error(|_, _, _| panic!("the hook fails too")).bind("127.0.0.1:0", faulty).unwrap();
     let running = run(server);
     assert_eq!(ask(running.inet(), "fail"), "failing\n");
     assert_eq!(ask(running.inet(), "fine"), "ok\n");
@@ -240,7 +240,7 @@ fn panics_in_setup_and_finish_are_contained_under_every_strategy() {
     for strategy in strategies() {
         let server = TcpServer::builder()
             .strategy(strategy.clone())
-            .handle_error(|_, _| {})
+            .handle_error(|_, _, _| {})
             .bind("127.0.0.1:0", Fragile::default())
             .unwrap();
         let running = run(server);

@@ -29,7 +29,7 @@ fn floods_do_not_stop_well_behaved_clients_and_leak_no_descriptors() {
     let server = TcpServer::builder()
         .strategy(ThreadPool::default())
         .idle_timeout(Duration::from_secs(5))
-        .handle_error(|_, _| {}) // resets and broken pipes are expected here
+        .handle_error(|_, _, _| {}) // resets and broken pipes are expected here
         .bind("127.0.0.1:0", echo_lines)
         .unwrap();
     let running = run(server);

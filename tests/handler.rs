@@ -41,7 +41,7 @@ fn phases_for(fail_setup: bool, fail_handle: bool, panic_handle: bool) -> (Vec<&
     let errors = Arc::new(Mutex::new(Vec::new()));
     let errs = Arc::clone(&errors);
     let server = TcpServer::builder()
-        .handle_error(move |_peer, e| errs.lock().unwrap().push(e.to_string()))
+        .handle_error(move |_, _peer, e| errs.lock().unwrap().push(e.to_string()))
         .bind("127.0.0.1:0", Phases { log: Arc::clone(&log), fail_setup, fail_handle, panic_handle })
         .unwrap();
     let mut client = tcp_connect(server.server_address().as_inet().unwrap());
@@ -89,7 +89,7 @@ fn a_panic_in_finish_after_a_failed_handle_is_reported_too() {
     let errors = Arc::new(Mutex::new(Vec::new()));
     let errs = Arc::clone(&errors);
     let server = TcpServer::builder()
-        .handle_error(move |_peer, e| errs.lock().unwrap().push(e.to_string()))
+        .handle_error(move |_, _peer, e| errs.lock().unwrap().push(e.to_string()))
         .bind("127.0.0.1:0", FailThenPanic)
         .unwrap();
     let mut client = tcp_connect(server.server_address().as_inet().unwrap());

@@ -105,6 +105,14 @@ pub struct ServerOptions {
     /// seconds, then close what is left.
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "5")]
     grace: Duration,
+    /// On SIGINT/SIGTERM, a connection waiting between requests is still
+    /// waited on for SECS: a request that arrives is answered (the client
+    /// goes on being served while it keeps sending within SECS of each
+    /// answer, up to --grace), a quiet one is closed when SECS pass.
+    /// Datagrams already queued are answered for as long. 0: close idle
+    /// connections at once.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "0.1")]
+    drain_window: Duration,
     /// Set SO_REUSEPORT on TCP and UDP listeners, so that several processes
     /// can serve the same port.
     #[arg(long)]
@@ -184,8 +192,12 @@ impl ServerOptions {
         // TCP_NODELAY: echo answers partial data and the time server short
         // lines; Nagle's algorithm would hold the tail of an answer back
         // until the client's delayed ACK (~40 ms).
-        let mut b =
-            builder.strategy(self.strategy()).grace_period(self.grace).reuse_port(ip && self.reuse_port).nodelay(true);
+        let mut b = builder
+            .strategy(self.strategy())
+            .grace_period(self.grace)
+            .drain_window(self.drain_window)
+            .reuse_port(ip && self.reuse_port)
+            .nodelay(true);
         if let Some(n) = self.max_connections {
             b = b.max_connections(n.get());
         }

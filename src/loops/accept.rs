@@ -72,7 +72,7 @@ impl StreamEndpoint {
             return Ok(false);
         }
         if let Err(e) = configure(&stream, core) {
-            service.handle_error(&peer, &context(e, "cannot configure the connection"));
+            service.handle_error(None, &peer, &context(e, "cannot configure the connection"));
             return Ok(false);
         }
         let request = StreamRequest::new(stream, peer, core.handle(), core.opts.stream_policy(), shared.acquire());
@@ -176,7 +176,7 @@ impl Endpoint for StreamEndpoint {
             service,
             executor,
             |executor| self.accept_one(core, service, executor),
-            || self.stop_listening(),
+            |_| self.stop_listening(),
         )
     }
 

@@ -165,27 +165,29 @@ fn take_batch<R: Request>(
 }
 
 /// Runs the loop with `executor`, calls `stopped` (a listener refuses
-/// newcomers from then on), then drains: the common `serve` of every
-/// endpoint and strategy that hands work to an executor.
+/// newcomers from then on; a datagram socket answers what is queued), then
+/// drains: the common `serve` of every endpoint and strategy that hands
+/// work to an executor.
 pub(crate) fn serve_with<R: Request>(
     fd: RawFd,
     core: &Core,
     service: &Service<R>,
     executor: Executor<R>,
     mut take: impl FnMut(&Executor<R>) -> io::Result<bool>,
-    stopped: impl FnOnce(),
+    stopped: impl FnOnce(&Executor<R>),
 ) -> io::Result<()> {
     let result = run(fd, core, service, &executor, || take(&executor));
     if !core.shared.stopping() {
         core.shared.request_stop(core.opts.grace);
     }
-    stopped();
+    stopped(&executor);
     executor.finish(&core.shared);
     result
 }
 
 /// Python's `handle_request`: waits (at most the `timeout`) for one
-/// connection or datagram and takes it.
+/// connection or datagram and makes one attempt at it — served, refused,
+/// dropped or failed, the call is over, as in CPython.
 pub(crate) fn handle_request<E: Endpoint>(
     endpoint: &E,
     core: &Core,
@@ -196,7 +198,6 @@ pub(crate) fn handle_request<E: Endpoint>(
     let shared = &core.shared;
     let deadline = core.opts.timeout.map(|t| Instant::now() + t);
     let fds = [endpoint.as_raw_fd(), shared.waker.stop_fd()];
-    let mut errors = core.accept_errors();
     loop {
         if shared.stopping() {
             return Ok(());
@@ -210,13 +211,11 @@ pub(crate) fn handle_request<E: Endpoint>(
         if !ready[0] {
             continue;
         }
-        match endpoint.take_one(core, service, executor) {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => {
-                errors.failed(e)?;
-            }
-        }
+        return match endpoint.take_one(core, service, executor) {
+            Ok(_) => Ok(()),
+            // Another process took it first: nothing was attempted.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => core.accept_errors().failed(e).map(drop),
+        };
     }
 }

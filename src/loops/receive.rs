@@ -81,6 +81,29 @@ impl DatagramEndpoint {
         Ok(true)
     }
 
+    /// After the loop stopped: answers the datagrams already queued on the
+    /// socket, for at most the drain window (without waiting for more).
+    fn answer_queued(
+        &self,
+        core: &Core,
+        service: &Service<DatagramRequest>,
+        executor: &Executor<DatagramRequest>,
+        scratch: &mut Option<DatagramRequest>,
+    ) {
+        let until = Instant::now() + core.opts.drain_window;
+        while Instant::now() < until {
+            executor.reap();
+            if !core.shared.wait_for_capacity_until(|| core.can_accept(executor), until) {
+                return;
+            }
+            match self.receive_one(core, service, executor, scratch) {
+                Ok(_) => {}
+                Err(e) if errors::classify(&e) == errors::Action::Skip => {}
+                Err(_) => return, // nothing queued, or nothing more to do
+            }
+        }
+    }
+
     /// `ThreadPool` on a datagram socket: the workers receive themselves.
     fn serve_receivers(
         &self,
@@ -170,14 +193,14 @@ impl Endpoint for DatagramEndpoint {
             Some(e) => e,
             None => Executor::start(strategy, service)?,
         };
-        let mut scratch = None;
+        let scratch = std::cell::RefCell::new(None);
         super::serve_with(
             self.as_raw_fd(),
             core,
             service,
             executor,
-            |executor| self.receive_one(core, service, executor, &mut scratch),
-            || {},
+            |executor| self.receive_one(core, service, executor, &mut scratch.borrow_mut()),
+            |executor| self.answer_queued(core, service, executor, &mut scratch.borrow_mut()),
         )
     }
 
@@ -220,7 +243,7 @@ fn receive_into(
             io::ErrorKind::InvalidData,
             format!("datagram of {shown} exceeds max_datagram_size ({max} bytes); dropped unhandled"),
         );
-        service.handle_error(&peer, &err);
+        service.handle_error(None, &peer, &err);
         return Ok(false);
     }
     if !service.verify(&peer) {
@@ -256,18 +279,11 @@ impl Receiver {
         let mut errors = core.accept_errors();
         while !shared.stopping() {
             let received = receive_into(&core, &self.service, &mut self.request, !blocking, self.wake_from.as_ref());
-            if shared.stopping() {
-                break; // the wake-up, or a datagram that came after the shutdown
-            }
             match received {
                 Ok(false) => {}
                 Ok(true) => {
                     errors.succeeded();
-                    self.request.slot = Some(shared.acquire());
-                    shared.stats.workers_busy.fetch_add(1, SeqCst);
-                    self.service.run_in_place(&mut self.request);
-                    shared.stats.workers_busy.fetch_sub(1, SeqCst);
-                    self.request.slot = None;
+                    self.handle();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Nothing queued (or an adopted socket in non-blocking mode).
@@ -285,7 +301,27 @@ impl Receiver {
                 },
             }
         }
+        // Shutting down: answer what is already queued, for at most the
+        // drain window, without waiting for more.
+        let until = Instant::now() + core.opts.drain_window;
+        while Instant::now() < until {
+            match receive_into(&core, &self.service, &mut self.request, true, self.wake_from.as_ref()) {
+                Ok(true) => self.handle(),
+                Ok(false) => {}
+                Err(e) if errors::classify(&e) == errors::Action::Skip => {}
+                Err(_) => break,
+            }
+        }
         shared.stats.workers_total.fetch_sub(1, SeqCst);
+    }
+
+    fn handle(&mut self) {
+        let shared = &self.core.shared;
+        self.request.slot = Some(shared.acquire());
+        shared.stats.workers_busy.fetch_add(1, SeqCst);
+        self.service.run_in_place(&mut self.request);
+        shared.stats.workers_busy.fetch_sub(1, SeqCst);
+        self.request.slot = None;
     }
 
     /// Ends serving with `e` (already logged, with the server's name).

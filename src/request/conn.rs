@@ -1,7 +1,7 @@
 //! A connection's lifecycle, apart from the API a handler calls: tracked
-//! by the server while open (so the grace period can shut it down), marked
-//! idle while its handler waits for a request, counted as in flight, and
-//! closed without destroying an answer the peer has not read yet.
+//! by the server while open (so the grace period can shut it down), counted
+//! as in flight, and closed without destroying an answer the peer has not
+//! read yet.
 
 use std::io::Read;
 use std::net::Shutdown;
@@ -18,6 +18,10 @@ use crate::sys;
 /// is done is not worth it: close (the kernel may then send a reset).
 const LINGER_BYTES: usize = 1 << 20;
 const LINGER_TIME: Duration = Duration::from_millis(500);
+/// How long a connection closed by the drain window waits for its peer to
+/// close too: short, so that a process with many idle connections still
+/// exits about when the window ends.
+const DRAIN_LINGER: Duration = Duration::from_millis(50);
 
 #[derive(Debug)]
 pub(crate) struct Connection {
@@ -52,11 +56,10 @@ impl Connection {
         self.stream.as_raw_fd()
     }
 
-    /// Marks the connection idle (its handler waits for a request to begin)
-    /// or busy. Returns false, leaving it busy, when it would go idle during
-    /// a shutdown.
-    pub(crate) fn set_idle(&self, idle: bool) -> bool {
-        !self.tracked || self.server.shared.set_idle(self.fd(), idle)
+    /// Readable once the server is shutting down (in a forked child too: the
+    /// descriptor is shared).
+    pub(crate) fn stop_fd(&self) -> RawFd {
+        self.server.shared.waker.stop_fd()
     }
 
     /// A handler is about to run: from now on, closing protects its answer.
@@ -78,17 +81,26 @@ impl Connection {
         self.slot.take()
     }
 
-    /// Before the socket closes: if the peer may still be sending (`eof`
-    /// not seen, or bytes left unread), stop writing, then read and discard
-    /// for a moment, so that closing does not reset the connection and
-    /// destroy the answer in flight.
-    pub(crate) fn close(&mut self, eof: bool, unread: bool) {
-        if !std::mem::take(&mut self.linger) || eof {
+    /// Before the socket closes: if the peer may still be sending, stop
+    /// writing, then read and discard for a moment, so that closing does not
+    /// reset the connection and destroy the answer in flight. A connection
+    /// the server ends itself (`drained`: the drain window passed) lingers
+    /// always, for at most [`DRAIN_LINGER`] — its peer may send its next
+    /// request any moment; one whose handler ended lingers when the peer has
+    /// sent something unread (or sends it now), for at most [`LINGER_TIME`].
+    /// Never a `shutdown(SHUT_RD)`: Linux answers data that arrives after
+    /// one with a reset.
+    pub(crate) fn close(&mut self, peer_closed: bool, unread: bool, drained: bool) {
+        if !std::mem::take(&mut self.linger) || peer_closed {
             return;
         }
-        if !unread && !sys::readable_now(self.fd()) {
+        let limit = if drained {
+            DRAIN_LINGER
+        } else if unread || sys::readable_now(self.fd()) {
+            LINGER_TIME
+        } else {
             return;
-        }
+        };
         if self.stream.shutdown(Shutdown::Write).is_err() {
             return;
         }
@@ -96,7 +108,7 @@ impl Connection {
         let mut scratch = [0u8; 4096];
         let mut total = 0;
         while total < LINGER_BYTES {
-            let left = LINGER_TIME.saturating_sub(start.elapsed());
+            let left = limit.saturating_sub(start.elapsed());
             if left.is_zero() || self.stream.set_read_timeout(Some(left)).is_err() {
                 break;
             }

@@ -3,7 +3,7 @@
 use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::RawFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::buffer::ReadBuffer;
 use super::conn::Connection;
@@ -23,6 +23,9 @@ pub(crate) struct StreamPolicy {
     pub(crate) timeouts: TimeoutPolicy,
     pub(crate) read_buffer: usize,
     pub(crate) write_buffer: usize,
+    /// During a shutdown, how long a connection at a request boundary is
+    /// still waited on for its next request.
+    pub(crate) drain_window: Duration,
 }
 
 /// One connection, as a handler sees it: Python's `StreamRequestHandler`
@@ -42,6 +45,18 @@ pub(crate) struct StreamPolicy {
 ///   first, so bytes written there never overtake bytes written here.
 /// * A read that times out fails with `ErrorKind::TimedOut`; if the timeout
 ///   was the server's idle timeout, the connection is shut down as well.
+///
+/// # Request boundaries and shutdown
+///
+/// A connection is *between requests* when a read would wait for new
+/// bytes and the handler has consumed nothing since it last wrote (or since
+/// the connection began) — the `while let Some(line) = req.next_line()?`
+/// of a line protocol, or an explicit [`wait_for_data`](Self::wait_for_data).
+/// When the server shuts down, a wait there lasts at most the server's
+/// [drain window](crate::Builder::drain_window) (100 ms by default): a
+/// request that arrives within it is served, and a connection that stays
+/// quiet that long sees the end of the stream. A read in the middle of a
+/// request waits as usual; the grace period bounds the whole drain.
 ///
 /// When the handler is done, the connection is closed; if the peer is still
 /// sending, the server first stops writing and reads what is left for a
@@ -66,8 +81,16 @@ pub struct StreamRequest {
     wbuf: Vec<u8>,
     write_buffer: usize,
     timeouts: ReadTimeouts,
+    drain_window: Duration,
     peer: Address,
+    /// A read returned end of stream: the peer closed, or the drain window
+    /// passed (`drained`).
     eof: bool,
+    /// The end of the stream was the drain window's, not the peer's.
+    drained: bool,
+    /// Bytes were consumed since the handler last wrote: a read now is in
+    /// the middle of a request, not at a boundary.
+    mid_request: bool,
     idle_closed: bool,
 }
 
@@ -79,8 +102,11 @@ impl StreamRequest {
             wbuf: Vec::new(),
             write_buffer: policy.write_buffer,
             timeouts: ReadTimeouts::new(policy.timeouts, Instant::now()),
+            drain_window: policy.drain_window,
             peer,
             eof: false,
+            drained: false,
+            mid_request: false,
             idle_closed: false,
         }
     }
@@ -190,12 +216,12 @@ impl StreamRequest {
     }
 
     /// Waits until the peer sends something (`true`) or closes (`false`),
-    /// without consuming anything. Call it where a new request may begin:
-    /// while a handler waits here its connection counts as idle, and a
-    /// shutdown ends the wait at once (it returns `false`) instead of
-    /// granting the connection the grace period — as a web server closes
-    /// idle keep-alive connections. A request that arrived just before the
-    /// shutdown is still returned (`true`) and can be answered.
+    /// without consuming anything: an explicit request boundary. While the
+    /// server runs it waits as long as the timeouts allow; once it shuts
+    /// down, at most the drain window: a request that arrives within it is
+    /// returned (`true`) and can be answered, otherwise the connection
+    /// counts as closed (`false`) — as a web server closes idle keep-alive
+    /// connections, without cutting a request that raced the signal.
     ///
     /// # Errors
     /// As [`BufRead::fill_buf`]: timeouts, socket errors.
@@ -203,21 +229,8 @@ impl StreamRequest {
         if !self.rbuf.is_empty() {
             return Ok(true);
         }
-        if self.eof {
-            return Ok(false);
-        }
-        if !self.conn.set_idle(true) {
-            // Shutting down: a request that has already arrived is served;
-            // otherwise the connection is idle and its service ends here.
-            if !sys::readable_now(self.fd()) {
-                self.eof = true;
-                return Ok(false);
-            }
-            return self.fill_buf().map(|data| !data.is_empty());
-        }
-        let result = self.fill_buf().map(|data| !data.is_empty());
-        self.conn.set_idle(false);
-        result
+        self.mid_request = false;
+        self.fill_buf().map(|data| !data.is_empty())
     }
 
     /// Like [`BufRead::fill_buf`], and the socket to answer on at the same
@@ -260,15 +273,53 @@ impl StreamRequest {
         Ok(())
     }
 
-    /// Before a read that will wait on the socket: bound the wait by the
-    /// deadline (or fail if it has passed) and by what is left of an idle
-    /// timeout that spans reads.
-    fn before_read(&mut self) -> io::Result<()> {
-        match self.timeouts.next_wait(Instant::now) {
-            Ok(None) => Ok(()),
-            Ok(Some(wait)) => self.conn.stream().set_read_timeout(Some(wait)),
-            Err(_) => Err(self.deadline_error()),
+    /// Before a read from the socket, with nothing buffered: at a request
+    /// boundary, wait as a boundary does; in the middle of a request, bound
+    /// the socket's wait by the deadline (or fail if it has passed) and by
+    /// what is left of an idle timeout that spans reads. `Ok(false)`: the
+    /// drain window passed with nothing to read (end of stream).
+    fn before_read(&mut self) -> io::Result<bool> {
+        if self.eof {
+            return Ok(!self.drained);
         }
+        if !self.mid_request {
+            return self.wait_at_boundary();
+        }
+        match self.timeouts.next_wait(Instant::now) {
+            Ok(None) => {}
+            Ok(Some(wait)) => self.conn.stream().set_read_timeout(Some(wait))?,
+            Err(_) => return Err(self.deadline_error()),
+        }
+        Ok(true)
+    }
+
+    /// Waits until the socket is readable or the server shuts down; then
+    /// (shutting down) at most the drain window. `Ok(false)` when the window
+    /// passes with nothing to read; a timeout as a read would time out.
+    fn wait_at_boundary(&mut self) -> io::Result<bool> {
+        let timeout = match self.timeouts.next_wait(Instant::now) {
+            Ok(wait) => wait.or(self.timeouts.receive()),
+            Err(_) => return Err(self.deadline_error()),
+        };
+        let fd = self.fd();
+        let mut ready = [false; 2];
+        if sys::poll(&[fd, self.conn.stop_fd()], &mut ready, timeout)? == 0 {
+            return Err(self.read_error(io::ErrorKind::WouldBlock.into()));
+        }
+        if ready[0] {
+            return Ok(true);
+        }
+        // Shutting down: the next request gets the drain window to arrive.
+        let window = timeout.map_or(self.drain_window, |t| t.min(self.drain_window));
+        if sys::poll(&[fd], &mut ready[..1], Some(window))? > 0 {
+            return Ok(true);
+        }
+        if timeout.is_some_and(|t| t < self.drain_window) {
+            return Err(self.read_error(io::ErrorKind::WouldBlock.into()));
+        }
+        self.eof = true;
+        self.drained = true;
+        Ok(false)
     }
 
     fn deadline_error(&self) -> io::Error {
@@ -300,6 +351,7 @@ impl StreamRequest {
     }
 
     fn send(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.mid_request = false;
         let mut stream = self.conn.stream();
         stream
             .write_all(buf)
@@ -339,16 +391,20 @@ impl StreamRequest {
 
 impl Read for StreamRequest {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.rbuf.is_empty() {
-            self.before_read()?;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.rbuf.is_empty() && !self.before_read()? {
+            return Ok(0);
         }
         match self.rbuf.read_from(self.conn.stream(), buf) {
-            Ok(0) if !buf.is_empty() => {
+            Ok(0) => {
                 self.eof = true;
                 Ok(0)
             }
             Ok(n) => {
                 self.timeouts.data_came(Instant::now);
+                self.mid_request = true;
                 Ok(n)
             }
             Err(e) => Err(self.read_error(e)),
@@ -359,7 +415,9 @@ impl Read for StreamRequest {
 impl BufRead for StreamRequest {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         if self.rbuf.is_empty() {
-            self.before_read()?;
+            if !self.before_read()? {
+                return Ok(&[]);
+            }
             match self.rbuf.fill_from(self.conn.stream()) {
                 Ok(b) => {
                     self.eof = b.is_empty();
@@ -373,12 +431,14 @@ impl BufRead for StreamRequest {
 
     fn consume(&mut self, amt: usize) {
         self.rbuf.consume(amt);
+        self.mid_request |= amt > 0;
     }
 }
 
 impl Write for StreamRequest {
     /// Sends all of `buf` (or buffers it, when write buffering is on).
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.mid_request = false;
         let cap = self.write_buffer;
         if cap == 0 {
             self.send(buf)?;
@@ -405,6 +465,7 @@ impl Write for StreamRequest {
     /// Sends all of `bufs` — in one system call when the socket takes it —
     /// so that a small header and its body leave in one segment.
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.mid_request = false;
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         if self.write_buffer > 0 {
             for b in bufs {
@@ -443,6 +504,6 @@ impl Write for StreamRequest {
 impl Drop for StreamRequest {
     fn drop(&mut self) {
         let unread = !self.rbuf.is_empty();
-        self.conn.close(self.eof, unread);
+        self.conn.close(self.eof && !self.drained, unread, self.drained);
     }
 }

@@ -60,6 +60,11 @@ impl ReadTimeouts {
         ReadTimeouts { policy, deadline: None, last_data: now }
     }
 
+    /// The socket's configured receive timeout.
+    pub(crate) fn receive(&self) -> Option<Duration> {
+        self.policy.receive()
+    }
+
     /// Sets or clears the handler's deadline; returns the receive timeout to
     /// put back on the socket when a deadline is cleared (reads under it set
     /// shorter ones).

@@ -26,6 +26,9 @@ pub enum TimeError {
     Nul,
     /// The rendered time would be longer than a datagram can carry.
     TooLong,
+    /// The rendered time has a line break (`%n`), which one reply line over
+    /// a stream cannot carry (over datagrams it is sent as it is).
+    LineBreak,
     /// The OS could not give the local time.
     Clock(String),
 }
@@ -36,6 +39,7 @@ impl fmt::Display for TimeError {
             TimeError::NotUtf8 => f.write_str("the request is not valid UTF-8"),
             TimeError::Nul => f.write_str("the format contains a NUL byte"),
             TimeError::TooLong => write!(f, "the format renders to more than {MAX_UDP_PAYLOAD} bytes"),
+            TimeError::LineBreak => f.write_str("the format renders a line break, which a reply line cannot carry"),
             TimeError::Clock(e) => write!(f, "cannot read the local time: {e}"),
         }
     }
@@ -67,6 +71,18 @@ pub fn render_time(request: &[u8]) -> Result<String, TimeError> {
 /// The reply to one request: the time, or `error: ...`.
 fn reply(request: &[u8]) -> String {
     render_time(request).unwrap_or_else(|e| format!("error: {e}"))
+}
+
+/// The reply line to one request over a stream, its newline included: a
+/// rendering with a line break cannot be one line, so it is an error.
+fn reply_line(request: &[u8]) -> String {
+    let mut line = match render_time(request) {
+        Ok(time) if time.contains(['\n', '\r']) => format!("error: {}", TimeError::LineBreak),
+        Ok(time) => time,
+        Err(e) => format!("error: {e}"),
+    };
+    line.push('\n');
+    line
 }
 
 /// The time server's handler: each request a strftime format, each answer
@@ -131,11 +147,7 @@ impl RequestHandler<StreamRequest> for Strftime {
             req.set_read_deadline(None)?;
             match read {
                 Ok(true) => {
-                    let mut answer = reply(&line);
-                    // A format may render a newline (`%n`); one reply stays one line.
-                    answer.retain(|c| c != '\n');
-                    answer.push('\n');
-                    req.write_all(answer.as_bytes())?;
+                    req.write_all(reply_line(&line).as_bytes())?;
                 }
                 Ok(false) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
@@ -167,6 +179,19 @@ mod tests {
         assert_eq!(render_time("héllo %%".as_bytes()).unwrap(), "héllo %");
         let default = render_time(b"  ").unwrap();
         assert_eq!(default.len(), "2026-11-22 05:03:42".len(), "{default}");
+    }
+
+    #[test]
+    fn a_line_break_in_a_rendering_is_an_error_reply_over_a_stream_only() {
+        assert_eq!(reply_line(b"%Y%n%d"), format!("error: {}\n", TimeError::LineBreak));
+        assert_eq!(reply_line(b"%Y\r%d"), format!("error: {}\n", TimeError::LineBreak));
+        let year = render_time(b"%Y").unwrap();
+        assert_eq!(reply_line(b"%Y"), format!("{year}\n"));
+        // Unknown conversions and a lone % render as C strftime renders them.
+        assert_eq!(reply_line(b"%Q"), "%Q\n");
+        assert_eq!(reply_line(b"%"), "%\n");
+        // Over datagrams the rendering goes whole, line break included.
+        assert_eq!(reply(b"a%nb"), "a\nb");
     }
 
     #[test]

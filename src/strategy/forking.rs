@@ -53,7 +53,8 @@ impl<R: Request> Children<R> {
             Ok(pair) => pair,
             Err(e) => {
                 Counters::bump(&shared.stats.rejected);
-                log::error!("{}: cannot make a pipe for a child, closing the request from {peer}: {e}", shared.name);
+                let err = crate::error::context(e, "cannot make a pipe for a child; the request was closed");
+                self.service.handle_error(None, &peer, &err);
                 return;
             }
         };
@@ -77,7 +78,8 @@ impl<R: Request> Children<R> {
             Ok(pid) => pid,
             Err(e) => {
                 Counters::bump(&shared.stats.rejected);
-                log::error!("{}: fork failed, closing the request from {peer}: {e}", shared.name);
+                let err = crate::error::context(e, "cannot fork; the request was closed");
+                self.service.handle_error(None, &peer, &err);
                 return;
             }
         };
@@ -137,9 +139,9 @@ fn report_errors<R>(service: &Service<R>, peer: &Address, report: &[u8], code: i
     let mut lines = text.lines().filter(|l| !l.is_empty()).peekable();
     if lines.peek().is_none() {
         let err = std::io::Error::other(format!("the child serving the request exited with status {code}"));
-        service.handle_error(peer, &err);
+        service.handle_error(None, peer, &err);
     }
     for line in lines {
-        service.handle_error(peer, &std::io::Error::other(line.to_string()));
+        service.handle_error(None, peer, &std::io::Error::other(line.to_string()));
     }
 }

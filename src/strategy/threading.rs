@@ -49,6 +49,7 @@ impl<R: Request> Threads<R> {
 
     pub(crate) fn dispatch(&self, req: R) {
         let shared = &self.service.shared;
+        let peer = req.peer().clone();
         let id = self.next_id.fetch_add(1, SeqCst);
         let service = Arc::clone(&self.service);
         let live = Arc::clone(&self.live);
@@ -74,7 +75,9 @@ impl<R: Request> Threads<R> {
                 self.live.fetch_sub(1, SeqCst);
                 shared.stats.workers_total.fetch_sub(1, SeqCst);
                 Counters::bump(&shared.stats.rejected);
-                log::error!("{}: cannot start a request thread, closing the request: {e}", shared.name);
+                // As Python's ThreadingMixIn: the failure reaches handle_error.
+                let err = crate::error::context(e, "cannot start a request thread; the request was closed");
+                self.service.handle_error(None, &peer, &err);
             }
         }
     }
