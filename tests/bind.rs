@@ -224,11 +224,36 @@ fn the_python_combined_names_bind_what_they_say() {
         assert_eq!(&buf[..n], name.as_bytes());
         server.stop().unwrap();
     }
-    // The forking ones bind (serving them is tests/strategies.rs's business).
-    assert!(ForkingTcpServer::bind("127.0.0.1:0", echo_lines).is_ok());
-    assert!(ForkingUdpServer::bind("127.0.0.1:0", echo_datagram).is_ok());
-    assert!(ForkingUnixStreamServer::bind(dir.join("f.sock"), echo_lines).is_ok());
-    assert!(ForkingUnixDatagramServer::bind(dir.join("fd.sock"), echo_datagram).is_ok());
+    // The forking ones serve one request each, in a child.
+    let _serial = serial();
+    let tcp = ForkingTcpServer::bind("127.0.0.1:0", echo_lines).unwrap();
+    assert!(matches!(tcp.strategy(), socketserver::AnyStrategy::Forking(_)));
+    let mut c = tcp_connect(tcp.server_address().as_inet().unwrap());
+    tcp.handle_request().unwrap();
+    assert_eq!(round_trip(&mut c, b"forking tcp\n"), b"forking tcp\n");
+    c.write_all(b"quit\n").unwrap();
+    tcp.server_close();
+    let udp = ForkingUdpServer::bind("127.0.0.1:0", echo_datagram).unwrap();
+    let client = udp_client();
+    client.send_to(b"forking udp", udp.server_address().as_inet().unwrap()).unwrap();
+    udp.handle_request().unwrap();
+    let mut buf = [0u8; 64];
+    let n = client.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"forking udp");
+    udp.server_close();
+    let unix = ForkingUnixStreamServer::bind(dir.join("f.sock"), echo_lines).unwrap();
+    let mut c = std::os::unix::net::UnixStream::connect(dir.join("f.sock")).unwrap();
+    unix.handle_request().unwrap();
+    assert_eq!(round_trip(&mut c, b"forking unix\n"), b"forking unix\n");
+    c.write_all(b"quit\n").unwrap();
+    unix.server_close();
+    let dgram = ForkingUnixDatagramServer::bind(dir.join("fd.sock"), echo_datagram).unwrap();
+    let client = unix_dgram_client(&dir, "forking-client.sock");
+    client.send_to(b"forking unix-dgram", dir.join("fd.sock")).unwrap();
+    dgram.handle_request().unwrap();
+    let n = client.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"forking unix-dgram");
+    dgram.server_close();
 }
 
 /// The library installs no signal handler unless asked

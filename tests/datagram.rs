@@ -164,12 +164,15 @@ fn wake_ups_left_over_from_a_shutdown_never_reach_the_handler() {
         let serving = s.spawn(|| server.serve_forever());
         c.send_to(b"hold", addr).unwrap();
         entered_rx.recv_timeout(TIMEOUT).unwrap();
-        // The idle worker is woken; the busy one is sent wake-ups until it
-        // is done, which it is only after a few rounds of them.
-        let stopping = s.spawn(|| server.shutdown());
-        std::thread::sleep(Duration::from_millis(30));
+        // The idle worker is woken and leaves; the busy one is sent
+        // wake-ups until it is done, which it is only after a few rounds.
+        server.shutdown();
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while server.stats().workers_total > 1 {
+            assert!(std::time::Instant::now() < deadline, "the idle worker never woke");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         release_tx.send(()).unwrap();
-        stopping.join().unwrap();
         serving.join().unwrap().unwrap();
     });
     let mut buf = [0u8; 16];

@@ -65,7 +65,6 @@ fn ask(addr: std::net::SocketAddr, what: &str) -> String {
 fn handler_errors_and_panics_are_reported_and_the_server_keeps_serving() {
     let _serial = serial();
     for strategy in strategies() {
-        let forking = matches!(strategy, AnyStrategy::Forking(_));
         let reported = Arc::new(Mutex::new(Vec::new()));
         let r = Arc::clone(&reported);
         let server = TcpServer::builder()
@@ -88,13 +87,11 @@ fn handler_errors_and_panics_are_reported_and_the_server_keeps_serving() {
         if let AnyStrategy::ThreadPool(_) = strategy {
             assert_eq!(stats.workers_total, 2, "the pool lost a worker to the panic");
         }
-        if !forking {
-            // Forked children report in their own process; the parent sees exit codes.
-            let reported = reported.lock().unwrap().clone();
-            assert_eq!(reported.len(), 2, "{strategy}: {reported:?}");
-            assert_eq!(reported[0], "Test error");
-            assert_eq!(reported[1], "handler panicked: Test panic");
-        }
+        // Forked children report through a pipe: the parent's hook sees the same.
+        let reported = reported.lock().unwrap().clone();
+        assert_eq!(reported.len(), 2, "{strategy}: {reported:?}");
+        assert_eq!(reported[0], "Test error");
+        assert_eq!(reported[1], "handler panicked: Test panic");
         running.stop().unwrap();
     }
 }
@@ -272,4 +269,82 @@ fn panics_in_setup_and_finish_are_contained_under_every_strategy() {
         }
         running.stop().unwrap();
     }
+}
+
+/// Python's `handle_error(request, client_address)` runs before the request
+/// is shut down: the hook gets the request still open and can answer on it.
+/// Under `Forking` the request lives in the child: the hook gets `None`,
+/// the peer and the error's text.
+#[test]
+fn handle_error_gets_the_open_request_and_can_answer_it() {
+    let _serial = serial();
+    for strategy in strategies() {
+        let forking = matches!(strategy, AnyStrategy::Forking(_));
+        let server = TcpServer::builder()
+            .strategy(strategy.clone())
+            .handle_error(|req, peer, err| {
+                if let Some(req) = req {
+                    assert_eq!(req.peer_addr(), peer);
+                    let _ = writeln!(req, "error: {err}");
+                }
+            })
+            .bind("127.0.0.1:0", faulty)
+            .unwrap();
+        let running = run(server);
+        let answer = ask(running.inet(), "fail");
+        if forking {
+            assert_eq!(answer, "failing\n", "{strategy}");
+        } else {
+            assert_eq!(answer, "failing\nerror: Test error\n", "{strategy}");
+            assert_eq!(ask(running.inet(), "panic"), "panicking\nerror: handler panicked: Test panic\n");
+        }
+        running.stop().unwrap();
+    }
+}
+
+/// A request counts as completed only once its errors have been reported:
+/// whoever waits for `completed` sees every `handle_error` call done.
+#[test]
+fn a_request_counts_as_completed_only_after_its_errors_are_reported() {
+    let _serial = serial();
+    for strategy in strategies() {
+        let handle = Arc::new(std::sync::OnceLock::<socketserver::ServerHandle>::new());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (h, s) = (Arc::clone(&handle), Arc::clone(&seen));
+        let server = TcpServer::builder()
+            .strategy(strategy.clone())
+            .handle_error(move |_, _, _| s.lock().unwrap().push(h.get().map(|h| h.stats().completed)))
+            .bind("127.0.0.1:0", faulty)
+            .unwrap();
+        handle.set(server.handle()).unwrap();
+        let running = run(server);
+        assert_eq!(ask(running.inet(), "fail"), "failing\n");
+        wait_until("the request to complete", || running.handle.stats().completed == 1);
+        assert_eq!(*seen.lock().unwrap(), [Some(0)], "{strategy}: reported after it counted as completed");
+        running.stop().unwrap();
+    }
+}
+
+/// As in CPython's ThreadingMixIn, a request thread that cannot be started
+/// reaches `handle_error` (the request is closed and counted as rejected).
+#[test]
+fn a_request_thread_that_cannot_start_reaches_handle_error() {
+    let reported = Arc::new(Mutex::new(Vec::new()));
+    let r = Arc::clone(&reported);
+    // A stack no system can give: starting the thread fails.
+    let server = TcpServer::builder()
+        .strategy(Threading::new().stack_size(1 << 46))
+        .handle_error(move |req, _, e| r.lock().unwrap().push((req.is_some(), e.to_string())))
+        .bind("127.0.0.1:0", faulty)
+        .unwrap();
+    let running = run(server);
+    let mut c = tcp_connect(running.inet());
+    c.write_all(b"fine\n").unwrap();
+    assert_eq!(c.read(&mut [0u8; 8]).unwrap_or(0), 0, "the request is closed unserved");
+    wait_until("the report", || !reported.lock().unwrap().is_empty());
+    let reported = reported.lock().unwrap().clone();
+    assert!(!reported[0].0, "no request to give");
+    assert!(reported[0].1.starts_with("cannot start a request thread"), "{reported:?}");
+    assert_eq!(running.handle.stats().rejected, 1);
+    running.stop().unwrap();
 }

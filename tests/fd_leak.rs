@@ -14,13 +14,15 @@ fn failed_binds_leak_no_descriptors() {
     let udp_taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let uaddr = udp_taken.local_addr().unwrap();
     let dir = TempDir::new("fdleak");
-    let file = dir.join("regular");
-    std::fs::write(&file, "x").unwrap();
+    // A path in a folder that does not exist: the socket is made, then its
+    // bind fails (a regular file in the way would fail before any socket).
+    let unbindable = dir.join("missing").join("s.sock");
     let before = open_fds();
     for _ in 0..1024 {
         assert!(TcpServer::builder().reuse_address(false).bind(addr, echo_lines).is_err());
         assert!(UdpServer::bind(uaddr, echo_datagram).is_err());
-        assert!(UnixStreamServer::bind(&file, echo_lines).is_err());
+        let err = UnixStreamServer::bind(&unbindable, echo_lines).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
     }
     assert_eq!(open_fds(), before);
     // A server that binds and closes leaks nothing either.

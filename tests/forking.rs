@@ -34,6 +34,7 @@ impl log::Log for LockingLogger {
 /// the parent reports the error, with its text, once the lock is free.
 #[test]
 fn a_failing_child_never_waits_on_a_lock_held_at_fork_time() {
+    let _serial = serial();
     let lock = Arc::new(Mutex::new(()));
     let logger: &'static LockingLogger =
         Box::leak(Box::new(LockingLogger { lock: Arc::clone(&lock), lines: Mutex::new(Vec::new()) }));
@@ -68,4 +69,37 @@ fn a_failing_child_never_waits_on_a_lock_held_at_fork_time() {
         "{lines:?}"
     );
     server.stop().unwrap();
+}
+
+/// The children of this process, from every thread's `children` list (Linux).
+fn children() -> Vec<String> {
+    let mut all = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        all.extend(list.split_whitespace().map(str::to_string));
+    }
+    all
+}
+
+/// CPython bpo-31151: no child process may remain after `server_close`.
+/// `handle_request` forks a child that is still serving when it returns;
+/// closing the server waits for it and reaps it.
+#[test]
+fn no_child_remains_after_server_close() {
+    let _serial = serial();
+    let server = TcpServer::builder()
+        .strategy(Forking::new())
+        .bind("127.0.0.1:0", |req: &mut StreamRequest| {
+            std::io::Write::write_all(req, b"hi\n")?;
+            std::thread::sleep(Duration::from_millis(200));
+            Ok(())
+        })
+        .unwrap();
+    let mut c = tcp_connect(server.server_address().as_inet().unwrap());
+    server.handle_request().unwrap();
+    let mut hi = [0u8; 3];
+    c.read_exact(&mut hi).unwrap();
+    assert_eq!(children().len(), 1, "the child serves after handle_request returned");
+    server.server_close();
+    assert_eq!(children(), Vec::<String>::new(), "a child outlived server_close");
 }

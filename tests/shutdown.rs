@@ -424,3 +424,66 @@ fn idle_connections_close_at_once_and_requests_begun_are_finished() {
     assert_eq!(&both, b"one.....two.....");
     running.join().unwrap();
 }
+
+/// A request of two lines: after the first, the second is read in the
+/// middle of the request (not at a boundary), so only the grace period
+/// bounds the wait for it.
+fn two_lines(req: &mut StreamRequest) -> std::io::Result<()> {
+    let Some(first) = req.next_line()? else { return Ok(()) };
+    let Some(second) = req.next_line()? else { return Ok(()) };
+    writeln!(req, "{first}+{second}")
+}
+
+/// Python's `block_on_close = True`: with `grace_period(Duration::MAX)` a
+/// shutdown waits for every request to finish, however long it takes —
+/// under Threading, ThreadPool and Forking.
+#[test]
+fn no_deadline_waits_for_every_request_as_pythons_block_on_close() {
+    let _serial = serial();
+    for strategy in [AnyStrategy::from(Threading::new()), pool(2).into(), Forking::new().into()] {
+        let server = TcpServer::builder()
+            .strategy(strategy.clone())
+            .grace_period(Duration::MAX)
+            .bind("127.0.0.1:0", two_lines)
+            .unwrap();
+        let running = run(server);
+        let mut c = tcp_connect(running.inet());
+        c.write_all(b"start\n").unwrap();
+        wait_until(|| running.handle.stats().active == 1);
+        running.handle.shutdown();
+        // Well past the drain window and any deadline a default would set
+        // soon: the request is still waited for.
+        std::thread::sleep(Duration::from_millis(400));
+        c.write_all(b"go\n").unwrap();
+        assert_eq!(read_one_line(&mut c), "start+go\n", "{strategy}");
+        let mut running = running;
+        running.join().unwrap();
+    }
+}
+
+/// Python's `daemon_threads = True` (nothing waited for): with
+/// `grace_period(Duration::ZERO)` every connection is shut down at once and
+/// `serve_forever` returns — under Threading, ThreadPool and Forking.
+#[test]
+fn zero_grace_waits_for_nothing_as_pythons_daemon_threads() {
+    let _serial = serial();
+    for strategy in [AnyStrategy::from(Threading::new()), pool(2).into(), Forking::new().into()] {
+        let server = TcpServer::builder()
+            .strategy(strategy.clone())
+            .grace_period(Duration::ZERO)
+            .bind("127.0.0.1:0", two_lines)
+            .unwrap();
+        let running = run(server);
+        let mut c = tcp_connect(running.inet());
+        c.write_all(b"start\n").unwrap();
+        wait_until(|| running.handle.stats().active == 1);
+        let start = Instant::now();
+        running.handle.shutdown();
+        let mut running = running;
+        running.join().unwrap();
+        assert!(start.elapsed() < Duration::from_secs(2), "{strategy}: took {:?}", start.elapsed());
+        let mut rest = Vec::new();
+        let _ = c.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "{strategy}: the request was not cut: {rest:?}");
+    }
+}

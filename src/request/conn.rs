@@ -17,11 +17,10 @@ use crate::sys;
 /// Reading more than this from a peer that keeps sending after the handler
 /// is done is not worth it: close (the kernel may then send a reset).
 const LINGER_BYTES: usize = 1 << 20;
+/// The longest a closing connection waits for its peer to take the answer.
 const LINGER_TIME: Duration = Duration::from_millis(500);
-/// How long a connection closed by the drain window waits for its peer to
-/// close too: short, so that a process with many idle connections still
-/// exits about when the window ends.
-const DRAIN_LINGER: Duration = Duration::from_millis(50);
+/// How often a lingering connection looks whether its answer is all taken.
+const LINGER_STEP: Duration = Duration::from_millis(5);
 
 #[derive(Debug)]
 pub(crate) struct Connection {
@@ -81,26 +80,26 @@ impl Connection {
         self.slot.take()
     }
 
-    /// Before the socket closes: if the peer may still be sending, stop
-    /// writing, then read and discard for a moment, so that closing does not
-    /// reset the connection and destroy the answer in flight. A connection
-    /// the server ends itself (`drained`: the drain window passed) lingers
-    /// always, for at most [`DRAIN_LINGER`] — its peer may send its next
-    /// request any moment; one whose handler ended lingers when the peer has
-    /// sent something unread (or sends it now), for at most [`LINGER_TIME`].
-    /// Never a `shutdown(SHUT_RD)`: Linux answers data that arrives after
-    /// one with a reset.
-    pub(crate) fn close(&mut self, peer_closed: bool, unread: bool, drained: bool) {
+    /// Before the socket closes, unless the peer has closed its side: close
+    /// at once when nothing can be lost — all we wrote has been taken by the
+    /// peer's kernel, and the peer sent nothing we did not read. Otherwise
+    /// stop writing (FIN after the answer), then read and discard what the
+    /// peer sends until it closes or has taken the whole answer, for at most
+    /// [`LINGER_TIME`]. Closing with unread input, or while an answer is
+    /// still unsent and the peer sends again, makes the kernel send a reset,
+    /// which destroys what the peer had not received yet; this is what
+    /// `drained` connections (closed by the drain window, their peers
+    /// perhaps about to send the next request) and handlers that stop early
+    /// both need. Never a `shutdown(SHUT_RD)`: Linux answers data that
+    /// arrives after one with a reset.
+    pub(crate) fn close(&mut self, peer_closed: bool, unread: bool) {
         if !std::mem::take(&mut self.linger) || peer_closed {
             return;
         }
-        let limit = if drained {
-            DRAIN_LINGER
-        } else if unread || sys::readable_now(self.fd()) {
-            LINGER_TIME
-        } else {
+        let fd = self.fd();
+        if !unread && sys::unsent(fd) == 0 && !sys::readable_now(fd) {
             return;
-        };
+        }
         if self.stream.shutdown(Shutdown::Write).is_err() {
             return;
         }
@@ -108,13 +107,16 @@ impl Connection {
         let mut scratch = [0u8; 4096];
         let mut total = 0;
         while total < LINGER_BYTES {
-            let left = limit.saturating_sub(start.elapsed());
-            if left.is_zero() || self.stream.set_read_timeout(Some(left)).is_err() {
+            let left = LINGER_TIME.saturating_sub(start.elapsed());
+            if left.is_zero() || self.stream.set_read_timeout(Some(left.min(LINGER_STEP))).is_err() {
                 break;
             }
             match (&*self.stream).read(&mut scratch) {
-                Ok(n) if n > 0 => total += n,
-                _ => break,
+                Ok(0) => break,
+                Ok(n) => total += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && sys::unsent(fd) == 0 => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => break,
             }
         }
     }

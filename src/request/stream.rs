@@ -504,6 +504,6 @@ impl Write for StreamRequest {
 impl Drop for StreamRequest {
     fn drop(&mut self) {
         let unread = !self.rbuf.is_empty();
-        self.conn.close(self.eof && !self.drained, unread, self.drained);
+        self.conn.close(self.eof && !self.drained, unread);
     }
 }

@@ -79,6 +79,16 @@ pub(crate) fn readable_now(fd: RawFd) -> bool {
     poll(&[fd], &mut [false], Some(Duration::ZERO)).is_ok_and(|n| n > 0)
 }
 
+/// Bytes written to the stream socket `fd` that its peer has not yet
+/// acknowledged (`SIOCOUTQ`; `TIOCOUTQ` is the same request). 0 when it
+/// cannot be told.
+pub(crate) fn unsent(fd: RawFd) -> usize {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int through the valid pointer.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) };
+    if r == 0 { queued.max(0) as usize } else { 0 }
+}
+
 /// `recvfrom` that returns the datagram's real length even when it is
 /// longer than `buf` (`MSG_TRUNC` on Linux; elsewhere a length of
 /// `buf.len()` with a full buffer may mean "truncated"). With `dontwait`,
