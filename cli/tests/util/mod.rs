@@ -1,0 +1,83 @@
+//! Running the built `socketserver` binary in tests: start it, learn its
+//! address from its `listening` line, signal it, wait for its exit.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    /// All the process wrote on stderr so far.
+    stderr: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Server {
+    pub fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_socketserver"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start socketserver");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line.trim().strip_prefix("listening tcp ").expect("a listening line").parse().unwrap();
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Server { child, addr, stderr }
+    }
+
+    /// Waits (bounded) until stderr contains `needle`.
+    pub fn stderr_shows(&self, needle: &str) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < TIMEOUT {
+            if String::from_utf8_lossy(&self.stderr.lock().unwrap()).contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        false
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: sending a signal to a child we started and have not reaped.
+        assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, sig) }, 0);
+    }
+
+    pub fn wait_exit(&mut self, within: Duration) -> (i32, Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.code().unwrap_or(-1), start.elapsed());
+            }
+            assert!(start.elapsed() < within, "the server did not exit within {within:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, TIMEOUT).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s
+}
