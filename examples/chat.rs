@@ -9,31 +9,53 @@
 //! cargo run --example chat -- tcp-client ADDR            # every line goes to the room
 //! ```
 //!
+//! Names are 1 to 32 ASCII letters, digits, `_`, `-` or `.` (so that no
+//! name can look like another in a different alphabet), unique without
+//! regard to case. Control characters (CR, ESC, ...) and invisible ones in
+//! messages are shown escaped (`\x1b`), so that nobody can rewrite a line
+//! on another member's terminal or make it seem to come from somebody else.
+//!
 //! UDP protocol, one text datagram each way:
 //! * `/name alice` — be known as `alice` (answer `ok: you are alice`);
 //! * `@bob hello` — the server sends `alice: hello` to bob;
 //! * `/who` — the names online;
+//! * `/ping` — still here (answer `ok: pong`); the client sends it every
+//!   30 s;
 //! * `/quit` — forget my name (answer `ok: bye`); the client sends it when
 //!   its input ends or on Ctrl-C. Anything else gets `error: ...`.
 //!
+//! The UDP relay remembers at most 1,024 names. A name nobody has used for
+//! 10 minutes is forgotten; when the relay is full, a newcomer takes the
+//! place of the name silent the longest, if that one has been silent for a
+//! minute (so sockets that took a name and vanished cannot keep everyone
+//! out for good).
+//!
 //! TCP room: each line a member sends reaches every other member as
 //! `[name] line`; `/name NAME` renames (to a name nobody else has); joins
-//! and leaves are announced. A member that does not read its messages fast
-//! enough is disconnected rather than slowing the room down (and announced
-//! as gone).
+//! and leaves are announced. At most 128 members: a newcomer beyond gets
+//! `error: the room is full ...` and is closed. Each member may send 5
+//! lines a second (bursts of 20) and 16 KiB a second (bursts of 64 KiB);
+//! a member that sends faster is slowed down: its lines wait, unread, and
+//! nobody else pays for them; one that keeps it up for 5 s is disconnected
+//! (announced as `left (flooding)`). A member that does not read its messages
+//! fast enough is disconnected rather than slowing the room down (and
+//! announced as gone).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpStream, UdpSocket};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
 use parking_lot::Mutex;
 use socketserver::framing::Lines;
 use socketserver::{Address, DatagramRequest, RequestHandler, Server, Stream, StreamRequest, ThreadPool};
-use socketserver::{TcpServer, ThreadPoolTcpServer, ThreadingTcpServer, UdpServer};
+use socketserver::{TcpServer, ThreadPoolTcpServer, UdpServer};
 
 /// The longest name a chatter may take.
 pub const MAX_NAME: usize = 32;
@@ -43,57 +65,205 @@ pub const MAX_USERS: usize = 1024;
 pub const MAX_LINE: usize = 4096;
 /// Messages queued for one TCP member before it counts as too slow.
 pub const OUTBOX: usize = 256;
+/// The most members of the TCP room at once.
+pub const MAX_MEMBERS: usize = 128;
+/// Pool workers beyond [`MAX_MEMBERS`], to tell newcomers the room is full.
+const SPARE_WORKERS: usize = 16;
+/// The stack of a member's thread (the pool's worker) and of its writer.
+const MEMBER_STACK: usize = 256 * 1024;
+const WRITER_STACK: usize = 64 * 1024;
+/// How often the UDP client says it is still there.
+const PING_EVERY: Duration = Duration::from_secs(30);
 
-fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= MAX_NAME && name.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+/// The rule for names, as the refusal says it.
+fn name_rule() -> String {
+    format!(
+        "error: a name is 1 to {MAX_NAME} ASCII letters, digits, '_', '-' or '.' (letters of other alphabets can look \
+         like these and are refused)"
+    )
+}
+
+/// Whether `name` may be taken: 1 to [`MAX_NAME`] ASCII letters, digits,
+/// `_`, `-` or `.` — nothing that looks like something else (a Cyrillic
+/// `а` beside a Latin `a`), no control characters, no spaces.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_NAME && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+}
+
+/// Characters that change how a line is shown without being seen: zero
+/// width, direction overrides and isolates.
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+}
+
+/// `text` made safe to show on a terminal: control characters (CR, ESC,
+/// backspace, ...) and invisible or direction-changing ones are written as
+/// escapes (`\x0d`, `\x1b`, `\u{202e}`), so that a line cannot move the
+/// cursor, erase or recolour what is shown, or seem to come from somebody
+/// else.
+pub fn sanitize(text: &str) -> Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() || invisible(c);
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if !unsafe_char(c) {
+            out.push(c);
+        } else if u32::from(c) < 0x100 {
+            let _ = write!(out, "\\x{:02x}", u32::from(c));
+        } else {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        }
+    }
+    Cow::Owned(out)
+}
+
+// ------------------------------------------------------------------- UDP
+
+/// How long the UDP relay keeps names, and how many.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UdpLimits {
+    /// The most names remembered at once.
+    pub max_users: usize,
+    /// A name unused this long (no datagram from its owner) is forgotten.
+    pub expire_after: Duration,
+    /// When full, a newcomer takes the place of the name silent the
+    /// longest, if it has been silent at least this long.
+    pub evict_after: Duration,
+}
+
+impl Default for UdpLimits {
+    fn default() -> Self {
+        UdpLimits { max_users: MAX_USERS, expire_after: Duration::from_secs(600), evict_after: Duration::from_secs(60) }
+    }
+}
+
+struct User {
+    /// As its owner wrote it.
+    name: String,
+    addr: Address,
+    last_seen: Instant,
+}
+
+/// Names (lower-cased: unique without regard to case) to users, and back.
+#[derive(Default)]
+struct Registry {
+    users: HashMap<String, User>,
+    by_addr: HashMap<Address, String>,
+}
+
+impl Registry {
+    fn remove(&mut self, key: &str) -> Option<User> {
+        let user = self.users.remove(key)?;
+        self.by_addr.remove(&user.addr);
+        Some(user)
+    }
+
+    /// The sender's name (its key), after noting that it is still there.
+    fn touch(&mut self, from: &Address, now: Instant) -> Option<String> {
+        let key = self.by_addr.get(from)?.clone();
+        if let Some(user) = self.users.get_mut(&key) {
+            user.last_seen = now;
+        }
+        Some(key)
+    }
+
+    /// Forgets names unused for `expire_after`.
+    fn expire(&mut self, now: Instant, expire_after: Duration) {
+        let stale: Vec<String> = self
+            .users
+            .iter()
+            .filter(|(_, u)| now.duration_since(u.last_seen) >= expire_after)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in stale {
+            self.remove(&key);
+        }
+    }
 }
 
 /// The UDP relay: names to addresses.
 #[derive(Default)]
 pub struct UdpChat {
-    users: Mutex<HashMap<String, Address>>,
+    registry: Mutex<Registry>,
+    limits: UdpLimits,
 }
 
 impl UdpChat {
+    /// A relay with these limits.
+    pub fn with_limits(limits: UdpLimits) -> UdpChat {
+        UdpChat { registry: Mutex::default(), limits }
+    }
+
     fn answer(&self, from: &Address, text: &str, req: &DatagramRequest) -> io::Result<String> {
         let text = text.trim_end_matches(['\r', '\n']);
+        let now = Instant::now();
+        let mut registry = self.registry.lock();
+        let sender = registry.touch(from, now);
         if let Some(name) = text.strip_prefix("/name ") {
             let name = name.trim();
             if !valid_name(name) {
-                return Ok(format!("error: a name is 1 to {MAX_NAME} letters, digits, '_' or '-'"));
+                return Ok(name_rule());
             }
-            let mut users = self.users.lock();
-            if users.get(name).is_some_and(|a| a != from) {
+            let key = name.to_ascii_lowercase();
+            registry.expire(now, self.limits.expire_after);
+            if registry.users.get(&key).is_some_and(|u| u.addr != *from) {
                 return Ok(format!("error: {name} is taken"));
             }
-            if users.len() >= MAX_USERS && !users.contains_key(name) {
-                return Ok("error: the server is full".to_string());
+            if sender.is_none() && registry.users.len() >= self.limits.max_users {
+                // Full: the name silent the longest goes, if it has been
+                // silent long enough (its owner is told, if still there).
+                let oldest =
+                    registry.users.iter().min_by_key(|(_, u)| u.last_seen).map(|(k, u)| (k.clone(), u.last_seen));
+                match oldest {
+                    Some((old, seen)) if now.duration_since(seen) >= self.limits.evict_after => {
+                        if let Some(user) = registry.remove(&old) {
+                            log::info!("{}: {} forgotten after {:?} of silence", user.addr, user.name, now - seen);
+                            let notice = "* your name was given up after a silence; send /name again";
+                            let _ = req.socket().send_to(notice.as_bytes(), &user.addr);
+                        }
+                    }
+                    _ => return Ok("error: the server is full; try again in a minute".to_string()),
+                }
             }
-            users.retain(|_, a| a != from);
-            users.insert(name.to_string(), from.clone());
+            if let Some(old) = sender {
+                registry.remove(&old);
+            }
+            registry.by_addr.insert(from.clone(), key.clone());
+            registry.users.insert(key, User { name: name.to_string(), addr: from.clone(), last_seen: now });
             return Ok(format!("ok: you are {name}"));
         }
         if text == "/quit" {
-            self.users.lock().retain(|_, a| a != from);
+            if let Some(key) = sender {
+                registry.remove(&key);
+            }
             return Ok("ok: bye".to_string());
         }
+        if text == "/ping" {
+            return Ok("ok: pong".to_string());
+        }
         if text == "/who" {
-            let mut names: Vec<_> = self.users.lock().keys().cloned().collect();
+            registry.expire(now, self.limits.expire_after);
+            let mut names: Vec<_> = registry.users.values().map(|u| u.name.clone()).collect();
             names.sort();
             return Ok(format!("online: {}", names.join(" ")));
         }
         if let Some(rest) = text.strip_prefix('@') {
-            let Some(sender) = self.users.lock().iter().find(|(_, a)| *a == from).map(|(n, _)| n.clone()) else {
+            let Some(sender) = sender.and_then(|k| registry.users.get(&k)).map(|u| u.name.clone()) else {
                 return Ok("error: say /name NAME first".to_string());
             };
             let (to, message) = rest.split_once(' ').unwrap_or((rest, ""));
-            let Some(addr) = self.users.lock().get(to).cloned() else {
-                return Ok(format!("error: no such user {to}"));
+            registry.expire(now, self.limits.expire_after);
+            let Some(user) = registry.users.get(&to.to_ascii_lowercase()) else {
+                return Ok(format!("error: no such user {}", sanitize(to)));
             };
-            req.socket().send_to(format!("{sender}: {message}").as_bytes(), &addr)?;
+            let (to, addr) = (user.name.clone(), user.addr.clone());
+            drop(registry);
+            req.socket().send_to(format!("{sender}: {}", sanitize(message)).as_bytes(), &addr)?;
             return Ok(format!("sent to {to}"));
         }
-        Ok("error: use /name NAME, @NAME MESSAGE, /who or /quit".to_string())
+        Ok("error: use /name NAME, @NAME MESSAGE, /who, /ping or /quit".to_string())
     }
 }
 
@@ -109,7 +279,103 @@ impl RequestHandler<DatagramRequest> for UdpChat {
 
 /// Binds the UDP relay.
 pub fn udp_server(addr: &str) -> io::Result<UdpServer> {
-    UdpServer::bind(addr, UdpChat::default())
+    udp_server_with(addr, UdpLimits::default())
+}
+
+/// Binds the UDP relay with these limits.
+pub fn udp_server_with(addr: &str, limits: UdpLimits) -> io::Result<UdpServer> {
+    UdpServer::bind(addr, UdpChat::with_limits(limits))
+}
+
+// ------------------------------------------------------------------- TCP
+
+/// How fast one member may send: a token bucket for lines and one for
+/// bytes. A member that sends faster has its lines wait (its handler
+/// sleeps; what it sends waits unread in its own connection).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rate {
+    /// Lines a second, sustained.
+    pub lines_per_sec: f64,
+    /// Lines at once after a silence.
+    pub burst_lines: f64,
+    /// Bytes a second, sustained.
+    pub bytes_per_sec: f64,
+    /// Bytes at once after a silence (at least [`MAX_LINE`]).
+    pub burst_bytes: f64,
+    /// A member whose every line has had to wait for this long is
+    /// flooding: it is disconnected (its backlog is not replayed to the
+    /// room for minutes).
+    pub flood_limit: Duration,
+}
+
+impl Default for Rate {
+    fn default() -> Self {
+        Rate {
+            lines_per_sec: 5.0,
+            burst_lines: 20.0,
+            bytes_per_sec: 16.0 * 1024.0,
+            burst_bytes: 64.0 * 1024.0,
+            flood_limit: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How a member's time in the room ended.
+enum Leaving {
+    /// It closed, or was cut off as too slow.
+    Left,
+    /// It sent too fast for too long.
+    Flooded,
+}
+
+/// What the TCP room allows.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RoomLimits {
+    /// The most members at once; newcomers beyond are told and closed.
+    pub max_members: usize,
+    /// Messages queued for a member before it counts as too slow.
+    pub outbox: usize,
+    /// How fast each member may send; `None`: as fast as it likes.
+    pub rate: Option<Rate>,
+}
+
+impl Default for RoomLimits {
+    fn default() -> Self {
+        RoomLimits { max_members: MAX_MEMBERS, outbox: OUTBOX, rate: Some(Rate::default()) }
+    }
+}
+
+/// A member's token buckets.
+struct Bucket {
+    rate: Rate,
+    lines: f64,
+    bytes: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: Rate) -> Bucket {
+        Bucket { rate, lines: rate.burst_lines, bytes: rate.burst_bytes, last: Instant::now() }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let dt = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.lines = (self.lines + dt * self.rate.lines_per_sec).min(self.rate.burst_lines);
+        self.bytes = (self.bytes + dt * self.rate.bytes_per_sec).min(self.rate.burst_bytes);
+    }
+
+    /// How long the member must wait before a line of `len` bytes may go;
+    /// the line is paid for (zero: it may go now).
+    fn take(&mut self, len: usize) -> Duration {
+        self.refill(Instant::now());
+        let len = (len as f64).min(self.rate.burst_bytes);
+        let short_lines = (1.0 - self.lines).max(0.0) / self.rate.lines_per_sec;
+        let short_bytes = (len - self.bytes).max(0.0) / self.rate.bytes_per_sec;
+        self.lines -= 1.0;
+        self.bytes -= len;
+        Duration::from_secs_f64(short_lines.max(short_bytes).min(60.0))
+    }
 }
 
 struct Member {
@@ -123,9 +389,20 @@ struct Member {
 pub struct TcpRoom {
     members: Mutex<HashMap<u64, Member>>,
     next: AtomicU64,
+    limits: RoomLimits,
+}
+
+/// Whether `name` is some member's other than `id`'s (without regard to case).
+fn taken(members: &HashMap<u64, Member>, id: u64, name: &str) -> bool {
+    members.iter().any(|(&other, m)| other != id && m.name.eq_ignore_ascii_case(name))
 }
 
 impl TcpRoom {
+    /// A room with these limits.
+    pub fn with_limits(limits: RoomLimits) -> TcpRoom {
+        TcpRoom { members: Mutex::default(), next: AtomicU64::new(0), limits }
+    }
+
     /// Sends `line` to every member but `except`; members whose outbox is
     /// full are too slow: they are disconnected.
     fn broadcast(&self, except: u64, line: &str) {
@@ -154,34 +431,86 @@ impl TcpRoom {
         }
     }
 
-    fn serve_member(&self, id: u64, req: &mut StreamRequest) -> io::Result<()> {
+    /// Adds a member under a name nobody has (`guestN`, the next free N)
+    /// and welcomes it; its name, or `None` when the room is full.
+    fn join(&self, id: u64, outbox: Sender<Arc<str>>, stream: Stream) -> Option<String> {
+        let mut members = self.members.lock();
+        if members.len() >= self.limits.max_members {
+            return None;
+        }
+        let mut name = format!("guest{id}");
+        while taken(&members, id, &name) {
+            name = format!("guest{}", self.next.fetch_add(1, Ordering::Relaxed));
+        }
+        // Welcomed before anything else reaches it: under the lock that
+        // others broadcast with.
+        let _ = outbox.try_send(Arc::from(format!("* welcome, {name}; /name NAME to rename\n")));
+        members.insert(id, Member { name: name.clone(), outbox, stream });
+        Some(name)
+    }
+
+    fn serve_member(&self, id: u64, req: &mut StreamRequest) -> io::Result<Leaving> {
         let codec = Lines::new(MAX_LINE);
         let mut line = Vec::new();
+        let mut bucket = self.limits.rate.map(Bucket::new);
+        let mut throttled_since: Option<Instant> = None;
         loop {
             match codec.read_line(req, &mut line) {
                 Ok(true) => {}
-                Ok(false) => return Ok(()),
+                Ok(false) => return Ok(Leaving::Left),
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                     writeln!(req, "error: lines are at most {MAX_LINE} bytes")?;
-                    return Ok(());
+                    return Ok(Leaving::Left);
                 }
                 Err(e) => return Err(e),
+            }
+            // Too fast: this member waits, not the others (what it sends
+            // meanwhile stays unread in its own connection); too fast for
+            // too long: it goes.
+            if let Some(bucket) = bucket.as_mut() {
+                let rate = bucket.rate;
+                let wait = bucket.take(line.len());
+                if wait.is_zero() {
+                    throttled_since = None;
+                } else {
+                    let since = match throttled_since {
+                        Some(since) => since,
+                        None => {
+                            self.send_to(
+                                id,
+                                &format!(
+                                    "* you are sending too fast: your lines are delayed (at most {} lines and {} \
+                                     KiB a second); keep it up for {:?} and you are disconnected",
+                                    rate.lines_per_sec,
+                                    rate.bytes_per_sec / 1024.0,
+                                    rate.flood_limit
+                                ),
+                            );
+                            *throttled_since.insert(Instant::now())
+                        }
+                    };
+                    if since.elapsed() >= rate.flood_limit {
+                        self.send_to(id, "error: you sent too fast for too long; disconnected");
+                        return Ok(Leaving::Flooded);
+                    }
+                    std::thread::sleep(wait);
+                }
             }
             let text = String::from_utf8_lossy(&line);
             let name = match self.members.lock().get(&id) {
                 Some(m) => m.name.clone(),
-                None => return Ok(()), // removed as too slow
+                None => return Ok(Leaving::Left), // removed as too slow
             };
             if let Some(new) = text.strip_prefix("/name ") {
                 let new = new.trim();
                 if !valid_name(new) {
-                    self.send_to(id, &format!("error: a name is 1 to {MAX_NAME} letters, digits, '_' or '-'"));
+                    self.send_to(id, &name_rule());
                     continue;
                 }
                 let renamed = {
                     let mut members = self.members.lock();
                     // Nobody may speak as somebody else.
-                    if members.iter().any(|(&other, m)| other != id && m.name == new) {
+                    if taken(&members, id, new) {
                         false
                     } else {
                         if let Some(m) = members.get_mut(&id) {
@@ -198,7 +527,7 @@ impl TcpRoom {
                 }
                 continue;
             }
-            self.broadcast(id, &format!("[{name}] {text}"));
+            self.broadcast(id, &format!("[{name}] {}", sanitize(&text)));
         }
     }
 
@@ -212,41 +541,87 @@ impl TcpRoom {
 impl RequestHandler<StreamRequest> for TcpRoom {
     fn handle(&self, req: &mut StreamRequest) -> io::Result<()> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let name = format!("guest{id}");
-        let (outbox, inbox) = crossbeam_channel::bounded::<Arc<str>>(OUTBOX);
+        let (outbox, inbox) = crossbeam_channel::bounded::<Arc<str>>(self.limits.outbox.max(1));
+        let Some(name) = self.join(id, outbox, req.try_clone()?) else {
+            log::info!("{}: the room is full ({} members); refused", req.peer_addr(), self.limits.max_members);
+            let full = format!("error: the room is full ({} members); try again later\n", self.limits.max_members);
+            return req.write_all(full.as_bytes());
+        };
         // The member's own writer: the room never blocks on a slow socket.
-        let mut out = req.try_clone()?;
-        let writer = std::thread::Builder::new().name(format!("chat-out-{id}")).spawn(move || {
-            for line in inbox {
-                if out.write_all(line.as_bytes()).is_err() {
-                    break;
+        let writer = req.try_clone().and_then(|mut out| {
+            std::thread::Builder::new().name(format!("chat-out-{id}")).stack_size(WRITER_STACK).spawn(move || {
+                for line in inbox {
+                    if out.write_all(line.as_bytes()).is_err() {
+                        break;
+                    }
                 }
+            })
+        });
+        let writer = match writer {
+            Ok(w) => w,
+            Err(e) => {
+                // Out of threads or memory: refuse, do not abort.
+                self.members.lock().remove(&id);
+                log::warn!("{}: cannot start a writer ({e}); refused", req.peer_addr());
+                return req.write_all(b"error: the server is busy; try again later\n");
             }
-        })?;
-        self.members.lock().insert(id, Member { name: name.clone(), outbox, stream: req.try_clone()? });
-        self.send_to(id, &format!("* welcome, {name}; /name NAME to rename"));
+        };
         self.broadcast(id, &format!("* {name} joined"));
         let result = self.serve_member(id, req);
         // Not `if let Some(m) = self.members.lock().remove(..)`: the guard
         // would live through the block, and `broadcast` locks again.
         let left = self.members.lock().remove(&id);
         if let Some(m) = left {
-            self.broadcast(id, &format!("* {} left", m.name));
+            let why = match result {
+                Ok(Leaving::Flooded) => {
+                    log::warn!("{}: {} sent too fast for too long; disconnected", req.peer_addr(), m.name);
+                    " (flooding)"
+                }
+                _ => "",
+            };
+            self.broadcast(id, &format!("* {} left{why}", m.name));
         }
         // Dropping the member closed its outbox: the writer drains and ends.
         let _ = writer.join();
-        result
+        result.map(drop)
     }
 }
 
-/// Binds the TCP room: a thread per member (members are long-lived).
-pub fn tcp_server(addr: &str) -> io::Result<ThreadingTcpServer> {
-    ThreadingTcpServer::bind(addr, TcpRoom::default())
+/// Binds the TCP room with the default limits.
+pub fn tcp_server(addr: &str) -> io::Result<ThreadPoolTcpServer> {
+    tcp_server_with(addr, RoomLimits::default())
+}
+
+/// Binds the TCP room with these limits: a pool of worker threads (small
+/// stacks), one per member and a few more to tell newcomers the room is
+/// full; each member has a writer thread too. Past that, newcomers wait in
+/// the pool's queue and the listen backlog: the room degrades by refusing,
+/// never by running out of memory.
+pub fn tcp_server_with(addr: &str, limits: RoomLimits) -> io::Result<ThreadPoolTcpServer> {
+    few_malloc_arenas();
+    let two = NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN);
+    let most = NonZeroUsize::new(limits.max_members.max(1) + SPARE_WORKERS).unwrap_or(NonZeroUsize::MIN);
+    TcpServer::builder()
+        .strategy(ThreadPool::new(two).max_workers(most).queue(64).stack_size(MEMBER_STACK))
+        .bind(addr, TcpRoom::with_limits(limits))
+}
+
+/// glibc gives threads malloc arenas of their own, up to 8 per core, each
+/// reserving 64 MiB of address space: with a thread per member, arenas,
+/// not members, would use up a limit such as `ulimit -v` (5 arenas took
+/// 327 MB of a 400 MB limit). Two are plenty for a chat room.
+fn few_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt(3) only sets a malloc tunable; safe at any time.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
 
 /// A pool-served TCP room, capped at `max` members at once.
 pub fn tcp_server_pooled(addr: &str, max: NonZeroUsize) -> io::Result<ThreadPoolTcpServer> {
-    TcpServer::builder().strategy(ThreadPool::new(max)).max_connections(max.get()).bind(addr, TcpRoom::default())
+    tcp_server_with(addr, RoomLimits { max_members: max.get(), ..RoomLimits::default() })
 }
 
 fn udp_client(addr: &str, name: &str) -> io::Result<()> {
@@ -258,11 +633,24 @@ fn udp_client(addr: &str, name: &str) -> io::Result<()> {
     std::thread::spawn(move || {
         let mut buf = [0u8; 65_536];
         while let Ok(n) = receiver.recv(&mut buf) {
-            if &buf[..n] == b"ok: bye" {
-                let _ = bye_tx.send(());
+            match &buf[..n] {
+                b"ok: bye" => {
+                    let _ = bye_tx.send(());
+                    break;
+                }
+                b"ok: pong" => {}
+                other => println!("{}", sanitize(&String::from_utf8_lossy(other))),
+            }
+        }
+    });
+    // Still here, while the user is silent: the relay forgets silent names.
+    let pinger = socket.try_clone()?;
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(PING_EVERY);
+            if pinger.send(b"/ping").is_err() {
                 break;
             }
-            println!("{}", String::from_utf8_lossy(&buf[..n]));
         }
     });
     // Ctrl-C gives the name back too.
@@ -287,7 +675,7 @@ fn tcp_client(addr: &str) -> io::Result<()> {
     let reader = BufReader::new(stream.try_clone()?);
     let printer = std::thread::spawn(move || {
         for line in reader.lines().map_while(Result::ok) {
-            println!("{line}");
+            println!("{}", sanitize(&line));
         }
         // The room closed the connection: nothing more to send either.
         std::process::exit(0);

@@ -22,7 +22,9 @@
 //! Frames are a 4-byte big-endian length (`struct.pack('!I', n)`) and `n`
 //! bytes. A connection carries any number of requests, one after the other.
 //!
-//! * A request is a header frame (at most 64 KiB) holding a JSON object:
+//! * A request is a header frame (at most 64 KiB; once its first byte has
+//!   arrived, the whole of it must arrive within 5 s, or the client gets an
+//!   error and the connection closes) holding a JSON object:
 //!   * `{"op": "upload", "name": N, "size": S, "sha256": HEX}`, then
 //!     exactly `S` raw bytes (no framing) of the file;
 //!   * `{"op": "download", "name": N}`;
@@ -32,13 +34,19 @@
 //!   `size` and `sha256` of what was stored; for a download `name`, `size`
 //!   and `sha256`, then exactly `size` raw bytes; for a list `files`, an
 //!   array of `{"name", "size"}` (regular files only).
-//! * Names are plain file names in the served folder: not empty, not `.` or
-//!   `..`, no `/` or NUL, at most 255 bytes. Symbolic links are never
-//!   followed: a download of one and an upload over one are refused.
+//! * Names are plain, visible file names in the served folder: not empty,
+//!   no `/`, NUL, control character (newline, tab, ESC, ...) or invisible
+//!   one (zero width, direction override), not starting with `-` or `.`
+//!   (no dot-files: the folder may be a home, with its `.bashrc`), at most
+//!   255 bytes. A list shows only names that can be downloaded. Symbolic
+//!   links are never followed: a download of one and an upload over one
+//!   are refused.
 //! * An upload is written to a temporary file in the folder, checked
 //!   against its digest, then renamed into place: a failed, truncated or
 //!   corrupted upload leaves nothing behind, and readers never see half a
-//!   file. A refused upload whose size is within the limit is read and
+//!   file. Temporary files left by a server that was killed are removed
+//!   when a server starts on the folder (those of a process that is gone,
+//!   and any untouched for an hour); the log says how many. A refused upload whose size is within the limit is read and
 //!   dropped so the connection stays usable; one over the limit, or a
 //!   header that cannot be read, gets its error and the connection closes.
 //!
@@ -86,7 +94,7 @@ use std::num::NonZeroUsize;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -112,12 +120,30 @@ pub const PART_PREFIX: &str = ".ft-download-";
 const CHUNK: usize = 64 * 1024;
 /// A client silent this long (mid-upload too) is disconnected.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a request header may take to arrive, from its first byte.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most connections served at once (a thread each).
+pub const MAX_WORKERS: usize = 256;
+/// A temporary upload untouched this long is stale whoever made it (an
+/// upload under way writes to it at least every idle timeout).
+const STALE_AFTER: Duration = Duration::from_secs(3600);
 /// A client that reads nothing for this long (mid-download) is disconnected.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the client waits for the server.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Whether `name` may be used: a plain file name inside the folder.
+/// Characters that change how a name is shown without being seen: zero
+/// width, direction overrides and isolates.
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+}
+
+/// Whether `name` may be used: a plain, visible file name inside the
+/// folder. Refused: empty, `.`, `..`, a `/` or NUL, a control character
+/// (newline, ESC...) or an invisible one, a leading `-` (an option to
+/// whoever runs a command on the folder's files), a leading `.` (dot-files:
+/// `.bashrc`, `.ssh` if the folder is a home; temporary uploads), more than
+/// 255 bytes.
 ///
 /// # Errors
 /// Why not, for the user.
@@ -131,10 +157,18 @@ pub fn check_name(name: &str) -> Result<(), String> {
         refuse("a path, not a file name")
     } else if name.contains('\0') {
         refuse("contains a NUL byte")
+    } else if name.chars().any(char::is_control) {
+        refuse("contains a control character (newline, tab, ESC, ...)")
+    } else if name.chars().any(invisible) {
+        refuse("contains an invisible or direction-changing character")
     } else if name.len() > MAX_NAME {
         refuse("longer than 255 bytes")
+    } else if name.starts_with('-') {
+        refuse("starts with '-' (it would read as an option)")
     } else if name.starts_with(TEMP_PREFIX) {
         refuse("reserved for temporary files")
+    } else if name.starts_with('.') {
+        refuse("starts with '.' (hidden files are not served)")
     } else {
         Ok(())
     }
@@ -277,6 +311,15 @@ pub struct Config {
     pub dir: PathBuf,
     /// The largest upload, in bytes.
     pub max_size: u64,
+    /// How long a request header may take to arrive, from its first byte.
+    pub header_timeout: Duration,
+}
+
+impl Config {
+    /// Serves `dir` with the default limits.
+    pub fn new(dir: PathBuf) -> Config {
+        Config { dir, max_size: DEFAULT_MAX_SIZE, header_timeout: DEFAULT_HEADER_TIMEOUT }
+    }
 }
 
 /// The handler: answers upload, download and list requests.
@@ -284,12 +327,22 @@ pub struct Config {
 pub struct FileService {
     dir: PathBuf,
     max_size: u64,
+    header_timeout: Duration,
 }
 
 /// Whether the connection can carry another request.
 enum Next {
     Continue,
     Close,
+}
+
+/// Whether a process with this pid exists (it may be another one than the
+/// pid once named, which only keeps a stale file a while longer).
+fn process_alive(pid: libc::pid_t) -> bool {
+    // SAFETY: kill(2) with signal 0 sends nothing and touches no memory.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Errors that mean the client is gone: the connection ends, quietly.
@@ -342,7 +395,43 @@ impl FileService {
         if !dir.is_dir() {
             return Err(io::Error::new(ErrorKind::InvalidInput, format!("--dir {}: not a folder", dir.display())));
         }
-        Ok(FileService { dir, max_size: config.max_size })
+        let service = FileService { dir, max_size: config.max_size, header_timeout: config.header_timeout };
+        let removed = service.remove_stale_uploads();
+        if removed > 0 {
+            log::info!(
+                "removed {removed} stale temporary upload{} ({TEMP_PREFIX}*) from {}",
+                if removed == 1 { "" } else { "s" },
+                service.dir.display()
+            );
+        }
+        Ok(service)
+    }
+
+    /// Removes the temporary uploads that nobody is writing any more: those
+    /// of a process that is gone (the name holds its pid), and any untouched
+    /// for an hour. Returns how many went.
+    fn remove_stale_uploads(&self) -> usize {
+        let Ok(entries) = fs::read_dir(&self.dir) else { return 0 };
+        let mut removed = 0;
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name();
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(TEMP_PREFIX)) else { continue };
+            // Not through symlinks: only our own regular files.
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            let writer_gone = rest
+                .split('-')
+                .next()
+                .and_then(|pid| pid.parse::<libc::pid_t>().ok())
+                .is_some_and(|pid| pid > 0 && !process_alive(pid));
+            let untouched = meta.modified().ok().and_then(|m| m.elapsed().ok()).is_some_and(|age| age >= STALE_AFTER);
+            if (writer_gone || untouched) && fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
     }
 
     /// The folder served (absolute).
@@ -524,7 +613,9 @@ impl FileService {
             .filter_map(Result::ok)
             .filter(|e| e.file_type().is_ok_and(|t| t.is_file())) // not through symlinks
             .filter_map(|e| Some((e.file_name().into_string().ok()?, e.metadata().ok()?.len())))
-            .filter(|(name, _)| !name.starts_with(TEMP_PREFIX))
+            // Only what can be downloaded: no temporary uploads, no hidden
+            // files, no names with control characters.
+            .filter(|(name, _)| check_name(name).is_ok())
             .collect();
         files.sort();
         // Keep the answer within its frame.
@@ -546,22 +637,49 @@ impl FileService {
     }
 }
 
+impl FileService {
+    /// Waits for the next request header: `None` at the end of the
+    /// connection. Waiting for its first byte is bounded by the idle
+    /// timeout; once it has begun, the whole header must arrive within
+    /// `header_timeout`, or the client is told so and the connection closes
+    /// (a client that trickles bytes resets the idle timeout each time).
+    fn next_header(&self, req: &mut StreamRequest, frame: &mut Vec<u8>) -> io::Result<Option<()>> {
+        match req.wait_for_data() {
+            Ok(true) => {}
+            Ok(false) => return Ok(None),
+            Err(e) if client_gone(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let by = Instant::now() + self.header_timeout;
+        req.set_read_deadline(Some(by))?;
+        let read = LengthPrefixed::new(MAX_HEADER).read_frame(req, frame);
+        req.set_read_deadline(None)?;
+        match read {
+            Ok(true) => Ok(Some(())),
+            Ok(false) => Ok(None),
+            Err(e) if e.kind() == ErrorKind::InvalidData => {
+                // Nothing was allocated for it; say why, then close.
+                let _ = reply_error(req, &format!("header: {e}; closing the connection"));
+                Ok(None)
+            }
+            Err(e) if e.kind() == ErrorKind::TimedOut && Instant::now() >= by => {
+                let msg = format!(
+                    "the request header did not arrive within {:?} of its first byte; closing the connection",
+                    self.header_timeout
+                );
+                let _ = reply_error(req, &msg);
+                Ok(None)
+            }
+            Err(e) if client_gone(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 impl RequestHandler<StreamRequest> for FileService {
     fn handle(&self, req: &mut StreamRequest) -> io::Result<()> {
-        let codec = LengthPrefixed::new(MAX_HEADER);
         let mut frame = Vec::new();
-        loop {
-            match codec.read_frame(req, &mut frame) {
-                Ok(true) => {}
-                Ok(false) => return Ok(()),
-                Err(e) if e.kind() == ErrorKind::InvalidData => {
-                    // Nothing was allocated for it; say why, then close.
-                    let _ = reply_error(req, &format!("header: {e}; closing the connection"));
-                    return Ok(());
-                }
-                Err(e) if client_gone(&e) => return Ok(()),
-                Err(e) => return Err(e),
-            }
+        while self.next_header(req, &mut frame)?.is_some() {
             let next = match serde_json::from_slice::<Value>(&frame) {
                 Err(e) => {
                     reply_error(req, &format!("the header is not JSON: {e}; closing the connection"))?;
@@ -589,19 +707,22 @@ impl RequestHandler<StreamRequest> for FileService {
                 return Ok(());
             }
         }
+        Ok(())
     }
 }
 
-/// Binds the server; run it with `serve_forever`. A pool of 2 to 64
-/// threads serves one connection each; further clients wait their turn in
-/// the pool's queue and the listen backlog.
+/// Binds the server; run it with `serve_forever`. A pool of 2 to
+/// [`MAX_WORKERS`] threads serves one connection each (it grows as clients
+/// come: a few that hold a connection open cannot lock the others out);
+/// further clients wait their turn in the pool's queue and the listen
+/// backlog.
 ///
 /// # Errors
 /// The folder does not exist, or the address cannot be bound.
 pub fn server(addr: &str, config: &Config) -> io::Result<ThreadPoolTcpServer> {
     let service = FileService::new(config)?;
     let two = NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN);
-    let most = NonZeroUsize::new(64).unwrap_or(NonZeroUsize::MIN);
+    let most = NonZeroUsize::new(MAX_WORKERS).unwrap_or(NonZeroUsize::MIN);
     ThreadPoolTcpServer::builder()
         .strategy(ThreadPool::new(two).max_workers(most))
         .nodelay(true)
@@ -896,7 +1017,7 @@ pub fn parse_args(args: &[String]) -> Result<Args, String> {
                 }
             }
             let dir = dir.ok_or("the server needs --dir DIR")?;
-            Ok(Args::Server { addr, config: Config { dir, max_size } })
+            Ok(Args::Server { addr, config: Config { max_size, ..Config::new(dir) } })
         }
         "client" => {
             let mut words = Vec::new();

@@ -6,12 +6,13 @@ mod util;
 #[allow(dead_code)]
 mod chat;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
 
 use util::*;
 
-fn say(c: &std::net::UdpSocket, to: std::net::SocketAddr, text: &str) -> String {
+fn say(c: &UdpSocket, to: SocketAddr, text: &str) -> String {
     String::from_utf8(udp_round_trip(c, to, text.as_bytes())).unwrap()
 }
 
@@ -104,7 +105,9 @@ fn tcp_room_broadcasts_to_every_other_member() {
 /// outbox is full, and the others go on talking.
 #[test]
 fn a_member_that_does_not_read_is_disconnected_not_waited_for() {
-    let running = run(chat::tcp_server("127.0.0.1:0").unwrap());
+    // No rate limit: the talker must outpace the silent member's buffers.
+    let limits = chat::RoomLimits { rate: None, ..chat::RoomLimits::default() };
+    let running = run(chat::tcp_server_with("127.0.0.1:0", limits).unwrap());
     let addr = running.inet();
     let mut talker = Member::join(addr);
     // Processed before the talker's chat lines: one connection, one order.
@@ -139,4 +142,310 @@ fn a_member_that_does_not_read_is_disconnected_not_waited_for() {
     assert!(rest.len() < chat::OUTBOX * 8 * big.len(), "the silent member got everything");
     drop((talker, listener));
     running.stop().unwrap();
+}
+
+// ------------------------------------------------------- hostile members
+
+/// Every line `m` reads until one satisfies `want` (bounded: the test's
+/// read timeout, and 10,000 lines).
+fn read_until(m: &mut Member, want: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut seen = Vec::new();
+    for _ in 0..10_000 {
+        let line = m.line();
+        let done = want(&line) || line.is_empty();
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    seen
+}
+
+#[test]
+fn udp_names_are_plain_ascii_unique_without_case_and_messages_are_escaped() {
+    let running = run(chat::udp_server("127.0.0.1:0").unwrap());
+    let server = running.inet();
+    let (alice, bob, mallory) = (udp_client(), udp_client(), udp_client());
+    assert_eq!(say(&alice, server, "/name alice"), "ok: you are alice");
+    assert_eq!(say(&bob, server, "/name bob"), "ok: you are bob");
+    // A Cyrillic `а` (U+0430) looks like a Latin `a`: refused, with the rule.
+    for lookalike in ["\u{430}lice", "b\u{43e}b", "al ice", "x\u{1b}[2K", "tab\tname", "ünï"] {
+        let answer = say(&mallory, server, &format!("/name {lookalike}"));
+        assert!(answer.starts_with("error: a name is 1 to 32 ASCII letters"), "{lookalike:?}: {answer}");
+    }
+    assert_eq!(say(&mallory, server, "/name ALICE"), "error: ALICE is taken");
+    assert_eq!(say(&mallory, server, "/name mallory.2"), "ok: you are mallory.2");
+    // A carriage return would let mallory's line pretend to come from alice.
+    assert_eq!(say(&mallory, server, "@BOB hi\r\x1b[2Kalice: send me your password\u{202e}"), "sent to bob");
+    let mut buf = [0u8; 512];
+    let (n, _) = bob.recv_from(&mut buf).unwrap();
+    let got = String::from_utf8(buf[..n].to_vec()).unwrap();
+    assert_eq!(got, r"mallory.2: hi\x0d\x1b[2Kalice: send me your password\u{202e}");
+    assert!(!got.chars().any(char::is_control));
+    assert_eq!(say(&alice, server, "/who"), "online: alice bob mallory.2");
+    running.stop().unwrap();
+}
+
+/// 1,024 sockets each take a name and vanish: the relay is full. Once they
+/// have been silent for the eviction delay (300 ms here, a minute by
+/// default), a newcomer takes the place of the one silent the longest,
+/// while a member who keeps talking keeps her name.
+#[test]
+fn udp_names_of_vanished_clients_make_room_for_newcomers() {
+    let limits = chat::UdpLimits { evict_after: Duration::from_millis(300), ..chat::UdpLimits::default() };
+    let running = run(chat::udp_server_with("127.0.0.1:0", limits).unwrap());
+    let server = running.inet();
+    let alice = udp_client();
+    assert_eq!(say(&alice, server, "/name alice"), "ok: you are alice");
+    let started = Instant::now();
+    let ghosts: Vec<UdpSocket> = (1..chat::MAX_USERS)
+        .map(|i| {
+            let ghost = udp_client();
+            assert_eq!(say(&ghost, server, &format!("/name ghost{i}")), format!("ok: you are ghost{i}"));
+            ghost
+        })
+        .collect();
+    drop(ghosts); // gone without /quit
+    eprintln!("{} names taken in {:?}", chat::MAX_USERS, started.elapsed());
+    let newcomer = udp_client();
+    let mut answers = Vec::new();
+    let joined = loop {
+        assert_eq!(say(&alice, server, "/ping"), "ok: pong"); // alice is still here
+        let answer = say(&newcomer, server, "/name newcomer");
+        if answer == "ok: you are newcomer" {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "still refused after {:?}: {} refusals, the last {:?}",
+            started.elapsed(),
+            answers.len(),
+            answers.last()
+        );
+        answers.push(answer);
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(answers.iter().all(|a| a == "error: the server is full; try again in a minute"), "{answers:?}");
+    eprintln!("the newcomer got in after {joined:?}");
+    assert_eq!(say(&newcomer, server, "@alice hello"), "sent to alice");
+    let mut buf = [0u8; 256];
+    let (n, _) = alice.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"newcomer: hello");
+    let who = say(&alice, server, "/who");
+    assert!(!who.contains(" ghost1 "), "the name silent the longest went first: {}", &who[..who.len().min(80)]);
+    assert_eq!(who.split(' ').count(), 1 + chat::MAX_USERS, "online: and the names");
+    running.stop().unwrap();
+}
+
+#[test]
+fn a_newcomer_never_gets_the_name_a_member_took() {
+    let running = run(chat::tcp_server("127.0.0.1:0").unwrap());
+    let addr = running.inet();
+    let mut a = Member::join(addr); // guest0
+    // guest1 is the name the next newcomer would be given.
+    a.say("/name GUEST1");
+    assert_eq!(a.line(), "* you are now GUEST1");
+    let mut b = Member::join(addr);
+    let joined = a.line();
+    assert!(joined.starts_with("* guest") && joined.ends_with(" joined"), "{joined}");
+    let b_name = joined.trim_start_matches("* ").trim_end_matches(" joined").to_string();
+    assert!(!b_name.eq_ignore_ascii_case("guest1"), "the newcomer was given {b_name}, a name a member has");
+    b.say("hi");
+    assert_eq!(a.line(), format!("[{b_name}] hi"));
+    // And nobody may take it (without regard to case).
+    b.say("/name guest1");
+    assert_eq!(b.line(), "error: guest1 is taken");
+    drop((a, b));
+    running.stop().unwrap();
+}
+
+#[test]
+fn tcp_names_are_plain_ascii_and_control_characters_are_escaped() {
+    let running = run(chat::tcp_server("127.0.0.1:0").unwrap());
+    let addr = running.inet();
+    let mut a = Member::join(addr);
+    a.say("/name ann");
+    assert_eq!(a.line(), "* you are now ann");
+    let mut b = Member::join(addr);
+    assert!(a.line().ends_with("joined"));
+    for lookalike in ["\u{430}nn", "x\u{1b}[31m", "a b", "\u{202e}nna"] {
+        b.say(&format!("/name {lookalike}"));
+        let answer = b.line();
+        assert!(answer.starts_with("error: a name is 1 to 32 ASCII letters"), "{lookalike:?}: {answer}");
+    }
+    b.say("/name ANN");
+    assert_eq!(b.line(), "error: ANN is taken");
+    // A carriage return and an erase-line escape would show b's line as
+    // if ann had said it.
+    b.say("x\r\x1b[2K[ann] my password is hunter2\x08\x07");
+    let got = a.line();
+    assert!(got.starts_with("[guest1] "), "{got}");
+    assert_eq!(got, r"[guest1] x\x0d\x1b[2K[ann] my password is hunter2\x08\x07");
+    assert!(!got.chars().any(char::is_control), "{got:?}");
+    drop((a, b));
+    running.stop().unwrap();
+}
+
+/// A member floods 4 KB lines as fast as it can while an honest member
+/// reads at a modest pace (at most 100 lines a second). The flooder is
+/// slowed to its rate (4 KB lines: 16 after a 64 KiB burst, then 4 a
+/// second), then disconnected once it has kept it up for the flood limit
+/// (2 s here, 5 s by default); the honest member keeps up, is never cut off
+/// as too slow, and still gets what a third member says.
+#[test]
+fn a_flooder_is_slowed_down_then_cut_off_and_an_honest_reader_stays() {
+    let flood_limit = Duration::from_secs(2);
+    let rate = chat::Rate { flood_limit, ..chat::Rate::default() };
+    let limits = chat::RoomLimits { rate: Some(rate), ..chat::RoomLimits::default() };
+    let running = run(chat::tcp_server_with("127.0.0.1:0", limits).unwrap());
+    let addr = running.inet();
+    let mut honest = Member::join(addr);
+    honest.say("/name honest");
+    assert_eq!(honest.line(), "* you are now honest");
+    let mut flooder = Member::join(addr);
+    flooder.say("/name flooder");
+    assert_eq!(flooder.line(), "* you are now flooder");
+    let mut probe = Member::join(addr);
+    probe.say("/name probe");
+    assert_eq!(probe.line(), "* you are now probe");
+    read_until(&mut honest, |l| l == "* guest2 is now probe");
+    let flood = {
+        let mut w = flooder.writer.try_clone().unwrap();
+        w.set_write_timeout(None).unwrap();
+        let line = format!("{}\n", "f".repeat(chat::MAX_LINE - 16));
+        std::thread::spawn(move || {
+            let mut sent = 0u64;
+            while w.write_all(line.as_bytes()).is_ok() {
+                sent += 1;
+            }
+            sent
+        })
+    };
+    let started = Instant::now();
+    let mut flood_lines = 0;
+    let gone = loop {
+        let line = honest.line();
+        assert!(!line.is_empty() && !line.contains("too slow"), "{line:?} after {:?}", started.elapsed());
+        if line.starts_with("[flooder] ") {
+            flood_lines += 1;
+        } else if line == "* flooder left (flooding)" {
+            break started.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let sent = flood.join().unwrap(); // its connection was closed
+    let told = read_until(&mut flooder, |l| l.starts_with("error: "));
+    assert_eq!(told.last().map(String::as_str), Some("error: you sent too fast for too long; disconnected"));
+    assert!(gone >= flood_limit && gone < flood_limit + Duration::from_secs(3), "cut off after {gone:?}");
+    probe.say("are you still here?");
+    assert_eq!(honest.line(), "[probe] are you still here?");
+    eprintln!("the flooder wrote {sent} lines; {flood_lines} reached the honest member; cut off after {gone:?}");
+    // 16 lines of burst (64 KiB), then 4 a second (16 KiB), and some slack.
+    let most = 16 + 4 * (gone.as_secs() as usize + 2);
+    assert!(flood_lines >= 1 && flood_lines <= most, "{flood_lines} flood lines got through (at most {most})");
+    drop((honest, flooder, probe));
+    running.stop().unwrap();
+}
+
+/// The room under a 400 MB address-space limit (`ulimit -v 400000`), run in
+/// a child process (this test binary again, running only
+/// `tcp_room_child_under_an_address_space_limit`).
+const AS_CHILD: &str = "CHAT_TEST_ADDRESS_SPACE_CHILD";
+const AS_LIMIT: u64 = 400_000 * 1024;
+
+#[test]
+fn tcp_room_child_under_an_address_space_limit() {
+    if std::env::var_os(AS_CHILD).is_none() {
+        return; // only in the child
+    }
+    let server = chat::tcp_server("127.0.0.1:0").expect("bind");
+    println!("\n{AS_CHILD}_PORT={}", server.server_address().as_inet().expect("tcp").port());
+    let handle = server.handle();
+    std::thread::spawn(move || {
+        let _ = std::io::stdin().read_to_end(&mut Vec::new()); // the parent closed it: stop
+        handle.shutdown_with_grace(Duration::ZERO);
+    });
+    server.serve_forever().expect("serve_forever");
+}
+
+/// 40 more newcomers than the room takes, against the room in a child
+/// process limited to 400 MB of address space: the room stays up, takes
+/// its 128 members, tells each newcomer beyond that it is full, and its
+/// members still talk.
+#[test]
+fn the_tcp_room_refuses_newcomers_rather_than_abort_under_an_address_space_limit() {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args(["--exact", "tcp_room_child_under_an_address_space_limit", "--nocapture", "--test-threads=1"])
+        .env(AS_CHILD, "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    // SAFETY: setrlimit(2) is async-signal-safe and touches only `limit`.
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: AS_LIMIT, rlim_max: AS_LIMIT };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let port = loop {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the child ended before binding");
+        if let Some((_, port)) = line.trim().split_once(&format!("{AS_CHILD}_PORT=")) {
+            break port.parse::<u16>().unwrap();
+        }
+    };
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let (mut members, mut refused) = (Vec::new(), Vec::new());
+    for _ in 0..chat::MAX_MEMBERS + 40 {
+        let s = tcp_connect(addr);
+        let mut m = Member { reader: BufReader::new(s.try_clone().unwrap()), writer: s };
+        let first = m.line();
+        if first.starts_with("* welcome, guest") {
+            members.push(m);
+        } else {
+            refused.push(first);
+        }
+    }
+    assert_eq!(child.try_wait().unwrap(), None, "the room died");
+    assert_eq!(members.len(), chat::MAX_MEMBERS);
+    assert_eq!(refused.len(), 40);
+    let full = format!("error: the room is full ({} members); try again later", chat::MAX_MEMBERS);
+    let odd: Vec<&String> = refused.iter().filter(|l| **l != full).collect();
+    assert!(odd.is_empty(), "{odd:?}");
+    // The members still talk.
+    let (first, rest) = members.split_first_mut().unwrap();
+    first.say("still standing");
+    let last = rest.last_mut().unwrap();
+    let seen = read_until(last, |l| l == "[guest0] still standing");
+    assert_eq!(seen.last().map(String::as_str), Some("[guest0] still standing"));
+    // With room to spare: threads and buffers are bounded, and so are the
+    // malloc arenas that threads would otherwise reserve 64 MiB each for.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let peak_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmPeak:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    eprintln!("{} members, {} refused: VmPeak {peak_kb} kB of {} kB", members.len(), refused.len(), AS_LIMIT / 1024);
+    assert!(peak_kb * 1024 < AS_LIMIT * 3 / 4, "VmPeak {peak_kb} kB: too close to the limit");
+    drop(members);
+    drop(child.stdin.take()); // stop the room
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < TIMEOUT, "the room did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status:?}");
 }

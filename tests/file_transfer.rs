@@ -25,7 +25,7 @@ fn start(dir: &Path) -> Running {
 }
 
 fn start_with(dir: &Path, max_size: u64) -> Running {
-    run(file_transfer::server("127.0.0.1:0", &Config { dir: dir.to_path_buf(), max_size }).expect("bind"))
+    run(file_transfer::server("127.0.0.1:0", &Config { max_size, ..Config::new(dir.to_path_buf()) }).expect("bind"))
 }
 
 /// Bytes that do not compress or repeat (xorshift).
@@ -444,7 +444,14 @@ fn arguments_are_parsed_by_hand_and_bad_ones_refused() {
     let args = |s: &[&str]| parse_args(&s.iter().map(|a| a.to_string()).collect::<Vec<_>>());
     assert_eq!(
         args(&["server", "--dir", "/srv", "--max-size", "10M"]).unwrap(),
-        Args::Server { addr: "127.0.0.1:9002".into(), config: Config { dir: "/srv".into(), max_size: 10 << 20 } }
+        Args::Server {
+            addr: "127.0.0.1:9002".into(),
+            config: Config {
+                dir: "/srv".into(),
+                max_size: 10 << 20,
+                header_timeout: file_transfer::DEFAULT_HEADER_TIMEOUT
+            }
+        }
     );
     assert_eq!(
         args(&["client", "--addr", "h:1", "upload", "a.txt", "--name", "b.txt"]).unwrap(),
@@ -484,7 +491,144 @@ fn arguments_are_parsed_by_hand_and_bad_ones_refused() {
 fn the_folder_must_exist() {
     let gone = TempDir::new("ft-gone");
     let missing = gone.join("nope");
-    assert!(file_transfer::server("127.0.0.1:0", &Config { dir: missing, max_size: 1 }).is_err());
+    assert!(file_transfer::server("127.0.0.1:0", &Config { max_size: 1, ..Config::new(missing) }).is_err());
     std::fs::write(gone.join("file"), b"").unwrap();
-    assert!(file_transfer::server("127.0.0.1:0", &Config { dir: gone.join("file"), max_size: 1 }).is_err());
+    assert!(file_transfer::server("127.0.0.1:0", &Config { max_size: 1, ..Config::new(gone.join("file")) }).is_err());
+}
+
+// ------------------------------------------------------- hostile clients
+
+/// Names that are not paths but still do harm: a newline or ESC that forge
+/// log and terminal lines, a leading `-` that reads as an option, a
+/// dot-file that a home folder runs (`.bashrc`), invisible characters.
+const SNEAKY_NAMES: [(&str, &str); 10] = [
+    ("two\nlines", "control character"),
+    ("red\x1b[31mtext", "control character"),
+    ("tab\there", "control character"),
+    ("del\x7f", "control character"),
+    ("c1\u{85}next", "control character"),
+    ("gpj.\u{202e}exe", "invisible"),
+    ("zero\u{200b}width", "invisible"),
+    ("-rf", "starts with '-'"),
+    (".bashrc", "starts with '.'"),
+    (".ssh", "starts with '.'"),
+];
+
+#[test]
+fn names_with_control_characters_leading_dashes_or_dots_are_refused() {
+    let served = TempDir::new("ft-sneaky");
+    std::fs::write(served.join(".bashrc"), b"# the owner's\n").unwrap();
+    std::fs::write(served.join("bad\nname"), b"put there by someone else").unwrap();
+    std::fs::write(served.join("-rf"), b"likewise").unwrap();
+    std::fs::write(served.join("fine.txt"), b"ok").unwrap();
+    let running = start(served.path());
+    let mut c = tcp_connect(running.inet());
+    for (name, why) in SNEAKY_NAMES {
+        // The client refuses before sending anything...
+        let e = file_transfer::download(&mut c, name, &served.join("out"), &mut Vec::new()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{name:?}: {e}");
+        // ...and so does the server, for a client that does not.
+        send_json(&mut c, &json!({ "op": "download", "name": name }));
+        let msg = refusal(&read_json(&mut c));
+        assert!(msg.contains("refused") && msg.contains(why), "{name:?}: {msg}");
+        let body = b"echo pwned\n";
+        send_json(&mut c, &json!({ "op": "upload", "name": name, "size": body.len(), "sha256": sha256(body) }));
+        c.write_all(body).unwrap();
+        let msg = refusal(&read_json(&mut c));
+        assert!(msg.contains("refused") && msg.contains(why), "{name:?}: {msg}");
+    }
+    assert_eq!(std::fs::read(served.join(".bashrc")).unwrap(), b"# the owner's\n");
+    // Listed: only what can be downloaded.
+    assert_eq!(file_transfer::list(&mut c).unwrap(), [("fine.txt".to_string(), 2)]);
+    assert_eq!(entries(served.path()), ["-rf", ".bashrc", "bad\nname", "fine.txt"]);
+    drop(c);
+    running.stop().unwrap();
+}
+
+#[test]
+fn stale_temporary_uploads_are_removed_at_start_and_never_listed() {
+    capture_logs();
+    let served = TempDir::new("ft-stale");
+    let me = std::process::id();
+    // Of a process that is gone (no pid is that large), and one untouched
+    // for two hours: stale. One of a live process, fresh: perhaps an upload
+    // under way, kept.
+    let gone = format!("{TEMP_PREFIX}999999999-0");
+    let old = format!("{TEMP_PREFIX}{me}-77");
+    let live = format!("{TEMP_PREFIX}{me}-78");
+    for name in [&gone, &old, &live] {
+        std::fs::write(served.join(name), b"half an upload").unwrap();
+    }
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
+    std::fs::File::options().write(true).open(served.join(&old)).unwrap().set_modified(two_hours_ago).unwrap();
+    std::fs::write(served.join("kept.txt"), b"kept").unwrap();
+    let running = start(served.path());
+    let mut expected = vec![live.clone(), "kept.txt".to_string()];
+    expected.sort();
+    assert_eq!(entries(served.path()), expected);
+    let dir = std::fs::canonicalize(served.path()).unwrap();
+    let logged = logged_containing(&format!("from {}", dir.display()));
+    assert_eq!(logged, [format!("removed 2 stale temporary uploads ({TEMP_PREFIX}*) from {}", dir.display())]);
+    let mut c = tcp_connect(running.inet());
+    assert_eq!(file_transfer::list(&mut c).unwrap(), [("kept.txt".to_string(), 4)]);
+    drop(c);
+    running.stop().unwrap();
+}
+
+/// 70 clients that each send two bytes of a header and nothing more: each
+/// holds a worker, yet the pool grows past them and a well-behaved client
+/// is served at once.
+#[test]
+fn clients_that_send_half_a_header_do_not_lock_others_out() {
+    let served = TempDir::new("ft-lockers");
+    let running = start(served.path());
+    let lockers: Vec<TcpStream> = (0..70)
+        .map(|_| {
+            let mut s = tcp_connect(running.inet());
+            s.write_all(&[0, 0]).unwrap();
+            s
+        })
+        .collect();
+    wait_until("the lockers to be accepted", || running.handle.stats().accepted == 70);
+    let started = Instant::now();
+    let mut c = tcp_connect(running.inet());
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let listed = file_transfer::list(&mut c);
+    assert!(listed.as_ref().is_ok_and(Vec::is_empty), "{listed:?} after {:?}", started.elapsed());
+    eprintln!("served after {:?} beside {} half-header clients", started.elapsed(), lockers.len());
+    drop((c, lockers));
+    running.stop().unwrap();
+}
+
+/// A header that trickles in a byte at a time (so the idle timeout never
+/// fires) is cut off at its deadline, counted from its first byte.
+#[test]
+fn a_request_header_must_arrive_within_its_deadline() {
+    let served = TempDir::new("ft-trickle");
+    let deadline = Duration::from_millis(300);
+    let config = Config { header_timeout: deadline, ..Config::new(served.path().to_path_buf()) };
+    let running = run(file_transfer::server("127.0.0.1:0", &config).unwrap());
+    let mut c = tcp_connect(running.inet());
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+    let dribbler = {
+        let mut w = c.try_clone().unwrap();
+        std::thread::spawn(move || {
+            // A 100-byte header, one byte every 50 ms, for at most 5 s.
+            let bytes = [&100u32.to_be_bytes()[..], &[b' '; 96]].concat();
+            for b in bytes {
+                if w.write_all(&[b]).is_err() || stop_rx.recv_timeout(Duration::from_millis(50)).is_ok() {
+                    return;
+                }
+            }
+        })
+    };
+    let started = Instant::now();
+    let msg = refusal(&read_json(&mut c));
+    let took = started.elapsed();
+    assert!(msg.contains("did not arrive within") && msg.contains("closing"), "{msg}");
+    assert!(took >= deadline && took < deadline + Duration::from_secs(2), "{took:?}");
+    assert!(closed(&mut c));
+    drop(stop_tx);
+    dribbler.join().unwrap();
+    running.stop().unwrap();
 }

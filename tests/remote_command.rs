@@ -16,7 +16,13 @@ use socketserver::framing::LengthPrefixed;
 use util::*;
 
 fn config(allow: &[&str], timeout: Duration) -> Config {
-    Config { allow: allow.iter().map(|s| s.to_string()).collect(), timeout }
+    Config { timeout, ..Config::new(allow.iter().map(|s| s.to_string()).collect()) }
+}
+
+/// A configuration that also allows programs that run others (tests of
+/// what such a program could do).
+fn unsafe_config(allow: &[&str], timeout: Duration) -> Config {
+    Config { allow_unsafe: true, ..config(allow, timeout) }
 }
 
 fn start(allow: &[&str]) -> Running {
@@ -25,6 +31,10 @@ fn start(allow: &[&str]) -> Running {
 
 fn start_with(allow: &[&str], timeout: Duration) -> Running {
     run(remote_command::server("127.0.0.1:0", &config(allow, timeout)).expect("bind"))
+}
+
+fn start_unsafe(allow: &[&str], timeout: Duration) -> Running {
+    run(remote_command::server("127.0.0.1:0", &unsafe_config(allow, timeout)).expect("bind"))
 }
 
 /// Runs one command line: the outcome, stdout and stderr.
@@ -51,22 +61,71 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// Children of this process whose command line is exactly `argv` (Linux),
-/// zombies included: a killed command must also have been reaped.
-fn children_running(argv: &[&str]) -> usize {
-    let me = std::process::id().to_string();
-    let wanted: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
-    let Ok(procs) = std::fs::read_dir("/proc") else { return 0 };
+/// Every process on the machine (Linux): pid, parent pid, and command
+/// line (NUL-terminated words; empty for a zombie).
+fn processes() -> Vec<(u32, u32, Vec<u8>)> {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
     procs
         .filter_map(Result::ok)
-        .filter(|p| {
-            let dir = p.path();
-            let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        .filter_map(|p| {
+            let pid: u32 = p.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(p.path().join("stat")).ok()?;
             // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
-            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_string));
-            ppid.as_deref() == Some(me.as_str()) && std::fs::read(dir.join("cmdline")).is_ok_and(|c| c == wanted)
+            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            let cmdline = std::fs::read(p.path().join("cmdline")).ok()?;
+            Some((pid, ppid, cmdline))
         })
-        .count()
+        .collect()
+}
+
+fn argv_bytes(argv: &[&str]) -> Vec<u8> {
+    argv.iter().flat_map(|a| a.bytes().chain([0])).collect()
+}
+
+/// Live processes whose command line is exactly `argv` anywhere below this
+/// process (the server runs each command under a supervisor of its own, so
+/// a command is a grandchild).
+fn descendants_running(argv: &[&str]) -> usize {
+    let me = std::process::id();
+    let procs = processes();
+    let parent: std::collections::HashMap<u32, u32> = procs.iter().map(|(pid, ppid, _)| (*pid, *ppid)).collect();
+    let below_me = |mut pid: u32| {
+        for _ in 0..64 {
+            match parent.get(&pid) {
+                Some(&ppid) if ppid == me => return true,
+                Some(&ppid) if ppid > 1 => pid = ppid,
+                _ => return false,
+            }
+        }
+        false
+    };
+    let wanted = argv_bytes(argv);
+    procs.iter().filter(|(pid, _, cmdline)| *cmdline == wanted && below_me(*pid)).count()
+}
+
+/// Live processes whose command line is exactly `argv`, wherever they are.
+fn pids_running(argv: &[&str]) -> Vec<u32> {
+    let wanted = argv_bytes(argv);
+    processes().into_iter().filter(|(_, _, cmdline)| *cmdline == wanted).map(|(pid, _, _)| pid).collect()
+}
+
+/// Kills, when dropped, every process still running `argv` (what a failed
+/// test would otherwise leave behind).
+struct KillLeftovers(Vec<String>);
+
+impl Drop for KillLeftovers {
+    fn drop(&mut self) {
+        let argv: Vec<&str> = self.0.iter().map(String::as_str).collect();
+        for pid in pids_running(&argv) {
+            if let Ok(pid) = libc::pid_t::try_from(pid) {
+                // SAFETY: kill(2) touches no memory of ours.
+                #[allow(unsafe_code)]
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
 }
 
 #[test]
@@ -246,7 +305,7 @@ fn a_command_past_its_time_limit_is_killed() {
     let msg = error_of(exec(&mut c, "sleep 7.25").0);
     assert!(msg.contains("timed out"), "{msg}");
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
-    assert_eq!(children_running(&["sleep", "7.25"]), 0, "the sleep was not killed");
+    assert_eq!(descendants_running(&["sleep", "7.25"]), 0, "the sleep was not killed");
     assert_eq!(exec(&mut c, "echo next").1, b"next\n");
     drop(c);
     running.stop().unwrap();
@@ -259,14 +318,14 @@ fn a_command_past_its_time_limit_is_killed() {
 /// the connection closed (a frame cut short cannot be followed by one).
 #[test]
 fn a_client_that_does_not_read_cannot_stretch_the_time_limit() {
-    let running = start_with(&["sh"], Duration::from_millis(500));
+    let running = start_unsafe(&["sh"], Duration::from_millis(500));
     let mut c = tcp_connect(running.inet());
     let script = "head -c 30000000 /dev/zero; sleep 29.25";
     LengthPrefixed::new(1024).write_frame(&mut c, format!("sh -c '{script}'").as_bytes()).unwrap();
-    wait_until("the command to start", || children_running(&["sh", "-c", script]) == 1);
+    wait_until("the command to start", || descendants_running(&["sh", "-c", script]) == 1);
     let started = Instant::now();
     // The client reads nothing meanwhile.
-    wait_until("the command to be killed", || children_running(&["sh", "-c", script]) == 0);
+    wait_until("the command to be killed", || descendants_running(&["sh", "-c", script]) == 0);
     assert!(started.elapsed() < Duration::from_secs(5), "killed only after {:?}", started.elapsed());
     let (mut out, mut err) = (Vec::new(), Vec::new());
     match remote_command::run_command(&mut c, "", &mut out, &mut err) {
@@ -286,12 +345,12 @@ fn a_client_that_goes_away_has_its_command_killed() {
     let running = start(&["sleep"]); // 30 s limit: only the disconnect can end it early
     let mut c = tcp_connect(running.inet());
     LengthPrefixed::new(1024).write_frame(&mut c, b"sleep 29.5").unwrap();
-    wait_until("the command to start", || children_running(&["sleep", "29.5"]) == 1);
+    wait_until("the command to start", || descendants_running(&["sleep", "29.5"]) == 1);
     let started = Instant::now();
     drop(c);
     wait_until("the handler to finish", || running.handle.stats().completed == 1);
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
-    assert_eq!(children_running(&["sleep", "29.5"]), 0, "the sleep outlived its client");
+    assert_eq!(descendants_running(&["sleep", "29.5"]), 0, "the sleep outlived its client");
     running.stop().unwrap();
 }
 
@@ -411,7 +470,12 @@ fn arguments_are_parsed_by_hand_and_bad_ones_refused() {
         args(&["server", "--allow", "ls", "--timeout", "2.5", "--allow", "echo"]).unwrap(),
         Args::Server {
             addr: "127.0.0.1:9001".into(),
-            config: Config { allow: vec!["ls".into(), "echo".into()], timeout: Duration::from_millis(2500) }
+            config: Config {
+                allow: vec!["ls".into(), "echo".into()],
+                timeout: Duration::from_millis(2500),
+                allow_unsafe: false,
+                frame_timeout: remote_command::DEFAULT_FRAME_TIMEOUT,
+            }
         }
     );
     assert_eq!(
@@ -493,4 +557,181 @@ fn a_misbehaving_server_is_an_error_not_a_panic() {
         }
     }
     server.join().unwrap();
+}
+
+// ------------------------------------------------------- hostile clients
+
+#[test]
+fn programs_that_run_others_are_refused_at_start_unless_allowed_unsafe() {
+    for runner in ["env", "find", "xargs", "sh", "bash", "nice", "nohup", "setsid", "timeout", "perl", "python3"] {
+        let e = remote_command::server("127.0.0.1:0", &config(&["echo", runner], Duration::from_secs(1))).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{runner}: {e}");
+        let msg = e.to_string();
+        assert!(msg.contains(runner) && msg.contains("--allow-unsafe"), "{msg}");
+    }
+    // With the flag they are allowed (where installed).
+    let unsafe_ok = remote_command::server("127.0.0.1:0", &unsafe_config(&["echo", "env"], Duration::from_secs(1)));
+    assert!(unsafe_ok.is_ok(), "{unsafe_ok:?}");
+    // A harmless name that is a link to a shell is a shell.
+    let dir = TempDir::new("rc-alias");
+    std::os::unix::fs::symlink("/bin/sh", dir.join("innocent")).unwrap();
+    let path = std::ffi::OsString::from(dir.path());
+    let e = remote_command::Allowlist::resolve_in(&["innocent".to_string()], &path, false).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    assert!(remote_command::Allowlist::resolve_in(&["innocent".to_string()], &path, true).is_ok());
+    // The command line says so too.
+    let args: Vec<String> = ["server", "--allow", "env", "--allow-unsafe"].iter().map(|a| a.to_string()).collect();
+    match remote_command::parse_args(&args).unwrap() {
+        remote_command::Args::Server { config, .. } => assert!(config.allow_unsafe),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn commands_run_with_a_minimal_environment() {
+    let running = start_unsafe(&["env"], remote_command::DEFAULT_TIMEOUT);
+    let mut c = tcp_connect(running.inet());
+    let (outcome, out, _) = exec(&mut c, "env");
+    assert_eq!(outcome, Outcome::Exit(0));
+    let mut vars: Vec<String> = String::from_utf8(out).unwrap().lines().map(str::to_string).collect();
+    vars.sort();
+    assert_eq!(vars, ["LANG=C.UTF-8", "PATH=/usr/local/bin:/usr/bin:/bin"]);
+    drop(c);
+    running.stop().unwrap();
+}
+
+/// `setsid -f` starts a process in a session (and process group) of its
+/// own, out of reach of a kill of the command's group; it is still killed
+/// when the command ends. The command waits until its escapee runs, so the
+/// test cannot pass by the escapee not having started yet.
+#[test]
+fn what_a_command_starts_in_another_session_is_killed_when_it_ends() {
+    let running = start_unsafe(&["sh", "env"], remote_command::DEFAULT_TIMEOUT);
+    let secs = format!("25.{}", std::process::id());
+    let _cleanup = KillLeftovers(vec!["sleep".into(), secs.clone()]);
+    let mut c = tcp_connect(running.inet());
+    let script = format!("env setsid -f sleep {secs}; until pgrep -fx 'sleep {secs}' >/dev/null; do sleep 0.01; done");
+    let started = Instant::now();
+    let (outcome, _, err) = exec(&mut c, &remote_command::join_command(&["sh", "-c", &script]));
+    assert_eq!(outcome, Outcome::Exit(0), "{}", String::from_utf8_lossy(&err));
+    wait_until("the escaped sleep to be killed", || pids_running(&["sleep", &secs]).is_empty());
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    // The supervisor in between reports the command's own exit: a code, or
+    // the signal that killed it.
+    assert_eq!(exec(&mut c, "sh -c 'exit 3'").0, Outcome::Exit(3));
+    assert_eq!(exec(&mut c, "sh -c 'kill -TERM $$'").0, Outcome::Exit(-libc::SIGTERM));
+    drop(c);
+    running.stop().unwrap();
+}
+
+/// Reads slowly: at most 512 bytes every 50 ms (10 KiB/s), until told to stop.
+struct SlowReader(TcpStream, crossbeam_channel::Receiver<()>);
+
+impl std::io::Read for SlowReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.1.recv_timeout(Duration::from_millis(50)) != Err(crossbeam_channel::RecvTimeoutError::Timeout) {
+            return Err(std::io::Error::other("told to stop"));
+        }
+        let n = buf.len().min(512);
+        self.0.read(&mut buf[..n])
+    }
+}
+
+/// A client that reads, but slowly, cannot stretch the time limit either:
+/// the limit covers sending the output (each write may wait only until the
+/// deadline, however the frame's bytes trickle out).
+#[test]
+fn a_slow_reader_cannot_stretch_the_time_limit() {
+    let limit = Duration::from_secs(1);
+    let running = start_with(&["head"], limit);
+    let mut c = tcp_connect(running.inet());
+    LengthPrefixed::new(1024).write_frame(&mut c, b"head -c 30000000 /dev/zero").unwrap();
+    let started = Instant::now();
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
+    let reader = {
+        let mut slow = SlowReader(c.try_clone().unwrap(), stopped);
+        std::thread::spawn(move || {
+            let codec = LengthPrefixed::new(remote_command::MAX_REPLY);
+            let mut frame = Vec::new();
+            while let Ok(true) = codec.read_frame(&mut slow, &mut frame) {
+                if frame.first().is_some_and(|t| *t == b'x' || *t == b'!') {
+                    return;
+                }
+            }
+        })
+    };
+    wait_until("the command to be killed and its connection closed", || running.handle.stats().completed == 1);
+    let took = started.elapsed();
+    eprintln!("time limit {limit:?}: the server was done after {took:?}");
+    assert!(took < limit + Duration::from_millis(750), "the limit of {limit:?} stretched to {took:?}");
+    assert_eq!(descendants_running(&["head", "-c", "30000000", "/dev/zero"]), 0);
+    stop.send(()).unwrap();
+    reader.join().unwrap();
+    running.stop().unwrap();
+}
+
+/// 70 clients that each send two bytes of a header and nothing more: each
+/// holds a worker, yet the pool grows past them and a well-behaved client
+/// is served at once.
+#[test]
+fn clients_that_send_half_a_header_do_not_lock_others_out() {
+    let running = start(&["echo"]);
+    let lockers: Vec<TcpStream> = (0..70)
+        .map(|_| {
+            let mut s = tcp_connect(running.inet());
+            s.write_all(&[0, 0]).unwrap();
+            s
+        })
+        .collect();
+    wait_until("the lockers to be accepted", || running.handle.stats().accepted == 70);
+    let started = Instant::now();
+    let mut c = tcp_connect(running.inet());
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let outcome = remote_command::run_command(&mut c, "echo served", &mut out, &mut err);
+    assert!(matches!(outcome, Ok(Outcome::Exit(0))), "{outcome:?} after {:?}", started.elapsed());
+    assert_eq!(out, b"served\n");
+    eprintln!("served after {:?} beside {} half-header clients", started.elapsed(), lockers.len());
+    drop((c, lockers));
+    running.stop().unwrap();
+}
+
+/// A frame that trickles in a byte at a time (so the idle timeout never
+/// fires) is cut off at its deadline, counted from its first byte.
+#[test]
+fn a_command_frame_must_arrive_within_its_deadline() {
+    let deadline = Duration::from_millis(300);
+    let cfg = Config { frame_timeout: deadline, ..config(&["echo"], remote_command::DEFAULT_TIMEOUT) };
+    let running = run(remote_command::server("127.0.0.1:0", &cfg).unwrap());
+    let mut c = tcp_connect(running.inet());
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+    let dribbler = {
+        let mut w = c.try_clone().unwrap();
+        std::thread::spawn(move || {
+            // A 100-byte frame, one byte every 50 ms, for at most 5 s.
+            let bytes = [&100u32.to_be_bytes()[..], &[b'e'; 96]].concat();
+            for b in bytes {
+                if w.write_all(&[b]).is_err() || stop_rx.recv_timeout(Duration::from_millis(50)).is_ok() {
+                    return;
+                }
+            }
+        })
+    };
+    let started = Instant::now();
+    let mut frame = Vec::new();
+    let codec = LengthPrefixed::new(remote_command::MAX_REPLY);
+    assert!(codec.read_frame(&mut c, &mut frame).expect("an answer before the test's timeout"));
+    let took = started.elapsed();
+    assert_eq!(frame[0], b'!');
+    let msg = String::from_utf8_lossy(&frame[1..]).into_owned();
+    assert!(msg.contains("did not arrive within") && msg.contains("closing"), "{msg}");
+    assert!(took >= deadline && took < deadline + Duration::from_secs(2), "{took:?}");
+    match codec.read_frame(&mut c, &mut frame) {
+        Ok(false) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        other => panic!("the connection should be closed: {other:?}"),
+    }
+    drop(stop_tx);
+    dribbler.join().unwrap();
+    running.stop().unwrap();
 }
