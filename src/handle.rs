@@ -37,10 +37,13 @@ impl ServerHandle {
     /// Asks the server to stop, with the grace period set by the builder
     /// ([`Builder::grace_period`](crate::Builder::grace_period), 5 s by default).
     ///
-    /// The accept loop wakes at once and accepts nothing more. Requests
-    /// already accepted (queued ones included) run to completion; when the
-    /// grace period ends, every connection still open is shut down so that
-    /// blocked handlers return, and forked children are killed.
+    /// The accept loop wakes at once and accepts nothing more. A connection
+    /// waiting between requests is still waited on for the [drain
+    /// window](crate::Builder::drain_window): a request that raced the
+    /// shutdown is served, a quiet connection closes when the window ends.
+    /// Requests already accepted (queued ones included) run to completion;
+    /// when the grace period ends, every connection still open is shut down
+    /// so that blocked handlers return, and forked children are killed.
     /// `serve_forever` returns when all of it is done. Calling it before
     /// `serve_forever` makes the next `serve_forever` return at once.
     pub fn shutdown(&self) {
