@@ -187,14 +187,19 @@ fn at_the_deadline_blocked_handlers_are_unblocked_and_serve_forever_returns() {
             .strategy(strategy.clone())
             .grace_period(Duration::from_millis(200))
             .bind("127.0.0.1:0", move |req: &mut StreamRequest| {
-                // Blocks for ever: the client never sends anything.
-                let mut buf = [0u8; 16];
+                // A request begun (its first byte read), then blocked for
+                // ever: the client never sends the rest. (A handler that has
+                // read nothing yet is between requests: the drain window,
+                // not the grace period, bounds it.)
+                let mut buf = [0u8; 1];
+                req.read_exact(&mut buf)?;
                 let _ = req.read(&mut buf);
                 Ok(())
             })
             .unwrap();
         let mut running = run(server);
-        let c = tcp_connect(running.inet());
+        let mut c = tcp_connect(running.inet());
+        c.write_all(b"x").unwrap();
         // Accepted and in flight (in a thread, a worker or a child).
         wait_until(|| running.handle.stats().active == 1);
         let start = Instant::now();
