@@ -70,7 +70,9 @@ pub struct Listeners {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum StrategyArg {
-    /// One request at a time.
+    /// One request at a time, as Python's plain TCPServer: while one client
+    /// is served, every other waits — a client that connects and sends
+    /// nothing holds up all the rest for ever (or until --idle-timeout).
     Sync,
     /// A thread per connection or datagram.
     Threading,
@@ -129,6 +131,19 @@ pub struct ServerOptions {
 fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
     Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is not a duration in seconds (0 or more)"))
+}
+
+/// Whether `ip` is in one of `nets`, whatever form either is written in:
+/// an IPv4 peer on an IPv6 listener arrives as `::ffff:a.b.c.d`, and a
+/// block may be written either way (`127.0.0.1/32`, `::ffff:127.0.0.1/128`,
+/// `::/0`), so the peer is tried in both forms.
+fn allowed(nets: &[IpNet], ip: std::net::IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    let mapped = match ip {
+        std::net::IpAddr::V4(v4) => Some(std::net::IpAddr::V6(v4.to_ipv6_mapped())),
+        std::net::IpAddr::V6(_) => None,
+    };
+    nets.iter().any(|net| net.contains(&ip) || mapped.is_some_and(|m| net.contains(&m)))
 }
 
 fn parse_cidr(s: &str) -> Result<IpNet, String> {
@@ -207,10 +222,7 @@ impl ServerOptions {
         if !self.allow.is_empty() {
             let allow = Arc::new(self.allow.clone());
             b = b.verify_request(move |peer| match peer {
-                Address::Inet(a) => {
-                    let ip = a.ip().to_canonical();
-                    allow.iter().any(|net| net.contains(&ip))
-                }
+                Address::Inet(a) => allowed(&allow, a.ip()),
                 _ => true,
             });
         }
@@ -309,5 +321,32 @@ pub fn run(which: Bundled, mut args: ServeArgs) -> io::Result<()> {
     match failure {
         None => Ok(()),
         Some(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_matches_mapped_and_unmapped_forms_alike() {
+        let v4: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let mapped: std::net::IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let other: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let v6: std::net::IpAddr = "::1".parse().unwrap();
+        for block in ["127.0.0.1/32", "::ffff:127.0.0.1/128", "::ffff:127.0.0.0/104"] {
+            let nets = [parse_cidr(block).unwrap()];
+            assert!(allowed(&nets, v4), "{block} v4");
+            assert!(allowed(&nets, mapped), "{block} mapped");
+            assert!(!allowed(&nets, other), "{block} other");
+            assert!(!allowed(&nets, v6), "{block} ::1");
+        }
+        let everyone = [parse_cidr("::/0").unwrap()];
+        for ip in [v4, mapped, other, v6] {
+            assert!(allowed(&everyone, ip), "::/0 lets {ip} in");
+        }
+        let v6_only = [parse_cidr("::1/128").unwrap()];
+        assert!(allowed(&v6_only, v6));
+        assert!(!allowed(&v6_only, v4));
     }
 }
