@@ -18,7 +18,8 @@
 //! UDP protocol, one text datagram each way:
 //! * `/name alice` — be known as `alice` (answer `ok: you are alice`);
 //! * `@bob hello` — the server sends `alice: hello` to bob;
-//! * `/who` — the names online;
+//! * `/who` — the names online (as many as fit in one reply of about one
+//!   MTU, then how many more: a tiny request never draws a large answer);
 //! * `/ping` — still here (answer `ok: pong`); the client sends it every
 //!   30 s;
 //! * `/quit` — forget my name (answer `ok: bye`); the client sends it when
@@ -247,7 +248,9 @@ impl UdpChat {
             registry.expire(now, self.limits.expire_after);
             let mut names: Vec<_> = registry.users.values().map(|u| u.name.clone()).collect();
             names.sort();
-            return Ok(format!("online: {}", names.join(" ")));
+            // As many as one reply may carry: a 4-byte request must not
+            // draw 33 KB at whatever address it claims to come from.
+            return Ok(who_line(&names, req.max_reply()));
         }
         if let Some(rest) = text.strip_prefix('@') {
             let Some(sender) = sender.and_then(|k| registry.users.get(&k)).map(|u| u.name.clone()) else {
@@ -260,11 +263,34 @@ impl UdpChat {
             };
             let (to, addr) = (user.name.clone(), user.addr.clone());
             drop(registry);
-            req.socket().send_to(format!("{sender}: {}", sanitize(message)).as_bytes(), &addr)?;
-            return Ok(format!("sent to {to}"));
+            // A send never waits: a member whose queue is full (not
+            // reading) misses the message, and the sender is told.
+            return match req.socket().send_to(format!("{sender}: {}", sanitize(message)).as_bytes(), &addr) {
+                Ok(()) => Ok(format!("sent to {to}")),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(format!("error: {to} is not reading; not sent")),
+                Err(e) => Err(e),
+            };
         }
         Ok("error: use /name NAME, @NAME MESSAGE, /who, /ping or /quit".to_string())
     }
+}
+
+/// `online: NAME ...`, at most `budget` bytes: the names that fit, then
+/// how many more there are.
+fn who_line(names: &[String], budget: usize) -> String {
+    let mut line = String::from("online:");
+    for (shown, name) in names.iter().enumerate() {
+        let more = names.len() - shown;
+        // Room for this name, and for " (+N more)" unless it is the last.
+        let tail = if more > 1 { format!(" (+{more} more)").len() } else { 0 };
+        if line.len() + 1 + name.len() + tail > budget {
+            line.push_str(&format!(" (+{more} more)"));
+            return line;
+        }
+        line.push(' ');
+        line.push_str(name);
+    }
+    line
 }
 
 impl RequestHandler<DatagramRequest> for UdpChat {

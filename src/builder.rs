@@ -133,12 +133,28 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
         self
     }
 
-    /// The longest datagram a datagram server takes (default 65,507). A
-    /// longer one is reported through `handle_error`, counted in
-    /// `Stats::oversized` and dropped — never cut short and handled as if
-    /// whole, as Python does.
+    /// The longest datagram a datagram server takes. By default what the
+    /// transport carries: 65,507 bytes over UDP/IPv4
+    /// ([`MAX_UDP_PAYLOAD`](crate::MAX_UDP_PAYLOAD)), 65,527 over UDP/IPv6
+    /// ([`MAX_UDP6_PAYLOAD`](crate::MAX_UDP6_PAYLOAD)), 256 KiB for Unix
+    /// datagrams ([`MAX_UNIX_DATAGRAM`](crate::MAX_UNIX_DATAGRAM)). A longer
+    /// one is reported through `handle_error` with its real size, counted
+    /// in `Stats::oversized` and dropped — never cut short and handled as
+    /// if whole, as Python does.
     pub fn max_datagram_size(mut self, bytes: usize) -> Self {
-        self.opts.max_datagram_size = bytes.max(1);
+        self.opts.max_datagram_size = Some(bytes.max(1));
+        self
+    }
+
+    /// The largest reply a datagram handler may send that is larger than
+    /// its request (default 1,400 bytes, about one Ethernet MTU). A UDP
+    /// request's sender address can be forged: a server whose answer is far
+    /// larger than the question lets anyone aim its answers at a third party
+    /// (amplification). [`DatagramRequest::reply`](crate::DatagramRequest::reply)
+    /// refuses more than `max(request size, bytes)`. Raise it for clients
+    /// you trust.
+    pub fn max_datagram_reply(mut self, bytes: usize) -> Self {
+        self.opts.max_datagram_reply = bytes;
         self
     }
 

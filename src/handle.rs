@@ -67,13 +67,15 @@ impl ServerHandle {
         self.shared.stats.snapshot()
     }
 
-    /// Has SIGINT (Ctrl-C) and SIGTERM shut this server down.
+    /// Has SIGINT (Ctrl-C), SIGTERM and SIGHUP shut this server down.
     ///
     /// The crate keeps one process-wide hub (the `ctrlc` crate allows one
     /// handler per process) that every server subscribed here shares: a
     /// signal shuts all of them down with their grace periods; a second
     /// signal closes everything at once. A server subscribed after the
-    /// process was signalled is shut down at once. Nothing is installed
+    /// process was signalled is shut down at once. A signal that was
+    /// ignored when this is first called — SIGHUP under `nohup`, SIGINT for
+    /// a shell's background job — stays ignored. Nothing is installed
     /// unless this is called.
     ///
     /// # Errors

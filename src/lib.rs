@@ -80,7 +80,7 @@ pub use crate::builder::Builder;
 pub use crate::error::ContextError;
 pub use crate::handle::ServerHandle;
 pub use crate::handler::RequestHandler;
-pub use crate::net::{Address, DatagramSocket, Listener, MAX_UDP_PAYLOAD, Stream};
+pub use crate::net::{Address, DatagramSocket, Listener, MAX_UDP_PAYLOAD, MAX_UDP6_PAYLOAD, MAX_UNIX_DATAGRAM, Stream};
 pub use crate::request::{DatagramRequest, MAX_LINE, StreamRequest};
 pub use crate::server::Server;
 pub use crate::stats::Stats;

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use crate::net::MAX_UDP_PAYLOAD;
 use crate::net::bind::BindOptions;
 use crate::request::StreamPolicy;
 use crate::request::timeouts::TimeoutPolicy;
@@ -10,6 +9,10 @@ use crate::request::timeouts::TimeoutPolicy;
 /// How long, during a shutdown, a connection between requests (or a
 /// datagram socket) is still waited on for a request that raced the signal.
 pub(crate) const DEFAULT_DRAIN_WINDOW: Duration = Duration::from_millis(100);
+
+/// The largest datagram reply that may be larger than its request: about
+/// one Ethernet MTU's worth of UDP payload.
+pub(crate) const DEFAULT_MAX_DATAGRAM_REPLY: usize = 1400;
 
 #[derive(Clone, Debug)]
 pub(crate) struct Options {
@@ -21,7 +24,9 @@ pub(crate) struct Options {
     pub(crate) read_timeout: Option<Duration>,
     pub(crate) write_timeout: Option<Duration>,
     pub(crate) idle_timeout: Option<Duration>,
-    pub(crate) max_datagram_size: usize,
+    /// `None`: the transport's own limit (see `Builder::max_datagram_size`).
+    pub(crate) max_datagram_size: Option<usize>,
+    pub(crate) max_datagram_reply: usize,
     pub(crate) max_connections: Option<usize>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) grace: Duration,
@@ -42,7 +47,8 @@ impl Default for Options {
             read_timeout: None,
             write_timeout: None,
             idle_timeout: None,
-            max_datagram_size: MAX_UDP_PAYLOAD,
+            max_datagram_size: None,
+            max_datagram_reply: DEFAULT_MAX_DATAGRAM_REPLY,
             max_connections: None,
             timeout: None,
             grace: Duration::from_secs(5),
@@ -69,7 +75,7 @@ impl Options {
     /// What each stream request needs to know.
     pub(crate) fn stream_policy(&self) -> StreamPolicy {
         StreamPolicy {
-            timeouts: TimeoutPolicy { idle: self.idle_timeout, read: self.read_timeout },
+            timeouts: TimeoutPolicy { idle: self.idle_timeout, read: self.read_timeout, write: self.write_timeout },
             read_buffer: self.read_buffer,
             write_buffer: self.write_buffer,
             drain_window: self.drain_window,

@@ -71,7 +71,12 @@ impl<T: Transport, S> Server<T, S> {
     pub(crate) fn assemble(parts: Parts<T>) -> io::Result<Self> {
         let address = parts.endpoint.local_addr()?;
         let shared = Shared::new(parts.opts.grace, format!("{} {}", T::NAME, address))?;
-        let service = Arc::new(Service { handler: parts.handler, hooks: parts.hooks, shared: Arc::clone(&shared) });
+        let service = Arc::new(Service {
+            handler: parts.handler,
+            hooks: parts.hooks,
+            shared: Arc::clone(&shared),
+            throttle: crate::service::Throttle::new(),
+        });
         Ok(Server {
             endpoint: parts.endpoint,
             core: Arc::new(Core { opts: parts.opts, shared }),

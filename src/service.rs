@@ -79,6 +79,44 @@ pub(crate) struct Service<R> {
     pub(crate) handler: Arc<dyn RequestHandler<R>>,
     pub(crate) hooks: Hooks<R>,
     pub(crate) shared: Arc<Shared>,
+    /// Peers cause the errors the default `handle_error` logs: at most one
+    /// line a second, the rest counted into the next.
+    pub(crate) throttle: Throttle,
+}
+
+/// A rate limit on log lines that peers cause, taken without a lock: one
+/// line per episode, then one a second at most while it lasts, each saying
+/// how many it stands for.
+#[derive(Debug)]
+pub(crate) struct Throttle {
+    start: std::time::Instant,
+    /// Milliseconds after `start` before which nothing more is logged.
+    next: std::sync::atomic::AtomicU64,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl Throttle {
+    const EVERY: u64 = 1000;
+
+    pub(crate) fn new() -> Throttle {
+        Throttle {
+            start: std::time::Instant::now(),
+            next: std::sync::atomic::AtomicU64::new(0),
+            suppressed: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)`: log now, standing for `n` lines held back since the last
+    /// one; `None`: held back (counted).
+    pub(crate) fn admit(&self) -> Option<u64> {
+        let now = self.start.elapsed().as_millis() as u64;
+        let next = self.next.load(Relaxed);
+        if now >= next && self.next.compare_exchange(next, now + Self::EVERY, Relaxed, Relaxed).is_ok() {
+            return Some(self.suppressed.swap(0, Relaxed));
+        }
+        self.suppressed.fetch_add(1, Relaxed);
+        None
+    }
 }
 
 impl<R> fmt::Debug for Service<R> {
@@ -142,10 +180,16 @@ impl<R: Request> Service<R> {
             (Err(h), Err(f)) => Err(Failure::Both(Box::new(h), Box::new(f))),
             (handled, finished) => handled.and(finished),
         };
-        if req.closed_for_idleness() && matches!(&result, Err(Failure::Error(e)) if e.kind() == io::ErrorKind::TimedOut)
-        {
+        if matches!(&result, Err(Failure::Error(e)) if req.closed_for_idleness(e)) {
             // Counted in `idle_closed`; not the handler's failure.
             log::debug!("{}: closed idle connection from {}", self.shared.name, req.peer());
+            result = Ok(());
+        }
+        if matches!(&result, Err(Failure::Error(e)) if ended_by_peer(e)) {
+            // The peer reset the connection, or closed it while we wrote:
+            // the normal end of a connection, counted, not an error.
+            Counters::bump(&self.shared.stats.resets);
+            log::debug!("{}: {} ended the connection", self.shared.name, req.peer());
             result = Ok(());
         }
         let flushed = req.flush();
@@ -173,6 +217,11 @@ impl<R: Request> Service<R> {
     }
 }
 
+/// The peer reset the connection or closed it while we wrote to it.
+fn ended_by_peer(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe)
+}
+
 /// A panic outranks an error, which outranks success.
 fn worse(a: Outcome, b: Outcome) -> Outcome {
     if a == Outcome::Panicked || b == Outcome::Panicked {
@@ -194,7 +243,14 @@ impl<R> Service<R> {
                     log::error!("{}: handle_error panicked while reporting: {err}", self.shared.name);
                 }
             }
-            None => log::error!("{}: error handling request from {peer}: {err}", self.shared.name),
+            None => match self.throttle.admit() {
+                Some(0) => log::error!("{}: error handling request from {peer}: {err}", self.shared.name),
+                Some(held) => log::error!(
+                    "{}: error handling request from {peer}: {err} (and {held} more error(s) not logged since the last)",
+                    self.shared.name
+                ),
+                None => {}
+            },
         }
     }
 
@@ -248,5 +304,23 @@ pub(crate) fn panic_message(payload: &Box<dyn Any + Send>) -> String {
         s.clone()
     } else {
         "(non-string panic payload)".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_throttle_admits_one_line_a_second_and_counts_the_rest() {
+        let t = Throttle::new();
+        assert_eq!(t.admit(), Some(0), "the first line of an episode");
+        for _ in 0..99 {
+            assert_eq!(t.admit(), None);
+        }
+        // A second later (moved, not waited for): one line standing for 99.
+        t.next.store(0, Relaxed);
+        assert_eq!(t.admit(), Some(99));
+        assert_eq!(t.admit(), None);
     }
 }

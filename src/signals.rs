@@ -1,6 +1,8 @@
-//! The process-wide signal hub: SIGINT and SIGTERM shut down every server
-//! subscribed through [`ServerHandle::shutdown_on_signal`](crate::ServerHandle::shutdown_on_signal).
+//! The process-wide signal hub: SIGINT, SIGTERM and SIGHUP shut down every
+//! server subscribed through [`ServerHandle::shutdown_on_signal`](crate::ServerHandle::shutdown_on_signal).
 //! The `ctrlc` crate allows one handler per process, so one hub serves all.
+//! A signal the process was started with ignored (SIGHUP under `nohup`,
+//! SIGINT for a shell's background job) stays ignored, as Python leaves it.
 
 use std::io;
 use std::sync::{Arc, Weak};
@@ -57,12 +59,20 @@ fn on_signal() {
     log::info!("signal received: {what} ({} server(s))", servers.len());
 }
 
+/// The signals the hub takes (those `ctrlc`'s "termination" feature installs).
+const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
 fn install_signal_handler() -> io::Result<()> {
     static INSTALLED: Mutex<bool> = Mutex::new(false);
     let mut installed = INSTALLED.lock();
     if !*installed {
+        let ignored: Vec<_> = SIGNALS.into_iter().filter(|&sig| crate::sys::signal_ignored(sig)).collect();
         ctrlc::set_handler(on_signal)
             .map_err(|e| io::Error::other(format!("cannot install the SIGINT/SIGTERM handler: {e}")))?;
+        // ctrlc takes all three: give back what was ignored (`nohup`).
+        for sig in ignored {
+            crate::sys::ignore_signal(sig);
+        }
         *installed = true;
     }
     Ok(())

@@ -28,8 +28,15 @@ pub struct Stats {
     pub accept_errors: u64,
     /// Datagrams longer than `max_datagram_size`, reported and dropped unhandled.
     pub oversized: u64,
-    /// Connections closed by the framework because their idle timeout passed.
+    /// Datagram replies dropped because the peer's queue was full (a
+    /// client that does not read): a reply never waits.
+    pub replies_dropped: u64,
+    /// Connections closed by the framework because their idle timeout passed
+    /// (the peer sent nothing, or took nothing, for that long).
     pub idle_closed: u64,
+    /// Connections the peer reset, or closed while the handler wrote: their
+    /// normal end, not a handler error.
+    pub resets: u64,
     /// Requests waiting in the pool's queue for a worker.
     pub queue_depth: u64,
     /// Pool workers running a request right now.
@@ -50,7 +57,9 @@ pub(crate) struct Counters {
     pub(crate) panics: AtomicU64,
     pub(crate) accept_errors: AtomicU64,
     pub(crate) oversized: AtomicU64,
+    pub(crate) replies_dropped: AtomicU64,
     pub(crate) idle_closed: AtomicU64,
+    pub(crate) resets: AtomicU64,
     pub(crate) queued: AtomicUsize,
     pub(crate) workers_busy: AtomicUsize,
     pub(crate) workers_total: AtomicUsize,
@@ -72,7 +81,9 @@ impl Counters {
             panics: self.panics.load(Relaxed),
             accept_errors: self.accept_errors.load(Relaxed),
             oversized: self.oversized.load(Relaxed),
+            replies_dropped: self.replies_dropped.load(Relaxed),
             idle_closed: self.idle_closed.load(Relaxed),
+            resets: self.resets.load(Relaxed),
             queue_depth: self.queued.load(Relaxed) as u64,
             workers_busy: self.workers_busy.load(Relaxed) as u64,
             workers_total: self.workers_total.load(Relaxed) as u64,

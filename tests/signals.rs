@@ -19,12 +19,14 @@ fn raise(sig: libc::c_int) {
 fn a_signal_shuts_down_every_subscribed_server_and_a_second_one_forces_it() {
     let tcp = TcpServer::builder().strategy(Threading::new()).bind("127.0.0.1:0", echo_lines).unwrap();
     let udp = UdpServer::bind("127.0.0.1:0", echo_datagram).unwrap();
-    // A handler that never returns on its own, and a long grace period.
+    // A handler that never returns on its own (a request begun, never
+    // finished: not between requests), and a long grace period.
     let stuck = TcpServer::builder()
         .strategy(Threading::new())
         .grace_period(Duration::from_secs(60))
         .bind("127.0.0.1:0", |req: &mut StreamRequest| {
-            let mut buf = [0u8; 8];
+            let mut buf = [0u8; 1];
+            req.read_exact(&mut buf)?;
             let _ = req.read(&mut buf);
             Ok(())
         })
@@ -36,7 +38,8 @@ fn a_signal_shuts_down_every_subscribed_server_and_a_second_one_forces_it() {
     let mut udp = run(udp);
     let mut stuck = run(stuck);
     assert_eq!(udp_round_trip(&udp_client(), udp.inet(), b"up"), b"up");
-    let _client = tcp_connect(stuck.inet());
+    let mut client = tcp_connect(stuck.inet());
+    std::io::Write::write_all(&mut client, b"x").unwrap();
     let deadline = Instant::now() + TIMEOUT;
     while stuck.handle.stats().active == 0 {
         assert!(Instant::now() < deadline);

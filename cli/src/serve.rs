@@ -100,9 +100,26 @@ pub struct ServerOptions {
     /// accepting until one closes (the kernel backlog holds the rest).
     #[arg(long, value_name = "N")]
     max_connections: Option<NonZeroUsize>,
-    /// Close a connection that sends nothing for SECS seconds.
+    /// Close a connection that makes no progress for SECS seconds: it sends
+    /// nothing while the server waits to read, or takes nothing while the
+    /// server waits to write.
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     idle_timeout: Option<Duration>,
+    /// A write that makes no progress for SECS fails (the connection is
+    /// closed); without it, --idle-timeout bounds writes too.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    write_timeout: Option<Duration>,
+    /// The longest datagram taken (default: what the transport carries —
+    /// 65,507 bytes over UDP/IPv4, 65,527 over IPv6, 262,144 for Unix
+    /// datagrams); longer ones are reported with their size and dropped.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..))]
+    max_datagram: Option<u32>,
+    /// The largest datagram reply that may be larger than its request
+    /// (against UDP amplification: a forged small request must not draw a
+    /// large answer at a third party). Larger renderings of the time server
+    /// get an `error:` reply.
+    #[arg(long, value_name = "BYTES", default_value = "1400")]
+    max_reply: usize,
     /// On SIGINT/SIGTERM, let requests in flight finish for up to SECS
     /// seconds, then close what is left.
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "5")]
@@ -219,6 +236,13 @@ impl ServerOptions {
         if let Some(t) = self.idle_timeout {
             b = b.idle_timeout(t);
         }
+        if let Some(t) = self.write_timeout {
+            b = b.write_timeout(t);
+        }
+        if let Some(n) = self.max_datagram {
+            b = b.max_datagram_size(n as usize);
+        }
+        b = b.max_datagram_reply(self.max_reply);
         if !self.allow.is_empty() {
             let allow = Arc::new(self.allow.clone());
             b = b.verify_request(move |peer| match peer {

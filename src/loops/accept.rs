@@ -111,12 +111,12 @@ fn configure(stream: &Stream, core: &Core) -> io::Result<()> {
     if let (true, Stream::Tcp(s)) = (o.nodelay, stream) {
         s.set_nodelay(true)?;
     }
-    let receive = o.stream_policy().timeouts.receive();
-    if receive.is_some() {
-        stream.set_read_timeout(receive)?;
+    let timeouts = o.stream_policy().timeouts;
+    if let Some(receive) = timeouts.receive() {
+        stream.set_read_timeout(Some(receive))?;
     }
-    if o.write_timeout.is_some() {
-        stream.set_write_timeout(o.write_timeout)?;
+    if let Some(send) = timeouts.send() {
+        stream.set_write_timeout(Some(send))?;
     }
     Ok(())
 }

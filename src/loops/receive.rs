@@ -45,8 +45,8 @@ impl DatagramEndpoint {
     fn new_request(&self, core: &Core) -> DatagramRequest {
         // One byte more than the limit, so that even without MSG_TRUNC an
         // oversized datagram shows as longer than the limit.
-        let buf = vec![0; core.opts.max_datagram_size + 1];
-        DatagramRequest::new(buf, Arc::clone(&self.socket), core.handle())
+        let buf = vec![0; max_size(core, &self.socket) + 1];
+        DatagramRequest::new(buf, Arc::clone(&self.socket), core.handle(), core.opts.max_datagram_reply)
     }
 
     fn wake_from(&self) -> Option<&SockAddr> {
@@ -71,10 +71,7 @@ impl DatagramEndpoint {
             service.run_in_place(req);
             req.slot = None;
         } else {
-            let mut job = DatagramRequest::new(req.data().to_vec(), Arc::clone(&self.socket), core.handle());
-            job.len = req.len;
-            job.peer_raw = req.peer_raw.clone();
-            job.peer = req.peer.clone();
+            let mut job = req.detached_copy();
             job.slot = Some(core.shared.acquire());
             executor.dispatch(job);
         }
@@ -218,6 +215,16 @@ impl Kind for DatagramRequest {
     type Endpoint = DatagramEndpoint;
 }
 
+/// The longest datagram the server takes: the builder's, or what the
+/// transport carries.
+fn max_size(core: &Core, socket: &DatagramSocket) -> usize {
+    core.opts.max_datagram_size.unwrap_or_else(|| match socket.local_addr() {
+        Ok(Address::Inet(a)) if a.is_ipv6() => crate::net::MAX_UDP6_PAYLOAD,
+        Ok(Address::Inet(_)) => crate::net::MAX_UDP_PAYLOAD,
+        _ => crate::net::MAX_UNIX_DATAGRAM,
+    })
+}
+
 /// Receives one datagram into `req` (without blocking if `dontwait`);
 /// `Ok(false)` when it was oversized (reported), refused by
 /// `verify_request`, or a wake-up from `wake_from` (not counted).
@@ -233,12 +240,14 @@ fn receive_into(
         return Ok(false);
     }
     let stats = &core.shared.stats;
-    let max = core.opts.max_datagram_size;
+    let max = req.buf.len() - 1;
     Counters::bump(&stats.accepted);
     let peer = Address::from_sockaddr(&from);
     if len > max {
         Counters::bump(&stats.oversized);
-        let shown = if len > req.buf.len() { format!("{len} bytes") } else { format!("more than {max} bytes") };
+        // Linux reports the real length (MSG_TRUNC); elsewhere a full buffer
+        // only says it was longer.
+        let shown = if cfg!(target_os = "linux") { format!("{len} bytes") } else { format!("more than {max} bytes") };
         let err = io::Error::new(
             io::ErrorKind::InvalidData,
             format!("datagram of {shown} exceeds max_datagram_size ({max} bytes); dropped unhandled"),
@@ -365,6 +374,9 @@ impl WakeSender {
             Address::Unix(None) => return None,
         };
         let sender = Socket::new(to.domain(), Type::DGRAM, None).ok()?;
+        // A wake-up must never wait: the server's own queue may be full
+        // (a flood, or handlers stuck), and the shutdown must go on.
+        sender.set_nonblocking(true).ok()?;
         sender.bind(&bind).ok()?;
         let from = sender.local_addr().ok()?;
         if from.as_socket().is_none() && from.as_abstract_namespace().is_none() {

@@ -9,6 +9,6 @@ mod listener;
 mod stream;
 
 pub use address::Address;
-pub use datagram::{DatagramSocket, MAX_UDP_PAYLOAD};
+pub use datagram::{DatagramSocket, MAX_UDP_PAYLOAD, MAX_UDP6_PAYLOAD, MAX_UNIX_DATAGRAM};
 pub use listener::Listener;
 pub use stream::Stream;

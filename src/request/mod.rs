@@ -28,9 +28,11 @@ pub trait Request: Send + Sized + 'static {
     fn peer(&self) -> &Address;
     /// A handler is about to run.
     fn begin(&mut self) {}
-    /// The server closed the connection for idleness: a timeout that
-    /// follows is its normal end, not the handler's failure.
-    fn closed_for_idleness(&self) -> bool {
+    /// Whether `err`, which ended the handler, is the connection's idle
+    /// timeout (its normal end, counted in `idle_closed`), not the
+    /// handler's failure.
+    fn closed_for_idleness(&mut self, err: &io::Error) -> bool {
+        let _ = err;
         false
     }
     /// After `finish`: send what is still buffered.
@@ -53,8 +55,8 @@ impl Request for StreamRequest {
     fn begin(&mut self) {
         self.connection().begin_service();
     }
-    fn closed_for_idleness(&self) -> bool {
-        self.idle_closed()
+    fn closed_for_idleness(&mut self, err: &io::Error) -> bool {
+        StreamRequest::closed_for_idleness(self, err)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.flush_pending()

@@ -332,22 +332,36 @@ impl StreamRequest {
         }
         match self.timeouts.expired(Instant::now) {
             Expired::Deadline => self.deadline_error(),
-            Expired::Idle(idle) => {
-                Counters::bump(&self.server().shared.stats.idle_closed);
-                let _ = self.conn.stream().shutdown(Shutdown::Both);
-                self.eof = true;
-                self.idle_closed = true;
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("idle timeout: nothing from {} for {:?}; connection closed", self.peer, idle),
-                )
-            }
+            Expired::Idle(idle) => self.close_idle(format!("idle timeout: nothing from {} for {idle:?}", self.peer)),
             Expired::Read => io::Error::new(io::ErrorKind::TimedOut, format!("read from {} timed out", self.peer)),
         }
     }
 
-    fn write_timed_out(&self) -> io::Error {
-        io::Error::new(io::ErrorKind::TimedOut, format!("write to {} timed out", self.peer))
+    /// A write that made no progress for the socket's send timeout: the
+    /// idle timeout (the peer takes nothing: closed, counted) or the write
+    /// timeout (the write fails; the connection stays).
+    fn write_timed_out(&mut self) -> io::Error {
+        match self.idle_applies_to_writes() {
+            Some(idle) => self.close_idle(format!("idle timeout: {} took nothing for {idle:?}", self.peer)),
+            None => io::Error::new(io::ErrorKind::TimedOut, format!("write to {} timed out", self.peer)),
+        }
+    }
+
+    /// The idle timeout, when it is what bounds a write (no write timeout,
+    /// or a longer one): the socket's send timeout is then the idle timeout.
+    fn idle_applies_to_writes(&self) -> Option<std::time::Duration> {
+        let policy = self.timeouts.policy();
+        policy.idle.filter(|idle| policy.write.is_none_or(|w| w >= *idle))
+    }
+
+    /// Closes the connection for idleness: counted, shut down, and the
+    /// error that follows is its normal end, not the handler's failure.
+    fn close_idle(&mut self, why: String) -> io::Error {
+        Counters::bump(&self.server().shared.stats.idle_closed);
+        let _ = self.conn.stream().shutdown(Shutdown::Both);
+        self.eof = true;
+        self.idle_closed = true;
+        io::Error::new(io::ErrorKind::TimedOut, format!("{why}; connection closed"))
     }
 
     fn send(&mut self, buf: &[u8]) -> io::Result<()> {
@@ -369,11 +383,22 @@ impl StreamRequest {
         result
     }
 
-    /// Whether the server closed this connection for its idle timeout: an
-    /// error that follows is the normal end of the connection, not the
-    /// handler's failure.
-    pub(crate) fn idle_closed(&self) -> bool {
-        self.idle_closed
+    /// Whether `err`, which ended the handler, is the connection's idle
+    /// timeout rather than the handler's failure: a read or write through
+    /// the request closed it for idleness, or a write straight to the socket
+    /// (`fill_buf_and_stream`, `try_clone`) stalled for the idle timeout
+    /// while the peer took nothing — then it is closed and counted here.
+    pub(crate) fn closed_for_idleness(&mut self, err: &io::Error) -> bool {
+        if self.idle_closed {
+            return err.kind() == io::ErrorKind::TimedOut;
+        }
+        let stalled_write = err.kind() == io::ErrorKind::WouldBlock
+            && self.idle_applies_to_writes().is_some()
+            && sys::unsent(self.fd()) > 0;
+        if stalled_write {
+            let _ = self.close_idle(format!("idle timeout: {} took nothing", self.peer));
+        }
+        stalled_write
     }
 
     pub(crate) fn flush_pending(&mut self) -> io::Result<()> {

@@ -14,22 +14,35 @@ pub(crate) struct TimeoutPolicy {
     pub(crate) idle: Option<Duration>,
     /// A single read that waits this long fails; the connection stays open.
     pub(crate) read: Option<Duration>,
+    /// A write that makes no progress for this long fails.
+    pub(crate) write: Option<Duration>,
 }
 
 impl TimeoutPolicy {
     /// The receive timeout the socket is configured with: the shorter of the
-    /// two (either alone, or none).
+    /// read and idle timeouts (either alone, or none).
     pub(crate) fn receive(&self) -> Option<Duration> {
-        match (self.read, self.idle) {
-            (Some(r), Some(i)) => Some(r.min(i)),
-            (r, i) => r.or(i),
-        }
+        shorter(self.read, self.idle)
+    }
+
+    /// The send timeout the socket is configured with: the shorter of the
+    /// write and idle timeouts — a peer that takes nothing for the idle
+    /// timeout is as idle as one that sends nothing.
+    pub(crate) fn send(&self) -> Option<Duration> {
+        shorter(self.write, self.idle)
     }
 
     /// The idle timeout when it spans several reads (a shorter read timeout
     /// ends each one first), so that when data last came must be kept.
     fn idle_across_reads(&self) -> Option<Duration> {
         self.idle.filter(|idle| self.read.is_some_and(|read| read < *idle))
+    }
+}
+
+fn shorter(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -58,6 +71,10 @@ pub(crate) struct ReadTimeouts {
 impl ReadTimeouts {
     pub(crate) fn new(policy: TimeoutPolicy, now: Instant) -> ReadTimeouts {
         ReadTimeouts { policy, deadline: None, last_data: now }
+    }
+
+    pub(crate) fn policy(&self) -> &TimeoutPolicy {
+        &self.policy
     }
 
     /// The socket's configured receive timeout.
@@ -134,15 +151,25 @@ mod tests {
 
     fn timeouts(idle: Option<u64>, read: Option<u64>) -> (ReadTimeouts, Instant) {
         let t0 = Instant::now();
-        (ReadTimeouts::new(TimeoutPolicy { idle: idle.map(ms), read: read.map(ms) }, t0), t0)
+        (ReadTimeouts::new(TimeoutPolicy { idle: idle.map(ms), read: read.map(ms), write: None }, t0), t0)
     }
 
     #[test]
     fn the_socket_receives_with_the_shorter_timeout() {
-        assert_eq!(TimeoutPolicy { idle: Some(ms(300)), read: Some(ms(60)) }.receive(), Some(ms(60)));
-        assert_eq!(TimeoutPolicy { idle: Some(ms(30)), read: Some(ms(60)) }.receive(), Some(ms(30)));
-        assert_eq!(TimeoutPolicy { idle: None, read: Some(ms(60)) }.receive(), Some(ms(60)));
+        let p = |idle: Option<u64>, read: Option<u64>, write: Option<u64>| TimeoutPolicy {
+            idle: idle.map(ms),
+            read: read.map(ms),
+            write: write.map(ms),
+        };
+        assert_eq!(p(Some(300), Some(60), None).receive(), Some(ms(60)));
+        assert_eq!(p(Some(30), Some(60), None).receive(), Some(ms(30)));
+        assert_eq!(p(None, Some(60), None).receive(), Some(ms(60)));
         assert_eq!(TimeoutPolicy::default().receive(), None);
+        // Writes: the idle timeout bounds them too (a peer that takes nothing).
+        assert_eq!(p(Some(300), None, None).send(), Some(ms(300)));
+        assert_eq!(p(Some(300), None, Some(100)).send(), Some(ms(100)));
+        assert_eq!(p(None, Some(60), Some(500)).send(), Some(ms(500)));
+        assert_eq!(p(None, Some(60), None).send(), None);
     }
 
     #[test]

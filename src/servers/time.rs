@@ -89,7 +89,9 @@ fn reply_line(request: &[u8]) -> String {
 /// the local time rendered with it.
 ///
 /// * Datagrams: each datagram is a format; the reply is one datagram, no
-///   newline.
+///   newline. A rendering larger than the server's
+///   [`max_datagram_reply`](crate::Builder::max_datagram_reply) (and than
+///   the request) gets an `error:` reply instead: no amplification.
 /// * Streams: each line is a format (LF ends it, a CR before it is
 ///   dropped); each reply is one line. A line longer than
 ///   [`MAX_TIME_REQUEST`] gets an `error:` line and the connection closes.
@@ -128,7 +130,17 @@ impl Strftime {
 
 impl RequestHandler<DatagramRequest> for Strftime {
     fn handle(&self, req: &mut DatagramRequest) -> io::Result<()> {
-        req.reply(reply(req.data()).as_bytes())
+        let answer = reply(req.data());
+        if answer.len() > req.max_reply() {
+            // A small forged request must not aim a large answer at anyone.
+            let refusal = format!(
+                "error: the time renders to {} bytes, more than a datagram reply may be ({} bytes)",
+                answer.len(),
+                req.max_reply()
+            );
+            return req.reply(refusal.as_bytes());
+        }
+        req.reply(answer.as_bytes())
     }
 }
 

@@ -79,6 +79,12 @@ pub(crate) fn readable_now(fd: RawFd) -> bool {
     poll(&[fd], &mut [false], Some(Duration::ZERO)).is_ok_and(|n| n > 0)
 }
 
+/// `sendto` that never blocks (`MSG_DONTWAIT`), whatever the socket's mode:
+/// a peer whose queue is full gets `WouldBlock`, not a blocked caller.
+pub(crate) fn send_to_now(sock: SockRef<'_>, data: &[u8], to: &SockAddr) -> io::Result<usize> {
+    sock.send_to_with_flags(data, to, libc::MSG_DONTWAIT)
+}
+
 /// Bytes written to the stream socket `fd` that its peer has not yet
 /// acknowledged (`SIOCOUTQ`; `TIOCOUTQ` is the same request). 0 when it
 /// cannot be told.
@@ -124,6 +130,25 @@ pub(crate) fn raise_fd_limit() -> io::Result<u64> {
         }
     }
     Ok(lim.rlim_cur as u64)
+}
+
+/// Whether signal `sig` is ignored (`SIG_IGN`) in this process.
+pub(crate) fn signal_ignored(sig: libc::c_int) -> bool {
+    // SAFETY: an all-zero sigaction is a valid value; with a null new
+    // action, sigaction only reads the current one into `old`.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: `old` is a valid out-pointer; a null `act` changes nothing.
+    let r = unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) };
+    r == 0 && old.sa_sigaction == libc::SIG_IGN
+}
+
+/// Sets signal `sig` to be ignored (`SIG_IGN`).
+pub(crate) fn ignore_signal(sig: libc::c_int) {
+    // SAFETY: SIG_IGN is a valid disposition for any catchable signal;
+    // `signal` has no memory-safety preconditions.
+    unsafe {
+        libc::signal(sig, libc::SIG_IGN);
+    }
 }
 
 /// Whether `bind` failed because the socket is bound already.
