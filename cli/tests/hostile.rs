@@ -69,8 +69,10 @@ fn a_datagram_client_that_never_reads_freezes_nothing() {
         let mut buf = [0u8; 64];
         let n = honest.recv(&mut buf).expect("the honest client is answered");
         assert!(n > 0, "{which} {extra:?}");
+        let signalled = Instant::now();
         sigterm(&server);
         assert_eq!(wait_exit(&mut server, Duration::from_secs(5)), 0, "{which} {extra:?}");
+        eprintln!("{which} {extra:?}: honest client answered; exit {:?} after SIGTERM", signalled.elapsed());
         assert!(!path.exists(), "the socket file was left behind");
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -116,6 +118,7 @@ fn stream_clients_that_never_read_do_not_hold_the_workers() {
     honest.read_exact(&mut back).expect("the honest client is served");
     assert_eq!(&back, b"served?\n");
     assert!(start.elapsed() < Duration::from_secs(5), "served only after {:?}", start.elapsed());
+    eprintln!("4 clients never reading, 4 workers: the honest client served after {:?}", start.elapsed());
     drop(hostile);
     server.signal(libc::SIGTERM);
     assert_eq!(server.wait_exit(Duration::from_secs(5)).0, 0);
