@@ -6,7 +6,7 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use socketserver::{Stream, StreamRequest, TcpServer, ThreadPool};
+use socketserver::{StreamRequest, TcpServer, ThreadPool};
 use util::*;
 
 #[test]
@@ -137,7 +137,7 @@ fn nodelay_is_set_on_accepted_connections_when_asked() {
         let server = TcpServer::builder()
             .nodelay(on)
             .bind("127.0.0.1:0", move |req: &mut StreamRequest| {
-                let Stream::Tcp(s) = req.socket()? else { panic!("a TCP server gives TCP streams") };
+                let s = req.socket()?.as_tcp().expect("a TCP server gives TCP streams");
                 tx.send(s.nodelay()?).unwrap();
                 Ok(())
             })

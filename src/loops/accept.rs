@@ -108,8 +108,8 @@ impl StreamEndpoint {
 /// Applies the server's per-connection socket options.
 fn configure(stream: &Stream, core: &Core) -> io::Result<()> {
     let o = &core.opts;
-    if let (true, Stream::Tcp(s)) = (o.nodelay, stream) {
-        s.set_nodelay(true)?;
+    if o.nodelay {
+        stream.set_nodelay(true)?;
     }
     let timeouts = o.stream_policy().timeouts;
     if let Some(receive) = timeouts.receive() {

@@ -18,19 +18,19 @@ pub enum Listener {
 }
 
 impl Listener {
-    /// Takes one pending connection (the listener is non-blocking).
+    /// Takes one pending connection (the listener is non-blocking; so is
+    /// the connection).
     pub(crate) fn accept(&self) -> io::Result<(Stream, Address)> {
-        let (stream, peer) = match self {
-            Listener::Tcp(l) => l.accept().map(|(s, a)| (Stream::Tcp(s), Address::Inet(a)))?,
-            Listener::Unix(l) => l.accept().map(|(s, a)| (Stream::Unix(s), Address::from_unix(&a)))?,
-        };
-        // BSDs hand out accepted sockets that inherit O_NONBLOCK; Linux does not.
-        #[cfg(not(target_os = "linux"))]
-        match &stream {
-            Stream::Tcp(s) => s.set_nonblocking(false)?,
-            Stream::Unix(s) => s.set_nonblocking(false)?,
+        match self {
+            Listener::Tcp(l) => {
+                let (s, a) = l.accept()?;
+                Ok((Stream::from_tcp(s)?, Address::Inet(a)))
+            }
+            Listener::Unix(l) => {
+                let (s, a) = l.accept()?;
+                Ok((Stream::from_unix(s)?, Address::from_unix(&a)))
+            }
         }
-        Ok((stream, peer))
     }
 
     pub(crate) fn listen(&self, backlog: i32) -> io::Result<()> {

@@ -1,70 +1,161 @@
 //! A connected stream socket, TCP or Unix.
+//!
+//! Every stream the server accepts is non-blocking underneath, so that one
+//! code path serves a thread that waits on its connection and a connection
+//! parked with no thread at all (the event strategy). Its `Read` and `Write`
+//! still block as std's do: a read or write that would block waits in
+//! `poll` for at most the stream's own read or write timeout, then fails
+//! with `WouldBlock` — what a std socket with `SO_RCVTIMEO`/`SO_SNDTIMEO`
+//! returns.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use super::Address;
+use crate::sys;
 
-/// A connected stream socket: TCP or Unix.
-///
-/// Reads and writes go straight to the socket (`Read` and `Write` are
-/// implemented for `Stream` and `&Stream`); [`StreamRequest::try_clone`](crate::StreamRequest::try_clone) gives
-/// one to hand to another thread, e.g. to broadcast to a chat member.
+/// The socket of a [`Stream`].
 #[derive(Debug)]
-#[non_exhaustive]
-pub enum Stream {
-    /// A TCP connection.
+enum Socket {
     Tcp(TcpStream),
-    /// A Unix-domain stream connection.
     Unix(UnixStream),
 }
 
-macro_rules! on_stream {
+macro_rules! on_socket {
     ($self:expr, $s:ident => $e:expr) => {
-        match $self {
-            Stream::Tcp($s) => $e,
-            Stream::Unix($s) => $e,
+        match &$self.socket {
+            Socket::Tcp($s) => $e,
+            Socket::Unix($s) => $e,
         }
     };
 }
 
+/// A connected stream socket: TCP or Unix.
+///
+/// Reads and writes go straight to the socket (`Read` and `Write` are
+/// implemented for `Stream` and `&Stream`) and block as std's do, within
+/// the timeouts set here; [`StreamRequest::try_clone`](crate::StreamRequest::try_clone)
+/// gives one to hand to another thread, e.g. to broadcast to a chat member.
+/// The socket underneath is non-blocking: [`as_tcp`](Self::as_tcp) and
+/// [`as_unix`](Self::as_unix) give it as it is.
+#[derive(Debug)]
+pub struct Stream {
+    socket: Socket,
+    /// Nanoseconds a read may wait; 0: for ever.
+    read_timeout: AtomicU64,
+    /// Nanoseconds a write may wait for room; 0: for ever.
+    write_timeout: AtomicU64,
+}
+
+fn nanos(t: Option<Duration>) -> io::Result<u64> {
+    match t {
+        None => Ok(0),
+        Some(t) if t.is_zero() => {
+            Err(io::Error::new(io::ErrorKind::InvalidInput, "a zero timeout is not a timeout (use None)"))
+        }
+        Some(t) => Ok(u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)),
+    }
+}
+
+fn duration(nanos: u64) -> Option<Duration> {
+    (nanos != 0).then(|| Duration::from_nanos(nanos))
+}
+
 impl Stream {
+    fn new(socket: Socket) -> io::Result<Stream> {
+        let stream = Stream { socket, read_timeout: AtomicU64::new(0), write_timeout: AtomicU64::new(0) };
+        on_socket!(stream, s => s.set_nonblocking(true))?;
+        Ok(stream)
+    }
+
+    /// A TCP connection, made non-blocking underneath.
+    ///
+    /// # Errors
+    /// If it cannot be made non-blocking.
+    pub fn from_tcp(s: TcpStream) -> io::Result<Stream> {
+        Stream::new(Socket::Tcp(s))
+    }
+
+    /// A Unix-domain stream connection, made non-blocking underneath.
+    ///
+    /// # Errors
+    /// If it cannot be made non-blocking.
+    pub fn from_unix(s: UnixStream) -> io::Result<Stream> {
+        Stream::new(Socket::Unix(s))
+    }
+
+    /// The TCP socket, if this is TCP (non-blocking: reads and writes on it
+    /// return `WouldBlock` rather than wait).
+    pub fn as_tcp(&self) -> Option<&TcpStream> {
+        match &self.socket {
+            Socket::Tcp(s) => Some(s),
+            Socket::Unix(_) => None,
+        }
+    }
+
+    /// The Unix socket, if this is a Unix-domain stream (non-blocking).
+    pub fn as_unix(&self) -> Option<&UnixStream> {
+        match &self.socket {
+            Socket::Unix(s) => Some(s),
+            Socket::Tcp(_) => None,
+        }
+    }
+
     /// Shuts down the read half, the write half or both.
     ///
     /// # Errors
     /// As `shutdown(2)`: e.g. `NotConnected` after the peer reset.
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        on_stream!(self, s => s.shutdown(how))
+        on_socket!(self, s => s.shutdown(how))
     }
 
-    /// Sets how long a read may block (`None`: for ever).
+    /// Sets how long a read may wait (`None`: for ever). A read that waits
+    /// that long fails with `WouldBlock`.
     ///
     /// # Errors
-    /// As `setsockopt(SO_RCVTIMEO)`; a zero duration is refused.
+    /// `InvalidInput` for a zero duration, as std.
     pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        on_stream!(self, s => s.set_read_timeout(t))
+        self.read_timeout.store(nanos(t)?, Relaxed);
+        Ok(())
     }
 
-    /// Sets how long a write may block (`None`: for ever).
+    /// Sets how long a write may wait for room (`None`: for ever). A write
+    /// that waits that long without progress fails with `WouldBlock`.
     ///
     /// # Errors
-    /// As `setsockopt(SO_SNDTIMEO)`; a zero duration is refused.
+    /// `InvalidInput` for a zero duration, as std.
     pub fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        on_stream!(self, s => s.set_write_timeout(t))
+        self.write_timeout.store(nanos(t)?, Relaxed);
+        Ok(())
     }
 
-    /// A second handle to the same socket.
+    /// How long a read may wait (`None`: for ever).
+    pub fn read_timeout(&self) -> Option<Duration> {
+        duration(self.read_timeout.load(Relaxed))
+    }
+
+    /// How long a write may wait for room (`None`: for ever).
+    pub fn write_timeout(&self) -> Option<Duration> {
+        duration(self.write_timeout.load(Relaxed))
+    }
+
+    /// A second handle to the same socket, with the same timeouts.
     ///
     /// # Errors
     /// As `dup(2)`, e.g. when the process is out of descriptors.
     pub fn try_clone(&self) -> io::Result<Stream> {
-        Ok(match self {
-            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
-            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
-        })
+        let socket = match &self.socket {
+            Socket::Tcp(s) => Socket::Tcp(s.try_clone()?),
+            Socket::Unix(s) => Socket::Unix(s.try_clone()?),
+        };
+        let clone = Stream::new(socket)?;
+        clone.read_timeout.store(self.read_timeout.load(Relaxed), Relaxed);
+        clone.write_timeout.store(self.write_timeout.load(Relaxed), Relaxed);
+        Ok(clone)
     }
 
     /// The address of the other end.
@@ -72,9 +163,9 @@ impl Stream {
     /// # Errors
     /// As `getpeername(2)`, e.g. `NotConnected` once the peer is gone.
     pub fn peer_addr(&self) -> io::Result<Address> {
-        match self {
-            Stream::Tcp(s) => s.peer_addr().map(Address::Inet),
-            Stream::Unix(s) => s.peer_addr().map(|a| Address::from_unix(&a)),
+        match &self.socket {
+            Socket::Tcp(s) => s.peer_addr().map(Address::Inet),
+            Socket::Unix(s) => s.peer_addr().map(|a| Address::from_unix(&a)),
         }
     }
 
@@ -83,16 +174,59 @@ impl Stream {
     /// # Errors
     /// As `getsockname(2)`.
     pub fn local_addr(&self) -> io::Result<Address> {
-        match self {
-            Stream::Tcp(s) => s.local_addr().map(Address::Inet),
-            Stream::Unix(s) => s.local_addr().map(|a| Address::from_unix(&a)),
+        match &self.socket {
+            Socket::Tcp(s) => s.local_addr().map(Address::Inet),
+            Socket::Unix(s) => s.local_addr().map(|a| Address::from_unix(&a)),
         }
+    }
+
+    /// Sets `TCP_NODELAY` (a Unix stream has no Nagle to turn off).
+    pub(crate) fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        match &self.socket {
+            Socket::Tcp(s) => s.set_nodelay(on),
+            Socket::Unix(_) => Ok(()),
+        }
+    }
+
+    /// One read that never waits: `WouldBlock` when nothing is there.
+    pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match on_socket!(self, s => (&*s).read(buf)) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                r => return r,
+            }
+        }
+    }
+
+    /// One write that never waits: `WouldBlock` when there is no room.
+    pub(crate) fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        loop {
+            match on_socket!(self, s => (&*s).write_vectored(bufs)) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                r => return r,
+            }
+        }
+    }
+
+    /// Waits until a read or write (`POLLIN`/`POLLOUT`) would not block,
+    /// for at most `timeout`; `Err(WouldBlock)` when it passes.
+    pub(crate) fn wait(&self, writing: bool, timeout: Option<Duration>) -> io::Result<()> {
+        let events = if writing { libc::POLLOUT } else { libc::POLLIN };
+        if sys::poll_for(&[self.as_raw_fd()], events, &mut [false], timeout)? == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(())
     }
 }
 
 impl Read for &Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        on_stream!(self, s => (&*s).read(buf))
+        loop {
+            match self.try_read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait(false, self.read_timeout())?,
+                r => return r,
+            }
+        }
     }
 }
 
@@ -104,10 +238,15 @@ impl Read for Stream {
 
 impl Write for &Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        on_stream!(self, s => (&*s).write(buf))
+        self.write_vectored(&[IoSlice::new(buf)])
     }
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        on_stream!(self, s => (&*s).write_vectored(bufs))
+        loop {
+            match self.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait(true, self.write_timeout())?,
+                r => return r,
+            }
+        }
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -128,12 +267,12 @@ impl Write for Stream {
 
 impl AsFd for Stream {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        on_stream!(self, s => s.as_fd())
+        on_socket!(self, s => s.as_fd())
     }
 }
 
 impl AsRawFd for Stream {
     fn as_raw_fd(&self) -> RawFd {
-        on_stream!(self, s => s.as_raw_fd())
+        on_socket!(self, s => s.as_raw_fd())
     }
 }

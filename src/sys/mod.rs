@@ -32,7 +32,13 @@ pub(crate) fn poll(fds: &[RawFd], ready: &mut [bool], timeout: Option<Duration>)
     poll_for(fds, libc::POLLIN, ready, timeout)
 }
 
-fn poll_for(fds: &[RawFd], events: libc::c_short, ready: &mut [bool], timeout: Option<Duration>) -> io::Result<usize> {
+/// Like [`poll`], for `events` (`POLLIN`, `POLLOUT`, ...).
+pub(crate) fn poll_for(
+    fds: &[RawFd],
+    events: libc::c_short,
+    ready: &mut [bool],
+    timeout: Option<Duration>,
+) -> io::Result<usize> {
     if fds.len() > POLL_MAX || ready.len() < fds.len() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
