@@ -84,7 +84,7 @@ pub use crate::net::{Address, DatagramSocket, Listener, MAX_UDP_PAYLOAD, MAX_UDP
 pub use crate::request::{DatagramRequest, MAX_LINE, StreamRequest};
 pub use crate::server::Server;
 pub use crate::stats::Stats;
-pub use crate::strategy::{AnyStrategy, Forking, Overflow, Strategy, Synchronous, ThreadPool, Threading};
+pub use crate::strategy::{AnyStrategy, Event, Forking, Overflow, Strategy, Synchronous, ThreadPool, Threading};
 pub use crate::transport::{BindAddress, Transport};
 
 use crate::transport::{Tcp, Udp, UnixDatagram, UnixStream};

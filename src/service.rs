@@ -45,6 +45,15 @@ impl<R> fmt::Debug for Hooks<R> {
     }
 }
 
+/// Where one turn of an event-strategy request left it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Parked between requests: call again when bytes arrive.
+    Parked,
+    /// Concluded: release it.
+    Done(Outcome),
+}
+
 /// How a request ended; a forked child turns it into its exit code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -175,6 +184,41 @@ impl<R: Request> Service<R> {
         let h = self.handler.as_ref();
         guarded(|| h.setup(req))?;
         let handled = guarded(|| h.handle(req));
+        self.conclude(req, handled)
+    }
+
+    /// One turn of a request the event strategy runs: `setup` first (when
+    /// `first`), then `handle`. A handler that returns because its
+    /// connection parked is called again when bytes arrive; otherwise the
+    /// request is concluded (`finish`, errors reported) and the caller
+    /// releases it with [`release`](Self::release).
+    pub(crate) fn step(&self, req: &mut R, first: bool) -> Step {
+        let h = self.handler.as_ref();
+        if first {
+            req.begin();
+            if let Err(failure) = guarded(|| h.setup(req)) {
+                return Step::Done(self.report(req, failure));
+            }
+        }
+        let handled = guarded(|| h.handle(req));
+        if handled.is_ok() && req.parked() {
+            return Step::Parked;
+        }
+        match self.conclude(req, handled) {
+            Ok(()) => Step::Done(Outcome::Ok),
+            Err(failure) => Step::Done(self.report(req, failure)),
+        }
+    }
+
+    /// Closes a request [`step`](Self::step) concluded, and counts it.
+    pub(crate) fn release(&self, req: R) {
+        drop(req);
+        self.shared.stats.completed.fetch_add(1, Relaxed);
+    }
+
+    /// After `handle`: `finish`, then what the failures mean.
+    fn conclude(&self, req: &mut R, handled: Result<(), Failure>) -> Result<(), Failure> {
+        let h = self.handler.as_ref();
         let finished = guarded(|| h.finish(req));
         let mut result = match (handled, finished) {
             (Err(h), Err(f)) => Err(Failure::Both(Box::new(h), Box::new(f))),

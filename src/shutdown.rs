@@ -156,6 +156,12 @@ impl Shared {
         Slot { shared: Arc::clone(self) }
     }
 
+    /// Says the accept loop waits for capacity (`true`): a released slot
+    /// then notifies.
+    pub(crate) fn set_waiting(&self, on: bool) {
+        self.waiting.store(on, SeqCst);
+    }
+
     /// Wakes the accept loop if it is parked waiting for capacity.
     pub(crate) fn capacity_freed(&self) {
         if self.waiting.load(SeqCst) {

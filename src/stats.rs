@@ -39,11 +39,15 @@ pub struct Stats {
     pub resets: u64,
     /// Requests waiting in the pool's queue for a worker.
     pub queue_depth: u64,
-    /// Pool workers running a request right now.
+    /// Pool workers (or, under `Event`, polling threads) running a request
+    /// right now.
     pub workers_busy: u64,
     /// Pool workers alive (busy or idle); threads alive under `Threading`;
-    /// children alive under `Forking`.
+    /// children alive under `Forking`; polling threads under `Event`.
     pub workers_total: u64,
+    /// Connections parked between requests under `Event`: no thread, no
+    /// read buffer.
+    pub parked: u64,
 }
 
 #[derive(Debug, Default)]
@@ -63,6 +67,7 @@ pub(crate) struct Counters {
     pub(crate) queued: AtomicUsize,
     pub(crate) workers_busy: AtomicUsize,
     pub(crate) workers_total: AtomicUsize,
+    pub(crate) parked: AtomicU64,
 }
 
 impl Counters {
@@ -87,6 +92,7 @@ impl Counters {
             queue_depth: self.queued.load(Relaxed) as u64,
             workers_busy: self.workers_busy.load(Relaxed) as u64,
             workers_total: self.workers_total.load(Relaxed) as u64,
+            parked: self.parked.load(Relaxed),
         }
     }
 }

@@ -62,26 +62,13 @@ impl StreamEndpoint {
         service: &Service<StreamRequest>,
         executor: &Executor<StreamRequest>,
     ) -> io::Result<bool> {
-        let (stream, peer) = self.listener.accept()?;
-        let shared = &core.shared;
-        Counters::bump(&shared.stats.accepted);
-        if !service.verify(&peer) {
-            Counters::bump(&shared.stats.refused);
-            log::debug!("{}: refused {peer}", shared.name);
-            let _ = stream.shutdown(Shutdown::Both);
-            return Ok(false);
+        match accept_request(&self.listener, core, service)? {
+            Some(request) => {
+                executor.dispatch(request);
+                Ok(true)
+            }
+            None => Ok(false),
         }
-        if let Err(e) = configure(&stream, core) {
-            service.handle_error(None, &peer, &context(e, "cannot configure the connection"));
-            return Ok(false);
-        }
-        let request = StreamRequest::new(stream, peer, core.handle(), core.opts.stream_policy(), shared.acquire());
-        if shared.stopping() {
-            // Taken from the backlog during a drain: the deadline applies.
-            shared.ensure_watchdog();
-        }
-        executor.dispatch(request);
-        Ok(true)
     }
 
     /// After the loop: refuse new TCP connections at once (those still in
@@ -103,6 +90,34 @@ impl StreamEndpoint {
             }
         }
     }
+}
+
+/// Accepts one connection: counted, checked (`verify_request`), configured,
+/// made a request. `Ok(None)`: it was refused or could not be configured.
+pub(crate) fn accept_request(
+    listener: &Listener,
+    core: &Core,
+    service: &Service<StreamRequest>,
+) -> io::Result<Option<StreamRequest>> {
+    let (stream, peer) = listener.accept()?;
+    let shared = &core.shared;
+    Counters::bump(&shared.stats.accepted);
+    if !service.verify(&peer) {
+        Counters::bump(&shared.stats.refused);
+        log::debug!("{}: refused {peer}", shared.name);
+        let _ = stream.shutdown(Shutdown::Both);
+        return Ok(None);
+    }
+    if let Err(e) = configure(&stream, core) {
+        service.handle_error(None, &peer, &context(e, "cannot configure the connection"));
+        return Ok(None);
+    }
+    let request = StreamRequest::new(stream, peer, core.handle(), core.opts.stream_policy(), shared.acquire());
+    if shared.stopping() {
+        // Taken from the backlog during a drain: the deadline applies.
+        shared.ensure_watchdog();
+    }
+    Ok(Some(request))
 }
 
 /// Applies the server's per-connection socket options.
@@ -165,6 +180,9 @@ impl Endpoint for StreamEndpoint {
         strategy: &AnyStrategy,
         kept: &Mutex<Option<Executor<StreamRequest>>>,
     ) -> io::Result<()> {
+        if let AnyStrategy::Event(event) = strategy {
+            return super::event::serve(&self.listener, core, service, event, || self.stop_listening());
+        }
         let executor = match kept.lock().take() {
             Some(e) => e,
             None => Executor::start(strategy, service)?,

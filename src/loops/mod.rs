@@ -12,6 +12,7 @@
 
 pub(crate) mod accept;
 pub(crate) mod errors;
+mod event;
 pub(crate) mod receive;
 
 use std::fmt;

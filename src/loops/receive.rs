@@ -183,8 +183,10 @@ impl Endpoint for DatagramEndpoint {
         strategy: &AnyStrategy,
         kept: &Mutex<Option<Executor<DatagramRequest>>>,
     ) -> io::Result<()> {
-        if let AnyStrategy::ThreadPool(pool) = strategy {
-            return self.serve_receivers(core, service, pool);
+        match strategy {
+            AnyStrategy::ThreadPool(pool) => return self.serve_receivers(core, service, pool),
+            AnyStrategy::Event(event) => return self.serve_receivers(core, service, &event.as_pool()),
+            _ => {}
         }
         let executor = match kept.lock().take() {
             Some(e) => e,

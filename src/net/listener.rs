@@ -37,6 +37,14 @@ impl Listener {
         socket2::SockRef::from(self).listen(backlog)
     }
 
+    /// A second handle to the same listening socket.
+    pub(crate) fn try_clone(&self) -> io::Result<Listener> {
+        Ok(match self {
+            Listener::Tcp(l) => Listener::Tcp(l.try_clone()?),
+            Listener::Unix(l) => Listener::Unix(l.try_clone()?),
+        })
+    }
+
     pub(crate) fn set_nonblocking(&self, on: bool) -> io::Result<()> {
         match self {
             Listener::Tcp(l) => l.set_nonblocking(on),

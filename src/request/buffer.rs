@@ -35,6 +35,16 @@ impl ReadBuffer {
         self.pos = (self.pos + amt).min(self.filled);
     }
 
+    /// Gives the memory back when nothing is buffered (a connection parked
+    /// between requests holds no buffer); the next fill takes 2 KiB again.
+    pub(crate) fn release(&mut self) {
+        if self.is_empty() {
+            self.buf = Vec::new();
+            self.pos = 0;
+            self.filled = 0;
+        }
+    }
+
     /// When empty, reads once from `src` (growing first if the last read
     /// filled the buffer); returns what is buffered, empty at end of stream.
     pub(crate) fn fill_from(&mut self, mut src: impl Read) -> io::Result<&[u8]> {
@@ -83,6 +93,18 @@ mod tests {
         assert_eq!(b.fill_from(&mut src).unwrap().len(), 8192, "capped at the capacity");
         b.consume(100);
         assert_eq!(b.buffer(), &data[6144 + 100..6144 + 8192]);
+    }
+
+    #[test]
+    fn release_gives_the_memory_back_only_when_empty() {
+        let mut b = ReadBuffer::new(8192);
+        b.fill_from(&b"hello"[..]).unwrap();
+        b.release();
+        assert_eq!(b.buffer(), b"hello", "buffered bytes are kept");
+        b.consume(5);
+        b.release();
+        assert_eq!(b.buf.capacity(), 0);
+        assert_eq!(b.fill_from(&b"again"[..]).unwrap(), b"again");
     }
 
     #[test]

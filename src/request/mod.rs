@@ -35,6 +35,12 @@ pub trait Request: Send + Sized + 'static {
         let _ = err;
         false
     }
+    /// After `handle` returned under the event strategy: whether it did so
+    /// because the connection parked between requests (then it is called
+    /// again when bytes arrive, and `finish` waits).
+    fn parked(&mut self) -> bool {
+        false
+    }
     /// After `finish`: send what is still buffered.
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -60,6 +66,9 @@ impl Request for StreamRequest {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.flush_pending()
+    }
+    fn parked(&mut self) -> bool {
+        self.take_parked()
     }
     fn detach_for_child(&mut self) {
         self.connection().detach_for_child();

@@ -1,5 +1,6 @@
 //! [`StreamRequest`]: one connection, as a handler sees it.
 
+use std::any::Any;
 use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::RawFd;
@@ -91,6 +92,12 @@ pub struct StreamRequest {
     /// Bytes were consumed since the handler last wrote: a read now is in
     /// the middle of a request, not at a boundary.
     mid_request: bool,
+    /// Run by the event strategy: `wait_for_data` parks rather than waits.
+    parking: bool,
+    /// What the handler keeps for this connection, by type.
+    states: Vec<Box<dyn Any + Send>>,
+    /// `wait_for_data` found nothing and parked the connection.
+    parked: bool,
     idle_closed: bool,
 }
 
@@ -107,6 +114,9 @@ impl StreamRequest {
             eof: false,
             drained: false,
             mid_request: false,
+            parking: false,
+            states: Vec::new(),
+            parked: false,
             idle_closed: false,
         }
     }
@@ -150,6 +160,61 @@ impl StreamRequest {
     pub fn try_clone(&mut self) -> io::Result<Stream> {
         self.flush_buffer()?;
         self.conn.try_clone()
+    }
+
+    /// This connection's state of type `T`, made with `T::default()` the
+    /// first time: what Python keeps in `self.x` across `setup`, `handle`
+    /// and `finish`. One handler value serves every connection, so
+    /// per-connection state lives here; under the [`Event`](crate::Event)
+    /// strategy it is also what survives while the connection is parked
+    /// (`handle` is called again; its locals are gone).
+    ///
+    /// ```
+    /// use socketserver::{RequestHandler, StreamRequest};
+    /// use std::io::{self, Write};
+    ///
+    /// #[derive(Default)]
+    /// struct Seen(u64);
+    ///
+    /// struct Counting;
+    ///
+    /// impl RequestHandler<StreamRequest> for Counting {
+    ///     fn handle(&self, req: &mut StreamRequest) -> io::Result<()> {
+    ///         while let Some(line) = req.next_line()? {
+    ///             req.state_mut::<Seen>().0 += 1;
+    ///             writeln!(req, "{line}")?;
+    ///         }
+    ///         Ok(())
+    ///     }
+    ///     fn finish(&self, req: &mut StreamRequest) -> io::Result<()> {
+    ///         let seen = req.state_mut::<Seen>().0;
+    ///         writeln!(req, "{seen} lines")
+    ///     }
+    /// }
+    /// ```
+    pub fn state_mut<T: Default + Send + 'static>(&mut self) -> &mut T {
+        let at = match self.states.iter().position(|s| (**s).is::<T>()) {
+            Some(at) => at,
+            None => {
+                self.states.push(Box::new(T::default()));
+                self.states.len() - 1
+            }
+        };
+        match self.states[at].downcast_mut::<T>() {
+            Some(state) => state,
+            None => unreachable!("the slot at {at} holds a T: it was found or made so"),
+        }
+    }
+
+    /// This connection's state of type `T`, if set.
+    pub fn state<T: 'static>(&self) -> Option<&T> {
+        self.states.iter().find_map(|s| s.downcast_ref::<T>())
+    }
+
+    /// Takes this connection's state of type `T` out, if set.
+    pub fn take_state<T: 'static>(&mut self) -> Option<T> {
+        let at = self.states.iter().position(|s| (**s).is::<T>())?;
+        self.states.swap_remove(at).downcast::<T>().ok().map(|b| *b)
     }
 
     /// The next line, without its `\n` or `\r\n`; `None` at the end of the
@@ -230,7 +295,58 @@ impl StreamRequest {
             return Ok(true);
         }
         self.mid_request = false;
+        if self.parking && !self.eof {
+            // The event strategy: nothing here now means park, not wait.
+            match self.rbuf.fill_from(TryRead(self.conn.stream())) {
+                Ok([]) => self.eof = true,
+                Ok(_) => {
+                    self.timeouts.data_came(Instant::now);
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.parked = true;
+                    return Ok(false);
+                }
+                Err(e) => return Err(self.read_error(e)),
+            }
+            return Ok(false);
+        }
         self.fill_buf().map(|data| !data.is_empty())
+    }
+
+    /// Under the event strategy: `wait_for_data` parks the connection
+    /// (returns `false` and marks it) instead of waiting.
+    pub(crate) fn set_parking(&mut self, on: bool) {
+        self.parking = on;
+    }
+
+    /// Whether the handler returned because the connection parked — with
+    /// nothing buffered (pipelined requests are served first) and the peer
+    /// still there. Clears the mark.
+    pub(crate) fn take_parked(&mut self) -> bool {
+        std::mem::take(&mut self.parked) && !self.eof
+    }
+
+    /// The idle timeout passed while the connection was parked: closed,
+    /// counted; the handler's next `wait_for_data` sees the end.
+    pub(crate) fn expire_idle(&mut self) {
+        let idle = self.timeouts.policy().idle.unwrap_or_default();
+        let _ = self.close_idle(format!("idle timeout: nothing from {} for {idle:?}", self.peer));
+    }
+
+    /// The drain window passed while the connection was parked during a
+    /// shutdown: the handler's next `wait_for_data` sees the end, and the
+    /// close lingers as after any drain window.
+    pub(crate) fn expire_drained(&mut self) {
+        self.eof = true;
+        self.drained = true;
+    }
+
+    /// A parked connection holds no read buffer (and nothing unsent).
+    pub(crate) fn park(&mut self) -> io::Result<()> {
+        self.flush_buffer()?;
+        self.rbuf.release();
+        Ok(())
     }
 
     /// Like [`BufRead::fill_buf`], and the socket to answer on at the same
@@ -411,6 +527,15 @@ impl StreamRequest {
 
     pub(crate) fn fd(&self) -> RawFd {
         self.conn.fd()
+    }
+}
+
+/// Reads without waiting (the stream's `Read` waits for its timeout).
+struct TryRead<'a>(&'a Stream);
+
+impl Read for TryRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
     }
 }
 

@@ -24,7 +24,7 @@ mod sealed {
 }
 
 /// A concurrency strategy: [`Synchronous`], [`Threading`], [`ThreadPool`],
-/// [`Forking`], or [`AnyStrategy`] to choose one at run time.
+/// [`Forking`], [`Event`], or [`AnyStrategy`] to choose one at run time.
 ///
 /// The trait is sealed: the four strategies are the ones the server knows
 /// how to drive.
@@ -205,6 +205,100 @@ impl Forking {
     }
 }
 
+/// Connections wait between requests parked in the kernel's readiness set
+/// (`epoll`), holding no thread and no read buffer; a few polling threads —
+/// one per CPU by default — run the handler of whichever connection is
+/// ready, in the thread that learned it (no hand-off per request), then
+/// park it again. Apache's event MPM and Jetty's "eat what you kill", for
+/// blocking handlers.
+///
+/// Handlers keep their contract: [`StreamRequest::wait_for_data`](crate::StreamRequest::wait_for_data)
+/// is the request boundary. When nothing is buffered or readable there, it
+/// returns `false` (and [`at_eof`](crate::StreamRequest::at_eof) says
+/// whether that was the peer's end), the handler returns, and `handle` is
+/// called again on the same request when bytes arrive — so a handler keeps
+/// what must outlive a parked period in the request's
+/// [state](crate::StreamRequest::state_mut), not in its locals. `setup`
+/// runs once before the first `handle`, `finish` once at the end. Reads
+/// elsewhere wait as under any other strategy (with every timeout), keeping
+/// their thread: a handler that never calls `wait_for_data` runs as under a
+/// pool.
+///
+/// A handler that blocks (a slow read, a lock, a sleep) keeps its polling
+/// thread; when one has been in a single handler for a few milliseconds,
+/// another thread takes over what it had not started and polls in its
+/// place, up to `max_workers` threads in all; surplus threads retire after
+/// `keep_alive` without work. Idle timeouts of parked connections cost no
+/// thread and no timer each (one queue per timeout, as Apache's). For
+/// datagram servers this strategy is the pool's: `pollers` threads receive
+/// and handle datagrams themselves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub(crate) pollers: usize,
+    pub(crate) max_workers: usize,
+    pub(crate) keep_alive: Duration,
+    pub(crate) stack_size: usize,
+}
+
+impl Default for Event {
+    /// A polling thread per CPU, growing to 256 while handlers block,
+    /// surplus threads retiring after 10 s.
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+        Event {
+            pollers: cpus,
+            max_workers: 256.max(cpus),
+            keep_alive: Duration::from_secs(10),
+            stack_size: DEFAULT_STACK_SIZE,
+        }
+    }
+}
+
+impl Event {
+    /// A polling thread per CPU; other settings as `default()`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The polling threads kept even when idle (raises `max_workers` to match).
+    pub fn pollers(mut self, n: NonZeroUsize) -> Self {
+        self.pollers = n.get();
+        self.max_workers = self.max_workers.max(self.pollers);
+        self
+    }
+
+    /// The most threads while handlers block (lowers `pollers` to match).
+    pub fn max_workers(mut self, n: NonZeroUsize) -> Self {
+        self.max_workers = n.get();
+        self.pollers = self.pollers.min(self.max_workers);
+        self
+    }
+
+    /// How long a surplus thread waits for work before it retires.
+    pub fn keep_alive(mut self, idle: Duration) -> Self {
+        self.keep_alive = idle;
+        self
+    }
+
+    /// The stack size of each thread, in bytes.
+    pub fn stack_size(mut self, bytes: usize) -> Self {
+        self.stack_size = bytes;
+        self
+    }
+
+    /// The pool a datagram server runs for this strategy: `pollers`
+    /// receivers that handle what they receive.
+    pub(crate) fn as_pool(&self) -> ThreadPool {
+        ThreadPool {
+            min: self.pollers,
+            max: self.max_workers.max(self.pollers),
+            stack_size: self.stack_size,
+            keep_alive: self.keep_alive,
+            ..ThreadPool::default()
+        }
+    }
+}
+
 /// A strategy chosen at run time, e.g. from a command-line flag.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AnyStrategy {
@@ -216,6 +310,8 @@ pub enum AnyStrategy {
     ThreadPool(ThreadPool),
     /// See [`Forking`].
     Forking(Forking),
+    /// See [`Event`].
+    Event(Event),
 }
 
 impl Default for AnyStrategy {
@@ -231,6 +327,7 @@ impl fmt::Display for AnyStrategy {
             AnyStrategy::Threading(_) => f.write_str("threading"),
             AnyStrategy::ThreadPool(p) => write!(f, "pool({}-{})", p.min, p.max),
             AnyStrategy::Forking(_) => f.write_str("forking"),
+            AnyStrategy::Event(e) => write!(f, "event({}-{})", e.pollers, e.max_workers),
         }
     }
 }
@@ -250,7 +347,7 @@ macro_rules! strategy {
         }
     )*};
 }
-strategy!(Synchronous, Threading, ThreadPool, Forking);
+strategy!(Synchronous, Threading, ThreadPool, Forking, Event);
 
 impl sealed::Sealed for AnyStrategy {
     fn to_any(&self) -> AnyStrategy {

@@ -6,6 +6,7 @@
 //! an `unsafe fn` with a `# Safety` section.
 #![allow(unsafe_code)]
 
+pub(crate) mod epoll;
 pub(crate) mod process;
 pub(crate) mod time;
 
@@ -73,9 +74,9 @@ pub(crate) fn poll_for(
     }
 }
 
-/// A wait in whole milliseconds for `poll`, rounded up so that a wait of
-/// 0.4 ms does not become a busy 0.
-fn poll_millis(left: Duration) -> libc::c_int {
+/// A wait in whole milliseconds for `poll` and `epoll_wait`, rounded up so
+/// that a wait of 0.4 ms does not become a busy 0.
+pub(crate) fn poll_millis(left: Duration) -> libc::c_int {
     let ms = left.as_millis().saturating_add(u128::from(!left.subsec_nanos().is_multiple_of(1_000_000)));
     ms.min(libc::c_int::MAX as u128) as libc::c_int
 }

@@ -1,0 +1,330 @@
+//! The event strategy: connections parked between requests with no thread
+//! and no read buffer; handlers keep their contract (`wait_for_data` is the
+//! request boundary; `setup` once, `finish` once); blocked handlers strand
+//! nobody; timeouts and the shutdown reach parked connections.
+
+mod util;
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use socketserver::servers::Echo;
+use socketserver::{Event, RequestHandler, StreamRequest, TcpServer, UnixStreamServer};
+use util::*;
+
+fn nz(n: usize) -> NonZeroUsize {
+    NonZeroUsize::new(n).unwrap()
+}
+
+fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Sends `line` and reads the answer line.
+fn ask(c: &mut TcpStream, line: &str) -> String {
+    c.write_all(format!("{line}\n").as_bytes()).unwrap();
+    read_line(c)
+}
+
+fn read_line(c: &mut TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while c.read(&mut byte).expect("a line") == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    String::from_utf8(line).unwrap()
+}
+
+/// Requests per connection, kept in the request: it outlives a park.
+#[derive(Default)]
+struct Served(u64);
+
+/// A line protocol in the event style: `wait_for_data` between requests.
+/// `sleep` blocks the handler for 1.5 s; `boom` panics.
+struct Lines {
+    setups: Arc<AtomicUsize>,
+    finishes: Arc<AtomicUsize>,
+}
+
+impl Lines {
+    fn new() -> Lines {
+        Lines { setups: Arc::default(), finishes: Arc::default() }
+    }
+}
+
+impl RequestHandler<StreamRequest> for Lines {
+    fn setup(&self, _: &mut StreamRequest) -> io::Result<()> {
+        self.setups.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn handle(&self, req: &mut StreamRequest) -> io::Result<()> {
+        while req.wait_for_data()? {
+            let Some(line) = req.next_line()? else { break };
+            match line.as_str() {
+                "sleep" => std::thread::sleep(Duration::from_millis(1500)),
+                "boom" => panic!("boom on request {}", req.state_mut::<Served>().0 + 1),
+                _ => {}
+            }
+            req.state_mut::<Served>().0 += 1;
+            let n = req.state_mut::<Served>().0;
+            writeln!(req, "{line} #{n}")?;
+        }
+        Ok(())
+    }
+    fn finish(&self, _: &mut StreamRequest) -> io::Result<()> {
+        self.finishes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[test]
+fn echo_under_the_event_strategy() {
+    let server = TcpServer::builder().strategy(Event::new()).bind("127.0.0.1:0", Echo).unwrap();
+    let running = run(server);
+    let mut clients: Vec<TcpStream> = (0..50).map(|_| tcp_connect(running.inet())).collect();
+    for round in 0..20 {
+        for (i, c) in clients.iter_mut().enumerate() {
+            let msg = format!("client {i} round {round}\n");
+            assert_eq!(round_trip(c, msg.as_bytes()), msg.as_bytes());
+        }
+    }
+    wait_for("all 50 parked", || running.handle.stats().parked == 50);
+    drop(clients);
+    wait_for("all closed", || running.handle.stats().active == 0);
+    assert_eq!(running.handle.stats().parked, 0);
+    running.stop().unwrap();
+}
+
+/// A parked connection resumes with what arrived while it was parked, its
+/// state kept; `setup` ran once and `finish` runs once, at the end.
+#[test]
+fn a_parked_connection_resumes_with_its_state() {
+    let lines = Lines::new();
+    let (setups, finishes) = (Arc::clone(&lines.setups), Arc::clone(&lines.finishes));
+    let running = run(TcpServer::builder().strategy(Event::new()).bind("127.0.0.1:0", lines).unwrap());
+    let mut c = tcp_connect(running.inet());
+    for i in 1..=5 {
+        wait_for("the connection to park", || running.handle.stats().parked == 1);
+        c.write_all(b"hello\n").unwrap();
+        assert_eq!(read_line(&mut c), format!("hello #{i}"));
+    }
+    assert_eq!(setups.load(Ordering::SeqCst), 1);
+    assert_eq!(finishes.load(Ordering::SeqCst), 0, "finish waits for the end");
+    drop(c);
+    wait_for("finish", || finishes.load(Ordering::SeqCst) == 1);
+    assert_eq!(setups.load(Ordering::SeqCst), 1);
+    running.stop().unwrap();
+}
+
+/// Requests pipelined in one write are all served before the connection
+/// parks.
+#[test]
+fn pipelined_requests_are_all_served_before_parking() {
+    let running = run(TcpServer::builder().strategy(Event::new()).bind("127.0.0.1:0", Lines::new()).unwrap());
+    let mut c = tcp_connect(running.inet());
+    c.write_all(b"a\nb\nc\nd\n").unwrap();
+    for (i, want) in ["a", "b", "c", "d"].iter().enumerate() {
+        assert_eq!(read_line(&mut c), format!("{want} #{}", i + 1));
+    }
+    running.stop().unwrap();
+}
+
+/// With one polling thread, a handler asleep inside a request does not
+/// keep another ready connection waiting beyond a bound: another thread
+/// takes over polling.
+#[test]
+fn a_blocked_handler_does_not_strand_other_connections() {
+    let server = TcpServer::builder()
+        .strategy(Event::new().pollers(nz(1)).max_workers(nz(8)))
+        .bind("127.0.0.1:0", Lines::new())
+        .unwrap();
+    let running = run(server);
+    let mut sleeper = tcp_connect(running.inet());
+    let mut other = tcp_connect(running.inet());
+    assert_eq!(ask(&mut other, "warm"), "warm #1");
+    sleeper.write_all(b"sleep\n").unwrap();
+    wait_for("the sleeper's handler to run", || running.handle.stats().workers_busy == 1);
+    let start = Instant::now();
+    other.write_all(b"ping\n").unwrap();
+    assert_eq!(read_line(&mut other), "ping #2");
+    let waited = start.elapsed();
+    assert!(waited < Duration::from_millis(500), "the ready connection waited {waited:?} behind a sleeping handler");
+    assert_eq!(read_line(&mut sleeper), "sleep #1");
+    running.stop().unwrap();
+}
+
+/// 1,000 parked connections hold no thread each: the process's threads stay
+/// within the bound (2 × CPUs + 4), counted from /proc/self/status.
+#[test]
+fn a_thousand_parked_connections_hold_no_thread_each() {
+    let _ = socketserver::raise_fd_limit();
+    let threads = || -> usize {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        status.lines().find_map(|l| l.strip_prefix("Threads:")).unwrap().trim().parse().unwrap()
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    let before = threads();
+    let running = run(TcpServer::builder().strategy(Event::new()).bind("127.0.0.1:0", Echo).unwrap());
+    let clients: Vec<TcpStream> = (0..1000)
+        .map(|_| {
+            let mut c = tcp_connect(running.inet());
+            assert_eq!(round_trip(&mut c, b"x"), b"x");
+            c
+        })
+        .collect();
+    wait_for("1,000 parked", || running.handle.stats().parked == 1000);
+    let added = threads() - before;
+    assert!(added <= 2 * cpus + 4, "{added} threads for 1,000 parked connections");
+    drop(clients);
+    running.stop().unwrap();
+}
+
+/// The idle timeout closes parked connections (no thread, no timer each).
+#[test]
+fn the_idle_timeout_closes_parked_connections() {
+    let server = TcpServer::builder()
+        .strategy(Event::new())
+        .idle_timeout(Duration::from_millis(200))
+        .bind("127.0.0.1:0", Echo)
+        .unwrap();
+    let running = run(server);
+    let mut clients: Vec<TcpStream> = (0..20).map(|_| tcp_connect(running.inet())).collect();
+    let start = Instant::now();
+    for c in &mut clients {
+        assert_eq!(round_trip(c, b"hi"), b"hi");
+    }
+    for c in &mut clients {
+        assert_eq!(c.read(&mut [0u8; 4]).unwrap_or(0), 0, "closed");
+    }
+    assert!(start.elapsed() >= Duration::from_millis(200));
+    wait_for("the closes to be counted", || running.handle.stats().idle_closed == 20);
+    assert_eq!(running.handle.stats().handler_errors, 0);
+    running.stop().unwrap();
+}
+
+/// At shutdown, parked connections follow the drain rule: a request sent
+/// just after the shutdown is answered, quiet connections close when the
+/// window ends, and `serve_forever` returns then, not at the grace period.
+#[test]
+fn the_shutdown_drains_parked_connections_by_the_window() {
+    let window = Duration::from_millis(300);
+    let server = TcpServer::builder()
+        .strategy(Event::new())
+        .drain_window(window)
+        .grace_period(Duration::from_secs(30))
+        .bind("127.0.0.1:0", Lines::new())
+        .unwrap();
+    let mut running = run(server);
+    let mut clients: Vec<TcpStream> = (0..10).map(|_| tcp_connect(running.inet())).collect();
+    for c in &mut clients {
+        assert_eq!(ask(c, "hi"), "hi #1");
+    }
+    wait_for("all parked", || running.handle.stats().parked == 10);
+    let start = Instant::now();
+    running.handle.shutdown();
+    clients[0].write_all(b"raced\n").unwrap();
+    assert_eq!(read_line(&mut clients[0]), "raced #2", "a request that raced the shutdown is answered");
+    running.join().unwrap();
+    let took = start.elapsed();
+    assert!(took >= window, "closed before the window: {took:?}");
+    assert!(took < Duration::from_secs(5), "waited for the grace period: {took:?}");
+    for c in &mut clients {
+        assert_eq!(c.read(&mut [0u8; 4]).unwrap_or(0), 0);
+    }
+}
+
+/// A handler that panics on a connection that was parked before is
+/// isolated and counted; the others are served on.
+#[test]
+fn a_panic_after_a_park_is_isolated_and_counted() {
+    let running = run(TcpServer::builder().strategy(Event::new()).bind("127.0.0.1:0", Lines::new()).unwrap());
+    let mut victim = tcp_connect(running.inet());
+    let mut bystander = tcp_connect(running.inet());
+    assert_eq!(ask(&mut victim, "one"), "one #1");
+    wait_for("both parked", || running.handle.stats().parked == 2);
+    victim.write_all(b"boom\n").unwrap();
+    assert_eq!(victim.read(&mut [0u8; 8]).unwrap_or(0), 0, "the panicking connection is closed");
+    wait_for("the panic to be counted", || running.handle.stats().panics == 1);
+    assert_eq!(ask(&mut bystander, "still"), "still #1");
+    running.stop().unwrap();
+}
+
+#[test]
+fn unix_streams_work() {
+    let dir = TempDir::new("event-unix");
+    let path = dir.join("s.sock");
+    let running = run(UnixStreamServer::builder().strategy(Event::new()).bind(&path, Echo).unwrap());
+    let mut clients: Vec<_> = (0..10).map(|_| unix_connect(&path)).collect();
+    for round in 0..5 {
+        for c in &mut clients {
+            let msg = format!("round {round}");
+            assert_eq!(round_trip(c, msg.as_bytes()), msg.as_bytes());
+        }
+    }
+    running.stop().unwrap();
+}
+
+/// A handler that never calls `wait_for_data` keeps its thread, as under a
+/// pool — and more connections than polling threads are all served.
+#[test]
+fn a_handler_without_wait_for_data_still_works() {
+    let server = TcpServer::builder()
+        .strategy(Event::new().pollers(nz(2)).max_workers(nz(32)))
+        .bind("127.0.0.1:0", echo_lines)
+        .unwrap();
+    let running = run(server);
+    let mut clients: Vec<TcpStream> = (0..8).map(|_| tcp_connect(running.inet())).collect();
+    for round in 0..3 {
+        for c in &mut clients {
+            let msg = format!("round {round}\n");
+            assert_eq!(round_trip(c, msg.as_bytes()), msg.as_bytes());
+        }
+    }
+    for c in &mut clients {
+        c.write_all(b"quit\n").unwrap();
+    }
+    running.stop().unwrap();
+}
+
+/// Everything the other strategies do at the door still holds: refused
+/// peers never reach a handler; `max_connections` holds newcomers back.
+#[test]
+fn verify_request_and_max_connections_hold() {
+    let server = TcpServer::builder()
+        .strategy(Event::new())
+        .max_connections(2)
+        .verify_request(|_| true)
+        .bind("127.0.0.1:0", Echo)
+        .unwrap();
+    let running = run(server);
+    let mut a = tcp_connect(running.inet());
+    let mut b = tcp_connect(running.inet());
+    assert_eq!(round_trip(&mut a, b"a"), b"a");
+    assert_eq!(round_trip(&mut b, b"b"), b"b");
+    let mut c = tcp_connect(running.inet());
+    c.write_all(b"c").unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    assert!(c.read(&mut [0u8; 1]).is_err(), "a third connection was served at the limit");
+    drop(a);
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut back = [0u8; 1];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"c", "served once one closed");
+    running.stop().unwrap();
+
+    let picky =
+        run(TcpServer::builder().strategy(Event::new()).verify_request(|_| false).bind("127.0.0.1:0", Echo).unwrap());
+    let mut no = tcp_connect(picky.inet());
+    let _ = no.write_all(b"x");
+    assert_eq!(no.read(&mut [0u8; 1]).unwrap_or(0), 0);
+    wait_for("the refusal", || picky.handle.stats().refused == 1);
+    picky.stop().unwrap();
+}
