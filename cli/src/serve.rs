@@ -14,7 +14,7 @@ use socketserver::transport::{Tcp, Udp, UnixDatagram, UnixStream};
 use socketserver::{
     Address, AnyStrategy, Builder, DatagramRequest, RequestHandler, Server, ServerHandle, StreamRequest,
 };
-use socketserver::{ThreadPool, Threading, Transport};
+use socketserver::{Event, ThreadPool, Threading, Transport};
 
 #[derive(Clone, Copy, Debug)]
 pub enum Bundled {
@@ -78,6 +78,10 @@ pub enum StrategyArg {
     Threading,
     /// A pool of worker threads that grows from --workers to --max-workers.
     Pool,
+    /// Connections parked in epoll between requests (no thread each);
+    /// --workers polling threads (default: one per CPU) run the handlers,
+    /// more while handlers block, up to --max-workers.
+    Event,
 }
 
 #[derive(Debug, Args)]
@@ -216,6 +220,13 @@ impl ServerOptions {
                     pool = pool.workers(n);
                 }
                 pool.into()
+            }
+            StrategyArg::Event => {
+                let mut event = Event::new().max_workers(self.max_workers);
+                if let Some(n) = self.workers {
+                    event = event.pollers(n);
+                }
+                event.into()
             }
         }
     }

@@ -1,5 +1,5 @@
 //! A tokio echo server: multi-thread runtime (one worker per CPU unless
-//! `--threads N`), one task per TCP connection with a 16 KiB buffer, and
+//! `--threads N`; `--current-thread` for the single-threaded runtime), one task per TCP connection with a 16 KiB buffer, and
 //! `--udp-tasks N` tasks (default: the runtime's worker count) each
 //! `recv_from`/`send_to` on one shared UDP socket. SIGINT (Ctrl-C): the
 //! runtime is dropped, which cancels every task, and the process exits.
@@ -16,8 +16,12 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 fn main() {
     let args = Args::parse();
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.threads {
+    let mut rt = if args.current_thread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if let (Some(n), false) = (args.threads, args.current_thread) {
         rt.worker_threads(n);
     }
     let rt = rt.enable_all().build().unwrap_or_else(|e| die(&format!("runtime: {e}")));
@@ -91,11 +95,12 @@ struct Args {
     udp: Option<String>,
     threads: Option<usize>,
     udp_tasks: Option<usize>,
+    current_thread: bool,
 }
 
 impl Args {
     fn parse() -> Args {
-        let mut args = Args { tcp: None, udp: None, threads: None, udp_tasks: None };
+        let mut args = Args { tcp: None, udp: None, threads: None, udp_tasks: None, current_thread: false };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
             let mut value = || it.next().unwrap_or_else(|| die(&format!("{flag} needs a value")));
@@ -104,11 +109,12 @@ impl Args {
                 "--udp" => args.udp = Some(value()),
                 "--threads" => args.threads = Some(value().parse().unwrap_or_else(|_| die("--threads N"))),
                 "--udp-tasks" => args.udp_tasks = Some(value().parse().unwrap_or_else(|_| die("--udp-tasks N"))),
+                "--current-thread" => args.current_thread = true,
                 _ => die(&format!("unknown argument {flag}")),
             }
         }
         if args.tcp.is_none() && args.udp.is_none() {
-            die("usage: tokio_echo [--tcp ADDR] [--udp ADDR] [--threads N] [--udp-tasks N]");
+            die("usage: tokio_echo [--tcp ADDR] [--udp ADDR] [--threads N | --current-thread] [--udp-tasks N]");
         }
         args
     }
