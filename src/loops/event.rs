@@ -181,6 +181,9 @@ struct Reactor {
     exit: AtomicBool,
     /// The listener is disarmed until capacity frees up.
     full: AtomicBool,
+    /// The monitor sleeps with nothing to time and nobody in a handler: the
+    /// next handler to start wakes it.
+    monitor_idle: AtomicBool,
 }
 
 /// Serves `listener` by the event strategy until the shutdown, then drains
@@ -210,6 +213,7 @@ pub(crate) fn serve(
         stopping: AtomicBool::new(false),
         exit: AtomicBool::new(false),
         full: AtomicBool::new(false),
+        monitor_idle: AtomicBool::new(false),
     });
     reactor.epoll.add(reactor.wake.as_raw_fd(), WAKE, Interest::READ_EDGE_ONLY)?;
     reactor.epoll.add(shared.waker.notify_fd(), CAPACITY, Interest::READ_EDGE_ONLY)?;
@@ -301,8 +305,14 @@ impl Reactor {
             if self.exit.load(SeqCst) {
                 break;
             }
-            let work = self.ready.lock().pop_front();
+            let (work, more) = {
+                let mut ready = self.ready.lock();
+                (ready.pop_front(), !ready.is_empty())
+            };
             if let Some(work) = work {
+                if more {
+                    self.wake.signal(); // another poller may share the queue
+                }
                 self.do_work(me, work);
                 continue;
             }
@@ -472,6 +482,12 @@ impl Reactor {
         let stats = &self.core.shared.stats;
         loop {
             me.run.fetch_add(1, SeqCst);
+            if self.monitor_idle.load(Relaxed) && self.monitor_idle.swap(false, SeqCst) {
+                // Marked busy first, then the wake-up, under the timers'
+                // lock: the monitor cannot miss both.
+                let _timers = self.timers.lock();
+                self.tick.notify_one();
+            }
             stats.workers_busy.fetch_add(1, Relaxed);
             let step = self.service.step(&mut req, !started);
             stats.workers_busy.fetch_sub(1, Relaxed);
@@ -573,9 +589,13 @@ impl Reactor {
                     self.tick.wait_until(&mut timers, at);
                 }
                 None => {
-                    // Nothing to time: wake on a new timer, a busy poller
-                    // (at most a tick late), or the exit.
-                    self.tick.wait_for(&mut timers, Duration::from_millis(50));
+                    // Nothing to time: sleep until a timer is set, a handler
+                    // starts, or the exit.
+                    self.monitor_idle.store(true, SeqCst);
+                    if self.pollers.lock().iter().all(|p| p.run.load(SeqCst) % 2 == 0) && !self.exit.load(SeqCst) {
+                        self.tick.wait(&mut timers);
+                    }
+                    self.monitor_idle.store(false, SeqCst);
                 }
             }
         }
