@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering::*};
 use std::time::{Duration, Instant};
@@ -56,7 +56,6 @@ struct Conn {
     /// Counts parks, so that a timer set at one park does not close the
     /// connection at a later one.
     seq: AtomicU64,
-    fd: RawFd,
 }
 
 /// Work besides epoll events: stolen from a blocked thread, or due timers.
@@ -305,14 +304,8 @@ impl Reactor {
             if self.exit.load(SeqCst) {
                 break;
             }
-            let (work, more) = {
-                let mut ready = self.ready.lock();
-                (ready.pop_front(), !ready.is_empty())
-            };
+            let work = self.ready.lock().pop_front();
             if let Some(work) = work {
-                if more {
-                    self.wake.signal(); // another poller may share the queue
-                }
                 self.do_work(me, work);
                 continue;
             }
@@ -434,7 +427,6 @@ impl Reactor {
             state: AtomicU8::new(PARKED),
             parked: Mutex::new(Some((Box::new(req), false))),
             seq: AtomicU64::new(0),
-            fd,
         });
         let token = self.conns.write().insert(Arc::clone(&conn));
         if let Err(e) = self.epoll.add(fd, token, Interest::READ_EDGE) {
@@ -494,7 +486,7 @@ impl Reactor {
             me.run.fetch_add(1, SeqCst);
             started = true;
             if step != Step::Parked || req.park().is_err() {
-                self.close(token, conn, req);
+                self.close(token, req);
                 return;
             }
             if !req.buffered().is_empty() {
@@ -542,8 +534,10 @@ impl Reactor {
         }
     }
 
-    fn close(&self, token: u64, conn: &Conn, req: Box<StreamRequest>) {
-        let _ = self.epoll.delete(conn.fd);
+    /// Ends a connection. Its descriptor leaves the epoll set when it is
+    /// closed (no `EPOLL_CTL_DEL`: it is the last handle but for a moment's
+    /// upgrade by the force-closer, whose stale event finds no token).
+    fn close(&self, token: u64, req: Box<StreamRequest>) {
         self.conns.write().remove(token);
         self.service.release(*req);
     }
@@ -573,9 +567,7 @@ impl Reactor {
             }
             let next = [timers.idle.next(), timers.drain.next()].into_iter().flatten().min();
             drop(timers);
-            for (work, seq) in due {
-                self.expire(work, seq);
-            }
+            self.expire_all(due);
             let busy = self.watch_pollers();
             timers = self.timers.lock();
             let until = match (next, busy) {
@@ -601,22 +593,36 @@ impl Reactor {
         }
     }
 
-    /// A due timer: closes the connection if it is still parked as it was.
-    fn expire(&self, work: Work, seq: u64) {
-        let token = match work {
-            Work::Idle(t) | Work::Drained(t) | Work::Ready(t) => t,
-        };
-        let Some(conn) = self.conns.read().get(token).cloned() else { return };
-        if conn.seq.load(SeqCst) != seq {
+    /// Due timers: each connection still parked as it was when its timer
+    /// was set is taken (`RUNNING`) and queued to close; the pollers are
+    /// woken once each, not once per connection.
+    fn expire_all(&self, due: Vec<(Work, u64)>) {
+        let mut taken = Vec::new();
+        {
+            let conns = self.conns.read();
+            for (work, seq) in due {
+                let (Work::Idle(token) | Work::Drained(token) | Work::Ready(token)) = work;
+                let Some(conn) = conns.get(token) else { continue };
+                if conn.seq.load(SeqCst) != seq
+                    || conn.state.compare_exchange(PARKED, RUNNING, AcqRel, Acquire).is_err()
+                {
+                    continue;
+                }
+                if conn.seq.load(SeqCst) != seq {
+                    // Resumed and parked again in between: not idle after all.
+                    conn.state.store(PARKED, SeqCst);
+                    continue;
+                }
+                taken.push(work);
+            }
+        }
+        if taken.is_empty() {
             return;
         }
-        if conn.state.compare_exchange(PARKED, RUNNING, AcqRel, Acquire).is_ok() {
-            if conn.seq.load(SeqCst) != seq {
-                // Resumed and parked again in between: not idle after all.
-                conn.state.store(PARKED, SeqCst);
-                return;
-            }
-            self.push_work(work);
+        let n = taken.len();
+        self.ready.lock().extend(taken);
+        for _ in 0..n.min(self.alive.load(SeqCst)) {
+            self.wake.signal();
         }
     }
 
