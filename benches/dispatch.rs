@@ -17,7 +17,6 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::num::NonZeroUsize;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -79,7 +78,7 @@ fn one_connection(addr: SocketAddr) -> Duration {
 
 fn dispatch(c: &mut Criterion) {
     let mut group = c.benchmark_group("dispatch");
-    let two = NonZeroUsize::new(2).expect("nonzero");
+    let two = 2;
     let contenders: [(&str, AnyStrategy); 3] = [
         ("threading", Threading::new().into()),
         ("pool_queue0", ThreadPool::new(two).queue(0).into()),

@@ -625,10 +625,9 @@ pub fn tcp_server(addr: &str) -> io::Result<ThreadPoolTcpServer> {
 /// never by running out of memory.
 pub fn tcp_server_with(addr: &str, limits: RoomLimits) -> io::Result<ThreadPoolTcpServer> {
     few_malloc_arenas();
-    let two = NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN);
-    let most = NonZeroUsize::new(limits.max_members.max(1) + SPARE_WORKERS).unwrap_or(NonZeroUsize::MIN);
+    let most = limits.max_members.max(1) + SPARE_WORKERS;
     TcpServer::builder()
-        .strategy(ThreadPool::new(two).max_workers(most).queue(64).stack_size(MEMBER_STACK))
+        .strategy(ThreadPool::new(2).max_workers(most).queue(64).stack_size(MEMBER_STACK))
         .bind(addr, TcpRoom::with_limits(limits))
 }
 

@@ -90,7 +90,6 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Read, Seek, SeekFrom, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::num::NonZeroUsize;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -721,10 +720,9 @@ impl RequestHandler<StreamRequest> for FileService {
 /// The folder does not exist, or the address cannot be bound.
 pub fn server(addr: &str, config: &Config) -> io::Result<ThreadPoolTcpServer> {
     let service = FileService::new(config)?;
-    let two = NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN);
-    let most = NonZeroUsize::new(MAX_WORKERS).unwrap_or(NonZeroUsize::MIN);
+    let most = MAX_WORKERS;
     ThreadPoolTcpServer::builder()
-        .strategy(ThreadPool::new(two).max_workers(most))
+        .strategy(ThreadPool::new(2).max_workers(most))
         .nodelay(true)
         .idle_timeout(IDLE_TIMEOUT)
         .write_timeout(WRITE_TIMEOUT)

@@ -109,7 +109,6 @@ use std::ffi::OsString;
 use std::io::{self, BufRead, ErrorKind, Read, Write};
 use std::mem::MaybeUninit;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::num::NonZeroUsize;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
@@ -414,10 +413,9 @@ impl RemoteCommand {
 /// `allow_unsafe`), or the address cannot be bound.
 pub fn server(addr: &str, config: &Config) -> io::Result<ThreadPoolTcpServer> {
     let handler = RemoteCommand::new(config)?;
-    let two = NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN);
-    let most = NonZeroUsize::new(MAX_WORKERS).unwrap_or(NonZeroUsize::MIN);
+    let most = MAX_WORKERS;
     ThreadPoolTcpServer::builder()
-        .strategy(ThreadPool::new(two).max_workers(most))
+        .strategy(ThreadPool::new(2).max_workers(most))
         .nodelay(true)
         .idle_timeout(IDLE_TIMEOUT)
         .write_timeout(WRITE_TIMEOUT)

@@ -24,12 +24,10 @@ use crate::transport::{BindAddress, Transport};
 /// # fn main() -> std::io::Result<()> {
 /// use socketserver::servers::Echo;
 /// use socketserver::{TcpServer, ThreadPool};
-/// use std::num::NonZeroUsize;
 /// use std::time::Duration;
 ///
-/// let n = |n| NonZeroUsize::new(n).unwrap();
 /// let server = TcpServer::builder()
-///     .strategy(ThreadPool::new(n(8)).max_workers(n(512)))
+///     .strategy(ThreadPool::new(8).max_workers(512))
 ///     .max_connections(2_000)
 ///     .idle_timeout(Duration::from_secs(60))
 ///     .verify_request(|peer| peer.as_inet().is_some_and(|a| a.ip().is_loopback()))
@@ -297,6 +295,7 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
         A: BindAddress<T>,
         H: RequestHandler<T::Request>,
     {
+        self.check()?;
         let (endpoint, socket_file) = Bind::<T>::bind(addr, &self.opts)?;
         self.build(endpoint, socket_file, Arc::new(handler))
     }
@@ -316,6 +315,7 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
     where
         H: RequestHandler<T::Request>,
     {
+        self.check()?;
         let endpoint = socket.adopt()?;
         self.build(endpoint, None, Arc::new(handler))
     }
@@ -334,6 +334,11 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
             strategy: strategy::to_any(&self.strategy),
             opts: self.opts,
         })
+    }
+
+    /// Refuses settings that cannot work before anything is bound.
+    fn check(&self) -> io::Result<()> {
+        strategy::to_any(&self.strategy).check()
     }
 }
 

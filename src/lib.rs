@@ -4,18 +4,15 @@
 //!
 //! ```no_run
 //! use socketserver::{StreamRequest, ThreadingTcpServer};
-//! use std::io::{self, Read, Write};
+//! use std::io::{self, Write};
 //!
 //! fn main() -> io::Result<()> {
 //!     let server = ThreadingTcpServer::bind("127.0.0.1:9999", |req: &mut StreamRequest| {
-//!         let mut buf = [0u8; 16 * 1024];
-//!         loop {
-//!             let n = req.read(&mut buf)?;
-//!             if n == 0 {
-//!                 return Ok(()); // the client closed: done
-//!             }
-//!             req.write_all(&buf[..n])?;
+//!         // Python's `for line in self.rfile:`; each line is a request.
+//!         while let Some(line) = req.next_line()? {
+//!             writeln!(req, "{line}")?;
 //!         }
+//!         Ok(()) // the client closed: done
 //!     })?;
 //!     server.handle().shutdown_on_signal()?; // Ctrl-C: drain, then return
 //!     server.serve_forever()
@@ -27,33 +24,194 @@
 //! | Python | here |
 //! |---|---|
 //! | `TCPServer`, `UDPServer`, `UnixStreamServer`, `UnixDatagramServer` | [`TcpServer`], [`UdpServer`], [`UnixStreamServer`], [`UnixDatagramServer`]: one generic [`Server`] over a [`Transport`] |
-//! | `ThreadingMixIn`, `ForkingMixIn` | strategies [`Threading`], [`Forking`], plus [`Synchronous`] (the default) and [`ThreadPool`] |
+//! | `ThreadingMixIn`, `ForkingMixIn` | strategies [`Threading`], [`Forking`], plus [`Synchronous`] (the default), [`ThreadPool`] and [`Event`] |
 //! | `ThreadingTCPServer`, `ForkingUDPServer`, ... | the aliases [`ThreadingTcpServer`], [`ForkingUdpServer`], ... |
 //! | `BaseRequestHandler` (`setup`, `handle`, `finish`) | [`RequestHandler`]; closures are handlers too |
+//! | `self.x = ...` in a handler | [`StreamRequest::state_mut`]: per-connection state |
 //! | `StreamRequestHandler` (`rfile`, `wfile`) | [`StreamRequest`]: buffered reads, writes sent whole |
 //! | `DatagramRequestHandler` | [`DatagramRequest`]: the packet, the peer, [`reply`](DatagramRequest::reply) |
-//! | `serve_forever`, `handle_request`, `shutdown` | [`Server::serve_forever`], [`Server::handle_request`], [`ServerHandle::shutdown`] |
+//! | `serve_forever`, `handle_request`, `shutdown` | [`Server::serve_forever`], [`Server::handle_request`] (says what it did: [`Handled`]), [`ServerHandle::shutdown`] |
+//! | `threading.Thread(target=server.serve_forever)` | [`Server::spawn`] |
 //! | `verify_request`, `handle_error`, `handle_timeout`, `service_actions` | [`Builder`] hooks of the same names |
+//!
+//! A closure handler names its request's type, `|req: &mut StreamRequest|`
+//! or `|req: &mut DatagramRequest|`: a server takes any [`RequestHandler`],
+//! and Rust infers a closure's parameter types only from a plain `Fn`
+//! bound, so it cannot infer them here.
+//!
+//! # Cookbook: the five programs a newcomer writes first
+//!
+//! An upper-case line server on a pool, run in the background:
+//!
+//! ```
+//! use socketserver::{StreamRequest, TcpServer, ThreadPool};
+//! use std::io::{BufRead, BufReader, Write};
+//! use std::net::TcpStream;
+//!
+//! let server = TcpServer::builder()
+//!     .strategy(ThreadPool::new(4).max_workers(64))
+//!     .bind("127.0.0.1:0", |req: &mut StreamRequest| {
+//!         while let Some(line) = req.next_line()? {
+//!             writeln!(req, "{}", line.to_uppercase())?;
+//!         }
+//!         Ok(())
+//!     })?
+//!     .spawn()?;
+//! let mut client = TcpStream::connect(server.server_address())?;
+//! client.write_all(b"hello\n")?;
+//! let mut answer = String::new();
+//! BufReader::new(&client).read_line(&mut answer)?;
+//! assert_eq!(answer, "HELLO\n");
+//! server.stop()?;
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! A UDP time server (the bundled [`servers::Strftime`] renders any strftime
+//! format; this one answers the time of day):
+//!
+//! ```
+//! use socketserver::{DatagramRequest, UdpServer};
+//! use std::net::UdpSocket;
+//! use std::time::SystemTime;
+//!
+//! let server = UdpServer::bind("127.0.0.1:0", |req: &mut DatagramRequest| {
+//!     let secs = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+//!     req.reply(format!("{}", secs % 86_400).as_bytes())
+//! })?
+//! .spawn()?;
+//! let client = UdpSocket::bind("127.0.0.1:0")?;
+//! client.send_to(b"time?", server.server_address())?;
+//! let mut buf = [0u8; 32];
+//! let n = client.recv(&mut buf)?;
+//! assert!(std::str::from_utf8(&buf[..n]).unwrap().parse::<u64>().is_ok());
+//! server.stop()?;
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! A Unix server with a per-connection counter, kept across `setup`,
+//! `handle` and `finish` as Python keeps `self.count`:
+//!
+//! ```
+//! use socketserver::{RequestHandler, StreamRequest, ThreadingUnixStreamServer};
+//! use std::io::{self, Read, Write};
+//! use std::os::unix::net::UnixStream;
+//!
+//! #[derive(Default)]
+//! struct Count(usize);
+//!
+//! struct Counter;
+//!
+//! impl RequestHandler<StreamRequest> for Counter {
+//!     fn handle(&self, req: &mut StreamRequest) -> io::Result<()> {
+//!         while let Some(_line) = req.next_line()? {
+//!             req.state_mut::<Count>().0 += 1;
+//!         }
+//!         Ok(())
+//!     }
+//!     fn finish(&self, req: &mut StreamRequest) -> io::Result<()> {
+//!         let n = req.state_mut::<Count>().0;
+//!         writeln!(req, "{n} lines")
+//!     }
+//! }
+//!
+//! let path = std::env::temp_dir().join(format!("counter-{}.sock", std::process::id()));
+//! let server = ThreadingUnixStreamServer::bind(&path, Counter)?.spawn()?;
+//! let mut client = UnixStream::connect(&path)?;
+//! client.write_all(b"a\nb\nc\n")?;
+//! client.shutdown(std::net::Shutdown::Write)?;
+//! let mut answer = String::new();
+//! client.read_to_string(&mut answer)?;
+//! assert_eq!(answer, "3 lines\n");
+//! server.stop()?; // the socket file is removed
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! A handler that fails and one that panics: each is reported through
+//! `handle_error` — which gets the request still open, so it can answer —
+//! counted, and the server serves on. Without a hook and without a logger,
+//! each error is one line on stderr (as Python prints a traceback); a panic
+//! is also printed by Rust's panic hook, as any panic is (set your own with
+//! `std::panic::set_hook`).
+//!
+//! ```
+//! use socketserver::{StreamRequest, TcpServer};
+//! use std::io::{self, Read, Write};
+//! use std::net::TcpStream;
+//!
+//! let server = TcpServer::builder()
+//!     .handle_error(|req, _peer, err| {
+//!         if let Some(req) = req {
+//!             let _ = writeln!(req, "error: {err}");
+//!         }
+//!     })
+//!     .bind("127.0.0.1:0", |req: &mut StreamRequest| match req.next_line()?.as_deref() {
+//!         Some("fail") => Err(io::Error::other("failed on purpose")),
+//!         Some("panic") => panic!("panicked on purpose"),
+//!         _ => writeln!(req, "fine"),
+//!     })?
+//!     .spawn()?;
+//! # let hook = std::panic::take_hook();
+//! # std::panic::set_hook(Box::new(|_| {})); // keep the doctest's output clean
+//! for (ask, answer) in [("fail", "error: failed on purpose\n"), ("panic", "error: handler panicked: panicked on purpose\n"), ("ok", "fine\n")] {
+//!     let mut client = TcpStream::connect(server.server_address())?;
+//!     writeln!(client, "{ask}")?;
+//!     let mut got = String::new();
+//!     client.read_to_string(&mut got)?;
+//!     assert_eq!(got, answer);
+//! }
+//! # std::panic::set_hook(hook);
+//! let stats = server.handle().stats();
+//! assert_eq!((stats.handler_errors, stats.panics), (2, 1));
+//! server.stop()?;
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! `handle_request` with a timeout, and a `verify_request` that refuses a
+//! peer; each call says what happened:
+//!
+//! ```
+//! use socketserver::{Handled, StreamRequest, TcpServer};
+//! use std::net::TcpStream;
+//! use std::time::Duration;
+//!
+//! let server = TcpServer::builder()
+//!     .timeout(Duration::from_millis(50))
+//!     .verify_request(|peer| peer.as_inet().is_some_and(|a| a.port() % 2 == 0))
+//!     .bind("127.0.0.1:0", |_: &mut StreamRequest| Ok(()))?;
+//! assert_eq!(server.handle_request()?, Handled::TimedOut);
+//! let client = TcpStream::connect(server.server_address())?;
+//! let expected = if client.local_addr()?.port() % 2 == 0 { Handled::Served } else { Handled::Refused };
+//! assert_eq!(server.handle_request()?, expected);
+//! # Ok::<(), std::io::Error>(())
+//! ```
 //!
 //! # What Python lacks
 //!
 //! * A bounded [`ThreadPool`] with backpressure ([`Overflow`]), connection
 //!   limits ([`Builder::max_connections`]), read, write and idle timeouts.
+//! * The [`Event`] strategy: connections parked in `epoll` between
+//!   requests, holding no thread, for blocking handlers.
 //! * A shutdown that wakes the loop at once from any thread — a handler
-//!   included — and never deadlocks; a graceful drain with a deadline, after
-//!   which connections still open are shut down so blocked handlers return;
+//!   included — and never deadlocks; requests that raced it answered (the
+//!   drain window), a graceful drain with a deadline, after which
+//!   connections still open are shut down so blocked handlers return;
 //!   opt-in Ctrl-C/SIGTERM handling ([`ServerHandle::shutdown_on_signal`]).
 //! * Handler panics caught per request and reported; accept errors such as
 //!   `EMFILE` backed off instead of spun on; Unix socket files cleaned up;
-//!   oversized datagrams reported, never truncated silently; [`Stats`].
+//!   oversized datagrams reported, never truncated silently; no UDP
+//!   amplification; [`Stats`].
 //!
-//! The library installs no signal handler unless asked, prints nothing (it
-//! logs through the `log` crate) and never exits the process.
+//! The library installs no signal handler unless asked and never exits the
+//! process. It logs through the `log` crate; with no logger installed
+//! (`log::max_level()` is `Off`), a handler's error is one line on stderr —
+//! written only if stderr can take it at once, never waiting — and nothing
+//! else is printed.
 //!
 //! # Platform
 //!
-//! Unix (Linux first; macOS and the BSDs should work). Forking and Unix
-//! sockets are Unix features; the readiness loop uses `poll(2)`.
+//! Unix (Linux first; macOS and the BSDs should work for all but the
+//! `Event` strategy, which uses `epoll`). Forking and Unix sockets are Unix
+//! features.
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![deny(unsafe_code)]
 
@@ -80,9 +238,10 @@ pub use crate::builder::Builder;
 pub use crate::error::ContextError;
 pub use crate::handle::ServerHandle;
 pub use crate::handler::RequestHandler;
+pub use crate::loops::Handled;
 pub use crate::net::{Address, DatagramSocket, Listener, MAX_UDP_PAYLOAD, MAX_UDP6_PAYLOAD, MAX_UNIX_DATAGRAM, Stream};
 pub use crate::request::{DatagramRequest, MAX_LINE, StreamRequest};
-pub use crate::server::Server;
+pub use crate::server::{Server, ServerThread};
 pub use crate::stats::Stats;
 pub use crate::strategy::{AnyStrategy, Event, Forking, Overflow, Strategy, Synchronous, ThreadPool, Threading};
 pub use crate::transport::{BindAddress, Transport};

@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 
 use crate::handle::ServerHandle;
 use crate::handler::RequestHandler;
-use crate::loops::{self, Core, Endpoint, Kind};
+use crate::loops::{self, Core, Endpoint, Handled, Kind};
 use crate::net::Address;
 use crate::net::bind::SocketFile;
 use crate::options::Options;
@@ -152,9 +152,14 @@ impl<T: Transport, S> Server<T, S> {
     /// return at once; either way this call consumes it, and the next one
     /// serves.
     ///
+    /// Returns what happened: [`Handled::Served`], `Refused` (by
+    /// `verify_request`), `Dropped` (an oversized datagram, a connection that
+    /// could not be set up), `TimedOut` (after `handle_timeout`, which runs
+    /// only then), `ShutDown`.
+    ///
     /// # Errors
     /// While `serve_forever` runs; on a fatal accept or receive error.
-    pub fn handle_request(&self) -> io::Result<()> {
+    pub fn handle_request(&self) -> io::Result<Handled> {
         let _serving = self.begin_serving()?;
         let result = self.handle_one_request();
         if self.core.shared.stopping() {
@@ -165,7 +170,7 @@ impl<T: Transport, S> Server<T, S> {
         result
     }
 
-    fn handle_one_request(&self) -> io::Result<()> {
+    fn handle_one_request(&self) -> io::Result<Handled> {
         self.server_activate()?;
         let mut kept = self.kept.lock();
         let executor = match kept.take() {
@@ -186,6 +191,104 @@ impl<T: Transport, S> Server<T, S> {
             return Err(io::Error::new(io::ErrorKind::ResourceBusy, format!("{}: already serving", self.core.name())));
         }
         Ok(ServingGuard(&self.serving))
+    }
+}
+
+impl<T: Transport, S: Send + 'static> Server<T, S> {
+    /// Runs [`serve_forever`](Self::serve_forever) on a thread of its own
+    /// and gives back what a caller needs of it: where it listens, its
+    /// handle, and a way to stop it and wait — what a test or a program
+    /// embedding a server would otherwise write by hand.
+    ///
+    /// ```
+    /// use socketserver::{StreamRequest, ThreadingTcpServer};
+    /// use std::io::{Read, Write};
+    /// use std::net::TcpStream;
+    ///
+    /// let server = ThreadingTcpServer::bind("127.0.0.1:0", |req: &mut StreamRequest| {
+    ///     while let Some(line) = req.next_line()? {
+    ///         writeln!(req, "{}", line.to_uppercase())?;
+    ///     }
+    ///     Ok(())
+    /// })?
+    /// .spawn()?;
+    /// let mut client = TcpStream::connect(server.server_address())?;
+    /// client.write_all(b"hello\n")?;
+    /// client.shutdown(std::net::Shutdown::Write)?;
+    /// let mut answer = String::new();
+    /// client.read_to_string(&mut answer)?;
+    /// assert_eq!(answer, "HELLO\n");
+    /// server.stop()?; // shut down, wait for serve_forever, and give its result
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// When the thread cannot be started.
+    pub fn spawn(self) -> io::Result<ServerThread>
+    where
+        T: Send,
+    {
+        let handle = self.handle();
+        let address = self.address.clone();
+        let name = format!("serve {}", self.core.name());
+        let thread = std::thread::Builder::new().name(name).spawn(move || self.serve_forever())?;
+        Ok(ServerThread { handle, address, thread: Some(thread) })
+    }
+}
+
+/// A server running on a thread of its own: from [`Server::spawn`].
+/// Dropping it shuts the server down and waits for it.
+#[derive(Debug)]
+pub struct ServerThread {
+    handle: ServerHandle,
+    address: Address,
+    thread: Option<std::thread::JoinHandle<io::Result<()>>>,
+}
+
+impl ServerThread {
+    /// Where the server listens.
+    pub fn server_address(&self) -> &Address {
+        &self.address
+    }
+
+    /// Its handle: shut it down, read its counters.
+    pub fn handle(&self) -> &ServerHandle {
+        &self.handle
+    }
+
+    /// Shuts the server down (its grace period applies), waits for
+    /// `serve_forever` to return, and gives its result.
+    ///
+    /// # Errors
+    /// `serve_forever`'s error; an error if it panicked.
+    pub fn stop(mut self) -> io::Result<()> {
+        self.handle.shutdown();
+        self.wait()
+    }
+
+    /// Waits for `serve_forever` to return (after a shutdown asked
+    /// elsewhere: a signal, a handler) and gives its result.
+    ///
+    /// # Errors
+    /// `serve_forever`'s error; an error if it panicked.
+    pub fn join(mut self) -> io::Result<()> {
+        self.wait()
+    }
+
+    fn wait(&mut self) -> io::Result<()> {
+        match self.thread.take() {
+            Some(t) => t.join().unwrap_or_else(|_| Err(io::Error::other("serve_forever panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ServerThread {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.handle.shutdown();
+            let _ = self.wait();
+        }
     }
 }
 

@@ -287,14 +287,22 @@ impl<R> Service<R> {
                     log::error!("{}: handle_error panicked while reporting: {err}", self.shared.name);
                 }
             }
-            None => match self.throttle.admit() {
-                Some(0) => log::error!("{}: error handling request from {peer}: {err}", self.shared.name),
-                Some(held) => log::error!(
-                    "{}: error handling request from {peer}: {err} (and {held} more error(s) not logged since the last)",
-                    self.shared.name
-                ),
-                None => {}
-            },
+            None => {
+                let Some(held) = self.throttle.admit() else { return };
+                let more = match held {
+                    0 => String::new(),
+                    n => format!(" (and {n} more error(s) not logged since the last)"),
+                };
+                if log::max_level() == log::LevelFilter::Off {
+                    // No logger: one line on stderr, as Python prints its
+                    // traceback — never waiting for it.
+                    let line =
+                        format!("socketserver: {}: error handling request from {peer}: {err}{more}", self.shared.name);
+                    crate::sys::stderr_line_now(&line);
+                } else {
+                    log::error!("{}: error handling request from {peer}: {err}{more}", self.shared.name);
+                }
+            }
         }
     }
 

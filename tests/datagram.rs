@@ -100,8 +100,8 @@ fn unix_datagram_peers_are_answered_at_their_path_and_unnamed_ones_get_an_error(
 #[test]
 fn datagram_pools_wake_from_recvfrom_at_shutdown() {
     use socketserver::ThreadPool;
-    use std::num::NonZeroUsize;
-    let pool = || ThreadPool::new(NonZeroUsize::new(3).unwrap());
+
+    let pool = || ThreadPool::new(3);
     let check = |running: util::Running, send: &dyn Fn()| {
         send();
         let start = std::time::Instant::now();
@@ -134,7 +134,7 @@ fn datagram_pools_wake_from_recvfrom_at_shutdown() {
 }
 
 fn pool2() -> ThreadPool {
-    ThreadPool::new(std::num::NonZeroUsize::new(2).unwrap())
+    ThreadPool::new(2)
 }
 
 /// The datagrams that woke the pool at shutdown are not requests: a worker

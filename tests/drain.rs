@@ -8,7 +8,7 @@ mod util;
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::num::NonZeroUsize;
+
 use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -17,12 +17,8 @@ use socketserver::{
 };
 use util::*;
 
-fn nz(n: usize) -> NonZeroUsize {
-    NonZeroUsize::new(n).unwrap()
-}
-
 fn stream_strategies() -> Vec<AnyStrategy> {
-    vec![Synchronous.into(), Threading::new().into(), ThreadPool::new(nz(2)).into(), Forking::new().into()]
+    vec![Synchronous.into(), Threading::new().into(), ThreadPool::new(2).into(), Forking::new().into()]
 }
 
 /// Python's `for line in self.rfile`: every line back, uppercased.
@@ -214,7 +210,7 @@ fn a_request_under_way_gets_the_grace_period_not_the_window() {
 fn datagrams_queued_at_the_shutdown_are_answered() {
     let _serial = serial();
     let strategies: Vec<(AnyStrategy, usize)> =
-        vec![(Synchronous.into(), 1), (Threading::new().into(), 1), (ThreadPool::new(nz(2)).into(), 2)];
+        vec![(Synchronous.into(), 1), (Threading::new().into(), 1), (ThreadPool::new(2).into(), 2)];
     for (strategy, gated) in strategies {
         let (entered_tx, entered_rx) = mpsc::channel();
         let (release_tx, release_rx) = mpsc::channel::<()>();

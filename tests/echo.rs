@@ -9,7 +9,7 @@
 mod util;
 
 use std::io::{self, Write};
-use std::num::NonZeroUsize;
+
 use std::thread;
 
 use socketserver::{AnyStrategy, Forking, Synchronous, ThreadPool, Threading};
@@ -20,12 +20,7 @@ const MSG: &[u8] = b"We are the knights who say Ni!\n";
 const CLIENTS: usize = 3;
 
 fn strategies() -> Vec<AnyStrategy> {
-    vec![
-        Synchronous.into(),
-        Threading::new().into(),
-        ThreadPool::new(NonZeroUsize::new(2).unwrap()).max_workers(NonZeroUsize::new(4).unwrap()).into(),
-        Forking::new().into(),
-    ]
+    vec![Synchronous.into(), Threading::new().into(), ThreadPool::new(2).max_workers(4).into(), Forking::new().into()]
 }
 
 #[test]

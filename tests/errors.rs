@@ -10,7 +10,7 @@
 mod util;
 
 use std::io::{self, Read, Write};
-use std::num::NonZeroUsize;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,12 +19,7 @@ use socketserver::{AnyStrategy, Forking, StreamRequest, Synchronous, TcpServer, 
 use util::*;
 
 fn strategies() -> Vec<AnyStrategy> {
-    vec![
-        Synchronous.into(),
-        Threading::new().into(),
-        ThreadPool::new(NonZeroUsize::new(2).unwrap()).into(),
-        Forking::new().into(),
-    ]
+    vec![Synchronous.into(), Threading::new().into(), ThreadPool::new(2).into(), Forking::new().into()]
 }
 
 fn wait_until(what: &str, cond: impl Fn() -> bool) {

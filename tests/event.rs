@@ -16,10 +16,6 @@ use socketserver::servers::Echo;
 use socketserver::{Event, RequestHandler, StreamRequest, TcpServer, UnixStreamServer};
 use util::*;
 
-fn nz(n: usize) -> NonZeroUsize {
-    NonZeroUsize::new(n).unwrap()
-}
-
 fn wait_for(what: &str, cond: impl Fn() -> bool) {
     let deadline = Instant::now() + TIMEOUT;
     while !cond() {
@@ -143,7 +139,7 @@ fn pipelined_requests_are_all_served_before_parking() {
 #[test]
 fn a_blocked_handler_does_not_strand_other_connections() {
     let server = TcpServer::builder()
-        .strategy(Event::new().pollers(nz(1)).max_workers(nz(8)))
+        .strategy(Event::new().pollers(1).max_workers(8))
         .bind("127.0.0.1:0", Lines::new())
         .unwrap();
     let running = run(server);
@@ -276,10 +272,8 @@ fn unix_streams_work() {
 /// pool — and more connections than polling threads are all served.
 #[test]
 fn a_handler_without_wait_for_data_still_works() {
-    let server = TcpServer::builder()
-        .strategy(Event::new().pollers(nz(2)).max_workers(nz(32)))
-        .bind("127.0.0.1:0", echo_lines)
-        .unwrap();
+    let server =
+        TcpServer::builder().strategy(Event::new().pollers(2).max_workers(32)).bind("127.0.0.1:0", echo_lines).unwrap();
     let running = run(server);
     let mut clients: Vec<TcpStream> = (0..8).map(|_| tcp_connect(running.inet())).collect();
     for round in 0..3 {

@@ -7,7 +7,6 @@ mod util;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::num::NonZeroUsize;
 use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,10 +16,6 @@ use socketserver::{
     AnyStrategy, DatagramRequest, StreamRequest, TcpServer, ThreadPool, Threading, UdpServer, UnixDatagramServer,
 };
 use util::*;
-
-fn nz(n: usize) -> NonZeroUsize {
-    NonZeroUsize::new(n).unwrap()
-}
 
 fn wait_for(what: &str, cond: impl Fn() -> bool) {
     let deadline = Instant::now() + TIMEOUT;
@@ -37,7 +32,7 @@ fn wait_for(what: &str, cond: impl Fn() -> bool) {
 #[test]
 fn a_datagram_client_that_never_reads_cannot_freeze_the_server() {
     let dir = TempDir::new("hostile-dgram");
-    let strategies: Vec<AnyStrategy> = vec![ThreadPool::new(nz(2)).into(), Threading::new().into()];
+    let strategies: Vec<AnyStrategy> = vec![ThreadPool::new(2).into(), Threading::new().into()];
     for (i, strategy) in strategies.into_iter().enumerate() {
         let path = dir.join(&format!("s{i}.sock"));
         let server = UnixDatagramServer::builder().strategy(strategy.clone()).bind(&path, Echo).unwrap();
@@ -71,7 +66,7 @@ fn a_full_server_queue_cannot_block_the_shutdown() {
     let (entered_tx, entered_rx) = std::sync::mpsc::channel();
     let entered_tx = Mutex::new(entered_tx);
     let server = UnixDatagramServer::builder()
-        .strategy(ThreadPool::new(nz(2)))
+        .strategy(ThreadPool::new(2))
         .grace_period(Duration::from_millis(300))
         .drain_window(Duration::ZERO)
         .bind(&path, move |req: &mut DatagramRequest| {
@@ -107,7 +102,7 @@ fn a_full_server_queue_cannot_block_the_shutdown() {
 #[test]
 fn stream_clients_that_never_read_are_closed_at_the_idle_timeout() {
     let server = TcpServer::builder()
-        .strategy(ThreadPool::new(nz(4)).queue(0))
+        .strategy(ThreadPool::new(4).queue(0))
         .idle_timeout(Duration::from_millis(300))
         .handle_error(|_, _, _| {})
         .bind("127.0.0.1:0", Echo)
@@ -139,7 +134,7 @@ fn stream_clients_that_never_read_are_closed_at_the_idle_timeout() {
 #[test]
 fn the_time_server_is_not_held_by_a_client_that_never_reads() {
     let server = TcpServer::builder()
-        .strategy(ThreadPool::new(nz(1)).queue(0))
+        .strategy(ThreadPool::new(1).queue(0))
         .idle_timeout(Duration::from_millis(300))
         .bind("127.0.0.1:0", Strftime::new())
         .unwrap();

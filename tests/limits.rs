@@ -13,7 +13,6 @@ mod util;
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::num::NonZeroUsize;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -68,7 +67,7 @@ fn announcing_echo(entered: Sender<String>) -> impl Fn(&mut StreamRequest) -> io
 #[test]
 fn max_connections_holds_the_third_connection_until_one_closes() {
     // A pool with workers to spare: the limit, not the pool, holds the third.
-    let pool = ThreadPool::new(NonZeroUsize::new(4).unwrap());
+    let pool = ThreadPool::new(4);
     for strategy in [socketserver::AnyStrategy::from(Threading::new()), pool.into()] {
         max_connections_hold_the_third(strategy);
     }
@@ -184,5 +183,5 @@ fn max_connections_limits_datagrams_in_flight_under_threading() {
 
 #[test]
 fn max_connections_limits_datagrams_in_flight_under_a_pool() {
-    datagram_limit(ThreadPool::new(NonZeroUsize::new(2).unwrap()));
+    datagram_limit(ThreadPool::new(2));
 }

@@ -37,7 +37,7 @@ fn read_one_line(c: &mut std::net::TcpStream) -> String {
 }
 
 fn pool(n: usize) -> ThreadPool {
-    ThreadPool::new(std::num::NonZeroUsize::new(n).unwrap())
+    ThreadPool::new(n)
 }
 
 /// Port of CPython's test_shutdown (Issue #2302): 20 servers, each shut down

@@ -18,16 +18,12 @@
 mod util;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::num::NonZeroUsize;
+
 use std::time::{Duration, Instant};
 
 use socketserver::servers::Strftime;
 use socketserver::{TcpServer, ThreadPool};
 use util::*;
-
-fn nz(n: usize) -> NonZeroUsize {
-    NonZeroUsize::new(n).unwrap()
-}
 
 fn ask_time(addr: std::net::SocketAddr) -> String {
     let mut c = BufReader::new(tcp_connect(addr));
@@ -40,7 +36,7 @@ fn ask_time(addr: std::net::SocketAddr) -> String {
 #[test]
 fn a_slowloris_is_cut_off_by_the_request_timeout_while_others_are_served() {
     let server = TcpServer::builder()
-        .strategy(ThreadPool::new(nz(2)))
+        .strategy(ThreadPool::new(2))
         .bind("127.0.0.1:0", Strftime::new().request_timeout(Some(Duration::from_millis(300))))
         .unwrap();
     let running = run(server);
@@ -76,7 +72,7 @@ fn a_slowloris_is_cut_off_by_the_request_timeout_while_others_are_served() {
 #[test]
 fn a_client_that_stops_mid_request_is_closed_by_the_idle_timeout() {
     let server = TcpServer::builder()
-        .strategy(ThreadPool::new(nz(1)))
+        .strategy(ThreadPool::new(1))
         .idle_timeout(Duration::from_millis(200))
         .bind("127.0.0.1:0", Strftime::new().request_timeout(None))
         .unwrap();
@@ -97,7 +93,7 @@ fn a_client_that_stops_mid_request_is_closed_by_the_idle_timeout() {
 #[test]
 fn without_timeouts_slow_clients_hold_workers_up_to_the_pool_maximum_and_the_rest_wait() {
     let server = TcpServer::builder()
-        .strategy(ThreadPool::new(nz(1)).max_workers(nz(2)).queue(0))
+        .strategy(ThreadPool::new(1).max_workers(2).queue(0))
         .bind("127.0.0.1:0", Strftime::new().request_timeout(None))
         .unwrap();
     let running = run(server);

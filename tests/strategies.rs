@@ -5,7 +5,6 @@ mod util;
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
@@ -25,10 +24,6 @@ const DEADLINE: Duration = Duration::from_secs(5);
 fn serial() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
     SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn nz(n: usize) -> NonZeroUsize {
-    NonZeroUsize::new(n).unwrap()
 }
 
 /// Polls `cond` every few milliseconds until it holds; panics after [`DEADLINE`].
@@ -140,7 +135,7 @@ impl Gate {
 fn threading_max_threads_caps_concurrency_and_holds_newcomers_in_backlog() {
     let _serial = serial();
     let gate = Gate::new();
-    let server = TcpServer::builder().strategy(Threading::new().max_threads(nz(2))).bind("127.0.0.1:0", gate.handler());
+    let server = TcpServer::builder().strategy(Threading::new().max_threads(2)).bind("127.0.0.1:0", gate.handler());
     let running = run(server.unwrap());
     let addr = running.inet();
 
@@ -224,7 +219,7 @@ fn threading_reaps_finished_threads_as_it_goes() {
 fn pool_grows_on_demand_and_shrinks_when_idle() {
     let _serial = serial();
     let gate = Gate::new();
-    let pool = ThreadPool::new(nz(1)).max_workers(nz(4)).keep_alive(Duration::from_millis(100));
+    let pool = ThreadPool::new(1).max_workers(4).keep_alive(Duration::from_millis(100));
     let server = TcpServer::builder().strategy(pool).bind("127.0.0.1:0", gate.handler()).unwrap();
     let running = run(server);
     let addr = running.inet();
@@ -262,7 +257,7 @@ fn pool_grows_on_demand_and_shrinks_when_idle() {
 fn pool_grows_for_a_burst_of_long_lived_connections() {
     let _serial = serial();
     let gate = Gate::new();
-    let pool = ThreadPool::new(nz(1)).max_workers(nz(4));
+    let pool = ThreadPool::new(1).max_workers(4);
     let server = TcpServer::builder().strategy(pool).bind("127.0.0.1:0", gate.handler()).unwrap();
     let running = run(server);
     let addr = running.inet();
@@ -292,7 +287,7 @@ fn pool_overflow_block_holds_newcomers_in_backlog() {
     let _serial = serial();
     let gate = Gate::new();
     // Overflow::Block is the default.
-    let pool = ThreadPool::new(nz(1)).queue(1);
+    let pool = ThreadPool::new(1).queue(1);
     let server = TcpServer::builder().strategy(pool).bind("127.0.0.1:0", gate.handler()).unwrap();
     let running = run(server);
     let addr = running.inet();
@@ -332,7 +327,7 @@ fn pool_overflow_block_holds_newcomers_in_backlog() {
 fn pool_overflow_reject_closes_newcomers_at_once() {
     let _serial = serial();
     let gate = Gate::new();
-    let pool = ThreadPool::new(nz(1)).queue(0).overflow(Overflow::Reject);
+    let pool = ThreadPool::new(1).queue(0).overflow(Overflow::Reject);
     let server = TcpServer::builder().strategy(pool).bind("127.0.0.1:0", gate.handler()).unwrap();
     let running = run(server);
     let addr = running.inet();
@@ -416,7 +411,7 @@ fn pool_overflow_reject_closes_newcomers_at_once() {
 fn pool_overflow_reject_serves_the_first_connection_after_start() {
     let _serial = serial();
     let gate = Gate::new();
-    let pool = ThreadPool::new(nz(1)).queue(0).overflow(Overflow::Reject);
+    let pool = ThreadPool::new(1).queue(0).overflow(Overflow::Reject);
     let server = TcpServer::builder().strategy(pool).bind("127.0.0.1:0", gate.handler()).unwrap();
     // A client already waiting when serving starts: no worker is busy, so
     // nothing justifies rejecting it.
@@ -453,8 +448,7 @@ fn forking_max_children_serialises_and_never_reaps_unrelated_children() {
         let end = micros_now();
         writeln!(req, "{} {} {start} {end}", line.trim_end(), std::process::id())
     };
-    let server =
-        TcpServer::builder().strategy(Forking::new().max_children(nz(1))).bind("127.0.0.1:0", handler).unwrap();
+    let server = TcpServer::builder().strategy(Forking::new().max_children(1)).bind("127.0.0.1:0", handler).unwrap();
     let running = run(server);
     let addr = running.inet();
 

@@ -213,18 +213,18 @@ impl ServerOptions {
     fn strategy(&self) -> AnyStrategy {
         match self.strategy {
             StrategyArg::Sync => AnyStrategy::Synchronous(socketserver::Synchronous),
-            StrategyArg::Threading => Threading::new().max_threads(self.max_workers).into(),
+            StrategyArg::Threading => Threading::new().max_threads(self.max_workers.get()).into(),
             StrategyArg::Pool => {
-                let mut pool = ThreadPool::default().max_workers(self.max_workers).queue(self.queue);
+                let mut pool = ThreadPool::default().max_workers(self.max_workers.get()).queue(self.queue);
                 if let Some(n) = self.workers {
-                    pool = pool.workers(n);
+                    pool = pool.workers(n.get());
                 }
                 pool.into()
             }
             StrategyArg::Event => {
-                let mut event = Event::new().max_workers(self.max_workers);
+                let mut event = Event::new().max_workers(self.max_workers.get());
                 if let Some(n) = self.workers {
-                    event = event.pollers(n);
+                    event = event.pollers(n.get());
                 }
                 event.into()
             }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use parking_lot::Mutex;
 use socket2::SockRef;
 
-use super::{Core, Endpoint, Kind};
+use super::{Core, Endpoint, Kind, Taken};
 use crate::error::context;
 use crate::net::{Address, Listener, Stream};
 use crate::request::StreamRequest;
@@ -54,21 +54,21 @@ impl StreamEndpoint {
         Ok(StreamEndpoint { adopted: true, ..StreamEndpoint::bound(listener, true)? })
     }
 
-    /// Accepts one connection and hands it to the strategy. `Ok(false)`: it
-    /// was refused or could not be configured.
+    /// Accepts one connection and hands it to the strategy.
     fn accept_one(
         &self,
         core: &Core,
         service: &Service<StreamRequest>,
         executor: &Executor<StreamRequest>,
-    ) -> io::Result<bool> {
-        match accept_request(&self.listener, core, service)? {
-            Some(request) => {
+    ) -> io::Result<Taken> {
+        Ok(match accept_request(&self.listener, core, service)? {
+            Accepted::Request(request) => {
                 executor.dispatch(request);
-                Ok(true)
+                Taken::Request
             }
-            None => Ok(false),
-        }
+            Accepted::Refused => Taken::Refused,
+            Accepted::Dropped => Taken::Dropped,
+        })
     }
 
     /// After the loop: refuse new TCP connections at once (those still in
@@ -92,13 +92,23 @@ impl StreamEndpoint {
     }
 }
 
+/// One accepted connection. (Moved at once, never stored: its size is fine.)
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Accepted {
+    Request(StreamRequest),
+    /// Refused by `verify_request`.
+    Refused,
+    /// It could not be configured (reported).
+    Dropped,
+}
+
 /// Accepts one connection: counted, checked (`verify_request`), configured,
-/// made a request. `Ok(None)`: it was refused or could not be configured.
+/// made a request.
 pub(crate) fn accept_request(
     listener: &Listener,
     core: &Core,
     service: &Service<StreamRequest>,
-) -> io::Result<Option<StreamRequest>> {
+) -> io::Result<Accepted> {
     let (stream, peer) = listener.accept()?;
     let shared = &core.shared;
     Counters::bump(&shared.stats.accepted);
@@ -106,18 +116,18 @@ pub(crate) fn accept_request(
         Counters::bump(&shared.stats.refused);
         log::debug!("{}: refused {peer}", shared.name);
         let _ = stream.shutdown(Shutdown::Both);
-        return Ok(None);
+        return Ok(Accepted::Refused);
     }
     if let Err(e) = configure(&stream, core) {
         service.handle_error(None, &peer, &context(e, "cannot configure the connection"));
-        return Ok(None);
+        return Ok(Accepted::Dropped);
     }
     let request = StreamRequest::new(stream, peer, core.handle(), core.opts.stream_policy(), shared.acquire());
     if shared.stopping() {
         // Taken from the backlog during a drain: the deadline applies.
         shared.ensure_watchdog();
     }
-    Ok(Some(request))
+    Ok(Accepted::Request(request))
 }
 
 /// Applies the server's per-connection socket options.
@@ -203,7 +213,7 @@ impl Endpoint for StreamEndpoint {
         core: &Core,
         service: &Arc<Service<StreamRequest>>,
         executor: &Executor<StreamRequest>,
-    ) -> io::Result<bool> {
+    ) -> io::Result<Taken> {
         self.accept_one(core, service, executor)
     }
 }

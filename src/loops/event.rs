@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::Core;
-use super::accept::accept_request;
+use super::accept::{Accepted, accept_request};
 use super::errors::{AcceptErrors, Next};
 use crate::net::Listener;
 use crate::request::StreamRequest;
@@ -372,14 +372,14 @@ impl Reactor {
                 break;
             }
             match accept_request(&self.listener, core, &self.service) {
-                Ok(Some(mut req)) => {
+                Ok(Accepted::Request(mut req)) => {
                     errors.succeeded();
                     req.set_parking(true);
                     if let Some(token) = self.register(req) {
                         me.batch.lock().push_back(token);
                     }
                 }
-                Ok(None) => errors.succeeded(),
+                Ok(Accepted::Refused | Accepted::Dropped) => errors.succeeded(),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => match errors.failed(e) {
                     Ok(Next::Now) => {}

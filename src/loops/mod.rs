@@ -34,6 +34,20 @@ use crate::shutdown::Shared;
 use crate::strategy::{AnyStrategy, Executor};
 use crate::sys;
 
+/// What taking one connection or datagram from the socket came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// A request, run or handed to the strategy.
+    Request,
+    /// Refused by `verify_request`.
+    Refused,
+    /// Came, but cannot be served: an oversized datagram, a connection that
+    /// could not be set up.
+    Dropped,
+    /// Nothing of a peer's: a wake-up of the server's own.
+    Nothing,
+}
+
 /// How many connections or datagrams the loop takes per wake-up before it
 /// looks at the shutdown flag and the hooks again.
 pub(crate) const BATCH: usize = 64;
@@ -91,13 +105,13 @@ pub trait Endpoint: AsRawFd + fmt::Debug + Send + Sync + 'static {
     ) -> io::Result<()>;
 
     /// Takes one connection or datagram, if there is one, and runs it
-    /// through `executor`. `Ok(false)`: it was refused or dropped.
+    /// through `executor`.
     fn take_one(
         &self,
         core: &Core,
         service: &Arc<Service<Self::Request>>,
         executor: &Executor<Self::Request>,
-    ) -> io::Result<bool>;
+    ) -> io::Result<Taken>;
 }
 
 /// Ties a request type to the endpoint that produces it, so that a
@@ -116,7 +130,7 @@ pub(crate) fn run<R: Request>(
     core: &Core,
     service: &Service<R>,
     executor: &Executor<R>,
-    mut take: impl FnMut() -> io::Result<bool>,
+    mut take: impl FnMut() -> io::Result<Taken>,
 ) -> io::Result<()> {
     let shared = &core.shared;
     let fds = [fd, shared.waker.stop_fd(), shared.waker.notify_fd()];
@@ -146,7 +160,7 @@ fn take_batch<R: Request>(
     core: &Core,
     executor: &Executor<R>,
     errors: &mut AcceptErrors<'_>,
-    take: &mut impl FnMut() -> io::Result<bool>,
+    take: &mut impl FnMut() -> io::Result<Taken>,
 ) -> io::Result<()> {
     for _ in 0..BATCH {
         if core.shared.stopping() || !core.can_accept(executor) {
@@ -174,7 +188,7 @@ pub(crate) fn serve_with<R: Request>(
     core: &Core,
     service: &Service<R>,
     executor: Executor<R>,
-    mut take: impl FnMut(&Executor<R>) -> io::Result<bool>,
+    mut take: impl FnMut(&Executor<R>) -> io::Result<Taken>,
     stopped: impl FnOnce(&Executor<R>),
 ) -> io::Result<()> {
     let result = run(fd, core, service, &executor, || take(&executor));
@@ -194,29 +208,53 @@ pub(crate) fn handle_request<E: Endpoint>(
     core: &Core,
     service: &Arc<Service<E::Request>>,
     executor: &Executor<E::Request>,
-) -> io::Result<()> {
+) -> io::Result<Handled> {
     executor.reap();
     let shared = &core.shared;
     let deadline = core.opts.timeout.map(|t| Instant::now() + t);
     let fds = [endpoint.as_raw_fd(), shared.waker.stop_fd()];
     loop {
         if shared.stopping() {
-            return Ok(());
+            return Ok(Handled::ShutDown);
         }
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let mut ready = [false; 2];
         if sys::poll(&fds, &mut ready, left)? == 0 {
             service.handle_timeout();
-            return Ok(());
+            return Ok(Handled::TimedOut);
         }
         if !ready[0] {
             continue;
         }
         return match endpoint.take_one(core, service, executor) {
-            Ok(_) => Ok(()),
-            // Another process took it first: nothing was attempted.
+            Ok(Taken::Request) => Ok(Handled::Served),
+            Ok(Taken::Refused) => Ok(Handled::Refused),
+            Ok(Taken::Dropped) => Ok(Handled::Dropped),
+            // A wake-up of the server's own, or another process took it
+            // first: nothing was attempted.
+            Ok(Taken::Nothing) => continue,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => core.accept_errors().failed(e).map(drop),
+            Err(e) => core.accept_errors().failed(e).map(|_| Handled::Dropped),
         };
     }
+}
+
+/// What one [`Server::handle_request`](crate::Server::handle_request) call
+/// did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Handled {
+    /// A request was taken and run through the strategy (under `Threading`
+    /// or a pool it may still be running).
+    Served,
+    /// `verify_request` refused the peer.
+    Refused,
+    /// A connection or datagram came but could not be served: an oversized
+    /// datagram, a connection that could not be set up, an accept that
+    /// failed for the peer's reasons.
+    Dropped,
+    /// Nothing came within the `timeout`; `handle_timeout` was called.
+    TimedOut,
+    /// A shutdown ended the wait.
+    ShutDown,
 }

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use socket2::{SockAddr, SockRef, Socket, Type};
 
 use super::errors::{self, Next};
-use super::{Core, Endpoint, Kind};
+use super::{Core, Endpoint, Kind, Taken};
 use crate::net::{Address, DatagramSocket};
 use crate::request::DatagramRequest;
 use crate::service::Service;
@@ -61,10 +61,11 @@ impl DatagramEndpoint {
         service: &Service<DatagramRequest>,
         executor: &Executor<DatagramRequest>,
         scratch: &mut Option<DatagramRequest>,
-    ) -> io::Result<bool> {
+    ) -> io::Result<Taken> {
         let req = scratch.get_or_insert_with(|| self.new_request(core));
-        if !receive_into(core, service, req, true, self.wake_from())? {
-            return Ok(false);
+        let taken = receive_into(core, service, req, true, self.wake_from())?;
+        if taken != Taken::Request {
+            return Ok(taken);
         }
         if let Executor::Synchronous(_) = executor {
             req.slot = Some(core.shared.acquire());
@@ -75,7 +76,7 @@ impl DatagramEndpoint {
             job.slot = Some(core.shared.acquire());
             executor.dispatch(job);
         }
-        Ok(true)
+        Ok(Taken::Request)
     }
 
     /// After the loop stopped: answers the datagrams already queued on the
@@ -208,7 +209,7 @@ impl Endpoint for DatagramEndpoint {
         core: &Core,
         service: &Arc<Service<DatagramRequest>>,
         executor: &Executor<DatagramRequest>,
-    ) -> io::Result<bool> {
+    ) -> io::Result<Taken> {
         self.receive_one(core, service, executor, &mut None)
     }
 }
@@ -227,19 +228,19 @@ fn max_size(core: &Core, socket: &DatagramSocket) -> usize {
     })
 }
 
-/// Receives one datagram into `req` (without blocking if `dontwait`);
-/// `Ok(false)` when it was oversized (reported), refused by
-/// `verify_request`, or a wake-up from `wake_from` (not counted).
+/// Receives one datagram into `req` (without blocking if `dontwait`): a
+/// request, or one oversized (reported), refused by `verify_request`, or a
+/// wake-up from `wake_from` (not counted).
 fn receive_into(
     core: &Core,
     service: &Service<DatagramRequest>,
     req: &mut DatagramRequest,
     dontwait: bool,
     wake_from: Option<&SockAddr>,
-) -> io::Result<bool> {
+) -> io::Result<Taken> {
     let (len, from) = sys::recv_from(SockRef::from(&*req.socket), &mut req.buf, dontwait)?;
     if len == 0 && wake_from == Some(&from) {
-        return Ok(false);
+        return Ok(Taken::Nothing);
     }
     let stats = &core.shared.stats;
     let max = req.buf.len() - 1;
@@ -255,16 +256,16 @@ fn receive_into(
             format!("datagram of {shown} exceeds max_datagram_size ({max} bytes); dropped unhandled"),
         );
         service.handle_error(None, &peer, &err);
-        return Ok(false);
+        return Ok(Taken::Dropped);
     }
     if !service.verify(&peer) {
         Counters::bump(&stats.refused);
-        return Ok(false);
+        return Ok(Taken::Refused);
     }
     req.len = len;
     req.peer_raw = from;
     req.peer = peer;
-    Ok(true)
+    Ok(Taken::Request)
 }
 
 /// A pool worker that receives datagrams itself.
@@ -291,8 +292,8 @@ impl Receiver {
         while !shared.stopping() {
             let received = receive_into(&core, &self.service, &mut self.request, !blocking, self.wake_from.as_ref());
             match received {
-                Ok(false) => {}
-                Ok(true) => {
+                Ok(Taken::Refused | Taken::Dropped | Taken::Nothing) => {}
+                Ok(Taken::Request) => {
                     errors.succeeded();
                     self.handle();
                 }
@@ -317,8 +318,8 @@ impl Receiver {
         let until = Instant::now() + core.opts.drain_window;
         while Instant::now() < until {
             match receive_into(&core, &self.service, &mut self.request, true, self.wake_from.as_ref()) {
-                Ok(true) => self.handle(),
-                Ok(false) => {}
+                Ok(Taken::Request) => self.handle(),
+                Ok(_) => {}
                 Err(e) if errors::classify(&e) == errors::Action::Skip => {}
                 Err(_) => break,
             }

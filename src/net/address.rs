@@ -65,3 +65,19 @@ impl From<SocketAddr> for Address {
         Address::Inet(a)
     }
 }
+
+/// An IP address connects as it is (`TcpStream::connect(server.server_address())`);
+/// a Unix address is `InvalidInput` (connect to its [`as_path`](Address::as_path)).
+impl std::net::ToSocketAddrs for Address {
+    type Iter = std::option::IntoIter<SocketAddr>;
+
+    fn to_socket_addrs(&self) -> std::io::Result<Self::Iter> {
+        match self {
+            Address::Inet(a) => Ok(Some(*a).into_iter()),
+            Address::Unix(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{self} is a Unix socket address, not an IP one: connect to its path"),
+            )),
+        }
+    }
+}

@@ -57,10 +57,11 @@ impl Threading {
         Self::default()
     }
 
-    /// At most `n` request threads at once; at the cap the server stops
-    /// accepting (the kernel's backlog holds newcomers) until one finishes.
-    pub fn max_threads(mut self, n: NonZeroUsize) -> Self {
-        self.max_threads = Some(n.get());
+    /// At most `n` request threads at once (at least 1: `bind` refuses 0);
+    /// at the cap the server stops accepting (the kernel's backlog holds
+    /// newcomers) until one finishes.
+    pub fn max_threads(mut self, n: usize) -> Self {
+        self.max_threads = Some(n);
         self
     }
 
@@ -126,21 +127,26 @@ impl Default for ThreadPool {
 impl ThreadPool {
     /// A pool of exactly `workers` threads (raise the ceiling with
     /// [`max_workers`](Self::max_workers)); other settings as `default()`.
-    pub fn new(workers: NonZeroUsize) -> Self {
-        ThreadPool { min: workers.get(), max: workers.get(), ..Self::default() }
+    /// At least 1: `bind` refuses a pool of 0 with an `InvalidInput` error.
+    ///
+    /// ```
+    /// let pool = socketserver::ThreadPool::new(4).max_workers(64).queue(128);
+    /// ```
+    pub fn new(workers: usize) -> Self {
+        ThreadPool { min: workers, max: workers, ..Self::default() }
     }
 
     /// The number of workers kept even when idle (started with the server).
     /// Raises `max_workers` to match if needed.
-    pub fn workers(mut self, n: NonZeroUsize) -> Self {
-        self.min = n.get();
+    pub fn workers(mut self, n: usize) -> Self {
+        self.min = n;
         self.max = self.max.max(self.min);
         self
     }
 
     /// The most workers the pool grows to. Lowers `workers` to match if needed.
-    pub fn max_workers(mut self, n: NonZeroUsize) -> Self {
-        self.max = n.get();
+    pub fn max_workers(mut self, n: usize) -> Self {
+        self.max = n;
         self.min = self.min.min(self.max);
         self
     }
@@ -198,9 +204,9 @@ impl Forking {
         Self::default()
     }
 
-    /// At most `n` children at once.
-    pub fn max_children(mut self, n: NonZeroUsize) -> Self {
-        self.max_children = n.get();
+    /// At most `n` children at once (at least 1: `bind` refuses 0).
+    pub fn max_children(mut self, n: usize) -> Self {
+        self.max_children = n;
         self
     }
 }
@@ -260,16 +266,17 @@ impl Event {
         Self::default()
     }
 
-    /// The polling threads kept even when idle (raises `max_workers` to match).
-    pub fn pollers(mut self, n: NonZeroUsize) -> Self {
-        self.pollers = n.get();
+    /// The polling threads kept even when idle (at least 1; raises
+    /// `max_workers` to match).
+    pub fn pollers(mut self, n: usize) -> Self {
+        self.pollers = n;
         self.max_workers = self.max_workers.max(self.pollers);
         self
     }
 
     /// The most threads while handlers block (lowers `pollers` to match).
-    pub fn max_workers(mut self, n: NonZeroUsize) -> Self {
-        self.max_workers = n.get();
+    pub fn max_workers(mut self, n: usize) -> Self {
+        self.max_workers = n;
         self.pollers = self.pollers.min(self.max_workers);
         self
     }
@@ -317,6 +324,30 @@ pub enum AnyStrategy {
 impl Default for AnyStrategy {
     fn default() -> Self {
         AnyStrategy::Synchronous(Synchronous)
+    }
+}
+
+impl AnyStrategy {
+    /// Settings that cannot work: a count of 0 where one is needed.
+    pub(crate) fn check(&self) -> std::io::Result<()> {
+        let zero = |what: &str| Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_string()));
+        match self {
+            AnyStrategy::Threading(t) if t.max_threads == Some(0) => {
+                zero("Threading::max_threads(0): at least one request thread is needed")
+            }
+            AnyStrategy::ThreadPool(p) if p.max == 0 => {
+                zero("ThreadPool::max_workers(0): a pool needs at least one worker")
+            }
+            AnyStrategy::ThreadPool(p) if p.min == 0 => {
+                zero("ThreadPool::new(0) or workers(0): a pool needs at least one worker")
+            }
+            AnyStrategy::Forking(f) if f.max_children == 0 => {
+                zero("Forking::max_children(0): at least one child process is needed")
+            }
+            AnyStrategy::Event(e) if e.max_workers == 0 => zero("Event::max_workers(0): at least one thread is needed"),
+            AnyStrategy::Event(e) if e.pollers == 0 => zero("Event::pollers(0): at least one polling thread is needed"),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -139,6 +139,27 @@ pub(crate) fn raise_fd_limit() -> io::Result<u64> {
     Ok(lim.rlim_cur as u64)
 }
 
+/// Writes one line to stderr if it can take it now, else drops it: the
+/// fallback of a program with no logger, which must never make a server
+/// wait (a full pipe that nobody reads). At most `PIPE_BUF` bytes, written
+/// in one call, so the line is never cut or mixed with another.
+pub(crate) fn stderr_line_now(line: &str) -> bool {
+    let mut bytes = line.as_bytes();
+    if bytes.len() >= libc::PIPE_BUF {
+        bytes = &bytes[..libc::PIPE_BUF - 1];
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 1);
+    out.extend_from_slice(bytes);
+    out.push(b'\n');
+    if poll_for(&[libc::STDERR_FILENO], libc::POLLOUT, &mut [false], Some(Duration::ZERO)).ok() != Some(1) {
+        return false;
+    }
+    // SAFETY: `out` is valid for `out.len()` bytes; fd 2 is the process's
+    // stderr (an invalid one is EBADF, never unsafety).
+    let n = unsafe { libc::write(libc::STDERR_FILENO, out.as_ptr().cast(), out.len()) };
+    n == out.len() as isize
+}
+
 /// Whether signal `sig` is ignored (`SIG_IGN`) in this process.
 pub(crate) fn signal_ignored(sig: libc::c_int) -> bool {
     // SAFETY: an all-zero sigaction is a valid value; with a null new

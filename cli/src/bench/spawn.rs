@@ -83,10 +83,10 @@ impl FromStr for StrategyChoice {
         let strategy: AnyStrategy = match s.split_once(':') {
             None if s == "sync" => socketserver::Synchronous.into(),
             None if s == "threading" => Threading::new().into(),
-            None if s == "pool" => ThreadPool::default().max_workers(NonZeroUsize::new(4096).expect("nonzero")).into(),
+            None if s == "pool" => ThreadPool::default().max_workers(4096).into(),
             Some(("pool", n)) => {
                 let n: NonZeroUsize = n.parse().map_err(|_| format!("`{n}` is not a worker count"))?;
-                ThreadPool::new(n).into()
+                ThreadPool::new(n.get()).into()
             }
             _ => return Err(format!("`{s}`: expected sync, threading, pool or pool:N")),
         };
