@@ -261,7 +261,7 @@ where
 }
 
 pub fn run(which: Bundled, mut args: ServeArgs) -> io::Result<()> {
-    env_logger::Builder::new().filter_level(args.options.log_level).parse_default_env().init();
+    crate::logging::init(args.options.log_level)?;
     let l = &mut args.listeners;
     if l.tcp.is_empty() && l.udp.is_empty() && l.unix.is_empty() && l.unix_dgram.is_empty() {
         let default = format!("127.0.0.1:{}", which.default_port());
