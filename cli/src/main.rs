@@ -5,6 +5,7 @@ mod bench;
 mod client;
 mod logging;
 mod serve;
+mod signals;
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -281,6 +281,8 @@ pub fn run(which: Bundled, mut args: ServeArgs) -> io::Result<()> {
     for s in &servers {
         s.handle.shutdown_on_signal()?;
     }
+    // SIGQUIT, SIGUSR1 and SIGUSR2, the command's own, likewise.
+    let _signals = crate::signals::install(servers.iter().map(|s| (s.label.clone(), s.handle.clone())).collect())?;
     // The lines are for whoever started us; if they have stopped reading
     // (a closed pipe, a full disk), that is no reason to stop serving.
     let announce = || -> io::Result<()> {

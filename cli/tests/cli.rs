@@ -1005,6 +1005,77 @@ fn a_second_signal_ends_the_grace_period_at_once() {
     assert_eq!(read_once(&mut stuck, Duration::from_secs(2)), Got::Eof);
 }
 
+#[test]
+fn sigquit_with_nothing_in_flight_exits_0_at_once_and_removes_socket_files() {
+    signal_with_nothing_in_flight_exits_at_once(libc::SIGQUIT);
+}
+
+/// SIGQUIT is SIGTERM's graceful shutdown (as nginx has it), not a core
+/// dump: a request in flight is finished, then the process exits 0.
+#[test]
+fn sigquit_finishes_a_request_in_flight_like_sigterm() {
+    let mut server = Server::start(&["time", "--tcp", "127.0.0.1:0", "--grace", "10"]);
+    let mut busy = tcp_connect(server.tcp());
+    assert_eq!(round_trip_line(&mut busy, b"%%\n"), "%\n"); // being served
+    busy.write_all(b"%%").unwrap(); // half a request
+    server.signal(libc::SIGQUIT);
+    assert!(server.stderr_shows("SIGQUIT", TIMEOUT), "stderr: {}", server.stderr_text());
+    assert_not_served(server.tcp());
+    assert!(server.is_running(), "a request in flight keeps the process running");
+    assert_eq!(round_trip_line(&mut busy, b"\n"), "%\n", "the request in flight is answered");
+    assert_eq!(read_once(&mut busy, Duration::from_secs(2)), Got::Eof);
+    let (status, _) = server.exits_within(QUICK_EXIT);
+    let (_, stderr) = server.finish();
+    assert_eq!(status.code(), Some(0), "{status}; stderr: {stderr}");
+    assert_no_panic(&stderr);
+}
+
+/// SIGUSR1 logs one line of counters per server, and serving goes on (it
+/// killed the process, leaving its Unix socket file behind).
+#[test]
+fn sigusr1_logs_each_servers_counters_and_serving_goes_on() {
+    let dir = TempDir::new("sig-usr1");
+    let mut server = Server::start(&["echo", "--tcp", "127.0.0.1:0", "--unix", &dir.arg("s.sock")]);
+    let tcp = server.tcp();
+    let unix = server.nth("unix", 0).to_string();
+    let mut s = tcp_connect(tcp);
+    assert_eq!(round_trip(&mut s, b"one"), b"one");
+    server.signal(libc::SIGUSR1);
+    for line in
+        [format!("stats tcp {tcp}: accepted 1, active 1, completed 0,"), format!("stats unix {unix}: accepted 0,")]
+    {
+        assert!(server.stderr_shows(&line, TIMEOUT), "no `{line}` line; stderr: {}", server.stderr_text());
+    }
+    assert_eq!(round_trip(&mut s, b"two"), b"two", "the connection open at the signal is still served");
+    let mut u = unix_connect(&dir.join("s.sock"));
+    assert_eq!(round_trip(&mut u, b"three"), b"three", "a new connection is served");
+    server.signal(libc::SIGUSR1);
+    let line = format!("stats unix {unix}: accepted 1, active 1,");
+    assert!(server.stderr_shows(&line, TIMEOUT), "no `{line}` line; stderr: {}", server.stderr_text());
+    drop((s, u));
+    server.stop_cleanly(libc::SIGTERM, TIMEOUT);
+    assert!(!dir.join("s.sock").exists(), "the Unix socket file is removed");
+}
+
+/// SIGUSR2 is reserved: ignored, logged once at debug (it killed the process).
+#[test]
+fn sigusr2_is_ignored_and_serving_goes_on() {
+    let dir = TempDir::new("sig-usr2");
+    let mut server =
+        Server::start(&["echo", "--tcp", "127.0.0.1:0", "--unix", &dir.arg("s.sock"), "--log-level", "debug"]);
+    for _ in 0..3 {
+        server.signal(libc::SIGUSR2);
+    }
+    assert!(server.stderr_shows("SIGUSR2", TIMEOUT), "stderr: {}", server.stderr_text());
+    let mut s = tcp_connect(server.tcp());
+    assert_eq!(round_trip(&mut s, b"still here"), b"still here");
+    drop(s);
+    assert!(server.is_running());
+    server.stop_cleanly(libc::SIGTERM, TIMEOUT);
+    assert_eq!(server.stderr_text().matches("SIGUSR2").count(), 1, "logged once: {}", server.stderr_text());
+    assert!(!dir.join("s.sock").exists(), "the Unix socket file is removed");
+}
+
 /// Writes `msg` and reads one line back.
 fn round_trip_line(s: &mut TcpStream, msg: &[u8]) -> String {
     s.write_all(msg).unwrap();
