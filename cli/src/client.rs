@@ -3,7 +3,7 @@
 //! out as a line on stdout. Like the tutorials' `input()` loops.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs, UdpSocket};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs, UdpSocket};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,6 +35,26 @@ pub struct ClientArgs {
     /// Give up on a reply after SECS seconds (exit 1).
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_timeout)]
     timeout: Duration,
+    /// Give up (exit 1) on a reply line (TCP, Unix stream) longer than BYTES
+    /// without its newline, rather than hold whatever a server sends; a K,
+    /// M or G suffix multiplies by 1024, 1024² or 1024³.
+    #[arg(long, value_name = "BYTES", default_value = "16M", value_parser = parse_bytes)]
+    max_line: usize,
+}
+
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let (digits, unit) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("`{s}` is not a positive number of bytes (e.g. 65536, 64K, 16M)"))
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
@@ -60,18 +80,19 @@ fn timeout_error(e: io::Error, target: &str, timeout: Duration) -> io::Error {
 pub fn run(args: ClientArgs) -> io::Result<()> {
     let t = args.target;
     let timeout = args.timeout;
+    let limits = Limits { timeout, max_line: args.max_line };
     if let Some(addr) = t.tcp {
         let target = format!("tcp {addr}");
         let stream = connect_tcp(&addr, timeout).map_err(|e| context(e, format_args!("cannot connect to {target}")))?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
-        lines_over_stream(stream, &target, timeout)
+        lines_over_stream(stream, |s| s.shutdown(Shutdown::Both), &target, limits)
     } else if let Some(path) = t.unix {
         let target = format!("unix {}", path.display());
         let stream = UnixStream::connect(&path).map_err(|e| context(e, format_args!("cannot connect to {target}")))?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
-        lines_over_stream(stream, &target, timeout)
+        lines_over_stream(stream, |s| s.shutdown(Shutdown::Both), &target, limits)
     } else if let Some(addr) = t.udp {
         let target = format!("udp {addr}");
         let socket = connect_udp(&addr).map_err(|e| context(e, format_args!("cannot reach {target}")))?;
@@ -129,10 +150,25 @@ fn next_line(stdin: &mut impl BufRead, line: &mut Vec<u8>) -> io::Result<Option<
     Ok(Some(()))
 }
 
-fn lines_over_stream<S: Read + Write + Sync>(stream: S, target: &str, timeout: Duration) -> io::Result<()>
+#[derive(Clone, Copy)]
+struct Limits {
+    timeout: Duration,
+    /// The longest reply line taken, without its newline.
+    max_line: usize,
+}
+
+fn lines_over_stream<S: Read + Write + Sync>(
+    stream: S,
+    shutdown: impl Fn(&S) -> io::Result<()> + Sync,
+    target: &str,
+    limits: Limits,
+) -> io::Result<()>
 where
     for<'a> &'a S: Read + Write,
 {
+    let Limits { timeout, max_line } = limits;
+    // The newline may come after max_line bytes.
+    let take = u64::try_from(max_line).unwrap_or(u64::MAX).saturating_add(1);
     let mut replies = BufReader::new(&stream);
     let mut out = io::stdout().lock();
     let mut stdin = io::stdin().lock();
@@ -146,11 +182,25 @@ where
         let (sent, got) = std::thread::scope(|s| {
             let sender = s.spawn(|| (&stream).write_all(&line));
             reply.clear();
-            let got = replies.read_until(b'\n', &mut reply);
+            // At most max_line bytes and a newline: a server cannot make the
+            // client hold more.
+            let got = (&mut replies).take(take).read_until(b'\n', &mut reply);
+            let too_long = matches!(got, Ok(n) if n > max_line && reply.last() != Some(&b'\n'));
+            if got.is_err() || too_long {
+                // Giving up: the sender must not stay blocked on a server
+                // that takes no more.
+                let _ = shutdown(&stream);
+            }
             let sent = sender.join().unwrap_or_else(|_| Err(io::Error::other("the sending thread panicked")));
             (sent, got)
         });
         let n = got.map_err(|e| timeout_error(e, target, timeout))?;
+        if n > max_line && reply.last() != Some(&b'\n') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{target} sent a reply line longer than {max_line} bytes (--max-line); giving up"),
+            ));
+        }
         if n > 0 {
             if reply.last() != Some(&b'\n') {
                 reply.push(b'\n');

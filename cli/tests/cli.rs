@@ -1324,6 +1324,106 @@ fn client_failures_are_one_line_and_exit_1() {
     assert_eq!(out.stdout, "");
 }
 
+/// Runs the binary to its end like `run`, and also returns its peak
+/// resident memory in KiB (`wait4`'s `ru_maxrss`: this child's alone).
+#[allow(clippy::zombie_processes)] // reaped by wait4, which std cannot see
+fn run_measuring_rss(args: &[&str], stdin: &[u8]) -> (Output, u64) {
+    use std::os::unix::process::ExitStatusExt;
+    let mut cmd = command(BIN, args, &[]);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start socketserver");
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let (out, out_t) = drain(child.stdout.take().unwrap());
+    let (err, err_t) = drain(child.stderr.take().unwrap());
+    let deadline = Instant::now() + TIMEOUT;
+    let (status, usage) = loop {
+        let mut status = 0;
+        // SAFETY: rusage is plain data; wait4 on our own child, which only
+        // this loop reaps.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if r == pid {
+            break (ExitStatus::from_raw(status), usage);
+        }
+        assert_eq!(r, 0, "wait4: {}", io::Error::last_os_error());
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`socketserver {}` still running after {TIMEOUT:?}", args.join(" "));
+        }
+        thread::sleep(Duration::from_millis(2));
+    };
+    join_reader(out_t);
+    join_reader(err_t);
+    let _ = writer.join();
+    let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap()).into_owned();
+    let stdout_bytes = out.lock().unwrap().clone();
+    let output = Output { status, stdout: text(&out), stdout_bytes, stderr: text(&err) };
+    (output, u64::try_from(usage.ru_maxrss).unwrap())
+}
+
+/// A server that answers with a line that never ends: the client gives up
+/// at --max-line with one line on stderr and exit 1, its memory bounded (it
+/// held the whole line: 604 MiB for a 600 MiB one).
+#[test]
+fn client_gives_up_on_a_reply_line_longer_than_max_line() {
+    const SEND: usize = 64 << 20;
+    const MAX: usize = 1 << 20;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let hostile = thread::spawn(move || -> usize {
+        // Bounded: a client that never connects (a usage error) ends the wait.
+        let deadline = Instant::now() + TIMEOUT;
+        let s = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(2)),
+                Err(e) => panic!("no client within {TIMEOUT:?}: {e}"),
+            }
+        };
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(TIMEOUT)).unwrap();
+        let mut request = Vec::new();
+        let _ = BufReader::new(&s).read_until(b'\n', &mut request);
+        let chunk = vec![b'x'; 1 << 20];
+        let mut sent = 0;
+        while sent < SEND {
+            match (&s).write(&chunk) {
+                Ok(n) => sent += n,
+                Err(_) => break, // the client hung up
+            }
+        }
+        sent
+    });
+    let (out, peak_kib) =
+        run_measuring_rss(&["client", "--tcp", &addr.to_string(), "--max-line", &MAX.to_string()], b"hello\n");
+    assert_ne!(out.status.code(), Some(2), "usage error: {}", out.stderr);
+    let sent = hostile.join().unwrap();
+    eprintln!(
+        "the server sent {sent} bytes without a newline; client peak RSS {peak_kib} KiB; {out:?}",
+        out = out.stderr
+    );
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "one line: {}", out.stderr);
+    assert!(
+        out.stderr.contains(&addr.to_string()) && out.stderr.contains("longer than 1048576 bytes"),
+        "the error names the target and the limit: {}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("--max-line"), "the error names the flag: {}", out.stderr);
+    assert_eq!(out.stdout, "", "nothing of the line is printed");
+    assert!(peak_kib < 32 << 10, "client peak RSS {peak_kib} KiB for a 1 MiB limit ({sent} bytes sent)");
+    let help = run(&["client", "--help"], b"");
+    assert!(help.stdout.contains("--max-line"), "{}", help.stdout);
+}
+
 // ---------------------------------------------------------------------------
 // The time server
 
