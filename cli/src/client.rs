@@ -100,6 +100,7 @@ pub fn run(args: ClientArgs) -> io::Result<()> {
         datagrams(|d| socket.send(d), |b| socket.recv(b), &target, timeout)
     } else if let Some(path) = t.unix_dgram {
         let target = format!("unix-dgram {}", path.display());
+        // Removed at the end, and on SIGINT/SIGTERM/SIGHUP too.
         let me = TempSocket::new()?;
         let socket = UnixDatagram::bind(&me.0)?;
         socket.connect(&path).map_err(|e| context(e, format_args!("cannot reach {target}")))?;
@@ -243,7 +244,8 @@ fn datagrams(
     Ok(())
 }
 
-/// A socket path of our own for Unix-datagram replies, removed on exit.
+/// A socket path of our own for Unix-datagram replies, removed on exit,
+/// and when a signal ends the process (Ctrl-C left it behind).
 struct TempSocket(PathBuf);
 
 impl TempSocket {
@@ -252,10 +254,48 @@ impl TempSocket {
         for n in 0..100 {
             let path = dir.join(format!("socketserver-client-{}-{n}.sock", std::process::id()));
             if !Path::new(&path).exists() {
+                // Before the socket is bound: no signal can come between.
+                remove_on_signal(path.clone())?;
                 return Ok(TempSocket(path));
             }
         }
         Err(io::Error::new(io::ErrorKind::AlreadyExists, "no free temporary socket path"))
+    }
+}
+
+/// On SIGINT, SIGTERM or SIGHUP (unless SIGHUP was ignored at start, as
+/// under nohup), removes `path`, then ends the process by that signal, as
+/// the default action would have.
+fn remove_on_signal(path: PathBuf) -> io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut wanted = vec![SIGINT, SIGTERM];
+    if !ignored(SIGHUP) {
+        wanted.push(SIGHUP);
+    }
+    let mut signals = signal_hook::iterator::Signals::new(wanted)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot install the signal handlers: {e}")))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                let _ = std::fs::remove_file(&path);
+                // Resets the default action and raises the signal again: the
+                // process ends "killed by SIGINT", as a shell expects.
+                let _ = signal_hook::low_level::emulate_default_handler(signal);
+                std::process::exit(128 + signal);
+            }
+        })
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot start the signal thread: {e}")))?;
+    Ok(())
+}
+
+/// Whether `signal` is ignored (SIG_IGN), as it was inherited.
+fn ignored(signal: libc::c_int) -> bool {
+    // SAFETY: sigaction with a null new action only reads the current one
+    // into a zeroed struct we own.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
     }
 }
 

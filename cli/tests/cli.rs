@@ -1424,6 +1424,52 @@ fn client_gives_up_on_a_reply_line_longer_than_max_line() {
     assert!(help.stdout.contains("--max-line"), "{}", help.stdout);
 }
 
+/// Whether this process ignores SIGHUP (as under nohup): its children do too.
+fn sighup_ignored() -> bool {
+    // SAFETY: sigaction with a null new action only reads the current one.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut old) };
+    rc == 0 && old.sa_sigaction == libc::SIG_IGN
+}
+
+/// The client's socket for Unix-datagram replies is removed when it is
+/// interrupted, not only at the end of its input (it was left behind).
+#[test]
+fn client_removes_its_unix_datagram_socket_file_when_signalled() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = TempDir::new("client-sig");
+    let server = Server::start(&["echo", "--unix-dgram", &dir.arg("d.sock")]);
+    let mut signals = vec![libc::SIGINT, libc::SIGTERM];
+    if !sighup_ignored() {
+        signals.push(libc::SIGHUP);
+    }
+    for sig in signals {
+        let tmp = TempDir::new("client-tmp");
+        let mut cmd = command(BIN, &["client", "--unix-dgram", &dir.arg("d.sock")], &[("TMPDIR", &tmp.arg(""))]);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
+        let mut client = Proc::spawn(cmd);
+        let mut input = client.child.stdin.take().unwrap();
+        input.write_all(b"ping\n").unwrap();
+        let stdout = client.child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        // The echo came: the client is bound, waiting for its next line.
+        assert_eq!(rx.recv_timeout(TIMEOUT).expect("an echo within 10 s"), "ping\n");
+        let file = tmp.join(&format!("socketserver-client-{}-0.sock", client.pid()));
+        assert!(file.exists(), "the client's socket file {} exists while it runs", file.display());
+        client.signal(sig);
+        let status = client.wait_for(TIMEOUT).expect("the client ends on the signal");
+        assert_eq!(status.signal(), Some(sig), "it dies of the signal, as a shell expects: {status}");
+        assert!(!file.exists(), "signal {sig}: the client's socket file {} was left behind", file.display());
+        drop(input);
+    }
+    drop(server);
+}
+
 // ---------------------------------------------------------------------------
 // The time server
 
