@@ -1471,6 +1471,19 @@ fn client_removes_its_unix_datagram_socket_file_when_signalled() {
 }
 
 // ---------------------------------------------------------------------------
+// Help
+
+/// `--strategy sync` warns that one silent client holds up all the others.
+#[test]
+fn help_says_a_silent_client_holds_up_everyone_under_sync() {
+    for which in ["echo", "time"] {
+        let out = run(&[which, "--help"], b"");
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert!(out.stdout.contains("holds up"), "`socketserver {which} --help`:\n{}", out.stdout);
+    }
+}
+
+// ---------------------------------------------------------------------------
 // The time server
 
 /// Sends `fmt` plus LF and reads one reply line (LF stripped).
