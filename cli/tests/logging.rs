@@ -6,7 +6,7 @@
 //! queued at exit is written once stderr takes it.
 //!
 //! Every wait has a deadline; every child is killed by its PID if a test
-//! fails; loopback only (127.0.0.1 and 127.0.0.2).
+//! fails; loopback only (127.0.0.1 to 127.0.0.251).
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -103,18 +103,23 @@ impl Drop for Echo {
     }
 }
 
-/// `n` connections from 127.0.0.2, each refused by `--allow 127.0.0.1/32`
-/// (and logged at debug). Stops early if one cannot even connect.
-fn refused_flood(to: SocketAddr, n: usize) -> usize {
-    let from: SocketAddr = "127.0.0.2:0".parse().unwrap();
+/// `n` connections from 127.0.0.2 to 127.0.0.251, each refused by
+/// `--allow 127.0.0.1/32` (and logged at debug); stops early if one cannot
+/// even connect. The sockets are held until the caller drops them: the
+/// server closes first, so no client port is left in TIME_WAIT for a later
+/// connection of the flood (or of another run) to collide with.
+fn refused_flood(to: SocketAddr, n: usize) -> Vec<socket2::Socket> {
+    let mut held = Vec::with_capacity(n);
     for i in 0..n {
+        let from = SocketAddr::from(([127, 0, 0, 2 + (i % 250) as u8], 0));
         let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         socket.bind(&from.into()).unwrap();
-        if socket.connect_timeout(&to.into(), Duration::from_secs(1)).is_err() {
-            return i;
+        if socket.connect_timeout(&to.into(), Duration::from_secs(3)).is_err() {
+            break;
         }
+        held.push(socket);
     }
-    n
+    held
 }
 
 /// One echo round trip from 127.0.0.1 on a new connection: how long it took,
@@ -151,9 +156,11 @@ fn a_stderr_nobody_reads_holds_up_neither_serving_nor_shutdown() {
     let (pipe, stderr) = tiny_pipe();
     let mut server = Echo::start(stderr, &[]);
     let flooded = Instant::now();
-    let made = refused_flood(server.addr, FLOOD);
+    let flood = refused_flood(server.addr, FLOOD);
     let flood_took = flooded.elapsed();
-    let served = honest_round_trip(server.addr, Duration::from_secs(3));
+    let served = honest_round_trip(server.addr, Duration::from_secs(5));
+    let made = flood.len();
+    drop(flood);
     assert_eq!(made, FLOOD, "the flood could not even connect after {made} connections");
     let took = served.unwrap_or_else(|e| panic!("after {FLOOD} refused connections an honest client got nothing: {e}"));
     eprintln!("{FLOOD} refused connections in {flood_took:?}; then an honest round trip in {took:?}");
@@ -164,7 +171,7 @@ fn a_stderr_nobody_reads_holds_up_neither_serving_nor_shutdown() {
     eprintln!("exit 0 {exit_took:?} after SIGTERM, stderr never read");
     // What the pipe held: log lines, whole, and no panic.
     let text = read_all(pipe).recv_timeout(TIMEOUT).expect("the pipe reaches EOF once the process is gone");
-    assert!(text.contains("refused 127.0.0.2:"), "{text}");
+    assert!(text.contains(" refused 127.0.0."), "{text}");
     assert!(!text.contains("panicked"), "{text}");
 }
 
@@ -176,8 +183,10 @@ fn a_stderr_nobody_reads_holds_up_neither_serving_nor_shutdown() {
 fn lines_dropped_are_counted_and_lines_queued_at_exit_are_written() {
     let (pipe, stderr) = tiny_pipe();
     let mut server = Echo::start(stderr, &[]);
-    assert_eq!(refused_flood(server.addr, FLOOD), FLOOD);
-    honest_round_trip(server.addr, Duration::from_secs(3)).expect("an honest client is served during the flood");
+    let flood = refused_flood(server.addr, FLOOD);
+    assert_eq!(flood.len(), FLOOD);
+    honest_round_trip(server.addr, Duration::from_secs(5)).expect("an honest client is served during the flood");
+    drop(flood);
     server.signal(libc::SIGTERM);
     // Once the listener refuses connections, the servers have stopped and
     // the process is on its way out; it must wait for stderr to take its
@@ -193,7 +202,7 @@ fn lines_dropped_are_counted_and_lines_queued_at_exit_are_written() {
     let (status, _) = server.exits_within(Duration::from_secs(5));
     assert_eq!(status.code(), Some(0), "exit status: {status}");
     let text = text.recv_timeout(TIMEOUT).expect("the pipe reaches EOF once the process is gone");
-    let refused = text.lines().filter(|l| l.contains("refused 127.0.0.2:")).count();
+    let refused = text.lines().filter(|l| l.contains(" refused 127.0.0.")).count();
     let dropped: usize = text
         .lines()
         .filter_map(|l| l.split_once(" log lines dropped"))
@@ -219,8 +228,8 @@ fn a_closed_stderr_does_not_stop_the_server() {
     let (pipe, stderr) = tiny_pipe();
     drop(pipe);
     let mut server = Echo::start(stderr, &[]);
-    assert_eq!(refused_flood(server.addr, 200), 200);
-    honest_round_trip(server.addr, Duration::from_secs(3)).expect("served with a closed stderr");
+    assert_eq!(refused_flood(server.addr, 200).len(), 200);
+    honest_round_trip(server.addr, Duration::from_secs(5)).expect("served with a closed stderr");
     server.signal(libc::SIGTERM);
     let (status, took) = server.exits_within(Duration::from_secs(5));
     assert_eq!(status.code(), Some(0), "{status}");
