@@ -3,7 +3,7 @@
 //! out as a line on stdout. Like the tutorials' `input()` loops.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs, UdpSocket};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs, UdpSocket};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,6 +35,26 @@ pub struct ClientArgs {
     /// Give up on a reply after SECS seconds (exit 1).
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_timeout)]
     timeout: Duration,
+    /// Give up (exit 1) on a reply line (TCP, Unix stream) longer than BYTES
+    /// without its newline, rather than hold whatever a server sends; a K,
+    /// M or G suffix multiplies by 1024, 1024² or 1024³.
+    #[arg(long, value_name = "BYTES", default_value = "16M", value_parser = parse_bytes)]
+    max_line: usize,
+}
+
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let (digits, unit) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("`{s}` is not a positive number of bytes (e.g. 65536, 64K, 16M)"))
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
@@ -60,18 +80,19 @@ fn timeout_error(e: io::Error, target: &str, timeout: Duration) -> io::Error {
 pub fn run(args: ClientArgs) -> io::Result<()> {
     let t = args.target;
     let timeout = args.timeout;
+    let limits = Limits { timeout, max_line: args.max_line };
     if let Some(addr) = t.tcp {
         let target = format!("tcp {addr}");
         let stream = connect_tcp(&addr, timeout).map_err(|e| context(e, format_args!("cannot connect to {target}")))?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
-        lines_over_stream(stream, &target, timeout)
+        lines_over_stream(stream, |s| s.shutdown(Shutdown::Both), &target, limits)
     } else if let Some(path) = t.unix {
         let target = format!("unix {}", path.display());
         let stream = UnixStream::connect(&path).map_err(|e| context(e, format_args!("cannot connect to {target}")))?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
-        lines_over_stream(stream, &target, timeout)
+        lines_over_stream(stream, |s| s.shutdown(Shutdown::Both), &target, limits)
     } else if let Some(addr) = t.udp {
         let target = format!("udp {addr}");
         let socket = connect_udp(&addr).map_err(|e| context(e, format_args!("cannot reach {target}")))?;
@@ -79,6 +100,7 @@ pub fn run(args: ClientArgs) -> io::Result<()> {
         datagrams(|d| socket.send(d), |b| socket.recv(b), &target, timeout)
     } else if let Some(path) = t.unix_dgram {
         let target = format!("unix-dgram {}", path.display());
+        // Removed at the end, and on SIGINT/SIGTERM/SIGHUP too.
         let me = TempSocket::new()?;
         let socket = UnixDatagram::bind(&me.0)?;
         socket.connect(&path).map_err(|e| context(e, format_args!("cannot reach {target}")))?;
@@ -129,10 +151,25 @@ fn next_line(stdin: &mut impl BufRead, line: &mut Vec<u8>) -> io::Result<Option<
     Ok(Some(()))
 }
 
-fn lines_over_stream<S: Read + Write + Sync>(stream: S, target: &str, timeout: Duration) -> io::Result<()>
+#[derive(Clone, Copy)]
+struct Limits {
+    timeout: Duration,
+    /// The longest reply line taken, without its newline.
+    max_line: usize,
+}
+
+fn lines_over_stream<S: Read + Write + Sync>(
+    stream: S,
+    shutdown: impl Fn(&S) -> io::Result<()> + Sync,
+    target: &str,
+    limits: Limits,
+) -> io::Result<()>
 where
     for<'a> &'a S: Read + Write,
 {
+    let Limits { timeout, max_line } = limits;
+    // The newline may come after max_line bytes.
+    let take = u64::try_from(max_line).unwrap_or(u64::MAX).saturating_add(1);
     let mut replies = BufReader::new(&stream);
     let mut out = io::stdout().lock();
     let mut stdin = io::stdin().lock();
@@ -146,11 +183,25 @@ where
         let (sent, got) = std::thread::scope(|s| {
             let sender = s.spawn(|| (&stream).write_all(&line));
             reply.clear();
-            let got = replies.read_until(b'\n', &mut reply);
+            // At most max_line bytes and a newline: a server cannot make the
+            // client hold more.
+            let got = (&mut replies).take(take).read_until(b'\n', &mut reply);
+            let too_long = matches!(got, Ok(n) if n > max_line && reply.last() != Some(&b'\n'));
+            if got.is_err() || too_long {
+                // Giving up: the sender must not stay blocked on a server
+                // that takes no more.
+                let _ = shutdown(&stream);
+            }
             let sent = sender.join().unwrap_or_else(|_| Err(io::Error::other("the sending thread panicked")));
             (sent, got)
         });
         let n = got.map_err(|e| timeout_error(e, target, timeout))?;
+        if n > max_line && reply.last() != Some(&b'\n') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{target} sent a reply line longer than {max_line} bytes (--max-line); giving up"),
+            ));
+        }
         if n > 0 {
             if reply.last() != Some(&b'\n') {
                 reply.push(b'\n');
@@ -193,7 +244,8 @@ fn datagrams(
     Ok(())
 }
 
-/// A socket path of our own for Unix-datagram replies, removed on exit.
+/// A socket path of our own for Unix-datagram replies, removed on exit,
+/// and when a signal ends the process (Ctrl-C left it behind).
 struct TempSocket(PathBuf);
 
 impl TempSocket {
@@ -202,10 +254,48 @@ impl TempSocket {
         for n in 0..100 {
             let path = dir.join(format!("socketserver-client-{}-{n}.sock", std::process::id()));
             if !Path::new(&path).exists() {
+                // Before the socket is bound: no signal can come between.
+                remove_on_signal(path.clone())?;
                 return Ok(TempSocket(path));
             }
         }
         Err(io::Error::new(io::ErrorKind::AlreadyExists, "no free temporary socket path"))
+    }
+}
+
+/// On SIGINT, SIGTERM or SIGHUP (unless SIGHUP was ignored at start, as
+/// under nohup), removes `path`, then ends the process by that signal, as
+/// the default action would have.
+fn remove_on_signal(path: PathBuf) -> io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut wanted = vec![SIGINT, SIGTERM];
+    if !ignored(SIGHUP) {
+        wanted.push(SIGHUP);
+    }
+    let mut signals = signal_hook::iterator::Signals::new(wanted)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot install the signal handlers: {e}")))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                let _ = std::fs::remove_file(&path);
+                // Resets the default action and raises the signal again: the
+                // process ends "killed by SIGINT", as a shell expects.
+                let _ = signal_hook::low_level::emulate_default_handler(signal);
+                std::process::exit(128 + signal);
+            }
+        })
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot start the signal thread: {e}")))?;
+    Ok(())
+}
+
+/// Whether `signal` is ignored (SIG_IGN), as it was inherited.
+fn ignored(signal: libc::c_int) -> bool {
+    // SAFETY: sigaction with a null new action only reads the current one
+    // into a zeroed struct we own.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
     }
 }
 

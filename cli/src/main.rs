@@ -3,9 +3,12 @@
 
 mod bench;
 mod client;
+mod logging;
 mod serve;
+mod signals;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -59,11 +62,18 @@ fn main() -> ExitCode {
         Command::Client(args) => client::run(args),
         Command::Bench(args) => bench::run(args),
     };
-    match result {
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("socketserver: {e}");
+            logging::eprintln(&format!("socketserver: {e}"), EXIT_FLUSH);
             ExitCode::FAILURE
         }
-    }
+    };
+    // What the servers logged last (the signal, the drain) is still queued:
+    // written now, unless stderr takes nothing for EXIT_FLUSH.
+    logging::flush(EXIT_FLUSH);
+    code
 }
+
+/// How long the exit waits for stderr to take the log lines still queued.
+const EXIT_FLUSH: Duration = Duration::from_secs(2);

@@ -296,7 +296,7 @@ where
 }
 
 pub fn run(which: Bundled, mut args: ServeArgs) -> io::Result<()> {
-    env_logger::Builder::new().filter_level(args.options.log_level).parse_default_env().init();
+    crate::logging::init(args.options.log_level)?;
     let l = &mut args.listeners;
     if l.tcp.is_empty() && l.udp.is_empty() && l.unix.is_empty() && l.unix_dgram.is_empty() {
         let default = format!("127.0.0.1:{}", which.default_port());
@@ -316,6 +316,8 @@ pub fn run(which: Bundled, mut args: ServeArgs) -> io::Result<()> {
     for s in &servers {
         s.handle.shutdown_on_signal()?;
     }
+    // SIGQUIT, SIGUSR1 and SIGUSR2, the command's own, likewise.
+    let _signals = crate::signals::install(servers.iter().map(|s| (s.label.clone(), s.handle.clone())).collect())?;
     // The lines are for whoever started us; if they have stopped reading
     // (a closed pipe, a full disk), that is no reason to stop serving.
     let announce = || -> io::Result<()> {

@@ -1005,6 +1005,77 @@ fn a_second_signal_ends_the_grace_period_at_once() {
     assert_eq!(read_once(&mut stuck, Duration::from_secs(2)), Got::Eof);
 }
 
+#[test]
+fn sigquit_with_nothing_in_flight_exits_0_at_once_and_removes_socket_files() {
+    signal_with_nothing_in_flight_exits_at_once(libc::SIGQUIT);
+}
+
+/// SIGQUIT is SIGTERM's graceful shutdown (as nginx has it), not a core
+/// dump: a request in flight is finished, then the process exits 0.
+#[test]
+fn sigquit_finishes_a_request_in_flight_like_sigterm() {
+    let mut server = Server::start(&["time", "--tcp", "127.0.0.1:0", "--grace", "10"]);
+    let mut busy = tcp_connect(server.tcp());
+    assert_eq!(round_trip_line(&mut busy, b"%%\n"), "%\n"); // being served
+    busy.write_all(b"%%").unwrap(); // half a request
+    server.signal(libc::SIGQUIT);
+    assert!(server.stderr_shows("SIGQUIT", TIMEOUT), "stderr: {}", server.stderr_text());
+    assert_not_served(server.tcp());
+    assert!(server.is_running(), "a request in flight keeps the process running");
+    assert_eq!(round_trip_line(&mut busy, b"\n"), "%\n", "the request in flight is answered");
+    assert_eq!(read_once(&mut busy, Duration::from_secs(2)), Got::Eof);
+    let (status, _) = server.exits_within(QUICK_EXIT);
+    let (_, stderr) = server.finish();
+    assert_eq!(status.code(), Some(0), "{status}; stderr: {stderr}");
+    assert_no_panic(&stderr);
+}
+
+/// SIGUSR1 logs one line of counters per server, and serving goes on (it
+/// killed the process, leaving its Unix socket file behind).
+#[test]
+fn sigusr1_logs_each_servers_counters_and_serving_goes_on() {
+    let dir = TempDir::new("sig-usr1");
+    let mut server = Server::start(&["echo", "--tcp", "127.0.0.1:0", "--unix", &dir.arg("s.sock")]);
+    let tcp = server.tcp();
+    let unix = server.nth("unix", 0).to_string();
+    let mut s = tcp_connect(tcp);
+    assert_eq!(round_trip(&mut s, b"one"), b"one");
+    server.signal(libc::SIGUSR1);
+    for line in
+        [format!("stats tcp {tcp}: accepted 1, active 1, completed 0,"), format!("stats unix {unix}: accepted 0,")]
+    {
+        assert!(server.stderr_shows(&line, TIMEOUT), "no `{line}` line; stderr: {}", server.stderr_text());
+    }
+    assert_eq!(round_trip(&mut s, b"two"), b"two", "the connection open at the signal is still served");
+    let mut u = unix_connect(&dir.join("s.sock"));
+    assert_eq!(round_trip(&mut u, b"three"), b"three", "a new connection is served");
+    server.signal(libc::SIGUSR1);
+    let line = format!("stats unix {unix}: accepted 1, active 1,");
+    assert!(server.stderr_shows(&line, TIMEOUT), "no `{line}` line; stderr: {}", server.stderr_text());
+    drop((s, u));
+    server.stop_cleanly(libc::SIGTERM, TIMEOUT);
+    assert!(!dir.join("s.sock").exists(), "the Unix socket file is removed");
+}
+
+/// SIGUSR2 is reserved: ignored, logged once at debug (it killed the process).
+#[test]
+fn sigusr2_is_ignored_and_serving_goes_on() {
+    let dir = TempDir::new("sig-usr2");
+    let mut server =
+        Server::start(&["echo", "--tcp", "127.0.0.1:0", "--unix", &dir.arg("s.sock"), "--log-level", "debug"]);
+    for _ in 0..3 {
+        server.signal(libc::SIGUSR2);
+    }
+    assert!(server.stderr_shows("SIGUSR2", TIMEOUT), "stderr: {}", server.stderr_text());
+    let mut s = tcp_connect(server.tcp());
+    assert_eq!(round_trip(&mut s, b"still here"), b"still here");
+    drop(s);
+    assert!(server.is_running());
+    server.stop_cleanly(libc::SIGTERM, TIMEOUT);
+    assert_eq!(server.stderr_text().matches("SIGUSR2").count(), 1, "logged once: {}", server.stderr_text());
+    assert!(!dir.join("s.sock").exists(), "the Unix socket file is removed");
+}
+
 /// Writes `msg` and reads one line back.
 fn round_trip_line(s: &mut TcpStream, msg: &[u8]) -> String {
     s.write_all(msg).unwrap();
@@ -1251,6 +1322,165 @@ fn client_failures_are_one_line_and_exit_1() {
     assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
     assert_no_panic(&out.stderr);
     assert_eq!(out.stdout, "");
+}
+
+/// Runs the binary to its end like `run`, and also returns its peak
+/// resident memory in KiB (`wait4`'s `ru_maxrss`: this child's alone).
+#[allow(clippy::zombie_processes)] // reaped by wait4, which std cannot see
+fn run_measuring_rss(args: &[&str], stdin: &[u8]) -> (Output, u64) {
+    use std::os::unix::process::ExitStatusExt;
+    let mut cmd = command(BIN, args, &[]);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start socketserver");
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let (out, out_t) = drain(child.stdout.take().unwrap());
+    let (err, err_t) = drain(child.stderr.take().unwrap());
+    let deadline = Instant::now() + TIMEOUT;
+    let (status, usage) = loop {
+        let mut status = 0;
+        // SAFETY: rusage is plain data; wait4 on our own child, which only
+        // this loop reaps.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if r == pid {
+            break (ExitStatus::from_raw(status), usage);
+        }
+        assert_eq!(r, 0, "wait4: {}", io::Error::last_os_error());
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`socketserver {}` still running after {TIMEOUT:?}", args.join(" "));
+        }
+        thread::sleep(Duration::from_millis(2));
+    };
+    join_reader(out_t);
+    join_reader(err_t);
+    let _ = writer.join();
+    let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap()).into_owned();
+    let stdout_bytes = out.lock().unwrap().clone();
+    let output = Output { status, stdout: text(&out), stdout_bytes, stderr: text(&err) };
+    (output, u64::try_from(usage.ru_maxrss).unwrap())
+}
+
+/// A server that answers with a line that never ends: the client gives up
+/// at --max-line with one line on stderr and exit 1, its memory bounded (it
+/// held the whole line: 604 MiB for a 600 MiB one).
+#[test]
+fn client_gives_up_on_a_reply_line_longer_than_max_line() {
+    const SEND: usize = 64 << 20;
+    const MAX: usize = 1 << 20;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let hostile = thread::spawn(move || -> usize {
+        // Bounded: a client that never connects (a usage error) ends the wait.
+        let deadline = Instant::now() + TIMEOUT;
+        let s = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(2)),
+                Err(e) => panic!("no client within {TIMEOUT:?}: {e}"),
+            }
+        };
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(TIMEOUT)).unwrap();
+        let mut request = Vec::new();
+        let _ = BufReader::new(&s).read_until(b'\n', &mut request);
+        let chunk = vec![b'x'; 1 << 20];
+        let mut sent = 0;
+        while sent < SEND {
+            match (&s).write(&chunk) {
+                Ok(n) => sent += n,
+                Err(_) => break, // the client hung up
+            }
+        }
+        sent
+    });
+    let (out, peak_kib) =
+        run_measuring_rss(&["client", "--tcp", &addr.to_string(), "--max-line", &MAX.to_string()], b"hello\n");
+    assert_ne!(out.status.code(), Some(2), "usage error: {}", out.stderr);
+    let sent = hostile.join().unwrap();
+    eprintln!(
+        "the server sent {sent} bytes without a newline; client peak RSS {peak_kib} KiB; {out:?}",
+        out = out.stderr
+    );
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "one line: {}", out.stderr);
+    assert!(
+        out.stderr.contains(&addr.to_string()) && out.stderr.contains("longer than 1048576 bytes"),
+        "the error names the target and the limit: {}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("--max-line"), "the error names the flag: {}", out.stderr);
+    assert_eq!(out.stdout, "", "nothing of the line is printed");
+    assert!(peak_kib < 32 << 10, "client peak RSS {peak_kib} KiB for a 1 MiB limit ({sent} bytes sent)");
+    let help = run(&["client", "--help"], b"");
+    assert!(help.stdout.contains("--max-line"), "{}", help.stdout);
+}
+
+/// Whether this process ignores SIGHUP (as under nohup): its children do too.
+fn sighup_ignored() -> bool {
+    // SAFETY: sigaction with a null new action only reads the current one.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut old) };
+    rc == 0 && old.sa_sigaction == libc::SIG_IGN
+}
+
+/// The client's socket for Unix-datagram replies is removed when it is
+/// interrupted, not only at the end of its input (it was left behind).
+#[test]
+fn client_removes_its_unix_datagram_socket_file_when_signalled() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = TempDir::new("client-sig");
+    let server = Server::start(&["echo", "--unix-dgram", &dir.arg("d.sock")]);
+    let mut signals = vec![libc::SIGINT, libc::SIGTERM];
+    if !sighup_ignored() {
+        signals.push(libc::SIGHUP);
+    }
+    for sig in signals {
+        let tmp = TempDir::new("client-tmp");
+        let mut cmd = command(BIN, &["client", "--unix-dgram", &dir.arg("d.sock")], &[("TMPDIR", &tmp.arg(""))]);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
+        let mut client = Proc::spawn(cmd);
+        let mut input = client.child.stdin.take().unwrap();
+        input.write_all(b"ping\n").unwrap();
+        let stdout = client.child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        // The echo came: the client is bound, waiting for its next line.
+        assert_eq!(rx.recv_timeout(TIMEOUT).expect("an echo within 10 s"), "ping\n");
+        let file = tmp.join(&format!("socketserver-client-{}-0.sock", client.pid()));
+        assert!(file.exists(), "the client's socket file {} exists while it runs", file.display());
+        client.signal(sig);
+        let status = client.wait_for(TIMEOUT).expect("the client ends on the signal");
+        assert_eq!(status.signal(), Some(sig), "it dies of the signal, as a shell expects: {status}");
+        assert!(!file.exists(), "signal {sig}: the client's socket file {} was left behind", file.display());
+        drop(input);
+    }
+    drop(server);
+}
+
+// ---------------------------------------------------------------------------
+// Help
+
+/// `--strategy sync` warns that one silent client holds up all the others.
+#[test]
+fn help_says_a_silent_client_holds_up_everyone_under_sync() {
+    for which in ["echo", "time"] {
+        let out = run(&[which, "--help"], b"");
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert!(out.stdout.contains("holds up"), "`socketserver {which} --help`:\n{}", out.stdout);
+    }
 }
 
 // ---------------------------------------------------------------------------
