@@ -10,7 +10,7 @@ command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 export RUSTC_BOOTSTRAP=1
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-for target in length_prefixed lines time_format; do
+for target in length_prefixed lines time_format proxy_header; do
     echo "== fuzz $target for ${seconds}s"
     if ! cargo fuzz run "$target" -- -max_total_time="$seconds" -rss_limit_mb=1024 >"$log" 2>&1; then
         tail -n 60 "$log"

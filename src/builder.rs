@@ -360,3 +360,21 @@ impl<T: Transport, S: Strategy> Server<T, S> {
         Self::builder().bind(addr, handler)
     }
 }
+
+/// Settings only stream servers have.
+impl<T: Transport<Request = crate::StreamRequest>, S: Strategy> Builder<T, S> {
+    /// Takes the PROXY protocol (v1 and v2, as HAProxy's `send-proxy` and
+    /// `send-proxy-v2` send it) on every connection: the header is read
+    /// before `verify_request` and before the handler, which then see the
+    /// client the proxy reports ([`StreamRequest::peer_addr`](crate::StreamRequest::peer_addr))
+    /// and the address it connected to ([`local_addr`](crate::StreamRequest::local_addr));
+    /// a `LOCAL` header (a health check) keeps the proxy's own. Only peers
+    /// the policy trusts may send it: others are refused (`Stats::proxy_refused`).
+    /// A header that does not come whole within its timeout, or is
+    /// malformed, closes the connection (`Stats::proxy_errors`, logged once
+    /// per episode). Stream servers only (TCP and Unix stream sockets).
+    pub fn proxy_protocol(mut self, policy: crate::proxy::ProxyProtocol) -> Self {
+        self.opts.proxy = Some(policy);
+        self
+    }
+}

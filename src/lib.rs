@@ -223,6 +223,7 @@ mod handler;
 mod loops;
 mod net;
 mod options;
+pub mod proxy;
 mod request;
 mod server;
 pub mod servers;

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::proxy::ProxyProtocol;
+
 use crate::net::bind::BindOptions;
 use crate::request::StreamPolicy;
 use crate::request::timeouts::TimeoutPolicy;
@@ -34,6 +36,7 @@ pub(crate) struct Options {
     pub(crate) service_interval: Option<Duration>,
     pub(crate) read_buffer: usize,
     pub(crate) write_buffer: usize,
+    pub(crate) proxy: Option<ProxyProtocol>,
 }
 
 impl Default for Options {
@@ -56,6 +59,7 @@ impl Default for Options {
             service_interval: None,
             read_buffer: 64 * 1024,
             write_buffer: 0,
+            proxy: None,
         }
     }
 }
@@ -79,6 +83,7 @@ impl Options {
             read_buffer: self.read_buffer,
             write_buffer: self.write_buffer,
             drain_window: self.drain_window,
+            proxy_header_timeout: self.proxy.as_ref().map(|p| p.header_timeout),
         }
     }
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use crate::handler::RequestHandler;
 use crate::net::Address;
-use crate::request::Request;
+use crate::request::{Preamble, Request};
 use crate::shutdown::Shared;
 use crate::stats::Counters;
 
@@ -52,6 +52,9 @@ pub(crate) enum Step {
     Parked,
     /// Concluded: release it.
     Done(Outcome),
+    /// Refused before its handler ran (its PROXY header named a client
+    /// `verify_request` refused, or was bad): dropped, not completed.
+    Refused,
 }
 
 /// How a request ended; a forked child turns it into its exit code.
@@ -138,6 +141,9 @@ impl<R: Request> Service<R> {
     /// Runs one request to the end, reports its errors, then releases it
     /// (closing a connection). It counts as completed only after all that.
     pub(crate) fn run(&self, mut req: R) -> Outcome {
+        if !self.admit(&mut req) {
+            return Outcome::Ok;
+        }
         let outcome = self.serve(&mut req);
         drop(req);
         self.shared.stats.completed.fetch_add(1, Relaxed);
@@ -165,6 +171,9 @@ impl<R: Request> Service<R> {
     /// becomes the exit code.
     pub(crate) fn run_in_child(&self, mut req: R, report: &std::os::fd::OwnedFd) -> Outcome {
         let mut outcome = Outcome::Ok;
+        if !self.admit(&mut req) {
+            return outcome;
+        }
         if let Err(failure) = self.run_phases(&mut req) {
             let mut errors = Vec::new();
             failure.into_errors(&mut errors);
@@ -195,6 +204,9 @@ impl<R: Request> Service<R> {
     pub(crate) fn step(&self, req: &mut R, first: bool) -> Step {
         let h = self.handler.as_ref();
         if first {
+            if !self.admit(req) {
+                return Step::Refused;
+            }
             req.begin();
             if let Err(failure) = guarded(|| h.setup(req)) {
                 return Step::Done(self.report(req, failure));
@@ -214,6 +226,34 @@ impl<R: Request> Service<R> {
     pub(crate) fn release(&self, req: R) {
         drop(req);
         self.shared.stats.completed.fetch_add(1, Relaxed);
+    }
+
+    /// Reads what comes before the request (a PROXY header) and, when it
+    /// names the client, asks `verify_request` about that client. `false`:
+    /// the request is refused (counted) and the handler must not run.
+    fn admit(&self, req: &mut R) -> bool {
+        let stats = &self.shared.stats;
+        match req.preamble() {
+            Preamble::None => true,
+            Preamble::Read if self.verify(req.peer()) => true,
+            Preamble::Read => {
+                Counters::bump(&stats.refused);
+                log::debug!("{}: refused {}", self.shared.name, req.peer());
+                false
+            }
+            Preamble::Closed => false,
+            Preamble::Failed(err) => {
+                Counters::bump(&stats.proxy_errors);
+                if let Some(held) = self.throttle.admit() {
+                    let more = match held {
+                        0 => String::new(),
+                        n => format!(" (and {n} more error(s) not logged since the last)"),
+                    };
+                    log::warn!("{}: closed a connection from {}: {err}{more}", self.shared.name, req.peer());
+                }
+                false
+            }
+        }
     }
 
     /// After `handle`: `finish`, then what the failures mean.

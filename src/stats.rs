@@ -37,6 +37,12 @@ pub struct Stats {
     /// Connections the peer reset, or closed while the handler wrote: their
     /// normal end, not a handler error.
     pub resets: u64,
+    /// Connections refused because they came from a peer not trusted to
+    /// send a PROXY header (with [`Builder::proxy_protocol`](crate::Builder::proxy_protocol)).
+    pub proxy_refused: u64,
+    /// Connections closed because their PROXY header was malformed, or did
+    /// not come whole in time.
+    pub proxy_errors: u64,
     /// Requests waiting in the pool's queue for a worker.
     pub queue_depth: u64,
     /// Pool workers (or, under `Event`, polling threads) running a request
@@ -64,6 +70,8 @@ pub(crate) struct Counters {
     pub(crate) replies_dropped: AtomicU64,
     pub(crate) idle_closed: AtomicU64,
     pub(crate) resets: AtomicU64,
+    pub(crate) proxy_refused: AtomicU64,
+    pub(crate) proxy_errors: AtomicU64,
     pub(crate) queued: AtomicUsize,
     pub(crate) workers_busy: AtomicUsize,
     pub(crate) workers_total: AtomicUsize,
@@ -89,6 +97,8 @@ impl Counters {
             replies_dropped: self.replies_dropped.load(Relaxed),
             idle_closed: self.idle_closed.load(Relaxed),
             resets: self.resets.load(Relaxed),
+            proxy_refused: self.proxy_refused.load(Relaxed),
+            proxy_errors: self.proxy_errors.load(Relaxed),
             queue_depth: self.queued.load(Relaxed) as u64,
             workers_busy: self.workers_busy.load(Relaxed) as u64,
             workers_total: self.workers_total.load(Relaxed) as u64,

@@ -322,3 +322,26 @@ fn verify_request_and_max_connections_hold() {
     wait_for("the refusal", || picky.handle.stats().refused == 1);
     picky.stop().unwrap();
 }
+
+/// A handler that reads on after `wait_for_data` said `false` did not park:
+/// when it returns, its connection is closed (it was called again, blocked
+/// in `next_line` with the connection open, before).
+#[test]
+fn reading_on_after_a_false_wait_is_not_a_park() {
+    let running = run(TcpServer::builder()
+        .strategy(Event::new().pollers(1))
+        .bind("127.0.0.1:0", |req: &mut StreamRequest| {
+            let _ = req.wait_for_data()?; // false: nothing yet
+            let line = req.next_line()?.unwrap_or_default();
+            writeln!(req, "bye {line}")
+        })
+        .unwrap());
+    let mut c = tcp_connect(running.inet());
+    std::thread::sleep(Duration::from_millis(50)); // let the first wait find nothing
+    c.write_all(b"x\n").unwrap();
+    assert_eq!(read_line(&mut c), "bye x");
+    let mut rest = Vec::new();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert_eq!(c.read_to_end(&mut rest).unwrap(), 0, "closed after the handler returned");
+    running.stop().unwrap();
+}

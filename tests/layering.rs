@@ -10,6 +10,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["sys", "error", "framing", "handler", "stats"],
     &["net"],
+    &["proxy"],
     &["shutdown"],
     &["signals"],
     &["handle"],

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use ipnet::IpNet;
+use socketserver::proxy::ProxyProtocol;
 use socketserver::servers::{Echo, Strftime};
 use socketserver::transport::{Tcp, Udp, UnixDatagram, UnixStream};
 use socketserver::{
@@ -144,6 +145,20 @@ pub struct ServerOptions {
     /// 10.0.0.0/8). Others are refused. Unix-socket peers are not filtered.
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
     allow: Vec<IpNet>,
+    /// Expect the PROXY protocol (v1 or v2, HAProxy's `send-proxy` /
+    /// `send-proxy-v2`) on TCP and Unix-stream connections: the client it
+    /// names is the peer (for --allow and the logs). Only proxies in
+    /// --trusted-proxy may send it (default: loopback; Unix-socket peers
+    /// always may); others are refused.
+    #[arg(long)]
+    proxy_protocol: bool,
+    /// A proxy allowed to send the PROXY header (repeatable CIDR; replaces
+    /// the loopback default).
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr, requires = "proxy_protocol")]
+    trusted_proxy: Vec<IpNet>,
+    /// How long a PROXY header may take to arrive whole.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "3", requires = "proxy_protocol")]
+    proxy_header_timeout: Duration,
     /// Logging to stderr: off, error, warn, info, debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: log::LevelFilter,
@@ -172,6 +187,10 @@ fn parse_cidr(s: &str) -> Result<IpNet, String> {
         .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
         .map_err(|_| format!("`{s}` is not an address or CIDR block (e.g. 127.0.0.1/32)"))
 }
+
+/// Whom --proxy-protocol trusts by default: a proxy on this host.
+const LOOPBACK_V4: IpNet = IpNet::new_assert(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8);
+const LOOPBACK_V6: IpNet = IpNet::new_assert(std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), 128);
 
 /// A bound server, ready to run on its own thread.
 struct Bound {
@@ -231,6 +250,36 @@ impl ServerOptions {
         }
     }
 
+    /// The PROXY protocol policy, with --proxy-protocol.
+    fn proxy(&self) -> Option<ProxyProtocol> {
+        if !self.proxy_protocol {
+            return None;
+        }
+        let trusted: Arc<Vec<IpNet>> = Arc::new(if self.trusted_proxy.is_empty() {
+            vec![LOOPBACK_V4, LOOPBACK_V6]
+        } else {
+            self.trusted_proxy.clone()
+        });
+        let policy = ProxyProtocol::trusting(move |proxy| match proxy {
+            Address::Inet(a) => allowed(&trusted, a.ip()),
+            _ => true,
+        });
+        Some(policy.header_timeout(self.proxy_header_timeout))
+    }
+
+    /// A stream server's settings: the general ones, and the PROXY protocol.
+    fn configure_stream<T: Transport<Request = StreamRequest>>(
+        &self,
+        builder: Builder<T>,
+        ip: bool,
+    ) -> Builder<T, AnyStrategy> {
+        let b = self.configure(builder, ip);
+        match self.proxy() {
+            Some(policy) => b.proxy_protocol(policy),
+            None => b,
+        }
+    }
+
     fn configure<T: Transport>(&self, builder: Builder<T>, ip: bool) -> Builder<T, AnyStrategy> {
         // TCP_NODELAY: echo answers partial data and the time server short
         // lines; Nagle's algorithm would hold the tail of an answer back
@@ -277,7 +326,7 @@ where
 {
     let mut all = Vec::new();
     for addr in &listeners.tcp {
-        let server = opts.configure(Server::<Tcp>::builder(), true).bind(addr.as_str(), handler.clone())?;
+        let server = opts.configure_stream(Server::<Tcp>::builder(), true).bind(addr.as_str(), handler.clone())?;
         all.push(bound(server));
     }
     for addr in &listeners.udp {
@@ -285,7 +334,7 @@ where
         all.push(bound(server));
     }
     for path in &listeners.unix {
-        let server = opts.configure(Server::<UnixStream>::builder(), false).bind(path, handler.clone())?;
+        let server = opts.configure_stream(Server::<UnixStream>::builder(), false).bind(path, handler.clone())?;
         all.push(bound(server));
     }
     for path in &listeners.unix_dgram {

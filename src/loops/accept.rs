@@ -112,7 +112,16 @@ pub(crate) fn accept_request(
     let (stream, peer) = listener.accept()?;
     let shared = &core.shared;
     Counters::bump(&shared.stats.accepted);
-    if !service.verify(&peer) {
+    if let Some(proxy) = &core.opts.proxy {
+        // Who the client is comes with the header, read by the request
+        // before `verify_request`; here, only whether this peer may say.
+        if !(proxy.trusted)(&peer) {
+            Counters::bump(&shared.stats.proxy_refused);
+            log::debug!("{}: refused {peer}: not a trusted proxy", shared.name);
+            let _ = stream.shutdown(Shutdown::Both);
+            return Ok(Accepted::Refused);
+        }
+    } else if !service.verify(&peer) {
         Counters::bump(&shared.stats.refused);
         log::debug!("{}: refused {peer}", shared.name);
         let _ = stream.shutdown(Shutdown::Both);

@@ -485,6 +485,10 @@ impl Reactor {
             stats.workers_busy.fetch_sub(1, Relaxed);
             me.run.fetch_add(1, SeqCst);
             started = true;
+            if step == Step::Refused {
+                self.conns.write().remove(token);
+                return; // dropped: closed, never completed
+            }
             if step != Step::Parked || req.park().is_err() {
                 self.close(token, req);
                 return;

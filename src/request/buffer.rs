@@ -63,6 +63,31 @@ impl ReadBuffer {
         Ok(self.buffer())
     }
 
+    /// Reads once more from `src`, after what is buffered, holding at most
+    /// `limit` bytes in all; returns how many came, 0 at end of stream. For a
+    /// header read before the connection's own bytes.
+    ///
+    /// # Errors
+    /// `InvalidData` when `limit` bytes are already buffered; as `src`.
+    pub(crate) fn fill_more(&mut self, mut src: impl Read, limit: usize) -> io::Result<usize> {
+        if self.pos > 0 {
+            self.buf.copy_within(self.pos..self.filled, 0);
+            self.filled -= self.pos;
+            self.pos = 0;
+        }
+        if self.filled >= limit {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{limit} bytes buffered, and more wanted")));
+        }
+        if self.filled == self.buf.len() {
+            let grown = (self.buf.len() * 2).max(Self::FIRST).min(limit);
+            self.buf.resize(grown, 0);
+        }
+        let end = self.buf.len().min(limit);
+        let n = src.read(&mut self.buf[self.filled..end])?;
+        self.filled += n;
+        Ok(n)
+    }
+
     /// Reads into `out`: from the buffer, or — nothing buffered and `out` at
     /// least as large as the buffer can grow — straight from `src`.
     pub(crate) fn read_from(&mut self, mut src: impl Read, out: &mut [u8]) -> io::Result<usize> {
@@ -93,6 +118,18 @@ mod tests {
         assert_eq!(b.fill_from(&mut src).unwrap().len(), 8192, "capped at the capacity");
         b.consume(100);
         assert_eq!(b.buffer(), &data[6144 + 100..6144 + 8192]);
+    }
+
+    #[test]
+    fn fill_more_appends_up_to_its_limit() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let mut src = &data[..];
+        let mut b = ReadBuffer::new(64);
+        assert_eq!(b.fill_more(&mut src, 4096).unwrap(), ReadBuffer::FIRST);
+        b.consume(10);
+        assert_eq!(b.fill_more(&mut src, 4096).unwrap(), 4096 - ReadBuffer::FIRST + 10, "grown to the limit");
+        assert_eq!(b.buffer(), &data[10..4096 + 10]);
+        assert_eq!(b.fill_more(&mut src, 4096).unwrap_err().kind(), io::ErrorKind::InvalidData, "never past it");
     }
 
     #[test]

@@ -13,8 +13,8 @@ pub(crate) mod timeouts;
 use std::io;
 
 pub use datagram::DatagramRequest;
-pub(crate) use stream::StreamPolicy;
 pub use stream::{MAX_LINE, StreamRequest};
+pub(crate) use stream::{Preamble, StreamPolicy};
 
 use crate::net::Address;
 use crate::shutdown::Slot;
@@ -26,6 +26,11 @@ use crate::shutdown::Slot;
 pub trait Request: Send + Sized + 'static {
     /// Who sent it.
     fn peer(&self) -> &Address;
+    /// Before anything else: what comes ahead of the request's own bytes
+    /// (a PROXY header), read.
+    fn preamble(&mut self) -> Preamble {
+        Preamble::None
+    }
     /// A handler is about to run.
     fn begin(&mut self) {}
     /// Whether `err`, which ended the handler, is the connection's idle
@@ -57,6 +62,9 @@ pub trait Request: Send + Sized + 'static {
 impl Request for StreamRequest {
     fn peer(&self) -> &Address {
         self.peer_addr()
+    }
+    fn preamble(&mut self) -> Preamble {
+        self.read_preamble()
     }
     fn begin(&mut self) {
         self.connection().begin_service();

@@ -27,6 +27,8 @@ pub(crate) struct StreamPolicy {
     /// During a shutdown, how long a connection at a request boundary is
     /// still waited on for its next request.
     pub(crate) drain_window: Duration,
+    /// With the PROXY protocol: how long its header may take.
+    pub(crate) proxy_header_timeout: Option<Duration>,
 }
 
 /// One connection, as a handler sees it: Python's `StreamRequestHandler`
@@ -99,6 +101,24 @@ pub struct StreamRequest {
     /// `wait_for_data` found nothing and parked the connection.
     parked: bool,
     idle_closed: bool,
+    /// A PROXY header is still to be read, within this long.
+    proxy_header: Option<Duration>,
+    /// The address the client connected to, as a PROXY header said.
+    local: Option<Address>,
+}
+
+/// What came before a connection's own bytes (a PROXY header).
+#[derive(Debug)]
+pub(crate) enum Preamble {
+    /// Nothing was expected.
+    None,
+    /// A header was read: the peer may have changed, verify it now.
+    Read,
+    /// The peer closed before sending anything (a health check that only
+    /// connects): no request, no error.
+    Closed,
+    /// The header was malformed, incomplete in time, or cut short.
+    Failed(io::Error),
 }
 
 impl StreamRequest {
@@ -118,19 +138,81 @@ impl StreamRequest {
             states: Vec::new(),
             parked: false,
             idle_closed: false,
+            proxy_header: policy.proxy_header_timeout,
+            local: None,
         }
     }
 
-    /// The address of the client.
+    /// Reads the PROXY header, when one is expected, before anything else:
+    /// the peer becomes the client it names, the local address the one the
+    /// client connected to. Bytes after the header stay buffered for the
+    /// handler. Waits at most the header timeout from now, the whole header
+    /// (a trusted proxy sends it at once).
+    pub(crate) fn read_preamble(&mut self) -> Preamble {
+        let Some(timeout) = self.proxy_header.take() else { return Preamble::None };
+        let deadline = Instant::now() + timeout;
+        let fd = self.fd();
+        loop {
+            match crate::proxy::parse(self.rbuf.buffer()) {
+                Ok(Some((header, len))) => {
+                    self.rbuf.consume(len);
+                    if let crate::proxy::Header::Proxied { source, destination } = header {
+                        self.peer = Address::Inet(source);
+                        self.local = Some(Address::Inet(destination));
+                    }
+                    return Preamble::Read;
+                }
+                Ok(None) => {}
+                Err(e) => return Preamble::Failed(crate::proxy::to_io(e)),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut ready = [false];
+            match sys::poll(&[fd], &mut ready, Some(left)) {
+                Ok(0) => {
+                    return Preamble::Failed(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no whole PROXY header from {} within {timeout:?}", self.peer),
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => return Preamble::Failed(e),
+            }
+            match self.rbuf.fill_more(TryRead(self.conn.stream()), crate::proxy::MAX_HEADER) {
+                Ok(0) if self.rbuf.is_empty() => {
+                    self.eof = true;
+                    return Preamble::Closed;
+                }
+                Ok(0) => {
+                    self.eof = true;
+                    return Preamble::Failed(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("{} closed in the middle of its PROXY header", self.peer),
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+                Err(e) => return Preamble::Failed(e),
+            }
+        }
+    }
+
+    /// The address of the client: with the
+    /// [PROXY protocol](crate::Builder::proxy_protocol), the one the proxy
+    /// reports.
     pub fn peer_addr(&self) -> &Address {
         &self.peer
     }
 
-    /// The address the client connected to.
+    /// The address the client connected to: with the
+    /// [PROXY protocol](crate::Builder::proxy_protocol), the proxy's
+    /// frontend address from the header.
     ///
     /// # Errors
     /// As `getsockname(2)`.
     pub fn local_addr(&self) -> io::Result<Address> {
+        if let Some(local) = &self.local {
+            return Ok(local.clone());
+        }
         self.conn.stream().local_addr()
     }
 
@@ -395,6 +477,9 @@ impl StreamRequest {
     /// what is left of an idle timeout that spans reads. `Ok(false)`: the
     /// drain window passed with nothing to read (end of stream).
     fn before_read(&mut self) -> io::Result<bool> {
+        // Reading on after `wait_for_data` said `false`: the handler did not
+        // return to park, so it is not parked (it waits here instead).
+        self.parked = false;
         if self.eof {
             return Ok(!self.drained);
         }
