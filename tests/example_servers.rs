@@ -1,5 +1,6 @@
 //! The echo_server and time_server examples, run in-process under each
-//! strategy they offer.
+//! strategy they offer; and the bundled time server (`Strftime`) over TCP
+//! under the event strategy.
 
 mod util;
 
@@ -15,7 +16,8 @@ use std::net::TcpStream;
 use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
-use socketserver::AnyStrategy;
+use socketserver::servers::{MAX_TIME_REQUEST, Strftime};
+use socketserver::{AnyStrategy, Event, TcpServer};
 use util::*;
 
 fn cpus() -> u64 {
@@ -186,4 +188,117 @@ fn time_server_example_takes_its_strategy_from_the_command_line() {
     }
     assert!(args(&["--strategy", "epoll"]).is_err());
     assert!(matches!(time_server::Concurrency::Event.strategy(), AnyStrategy::Event(_)));
+}
+
+// ------------------------------------------- the bundled time server, TCP
+
+fn strftime_under_event(handler: Strftime) -> Running {
+    run(TcpServer::builder().strategy(Event::new()).bind("127.0.0.1:0", handler).unwrap())
+}
+
+fn read_line(c: &mut TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while c.read(&mut byte).expect("a line") == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    String::from_utf8(line).unwrap()
+}
+
+fn year() -> String {
+    socketserver::servers::render_time(b"%Y").unwrap()
+}
+
+/// Lines pipelined in one write are all answered, in order, before the
+/// connection parks; then it parks, and resumes with its next line.
+#[test]
+fn strftime_under_event_answers_pipelined_lines_then_parks_and_resumes() {
+    let running = strftime_under_event(Strftime::new());
+    let mut c = tcp_connect(running.inet());
+    c.write_all(b"a %Y\nb %Y\r\n\nc %%\n").unwrap();
+    let year = year();
+    assert_eq!(read_line(&mut c), format!("a {year}"));
+    assert_eq!(read_line(&mut c), format!("b {year}"));
+    assert_eq!(read_line(&mut c).len(), "2026-11-22 05:03:42".len(), "an empty line: the default format");
+    assert_eq!(read_line(&mut c), "c %");
+    wait_for("the connection to park", || running.handle.stats().parked == 1);
+    for i in 0..3 {
+        c.write_all(format!("{i} %Y\n").as_bytes()).unwrap();
+        assert_eq!(read_line(&mut c), format!("{i} {year}"));
+        wait_for("the connection to park again", || running.handle.stats().parked == 1);
+    }
+    assert_eq!(running.handle.stats().handler_errors, 0);
+    running.stop().unwrap();
+}
+
+/// A line that comes in pieces (its first piece while the connection is
+/// parked, the rest once its handler runs, a CR and its LF apart) is one
+/// request: one answer.
+#[test]
+fn strftime_under_event_joins_a_line_split_across_writes() {
+    let running = strftime_under_event(Strftime::new());
+    let mut c = tcp_connect(running.inet());
+    wait_for("the new connection to park", || running.handle.stats().parked == 1);
+    c.write_all(b"split %").unwrap();
+    // The handler has the first piece and waits for the rest of the line.
+    wait_for("the handler to take the first piece", || running.handle.stats().workers_busy == 1);
+    c.write_all(b"Y").unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    c.write_all(b" here\r").unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    c.write_all(b"\n").unwrap();
+    assert_eq!(read_line(&mut c), format!("split {} here", year()));
+    wait_for("the connection to park after the line", || running.handle.stats().parked == 1);
+    c.write_all(b"%Y").unwrap();
+    c.write_all(b"\n%%\n").unwrap();
+    assert_eq!(read_line(&mut c), year());
+    assert_eq!(read_line(&mut c), "%");
+    running.stop().unwrap();
+}
+
+/// Many connections wait between lines with no thread each, and each
+/// resumes; the limits of a line hold under the event strategy too: one
+/// too long is refused and closed, one not complete in time is told so.
+#[test]
+fn strftime_under_event_parks_idle_connections_and_keeps_its_limits() {
+    let running = strftime_under_event(Strftime::new().request_timeout(Some(Duration::from_millis(300))));
+    let n = 2 * thread_bound() + 8;
+    let mut clients: Vec<TcpStream> = (0..n).map(|_| tcp_connect(running.inet())).collect();
+    let year = year();
+    for c in &mut clients {
+        c.write_all(b"%Y\n").unwrap();
+        assert_eq!(read_line(c), year);
+    }
+    wait_for("every connection to park", || running.handle.stats().parked == n);
+    let stats = running.handle.stats();
+    assert!(stats.workers_total <= thread_bound(), "{} threads for {n} idle connections", stats.workers_total);
+    for c in clients.iter_mut().rev() {
+        c.write_all(b"%Y!\n").unwrap();
+        assert_eq!(read_line(c), format!("{year}!"));
+    }
+    // Too long: an error line, then the end.
+    let long = clients.pop().unwrap();
+    let mut long = long;
+    let mut line = vec![b'x'; MAX_TIME_REQUEST + 10];
+    line.push(b'\n');
+    long.write_all(&line).unwrap();
+    assert!(read_line(&mut long).starts_with("error: request line longer than"));
+    assert_eq!(long.read(&mut [0u8; 16]).unwrap_or(0), 0);
+    // Not complete in time: an error line, then the end.
+    let mut slow = clients.pop().unwrap();
+    let started = Instant::now();
+    slow.write_all(b"%Y").unwrap();
+    assert_eq!(read_line(&mut slow), "error: request line not complete in time; closing");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(slow.read(&mut [0u8; 16]).unwrap_or(0), 0);
+    // The others are still served.
+    for c in &mut clients {
+        c.write_all(b"%Y\n").unwrap();
+        assert_eq!(read_line(c), year);
+    }
+    drop(clients);
+    wait_for("all to end", || running.handle.stats().active == 0);
+    assert_eq!(running.handle.stats().parked, 0);
+    assert_eq!(running.handle.stats().handler_errors, 0);
+    running.stop().unwrap();
 }
