@@ -205,7 +205,9 @@ fn udp_names_of_vanished_clients_make_room_for_newcomers() {
             ghost
         })
         .collect();
-    drop(ghosts); // gone without /quit
+    // Gone silent without /quit. Their sockets stay open until the end: a
+    // closed one's port could be given to the newcomer, which would then
+    // send as that ghost (a rename, not an eviction).
     eprintln!("{} names taken in {:?}", chat::MAX_USERS, started.elapsed());
     let newcomer = udp_client();
     let mut answers = Vec::new();
@@ -238,6 +240,7 @@ fn udp_names_of_vanished_clients_make_room_for_newcomers() {
     let (shown, more) = who.rsplit_once(" (+").expect("a count of the names not shown");
     let more: usize = more.trim_end_matches(" more)").parse().unwrap();
     assert_eq!(shown.split(' ').count() - 1 + more, chat::MAX_USERS, "online: every name, shown or counted");
+    drop(ghosts);
     running.stop().unwrap();
 }
 
