@@ -9,6 +9,11 @@
 //! cargo run --example chat -- tcp-client ADDR            # every line goes to the room
 //! ```
 //!
+//! `--strategy` after a server's address chooses how it is served: the
+//! UDP relay `sync` (the default: one datagram at a time), `pool` or
+//! `event` (a receiver per CPU) or `threading`; the TCP room `event` (the
+//! default), `pool` or `threading`.
+//!
 //! Names are 1 to 32 ASCII letters, digits, `_`, `-` or `.` (so that no
 //! name can look like another in a different alphabet), unique without
 //! regard to case. Control characters (CR, ESC, ...) and invisible ones in
@@ -41,22 +46,33 @@
 //! (announced as `left (flooding)`). A member that does not read its messages
 //! fast enough is disconnected rather than slowing the room down (and
 //! announced as gone).
+//!
+//! A member of the TCP room is idle most of the time, so the room runs
+//! under the event strategy: a member between lines is parked and holds no
+//! thread (a polling thread per CPU serves those that sent a line), and one
+//! thread, the room's postman, writes to every member, only as much as each
+//! socket takes at once. What a member's connection needs across lines
+//! (its id, its mailbox, its rate) is kept in the request's state; `setup`
+//! joins the room and `finish` leaves it. On a pool, each member holds a
+//! worker instead.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream, UdpSocket};
-use std::num::NonZeroUsize;
-use std::sync::Arc;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, TrySendError};
 use parking_lot::Mutex;
+use socket2::SockRef;
 use socketserver::framing::Lines;
-use socketserver::{Address, DatagramRequest, RequestHandler, Server, Stream, StreamRequest, ThreadPool};
-use socketserver::{TcpServer, ThreadPoolTcpServer, UdpServer};
+use socketserver::transport::{Tcp, Udp};
+use socketserver::{Address, AnyStrategy, DatagramRequest, Event, RequestHandler, Server, Stream, StreamRequest};
+use socketserver::{Synchronous, TcpServer, ThreadPool, Threading, UdpServer};
 
 /// The longest name a chatter may take.
 pub const MAX_NAME: usize = 32;
@@ -68,11 +84,14 @@ pub const MAX_LINE: usize = 4096;
 pub const OUTBOX: usize = 256;
 /// The most members of the TCP room at once.
 pub const MAX_MEMBERS: usize = 128;
-/// Pool workers beyond [`MAX_MEMBERS`], to tell newcomers the room is full.
+/// Threads beyond [`MAX_MEMBERS`], to tell newcomers the room is full.
 const SPARE_WORKERS: usize = 16;
-/// The stack of a member's thread (the pool's worker) and of its writer.
+/// The stack of a thread that serves members (a pool's worker, a poller).
 const MEMBER_STACK: usize = 256 * 1024;
-const WRITER_STACK: usize = 64 * 1024;
+/// The stack of the room's postman (it only copies).
+const POSTMAN_STACK: usize = 64 * 1024;
+/// How long a member that leaves may take to read what was on its way to it.
+const FAREWELL: Duration = Duration::from_secs(2);
 /// How often the UDP client says it is still there.
 const PING_EVERY: Duration = Duration::from_secs(30);
 
@@ -303,14 +322,36 @@ impl RequestHandler<DatagramRequest> for UdpChat {
     }
 }
 
-/// Binds the UDP relay.
-pub fn udp_server(addr: &str) -> io::Result<UdpServer> {
+/// Binds the UDP relay: one datagram at a time.
+///
+/// # Errors
+/// The address cannot be bound.
+pub fn udp_server(addr: &str) -> io::Result<Server<Udp, AnyStrategy>> {
     udp_server_with(addr, UdpLimits::default())
 }
 
-/// Binds the UDP relay with these limits.
-pub fn udp_server_with(addr: &str, limits: UdpLimits) -> io::Result<UdpServer> {
-    UdpServer::bind(addr, UdpChat::with_limits(limits))
+/// Binds the UDP relay with these limits: one datagram at a time.
+///
+/// # Errors
+/// The address cannot be bound.
+pub fn udp_server_with(addr: &str, limits: UdpLimits) -> io::Result<Server<Udp, AnyStrategy>> {
+    udp_server_on(addr, limits, Concurrency::Sync)
+}
+
+/// Binds the UDP relay with these limits, served as `concurrency` says
+/// (each datagram is a request: nothing waits between requests; `event`
+/// and `pool` are a receiver per CPU, `threading` a thread per datagram).
+///
+/// # Errors
+/// The address cannot be bound.
+pub fn udp_server_on(addr: &str, limits: UdpLimits, concurrency: Concurrency) -> io::Result<Server<Udp, AnyStrategy>> {
+    let strategy: AnyStrategy = match concurrency {
+        Concurrency::Sync => Synchronous.into(),
+        Concurrency::Pool => ThreadPool::default().into(),
+        Concurrency::Threading => Threading::new().into(),
+        Concurrency::Event => Event::new().into(),
+    };
+    UdpServer::builder().strategy(strategy).bind(addr, UdpChat::with_limits(limits))
 }
 
 // ------------------------------------------------------------------- TCP
@@ -346,11 +387,13 @@ impl Default for Rate {
     }
 }
 
-/// How a member's time in the room ended.
-enum Leaving {
-    /// It closed, or was cut off as too slow.
-    Left,
-    /// It sent too fast for too long.
+/// Why a member's handler returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Turn {
+    /// Nothing more to read for now (parked, under the event strategy) or
+    /// ever (it left, or was cut off as too slow).
+    Waiting,
+    /// It sent too fast for too long: it goes.
     Flooded,
 }
 
@@ -404,18 +447,216 @@ impl Bucket {
     }
 }
 
-struct Member {
-    name: String,
-    outbox: Sender<Arc<str>>,
+/// Lines waiting to be written to one member.
+#[derive(Default)]
+struct Outbox {
+    lines: VecDeque<Arc<str>>,
+    /// Bytes of the front line already written.
+    sent: usize,
+    /// The member has left (or its connection failed): nothing more is
+    /// delivered to it.
+    closed: bool,
+}
+
+/// One member's outbox and a handle to its connection: the room posts to
+/// it, the postman delivers from it, the member's handler closes it.
+struct Mailbox {
+    outbox: Mutex<Outbox>,
     stream: Stream,
 }
 
-/// The TCP room: members and their outboxes.
+/// What one look of the postman at a mailbox came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Delivery {
+    /// Nothing left to write to it (or it is closed).
+    Done,
+    /// Its socket takes no more now.
+    Blocked,
+}
+
+impl Mailbox {
+    /// Writes what the member's socket takes now, never waiting.
+    fn deliver(&self) -> Delivery {
+        let mut out = self.outbox.lock();
+        loop {
+            if out.closed {
+                return Delivery::Done;
+            }
+            let Some(line) = out.lines.front().cloned() else { return Delivery::Done };
+            // Never waits (the socket is non-blocking anyway); no SIGPIPE.
+            let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+            match SockRef::from(&self.stream).send_with_flags(&line.as_bytes()[out.sent..], flags) {
+                Ok(n) if n > 0 => {
+                    out.sent += n;
+                    if out.sent == line.len() {
+                        out.lines.pop_front();
+                        out.sent = 0;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Delivery::Blocked,
+                // Gone (reset, closed): its handler finds out by reading.
+                _ => {
+                    out.closed = true;
+                    out.lines.clear();
+                    return Delivery::Done;
+                }
+            }
+        }
+    }
+
+    /// The member leaves: nothing more is delivered to it; returns what
+    /// was not delivered yet, for its handler to send.
+    fn close(&self) -> Vec<u8> {
+        let mut out = self.outbox.lock();
+        out.closed = true;
+        let mut rest = Vec::new();
+        let mut skip = std::mem::take(&mut out.sent);
+        for line in out.lines.drain(..) {
+            rest.extend_from_slice(&line.as_bytes()[skip..]);
+            skip = 0;
+        }
+        rest
+    }
+
+    fn is_closed(&self) -> bool {
+        self.outbox.lock().closed
+    }
+}
+
+/// The room's postman: one thread writes to every member, only as much as
+/// each socket takes at once (never waiting on a slow member), and waits
+/// with `poll(2)` for a wake-up or for room in the sockets it could not
+/// finish. Members' handlers never write the room's traffic, so a member
+/// that only listens holds no thread of its own.
+struct Postbox {
+    /// Mailboxes that got a first line since the postman last looked.
+    ready: Arc<Mutex<Vec<Arc<Mailbox>>>>,
+    /// A byte here wakes the postman; dropped with the room, it ends it.
+    wake: UnixStream,
+}
+
+impl Postbox {
+    fn start() -> io::Result<Postbox> {
+        let (wake, woken) = UnixStream::pair()?;
+        wake.set_nonblocking(true)?;
+        woken.set_nonblocking(true)?;
+        let ready = Arc::new(Mutex::new(Vec::new()));
+        let queue = Arc::clone(&ready);
+        std::thread::Builder::new()
+            .name("chat-postman".into())
+            .stack_size(POSTMAN_STACK)
+            .spawn(move || postman(&queue, &woken))?;
+        Ok(Postbox { ready, wake })
+    }
+
+    /// `mailbox` has lines to deliver.
+    fn notify(&self, mailbox: &Arc<Mailbox>) {
+        self.ready.lock().push(Arc::clone(mailbox));
+        self.wake_up();
+    }
+
+    fn wake_up(&self) {
+        // A full pipe means a wake-up is pending already.
+        let _ = (&self.wake).write(&[1]);
+    }
+}
+
+/// The postman's loop, until the room is dropped (its end of `woken` closes).
+fn postman(ready: &Mutex<Vec<Arc<Mailbox>>>, woken: &UnixStream) {
+    let mut blocked: Vec<Arc<Mailbox>> = Vec::new();
+    let mut writable: Vec<Arc<Mailbox>> = Vec::new();
+    loop {
+        let mut todo = std::mem::take(&mut *ready.lock());
+        todo.append(&mut writable);
+        for mailbox in todo {
+            if mailbox.deliver() == Delivery::Blocked {
+                blocked.push(mailbox);
+            }
+        }
+        // A member that left is forgotten at once (and its socket with it).
+        blocked.retain(|m| !m.is_closed());
+        let mut fds: Vec<libc::pollfd> = std::iter::once(woken.as_raw_fd())
+            .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
+            .chain(blocked.iter().map(|m| libc::pollfd { fd: m.stream.as_raw_fd(), events: libc::POLLOUT, revents: 0 }))
+            .collect();
+        if let Err(e) = poll(&mut fds) {
+            log::error!("chat: the postman cannot wait: {e}");
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        if fds[0].revents != 0 {
+            let mut bytes = [0u8; 64];
+            loop {
+                match (&*woken).read(&mut bytes) {
+                    Ok(0) => return, // the room is gone
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        log::error!("chat: the postman's wake-up failed: {e}");
+                        return;
+                    }
+                }
+            }
+        }
+        // Room (or an error, which the next write reports) in these.
+        for (mailbox, fd) in std::mem::take(&mut blocked).into_iter().zip(&fds[1..]) {
+            if fd.revents != 0 {
+                writable.push(mailbox);
+            } else {
+                blocked.push(mailbox);
+            }
+        }
+    }
+}
+
+/// `poll(2)` on `fds` until one is ready.
+fn poll(fds: &mut [libc::pollfd]) -> io::Result<()> {
+    let n = libc::nfds_t::try_from(fds.len()).map_err(|_| io::Error::other("too many descriptors to poll"))?;
+    loop {
+        // SAFETY: `fds` is a slice of `n` pollfd values, ours alone for the call.
+        #[allow(unsafe_code)]
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), n, -1) };
+        if ready >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+struct Member {
+    name: String,
+    mailbox: Arc<Mailbox>,
+}
+
+/// A member's place in the room, kept in its request (under the event
+/// strategy, `handle` is called again after each park: its locals are
+/// gone, this is not).
+#[derive(Default)]
+struct Seat {
+    /// Its id and mailbox, once it has joined.
+    joined: Option<(u64, Arc<Mailbox>)>,
+    /// Why it was turned away (the room is full, the server busy).
+    refused: Option<String>,
+    /// How fast it may send, and since when it has sent too fast.
+    bucket: Option<Bucket>,
+    throttled_since: Option<Instant>,
+    /// It sent too fast for too long.
+    flooded: bool,
+}
+
+/// The TCP room: members, their mailboxes and the postman.
 #[derive(Default)]
 pub struct TcpRoom {
     members: Mutex<HashMap<u64, Member>>,
     next: AtomicU64,
     limits: RoomLimits,
+    /// Started with the first member.
+    postbox: OnceLock<Postbox>,
 }
 
 /// Whether `name` is some member's other than `id`'s (without regard to case).
@@ -426,7 +667,27 @@ fn taken(members: &HashMap<u64, Member>, id: u64, name: &str) -> bool {
 impl TcpRoom {
     /// A room with these limits.
     pub fn with_limits(limits: RoomLimits) -> TcpRoom {
-        TcpRoom { members: Mutex::default(), next: AtomicU64::new(0), limits }
+        TcpRoom { members: Mutex::default(), next: AtomicU64::new(0), limits, postbox: OnceLock::new() }
+    }
+
+    /// Queues `line` for a member; `false` when its outbox is full (it
+    /// does not read fast enough).
+    fn post(&self, mailbox: &Arc<Mailbox>, line: &Arc<str>) -> bool {
+        let mut out = mailbox.outbox.lock();
+        if out.closed {
+            return true; // it is leaving: nothing to deliver
+        }
+        if out.lines.len() >= self.limits.outbox.max(1) {
+            return false;
+        }
+        out.lines.push_back(Arc::clone(line));
+        let first = out.lines.len() == 1;
+        drop(out);
+        // A mailbox with lines already is the postman's until it is empty.
+        if let (true, Some(postbox)) = (first, self.postbox.get()) {
+            postbox.notify(mailbox);
+        }
+        true
     }
 
     /// Sends `line` to every member but `except`; members whose outbox is
@@ -438,19 +699,13 @@ impl TcpRoom {
             let mut members = self.members.lock();
             let mut dropped = Vec::new();
             members.retain(|&id, m| {
-                if id == except {
+                if id == except || self.post(&m.mailbox, &line) {
                     return true;
                 }
-                match m.outbox.try_send(Arc::clone(&line)) {
-                    Ok(()) => true,
-                    Err(TrySendError::Full(_)) => {
-                        log::warn!("{} is not reading; disconnecting", m.name);
-                        let _ = m.stream.shutdown(Shutdown::Both);
-                        dropped.push((id, m.name.clone()));
-                        false
-                    }
-                    Err(TrySendError::Disconnected(_)) => false,
-                }
+                log::warn!("{} is not reading; disconnecting", m.name);
+                let _ = m.mailbox.stream.shutdown(Shutdown::Both);
+                dropped.push((id, m.name.clone()));
+                false
             });
             // Their own handler finds them gone and announces nothing.
             pending.extend(dropped.into_iter().map(|(id, name)| (id, format!("* {name} left (too slow)"))));
@@ -459,10 +714,18 @@ impl TcpRoom {
 
     /// Adds a member under a name nobody has (`guestN`, the next free N)
     /// and welcomes it; its name, or `None` when the room is full.
-    fn join(&self, id: u64, outbox: Sender<Arc<str>>, stream: Stream) -> Option<String> {
+    ///
+    /// # Errors
+    /// The postman cannot be started (out of threads or memory).
+    fn join(&self, id: u64, mailbox: Arc<Mailbox>) -> io::Result<Option<String>> {
         let mut members = self.members.lock();
         if members.len() >= self.limits.max_members {
-            return None;
+            return Ok(None);
+        }
+        if self.postbox.get().is_none() {
+            let postbox = Postbox::start()?;
+            // Under the members lock: nobody else can have started one.
+            let _ = self.postbox.set(postbox);
         }
         let mut name = format!("guest{id}");
         while taken(&members, id, &name) {
@@ -470,62 +733,69 @@ impl TcpRoom {
         }
         // Welcomed before anything else reaches it: under the lock that
         // others broadcast with.
-        let _ = outbox.try_send(Arc::from(format!("* welcome, {name}; /name NAME to rename\n")));
-        members.insert(id, Member { name: name.clone(), outbox, stream });
-        Some(name)
+        self.post(&mailbox, &Arc::from(format!("* welcome, {name}; /name NAME to rename\n")));
+        members.insert(id, Member { name: name.clone(), mailbox });
+        Ok(Some(name))
     }
 
-    fn serve_member(&self, id: u64, req: &mut StreamRequest) -> io::Result<Leaving> {
+    /// Pays for a line of `len` bytes: a member that sends too fast waits
+    /// here, not the others (what it sends meanwhile stays unread in its
+    /// own connection); `true` once it has kept that up for the flood limit.
+    fn throttle(&self, id: u64, req: &mut StreamRequest, len: usize) -> bool {
+        let seat = req.state_mut::<Seat>();
+        let Some(bucket) = seat.bucket.as_mut() else { return false };
+        let rate = bucket.rate;
+        let wait = bucket.take(len);
+        if wait.is_zero() {
+            seat.throttled_since = None;
+            return false;
+        }
+        if seat.throttled_since.is_none() {
+            self.send_to(
+                id,
+                &format!(
+                    "* you are sending too fast: your lines are delayed (at most {} lines and {} KiB a second); \
+                     keep it up for {:?} and you are disconnected",
+                    rate.lines_per_sec,
+                    rate.bytes_per_sec / 1024.0,
+                    rate.flood_limit
+                ),
+            );
+        }
+        let since = *seat.throttled_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= rate.flood_limit {
+            self.send_to(id, "error: you sent too fast for too long; disconnected");
+            return true;
+        }
+        std::thread::sleep(wait);
+        false
+    }
+
+    /// Serves a member's lines until it has nothing more to say for now
+    /// (under the event strategy: parked) or ever.
+    fn serve_member(&self, id: u64, req: &mut StreamRequest) -> io::Result<Turn> {
         let codec = Lines::new(MAX_LINE);
         let mut line = Vec::new();
-        let mut bucket = self.limits.rate.map(Bucket::new);
-        let mut throttled_since: Option<Instant> = None;
-        loop {
+        // The request boundary: under the event strategy, with nothing to
+        // read, `false` (the connection parks; `handle` comes back when the
+        // member sends); under the others it waits. `false` is the end too.
+        while req.wait_for_data()? {
             match codec.read_line(req, &mut line) {
                 Ok(true) => {}
-                Ok(false) => return Ok(Leaving::Left),
+                Ok(false) => break,
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    writeln!(req, "error: lines are at most {MAX_LINE} bytes")?;
-                    return Ok(Leaving::Left);
+                    self.send_to(id, &format!("error: lines are at most {MAX_LINE} bytes"));
+                    break;
                 }
                 Err(e) => return Err(e),
             }
-            // Too fast: this member waits, not the others (what it sends
-            // meanwhile stays unread in its own connection); too fast for
-            // too long: it goes.
-            if let Some(bucket) = bucket.as_mut() {
-                let rate = bucket.rate;
-                let wait = bucket.take(line.len());
-                if wait.is_zero() {
-                    throttled_since = None;
-                } else {
-                    let since = match throttled_since {
-                        Some(since) => since,
-                        None => {
-                            self.send_to(
-                                id,
-                                &format!(
-                                    "* you are sending too fast: your lines are delayed (at most {} lines and {} \
-                                     KiB a second); keep it up for {:?} and you are disconnected",
-                                    rate.lines_per_sec,
-                                    rate.bytes_per_sec / 1024.0,
-                                    rate.flood_limit
-                                ),
-                            );
-                            *throttled_since.insert(Instant::now())
-                        }
-                    };
-                    if since.elapsed() >= rate.flood_limit {
-                        self.send_to(id, "error: you sent too fast for too long; disconnected");
-                        return Ok(Leaving::Flooded);
-                    }
-                    std::thread::sleep(wait);
-                }
+            if self.throttle(id, req, line.len()) {
+                return Ok(Turn::Flooded);
             }
             let text = String::from_utf8_lossy(&line);
             let name = match self.members.lock().get(&id) {
                 Some(m) => m.name.clone(),
-                None => return Ok(Leaving::Left), // removed as too slow
+                None => break, // removed as too slow
             };
             if let Some(new) = text.strip_prefix("/name ") {
                 let new = new.trim();
@@ -555,80 +825,160 @@ impl TcpRoom {
             }
             self.broadcast(id, &format!("[{name}] {}", sanitize(&text)));
         }
+        Ok(Turn::Waiting)
     }
 
     fn send_to(&self, id: u64, line: &str) {
         if let Some(m) = self.members.lock().get(&id) {
-            let _ = m.outbox.try_send(Arc::from(format!("{line}\n")));
+            let _ = self.post(&m.mailbox, &Arc::from(format!("{line}\n")));
         }
     }
 }
 
 impl RequestHandler<StreamRequest> for TcpRoom {
-    fn handle(&self, req: &mut StreamRequest) -> io::Result<()> {
+    /// Joins the room (once per connection, whatever the strategy).
+    fn setup(&self, req: &mut StreamRequest) -> io::Result<()> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (outbox, inbox) = crossbeam_channel::bounded::<Arc<str>>(self.limits.outbox.max(1));
-        let Some(name) = self.join(id, outbox, req.try_clone()?) else {
-            log::info!("{}: the room is full ({} members); refused", req.peer_addr(), self.limits.max_members);
-            let full = format!("error: the room is full ({} members); try again later\n", self.limits.max_members);
-            return req.write_all(full.as_bytes());
-        };
-        // The member's own writer: the room never blocks on a slow socket.
-        let writer = req.try_clone().and_then(|mut out| {
-            std::thread::Builder::new().name(format!("chat-out-{id}")).stack_size(WRITER_STACK).spawn(move || {
-                for line in inbox {
-                    if out.write_all(line.as_bytes()).is_err() {
-                        break;
-                    }
-                }
-            })
-        });
-        let writer = match writer {
-            Ok(w) => w,
+        let mailbox = Arc::new(Mailbox { outbox: Mutex::default(), stream: req.try_clone()? });
+        let seat = match self.join(id, Arc::clone(&mailbox)) {
+            Ok(Some(name)) => {
+                self.broadcast(id, &format!("* {name} joined"));
+                Seat { joined: Some((id, mailbox)), bucket: self.limits.rate.map(Bucket::new), ..Seat::default() }
+            }
+            Ok(None) => {
+                log::info!("{}: the room is full ({} members); refused", req.peer_addr(), self.limits.max_members);
+                let full = format!("error: the room is full ({} members); try again later\n", self.limits.max_members);
+                Seat { refused: Some(full), ..Seat::default() }
+            }
             Err(e) => {
                 // Out of threads or memory: refuse, do not abort.
-                self.members.lock().remove(&id);
-                log::warn!("{}: cannot start a writer ({e}); refused", req.peer_addr());
-                return req.write_all(b"error: the server is busy; try again later\n");
+                log::warn!("{}: cannot start the room's postman ({e}); refused", req.peer_addr());
+                Seat { refused: Some("error: the server is busy; try again later\n".to_string()), ..Seat::default() }
             }
         };
-        self.broadcast(id, &format!("* {name} joined"));
-        let result = self.serve_member(id, req);
+        *req.state_mut::<Seat>() = seat;
+        Ok(())
+    }
+
+    fn handle(&self, req: &mut StreamRequest) -> io::Result<()> {
+        let seat = req.state_mut::<Seat>();
+        if let Some(refusal) = seat.refused.take() {
+            return req.write_all(refusal.as_bytes());
+        }
+        let Some(id) = seat.joined.as_ref().map(|(id, _)| *id) else { return Ok(()) };
+        if self.serve_member(id, req)? == Turn::Flooded {
+            req.state_mut::<Seat>().flooded = true;
+        }
+        Ok(())
+    }
+
+    /// Leaves the room (once, at the end, however the handler ended), and
+    /// sends the member what was still on its way to it.
+    fn finish(&self, req: &mut StreamRequest) -> io::Result<()> {
+        let Some(Seat { joined: Some((id, mailbox)), flooded, .. }) = req.take_state::<Seat>() else { return Ok(()) };
         // Not `if let Some(m) = self.members.lock().remove(..)`: the guard
         // would live through the block, and `broadcast` locks again.
         let left = self.members.lock().remove(&id);
         if let Some(m) = left {
-            let why = match result {
-                Ok(Leaving::Flooded) => {
-                    log::warn!("{}: {} sent too fast for too long; disconnected", req.peer_addr(), m.name);
-                    " (flooding)"
-                }
-                _ => "",
+            let why = if flooded {
+                log::warn!("{}: {} sent too fast for too long; disconnected", req.peer_addr(), m.name);
+                " (flooding)"
+            } else {
+                ""
             };
             self.broadcast(id, &format!("* {} left{why}", m.name));
         }
-        // Dropping the member closed its outbox: the writer drains and ends.
-        let _ = writer.join();
-        result.map(drop)
+        let rest = mailbox.close();
+        if let Some(postbox) = self.postbox.get() {
+            postbox.wake_up(); // to let go of its handle on the connection
+        }
+        if !rest.is_empty() {
+            // Bounded: a member that has stopped reading is not waited for.
+            let mut stream = &mailbox.stream;
+            let sent = stream.set_write_timeout(Some(FAREWELL)).and_then(|()| stream.write_all(&rest));
+            if let Err(e) = sent {
+                log::debug!("{}: what was left for it was not sent: {e}", req.peer_addr());
+            }
+        }
+        Ok(())
     }
 }
 
-/// Binds the TCP room with the default limits.
-pub fn tcp_server(addr: &str) -> io::Result<ThreadPoolTcpServer> {
+/// How the servers run their handlers, as `--strategy` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Concurrency {
+    /// `sync`: one request at a time (the UDP relay's default; not for the
+    /// TCP room, whose members are served at once).
+    Sync,
+    /// `pool`: worker threads; in the TCP room, one per member for as long
+    /// as it stays.
+    Pool,
+    /// `threading`: a thread per request (UDP: per datagram; TCP: per member).
+    Threading,
+    /// `event`: the TCP room's default — members between lines are parked
+    /// with no thread, a polling thread per CPU runs the handlers of those
+    /// that sent a line. For the UDP relay, a receiver per CPU.
+    Event,
+}
+
+impl std::str::FromStr for Concurrency {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sync" => Ok(Concurrency::Sync),
+            "pool" => Ok(Concurrency::Pool),
+            "threading" => Ok(Concurrency::Threading),
+            "event" => Ok(Concurrency::Event),
+            other => Err(format!("--strategy {other:?}: give sync, pool, threading or event")),
+        }
+    }
+}
+
+/// Binds the TCP room with the default limits, under the event strategy.
+///
+/// # Errors
+/// The address cannot be bound.
+pub fn tcp_server(addr: &str) -> io::Result<Server<Tcp, AnyStrategy>> {
     tcp_server_with(addr, RoomLimits::default())
 }
 
-/// Binds the TCP room with these limits: a pool of worker threads (small
-/// stacks), one per member and a few more to tell newcomers the room is
-/// full; each member has a writer thread too. Past that, newcomers wait in
-/// the pool's queue and the listen backlog: the room degrades by refusing,
-/// never by running out of memory.
-pub fn tcp_server_with(addr: &str, limits: RoomLimits) -> io::Result<ThreadPoolTcpServer> {
+/// Binds the TCP room with these limits, under the event strategy.
+///
+/// # Errors
+/// The address cannot be bound.
+pub fn tcp_server_with(addr: &str, limits: RoomLimits) -> io::Result<Server<Tcp, AnyStrategy>> {
+    tcp_server_on(addr, limits, Concurrency::Event)
+}
+
+/// Binds the TCP room with these limits, served as `concurrency` says.
+/// Under the event strategy (the default) a member between lines holds no
+/// thread: a polling thread per CPU, more (up to a thread per member and a
+/// few to tell newcomers the room is full) only while members are slowed
+/// down or send half a line. On a pool (or with threads), a worker per
+/// member and a few more; past that, newcomers wait in the pool's queue
+/// and the listen backlog. Either way one thread, the postman, writes to
+/// every member, and the room degrades by refusing newcomers, never by
+/// running out of memory.
+///
+/// # Errors
+/// `InvalidInput` for [`Concurrency::Sync`] (one member would hold up the
+/// room); the address cannot be bound.
+pub fn tcp_server_on(addr: &str, limits: RoomLimits, concurrency: Concurrency) -> io::Result<Server<Tcp, AnyStrategy>> {
     few_malloc_arenas();
     let most = limits.max_members.max(1) + SPARE_WORKERS;
-    TcpServer::builder()
-        .strategy(ThreadPool::new(2).max_workers(most).queue(64).stack_size(MEMBER_STACK))
-        .bind(addr, TcpRoom::with_limits(limits))
+    let strategy: AnyStrategy = match concurrency {
+        Concurrency::Event => Event::new().max_workers(most).stack_size(MEMBER_STACK).into(),
+        Concurrency::Pool => ThreadPool::new(2).max_workers(most).queue(64).stack_size(MEMBER_STACK).into(),
+        Concurrency::Threading => Threading::new().max_threads(most).stack_size(MEMBER_STACK).into(),
+        Concurrency::Sync => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the TCP room cannot be served one member at a time: give --strategy event, pool or threading",
+            ));
+        }
+    };
+    TcpServer::builder().strategy(strategy).bind(addr, TcpRoom::with_limits(limits))
 }
 
 /// glibc gives threads malloc arenas of their own, up to 8 per core, each
@@ -645,8 +995,11 @@ fn few_malloc_arenas() {
 }
 
 /// A pool-served TCP room, capped at `max` members at once.
-pub fn tcp_server_pooled(addr: &str, max: NonZeroUsize) -> io::Result<ThreadPoolTcpServer> {
-    tcp_server_with(addr, RoomLimits { max_members: max.get(), ..RoomLimits::default() })
+///
+/// # Errors
+/// The address cannot be bound.
+pub fn tcp_server_pooled(addr: &str, max: usize) -> io::Result<Server<Tcp, AnyStrategy>> {
+    tcp_server_on(addr, RoomLimits { max_members: max, ..RoomLimits::default() }, Concurrency::Pool)
 }
 
 fn udp_client(addr: &str, name: &str) -> io::Result<()> {
@@ -717,9 +1070,39 @@ fn tcp_client(addr: &str) -> io::Result<()> {
 }
 
 fn serve<T: socketserver::Transport, S: socketserver::Strategy>(server: Server<T, S>) -> io::Result<()> {
-    println!("listening {} {}", T::NAME, server.server_address());
+    println!("listening {} {} ({})", T::NAME, server.server_address(), server.strategy());
     server.handle().shutdown_on_signal()?;
     server.serve_forever()
+}
+
+/// The usage text.
+pub const USAGE: &str = "\
+usage: chat udp-server [ADDR] [--strategy sync|pool|threading|event]     (default 127.0.0.1:9003, sync)
+       chat tcp-server [ADDR] [--strategy event|pool|threading]          (default 127.0.0.1:9004, event)
+       chat udp-client ADDR NAME
+       chat tcp-client ADDR";
+
+/// Parses a server's arguments (after `udp-server` or `tcp-server`): its
+/// address and strategy, `default_addr` and `default` unless given.
+///
+/// # Errors
+/// A message for the user; print it with [`USAGE`].
+pub fn parse_server_args(
+    args: &[String],
+    default_addr: &str,
+    default: Concurrency,
+) -> Result<(String, Concurrency), String> {
+    let (mut addr, mut concurrency) = (None, default);
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--strategy" => concurrency = it.next().ok_or("--strategy needs a value")?.parse()?,
+            other if other.starts_with('-') => return Err(format!("unknown option {other:?}")),
+            other if addr.is_none() => addr = Some(other.to_string()),
+            other => return Err(format!("unexpected argument {other:?}")),
+        }
+    }
+    Ok((addr.unwrap_or_else(|| default_addr.to_string()), concurrency))
 }
 
 #[allow(dead_code)] // the tests include this file as a module
@@ -727,16 +1110,24 @@ fn main() {
     // Logs (the library's errors included) on stderr; RUST_LOG=debug for more.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let arg = |i: usize, default: &str| args.get(i).cloned().unwrap_or_else(|| default.to_string());
+    let usage = |msg: &str| -> ! {
+        eprintln!("chat: {msg}\n{USAGE}");
+        std::process::exit(2);
+    };
+    let server_args =
+        |default_addr, default| parse_server_args(&args[1..], default_addr, default).unwrap_or_else(|msg| usage(&msg));
     let result = match args.first().map(String::as_str) {
-        Some("udp-server") => udp_server(&arg(1, "127.0.0.1:9003")).and_then(serve),
-        Some("tcp-server") => tcp_server(&arg(1, "127.0.0.1:9004")).and_then(serve),
+        Some("udp-server") => {
+            let (addr, concurrency) = server_args("127.0.0.1:9003", Concurrency::Sync);
+            udp_server_on(&addr, UdpLimits::default(), concurrency).and_then(serve)
+        }
+        Some("tcp-server") => {
+            let (addr, concurrency) = server_args("127.0.0.1:9004", Concurrency::Event);
+            tcp_server_on(&addr, RoomLimits::default(), concurrency).and_then(serve)
+        }
         Some("udp-client") if args.len() == 3 => udp_client(&args[1], &args[2]),
         Some("tcp-client") if args.len() == 2 => tcp_client(&args[1]),
-        _ => {
-            eprintln!("usage: chat udp-server [ADDR] | udp-client ADDR NAME | tcp-server [ADDR] | tcp-client ADDR");
-            std::process::exit(2);
-        }
+        _ => usage("give udp-server, tcp-server, udp-client or tcp-client"),
     };
     if let Err(e) = result {
         eprintln!("chat: {e}");

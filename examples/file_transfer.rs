@@ -12,7 +12,11 @@
 //!
 //! Server options: `--dir DIR` (required), `--addr ADDR` (default
 //! `127.0.0.1:9002`, loopback only), `--max-size BYTES` (largest upload,
-//! default 1 GiB; `K`, `M`, `G` suffixes are powers of 1024). The client
+//! default 1 GiB; `K`, `M`, `G` suffixes are powers of 1024), `--strategy
+//! pool|event|threading` (default `pool`: a worker per connection;
+//! `event`: a connection between requests is parked and holds no thread,
+//! one whose transfer runs holds one; `threading`: a thread per
+//! connection). The client
 //! shows progress on stderr (at most 20 lines per file) and exits 1 with a
 //! one-line error when anything fails; a download whose digest does not
 //! match leaves no file behind.
@@ -98,7 +102,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use socketserver::framing::LengthPrefixed;
-use socketserver::{RequestHandler, StreamRequest, ThreadPool, ThreadPoolTcpServer};
+use socketserver::transport::Tcp;
+use socketserver::{AnyStrategy, Event, RequestHandler, Server, StreamRequest, TcpServer, ThreadPool, Threading};
 
 /// The server's default address: loopback only.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9002";
@@ -303,6 +308,48 @@ impl Write for LogLines {
 
 // ---------------------------------------------------------------- server
 
+/// How the server runs its handlers, as `--strategy` names it. Whichever
+/// it is, a transfer under way has a thread; they differ in what waits
+/// between requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Concurrency {
+    /// `pool`: 2 to [`MAX_WORKERS`] workers, one per connection for as long
+    /// as it lasts; further clients wait their turn.
+    #[default]
+    Pool,
+    /// `event`: a connection between requests is parked, with no thread;
+    /// a polling thread per CPU, and up to [`MAX_WORKERS`] threads while
+    /// transfers run.
+    Event,
+    /// `threading`: a thread per connection, at most [`MAX_WORKERS`] at once.
+    Threading,
+}
+
+impl Concurrency {
+    /// The library's strategy for this choice.
+    pub fn strategy(self) -> AnyStrategy {
+        let most = MAX_WORKERS;
+        match self {
+            Concurrency::Pool => ThreadPool::new(2).max_workers(most).into(),
+            Concurrency::Event => Event::new().max_workers(most).into(),
+            Concurrency::Threading => Threading::new().max_threads(most).into(),
+        }
+    }
+}
+
+impl std::str::FromStr for Concurrency {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pool" => Ok(Concurrency::Pool),
+            "event" => Ok(Concurrency::Event),
+            "threading" => Ok(Concurrency::Threading),
+            other => Err(format!("--strategy {other:?}: give pool, event or threading")),
+        }
+    }
+}
+
 /// What the server serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -312,12 +359,19 @@ pub struct Config {
     pub max_size: u64,
     /// How long a request header may take to arrive, from its first byte.
     pub header_timeout: Duration,
+    /// How connections are served.
+    pub strategy: Concurrency,
 }
 
 impl Config {
-    /// Serves `dir` with the default limits.
+    /// Serves `dir` with the default limits, on a pool.
     pub fn new(dir: PathBuf) -> Config {
-        Config { dir, max_size: DEFAULT_MAX_SIZE, header_timeout: DEFAULT_HEADER_TIMEOUT }
+        Config {
+            dir,
+            max_size: DEFAULT_MAX_SIZE,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            strategy: Concurrency::default(),
+        }
     }
 }
 
@@ -638,8 +692,10 @@ impl FileService {
 
 impl FileService {
     /// Waits for the next request header: `None` at the end of the
-    /// connection. Waiting for its first byte is bounded by the idle
-    /// timeout; once it has begun, the whole header must arrive within
+    /// connection — or, under the event strategy, when nothing has come
+    /// yet: the connection parks and `handle` is called again when it
+    /// sends (nothing here outlives the call). Waiting for its first byte
+    /// is bounded by the idle timeout; once it has begun, the whole header must arrive within
     /// `header_timeout`, or the client is told so and the connection closes
     /// (a client that trickles bytes resets the idle timeout each time).
     fn next_header(&self, req: &mut StreamRequest, frame: &mut Vec<u8>) -> io::Result<Option<()>> {
@@ -677,6 +733,9 @@ impl FileService {
 
 impl RequestHandler<StreamRequest> for FileService {
     fn handle(&self, req: &mut StreamRequest) -> io::Result<()> {
+        // One request after another; under the event strategy this returns
+        // whenever the connection parks between two, and starts again here
+        // with the next one (a transfer runs to its end in one call).
         let mut frame = Vec::new();
         while self.next_header(req, &mut frame)?.is_some() {
             let next = match serde_json::from_slice::<Value>(&frame) {
@@ -710,19 +769,18 @@ impl RequestHandler<StreamRequest> for FileService {
     }
 }
 
-/// Binds the server; run it with `serve_forever`. A pool of 2 to
+/// Binds the server; run it with `serve_forever`. By default a pool of 2 to
 /// [`MAX_WORKERS`] threads serves one connection each (it grows as clients
 /// come: a few that hold a connection open cannot lock the others out);
 /// further clients wait their turn in the pool's queue and the listen
-/// backlog.
+/// backlog. [`Config::strategy`] chooses another way (see [`Concurrency`]).
 ///
 /// # Errors
 /// The folder does not exist, or the address cannot be bound.
-pub fn server(addr: &str, config: &Config) -> io::Result<ThreadPoolTcpServer> {
+pub fn server(addr: &str, config: &Config) -> io::Result<Server<Tcp, AnyStrategy>> {
     let service = FileService::new(config)?;
-    let most = MAX_WORKERS;
-    ThreadPoolTcpServer::builder()
-        .strategy(ThreadPool::new(2).max_workers(most))
+    TcpServer::builder()
+        .strategy(config.strategy.strategy())
         .nodelay(true)
         .idle_timeout(IDLE_TIMEOUT)
         .write_timeout(WRITE_TIMEOUT)
@@ -963,13 +1021,15 @@ pub enum Args {
 
 /// The usage text.
 pub const USAGE: &str = "\
-usage: file_transfer server --dir DIR [--addr ADDR] [--max-size BYTES]
+usage: file_transfer server --dir DIR [--addr ADDR] [--max-size BYTES] [--strategy pool|event|threading]
        file_transfer client [--addr ADDR] upload FILE [--name NAME]
        file_transfer client [--addr ADDR] download NAME [--out FILE]
        file_transfer client [--addr ADDR] list
 
 The server listens on 127.0.0.1:9002 unless told otherwise and takes uploads
-of at most 1 GiB (--max-size accepts K, M and G suffixes, powers of 1024).";
+of at most 1 GiB (--max-size accepts K, M and G suffixes, powers of 1024). It
+serves each connection with a worker of a pool; --strategy event parks
+connections between requests with no thread, threading gives each a thread.";
 
 /// `1048576`, `512K`, `100M`, `1G`.
 ///
@@ -1005,9 +1065,11 @@ pub fn parse_args(args: &[String]) -> Result<Args, String> {
         "server" => {
             let mut dir = None;
             let mut max_size = DEFAULT_MAX_SIZE;
+            let mut strategy = Concurrency::default();
             while let Some(arg) = it.next() {
                 match arg.as_str() {
                     "--addr" => addr = value(&mut it, arg)?,
+                    "--strategy" => strategy = value(&mut it, arg)?.parse()?,
                     "--dir" => dir = Some(PathBuf::from(value(&mut it, arg)?)),
                     "--max-size" => max_size = parse_size(&value(&mut it, arg)?)?,
                     "-h" | "--help" => return Ok(Args::Help),
@@ -1015,7 +1077,7 @@ pub fn parse_args(args: &[String]) -> Result<Args, String> {
                 }
             }
             let dir = dir.ok_or("the server needs --dir DIR")?;
-            Ok(Args::Server { addr, config: Config { max_size, ..Config::new(dir) } })
+            Ok(Args::Server { addr, config: Config { max_size, strategy, ..Config::new(dir) } })
         }
         "client" => {
             let mut words = Vec::new();
@@ -1076,9 +1138,10 @@ fn run_main(args: Args) -> io::Result<()> {
         Args::Server { addr, config } => {
             let server = server(&addr, &config)?;
             eprintln!(
-                "file_transfer: serving {} on {} (uploads up to {} bytes)",
+                "file_transfer: serving {} on {} ({}; uploads up to {} bytes)",
                 config.dir.display(),
                 server.server_address(),
+                server.strategy(),
                 config.max_size
             );
             server.handle().shutdown_on_signal()?;

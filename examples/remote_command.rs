@@ -36,7 +36,10 @@
 //! Server options: `--addr ADDR` (default `127.0.0.1:9001`, loopback only),
 //! `--allow PROGRAM` (repeatable, at least one; bare names looked up in
 //! `PATH` once, at start), `--allow-unsafe` (allow programs that run
-//! others), `--timeout SECS` (default 30). The client's
+//! others), `--timeout SECS` (default 30), `--strategy pool|event|threading`
+//! (default `pool`: a worker per connection; `event`: a connection waiting
+//! for its next command is parked and holds no thread, one running a
+//! command holds one; `threading`: a thread per connection). The client's
 //! arguments after `COMMAND` are quoted and sent as one command line; with
 //! no `COMMAND` it reads command lines from stdin (`quit` or end of input
 //! leaves). The client exits with the command's exit status (128 + N when a
@@ -118,7 +121,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use socket2::SockRef;
 use socketserver::framing::LengthPrefixed;
-use socketserver::{RequestHandler, Stream, StreamRequest, ThreadPool, ThreadPoolTcpServer};
+use socketserver::transport::Tcp;
+use socketserver::{
+    AnyStrategy, Event, RequestHandler, Server, Stream, StreamRequest, TcpServer, ThreadPool, Threading,
+};
 
 /// The server's default address: loopback only.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9001";
@@ -165,6 +171,48 @@ pub const CHILD_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// `LANG` of every command.
 pub const CHILD_LANG: &str = "C.UTF-8";
 
+/// How the server runs its handlers, as `--strategy` names it. Whichever
+/// it is, a connection whose command runs has a thread of its own (and its
+/// output pumps); they differ in what waits between commands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Concurrency {
+    /// `pool`: 2 to [`MAX_WORKERS`] workers, one per connection for as long
+    /// as it lasts; further clients wait their turn.
+    #[default]
+    Pool,
+    /// `event`: a connection between commands is parked, with no thread;
+    /// a polling thread per CPU, and up to [`MAX_WORKERS`] threads while
+    /// commands run.
+    Event,
+    /// `threading`: a thread per connection, at most [`MAX_WORKERS`] at once.
+    Threading,
+}
+
+impl Concurrency {
+    /// The library's strategy for this choice.
+    pub fn strategy(self) -> AnyStrategy {
+        let most = MAX_WORKERS;
+        match self {
+            Concurrency::Pool => ThreadPool::new(2).max_workers(most).into(),
+            Concurrency::Event => Event::new().max_workers(most).into(),
+            Concurrency::Threading => Threading::new().max_threads(most).into(),
+        }
+    }
+}
+
+impl std::str::FromStr for Concurrency {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pool" => Ok(Concurrency::Pool),
+            "event" => Ok(Concurrency::Event),
+            "threading" => Ok(Concurrency::Threading),
+            other => Err(format!("--strategy {other:?}: give pool, event or threading")),
+        }
+    }
+}
+
 /// What the server runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -176,12 +224,20 @@ pub struct Config {
     pub allow_unsafe: bool,
     /// How long a command frame may take to arrive, from its first byte.
     pub frame_timeout: Duration,
+    /// How connections are served.
+    pub strategy: Concurrency,
 }
 
 impl Config {
-    /// `allow`, with the default time limits and no unsafe programs.
+    /// `allow`, with the default time limits, no unsafe programs, on a pool.
     pub fn new(allow: Vec<String>) -> Config {
-        Config { allow, timeout: DEFAULT_TIMEOUT, allow_unsafe: false, frame_timeout: DEFAULT_FRAME_TIMEOUT }
+        Config {
+            allow,
+            timeout: DEFAULT_TIMEOUT,
+            allow_unsafe: false,
+            frame_timeout: DEFAULT_FRAME_TIMEOUT,
+            strategy: Concurrency::default(),
+        }
     }
 }
 
@@ -402,20 +458,19 @@ impl RemoteCommand {
     }
 }
 
-/// Binds the server; run it with `serve_forever`. A pool of 2 to
+/// Binds the server; run it with `serve_forever`. By default a pool of 2 to
 /// [`MAX_WORKERS`] threads serves one connection each (it grows as clients
 /// come: a few that hold a connection open cannot lock the others out);
 /// further clients wait their turn in the pool's queue and the listen
-/// backlog.
+/// backlog. [`Config::strategy`] chooses another way (see [`Concurrency`]).
 ///
 /// # Errors
 /// A program of the allowlist cannot be found or runs others (without
 /// `allow_unsafe`), or the address cannot be bound.
-pub fn server(addr: &str, config: &Config) -> io::Result<ThreadPoolTcpServer> {
+pub fn server(addr: &str, config: &Config) -> io::Result<Server<Tcp, AnyStrategy>> {
     let handler = RemoteCommand::new(config)?;
-    let most = MAX_WORKERS;
-    ThreadPoolTcpServer::builder()
-        .strategy(ThreadPool::new(2).max_workers(most))
+    TcpServer::builder()
+        .strategy(config.strategy.strategy())
         .nodelay(true)
         .idle_timeout(IDLE_TIMEOUT)
         .write_timeout(WRITE_TIMEOUT)
@@ -877,10 +932,13 @@ impl RemoteCommand {
     }
 
     /// Waits for the next command frame: `None` at the end of the
-    /// connection. Waiting for its first byte is bounded by the idle
-    /// timeout; once it has begun, the whole frame must arrive within
-    /// `frame_timeout`, or the client is told so and the connection closes
-    /// (a client that trickles bytes resets the idle timeout each time).
+    /// connection — or, under the event strategy, when nothing has come
+    /// yet: the connection parks and `handle` is called again when it
+    /// sends (nothing here outlives the call). Waiting for its first byte
+    /// is bounded by the idle timeout; once it has begun, the whole frame
+    /// must arrive within `frame_timeout`, or the client is told so and the
+    /// connection closes (a client that trickles bytes resets the idle
+    /// timeout each time).
     fn next_command(&self, req: &mut StreamRequest, line: &mut Vec<u8>) -> io::Result<Option<()>> {
         match req.wait_for_data() {
             Ok(true) => {}
@@ -921,6 +979,9 @@ impl RemoteCommand {
 
 impl RequestHandler<StreamRequest> for RemoteCommand {
     fn handle(&self, req: &mut StreamRequest) -> io::Result<()> {
+        // One command after another; under the event strategy this returns
+        // whenever the connection parks between two, and starts again here
+        // with the next one (a command runs to its end in one call).
         let mut line = Vec::new();
         while self.next_command(req, &mut line)?.is_some() {
             match self.run(req, &line) {
@@ -1086,11 +1147,14 @@ pub enum Args {
 
 /// The usage text.
 pub const USAGE: &str = "\
-usage: remote_command server [--addr ADDR] [--timeout SECS] [--allow-unsafe] --allow PROGRAM [--allow PROGRAM ...]
+usage: remote_command server [--addr ADDR] [--timeout SECS] [--strategy pool|event|threading] [--allow-unsafe]
+                             --allow PROGRAM [--allow PROGRAM ...]
        remote_command client [--addr ADDR] [COMMAND [ARGS...]]
 
 server: runs allowed programs (bare names, no shell) for clients; default
-        address 127.0.0.1:9001, time limit 30 s per command (output included).
+        address 127.0.0.1:9001, time limit 30 s per command (output included);
+        a worker per connection (--strategy event: connections between
+        commands hold no thread; threading: a thread per connection).
         Arguments are NOT checked: an allowed program runs with any arguments,
         as the server's user. Programs that run others (env, find, xargs,
         shells, interpreters, nice, setsid, timeout, sudo...) give a shell
@@ -1118,6 +1182,7 @@ pub fn parse_args(args: &[String]) -> Result<Args, String> {
                     "--addr" => addr = value(&mut it, arg)?,
                     "--allow" => config.allow.push(value(&mut it, arg)?),
                     "--allow-unsafe" => config.allow_unsafe = true,
+                    "--strategy" => config.strategy = value(&mut it, arg)?.parse()?,
                     "--timeout" => {
                         let v = value(&mut it, arg)?;
                         let secs: f64 = v.parse().map_err(|_| format!("--timeout {v}: not a number of seconds"))?;
@@ -1176,7 +1241,12 @@ fn run_main(args: Args) -> io::Result<i32> {
             }
             let mut names = config.allow.clone();
             names.sort();
-            eprintln!("remote_command: listening on {}; allowed: {}", server.server_address(), names.join(", "));
+            eprintln!(
+                "remote_command: listening on {} ({}); allowed: {}",
+                server.server_address(),
+                server.strategy(),
+                names.join(", ")
+            );
             server.handle().shutdown_on_signal()?;
             server.serve_forever()?;
             Ok(0)

@@ -3,9 +3,16 @@
 //! `%Y-%m-%d %X`). Written with a `RequestHandler` of our own.
 //!
 //! ```text
-//! cargo run --example time_server            # udp 127.0.0.1:9000
+//! cargo run --example time_server                          # udp 127.0.0.1:9000
+//! cargo run --example time_server -- --strategy event      # sync, pool, threading or event
 //! echo '%H:%M' | socketserver client --udp 127.0.0.1:9000
 //! ```
+//! One datagram is one request, so nothing waits between requests: the
+//! strategy only says how many threads receive and answer — one (`sync`,
+//! the default, as Python's `UDPServer`), a pool of receivers (`pool`, and
+//! `event`, which for datagrams is a receiver per CPU), or a thread per
+//! datagram (`threading`).
+//!
 //! Or from Python, as in the tutorial:
 //! ```python
 //! import socket
@@ -15,9 +22,15 @@
 //! ```
 
 use std::io;
+use std::str::FromStr;
 
+use socketserver::UdpServer;
 use socketserver::servers::render_time;
-use socketserver::{DatagramRequest, RequestHandler, UdpServer};
+use socketserver::transport::Udp;
+use socketserver::{AnyStrategy, DatagramRequest, Event, RequestHandler, Server, Synchronous, ThreadPool, Threading};
+
+/// The server's default address.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:9000";
 
 /// Answers each datagram with the time, or with `error: ...`.
 pub struct TimeHandler;
@@ -34,24 +47,103 @@ impl RequestHandler<DatagramRequest> for TimeHandler {
     }
 }
 
-/// Binds the time server on `addr`.
-pub fn bind(addr: &str) -> io::Result<UdpServer> {
-    UdpServer::bind(addr, TimeHandler)
+/// How the server runs its handlers, as `--strategy` names it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Concurrency {
+    /// `sync`: one datagram at a time, in the serving thread (Python's `UDPServer`).
+    #[default]
+    Sync,
+    /// `pool`: a receiver per CPU, each answering what it receives.
+    Pool,
+    /// `threading`: a new thread per datagram (Python's `ThreadingMixIn`).
+    Threading,
+    /// `event`: for datagrams, a receiver per CPU (as `pool`).
+    Event,
+}
+
+impl Concurrency {
+    /// The library's strategy for this choice.
+    pub fn strategy(self) -> AnyStrategy {
+        match self {
+            Concurrency::Sync => Synchronous.into(),
+            Concurrency::Pool => ThreadPool::default().into(),
+            Concurrency::Threading => Threading::new().into(),
+            Concurrency::Event => Event::new().into(),
+        }
+    }
+}
+
+impl FromStr for Concurrency {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sync" => Ok(Concurrency::Sync),
+            "pool" => Ok(Concurrency::Pool),
+            "threading" => Ok(Concurrency::Threading),
+            "event" => Ok(Concurrency::Event),
+            other => Err(format!("--strategy {other:?}: give sync, pool, threading or event")),
+        }
+    }
+}
+
+/// Binds the time server on `addr`: one datagram at a time.
+///
+/// # Errors
+/// The address cannot be bound.
+pub fn bind(addr: &str) -> io::Result<Server<Udp, AnyStrategy>> {
+    bind_with(addr, Concurrency::default())
+}
+
+/// Binds the time server on `addr`, served as `concurrency` says.
+///
+/// # Errors
+/// The address cannot be bound.
+pub fn bind_with(addr: &str, concurrency: Concurrency) -> io::Result<Server<Udp, AnyStrategy>> {
+    UdpServer::builder().strategy(concurrency.strategy()).bind(addr, TimeHandler)
+}
+
+/// The usage text.
+pub const USAGE: &str = "usage: time_server [ADDR] [--strategy sync|pool|threading|event]";
+
+/// Parses the arguments after the program name: the address and the strategy.
+///
+/// # Errors
+/// A message for the user; print it with [`USAGE`].
+pub fn parse_args(args: &[String]) -> Result<(String, Concurrency), String> {
+    let (mut addr, mut concurrency) = (None, Concurrency::default());
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--strategy" => concurrency = it.next().ok_or("--strategy needs a value")?.parse()?,
+            other if other.starts_with('-') => return Err(format!("unknown option {other:?}")),
+            other if addr.is_none() => addr = Some(other.to_string()),
+            other => return Err(format!("unexpected argument {other:?}")),
+        }
+    }
+    Ok((addr.unwrap_or_else(|| DEFAULT_ADDR.to_string()), concurrency))
 }
 
 #[allow(dead_code)] // the tests include this file as a module
 fn main() {
     // Logs (the library's errors included) on stderr; RUST_LOG=debug for more.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9000".to_string());
-    let server = match bind(&addr) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (addr, concurrency) = match parse_args(&args) {
+        Ok(parsed) => parsed,
+        Err(msg) => {
+            eprintln!("time_server: {msg}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    let server = match bind_with(&addr, concurrency) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("time_server: {e}");
             std::process::exit(1);
         }
     };
-    println!("listening udp {}", server.server_address());
+    println!("listening udp {} ({})", server.server_address(), server.strategy());
     if let Err(e) = server.handle().shutdown_on_signal().and_then(|()| server.serve_forever()) {
         eprintln!("time_server: {e}");
         std::process::exit(1);

@@ -10,7 +10,27 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
+use chat::Concurrency;
+use socketserver::AnyStrategy;
 use util::*;
+
+fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The threads of this process (Linux).
+fn threads() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status.lines().find_map(|l| l.strip_prefix("Threads:")).unwrap().trim().parse().unwrap()
+}
+
+fn cpus() -> u64 {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) as u64
+}
 
 fn say(c: &UdpSocket, to: SocketAddr, text: &str) -> String {
     String::from_utf8(udp_round_trip(c, to, text.as_bytes())).unwrap()
@@ -18,7 +38,24 @@ fn say(c: &UdpSocket, to: SocketAddr, text: &str) -> String {
 
 #[test]
 fn udp_chat_relays_to_the_named_peer() {
-    let running = run(chat::udp_server("127.0.0.1:0").unwrap());
+    let server = chat::udp_server("127.0.0.1:0").unwrap();
+    assert!(matches!(server.strategy(), AnyStrategy::Synchronous(_)), "{}", server.strategy());
+    let running = run(server);
+    udp_chat_relays(&running);
+    running.stop().unwrap();
+}
+
+/// Under the event strategy the relay has a receiver per CPU: the same
+/// conversation, the same answers.
+#[test]
+fn udp_chat_relays_to_the_named_peer_under_event() {
+    let running = run(chat::udp_server_on("127.0.0.1:0", chat::UdpLimits::default(), Concurrency::Event).unwrap());
+    udp_chat_relays(&running);
+    assert_eq!(running.handle.stats().workers_total, cpus(), "a receiver per CPU");
+    running.stop().unwrap();
+}
+
+fn udp_chat_relays(running: &Running) {
     let server = running.inet();
     let alice = udp_client();
     let bob = udp_client();
@@ -43,7 +80,6 @@ fn udp_chat_relays_to_the_named_peer() {
     let alice_again = udp_client();
     assert_eq!(say(&alice_again, server, "/name alice"), "ok: you are alice");
     assert_eq!(say(&bob, server, "/who"), "online: alice bob");
-    running.stop().unwrap();
 }
 
 struct Member {
@@ -70,7 +106,20 @@ impl Member {
 
 #[test]
 fn tcp_room_broadcasts_to_every_other_member() {
-    let running = run(chat::tcp_server("127.0.0.1:0").unwrap());
+    let server = chat::tcp_server("127.0.0.1:0").unwrap();
+    assert!(matches!(server.strategy(), AnyStrategy::Event(_)), "the room's default: {}", server.strategy());
+    tcp_room_broadcasts(run(server));
+}
+
+#[test]
+fn tcp_room_broadcasts_to_every_other_member_on_a_pool_and_threads() {
+    for concurrency in [Concurrency::Pool, Concurrency::Threading] {
+        let limits = chat::RoomLimits::default();
+        tcp_room_broadcasts(run(chat::tcp_server_on("127.0.0.1:0", limits, concurrency).unwrap()));
+    }
+}
+
+fn tcp_room_broadcasts(running: Running) {
     let addr = running.inet();
     let mut a = Member::join(addr);
     a.say("/name ann");
@@ -98,6 +147,9 @@ fn tcp_room_broadcasts_to_every_other_member() {
     b.say("still ben");
     assert_eq!(a.line(), "[ben] still ben");
     drop((a, b));
+    // Every member's `finish` ran: the room is empty, no handler failed.
+    wait_for("every member to leave", || running.handle.stats().active == 0);
+    assert_eq!(running.handle.stats().handler_errors, 0);
     running.stop().unwrap();
 }
 
@@ -105,9 +157,18 @@ fn tcp_room_broadcasts_to_every_other_member() {
 /// outbox is full, and the others go on talking.
 #[test]
 fn a_member_that_does_not_read_is_disconnected_not_waited_for() {
+    a_member_that_does_not_read_is_cut_off(Concurrency::Event);
+}
+
+#[test]
+fn a_member_that_does_not_read_is_disconnected_not_waited_for_on_a_pool() {
+    a_member_that_does_not_read_is_cut_off(Concurrency::Pool);
+}
+
+fn a_member_that_does_not_read_is_cut_off(concurrency: Concurrency) {
     // No rate limit: the talker must outpace the silent member's buffers.
     let limits = chat::RoomLimits { rate: None, ..chat::RoomLimits::default() };
-    let running = run(chat::tcp_server_with("127.0.0.1:0", limits).unwrap());
+    let running = run(chat::tcp_server_on("127.0.0.1:0", limits, concurrency).unwrap());
     let addr = running.inet();
     let mut talker = Member::join(addr);
     // Processed before the talker's chat lines: one connection, one order.
@@ -205,7 +266,9 @@ fn udp_names_of_vanished_clients_make_room_for_newcomers() {
             ghost
         })
         .collect();
-    drop(ghosts); // gone without /quit
+    // Gone silent without /quit. Their sockets stay open until the end: a
+    // closed one's port could be given to the newcomer, which would then
+    // send as that ghost (a rename, not an eviction).
     eprintln!("{} names taken in {:?}", chat::MAX_USERS, started.elapsed());
     let newcomer = udp_client();
     let mut answers = Vec::new();
@@ -238,6 +301,7 @@ fn udp_names_of_vanished_clients_make_room_for_newcomers() {
     let (shown, more) = who.rsplit_once(" (+").expect("a count of the names not shown");
     let more: usize = more.trim_end_matches(" more)").parse().unwrap();
     assert_eq!(shown.split(' ').count() - 1 + more, chat::MAX_USERS, "online: every name, shown or counted");
+    drop(ghosts);
     running.stop().unwrap();
 }
 
@@ -298,10 +362,19 @@ fn tcp_names_are_plain_ascii_and_control_characters_are_escaped() {
 /// as too slow, and still gets what a third member says.
 #[test]
 fn a_flooder_is_slowed_down_then_cut_off_and_an_honest_reader_stays() {
+    a_flooder_is_slowed_then_cut_off(Concurrency::Event);
+}
+
+#[test]
+fn a_flooder_is_slowed_down_then_cut_off_and_an_honest_reader_stays_on_a_pool() {
+    a_flooder_is_slowed_then_cut_off(Concurrency::Pool);
+}
+
+fn a_flooder_is_slowed_then_cut_off(concurrency: Concurrency) {
     let flood_limit = Duration::from_secs(2);
     let rate = chat::Rate { flood_limit, ..chat::Rate::default() };
     let limits = chat::RoomLimits { rate: Some(rate), ..chat::RoomLimits::default() };
-    let running = run(chat::tcp_server_with("127.0.0.1:0", limits).unwrap());
+    let running = run(chat::tcp_server_on("127.0.0.1:0", limits, concurrency).unwrap());
     let addr = running.inet();
     let mut honest = Member::join(addr);
     honest.say("/name honest");
@@ -452,4 +525,106 @@ fn the_tcp_room_refuses_newcomers_rather_than_abort_under_an_address_space_limit
         std::thread::sleep(Duration::from_millis(10));
     };
     assert!(status.success(), "{status:?}");
+}
+
+/// Under the event strategy (the room's default) members between lines are
+/// parked: counted in `parked`, with no thread each — not a poller, not a
+/// writer: the process gains a few threads for the room, not one per
+/// member. Each resumes when it speaks, hears the others meanwhile, and a
+/// parked member that goes is taken out of the room (its `finish` runs) and
+/// announced.
+#[test]
+fn idle_members_are_parked_with_no_thread_of_their_own() {
+    let before = threads();
+    let running = run(chat::tcp_server("127.0.0.1:0").unwrap());
+    let n = 40;
+    let mut members: Vec<Member> = (0..n).map(|_| Member::join(running.inet())).collect();
+    // Everybody hears of everybody who joined after them: wait for that,
+    // so that nothing is still on its way.
+    for (i, m) in members.iter_mut().enumerate() {
+        for _ in i + 1..n {
+            assert!(m.line().ends_with(" joined"));
+        }
+    }
+    wait_for("every member to park", || running.handle.stats().parked == n as u64);
+    let stats = running.handle.stats();
+    assert!(stats.workers_total <= 2 * cpus() + 2, "{} polling threads for {n} idle members", stats.workers_total);
+    let added = threads().saturating_sub(before);
+    assert!(added < n as u64 / 2, "{added} threads for {n} idle members");
+    // One speaks: all others hear it; the speaker parks again.
+    members[7].say("anyone here?");
+    for (i, m) in members.iter_mut().enumerate() {
+        if i != 7 {
+            assert_eq!(m.line(), "[guest7] anyone here?");
+        }
+    }
+    wait_for("the speaker to park again", || running.handle.stats().parked == n as u64);
+    // A parked member leaves: it is taken out of the room and announced.
+    drop(members.remove(3));
+    for m in &mut members {
+        assert_eq!(m.line(), "* guest3 left");
+    }
+    wait_for("its connection to end", || running.handle.stats().active == n as u64 - 1);
+    members[0].say("/name first");
+    assert_eq!(members[0].line(), "* you are now first");
+    for m in &mut members[1..] {
+        assert_eq!(m.line(), "* guest0 is now first");
+    }
+    drop(members);
+    wait_for("every member to leave", || running.handle.stats().active == 0);
+    assert_eq!(running.handle.stats().parked, 0);
+    assert_eq!(running.handle.stats().handler_errors, 0);
+    running.stop().unwrap();
+}
+
+/// A member that reads late — after megabytes more than its socket holds
+/// were said — gets every line, in order: the postman waits for room in
+/// its socket (with nobody's thread blocked on it) and goes on when it
+/// reads, while the talker is never held up.
+#[test]
+fn a_member_that_reads_late_gets_every_line_in_order() {
+    let limits = chat::RoomLimits { rate: None, outbox: 100_000, ..chat::RoomLimits::default() };
+    let running = run(chat::tcp_server_with("127.0.0.1:0", limits).unwrap());
+    let mut late = Member::join(running.inet());
+    let mut talker = Member::join(running.inet());
+    assert_eq!(late.line(), "* guest1 joined");
+    let body = "y".repeat(chat::MAX_LINE - 32);
+    let count = 2000; // 8 MB
+    let mut batch = String::new();
+    for i in 0..count {
+        batch.push_str(&format!("{i} {body}\n"));
+    }
+    talker.writer.write_all(batch.as_bytes()).unwrap();
+    talker.say("/name done");
+    assert_eq!(talker.line(), "* you are now done", "the talker was held up by the late reader");
+    for i in 0..count {
+        let line = late.line();
+        assert!(line.starts_with(&format!("[guest1] {i} y")), "line {i}: {}", &line[..line.len().min(40)]);
+    }
+    assert_eq!(late.line(), "* guest1 is now done");
+    drop((late, talker));
+    running.stop().unwrap();
+}
+
+#[test]
+fn the_servers_take_their_strategy_from_the_command_line() {
+    let args = |s: &[&str], default| {
+        chat::parse_server_args(&s.iter().map(|a| a.to_string()).collect::<Vec<_>>(), "127.0.0.1:9", default)
+    };
+    assert_eq!(args(&[], Concurrency::Event).unwrap(), ("127.0.0.1:9".to_string(), Concurrency::Event));
+    assert_eq!(args(&["[::1]:0"], Concurrency::Sync).unwrap(), ("[::1]:0".to_string(), Concurrency::Sync));
+    for (name, want) in [
+        ("sync", Concurrency::Sync),
+        ("pool", Concurrency::Pool),
+        ("threading", Concurrency::Threading),
+        ("event", Concurrency::Event),
+    ] {
+        assert_eq!(args(&["a:1", "--strategy", name], Concurrency::Sync).unwrap(), ("a:1".to_string(), want));
+    }
+    for bad in [&["--strategy"][..], &["--strategy", "fork"], &["--bogus"], &["a:1", "b:2"]] {
+        assert!(args(bad, Concurrency::Event).is_err(), "{bad:?}");
+    }
+    // One member at a time would let one silent member hold up the room.
+    let e = chat::tcp_server_on("127.0.0.1:0", chat::RoomLimits::default(), Concurrency::Sync).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
 }

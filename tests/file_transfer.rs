@@ -14,7 +14,7 @@ use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use file_transfer::{Config, MAX_HEADER, MAX_RESPONSE, PART_PREFIX, TEMP_PREFIX};
+use file_transfer::{Concurrency, Config, MAX_HEADER, MAX_RESPONSE, PART_PREFIX, TEMP_PREFIX};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use socketserver::framing::LengthPrefixed;
@@ -25,7 +25,30 @@ fn start(dir: &Path) -> Running {
 }
 
 fn start_with(dir: &Path, max_size: u64) -> Running {
-    run(file_transfer::server("127.0.0.1:0", &Config { max_size, ..Config::new(dir.to_path_buf()) }).expect("bind"))
+    start_on_with(dir, max_size, Concurrency::default())
+}
+
+fn start_on(dir: &Path, strategy: Concurrency) -> Running {
+    start_on_with(dir, file_transfer::DEFAULT_MAX_SIZE, strategy)
+}
+
+fn start_on_with(dir: &Path, max_size: u64, strategy: Concurrency) -> Running {
+    let config = Config { max_size, strategy, ..Config::new(dir.to_path_buf()) };
+    run(file_transfer::server("127.0.0.1:0", &config).expect("bind"))
+}
+
+/// Runs `test` on a pool (the default) and under the event strategy.
+macro_rules! on_pool_and_event {
+    ($test:ident, $pool:ident, $event:ident) => {
+        #[test]
+        fn $pool() {
+            $test(Concurrency::Pool);
+        }
+        #[test]
+        fn $event() {
+            $test(Concurrency::Event);
+        }
+    };
 }
 
 /// Bytes that do not compress or repeat (xorshift).
@@ -98,33 +121,34 @@ fn progress_lines(progress: &[u8]) -> Vec<String> {
     String::from_utf8(progress.to_vec()).unwrap().lines().map(str::to_string).collect()
 }
 
-#[test]
-fn upload_and_download_round_trip_with_digests_and_progress() {
+fn upload_and_download_round_trip_with_digests_and_progress(strategy: Concurrency) {
     capture_logs();
     let served = TempDir::new("ft-served");
     let local = TempDir::new("ft-local");
     let data = noise(3 * 1024 * 1024 + 17, 7);
     std::fs::write(local.join("orig.bin"), &data).unwrap();
-    let running = start(served.path());
+    let running = start_on(served.path(), strategy);
+    // Its own name in the log (the pool and event runs share the logger).
+    let stored = format!("stored-{strategy:?}.bin");
     let mut c = tcp_connect(running.inet());
 
     let mut progress = Vec::new();
-    let up = file_transfer::upload(&mut c, &local.join("orig.bin"), "stored.bin", &mut progress).unwrap();
-    assert_eq!((up.name.as_str(), up.size, up.sha256.as_str()), ("stored.bin", data.len() as u64, &*sha256(&data)));
-    assert_eq!(std::fs::read(served.join("stored.bin")).unwrap(), data);
+    let up = file_transfer::upload(&mut c, &local.join("orig.bin"), &stored, &mut progress).unwrap();
+    assert_eq!((up.name.as_str(), up.size, up.sha256.as_str()), (stored.as_str(), data.len() as u64, &*sha256(&data)));
+    assert_eq!(std::fs::read(served.join(&stored)).unwrap(), data);
     let lines = progress_lines(&progress);
     assert!(!lines.is_empty() && lines.len() <= 20, "{} progress lines", lines.len());
     assert!(lines.last().unwrap().contains("100%"), "{lines:?}");
     // The server, as the receiver, reports its progress in its log.
-    let received = logged_containing("receiving stored.bin");
+    let received = logged_containing(&format!("receiving {stored}"));
     assert!(!received.is_empty() && received.len() <= 20, "{received:?}");
     assert!(received.last().unwrap().contains(&format!("100% ({0} of {0} bytes)", data.len())), "{received:?}");
 
     // Same connection: download it back (into a folder: named after it).
     let mut progress = Vec::new();
-    let down = file_transfer::download(&mut c, "stored.bin", local.path(), &mut progress).unwrap();
+    let down = file_transfer::download(&mut c, &stored, local.path(), &mut progress).unwrap();
     assert_eq!(down, up);
-    assert_eq!(std::fs::read(local.join("stored.bin")).unwrap(), data);
+    assert_eq!(std::fs::read(local.join(&stored)).unwrap(), data);
     let lines = progress_lines(&progress);
     assert!(!lines.is_empty() && lines.len() <= 20, "{lines:?}");
     assert!(lines.last().unwrap().contains("100%"));
@@ -135,17 +159,23 @@ fn upload_and_download_round_trip_with_digests_and_progress() {
     assert_eq!(file_transfer::upload(&mut c, &local.join("empty"), "empty", &mut progress).unwrap().size, 0);
     assert_eq!(progress_lines(&progress).len(), 1);
     std::fs::write(local.join("v2"), b"second version").unwrap();
-    file_transfer::upload(&mut c, &local.join("v2"), "stored.bin", &mut Vec::new()).unwrap();
-    assert_eq!(std::fs::read(served.join("stored.bin")).unwrap(), b"second version");
+    file_transfer::upload(&mut c, &local.join("v2"), &stored, &mut Vec::new()).unwrap();
+    assert_eq!(std::fs::read(served.join(&stored)).unwrap(), b"second version");
     file_transfer::download(&mut c, "empty", &local.join("got-empty"), &mut Vec::new()).unwrap();
     assert_eq!(std::fs::read(local.join("got-empty")).unwrap(), b"");
 
-    assert_eq!(file_transfer::list(&mut c).unwrap(), [("empty".to_string(), 0), ("stored.bin".to_string(), 14)]);
+    assert_eq!(file_transfer::list(&mut c).unwrap(), [("empty".to_string(), 0), (stored.clone(), 14)]);
     no_temp_files(served.path());
     no_temp_files(local.path());
     drop(c);
     running.stop().unwrap();
 }
+
+on_pool_and_event!(
+    upload_and_download_round_trip_with_digests_and_progress,
+    upload_and_download_round_trip_with_digests_and_progress_on_a_pool,
+    upload_and_download_round_trip_with_digests_and_progress_under_event
+);
 
 const BAD_NAMES: [&str; 10] =
     ["../x", "..", ".", "", "/etc/passwd", "a/b", "x/", "a\0b", ".ft-upload-1-2", "../../tmp/x"];
@@ -270,11 +300,10 @@ fn a_truncated_upload_leaves_no_partial_file() {
     running.stop().unwrap();
 }
 
-#[test]
-fn uploads_over_the_size_limit_are_refused() {
+fn uploads_over_the_size_limit_are_refused(strategy: Concurrency) {
     let served = TempDir::new("ft-limit");
     let local = TempDir::new("ft-limit-local");
-    let running = start_with(served.path(), 1000);
+    let running = start_on_with(served.path(), 1000, strategy);
     std::fs::write(local.join("small"), vec![1u8; 1000]).unwrap();
     std::fs::write(local.join("big"), noise(3 << 20, 9)).unwrap();
     let mut c = tcp_connect(running.inet());
@@ -296,6 +325,12 @@ fn uploads_over_the_size_limit_are_refused() {
     assert_eq!(entries(served.path()), ["small"]);
     running.stop().unwrap();
 }
+
+on_pool_and_event!(
+    uploads_over_the_size_limit_are_refused,
+    uploads_over_the_size_limit_are_refused_on_a_pool,
+    uploads_over_the_size_limit_are_refused_under_event
+);
 
 #[test]
 fn bad_headers_get_an_error_and_the_connection_closes() {
@@ -449,10 +484,19 @@ fn arguments_are_parsed_by_hand_and_bad_ones_refused() {
             config: Config {
                 dir: "/srv".into(),
                 max_size: 10 << 20,
-                header_timeout: file_transfer::DEFAULT_HEADER_TIMEOUT
+                header_timeout: file_transfer::DEFAULT_HEADER_TIMEOUT,
+                strategy: Concurrency::Pool,
             }
         }
     );
+    match args(&["server", "--strategy", "event", "--dir", "/srv"]).unwrap() {
+        Args::Server { config, .. } => assert_eq!(config.strategy, Concurrency::Event),
+        other => panic!("{other:?}"),
+    }
+    match args(&["server", "--dir", "/srv", "--strategy", "threading"]).unwrap() {
+        Args::Server { config, .. } => assert_eq!(config.strategy, Concurrency::Threading),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(
         args(&["client", "--addr", "h:1", "upload", "a.txt", "--name", "b.txt"]).unwrap(),
         Args::Upload { addr: "h:1".into(), file: "a.txt".into(), name: Some("b.txt".into()) }
@@ -468,6 +512,8 @@ fn arguments_are_parsed_by_hand_and_bad_ones_refused() {
         &["server"],
         &["server", "--dir"],
         &["server", "--dir", "d", "--max-size", "lots"],
+        &["server", "--dir", "d", "--strategy"],
+        &["server", "--dir", "d", "--strategy", "fork"],
         &["client"],
         &["client", "upload"],
         &["client", "upload", "a", "b"],
@@ -576,12 +622,12 @@ fn stale_temporary_uploads_are_removed_at_start_and_never_listed() {
 }
 
 /// 70 clients that each send two bytes of a header and nothing more: each
-/// holds a worker, yet the pool grows past them and a well-behaved client
+/// holds a thread (a pool's worker; under the event strategy, the poller
+/// that runs it), yet the threads grow past them and a well-behaved client
 /// is served at once.
-#[test]
-fn clients_that_send_half_a_header_do_not_lock_others_out() {
+fn clients_that_send_half_a_header_do_not_lock_others_out(strategy: Concurrency) {
     let served = TempDir::new("ft-lockers");
-    let running = start(served.path());
+    let running = start_on(served.path(), strategy);
     let lockers: Vec<TcpStream> = (0..70)
         .map(|_| {
             let mut s = tcp_connect(running.inet());
@@ -600,13 +646,18 @@ fn clients_that_send_half_a_header_do_not_lock_others_out() {
     running.stop().unwrap();
 }
 
+on_pool_and_event!(
+    clients_that_send_half_a_header_do_not_lock_others_out,
+    clients_that_send_half_a_header_do_not_lock_others_out_on_a_pool,
+    clients_that_send_half_a_header_do_not_lock_others_out_under_event
+);
+
 /// A header that trickles in a byte at a time (so the idle timeout never
 /// fires) is cut off at its deadline, counted from its first byte.
-#[test]
-fn a_request_header_must_arrive_within_its_deadline() {
+fn a_request_header_must_arrive_within_its_deadline(strategy: Concurrency) {
     let served = TempDir::new("ft-trickle");
     let deadline = Duration::from_millis(300);
-    let config = Config { header_timeout: deadline, ..Config::new(served.path().to_path_buf()) };
+    let config = Config { header_timeout: deadline, strategy, ..Config::new(served.path().to_path_buf()) };
     let running = run(file_transfer::server("127.0.0.1:0", &config).unwrap());
     let mut c = tcp_connect(running.inet());
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
@@ -630,5 +681,54 @@ fn a_request_header_must_arrive_within_its_deadline() {
     assert!(closed(&mut c));
     drop(stop_tx);
     dribbler.join().unwrap();
+    running.stop().unwrap();
+}
+
+on_pool_and_event!(
+    a_request_header_must_arrive_within_its_deadline,
+    a_request_header_must_arrive_within_its_deadline_on_a_pool,
+    a_request_header_must_arrive_within_its_deadline_under_event
+);
+
+/// Under the event strategy, connections between requests are parked:
+/// counted in `parked`, with no thread each (the server's threads stay at
+/// its pollers), and each resumes with its next request: an upload, then
+/// a download.
+#[test]
+fn idle_connections_park_under_event_and_resume() {
+    let served = TempDir::new("ft-parked");
+    let local = TempDir::new("ft-parked-local");
+    let running = start_on(served.path(), Concurrency::Event);
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) as u64;
+    let bound = 2 * cpus + 2;
+    let n = 2 * bound + 8;
+    let mut clients: Vec<TcpStream> = (0..n).map(|_| tcp_connect(running.inet())).collect();
+    for c in &mut clients {
+        assert!(file_transfer::list(c).unwrap().is_empty());
+    }
+    wait_until("every connection to park", || running.handle.stats().parked == n);
+    let stats = running.handle.stats();
+    assert!(stats.workers_total <= bound, "{} threads for {n} idle connections", stats.workers_total);
+    assert_eq!(stats.workers_busy, 0);
+    for (i, c) in clients.iter_mut().enumerate() {
+        let data = noise(1000 + i, i as u64);
+        let name = format!("f{i}");
+        send_json(c, &json!({ "op": "upload", "name": name, "size": data.len(), "sha256": sha256(&data) }));
+        c.write_all(&data).unwrap();
+        assert_eq!(read_json(c)["ok"], true);
+    }
+    wait_until("every connection to park again", || running.handle.stats().parked == n);
+    for (i, c) in clients.iter_mut().enumerate().rev() {
+        let name = format!("f{i}");
+        let out = local.join(&format!("back-{i}"));
+        let got = file_transfer::download(c, &name, &out, &mut Vec::new()).unwrap();
+        assert_eq!(got.size, 1000 + i as u64);
+        assert_eq!(std::fs::read(&out).unwrap(), noise(1000 + i, i as u64));
+    }
+    drop(clients);
+    wait_until("every connection to end", || running.handle.stats().active == 0);
+    let stats = running.handle.stats();
+    assert_eq!((stats.parked, stats.handler_errors), (0, 0));
+    no_temp_files(served.path());
     running.stop().unwrap();
 }

@@ -11,7 +11,7 @@ use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use remote_command::{Config, Outcome};
+use remote_command::{Concurrency, Config, Outcome};
 use socketserver::framing::LengthPrefixed;
 use util::*;
 
@@ -31,6 +31,26 @@ fn start(allow: &[&str]) -> Running {
 
 fn start_with(allow: &[&str], timeout: Duration) -> Running {
     run(remote_command::server("127.0.0.1:0", &config(allow, timeout)).expect("bind"))
+}
+
+/// Under `strategy`, with the default time limit.
+fn start_on(allow: &[&str], strategy: Concurrency) -> Running {
+    let cfg = Config { strategy, ..config(allow, remote_command::DEFAULT_TIMEOUT) };
+    run(remote_command::server("127.0.0.1:0", &cfg).expect("bind"))
+}
+
+/// Runs `test` on a pool (the default) and under the event strategy.
+macro_rules! on_pool_and_event {
+    ($test:ident, $pool:ident, $event:ident) => {
+        #[test]
+        fn $pool() {
+            $test(Concurrency::Pool);
+        }
+        #[test]
+        fn $event() {
+            $test(Concurrency::Event);
+        }
+    };
 }
 
 fn start_unsafe(allow: &[&str], timeout: Duration) -> Running {
@@ -128,9 +148,8 @@ impl Drop for KillLeftovers {
     }
 }
 
-#[test]
-fn allowed_command_output_and_exit_status() {
-    let running = start(&["echo", "ls"]);
+fn allowed_command_output_and_exit_status(strategy: Concurrency) {
+    let running = start_on(&["echo", "ls"], strategy);
     let mut c = tcp_connect(running.inet());
     let (outcome, out, err) = exec(&mut c, "echo hi");
     assert_eq!(outcome, Outcome::Exit(0));
@@ -164,6 +183,12 @@ fn allowed_command_output_and_exit_status() {
     drop(c);
     running.stop().unwrap();
 }
+
+on_pool_and_event!(
+    allowed_command_output_and_exit_status,
+    allowed_command_output_and_exit_status_on_a_pool,
+    allowed_command_output_and_exit_status_under_event
+);
 
 #[test]
 fn programs_not_allowed_or_given_as_paths_are_refused_and_never_run() {
@@ -240,9 +265,8 @@ fn megabytes_of_output_arrive_whole_in_bounded_frames() {
     running.stop().unwrap();
 }
 
-#[test]
-fn commands_sent_back_to_back_are_answered_in_order() {
-    let running = start(&["echo", "ls"]);
+fn commands_sent_back_to_back_are_answered_in_order(strategy: Concurrency) {
+    let running = start_on(&["echo", "ls"], strategy);
     let mut c = tcp_connect(running.inet());
     let codec = LengthPrefixed::new(1024);
     let mut batch = Vec::new();
@@ -267,6 +291,12 @@ fn commands_sent_back_to_back_are_answered_in_order() {
     drop(c);
     running.stop().unwrap();
 }
+
+on_pool_and_event!(
+    commands_sent_back_to_back_are_answered_in_order,
+    commands_sent_back_to_back_are_answered_in_order_on_a_pool,
+    commands_sent_back_to_back_are_answered_in_order_under_event
+);
 
 #[test]
 fn an_oversized_frame_gets_an_error_and_the_connection_closes() {
@@ -340,9 +370,8 @@ fn a_client_that_does_not_read_cannot_stretch_the_time_limit() {
     running.stop().unwrap();
 }
 
-#[test]
-fn a_client_that_goes_away_has_its_command_killed() {
-    let running = start(&["sleep"]); // 30 s limit: only the disconnect can end it early
+fn a_client_that_goes_away_has_its_command_killed(strategy: Concurrency) {
+    let running = start_on(&["sleep"], strategy); // 30 s limit: only the disconnect can end it early
     let mut c = tcp_connect(running.inet());
     LengthPrefixed::new(1024).write_frame(&mut c, b"sleep 29.5").unwrap();
     wait_until("the command to start", || descendants_running(&["sleep", "29.5"]) == 1);
@@ -353,6 +382,12 @@ fn a_client_that_goes_away_has_its_command_killed() {
     assert_eq!(descendants_running(&["sleep", "29.5"]), 0, "the sleep outlived its client");
     running.stop().unwrap();
 }
+
+on_pool_and_event!(
+    a_client_that_goes_away_has_its_command_killed,
+    a_client_that_goes_away_has_its_command_killed_on_a_pool,
+    a_client_that_goes_away_has_its_command_killed_under_event
+);
 
 #[test]
 fn interactive_client_reads_lines_until_quit() {
@@ -475,9 +510,18 @@ fn arguments_are_parsed_by_hand_and_bad_ones_refused() {
                 timeout: Duration::from_millis(2500),
                 allow_unsafe: false,
                 frame_timeout: remote_command::DEFAULT_FRAME_TIMEOUT,
+                strategy: Concurrency::Pool,
             }
         }
     );
+    match args(&["server", "--strategy", "event", "--allow", "echo"]).unwrap() {
+        Args::Server { config, .. } => assert_eq!(config.strategy, Concurrency::Event),
+        other => panic!("{other:?}"),
+    }
+    match args(&["server", "--allow", "echo", "--strategy", "threading"]).unwrap() {
+        Args::Server { config, .. } => assert_eq!(config.strategy, Concurrency::Threading),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(
         args(&["client", "--addr", "[::1]:7", "ls", "--addr", "x"]).unwrap(),
         Args::Client { addr: "[::1]:7".into(), command: vec!["ls".into(), "--addr".into(), "x".into()] }
@@ -495,6 +539,8 @@ fn arguments_are_parsed_by_hand_and_bad_ones_refused() {
         &["server", "--allow", "ls", "--timeout", "0"],
         &["server", "--allow", "ls", "--timeout", "soon"],
         &["server", "--allow", "ls", "extra"],
+        &["server", "--allow", "ls", "--strategy"],
+        &["server", "--allow", "ls", "--strategy", "fork"],
         &["client", "--bogus"],
         &["client", "--addr"],
         &["serve"],
@@ -671,11 +717,11 @@ fn a_slow_reader_cannot_stretch_the_time_limit() {
 }
 
 /// 70 clients that each send two bytes of a header and nothing more: each
-/// holds a worker, yet the pool grows past them and a well-behaved client
+/// holds a thread (a pool's worker; under the event strategy, the poller
+/// that runs it), yet the threads grow past them and a well-behaved client
 /// is served at once.
-#[test]
-fn clients_that_send_half_a_header_do_not_lock_others_out() {
-    let running = start(&["echo"]);
+fn clients_that_send_half_a_header_do_not_lock_others_out(strategy: Concurrency) {
+    let running = start_on(&["echo"], strategy);
     let lockers: Vec<TcpStream> = (0..70)
         .map(|_| {
             let mut s = tcp_connect(running.inet());
@@ -696,12 +742,17 @@ fn clients_that_send_half_a_header_do_not_lock_others_out() {
     running.stop().unwrap();
 }
 
+on_pool_and_event!(
+    clients_that_send_half_a_header_do_not_lock_others_out,
+    clients_that_send_half_a_header_do_not_lock_others_out_on_a_pool,
+    clients_that_send_half_a_header_do_not_lock_others_out_under_event
+);
+
 /// A frame that trickles in a byte at a time (so the idle timeout never
 /// fires) is cut off at its deadline, counted from its first byte.
-#[test]
-fn a_command_frame_must_arrive_within_its_deadline() {
+fn a_command_frame_must_arrive_within_its_deadline(strategy: Concurrency) {
     let deadline = Duration::from_millis(300);
-    let cfg = Config { frame_timeout: deadline, ..config(&["echo"], remote_command::DEFAULT_TIMEOUT) };
+    let cfg = Config { frame_timeout: deadline, strategy, ..config(&["echo"], remote_command::DEFAULT_TIMEOUT) };
     let running = run(remote_command::server("127.0.0.1:0", &cfg).unwrap());
     let mut c = tcp_connect(running.inet());
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
@@ -733,5 +784,41 @@ fn a_command_frame_must_arrive_within_its_deadline() {
     }
     drop(stop_tx);
     dribbler.join().unwrap();
+    running.stop().unwrap();
+}
+
+on_pool_and_event!(
+    a_command_frame_must_arrive_within_its_deadline,
+    a_command_frame_must_arrive_within_its_deadline_on_a_pool,
+    a_command_frame_must_arrive_within_its_deadline_under_event
+);
+
+/// Under the event strategy, connections waiting for their next command
+/// are parked: counted in `parked`, with no thread each (the server's
+/// threads stay at its pollers), and each resumes with its next command.
+#[test]
+fn idle_connections_park_under_event_and_resume() {
+    let running = start_on(&["echo"], Concurrency::Event);
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) as u64;
+    let bound = 2 * cpus + 2;
+    let n = 2 * bound + 8;
+    let mut clients: Vec<TcpStream> = (0..n).map(|_| tcp_connect(running.inet())).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let (outcome, out, _) = exec(c, &format!("echo first {i}"));
+        assert_eq!((outcome, out), (Outcome::Exit(0), format!("first {i}\n").into_bytes()));
+    }
+    wait_until("every connection to park", || running.handle.stats().parked == n);
+    let stats = running.handle.stats();
+    assert!(stats.workers_total <= bound, "{} threads for {n} idle connections", stats.workers_total);
+    assert_eq!(stats.workers_busy, 0);
+    for (i, c) in clients.iter_mut().enumerate().rev() {
+        let (outcome, out, _) = exec(c, &format!("echo again {i}"));
+        assert_eq!((outcome, out), (Outcome::Exit(0), format!("again {i}\n").into_bytes()));
+    }
+    wait_until("every connection to park again", || running.handle.stats().parked == n);
+    drop(clients);
+    wait_until("every connection to end", || running.handle.stats().active == 0);
+    let stats = running.handle.stats();
+    assert_eq!((stats.parked, stats.handler_errors), (0, 0));
     running.stop().unwrap();
 }

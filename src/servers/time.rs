@@ -103,6 +103,12 @@ fn reply_line(request: &[u8]) -> String {
 /// default), so a client that dribbles a byte at a time cannot hold a
 /// worker for ever; waiting for the first byte of the next line is bounded
 /// by the server's idle timeout instead.
+///
+/// Under the [`Event`](crate::Event) strategy a connection between lines
+/// is parked, holding no thread: the handler keeps nothing from one line to
+/// the next (lines pipelined behind one stay in the request's buffer and
+/// are answered before it parks). A line that has begun is read to its end
+/// in the thread that runs it, within the request timeout.
 #[derive(Clone, Copy, Debug)]
 pub struct Strftime {
     request_timeout: Option<Duration>,
@@ -150,7 +156,9 @@ impl RequestHandler<StreamRequest> for Strftime {
         let mut line = Vec::new();
         loop {
             // Wait for the next request to begin (the idle timeout governs
-            // this wait), then give it `request_timeout` to arrive whole.
+            // this wait; under the event strategy, with nothing to read, the
+            // connection parks here and `handle` returns), then give it
+            // `request_timeout` to arrive whole.
             if !req.wait_for_data()? {
                 return Ok(());
             }
