@@ -320,6 +320,25 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
         self.build(endpoint, None, Arc::new(handler))
     }
 
+    /// Serves a socket this process was handed
+    /// ([`activation::listen_fds`](crate::activation::listen_fds): systemd,
+    /// or the process it succeeds), after checking on the descriptor that
+    /// it is this server's kind (a listening TCP socket for a TCP server,
+    /// ...). As [`from_socket`](Self::from_socket): the socket is left as it
+    /// is when serving stops.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the descriptor when it is another kind of
+    /// socket, not listening, or no socket; as `from_socket`.
+    pub fn from_inherited<H>(self, socket: crate::activation::Inherited, handler: H) -> io::Result<Server<T, S>>
+    where
+        H: RequestHandler<T::Request>,
+    {
+        use crate::transport::sealed::Adopt;
+        let fd = socket.expect(<T::Socket as Adopt<T::Request>>::KIND)?;
+        self.from_socket(T::Socket::from(fd), handler)
+    }
+
     fn build(
         self,
         endpoint: <T::Request as Kind>::Endpoint,
@@ -362,7 +381,7 @@ impl<T: Transport, S: Strategy> Server<T, S> {
 }
 
 /// Settings only stream servers have.
-impl<T: Transport<Request = crate::StreamRequest>, S: Strategy> Builder<T, S> {
+impl<T: Transport<Request = crate::request::StreamRequest>, S: Strategy> Builder<T, S> {
     /// Takes the PROXY protocol (v1 and v2, as HAProxy's `send-proxy` and
     /// `send-proxy-v2` send it) on every connection: the header is read
     /// before `verify_request` and before the handler, which then see the

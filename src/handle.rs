@@ -57,6 +57,32 @@ impl ServerHandle {
         self.shared.request_stop(grace);
     }
 
+    /// Stops serving because another process serves this socket now — the
+    /// successor a restart handed it to
+    /// ([`activation::Successor`](crate::activation::Successor)), once it
+    /// said it serves. Like [`shutdown`](Self::shutdown) (requests in
+    /// flight finish, connections between requests get the drain window),
+    /// except that the socket is left as it is: a TCP listener is not shut
+    /// down (connections waiting in its backlog are the successor's to
+    /// accept) and a Unix socket file is not removed.
+    pub fn hand_over(&self) {
+        self.shared.hand_over();
+        self.shared.request_stop(self.shared.grace);
+    }
+
+    /// Waits until a shutdown is asked for (by a signal, a handle, a hand-
+    /// over), for at most `timeout` (`None`: no limit); returns whether one
+    /// was. For what a process does as it begins to drain, such as telling
+    /// its service manager (`STOPPING=1`).
+    pub fn wait_shutdown_requested(&self, timeout: Option<Duration>) -> bool {
+        self.shared.wait_stop_requested(timeout)
+    }
+
+    /// Whether [`hand_over`](Self::hand_over) was called.
+    pub fn is_handed_over(&self) -> bool {
+        self.shared.handed_over()
+    }
+
     /// Whether a shutdown has been asked for and the server has not finished it.
     pub fn is_shutting_down(&self) -> bool {
         self.shared.stopping()

@@ -215,6 +215,7 @@
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![deny(unsafe_code)]
 
+pub mod activation;
 mod builder;
 mod error;
 pub mod framing;
@@ -243,6 +244,7 @@ pub use crate::loops::Handled;
 pub use crate::net::{Address, DatagramSocket, Listener, MAX_UDP_PAYLOAD, MAX_UDP6_PAYLOAD, MAX_UNIX_DATAGRAM, Stream};
 pub use crate::request::{DatagramRequest, MAX_LINE, StreamRequest};
 pub use crate::server::{Server, ServerThread};
+pub use crate::signals::on_hangup;
 pub use crate::stats::Stats;
 pub use crate::strategy::{AnyStrategy, Event, Forking, Overflow, Strategy, Synchronous, ThreadPool, Threading};
 pub use crate::transport::{BindAddress, Transport};

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::io;
 use std::marker::PhantomData;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
@@ -44,7 +44,7 @@ pub struct Server<T: Transport, S = strategy::Synchronous> {
     /// The strategy started by `handle_request`, kept between calls.
     kept: Mutex<Option<Executor<T::Request>>>,
     serving: AtomicBool,
-    _socket_file: Option<SocketFile>,
+    socket_file: Option<SocketFile>,
     _strategy: PhantomData<fn() -> S>,
 }
 
@@ -85,7 +85,7 @@ impl<T: Transport, S> Server<T, S> {
             strategy: parts.strategy,
             kept: Mutex::new(None),
             serving: AtomicBool::new(false),
-            _socket_file: parts.socket_file,
+            socket_file: parts.socket_file,
             _strategy: PhantomData,
         })
     }
@@ -299,8 +299,20 @@ impl<T: Transport, S> AsRawFd for Server<T, S> {
     }
 }
 
+impl<T: Transport, S> AsFd for Server<T, S> {
+    /// The listening (or datagram) socket, e.g. to hand it to a successor.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.endpoint.as_fd()
+    }
+}
+
 impl<T: Transport, S> Drop for Server<T, S> {
     fn drop(&mut self) {
+        if self.core.shared.handed_over()
+            && let Some(file) = self.socket_file.take()
+        {
+            file.keep(); // the successor serves it now
+        }
         if let Some(executor) = self.kept.get_mut().take() {
             let shared = &self.core.shared;
             shared.request_stop(self.core.opts.grace);

@@ -127,6 +127,9 @@ pub(crate) struct Shared {
     drain_cv: Condvar,
     pub(crate) grace: Duration,
     pub(crate) name: String,
+    /// The socket was handed to another process, which serves it now: it is
+    /// not shut down, nor its Unix socket file removed, when serving stops.
+    handed_over: AtomicBool,
 }
 
 impl Shared {
@@ -143,7 +146,34 @@ impl Shared {
             drain_cv: Condvar::new(),
             grace,
             name,
+            handed_over: AtomicBool::new(false),
         }))
+    }
+
+    /// Marks the socket as served by another process now.
+    pub(crate) fn hand_over(&self) {
+        self.handed_over.store(true, SeqCst);
+    }
+
+    pub(crate) fn handed_over(&self) -> bool {
+        self.handed_over.load(SeqCst)
+    }
+
+    /// Waits until a shutdown is asked for, or `timeout` passes; whether it was.
+    pub(crate) fn wait_stop_requested(&self, timeout: Option<Duration>) -> bool {
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        let mut d = self.drain.lock();
+        while !self.stopping() {
+            match deadline {
+                Some(deadline) => {
+                    if self.drain_cv.wait_until(&mut d, deadline).timed_out() {
+                        return self.stopping();
+                    }
+                }
+                None => self.drain_cv.wait(&mut d),
+            }
+        }
+        true
     }
 
     pub(crate) fn stopping(&self) -> bool {

@@ -3,6 +3,9 @@
 //! The `ctrlc` crate allows one handler per process, so one hub serves all.
 //! A signal the process was started with ignored (SIGHUP under `nohup`,
 //! SIGINT for a shell's background job) stays ignored, as Python leaves it.
+//! [`on_hangup`] gives SIGHUP a job of its own (a restart's hand-off): it
+//! then comes through a pipe of ours, not through `ctrlc`, which cannot say
+//! which signal it caught.
 
 use std::io;
 use std::sync::{Arc, Weak};
@@ -57,6 +60,55 @@ fn on_signal() {
     }
     let what = if second { "closing everything now" } else { "shutting down" };
     log::info!("signal received: {what} ({} server(s))", servers.len());
+}
+
+type HangupFn = dyn Fn() + Send + Sync;
+
+/// What SIGHUP does instead of shutting down, once [`on_hangup`] set it.
+static HANGUP: Mutex<Option<Arc<HangupFn>>> = Mutex::new(None);
+
+/// Has SIGHUP call `action` — on a thread of the crate's, where it may
+/// block, log and start processes — instead of shutting the servers down:
+/// the conventional "reload" or "restart" signal, e.g. to start a successor
+/// and [hand the sockets over](crate::activation::Successor). Process-wide;
+/// a later call replaces the action. SIGINT and SIGTERM still shut down
+/// through [`ServerHandle::shutdown_on_signal`](crate::ServerHandle::shutdown_on_signal).
+/// SIGHUP is taken even if the process started with it ignored (`nohup`):
+/// asking for it here is explicit.
+///
+/// # Errors
+/// When the handler cannot be installed (see `shutdown_on_signal`) or the
+/// thread cannot start.
+pub fn on_hangup(action: impl Fn() + Send + Sync + 'static) -> io::Result<()> {
+    // `ctrlc` first: it takes SIGHUP too, and ours must come after.
+    install_signal_handler()?;
+    *HANGUP.lock() = Some(Arc::new(action));
+    static ROUTED: Mutex<bool> = Mutex::new(false);
+    let mut routed = ROUTED.lock();
+    if *routed {
+        return Ok(());
+    }
+    let pipe = crate::sys::handoff::route_hangup()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot install the SIGHUP handler: {e}")))?;
+    let mut pipe = std::fs::File::from(pipe);
+    std::thread::Builder::new()
+        .name("socketserver-sighup".into())
+        .spawn(move || {
+            let mut buf = [0u8; 64];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut pipe, &mut buf) {
+                let _ = n; // several signals may come as one wake-up
+                let action = HANGUP.lock().clone();
+                if let Some(action) = action {
+                    log::info!("signal received (SIGHUP)");
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| action())).is_err() {
+                        log::error!("the SIGHUP action panicked");
+                    }
+                }
+            }
+        })
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot start the SIGHUP thread: {e}")))?;
+    *routed = true;
+    Ok(())
 }
 
 /// The signals the hub takes (those `ctrlc`'s "termination" feature installs).

@@ -26,7 +26,9 @@ pub(crate) mod sealed {
     pub trait Sealed {}
 
     /// A std socket a server of kind `R` can serve.
-    pub trait Adopt<R: Kind> {
+    pub trait Adopt<R: Kind>: From<std::os::fd::OwnedFd> {
+        /// What an inherited descriptor must be to be this socket.
+        const KIND: crate::activation::SocketKind;
         /// Serves it as it is: listening already, maybe shared.
         fn adopt(self) -> io::Result<R::Endpoint>;
     }
@@ -91,6 +93,7 @@ transport! {
 
 #[allow(private_interfaces, reason = "sealed trait")]
 impl sealed::Adopt<StreamRequest> for TcpListener {
+    const KIND: crate::activation::SocketKind = crate::activation::SocketKind::Tcp;
     fn adopt(self) -> io::Result<StreamEndpoint> {
         StreamEndpoint::adopted(Listener::Tcp(self))
     }
@@ -98,6 +101,7 @@ impl sealed::Adopt<StreamRequest> for TcpListener {
 
 #[allow(private_interfaces, reason = "sealed trait")]
 impl sealed::Adopt<StreamRequest> for net::UnixListener {
+    const KIND: crate::activation::SocketKind = crate::activation::SocketKind::UnixStream;
     fn adopt(self) -> io::Result<StreamEndpoint> {
         StreamEndpoint::adopted(Listener::Unix(self))
     }
@@ -105,6 +109,7 @@ impl sealed::Adopt<StreamRequest> for net::UnixListener {
 
 #[allow(private_interfaces, reason = "sealed trait")]
 impl sealed::Adopt<DatagramRequest> for UdpSocket {
+    const KIND: crate::activation::SocketKind = crate::activation::SocketKind::Udp;
     fn adopt(self) -> io::Result<DatagramEndpoint> {
         Ok(DatagramEndpoint::adopted(DatagramSocket::Udp(self)))
     }
@@ -112,6 +117,7 @@ impl sealed::Adopt<DatagramRequest> for UdpSocket {
 
 #[allow(private_interfaces, reason = "sealed trait")]
 impl sealed::Adopt<DatagramRequest> for net::UnixDatagram {
+    const KIND: crate::activation::SocketKind = crate::activation::SocketKind::UnixDatagram;
     fn adopt(self) -> io::Result<DatagramEndpoint> {
         Ok(DatagramEndpoint::adopted(DatagramSocket::Unix(self)))
     }

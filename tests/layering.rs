@@ -10,7 +10,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["sys", "error", "framing", "handler", "stats"],
     &["net"],
-    &["proxy"],
+    &["proxy", "activation"],
     &["shutdown"],
     &["signals"],
     &["handle"],

@@ -4,6 +4,7 @@
 mod bench;
 mod client;
 mod logging;
+mod restart;
 mod serve;
 mod signals;
 

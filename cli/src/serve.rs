@@ -3,12 +3,14 @@
 
 use std::io::{self, Write};
 use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use ipnet::IpNet;
+use socketserver::activation::{self, Inherited, SocketKind};
 use socketserver::proxy::ProxyProtocol;
 use socketserver::servers::{Echo, Strftime};
 use socketserver::transport::{Tcp, Udp, UnixDatagram, UnixStream};
@@ -49,6 +51,11 @@ pub struct ServeArgs {
     listeners: Listeners,
     #[command(flatten)]
     pub options: ServerOptions,
+    /// On SIGHUP a successor (this program, these arguments) is started
+    /// with the listening sockets; it has SECS to say it serves, else it is
+    /// stopped and this process goes on serving.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "10")]
+    restart_timeout: Duration,
 }
 
 /// Where to listen; repeatable, all served at once by one process.
@@ -197,6 +204,10 @@ struct Bound {
     label: String,
     handle: ServerHandle,
     serve: Box<dyn FnOnce() -> io::Result<()> + Send>,
+    /// Its socket, kept to hand to a successor on SIGHUP, and the name it
+    /// goes by there (`LISTEN_FDNAMES`).
+    socket: OwnedFd,
+    name: String,
 }
 
 /// About the most threads this process can start: each takes four or so
@@ -314,49 +325,109 @@ impl ServerOptions {
     }
 }
 
-fn bound<T: Transport>(server: Server<T, AnyStrategy>) -> Bound {
+fn bound<T: Transport>(server: Server<T, AnyStrategy>, name: String) -> io::Result<Bound> {
     let label = format!("{} {}", T::NAME, server.server_address());
     let handle = server.handle();
-    Bound { label, handle, serve: Box::new(move || server.serve_forever()) }
+    let socket = server.as_fd().try_clone_to_owned()?;
+    Ok(Bound { label, handle, serve: Box::new(move || server.serve_forever()), socket, name })
 }
 
-fn bind_all<H>(handler: H, listeners: &Listeners, opts: &ServerOptions) -> io::Result<Vec<Bound>>
+/// Binds every listener asked for — or takes the one handed to this process
+/// under its name (`tcp.0` for the first `--tcp`, ...: a restart's
+/// successor is handed its predecessor's sockets so) — then serves every
+/// other socket handed over (systemd's), by its kind.
+fn bind_all<H>(
+    handler: H,
+    listeners: &Listeners,
+    opts: &ServerOptions,
+    inherited: Vec<Inherited>,
+) -> io::Result<Vec<Bound>>
 where
     H: RequestHandler<StreamRequest> + RequestHandler<DatagramRequest> + Clone,
 {
+    let mut handed: Vec<Option<Inherited>> = inherited.into_iter().map(Some).collect();
+    let mut take = |name: &str| handed.iter_mut().find(|s| s.as_ref().is_some_and(|s| s.name() == name))?.take();
     let mut all = Vec::new();
-    for addr in &listeners.tcp {
-        let server = opts.configure_stream(Server::<Tcp>::builder(), true).bind(addr.as_str(), handler.clone())?;
-        all.push(bound(server));
+    for (i, addr) in listeners.tcp.iter().enumerate() {
+        let name = format!("tcp.{i}");
+        let b = opts.configure_stream(Server::<Tcp>::builder(), true);
+        let server = match take(&name) {
+            Some(socket) => b.from_inherited(socket, handler.clone())?,
+            None => b.bind(addr.as_str(), handler.clone())?,
+        };
+        all.push(bound(server, name)?);
     }
-    for addr in &listeners.udp {
-        let server = opts.configure(Server::<Udp>::builder(), true).bind(addr.as_str(), handler.clone())?;
-        all.push(bound(server));
+    for (i, addr) in listeners.udp.iter().enumerate() {
+        let name = format!("udp.{i}");
+        let b = opts.configure(Server::<Udp>::builder(), true);
+        let server = match take(&name) {
+            Some(socket) => b.from_inherited(socket, handler.clone())?,
+            None => b.bind(addr.as_str(), handler.clone())?,
+        };
+        all.push(bound(server, name)?);
     }
-    for path in &listeners.unix {
-        let server = opts.configure_stream(Server::<UnixStream>::builder(), false).bind(path, handler.clone())?;
-        all.push(bound(server));
+    for (i, path) in listeners.unix.iter().enumerate() {
+        let name = format!("unix.{i}");
+        let b = opts.configure_stream(Server::<UnixStream>::builder(), false);
+        let server = match take(&name) {
+            Some(socket) => b.from_inherited(socket, handler.clone())?,
+            None => b.bind(path, handler.clone())?,
+        };
+        all.push(bound(server, name)?);
     }
-    for path in &listeners.unix_dgram {
-        let server = opts.configure(Server::<UnixDatagram>::builder(), false).bind(path, handler.clone())?;
-        all.push(bound(server));
+    for (i, path) in listeners.unix_dgram.iter().enumerate() {
+        let name = format!("unix-dgram.{i}");
+        let b = opts.configure(Server::<UnixDatagram>::builder(), false);
+        let server = match take(&name) {
+            Some(socket) => b.from_inherited(socket, handler.clone())?,
+            None => b.bind(path, handler.clone())?,
+        };
+        all.push(bound(server, name)?);
+    }
+    // What systemd (or a predecessor) handed over beyond the flags.
+    for socket in handed.into_iter().flatten() {
+        let name = socket.name().to_string();
+        let server = match socket.kind()? {
+            SocketKind::Tcp => bound(
+                opts.configure_stream(Server::<Tcp>::builder(), true).from_inherited(socket, handler.clone())?,
+                name,
+            ),
+            SocketKind::Udp => {
+                bound(opts.configure(Server::<Udp>::builder(), true).from_inherited(socket, handler.clone())?, name)
+            }
+            SocketKind::UnixStream => bound(
+                opts.configure_stream(Server::<UnixStream>::builder(), false)
+                    .from_inherited(socket, handler.clone())?,
+                name,
+            ),
+            SocketKind::UnixDatagram => bound(
+                opts.configure(Server::<UnixDatagram>::builder(), false).from_inherited(socket, handler.clone())?,
+                name,
+            ),
+            other => {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("cannot serve a {other} socket")));
+            }
+        }?;
+        all.push(server);
     }
     Ok(all)
 }
 
 pub fn run(which: Bundled, mut args: ServeArgs) -> io::Result<()> {
     crate::logging::init(args.options.log_level)?;
+    // Sockets handed over by systemd or by the process this one succeeds.
+    let inherited = activation::listen_fds()?;
     let l = &mut args.listeners;
-    if l.tcp.is_empty() && l.udp.is_empty() && l.unix.is_empty() && l.unix_dgram.is_empty() {
+    if inherited.is_empty() && l.tcp.is_empty() && l.udp.is_empty() && l.unix.is_empty() && l.unix_dgram.is_empty() {
         let default = format!("127.0.0.1:{}", which.default_port());
         l.tcp.push(default.clone());
         l.udp.push(default);
     }
     let servers = match which {
-        Bundled::Echo => bind_all(Echo, &args.listeners, &args.options)?,
+        Bundled::Echo => bind_all(Echo, &args.listeners, &args.options, inherited)?,
         Bundled::Time(limit) => {
             let handler = Strftime::new().request_timeout(Some(limit).filter(|t| !t.is_zero()));
-            bind_all(handler, &args.listeners, &args.options)?
+            bind_all(handler, &args.listeners, &args.options, inherited)?
         }
     };
     // Every server answers SIGINT/SIGTERM before anyone is told where they
@@ -379,7 +450,15 @@ pub fn run(which: Bundled, mut args: ServeArgs) -> io::Result<()> {
     if let Err(e) = announce() {
         log::warn!("cannot print the listening lines to stdout ({e}); serving anyway");
     }
+    // Serving: systemd (NOTIFY_SOCKET) and a predecessor handing over to
+    // this process may stop waiting.
+    if let Err(e) = activation::notify_ready() {
+        log::warn!("cannot report readiness: {e}");
+    }
     let handles: Vec<ServerHandle> = servers.iter().map(|s| s.handle.clone()).collect();
+    let sockets = servers.iter().map(|s| Ok((s.socket.try_clone()?, s.name.clone()))).collect::<io::Result<_>>()?;
+    crate::restart::on_hangup(sockets, handles.clone(), args.restart_timeout)?;
+    crate::restart::report_stopping(&handles);
     let threads: Vec<_> = servers
         .into_iter()
         .map(|s| {

@@ -74,11 +74,11 @@ impl StreamEndpoint {
     /// After the loop: refuse new TCP connections at once (those still in
     /// the kernel's backlog are reset) rather than leave clients hanging
     /// until the socket closes.
-    fn stop_listening(&self) {
-        if self.adopted {
+    fn stop_listening(&self, core: &Core) {
+        if self.adopted || core.shared.handed_over() {
             // Shutting it down would end it for every process holding it
-            // (systemd, the server being handed over to): newcomers wait in
-            // its backlog instead.
+            // (systemd, the successor it was handed over to): newcomers wait
+            // in its backlog, for the successor or a sibling to accept.
             return;
         }
         if let Listener::Tcp(l) = &self.listener {
@@ -155,6 +155,12 @@ fn configure(stream: &Stream, core: &Core) -> io::Result<()> {
     Ok(())
 }
 
+impl std::os::fd::AsFd for StreamEndpoint {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.listener.as_fd()
+    }
+}
+
 impl AsRawFd for StreamEndpoint {
     fn as_raw_fd(&self) -> RawFd {
         self.listener.as_raw_fd()
@@ -200,7 +206,7 @@ impl Endpoint for StreamEndpoint {
         kept: &Mutex<Option<Executor<StreamRequest>>>,
     ) -> io::Result<()> {
         if let AnyStrategy::Event(event) = strategy {
-            return super::event::serve(&self.listener, core, service, event, || self.stop_listening());
+            return super::event::serve(&self.listener, core, service, event, || self.stop_listening(core));
         }
         let executor = match kept.lock().take() {
             Some(e) => e,
@@ -213,7 +219,7 @@ impl Endpoint for StreamEndpoint {
             service,
             executor,
             |executor| self.accept_one(core, service, executor),
-            |_| self.stop_listening(),
+            |_| self.stop_listening(core),
         )
     }
 

@@ -82,7 +82,7 @@ impl Core {
 /// A server's socket with what its kind needs to serve it: the stream
 /// listener or the datagram socket. Sealed (a public trait in a private
 /// module): the transports name it, nobody else can.
-pub trait Endpoint: AsRawFd + fmt::Debug + Send + Sync + 'static {
+pub trait Endpoint: AsRawFd + std::os::fd::AsFd + fmt::Debug + Send + Sync + 'static {
     /// What a handler of this endpoint is given.
     type Request: Request;
 

@@ -164,6 +164,12 @@ impl DatagramEndpoint {
     }
 }
 
+impl std::os::fd::AsFd for DatagramEndpoint {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
 impl AsRawFd for DatagramEndpoint {
     fn as_raw_fd(&self) -> RawFd {
         self.socket.as_raw_fd()

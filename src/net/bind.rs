@@ -75,8 +75,18 @@ impl SocketFile {
     }
 }
 
+impl SocketFile {
+    /// Leaves the file in place (another process serves it now).
+    pub(crate) fn keep(mut self) {
+        self.path = PathBuf::new();
+    }
+}
+
 impl Drop for SocketFile {
     fn drop(&mut self) {
+        if self.path.as_os_str().is_empty() {
+            return;
+        }
         if let Ok(meta) = std::fs::symlink_metadata(&self.path)
             && meta.dev() == self.dev
             && meta.ino() == self.ino

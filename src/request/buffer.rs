@@ -126,10 +126,11 @@ mod tests {
         let mut src = &data[..];
         let mut b = ReadBuffer::new(64);
         assert_eq!(b.fill_more(&mut src, 4096).unwrap(), ReadBuffer::FIRST);
+        assert_eq!(b.fill_more(&mut src, 4096).unwrap(), 4096 - ReadBuffer::FIRST, "grown to the limit, not past");
+        assert_eq!(b.fill_more(&mut src, 4096).unwrap_err().kind(), io::ErrorKind::InvalidData, "full");
         b.consume(10);
-        assert_eq!(b.fill_more(&mut src, 4096).unwrap(), 4096 - ReadBuffer::FIRST + 10, "grown to the limit");
+        assert_eq!(b.fill_more(&mut src, 4096).unwrap(), 10, "room made by consuming");
         assert_eq!(b.buffer(), &data[10..4096 + 10]);
-        assert_eq!(b.fill_more(&mut src, 4096).unwrap_err().kind(), io::ErrorKind::InvalidData, "never past it");
     }
 
     #[test]

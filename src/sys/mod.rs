@@ -1,12 +1,14 @@
 //! The OS calls std and socket2 do not offer, and the only `unsafe` code in
 //! the crate: `poll`, a `recvfrom` that reports the real length of an
 //! oversized datagram, the process calls of the forking strategy ([`process`]) and C `strftime` for
-//! the bundled time server ([`time`]). Every `unsafe` block says why it is
+//! the bundled time server ([`time`]), SIGHUP on a pipe and a successor
+//! started with inherited sockets ([`handoff`]). Every `unsafe` block says why it is
 //! sound; every function with a precondition the compiler cannot check is
 //! an `unsafe fn` with a `# Safety` section.
 #![allow(unsafe_code)]
 
 pub(crate) mod epoll;
+pub(crate) mod handoff;
 pub(crate) mod process;
 pub(crate) mod time;
 

@@ -1,0 +1,92 @@
+//! Restarts that drop nothing: on SIGHUP the command starts its successor —
+//! the same program with the same arguments — handing it every listening
+//! socket by systemd's socket-activation protocol, waits until it says it
+//! serves, and only then stops accepting and drains by the shutdown rules.
+//! Until then nothing changes here: a successor that fails to start, or
+//! does not say it serves in time, is stopped, and this process serves on.
+//!
+//! Under systemd (`NOTIFY_SOCKET`) the service's main pid moves to the
+//! successor (`MAINPID=`), and a process that begins to drain for a
+//! shutdown (not a hand-over) says `STOPPING=1`.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::time::Duration;
+
+use socketserver::ServerHandle;
+use socketserver::activation::{self, Successor};
+
+/// Installs the SIGHUP hand-off for `servers`, whose sockets (and their
+/// names for the successor) are `sockets`.
+pub fn on_hangup(sockets: Vec<(OwnedFd, String)>, servers: Vec<ServerHandle>, timeout: Duration) -> io::Result<()> {
+    // SIGHUPs come one at a time (on the library's thread): one that comes
+    // during a restart waits for it, then finds it done.
+    let handed = AtomicBool::new(false);
+    socketserver::on_hangup(move || {
+        if handed.load(SeqCst) || servers.iter().any(ServerHandle::is_shutting_down) {
+            log::info!("SIGHUP: handed over or shutting down already; ignored");
+            return;
+        }
+        match hand_over(&sockets, timeout) {
+            Ok(pid) => {
+                handed.store(true, SeqCst);
+                log::info!("restart: handed over to pid {pid}; draining");
+                if let Err(e) = activation::notify(&format!("MAINPID={pid}")) {
+                    log::warn!("restart: cannot tell the service manager the new main pid: {e}");
+                }
+                for server in &servers {
+                    server.hand_over();
+                }
+            }
+            Err(e) => log::error!("restart failed, still serving: {e}"),
+        }
+    })
+}
+
+/// Starts the successor and waits until it serves; its pid.
+fn hand_over(sockets: &[(OwnedFd, String)], timeout: Duration) -> io::Result<u32> {
+    let program = program()?;
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let passed: Vec<_> = sockets.iter().map(|(fd, name)| (fd.as_fd(), name.as_str())).collect();
+    log::info!("restart: starting {} with {} socket(s)", program.display(), passed.len());
+    let mut successor = Successor::spawn(program.as_os_str(), &args, &passed)?;
+    match successor.wait_ready(timeout) {
+        Ok(()) => Ok(successor.release()),
+        Err(e) => {
+            successor.abandon();
+            Err(e)
+        }
+    }
+}
+
+/// This program, as it is on disk now: a binary replaced by an upgrade is
+/// the new one (`/proc/self/exe` of a replaced binary ends in ` (deleted)`).
+fn program() -> io::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let text = exe.as_os_str().as_bytes();
+    Ok(match text.strip_suffix(b" (deleted)") {
+        Some(stem) => PathBuf::from(std::ffi::OsStr::from_bytes(stem)),
+        None => exe,
+    })
+}
+
+/// Says `STOPPING=1` to the service manager when a shutdown (not a
+/// hand-over) begins.
+pub fn report_stopping(servers: &[ServerHandle]) {
+    let Some(first) = servers.first().cloned() else { return };
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    let _ = std::thread::Builder::new().name("stopping".into()).spawn(move || {
+        first.wait_shutdown_requested(None);
+        if !first.is_handed_over()
+            && let Err(e) = activation::notify("STOPPING=1")
+        {
+            log::warn!("cannot report stopping: {e}");
+        }
+    });
+}
