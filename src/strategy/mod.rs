@@ -228,7 +228,26 @@ impl Forking {
 /// runs once before the first `handle`, `finish` once at the end. Reads
 /// elsewhere wait as under any other strategy (with every timeout), keeping
 /// their thread: a handler that never calls `wait_for_data` runs as under a
-/// pool.
+/// pool. The `while let Some(line) = req.next_line()?` loop of the other
+/// strategies is such a handler — its connection keeps a thread while idle
+/// (`Stats::parked` stays 0); written for this strategy it reads:
+///
+/// ```no_run
+/// use socketserver::{Event, StreamRequest, TcpServer};
+/// use std::io::Write;
+///
+/// let server = TcpServer::builder().strategy(Event::new()).bind("127.0.0.1:0", |req: &mut StreamRequest| {
+///     // `false`: parked (called again when bytes come) or closed (`at_eof`).
+///     // Return at once either way: anything written here is written again
+///     // at every park.
+///     while req.wait_for_data()? {
+///         let Some(line) = req.next_line()? else { break };
+///         writeln!(req, "{}", line.to_uppercase())?;
+///     }
+///     Ok(())
+/// })?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 ///
 /// A handler that blocks (a slow read, a lock, a sleep) keeps its polling
 /// thread; when one has been in a single handler for a few milliseconds,
