@@ -1,8 +1,10 @@
 //! A tokio echo server: multi-thread runtime (one worker per CPU unless
-//! `--threads N`; `--current-thread` for the single-threaded runtime), one task per TCP connection with a 16 KiB buffer, and
-//! `--udp-tasks N` tasks (default: the runtime's worker count) each
-//! `recv_from`/`send_to` on one shared UDP socket. SIGINT (Ctrl-C): the
-//! runtime is dropped, which cancels every task, and the process exits.
+//! `--threads N`; `--current-thread` for the single-threaded runtime), one
+//! task per TCP connection with a 16 KiB buffer, and `--udp-tasks N` tasks
+//! (default: the runtime's worker count) each `recv_from`/`send_to` on one
+//! shared UDP socket. The listen backlog is tokio's (1,024) unless
+//! `--backlog N`. SIGINT (Ctrl-C): the runtime is dropped, which cancels
+//! every task, and the process exits.
 //!
 //! `tokio_echo --tcp 127.0.0.1:0 --udp 127.0.0.1:0` prints
 //! `listening tcp ADDR` / `listening udp ADDR` like `socketserver echo`.
