@@ -42,7 +42,7 @@ for arg in "$@"; do
         --with-criterion) WITH_CRITERION=1 ;;
         --pinned) PINNED_ONLY=1 ;;
         -h | --help)
-            sed -n '2,33p' "$0"
+            awk 'NR > 1 && !/^#/ {exit} NR > 1 {print}' "$0"
             exit 0
             ;;
         *)

@@ -527,6 +527,16 @@ def krps(r):
     return "–" if r is None else f"{r['requests_per_sec'] / 1000:.1f}k"
 
 
+# Other processes' CPU (% of a core) above which a comparison is flagged as disturbed.
+NOISY = 25
+
+
+def noise(rs):
+    """A warning when other processes used much CPU during any of the rows compared."""
+    worst = max((r.get("other_cpu_pct") or 0 for r in rs if r), default=0)
+    return f" ⚠ other processes used up to {worst:.0f}% of a core during these cells" if worst > NOISY else ""
+
+
 def event_targets(rows, idle, settings, modes):
     """The event strategy's targets, each a ratio within this run: (target, measured, verdict)."""
     out = []
@@ -542,8 +552,8 @@ def event_targets(rows, idle, settings, modes):
         if ev is not None and not fully_served(ev):
             parts.append(f"**Event: {served_note(ev).strip(' ()')}**")
             ok = False
-        measured = all(rows.get((mode, s, cell)) for s in ["event"] + [s for s, _ in rivals])
-        return "; ".join(parts), verdict(ok if measured else None)
+        involved = [rows.get((mode, s, cell)) for s in ["event"] + [s for s, _ in rivals]]
+        return "; ".join(parts) + noise(involved), verdict(ok if all(involved) else None)
 
     if "pinned" in modes:
         for c in (16, 64, 256):
@@ -562,10 +572,11 @@ def event_targets(rows, idle, settings, modes):
     for mode in modes:
         for proto, title in (("tcp-echo", "every TCP echo cell"),
                              ("udp-echo", "every UDP echo cell (datagrams: the pool's receivers under Event)")):
-            parts, ok, seen = [], True, False
+            parts, ok, seen, involved = [], True, False, []
             for cell, lbl in CELLS:
                 if cell[0] != proto:
                     continue
+                involved += [rows.get((mode, "event", cell)), rows.get((mode, "tokio", cell))]
                 e, t = cpu_per_request(rows.get((mode, "event", cell))), cpu_per_request(rows.get((mode, "tokio", cell)))
                 if e is None or t is None:
                     continue
@@ -576,13 +587,14 @@ def event_targets(rows, idle, settings, modes):
                     " clients", "").replace(" client", "").replace(" conn", "")
                 parts.append(f"{short}: {e:.1f} vs {t:.1f}" + ("" if good else " ✗"))
             out.append((f"{mode}, server CPU per request, {title}: Event ≤ tokio (µs, Event vs tokio)",
-                        "; ".join(parts) or "–", verdict(ok if seen else None)))
+                        ("; ".join(parts) or "–") + noise(involved), verdict(ok if seen else None)))
     for mode in modes:
         cell = ("tcp-echo", 256, 64)
         e, t = rows.get((mode, "event", cell)), rows.get((mode, "tokio", cell))
         if e and t:
             out.append((f"{mode}, p99 of {LABELS[cell]}: Event ≤ tokio",
-                        f"{fmt_us(e['p99_us'])} vs {fmt_us(t['p99_us'])}", verdict(e["p99_us"] <= t["p99_us"])))
+                        f"{fmt_us(e['p99_us'])} vs {fmt_us(t['p99_us'])}" + noise([e, t]),
+                        verdict(e["p99_us"] <= t["p99_us"])))
         else:
             out.append((f"{mode}, p99 of {LABELS[cell]}: Event ≤ tokio", "–", verdict(None)))
     # Idle connections.
@@ -811,11 +823,13 @@ def markdown(rows, idle, sigint, settings, servers, modes, meta, command, crit, 
           " server, independent of whether the load generator was the bottleneck.", ""]
     metric_tables(L, rows, servers, modes,
                   lambda r: "–" if cpu_per_request(r) is None else f"{cpu_per_request(r):.1f}")
-    if idle or settings.get("idle_skip"):
+    if idle or (settings.get("idle_skip") and not settings.get("load_only")):
         idle_section(L, idle, servers, settings)
     sig0 = sigint_section(L, sigint, servers, settings) if sigint else []
     L += ["## Targets of the event strategy", "",
-          "Ratios of requests/s (median rounds) between contenders in this run; `–`: a contender was not run.", "",
+          "Ratios of requests/s (median rounds) between contenders in this run; `–`: a contender was not run; ⚠: other"
+          f" processes used more than {NOISY}% of a core during a cell compared (the *other CPU* column of the last"
+          " table), which a pinned server cannot move away from.", "",
           "| target | measured | verdict |", "|---|---|---|"]
     for t, m, v in event_targets(rows, idle, settings, modes):
         L.append(f"| {t} | {m} | {v} |")
