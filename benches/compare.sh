@@ -6,8 +6,8 @@
 # `socketserver bench`. Writes BENCHMARKS.md and BENCHMARKS.svg at the top
 # of the repository; the raw results stay in target/compare/.
 #
-#   benches/compare.sh                   # unpinned and pinned: about 25 minutes
-#   benches/compare.sh --pinned          # pinned only (as PIN=1 or MODES=pinned)
+#   benches/compare.sh                   # unpinned and pinned: about 23 minutes
+#   benches/compare.sh --pinned          # pinned only (as PIN=1 or MODES=pinned): 12 min
 #   benches/compare.sh --with-criterion  # also runs `cargo bench` first (+3 min)
 #
 # Every load cell runs ROUNDS times, the contenders taking turns within a
