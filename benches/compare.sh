@@ -1,36 +1,48 @@
 #!/usr/bin/env bash
-# The side-by-side comparison of issue 4, in one run on this machine:
-# our Sync, Threading and ThreadPool echo servers (`socketserver echo`),
-# a hand-written std thread-per-connection server, a tokio server and
-# Python's stock socketserver, all loaded by `socketserver bench`.
-# Writes BENCHMARKS.md and BENCHMARKS.svg at the top of the repository;
-# the raw results stay in target/compare/.
+# The side-by-side comparison, in one run on this machine: our Sync,
+# Threading, ThreadPool and Event echo servers (`socketserver echo`), a
+# hand-written std thread-per-connection server, tokio (multi-thread and
+# current-thread runtimes) and Python's stock socketserver, all loaded by
+# `socketserver bench`. Writes BENCHMARKS.md and BENCHMARKS.svg at the top
+# of the repository; the raw results stay in target/compare/.
 #
-#   benches/compare.sh                   # about 10 minutes
+#   benches/compare.sh                   # unpinned and pinned: about 23 minutes
+#   benches/compare.sh --pinned          # pinned only (as PIN=1 or MODES=pinned): 12 min
 #   benches/compare.sh --with-criterion  # also runs `cargo bench` first (+3 min)
 #
 # Every load cell runs ROUNDS times, the contenders taking turns within a
 # round, and the report shows the median round (and the spread): on a shared
 # machine a build elsewhere then spoils one round, not one contender.
+# Modes: "unpinned" (server and generator free on every CPU) and "pinned"
+# (the server on CPU 0 by `taskset -c 0`, the generator on CPU 1 with
+# `--threads 1`: neither steals the other's core). The idle-connection and
+# SIGINT cells run once, unpinned.
 #
 # Knobs (environment): ROUNDS (3), DURATION (s per cell, 2), WARMUP (s, 1),
-# CONTENDERS ("sync threading pool std tokio python"), IDLE (2000),
-# IDLE_SIGINT (500), SIGINT_RUNS (5), SIGINT_CAP (s, 10), OUT (target/compare),
-# MARKDOWN (BENCHMARKS.md), SVG (BENCHMARKS.svg), BIN (the socketserver
-# binary to run as "ours"; default: built here), LOAD_ONLY (1: only the
-# throughput cells, no idle or SIGINT runs).
+# CONTENDERS ("sync threading pool event std tokio tokio-ct python"),
+# MODES ("unpinned pinned"; PIN=1 means "pinned"), IDLE (10000 connections),
+# IDLE_SKIP ("sync python": not run with IDLE connections), IDLE_HOLD (s, 1),
+# IDLE_PARALLEL (connects in flight, 16), IDLE_CAP (s for the connect phase,
+# 30), IDLE_SIGINT (500), SIGINT_RUNS (5), SIGINT_CAP (s, 10), BACKLOG (the
+# listen backlog given to std and tokio; default: ours, net.core.somaxconn),
+# OUT (target/compare), MARKDOWN (BENCHMARKS.md), SVG (BENCHMARKS.svg), BIN
+# (the socketserver binary to run as "ours"; default: built here), LOAD_ONLY
+# (1: only the throughput cells, no idle or SIGINT runs).
 #
-# Needs: cargo, python3 (3.9+, Linux: pidfd), GNU env (--default-signal).
+# Needs: cargo, python3 (3.9+, Linux: pidfd), GNU env (--default-signal),
+# taskset (util-linux) and 2 CPUs for the pinned mode.
 # Not part of CI: nothing here runs under `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COMMAND="benches/compare.sh${*:+ $*}"
 WITH_CRITERION=0
+PINNED_ONLY=${PIN:-0}
 for arg in "$@"; do
     case $arg in
         --with-criterion) WITH_CRITERION=1 ;;
+        --pinned) PINNED_ONLY=1 ;;
         -h | --help)
-            sed -n '2,22p' "$0"
+            awk 'NR > 1 && !/^#/ {exit} NR > 1 {print}' "$0"
             exit 0
             ;;
         *)
@@ -43,11 +55,21 @@ done
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-2}
 WARMUP=${WARMUP:-1}
-CONTENDERS=${CONTENDERS:-"sync threading pool std tokio python"}
-IDLE=${IDLE:-2000}
+CONTENDERS=${CONTENDERS:-"sync threading pool event std tokio tokio-ct python"}
+if [[ $PINNED_ONLY == 1 ]]; then
+    MODES=${MODES:-pinned}
+else
+    MODES=${MODES:-"unpinned pinned"}
+fi
+IDLE=${IDLE:-10000}
+IDLE_SKIP=${IDLE_SKIP:-"sync python"}
+IDLE_HOLD=${IDLE_HOLD:-1}
+IDLE_PARALLEL=${IDLE_PARALLEL:-16}
+IDLE_CAP=${IDLE_CAP:-30}
 IDLE_SIGINT=${IDLE_SIGINT:-500}
 SIGINT_RUNS=${SIGINT_RUNS:-5}
 SIGINT_CAP=${SIGINT_CAP:-10}
+BACKLOG=${BACKLOG:-$(cat /proc/sys/net/core/somaxconn 2>/dev/null || echo 4096)}
 OUT=${OUT:-target/compare}
 MARKDOWN=${MARKDOWN:-BENCHMARKS.md}
 SVG=${SVG:-BENCHMARKS.svg}
@@ -57,6 +79,42 @@ CB=target/contenders/release
 SIGEXIT=benches/contenders/sigexit.py
 
 log() { printf '[compare %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() {
+    log "$*"
+    exit 1
+}
+
+# --- checks before the long part ----------------------------------------------------
+for mode in $MODES; do
+    case $mode in
+        unpinned) ;;
+        pinned)
+            command -v taskset >/dev/null || die "MODES has pinned but there is no taskset (util-linux)"
+            [[ $(nproc) -ge 2 ]] || die "MODES has pinned, which needs 2 CPUs (the server on 0, the generator on 1)"
+            ;;
+        *) die "unknown mode $mode in MODES (unpinned, pinned)" ;;
+    esac
+done
+ulimit -n "$(ulimit -Hn)"
+if [[ $LOAD_ONLY != 1 ]] && (($(ulimit -n) < IDLE + 64)); then
+    die "IDLE=$IDLE connections need an open-file limit of $((IDLE + 64)), the hard limit is $(ulimit -Hn) (lower IDLE or raise ulimit -Hn)"
+fi
+# The most threads `socketserver echo` will start (vm.max_map_count / 5).
+THREAD_CEILING=$(($(cat /proc/sys/vm/max_map_count 2>/dev/null || echo 65530) / 5))
+
+# --- servers ---------------------------------------------------------------------
+server_cmd() {
+    case $1 in
+        sync | threading | pool | event) echo "$BIN echo --strategy $1 --log-level warn" ;;
+        std) echo "$CB/std_echo --backlog $BACKLOG" ;;
+        tokio) echo "$CB/tokio_echo --backlog $BACKLOG" ;;
+        tokio-ct) echo "$CB/tokio_echo --current-thread --backlog $BACKLOG" ;;
+        python) echo "python3 benches/contenders/python_echo.py" ;;
+        *) die "compare.sh: unknown contender $1" ;;
+    esac
+}
+
+for name in $CONTENDERS; do server_cmd "$name" >/dev/null; done
 
 # --- build ---------------------------------------------------------------------
 log "building (release)"
@@ -73,42 +131,44 @@ if [[ $WITH_CRITERION == 1 ]]; then
     cargo bench --quiet --bench pool_dispatch --bench echo >&2
 fi
 
+# Should this script stop early: its background jobs still running (a
+# server, hold_conns), and only those.
+cleanup() {
+    local running
+    running=$(jobs -p)
+    # shellcheck disable=SC2086
+    [[ -z $running ]] || kill -KILL $running 2>/dev/null || true
+}
+trap cleanup EXIT
+
 rm -rf "$OUT"
-mkdir -p "$OUT/cells" "$OUT/logs"
-ulimit -n "$(ulimit -Hn)"
+mkdir -p "$OUT/cells" "$OUT/idle" "$OUT/logs" "$(dirname "$MARKDOWN")" "$(dirname "$SVG")"
+for mode in $MODES; do mkdir -p "$OUT/cells/$mode"; done
 started=$(date +%s)
 
-# --- servers ---------------------------------------------------------------------
-server_cmd() {
-    case $1 in
-        sync | threading | pool) echo "$BIN echo --strategy $1 --log-level warn" ;;
-        std) echo "$CB/std_echo" ;;
-        tokio) echo "$CB/tokio_echo" ;;
-        python) echo "python3 benches/contenders/python_echo.py" ;;
-        *)
-            echo "compare.sh: unknown contender $1" >&2
-            exit 2
-            ;;
-    esac
-}
-
-# start NAME TAG: sets PID, TCP, UDP. SIGINT is reset to its default action,
-# which a non-interactive shell would otherwise set to "ignore" for background
-# jobs (Python would then never see KeyboardInterrupt).
+# start NAME TAG [PIN_PREFIX [EXTRA_ARGS [tcp]]]: sets PID, TCP, UDP (with
+# "tcp", a TCP listener only, except for Python's script). SIGINT is
+# reset to its default action: a non-interactive shell starts background
+# jobs with SIGINT ignored, and a signal ignored at exec stays ignored
+# (Python would never see KeyboardInterrupt, `socketserver echo` would
+# keep running). `taskset` execs the server, so PID is the server's.
 start() {
     local log="$OUT/logs/$1.$2"
     # Created here: the background job's redirection may come after the
     # first look below (awk on a missing file would end the script).
     : >"$log.out"
     : >"$log.err"
-    # shellcheck disable=SC2046
-    env --default-signal=INT $(server_cmd "$1") --tcp 127.0.0.1:0 --udp 127.0.0.1:0 >"$log.out" 2>"$log.err" &
+    local udp="--udp 127.0.0.1:0"
+    [[ ${5:-} == tcp && $1 != python ]] && udp=""
+    # shellcheck disable=SC2046,SC2086
+    env --default-signal=INT ${3:-} $(server_cmd "$1") ${4:-} --tcp 127.0.0.1:0 $udp >"$log.out" 2>"$log.err" &
     PID=$!
     TCP="" UDP=""
     for _ in $(seq 200); do
         TCP=$(awk '/^listening tcp/ {print $3}' "$log.out")
         UDP=$(awk '/^listening udp/ {print $3}' "$log.out")
-        [[ -n $TCP && -n $UDP ]] && return 0
+        [[ -n $TCP && (-n $UDP || -z $udp) ]] && return 0
+        kill -0 "$PID" 2>/dev/null || break
         sleep 0.05
     done
     log "$1 did not start:"
@@ -122,8 +182,6 @@ stop() {
     kill -KILL "$PID" 2>/dev/null || true
     wait "$PID" 2>/dev/null || true
 }
-
-status_field() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; }
 
 # hold ADDR N VERIFY_TIMEOUT: opens N idle connections in the background
 # (HOLDER = its pid) and waits for its report line (HELD).
@@ -149,58 +207,74 @@ unhold() {
 # Machine-wide CPU jiffies from /proc/stat: busy (user nice system irq softirq), steal, total.
 cpu_jiffies() { awk '/^cpu / {print $2+$3+$4+$7+$8, $9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
 
-# bench NAME FILE MODE ADDR CONNS SIZE. Also notes the machine's CPU use over
-# the run, so that the report can tell CPU used by other processes (a build
-# on a shared machine) from the server's and the generator's.
+# bench NAME PINMODE CELL MODE ADDR CONNS SIZE. Also notes the machine's
+# CPU use over the run, so that the report can tell CPU used by other
+# processes (a build on a shared machine) from the server's and the
+# generator's. Pinned: the generator on CPU 1 with one thread.
 bench() {
-    local b0 s0 t0 b1 s1 t1
+    local b0 s0 t0 b1 s1 t1 file="$2/$1.$3.json"
+    local -a gen=("$BIN")
+    [[ $2 == pinned ]] && gen=(taskset -c 1 "$BIN")
+    local -a threads=()
+    [[ $2 == pinned ]] && threads=(--threads 1)
     read -r b0 s0 t0 < <(cpu_jiffies)
-    "$BIN" bench "$3" --addr "$4" -c "$5" -b "$6" --duration "$DURATION" --warmup "$WARMUP" \
-        --label "$1" --server-pid "$PID" --json >"$OUT/cells/$1.$2.json"
+    "${gen[@]}" bench "$4" --addr "$5" -c "$6" -b "$7" --duration "$DURATION" --warmup "$WARMUP" \
+        "${threads[@]}" --label "$1" --server-pid "$PID" --json >"$OUT/cells/$file"
     read -r b1 s1 t1 < <(cpu_jiffies)
-    printf '{"file": "%s.%s.json", "busy": %s, "steal": %s, "total": %s}\n' \
-        "$1" "$2" $((b1 - b0)) $((s1 - s0)) $((t1 - t0)) >>"$OUT/cpu.jsonl"
+    printf '{"file": "%s", "busy": %s, "steal": %s, "total": %s}\n' \
+        "$file" $((b1 - b0)) $((s1 - s0)) $((t1 - t0)) >>"$OUT/cpu.jsonl"
     sleep 0.5
 }
 
-printf '{"rounds": %s, "duration": %s, "warmup": %s, "idle": %s, "idle_sigint": %s, "sigint_runs": %s, "sigint_cap": %s, "loadavg_before": "%s", "commit": "%s"}\n' \
-    "$ROUNDS" "$DURATION" "$WARMUP" "$IDLE" "$IDLE_SIGINT" "$SIGINT_RUNS" "$SIGINT_CAP" "$(cut -d' ' -f1-3 /proc/loadavg)" "$COMMIT" \
-    >"$OUT/settings.json"
-: >"$OUT/idle.jsonl"
+python3 - "$OUT/settings.json" <<EOF
+import json, sys
+json.dump({
+    "rounds": $ROUNDS, "duration": $DURATION, "warmup": $WARMUP, "modes": "$MODES".split(),
+    "contenders": "$CONTENDERS".split(), "idle": $IDLE, "idle_skip": "$IDLE_SKIP".split(),
+    "idle_hold": $IDLE_HOLD, "idle_parallel": $IDLE_PARALLEL, "idle_cap": $IDLE_CAP,
+    "idle_sigint": $IDLE_SIGINT, "sigint_runs": $SIGINT_RUNS, "sigint_cap": $SIGINT_CAP,
+    "backlog": $BACKLOG, "load_only": "$LOAD_ONLY" == "1", "cpus": $(nproc),
+    "loadavg_before": "$(cut -d' ' -f1-3 /proc/loadavg)", "commit": "$COMMIT",
+}, open(sys.argv[1], "w"))
+EOF
 : >"$OUT/cpu.jsonl"
 : >"$OUT/sigint.jsonl"
 
-# Throughput and latency: a fresh server per contender and round.
+# Throughput and latency: a fresh server per contender, mode and round.
 for round in $(seq "$ROUNDS"); do
-    for name in $CONTENDERS; do
-        log "round $round/$ROUNDS: $name"
-        start "$name" "load$round"
-        bench "$name" "echo64.r$round" tcp-echo "$TCP" 1,16,64,256 64
-        bench "$name" "echo16k.r$round" tcp-echo "$TCP" 16 16384
-        bench "$name" "connect.r$round" tcp-connect "$TCP" 16 64
-        bench "$name" "udp.r$round" udp-echo "$UDP" 1,16 64
-        stop
+    for mode in $MODES; do
+        pin=""
+        [[ $mode == pinned ]] && pin="taskset -c 0"
+        for name in $CONTENDERS; do
+            log "round $round/$ROUNDS, $mode: $name"
+            start "$name" "load.$mode.$round" "$pin"
+            bench "$name" "$mode" "echo64.r$round" tcp-echo "$TCP" 1,16,64,256 64
+            bench "$name" "$mode" "echo16k.r$round" tcp-echo "$TCP" 16 16384
+            bench "$name" "$mode" "connect.r$round" tcp-connect "$TCP" 16 64
+            bench "$name" "$mode" "udp.r$round" udp-echo "$UDP" 1,16 64
+            stop
+        done
     done
 done
 cut -d' ' -f1-3 /proc/loadavg >"$OUT/loadavg_after"
 
 for name in $CONTENDERS; do
     [[ $LOAD_ONLY == 1 ]] && break
-    # Idle connections: RSS and threads (a Sync server serves one at a time).
-    if [[ $name != sync ]]; then
-        log "$name: $IDLE idle connections"
-        start "$name" idle
+    # Idle connections: connect time, probes answered, RSS and threads; the
+    # server listens on TCP only (no UDP receiver threads in its count). Our
+    # thread-per-connection strategies get enough threads for all of them.
+    if [[ " $IDLE_SKIP " != *" $name "* ]]; then
+        extra=""
+        if [[ $name == threading || $name == pool ]] && ((IDLE + 64 > 4096)); then
+            workers=$((IDLE + 64 < THREAD_CEILING ? IDLE + 64 : THREAD_CEILING))
+            extra="--max-workers $workers"
+        fi
+        log "$name: $IDLE idle connections${extra:+ ($extra)}"
+        start "$name" idle "" "$extra" tcp
         sleep 0.5
-        base_rss=$(status_field "$PID" VmRSS)
-        base_threads=$(status_field "$PID" Threads)
-        hold "$TCP" "$IDLE" 2
-        sleep 1
-        rss=$(status_field "$PID" VmRSS)
-        threads=$(status_field "$PID" Threads)
-        read -r _ held _ failed _ served <<<"$HELD"
-        printf '{"server": "%s", "conns": %s, "held": %s, "failed": %s, "served": %s, "base_rss_kib": %s, "rss_kib": %s, "base_threads": %s, "threads": %s}\n' \
-            "$name" "$IDLE" "$held" "$failed" "$served" "$base_rss" "$rss" "$base_threads" "$threads" >>"$OUT/idle.jsonl"
-        unhold
+        "$BIN" bench tcp-idle --addr "$TCP" -c "$IDLE" --parallel "$IDLE_PARALLEL" --duration "$IDLE_HOLD" \
+            --max-time "$IDLE_CAP" --label "$name" --server-pid "$PID" --json >"$OUT/idle/$name.json"
+        printf '%s' "$extra" >"$OUT/idle/$name.flags"
         stop
     fi
 
@@ -230,6 +304,6 @@ for name in $CONTENDERS; do
     unhold
 done
 
-log "done in $(($(date +%s) - started)) s; writing BENCHMARKS.md"
+log "done in $(($(date +%s) - started)) s; writing $MARKDOWN"
 python3 benches/report.py --results "$OUT" --command "$COMMAND" --markdown "$MARKDOWN" --svg "$SVG"
 log "wrote $MARKDOWN and $SVG (raw results in $OUT)"

@@ -8,6 +8,11 @@ criterion benches in target/criterion) into BENCHMARKS.md and an SVG plot.
 Standard library only. A section of the existing BENCHMARKS.md between
 `<!-- notes:start -->` and `<!-- notes:end -->` (hand-written analysis) is
 kept when the file is regenerated.
+
+Results layout (written by compare.sh): cells/MODE/NAME.CELL.rROUND.json
+(MODE: unpinned or pinned; a flat cells/*.json counts as unpinned),
+idle/NAME.json (`socketserver bench tcp-idle --json`) and idle/NAME.flags,
+sigint.jsonl, cpu.jsonl, settings.json, loadavg_after.
 """
 import argparse
 import datetime
@@ -24,18 +29,33 @@ NAMES = {
     "sync": "ours: Sync",
     "threading": "ours: Threading",
     "pool": "ours: ThreadPool",
+    "event": "ours: Event",
     "std": "std thread/conn",
     "tokio": "tokio",
+    "tokio-ct": "tokio current-thread",
     "python": "Python socketserver",
 }
-ORDER = ["sync", "threading", "pool", "std", "tokio", "python"]
+ORDER = ["sync", "threading", "pool", "event", "std", "tokio", "tokio-ct", "python"]
 COLORS = {
     "sync": "#7f7f7f",
     "threading": "#ff7f0e",
     "pool": "#d62728",
+    "event": "#17becf",
     "std": "#1f77b4",
     "tokio": "#2ca02c",
+    "tokio-ct": "#bcbd22",
     "python": "#9467bd",
+}
+MODES = ["unpinned", "pinned"]
+MODE_TITLES = {
+    "unpinned": "unpinned (server and load generator free on both CPUs)",
+    "pinned": "pinned (server on CPU 0, load generator on CPU 1 with one thread)",
+}
+# Why a contender may be left out of the idle-connections cell (IDLE_SKIP).
+IDLE_SKIP_WHY = {
+    "sync": "serves one connection at a time: the others wait in the listen queue, unanswered",
+    "python": "listen backlog of 5 and a thread started per connection: about 16 connections a second"
+              " once the queue overflows (a dropped SYN is sent again after 1 s)",
 }
 # (key, label): key = (mode, connections, size)
 CELLS = [
@@ -48,6 +68,7 @@ CELLS = [
     (("udp-echo", 1, 64), "UDP echo 64 B, 1 client"),
     (("udp-echo", 16, 64), "UDP echo 64 B, 16 clients"),
 ]
+LABELS = dict(CELLS)
 
 
 def sh(*cmd):
@@ -57,57 +78,73 @@ def sh(*cmd):
         return "?"
 
 
-def load(results):
-    rounds = {}
-    for path in sorted(glob.glob(os.path.join(results, "cells", "*.json"))):
+def read_jsonl(path):
+    out = []
+    try:
         with open(path) as f:
-            for r in json.load(f):
-                r["_file"] = os.path.basename(path)
-                rounds.setdefault((r["server"], (r["mode"], r["connections"], r["size"])), []).append(r)
-    rows = {k: median_round(v) for k, v in rounds.items()}
-    idle = {}
-    with open(os.path.join(results, "idle.jsonl")) as f:
-        for line in f:
-            if line.strip():
-                d = json.loads(line)
-                idle[d["server"]] = d
-    sigint = []
-    with open(os.path.join(results, "sigint.jsonl")) as f:
-        for line in f:
-            if line.strip():
-                sigint.append(json.loads(line))
+            for line in f:
+                if line.strip():
+                    out.append(json.loads(line))
+    except OSError:
+        pass
+    return out
+
+
+def load(results):
+    """rows: {(mode, server, cell): median round}; idle: {server: row};
+    sigint: [..]; settings; servers (in ORDER); modes (in MODES order)."""
     with open(os.path.join(results, "settings.json")) as f:
         settings = json.load(f)
+    settings.setdefault("rounds", 1)
     try:
         with open(os.path.join(results, "loadavg_after")) as f:
             settings["loadavg_after"] = f.read().strip()
     except OSError:
         settings["loadavg_after"] = "?"
+    rounds = {}
+    files = [("unpinned", p, os.path.basename(p)) for p in glob.glob(os.path.join(results, "cells", "*.json"))]
+    for mode in MODES:
+        files += [(mode, p, f"{mode}/{os.path.basename(p)}")
+                  for p in glob.glob(os.path.join(results, "cells", mode, "*.json"))]
+    for mode, path, name in sorted(files):
+        with open(path) as f:
+            for r in json.load(f):
+                r["_file"] = name
+                rounds.setdefault((mode, r["server"], (r["mode"], r["connections"], r["size"])), []).append(r)
+    rows = {k: median_round(v) for k, v in rounds.items()}
     # CPU used by other processes while each `bench` invocation ran: the
     # machine's busy time less what the server and the generator used.
-    cpu = {}
-    try:
-        with open(os.path.join(results, "cpu.jsonl")) as f:
-            for line in f:
-                if line.strip():
-                    d = json.loads(line)
-                    cpu[d["file"]] = d
-    except OSError:
-        pass
+    cpu = {d["file"]: d for d in read_jsonl(os.path.join(results, "cpu.jsonl"))}
     window = settings["duration"] + settings["warmup"]
     ncpu = os.cpu_count() or 1
-    for (server, _), r in rows.items():
+    by_file = {}
+    for rs in rounds.values():
+        for x in rs:
+            by_file.setdefault(x["_file"], []).append(x)
+    for r in rows.values():
         d = cpu.get(r["_file"])
         if not d or not d["total"]:
             r["other_cpu_pct"] = r["steal_pct"] = None
             continue
         wall = d["total"] / ncpu / 100
-        ours = sum((x["server_cpu_pct"] or 0) + x["generator_cpu_pct"]
-                   for rs in rounds.values() for x in rs if x["_file"] == r["_file"]) / 100 * window
+        ours = sum((x["server_cpu_pct"] or 0) + x["generator_cpu_pct"] for x in by_file[r["_file"]]) / 100 * window
         r["other_cpu_pct"] = max(0.0, (d["busy"] / 100 - ours) / wall * 100)
         r["steal_pct"] = d["steal"] / 100 / wall * 100
-    servers = [s for s in ORDER if any(k[0] == s for k in rows)]
-    return rows, idle, sigint, settings, servers
+    idle = {}
+    for path in glob.glob(os.path.join(results, "idle", "*.json")):
+        with open(path) as f:
+            for d in json.load(f):
+                try:
+                    with open(path[:-len(".json")] + ".flags") as g:
+                        d["flags"] = g.read().strip()
+                except OSError:
+                    d["flags"] = ""
+                idle[d["server"]] = d
+    sigint = read_jsonl(os.path.join(results, "sigint.jsonl"))
+    present = {k[1] for k in rows} | set(idle) | {d["server"] for d in sigint}
+    servers = [s for s in ORDER if s in present] + sorted(present - set(ORDER))
+    modes = [m for m in MODES if any(k[0] == m for k in rows)]
+    return rows, idle, sigint, settings, servers, modes
 
 
 def median_round(runs):
@@ -121,6 +158,14 @@ def median_round(runs):
     for k in ("errors", "unserved", "lost"):
         r[k] = max(x[k] for x in runs)
     return r
+
+
+def name(s):
+    return NAMES.get(s, s)
+
+
+def color(s):
+    return COLORS.get(s, "#8c564b")
 
 
 def pct(x):
@@ -137,6 +182,10 @@ def fmt_us(x):
     return f"{x:,.0f} µs"
 
 
+def fmt_kib(k):
+    return "–" if k is None else f"{k / 1024:.1f} MiB"
+
+
 def served_note(r):
     notes = []
     if r["unserved"]:
@@ -148,15 +197,27 @@ def served_note(r):
     return f" ({', '.join(notes)})" if notes else ""
 
 
-def ratio(rows, a, b, cell):
-    ra, rb = rows.get((a, cell)), rows.get((b, cell))
+def ratio(rows, mode, a, b, cell):
+    ra, rb = rows.get((mode, a, cell)), rows.get((mode, b, cell))
     if not ra or not rb or rb["requests_per_sec"] == 0:
         return None
     return ra["requests_per_sec"] / rb["requests_per_sec"]
 
 
+def cpu_per_request(r):
+    """Server CPU µs per request, or None."""
+    if r is None or r.get("server_cpu_pct") is None or not r["requests_per_sec"]:
+        return None
+    return r["server_cpu_pct"] / 100 / r["requests_per_sec"] * 1e6
+
+
 def fully_served(r):
     return r is not None and r["unserved"] == 0 and r["errors"] == 0
+
+
+def idle_per_conn(d):
+    """RSS growth per connection (KiB) of an idle-connections row, or None."""
+    return None if d is None else d.get("rss_per_conn_kib")
 
 
 def machine():
@@ -273,6 +334,7 @@ def criterion_section(crit):
     return lines
 
 
+
 # --- SVG -------------------------------------------------------------------------
 
 
@@ -354,7 +416,7 @@ def line_panel(svg, x0, y0, w, h, title, servers, series, ylabel, log_y=False):
         pts = sorted(series.get(s, []))
         if not pts:
             continue
-        c = COLORS[s]
+        c = color(s)
         d = " ".join(f"{'M' if k == 0 else 'L'}{fx(p[0]):.1f},{fy(p[1]):.1f}" for k, p in enumerate(pts) if p[1] > 0)
         svg.add(f'<path d="{d}" fill="none" stroke="{c}" stroke-width="2"/>')
         for p in pts:
@@ -385,44 +447,54 @@ def bar_panel(svg, x0, y0, w, h, title, servers, values):
         bh = v / hi * h
         x = x0 + k * bw + bw * 0.15
         svg.add(f'<rect x="{x:.1f}" y="{y0 + h - bh:.1f}" width="{bw * 0.7:.1f}" height="{bh:.1f}" '
-                f'fill="{COLORS[s]}"/>')
+                f'fill="{color(s)}"/>')
         if warn:
             svg.text(x + bw * 0.35, y0 + h - bh - 4, "!", 12, "middle", "bold", "#c00")
 
 
-def draw(rows, servers, path, settings):
-    svg = Svg(1000, 980)
-    svg.text(500, 24, "socketserver vs std, tokio and Python — requests/s and p99 latency (loopback, 2 cores)",
-             15, "middle", "bold")
-    echo = [(c, lbl) for c, lbl in CELLS if c[0] == "tcp-echo" and c[2] == 64]
-    thr, p99 = {}, {}
-    for s in servers:
-        for i, (c, _) in enumerate(echo):
-            r = rows.get((s, c))
-            if r:
-                warn = not fully_served(r)
-                thr.setdefault(s, []).append((i, r["requests_per_sec"], str(c[1]), warn))
-                p99.setdefault(s, []).append((i, r["p99_us"], str(c[1]), warn))
-    line_panel(svg, 90, 70, 360, 300, "TCP echo 64 B: requests/s", servers, thr, "requests/s")
-    line_panel(svg, 590, 70, 360, 300, "TCP echo 64 B: p99 latency", servers, p99, "p99 (log scale)", log_y=True)
+
+def draw(rows, servers, modes, path, settings):
+    bar_mode = modes[0] if modes else "unpinned"
     others = [(c, lbl) for c, lbl in CELLS if not (c[0] == "tcp-echo" and c[2] == 64)]
+    bar_rows = (len(others) + 1) // 2
+    height = 70 + 400 * max(len(modes), 1) + 230 * bar_rows + 60
+    svg = Svg(1000, height)
+    svg.text(500, 24, f"socketserver vs std, tokio and Python — requests/s and p99 latency (loopback,"
+             f" {settings.get('cpus', os.cpu_count())} CPUs)", 15, "middle", "bold")
+    echo = [(c, lbl) for c, lbl in CELLS if c[0] == "tcp-echo" and c[2] == 64]
+    y = 70
+    for mode in modes:
+        thr, p99 = {}, {}
+        for s in servers:
+            for i, (c, _) in enumerate(echo):
+                r = rows.get((mode, s, c))
+                if r:
+                    warn = not fully_served(r)
+                    thr.setdefault(s, []).append((i, r["requests_per_sec"], str(c[1]), warn))
+                    p99.setdefault(s, []).append((i, r["p99_us"], str(c[1]), warn))
+        line_panel(svg, 90, y, 360, 300, f"TCP echo 64 B, {mode}: requests/s", servers, thr, "requests/s")
+        line_panel(svg, 590, y, 360, 300, f"TCP echo 64 B, {mode}: p99 latency", servers, p99, "p99 (log scale)",
+                   log_y=True)
+        y += 400
     for k, (c, lbl) in enumerate(others):
         vals = {}
         for s in servers:
-            r = rows.get((s, c))
+            r = rows.get((bar_mode, s, c))
             if r:
                 vals[s] = (r["requests_per_sec"], not fully_served(r) or r.get("lost", 0) > 0)
-        x0 = 90 + (k % 2) * 500
-        y0 = 470 + (k // 2) * 230
-        bar_panel(svg, x0, y0, 360, 160, lbl + ": requests/s", servers, vals)
+        bar_panel(svg, 90 + (k % 2) * 500, y + (k // 2) * 230, 360, 160, f"{lbl} ({bar_mode}): requests/s",
+                  servers, vals)
     # Legend.
-    lx, ly = 90, 940
+    lx, ly = 90, height - 46
     for s in servers:
-        svg.add(f'<rect x="{lx}" y="{ly - 10}" width="14" height="10" fill="{COLORS[s]}"/>')
-        svg.text(lx + 18, ly, NAMES[s], 12)
-        lx += 28 + 7.2 * len(NAMES[s])
-    svg.text(990, 970, f"median of {settings.get('rounds', 1)} rounds of {settings['duration']} s per cell after {settings['warmup']} s warm-up; "
-             "! or hollow point = some clients unserved, errors or lost datagrams", 10, "end", color="#555")
+        if lx + 28 + 6.6 * len(name(s)) > 990:
+            lx, ly = 90, ly + 18
+        svg.add(f'<rect x="{lx}" y="{ly - 10}" width="14" height="10" fill="{color(s)}"/>')
+        svg.text(lx + 18, ly, name(s), 12)
+        lx += 28 + 6.6 * len(name(s))
+    svg.text(990, height - 10, f"median of {settings.get('rounds', 1)} rounds of {settings['duration']} s per cell"
+             f" after {settings['warmup']} s warm-up; ! or hollow point = some clients unserved, errors or lost"
+             " datagrams", 10, "end", color="#555")
     with open(path, "w") as f:
         f.write(svg.render())
 
@@ -442,68 +514,263 @@ def interference(rows):
 
 
 def verdict(ok):
+    if ok is None:
+        return "not measured"
     return "**met**" if ok else "**MISSED**"
 
 
-def targets(rows, idle, sig0):
+def x(v):
+    return "–" if v is None else f"{v:.2f}×"
+
+
+def krps(r):
+    return "–" if r is None else f"{r['requests_per_sec'] / 1000:.1f}k"
+
+
+# Other processes' CPU (% of a core) above which a comparison is flagged as disturbed.
+NOISY = 25
+
+
+def noise(rs):
+    """A warning when other processes used much CPU during any of the rows compared."""
+    worst = max((r.get("other_cpu_pct") or 0 for r in rs if r), default=0)
+    return f" ⚠ other processes used up to {worst:.0f}% of a core during these cells" if worst > NOISY else ""
+
+
+def event_targets(rows, idle, settings, modes):
+    """The event strategy's targets, each a ratio within this run: (target, measured, verdict)."""
     out = []
-    x = lambda r: "–" if r is None else f"{r:.2f}×"
-    # 1. TCP echo 16–256.
-    for strat in ["pool", "threading"]:
-        parts, ok = [], True
+
+    def versus(mode, cell, rivals):
+        """rivals: [(server, minimum ratio)]; Event must also serve every client."""
+        ev = rows.get((mode, "event", cell))
+        parts, ok = [], ev is not None
+        for rival, least in rivals:
+            r = ratio(rows, mode, "event", rival, cell)
+            parts.append(f"{x(r)} {name(rival)} ({krps(ev)} vs {krps(rows.get((mode, rival, cell)))} req/s)")
+            ok = ok and r is not None and r >= least
+        if ev is not None and not fully_served(ev):
+            parts.append(f"**Event: {served_note(ev).strip(' ()')}**")
+            ok = False
+        involved = [rows.get((mode, s, cell)) for s in ["event"] + [s for s, _ in rivals]]
+        return "; ".join(parts) + noise(involved), verdict(ok if all(involved) else None)
+
+    if "pinned" in modes:
         for c in (16, 64, 256):
             cell = ("tcp-echo", c, 64)
-            rs, rt = ratio(rows, strat, "std", cell), ratio(rows, strat, "tokio", cell)
-            served = fully_served(rows.get((strat, cell)))
-            good = rs is not None and rt is not None and rs >= 0.95 and rt >= 1.1 and served
-            ok &= good
-            parts.append(f"{c}: {x(rs)} std, {x(rt)} tokio" + ("" if served else ", **not all served**"))
-        out.append((f"TCP echo 64 B, 16–256 conns, {NAMES[strat]}: ≥ 0.95× std and ≥ 1.1× tokio, all served",
-                    "; ".join(parts), verdict(ok)))
+            m, v = versus("pinned", cell, [("tokio", 1.1), ("tokio-ct", 1.0)])
+            out.append((f"pinned, {LABELS[cell]}: Event ≥ 1.1× tokio and ≥ 1.0× tokio current-thread, all served",
+                        m, v))
+    if "unpinned" in modes:
+        for cell in [("tcp-echo", 16, 64), ("tcp-echo", 64, 64), ("tcp-echo", 256, 64), ("tcp-echo", 16, 16384)]:
+            m, v = versus("unpinned", cell, [("tokio", 1.1), ("std", 1.1)])
+            out.append((f"unpinned, {LABELS[cell]}: Event ≥ 1.1× tokio and ≥ 1.1× std, all served", m, v))
+    for mode in modes:
+        cell = ("tcp-connect", 16, 64)
+        m, v = versus(mode, cell, [("tokio", 1.1)])
+        out.append((f"{mode}, {LABELS[cell]}: Event ≥ 1.1× tokio", m, v))
+    for mode in modes:
+        for proto, title in (("tcp-echo", "every TCP echo cell"),
+                             ("udp-echo", "every UDP echo cell (datagrams: the pool's receivers under Event)")):
+            parts, ok, seen, involved = [], True, False, []
+            for cell, lbl in CELLS:
+                if cell[0] != proto:
+                    continue
+                involved += [rows.get((mode, "event", cell)), rows.get((mode, "tokio", cell))]
+                e, t = cpu_per_request(rows.get((mode, "event", cell))), cpu_per_request(rows.get((mode, "tokio", cell)))
+                if e is None or t is None:
+                    continue
+                seen = True
+                good = e <= t
+                ok &= good
+                short = lbl.replace("TCP echo ", "").replace("UDP echo ", "").replace(" conns", "").replace(
+                    " clients", "").replace(" client", "").replace(" conn", "")
+                parts.append(f"{short}: {e:.1f} vs {t:.1f}" + ("" if good else " ✗"))
+            out.append((f"{mode}, server CPU per request, {title}: Event ≤ tokio (µs, Event vs tokio)",
+                        ("; ".join(parts) or "–") + noise(involved), verdict(ok if seen else None)))
+    for mode in modes:
+        cell = ("tcp-echo", 256, 64)
+        e, t = rows.get((mode, "event", cell)), rows.get((mode, "tokio", cell))
+        if e and t:
+            out.append((f"{mode}, p99 of {LABELS[cell]}: Event ≤ tokio",
+                        f"{fmt_us(e['p99_us'])} vs {fmt_us(t['p99_us'])}" + noise([e, t]),
+                        verdict(e["p99_us"] <= t["p99_us"])))
+        else:
+            out.append((f"{mode}, p99 of {LABELS[cell]}: Event ≤ tokio", "–", verdict(None)))
+    # Idle connections.
+    d, tk = idle.get("event"), idle.get("tokio")
+    n = settings.get("idle", 10000)
+    cpus = settings.get("cpus") or os.cpu_count() or 1
+    if d:
+        all_in = d["connected"] == d["connections"]
+        out.append((f"{n:,} idle connections, Event: all connected within 3 s",
+                    f"{d['connected']:,} of {d['connections']:,} in {d['connect_secs']:.2f} s",
+                    verdict(all_in and d["connect_secs"] <= 3)))
+        out.append((f"{n:,} idle connections, Event: every one answers a probe",
+                    f"{d['answered']:,} of {d['connections']:,} answered in {d['probe_secs']:.2f} s",
+                    verdict(d["answered"] == d["connections"])))
+        threads = max(v for v in (d["threads"], d["held_threads"], 0) if v is not None)
+        out.append((f"{n:,} idle connections, Event: threads ≤ 2×CPUs+4 (= {2 * cpus + 4})",
+                    f"{threads} while holding ({d['base_threads']} before)", verdict(threads <= 2 * cpus + 4)))
+        pe, pt = idle_per_conn(d), idle_per_conn(tk)
+        out.append((f"{n:,} idle connections, Event: RSS per connection ≤ tokio's",
+                    f"{'–' if pe is None else f'{pe:.1f}'} KiB vs tokio {'–' if pt is None else f'{pt:.1f}'} KiB",
+                    verdict(None if pe is None or pt is None else pe <= pt)))
+    else:
+        out.append((f"{n:,} idle connections, Event", "not run", verdict(None)))
+    return out
+
+
+def issue4_targets(rows, idle, sig0):
+    """The targets of issue 4 (ThreadPool and Threading), on the unpinned cells."""
+    out = []
+    mode = "unpinned"
+
+    def have(*servers_cells):
+        return all(rows.get((mode, s, c)) for s, c in servers_cells)
+
+    for strat in ["pool", "threading"]:
+        parts, ok, seen = [], True, True
+        for c in (16, 64, 256):
+            cell = ("tcp-echo", c, 64)
+            seen &= have((strat, cell), ("std", cell), ("tokio", cell))
+            rs, rt = ratio(rows, mode, strat, "std", cell), ratio(rows, mode, strat, "tokio", cell)
+            served = fully_served(rows.get((mode, strat, cell)))
+            ok &= rs is not None and rt is not None and rs >= 0.95 and rt >= 1.1 and served
+            parts.append(f"{c}: {x(rs)} std, {x(rt)} tokio" + ("" if served or not seen else ", **not all served**"))
+        out.append((f"TCP echo 64 B, 16–256 conns, {name(strat)}: ≥ 0.95× std and ≥ 1.1× tokio, all served",
+                    "; ".join(parts), verdict(ok if seen else None)))
     cell = ("tcp-echo", 16, 16384)
     for strat in ["pool", "threading"]:
-        rs, rt = ratio(rows, strat, "std", cell), ratio(rows, strat, "tokio", cell)
-        served = fully_served(rows.get((strat, cell)))
+        rs, rt = ratio(rows, mode, strat, "std", cell), ratio(rows, mode, strat, "tokio", cell)
+        served = fully_served(rows.get((mode, strat, cell)))
         ok = rs is not None and rt is not None and rs >= 0.95 and rt >= 1.1 and served
-        out.append((f"(same, 16 KiB at 16 conns), {NAMES[strat]}", f"{x(rs)} std, {x(rt)} tokio", verdict(ok)))
-    # 2. Connect per request.
+        out.append((f"(same, 16 KiB at 16 conns), {name(strat)}", f"{x(rs)} std, {x(rt)} tokio",
+                    verdict(ok if have((strat, cell), ("std", cell), ("tokio", cell)) else None)))
     cell = ("tcp-connect", 16, 64)
-    rth, rtk = ratio(rows, "pool", "threading", cell), ratio(rows, "pool", "tokio", cell)
+    rth, rtk = ratio(rows, mode, "pool", "threading", cell), ratio(rows, mode, "pool", "tokio", cell)
     ok = rth is not None and rtk is not None and rth >= 1.5 and rtk >= 1.0
     out.append(("connect-per-request, 16 clients: ThreadPool ≥ 1.5× Threading and ≥ 1.0× tokio",
-                f"{x(rth)} Threading, {x(rtk)} tokio", verdict(ok)))
-    # 3. UDP.
+                f"{x(rth)} Threading, {x(rtk)} tokio", verdict(ok if rth and rtk else None)))
     cell = ("udp-echo", 16, 64)
-    r = ratio(rows, "pool", "tokio", cell)
-    extra = ", ".join(f"{NAMES[s]} {x(ratio(rows, s, 'tokio', cell))}" for s in ("sync", "threading"))
+    r = ratio(rows, mode, "pool", "tokio", cell)
+    extra = ", ".join(f"{name(s)} {x(ratio(rows, mode, s, 'tokio', cell))}" for s in ("sync", "threading", "event"))
     out.append(("UDP echo, 16 clients: ThreadPool ≥ 1.0× tokio", f"{x(r)} ({extra})",
-                verdict(r is not None and r >= 1.0)))
-    # 4. Idle.
+                verdict(None if r is None else r >= 1.0)))
     for strat in ["threading", "pool"]:
         d = idle.get(strat)
-        if d and d["held"]:
-            per = (d["rss_kib"] - d["base_rss_kib"]) / d["held"]
-            ok = per <= 25 and d["served"] == d["held"]
-            out.append((f"{d['conns']:,} idle connections, {NAMES[strat]}: ≤ 25 KiB RSS per connection",
-                        f"{per:.1f} KiB/conn, {d['served']:,} of {d['conns']:,} served", verdict(ok)))
-    # 5. SIGINT.
-    for strat in ["sync", "threading", "pool"]:
+        per = idle_per_conn(d)
+        if d and per is not None:
+            ok = per <= 25 and d["answered"] == d["connections"]
+            out.append((f"{d['connections']:,} idle connections, {name(strat)}: ≤ 25 KiB RSS per connection,"
+                        " all answered", f"{per:.1f} KiB/conn, {d['answered']:,} of {d['connections']:,} answered",
+                        verdict(ok)))
+    for strat in ["sync", "threading", "pool", "event"]:
         runs = [d["result"]["exit_ms"] for d in sig0 if d["server"] == strat]
         if runs:
             ok = all(v is not None and v < 10 for v in runs)
             shown = "did not exit" if any(v is None for v in runs) else \
                 f"median {statistics.median(runs):.1f} ms, max {max(runs):.1f} ms"
-            out.append((f"SIGINT→exit, nothing in flight, {NAMES[strat]}: < 10 ms", shown, verdict(ok)))
+            out.append((f"SIGINT→exit, nothing in flight, {name(strat)}: < 10 ms", shown, verdict(ok)))
     return out
 
 
-def markdown(rows, idle, sigint, settings, servers, meta, command, crit, notes, svg_name):
+def metric_tables(L, rows, servers, modes, cell_value):
+    for mode in modes:
+        present = [s for s in servers if any(k[0] == mode and k[1] == s for k in rows)]
+        if len(modes) > 1:
+            L += [f"### {MODE_TITLES[mode][0].upper()}{MODE_TITLES[mode][1:]}", ""]
+        L += ["| cell | " + " | ".join(name(s) for s in present) + " |", "|---|" + "---:|" * len(present)]
+        for c, lbl in CELLS:
+            L.append(f"| {lbl} | " + " | ".join(cell_value(rows.get((mode, s, c))) for s in present) + " |")
+        L.append("")
+
+
+def idle_section(L, idle, servers, settings):
+    n = settings.get("idle", 0)
+    skip = settings.get("idle_skip", [])
+    L += ["## Idle connections", "",
+          f"`socketserver bench tcp-idle -c {n} --parallel {settings.get('idle_parallel', 16)}`: {n:,} connections"
+          f" opened at most {settings.get('idle_parallel', 16)} connects at a time (each given 5 s, the phase"
+          f" {settings.get('idle_cap', 30)} s), held idle for {settings.get('idle_hold', 1)} s, then probed at once"
+          " with one 64-byte round trip each. *Connect time*: wall clock from the first connect to the last one done"
+          " (a SYN dropped because the listen queue was full is sent again after 1 s, then 2 s more). RSS (`VmRSS`)"
+          " and threads from `/proc/PID/status` of a freshly started server (unpinned), before the first connect and"
+          " while holding (the larger of the samples before and after the probe). Listen backlog: ours"
+          f" `SOMAXCONN`, std and tokio `--backlog {settings.get('backlog', '?')}` (the same), Python 5.", "",
+          "| server | connected | connect time | answered the probe | probe time (p99) | RSS before | RSS holding |"
+          " per connection | threads before → holding | server CPU |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in servers:
+        d = idle.get(s)
+        if not d:
+            if s in skip:
+                L.append(f"| {name(s)} | not run with {n:,}: {IDLE_SKIP_WHY.get(s, 'left out (IDLE_SKIP)')} |"
+                         " – | – | – | – | – | – | – | – |")
+            continue
+        label = name(s) + (f" (`{d['flags']}`)" if d.get("flags") else "")
+        conn = f"{d['connected']:,} of {d['connections']:,}"
+        if d.get("first_error"):
+            conn += f" (first error: {d['first_error']})"
+        ct = f"{d['connect_secs']:.2f} s"
+        if d.get("listen_overflows"):
+            ct += f" ({d['listen_overflows']:,} listen-queue overflows, machine-wide)"
+        closed = f", {d['closed_before_probe']:,} closed by the server before" if d.get("closed_before_probe") else ""
+        holding = max((v for v in (d.get("held_rss_kib"), d.get("rss_kib")) if v is not None), default=None)
+        threads = max((v for v in (d.get("held_threads"), d.get("threads")) if v is not None), default=None)
+        per = idle_per_conn(d)
+        cpu = "–" if d.get("server_cpu_secs") is None else f"{d['server_cpu_secs']:.2f} s"
+        L.append(f"| {label} | {conn} | {ct} | {d['answered']:,}{closed} |"
+                 f" {d['probe_secs']:.2f} s ({d['probe_p99_ms']:,.0f} ms) | {fmt_kib(d.get('base_rss_kib'))} |"
+                 f" {fmt_kib(holding)} | {'–' if per is None else f'{per:.1f} KiB'} |"
+                 f" {d.get('base_threads', '–')} → {'–' if threads is None else f'{threads:,}'} |"
+                 f" {cpu} |")
+    L.append("")
+
+
+def sigint_section(L, sigint, servers, settings):
+    sig0 = [d for d in sigint if d["idle"] == 0]
+    sigN = [d for d in sigint if d["idle"] != 0]
+    L += ["## SIGINT → exit", "",
+          f"Time from `kill -INT` to the process's exit (a pidfd becoming readable), capped at {settings['sigint_cap']} s."
+          f" *Nothing in flight*: a fresh server that has served 4 connections, all closed ({settings['sigint_runs']}"
+          f" runs). *Idle*: a fresh server holding {settings['idle_sigint']} idle connections (ours close a connection"
+          " that is idle between requests after the drain window, 0.1 s; only requests under way get the grace"
+          " period). Servers run unpinned, started with SIGINT at its default action (`env --default-signal=INT`:"
+          " a signal ignored at exec stays ignored).", "",
+          "| server | nothing in flight: median | max | with idle connections |", "|---|---:|---:|---:|"]
+    for s in servers:
+        runs = [d["result"]["exit_ms"] for d in sig0 if d["server"] == s]
+        idl = [d for d in sigN if d["server"] == s]
+        if not runs and not idl:
+            continue
+        if runs and all(v is not None for v in runs):
+            med, mx = f"{statistics.median(runs):.1f} ms", f"{max(runs):.1f} ms"
+        elif runs:
+            n = sum(v is None for v in runs)
+            med, mx = f"did not exit ({n}/{len(runs)} runs)", "–"
+        else:
+            med, mx = "–", "–"
+        if idl:
+            d = idl[0]
+            v = d["result"]["exit_ms"]
+            it = ("did not exit" if v is None else f"{v / 1000:.2f} s" if v >= 1000 else f"{v:.1f} ms")
+            it += f" ({d['held']} held, {d['served']} served)" if d["served"] != d["held"] else ""
+        else:
+            it = "–"
+        L.append(f"| {name(s)} | {med} | {mx} | {it} |")
+    L.append("")
+    return sig0
+
+
+def markdown(rows, idle, sigint, settings, servers, modes, meta, command, crit, notes, svg_name):
     L = []
+    cpus = settings.get("cpus") or meta["cpus"]
     L += [
         "# Benchmarks",
         "",
         "Generated by `benches/compare.sh` (tables, plot and target checks; regenerate rather than edit — only the"
-        " *Notes* section at the end is hand-written and kept across runs). One run on a shared 2-core machine:"
+        f" *Notes* section at the end is hand-written and kept across runs). One run on a shared {cpus}-CPU machine:"
         " absolute numbers drift from run to run, ratios less so.",
         "",
         f"![requests/s and p99 per contender]({svg_name})",
@@ -514,131 +781,83 @@ def markdown(rows, idle, sigint, settings, servers, meta, command, crit, notes, 
         f" {settings['warmup']} --json --server-pid PID`, {settings.get('rounds', 1)} rounds, the contenders taking"
         " turns in each; tables show the median round, and a cell counts as fully served only if every round"
         " served every client)",
+        f"* Modes: {'; '.join(MODE_TITLES[m] for m in modes) or 'none'}. Pinned: `taskset -c 0` for the server,"
+        " `taskset -c 1 socketserver bench --threads 1` for the load; servers size their threads by the CPUs they may"
+        " run on, so a pinned Event or tokio runs one poller / worker.",
         f"* Commit: `{settings.get('commit', meta['commit'])}` (built at the start of the run); report written"
         f" {meta['date']}",
-        f"* Machine: {meta['cpus']} CPUs ({meta['cpu']}), {meta['memory']} RAM, Linux {meta['kernel']}",
+        f"* Machine: {meta['cpus']} CPUs ({meta['cpu']}), {meta['memory']} RAM, Linux {meta['kernel']}; load average"
+        f" {settings.get('loadavg_before', '?')} before, {settings.get('loadavg_after', '?')} after",
         f"* {meta['rustc']}; {meta['python']}; tokio {meta['tokio']}",
         f"* Shared machine: {interference(rows) or 'CPU use of other processes was not recorded.'}",
-        "* Load generator: `target/release/socketserver bench` on the same machine (it shares the 2 cores with the"
-        " server; its own CPU use is in the detail table). Clients: closed loops, one request in flight each.",
+        "* Load generator: `target/release/socketserver bench` on the same machine (unpinned, it shares the CPUs"
+        " with the server; its own CPU use is in the detail table). Clients: closed loops, one request in flight"
+        " each.",
         "",
         "Contenders, each serving TCP and UDP echo on 127.0.0.1 with port 0:",
         "",
         "| name | what runs |",
         "|---|---|",
-        "| ours: Sync / Threading / ThreadPool | `target/release/socketserver echo --strategy sync\\|threading\\|pool"
-        " --tcp 127.0.0.1:0 --udp 127.0.0.1:0` (defaults: pool of CPUs ≥ 2 workers growing to 4,096, queue 1,024,"
-        " grace 5 s; `TCP_NODELAY` on) |",
-        "| std thread/conn | `benches/contenders` `std_echo`: `TcpListener::incoming`, `thread::spawn` per connection"
-        " (std's default stack), 16 KiB buffer; UDP: one blocking `recv_from` loop per CPU; no signal handling |",
-        f"| tokio | `benches/contenders` `tokio_echo`: tokio {meta['tokio']} multi-thread runtime (a worker per CPU),"
-        " a task per connection with a 16 KiB buffer; UDP: a task per worker on one shared socket; Ctrl-C drops the"
-        " runtime |",
+        "| ours: Sync / Threading / ThreadPool / Event | `target/release/socketserver echo --strategy"
+        " sync\\|threading\\|pool\\|event --tcp 127.0.0.1:0 --udp 127.0.0.1:0` (defaults: pool of CPUs ≥ 2 workers"
+        " growing to 4,096, queue 1,024; Event: a polling thread per CPU, connections parked in epoll between"
+        " requests, datagrams as the pool; grace 5 s; `TCP_NODELAY` on; listen backlog `SOMAXCONN`) |",
+        f"| std thread/conn | `benches/contenders` `std_echo --backlog {settings.get('backlog', '?')}`:"
+        " `TcpListener::incoming`, `thread::spawn` per connection (std's default stack), 16 KiB buffer; UDP: one"
+        " blocking `recv_from` loop per CPU; no signal handling |",
+        f"| tokio | `benches/contenders` `tokio_echo --backlog {settings.get('backlog', '?')}`: tokio {meta['tokio']}"
+        " multi-thread runtime (a worker per CPU), a task per connection with a 16 KiB buffer; UDP: a task per worker"
+        " on one shared socket; Ctrl-C drops the runtime |",
+        "| tokio current-thread | the same with `--current-thread`: one thread runs every task |",
         "| Python socketserver | `benches/contenders/python_echo.py`: stock `ThreadingTCPServer` /"
         " `ThreadingUDPServer` (backlog 5, a thread per connection / datagram, non-daemon threads) |",
         "",
     ]
-    # Main table.
-    L += ["## Requests per second", "", "| cell | " + " | ".join(NAMES[s] for s in servers) + " |",
-          "|---|" + "---:|" * len(servers)]
-    for c, lbl in CELLS:
-        cells = []
-        for s in servers:
-            r = rows.get((s, c))
-            cells.append("–" if r is None else fmt_int(r["requests_per_sec"]) + served_note(r))
-        L.append(f"| {lbl} | " + " | ".join(cells) + " |")
-    L += ["", "## p99 latency", "", "| cell | " + " | ".join(NAMES[s] for s in servers) + " |",
-          "|---|" + "---:|" * len(servers)]
-    for c, lbl in CELLS:
-        cells = []
-        for s in servers:
-            r = rows.get((s, c))
-            cells.append("–" if r is None else fmt_us(r["p99_us"]))
-        L.append(f"| {lbl} | " + " | ".join(cells) + " |")
-    L += ["", "## Server CPU per request", "",
+    L += ["## Requests per second", ""]
+    metric_tables(L, rows, servers, modes,
+                  lambda r: "–" if r is None else fmt_int(r["requests_per_sec"]) + served_note(r))
+    L += ["## p99 latency", ""]
+    metric_tables(L, rows, servers, modes, lambda r: "–" if r is None else fmt_us(r["p99_us"]))
+    L += ["## Server CPU per request", "",
           "Server CPU time (user + system, from `/proc/PID/stat`) divided by requests, in µs: what a request costs the"
-          " server, independent of whether the load generator — which shares the 2 cores — was the bottleneck.", "",
-          "| cell | " + " | ".join(NAMES[s] for s in servers) + " |", "|---|" + "---:|" * len(servers)]
-    for c, lbl in CELLS:
-        cells = []
-        for s in servers:
-            r = rows.get((s, c))
-            if r is None or r["server_cpu_pct"] is None or not r["requests_per_sec"]:
-                cells.append("–")
-            else:
-                cells.append(f"{r['server_cpu_pct'] / 100 / r['requests_per_sec'] * 1e6:.1f}")
-        L.append(f"| {lbl} | " + " | ".join(cells) + " |")
-    L += [""]
-    # Idle.
-    L += ["## Idle connections", "",
-          f"{settings['idle']:,} connections opened one after another, each checked with one 64-byte round trip,"
-          " then held idle; RSS (`VmRSS`) and threads from `/proc/PID/status` of a freshly started server, before and"
-          " while holding them. Not run for Sync, which serves one connection at a time.", "",
-          "| server | served | RSS before | RSS holding | per connection | threads before → holding |",
-          "|---|---:|---:|---:|---:|---:|"]
-    for s in servers:
-        d = idle.get(s)
-        if not d:
-            continue
-        per = (d["rss_kib"] - d["base_rss_kib"]) / d["held"] if d["held"] else float("nan")
-        L.append(f"| {NAMES[s]} | {d['served']:,} of {d['conns']:,}"
-                 + (f" ({d['failed']} failed to connect)" if d["failed"] else "")
-                 + f" | {d['base_rss_kib'] / 1024:.1f} MiB | {d['rss_kib'] / 1024:.1f} MiB | {per:.1f} KiB |"
-                 f" {d['base_threads']} → {d['threads']:,} |")
-    L += [""]
-    # SIGINT.
-    sig0 = [d for d in sigint if d["idle"] == 0]
-    sigN = [d for d in sigint if d["idle"] != 0]
-    L += ["## SIGINT → exit", "",
-          f"Time from `kill -INT` to the process's exit (a pidfd becoming readable), capped at {settings['sigint_cap']} s."
-          f" *Nothing in flight*: a fresh server that has served 4 connections, all closed ({settings['sigint_runs']}"
-          f" runs). *Idle*: a fresh server holding {settings['idle_sigint']} idle connections (ours close a connection"
-          " that is idle between requests at once; only requests under way get the grace period).", "",
-          "| server | nothing in flight: median | max | with idle connections |", "|---|---:|---:|---:|"]
-    for s in servers:
-        runs = [d["result"]["exit_ms"] for d in sig0 if d["server"] == s]
-        idl = [d for d in sigN if d["server"] == s]
-        if not runs and not idl:
-            continue
-        if runs and all(v is not None for v in runs):
-            med, mx = f"{statistics.median(runs):.1f} ms", f"{max(runs):.1f} ms"
-        else:
-            n = sum(v is None for v in runs)
-            med, mx = f"did not exit ({n}/{len(runs)} runs)", "–"
-        if idl:
-            d = idl[0]
-            v = d["result"]["exit_ms"]
-            it = ("did not exit" if v is None else f"{v / 1000:.2f} s" if v >= 1000 else f"{v:.1f} ms")
-            it += f" ({d['held']} held, {d['served']} served)" if d["served"] != d["held"] else ""
-        else:
-            it = "–"
-        L.append(f"| {NAMES[s]} | {med} | {mx} | {it} |")
-    L += [""]
-    # Targets.
-    L += ["## Targets of issue 4", "", "| target | measured | verdict |", "|---|---|---|"]
-    for t, m, v in targets(rows, idle, sig0):
+          " server, independent of whether the load generator was the bottleneck.", ""]
+    metric_tables(L, rows, servers, modes,
+                  lambda r: "–" if cpu_per_request(r) is None else f"{cpu_per_request(r):.1f}")
+    if idle or (settings.get("idle_skip") and not settings.get("load_only")):
+        idle_section(L, idle, servers, settings)
+    sig0 = sigint_section(L, sigint, servers, settings) if sigint else []
+    L += ["## Targets of the event strategy", "",
+          "Ratios of requests/s (median rounds) between contenders in this run; `–`: a contender was not run; ⚠: other"
+          f" processes used more than {NOISY}% of a core during a cell compared (the *other CPU* column of the last"
+          " table), which a pinned server cannot move away from.", "",
+          "| target | measured | verdict |", "|---|---|---|"]
+    for t, m, v in event_targets(rows, idle, settings, modes):
         L.append(f"| {t} | {m} | {v} |")
-    L += [""]
-    # Criterion.
+    L.append("")
+    if "unpinned" in modes:
+        L += ["## Targets of issue 4 (unpinned)", "", "| target | measured | verdict |", "|---|---|---|"]
+        for t, m, v in issue4_targets(rows, idle, sig0):
+            L.append(f"| {t} | {m} | {v} |")
+        L.append("")
     L += ["## Criterion micro-benchmarks", ""]
     L += criterion_section(crit)
-    # Detail.
     L += ["## All cells", "", "<details><summary>req/s (median round, and every round), p50/p99/p99.9 of the median"
           " round, errors, lost and unserved (worst round), generator and server CPU (100% = one core)</summary>", "",
-          "| cell | server | req/s | all rounds | p50 | p99 | p99.9 | errors | lost | unserved | gen CPU | server CPU |"
-          " other CPU | steal |",
-          "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for c, lbl in CELLS:
-        for s in servers:
-            r = rows.get((s, c))
-            if not r:
-                continue
-            srv = "–" if r["server_cpu_pct"] is None else f"{r['server_cpu_pct']:.0f}%"
-            spread = " / ".join(fmt_int(x) for x in r["rps_all"])
-            L.append(f"| {lbl} | {NAMES[s]} | {fmt_int(r['requests_per_sec'])} | {spread} | {fmt_us(r['p50_us'])} |"
-                     f" {fmt_us(r['p99_us'])} | {fmt_us(r['p999_us'])} | {r['errors']} | {r['lost']} |"
-                     f" {r['unserved']} | {r['generator_cpu_pct']:.0f}% | {srv} | {pct(r.get('other_cpu_pct'))} |"
-                     f" {pct(r.get('steal_pct'))} |")
+          "| mode | cell | server | req/s | all rounds | p50 | p99 | p99.9 | errors | lost | unserved | gen CPU |"
+          " server CPU | other CPU | steal |",
+          "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for mode in modes:
+        for c, lbl in CELLS:
+            for s in servers:
+                r = rows.get((mode, s, c))
+                if not r:
+                    continue
+                srv = "–" if r["server_cpu_pct"] is None else f"{r['server_cpu_pct']:.0f}%"
+                spread = " / ".join(fmt_int(v) for v in r["rps_all"])
+                L.append(f"| {mode} | {lbl} | {name(s)} | {fmt_int(r['requests_per_sec'])} | {spread} |"
+                         f" {fmt_us(r['p50_us'])} | {fmt_us(r['p99_us'])} | {fmt_us(r['p999_us'])} | {r['errors']} |"
+                         f" {r['lost']} | {r['unserved']} | {r['generator_cpu_pct']:.0f}% | {srv} |"
+                         f" {pct(r.get('other_cpu_pct'))} | {pct(r.get('steal_pct'))} |")
     L += ["", "</details>", ""]
     L += ["## Notes", "", "<!-- notes:start -->", notes.strip() if notes.strip() else "_None yet._",
           "<!-- notes:end -->", ""]
@@ -653,15 +872,15 @@ def main():
     ap.add_argument("--svg", required=True)
     ap.add_argument("--criterion", default="target/criterion")
     a = ap.parse_args()
-    rows, idle, sigint, settings, servers = load(a.results)
+    rows, idle, sigint, settings, servers, modes = load(a.results)
     notes = ""
     if os.path.exists(a.markdown):
         with open(a.markdown) as f:
             m = re.search(r"<!-- notes:start -->\n(.*?)<!-- notes:end -->", f.read(), re.S)
             if m:
                 notes = "" if m.group(1).strip() == "_None yet._" else m.group(1)
-    draw(rows, servers, a.svg, settings)
-    md = markdown(rows, idle, sigint, settings, servers, machine(), a.command, criterion(a.criterion), notes,
+    draw(rows, servers, modes, a.svg, settings)
+    md = markdown(rows, idle, sigint, settings, servers, modes, machine(), a.command, criterion(a.criterion), notes,
                   os.path.relpath(a.svg, os.path.dirname(os.path.abspath(a.markdown))))
     with open(a.markdown, "w") as f:
         f.write(md)

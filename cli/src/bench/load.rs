@@ -445,7 +445,7 @@ impl<'a> Worker<'a> {
 /// `i` connects from 127.0.0.(2 + i % 200): connection churn then spreads
 /// over many source addresses instead of exhausting one address's
 /// ephemeral ports (and their TIME_WAIT slots) and capping the load.
-fn connect(addr: SocketAddr, i: usize) -> io::Result<TcpStream> {
+pub fn connect(addr: SocketAddr, i: usize) -> io::Result<TcpStream> {
     let SocketAddr::V4(v4) = addr else { return TcpStream::connect(addr) };
     if !v4.ip().is_loopback() {
         return TcpStream::connect(addr);

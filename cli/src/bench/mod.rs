@@ -1,7 +1,9 @@
 //! `socketserver bench`: drive load against a server (or against servers
 //! started in-process for each strategy) and report throughput, latency,
-//! errors and unserved clients as a table, JSON or a plot.
+//! errors and unserved clients as a table, JSON or a plot; or hold many
+//! idle connections against a server and report what they cost it.
 
+mod idle;
 mod load;
 mod plot;
 mod spawn;
@@ -24,6 +26,11 @@ pub enum ModeArg {
     TcpConnect,
     /// N clients, each a closed loop of one datagram out and back.
     UdpEcho,
+    /// Open N connections (--parallel at a time), hold them idle for
+    /// --duration, then probe each with one B-byte round trip: connect
+    /// time, connections answered, and (with --server-pid) the server's
+    /// RSS and threads before and while holding them. --addr only.
+    TcpIdle,
 }
 
 #[derive(Debug, Args)]
@@ -44,7 +51,8 @@ pub struct BenchArgs {
     /// Bytes per request.
     #[arg(long, short = 'b', value_name = "BYTES", default_value = "64")]
     size: usize,
-    /// Measured seconds per cell.
+    /// Measured seconds per cell (tcp-idle: seconds the connections are
+    /// held idle before the probe).
     #[arg(long, short = 'd', value_name = "SECS", default_value = "5", value_parser = parse_secs)]
     duration: Duration,
     /// Seconds of load before measuring.
@@ -56,7 +64,7 @@ pub struct BenchArgs {
     /// A datagram not back within this long counts as lost (and is sent again).
     #[arg(long, value_name = "SECS", default_value = "0.2", value_parser = parse_secs)]
     timeout: Duration,
-    /// With --spawn: strategies to compare (sync, threading, pool, pool:N).
+    /// With --spawn: strategies to compare (sync, threading, pool, pool:N, event).
     #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "sync,threading,pool:2,pool:16,pool")]
     strategies: Vec<StrategyChoice>,
     /// With --spawn: handler workloads (echo, sleep:MS, cpu:MS).
@@ -68,6 +76,21 @@ pub struct BenchArgs {
     /// With --addr: the server's pid, to report its CPU time.
     #[arg(long, value_name = "PID")]
     server_pid: Option<u32>,
+    /// tcp-idle: connects in flight at once.
+    #[arg(long, value_name = "N", default_value = "16")]
+    parallel: usize,
+    /// tcp-idle: a connect not done within SECS counts as failed (a SYN
+    /// the server's full listen queue dropped is sent again after 1 s,
+    /// then 2 s more).
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
+    connect_timeout: Duration,
+    /// tcp-idle: the connect phase ends after SECS, whatever is not
+    /// connected by then counting as failed.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    max_time: Duration,
+    /// tcp-idle: the longest wait for the probes' answers.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
+    probe_timeout: Duration,
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -109,15 +132,20 @@ fn mode_name(m: ModeArg) -> &'static str {
         ModeArg::TcpEcho => "tcp-echo",
         ModeArg::TcpConnect => "tcp-connect",
         ModeArg::UdpEcho => "udp-echo",
+        ModeArg::TcpIdle => "tcp-idle",
     }
 }
 
 pub fn run(args: BenchArgs) -> io::Result<()> {
+    if args.mode == ModeArg::TcpIdle {
+        return run_idle(&args);
+    }
     raise_fd_limit();
     let mode = match args.mode {
         ModeArg::TcpEcho => Mode::TcpEcho,
         ModeArg::TcpConnect => Mode::TcpConnect,
         ModeArg::UdpEcho => Mode::UdpEcho,
+        ModeArg::TcpIdle => unreachable!("run_idle"),
     };
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let threads = args.threads.unwrap_or(cpus).max(1);
@@ -192,6 +220,96 @@ pub fn run(args: BenchArgs) -> io::Result<()> {
     }
     if let Some(path) = &args.plot {
         plot::draw(path, &rows).map_err(|e| io::Error::other(format!("cannot draw {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// `tcp-idle`: one cell per connection count, against --addr.
+fn run_idle(args: &BenchArgs) -> io::Result<()> {
+    let Some(addr) = args.addr.as_deref() else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "tcp-idle needs --addr (not --spawn)"));
+    };
+    if args.plot.is_some() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "tcp-idle draws no plot"));
+    }
+    // Fail before the first connection rather than part-way through.
+    idle::check_fd_limit(args.connections.iter().copied().max().unwrap_or(0))?;
+    let addr = resolve(addr)?;
+    let label = args.label.clone().unwrap_or_else(|| addr.to_string());
+    let mut rows = Vec::new();
+    for &connections in &args.connections {
+        let spec = idle::IdleSpec {
+            addr,
+            connections,
+            size: args.size.max(1),
+            parallel: args.parallel.max(1),
+            connect_timeout: args.connect_timeout,
+            max_time: args.max_time,
+            hold: args.duration,
+            probe_timeout: args.probe_timeout,
+            server_pid: args.server_pid,
+        };
+        rows.push(idle::run(&spec, &label)?);
+    }
+    let mut out = io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &rows).map_err(io::Error::other)?;
+        writeln!(out)?;
+    } else {
+        print_idle_table(&mut out, &rows)?;
+    }
+    Ok(())
+}
+
+fn print_idle_table(out: &mut impl Write, rows: &[idle::IdleRow]) -> io::Result<()> {
+    let kib = |v: Option<u64>| v.map_or("-".to_string(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+    let num = |v: Option<u64>| v.map_or("-".to_string(), |n| n.to_string());
+    writeln!(
+        out,
+        "{:<14} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9} {:>15} {:>8} {:>8}",
+        "server",
+        "conns",
+        "connected",
+        "connect s",
+        "closed",
+        "answered",
+        "probe s",
+        "RSS before",
+        "RSS held",
+        "RSS probed",
+        "KiB/conn",
+        "threads",
+        "gen cpu",
+        "srv cpu"
+    )?;
+    for r in rows {
+        let threads = format!("{} → {}", num(r.base_threads), num(r.threads.max(r.held_threads)));
+        writeln!(
+            out,
+            "{:<14} {:>7} {:>9} {:>9.2} {:>9} {:>9} {:>9.2} {:>10} {:>10} {:>10} {:>9} {:>15} {:>7.2}s {:>8}",
+            r.server,
+            r.connections,
+            r.connected,
+            r.connect_secs,
+            r.closed_before_probe,
+            r.answered,
+            r.probe_secs,
+            kib(r.base_rss_kib),
+            kib(r.held_rss_kib),
+            kib(r.rss_kib),
+            r.rss_per_conn_kib.map_or("-".to_string(), |v| format!("{v:.1}")),
+            threads,
+            r.generator_cpu_secs,
+            r.server_cpu_secs.map_or("-".to_string(), |v| format!("{v:.2}s")),
+        )?;
+        if let Some(e) = &r.first_error {
+            writeln!(out, "  {} of {} did not connect; first error: {e}", r.connect_failed, r.connections)?;
+        }
+        if let (Some(o), Some(s)) = (r.listen_overflows, r.syn_retransmits)
+            && o + s > 0
+        {
+            writeln!(out, "  while connecting (whole machine): {o} listen-queue overflows, {s} SYNs sent again")?;
+        }
     }
     Ok(())
 }

@@ -77,18 +77,19 @@ pub struct StrategyChoice {
 
 impl FromStr for StrategyChoice {
     type Err = String;
-    /// `sync`, `threading`, `pool` (growing from the CPU count) or `pool:N`
-    /// (exactly N workers).
+    /// `sync`, `threading`, `pool` (growing from the CPU count), `pool:N`
+    /// (exactly N workers) or `event` (a polling thread per CPU).
     fn from_str(s: &str) -> Result<Self, String> {
         let strategy: AnyStrategy = match s.split_once(':') {
             None if s == "sync" => socketserver::Synchronous.into(),
             None if s == "threading" => Threading::new().into(),
             None if s == "pool" => ThreadPool::default().max_workers(4096).into(),
+            None if s == "event" => socketserver::Event::new().into(),
             Some(("pool", n)) => {
                 let n: NonZeroUsize = n.parse().map_err(|_| format!("`{n}` is not a worker count"))?;
                 ThreadPool::new(n.get()).into()
             }
-            _ => return Err(format!("`{s}`: expected sync, threading, pool or pool:N")),
+            _ => return Err(format!("`{s}`: expected sync, threading, pool, pool:N or event")),
         };
         Ok(StrategyChoice { label: s.to_string(), strategy })
     }

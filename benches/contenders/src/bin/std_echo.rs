@@ -5,8 +5,9 @@
 //! number of CPUs) each `recv_from`/`send_to` on the same socket.
 //! No signal handling: SIGINT ends the process at once (the default action).
 //!
-//! `std_echo --tcp 127.0.0.1:0 --udp 127.0.0.1:0 [--udp-threads N]` prints
-//! `listening tcp ADDR` / `listening udp ADDR` like `socketserver echo`.
+//! `std_echo --tcp 127.0.0.1:0 --udp 127.0.0.1:0 [--udp-threads N] [--backlog N]`
+//! prints `listening tcp ADDR` / `listening udp ADDR` like `socketserver
+//! echo`. The listen backlog is std's (128) unless `--backlog N`.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 fn main() {
     let args = Args::parse();
-    let tcp = args.tcp.map(|a| TcpListener::bind(&a).unwrap_or_else(|e| die(&format!("tcp {a}: {e}"))));
+    let tcp = args.tcp.map(|a| listen(&a, args.backlog).unwrap_or_else(|e| die(&format!("tcp {a}: {e}"))));
     let udp = args.udp.map(|a| UdpSocket::bind(&a).unwrap_or_else(|e| die(&format!("udp {a}: {e}"))));
     if let Some(l) = &tcp {
         println!("listening tcp {}", l.local_addr().expect("local address"));
@@ -59,6 +60,19 @@ fn main() {
     }
 }
 
+/// `TcpListener::bind`, or with `--backlog N` the same with that backlog.
+fn listen(addr: &str, backlog: Option<i32>) -> std::io::Result<TcpListener> {
+    let Some(backlog) = backlog else { return TcpListener::bind(addr) };
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(addr)?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "resolves to nothing"))?;
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
+}
+
 fn echo(mut stream: TcpStream) {
     let mut buf = [0u8; 16 * 1024];
     loop {
@@ -77,12 +91,17 @@ struct Args {
     tcp: Option<String>,
     udp: Option<String>,
     udp_threads: usize,
+    backlog: Option<i32>,
 }
 
 impl Args {
     fn parse() -> Args {
-        let mut args =
-            Args { tcp: None, udp: None, udp_threads: std::thread::available_parallelism().map_or(2, |n| n.get()) };
+        let mut args = Args {
+            tcp: None,
+            udp: None,
+            udp_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            backlog: None,
+        };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
             let mut value = || it.next().unwrap_or_else(|| die(&format!("{flag} needs a value")));
@@ -90,11 +109,12 @@ impl Args {
                 "--tcp" => args.tcp = Some(value()),
                 "--udp" => args.udp = Some(value()),
                 "--udp-threads" => args.udp_threads = value().parse().unwrap_or_else(|_| die("--udp-threads N")),
+                "--backlog" => args.backlog = Some(value().parse().unwrap_or_else(|_| die("--backlog N"))),
                 _ => die(&format!("unknown argument {flag}")),
             }
         }
         if args.tcp.is_none() && args.udp.is_none() {
-            die("usage: std_echo [--tcp ADDR] [--udp ADDR] [--udp-threads N]");
+            die("usage: std_echo [--tcp ADDR] [--udp ADDR] [--udp-threads N] [--backlog N]");
         }
         args
     }

@@ -1,8 +1,10 @@
 //! A tokio echo server: multi-thread runtime (one worker per CPU unless
-//! `--threads N`; `--current-thread` for the single-threaded runtime), one task per TCP connection with a 16 KiB buffer, and
-//! `--udp-tasks N` tasks (default: the runtime's worker count) each
-//! `recv_from`/`send_to` on one shared UDP socket. SIGINT (Ctrl-C): the
-//! runtime is dropped, which cancels every task, and the process exits.
+//! `--threads N`; `--current-thread` for the single-threaded runtime), one
+//! task per TCP connection with a 16 KiB buffer, and `--udp-tasks N` tasks
+//! (default: the runtime's worker count) each `recv_from`/`send_to` on one
+//! shared UDP socket. The listen backlog is tokio's (1,024) unless
+//! `--backlog N`. SIGINT (Ctrl-C): the runtime is dropped, which cancels
+//! every task, and the process exits.
 //!
 //! `tokio_echo --tcp 127.0.0.1:0 --udp 127.0.0.1:0` prints
 //! `listening tcp ADDR` / `listening udp ADDR` like `socketserver echo`.
@@ -28,7 +30,7 @@ fn main() {
     let workers = rt.metrics().num_workers();
     rt.block_on(async {
         let tcp = match &args.tcp {
-            Some(a) => Some(TcpListener::bind(a).await.unwrap_or_else(|e| die(&format!("tcp {a}: {e}")))),
+            Some(a) => Some(listen(a, args.backlog).await.unwrap_or_else(|e| die(&format!("tcp {a}: {e}")))),
             None => None,
         };
         let udp = match &args.udp {
@@ -76,6 +78,19 @@ fn main() {
     // Dropping the runtime cancels the connection tasks.
 }
 
+/// `TcpListener::bind` (backlog 1024), or with `--backlog N` that backlog.
+async fn listen(addr: &str, backlog: Option<u32>) -> std::io::Result<TcpListener> {
+    let Some(backlog) = backlog else { return TcpListener::bind(addr).await };
+    let addr = tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "resolves to nothing"))?;
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 async fn echo(mut stream: TcpStream) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -96,11 +111,13 @@ struct Args {
     threads: Option<usize>,
     udp_tasks: Option<usize>,
     current_thread: bool,
+    backlog: Option<u32>,
 }
 
 impl Args {
     fn parse() -> Args {
-        let mut args = Args { tcp: None, udp: None, threads: None, udp_tasks: None, current_thread: false };
+        let mut args =
+            Args { tcp: None, udp: None, threads: None, udp_tasks: None, current_thread: false, backlog: None };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
             let mut value = || it.next().unwrap_or_else(|| die(&format!("{flag} needs a value")));
@@ -110,11 +127,14 @@ impl Args {
                 "--threads" => args.threads = Some(value().parse().unwrap_or_else(|_| die("--threads N"))),
                 "--udp-tasks" => args.udp_tasks = Some(value().parse().unwrap_or_else(|_| die("--udp-tasks N"))),
                 "--current-thread" => args.current_thread = true,
+                "--backlog" => args.backlog = Some(value().parse().unwrap_or_else(|_| die("--backlog N"))),
                 _ => die(&format!("unknown argument {flag}")),
             }
         }
         if args.tcp.is_none() && args.udp.is_none() {
-            die("usage: tokio_echo [--tcp ADDR] [--udp ADDR] [--threads N | --current-thread] [--udp-tasks N]");
+            die(
+                "usage: tokio_echo [--tcp ADDR] [--udp ADDR] [--threads N | --current-thread] [--udp-tasks N] [--backlog N]",
+            );
         }
         args
     }
