@@ -345,3 +345,55 @@ fn reading_on_after_a_false_wait_is_not_a_park() {
     assert_eq!(c.read_to_end(&mut rest).unwrap(), 0, "closed after the handler returned");
     running.stop().unwrap();
 }
+
+/// A handler that computes for a while (runnable, not blocked in a system
+/// call) does not make the monitor start another polling thread at once: a
+/// preempted or busy poller is not a blocked one, and more threads would
+/// not help. (It counted as blocked after 2 ms, as a sleeping one does, and
+/// on a busy machine every preempted poller grew the pool.)
+#[test]
+fn a_computing_handler_is_not_taken_for_a_blocked_one() {
+    let server = TcpServer::builder()
+        .strategy(Event::new().pollers(1).max_workers(8))
+        .bind("127.0.0.1:0", |req: &mut StreamRequest| {
+            while req.wait_for_data()? {
+                let Some(line) = req.next_line()? else { break };
+                let until = Instant::now() + Duration::from_millis(12);
+                let mut spins = 0u64;
+                while Instant::now() < until {
+                    spins = std::hint::black_box(spins + 1);
+                }
+                writeln!(req, "{line} after {} spins", u64::from(spins > 0))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let running = run(server);
+    let mut c = tcp_connect(running.inet());
+    for _ in 0..5 {
+        assert_eq!(ask(&mut c, "work"), "work after 1 spins");
+        let total = running.handle.stats().workers_total;
+        assert_eq!(total, 1, "a polling thread was added for a handler that only computed");
+    }
+    running.stop().unwrap();
+}
+
+/// Chunks of every size around the read buffer's, each after a pause (the
+/// connection parked): every byte comes back. A read that took less than
+/// there was room for parks the connection without asking the socket again;
+/// one that filled the buffer must ask again, or what is left would wait
+/// for an event that never comes.
+#[test]
+fn chunks_around_the_buffer_size_are_all_echoed_across_parks() {
+    let server = TcpServer::builder().strategy(Event::new().pollers(1)).bind("127.0.0.1:0", Echo).unwrap();
+    let running = run(server);
+    let mut c = tcp_connect(running.inet());
+    for (i, size) in
+        [1usize, 2047, 2048, 2049, 4095, 4096, 4097, 8192, 16_384, 65_536, 100_000, 3].into_iter().enumerate()
+    {
+        wait_for("the connection to park", || running.handle.stats().parked == 1);
+        let chunk: Vec<u8> = (0..size).map(|b| (b * 7 + i) as u8).collect();
+        assert_eq!(round_trip(&mut c, &chunk), chunk, "a chunk of {size} bytes");
+    }
+    running.stop().unwrap();
+}

@@ -39,6 +39,10 @@ const CAPACITY: u64 = u64::MAX - 2;
 /// How long a handler may run before the monitor counts its thread as
 /// blocked and lets another poll in its place.
 const STUCK_AFTER: Duration = Duration::from_millis(2);
+/// A thread still in one handler but runnable (preempted, or computing) is
+/// only counted as stuck after this many looks in a row: a busy machine
+/// preempts pollers all the time, and more threads would not help.
+const RUNNABLE_STRIKES: u32 = 10;
 /// Connections accepted per wake-up of the listener.
 const ACCEPT_BATCH: usize = 64;
 /// Events taken per `epoll_wait`.
@@ -108,6 +112,10 @@ struct Poller {
     batch: Mutex<VecDeque<u64>>,
     /// It has left.
     gone: AtomicBool,
+    /// Its thread id, to tell blocked (sleeping) from preempted (runnable).
+    tid: std::sync::atomic::AtomicI32,
+    /// Looks in a row that found it in the same handler run, runnable.
+    strikes: std::sync::atomic::AtomicU32,
 }
 
 /// Connections by token: index in the low 32 bits, generation in the high.
@@ -299,6 +307,7 @@ impl Reactor {
     }
 
     fn poll_loop(self: &Arc<Self>, me: &Arc<Poller>) {
+        me.tid.store(sys::thread_id(), SeqCst);
         let mut events = Events::with_capacity(EVENTS);
         loop {
             if self.exit.load(SeqCst) {
@@ -464,6 +473,7 @@ impl Reactor {
     /// Runs a connection this thread owns (`RUNNING`) until it parks or ends.
     fn run_owned(self: &Arc<Self>, me: &Poller, token: u64, conn: &Arc<Conn>, expired: Option<Work>) {
         let Some((mut req, mut started)) = conn.parked.lock().take() else { return };
+        req.resumed();
         // Counted as parked from its first park on.
         self.core.shared.stats.parked.fetch_sub(u64::from(started), Relaxed);
         match expired {
@@ -474,7 +484,13 @@ impl Reactor {
         let stats = &self.core.shared.stats;
         loop {
             me.run.fetch_add(1, SeqCst);
-            if self.monitor_idle.load(Relaxed) && self.monitor_idle.swap(false, SeqCst) {
+            // The monitor is only needed if this handler could strand
+            // something: nobody else waits in epoll, or this thread holds
+            // events it has not started.
+            if self.monitor_idle.load(Relaxed)
+                && (self.waiting.load(SeqCst) == 0 || !me.batch.lock().is_empty())
+                && self.monitor_idle.swap(false, SeqCst)
+            {
                 // Marked busy first, then the wake-up, under the timers'
                 // lock: the monitor cannot miss both.
                 let _timers = self.timers.lock();
@@ -510,6 +526,7 @@ impl Reactor {
                     stats.parked.fetch_sub(1, Relaxed);
                     let Some((r, _)) = conn.parked.lock().take() else { return };
                     req = r;
+                    req.resumed();
                 }
             }
         }
@@ -646,7 +663,14 @@ impl Reactor {
                 let seen = p.seen.swap(run, SeqCst);
                 if run % 2 == 1 {
                     busy = true;
-                    if seen == run {
+                    if seen != run {
+                        p.strikes.store(0, SeqCst);
+                        continue;
+                    }
+                    // Blocked in a system call, or runnable for long.
+                    let runnable = sys::thread_runnable(p.tid.load(SeqCst));
+                    let strikes = if runnable { p.strikes.fetch_add(1, SeqCst) + 1 } else { RUNNABLE_STRIKES };
+                    if strikes >= RUNNABLE_STRIKES {
                         stuck += 1;
                         stolen.extend(p.batch.lock().drain(..));
                     }

@@ -199,6 +199,18 @@ impl Stream {
     }
 
     /// One write that never waits: `WouldBlock` when there is no room.
+    /// Writes what the socket takes now, without waiting: `send(2)`, which
+    /// skips the file layer `write(2)` goes through (and never raises
+    /// SIGPIPE).
+    pub(crate) fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            match on_socket!(self, s => socket2::SockRef::from(s).send(buf)) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                r => return r,
+            }
+        }
+    }
+
     pub(crate) fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         loop {
             match on_socket!(self, s => (&*s).write_vectored(bufs)) {
@@ -238,7 +250,12 @@ impl Read for Stream {
 
 impl Write for &Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.write_vectored(&[IoSlice::new(buf)])
+        loop {
+            match self.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait(true, self.write_timeout())?,
+                r => return r,
+            }
+        }
     }
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         loop {

@@ -13,13 +13,16 @@ pub(crate) struct ReadBuffer {
     pos: usize,
     filled: usize,
     capacity: usize,
+    /// The size it had grown to when it was last released: a connection
+    /// that sends 16 KiB requests gets 16 KiB again at once, not 2, 4, 8.
+    hint: usize,
 }
 
 impl ReadBuffer {
     pub(crate) const FIRST: usize = 2048;
 
     pub(crate) fn new(capacity: usize) -> ReadBuffer {
-        ReadBuffer { buf: Vec::new(), pos: 0, filled: 0, capacity: capacity.max(1) }
+        ReadBuffer { buf: Vec::new(), pos: 0, filled: 0, capacity: capacity.max(1), hint: 0 }
     }
 
     /// The bytes read and not yet consumed.
@@ -31,6 +34,11 @@ impl ReadBuffer {
         self.pos >= self.filled
     }
 
+    /// The last fill took all the room there was: the source may have more.
+    pub(crate) fn is_full(&self) -> bool {
+        self.filled == self.buf.len()
+    }
+
     pub(crate) fn consume(&mut self, amt: usize) {
         self.pos = (self.pos + amt).min(self.filled);
     }
@@ -39,6 +47,7 @@ impl ReadBuffer {
     /// between requests holds no buffer); the next fill takes 2 KiB again.
     pub(crate) fn release(&mut self) {
         if self.is_empty() {
+            self.hint = self.hint.max(self.buf.len());
             self.buf = Vec::new();
             self.pos = 0;
             self.filled = 0;
@@ -51,7 +60,7 @@ impl ReadBuffer {
         if self.is_empty() {
             let size = self.buf.len();
             if size == 0 {
-                self.buf.resize(Self::FIRST.min(self.capacity), 0);
+                self.buf.resize(Self::FIRST.max(self.hint).min(self.capacity), 0);
             } else if self.filled == size && size < self.capacity {
                 // The last read filled the buffer: the peer sends big chunks.
                 self.buf.resize((size * 2).min(self.capacity), 0);
@@ -143,6 +152,16 @@ mod tests {
         b.release();
         assert_eq!(b.buf.capacity(), 0);
         assert_eq!(b.fill_from(&b"again"[..]).unwrap(), b"again");
+        // Grown to 8 KiB, released: the next fill takes 8 KiB at once.
+        let big = vec![7u8; 40_000];
+        let mut src = &big[..];
+        b.consume(5);
+        while b.buf.len() < 8192 {
+            let n = b.fill_from(&mut src).unwrap().len();
+            b.consume(n);
+        }
+        b.release();
+        assert_eq!(b.fill_from(&mut src).unwrap().len(), 8192, "the size it had, not 2 KiB");
     }
 
     #[test]

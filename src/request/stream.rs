@@ -100,6 +100,13 @@ pub struct StreamRequest {
     states: Vec<Box<dyn Any + Send>>,
     /// `wait_for_data` found nothing and parked the connection.
     parked: bool,
+    /// The last read from the socket took all it had (it returned less
+    /// than there was room for). Under the event strategy, whose epoll set
+    /// is edge-triggered, anything that comes later raises a new event, so
+    /// a boundary parks without asking the socket again (one `recv` per
+    /// request, not two). Cleared by every other read and when the
+    /// connection resumes.
+    socket_empty: bool,
     idle_closed: bool,
     /// A PROXY header is still to be read, within this long.
     proxy_header: Option<Duration>,
@@ -137,6 +144,7 @@ impl StreamRequest {
             parking: false,
             states: Vec::new(),
             parked: false,
+            socket_empty: false,
             idle_closed: false,
             proxy_header: policy.proxy_header_timeout,
             local: None,
@@ -379,9 +387,14 @@ impl StreamRequest {
         self.mid_request = false;
         if self.parking && !self.eof {
             // The event strategy: nothing here now means park, not wait.
+            if std::mem::take(&mut self.socket_empty) {
+                self.parked = true;
+                return Ok(false);
+            }
             match self.rbuf.fill_from(TryRead(self.conn.stream())) {
                 Ok([]) => self.eof = true,
                 Ok(_) => {
+                    self.socket_empty = !self.rbuf.is_full();
                     self.timeouts.data_came(Instant::now);
                     return Ok(true);
                 }
@@ -394,6 +407,12 @@ impl StreamRequest {
             return Ok(false);
         }
         self.fill_buf().map(|data| !data.is_empty())
+    }
+
+    /// The connection resumes after a park (bytes came, or a timer): the
+    /// socket may hold what came meanwhile.
+    pub(crate) fn resumed(&mut self) {
+        self.socket_empty = false;
     }
 
     /// Under the event strategy: `wait_for_data` parks the connection
@@ -632,6 +651,7 @@ impl Read for StreamRequest {
         if self.rbuf.is_empty() && !self.before_read()? {
             return Ok(0);
         }
+        self.socket_empty = false;
         match self.rbuf.read_from(self.conn.stream(), buf) {
             Ok(0) => {
                 self.eof = true;
@@ -653,9 +673,11 @@ impl BufRead for StreamRequest {
             if !self.before_read()? {
                 return Ok(&[]);
             }
+            self.socket_empty = false;
             match self.rbuf.fill_from(self.conn.stream()) {
                 Ok(b) => {
                     self.eof = b.is_empty();
+                    self.socket_empty = !b.is_empty() && !self.rbuf.is_full();
                     self.timeouts.data_came(Instant::now);
                 }
                 Err(e) => return Err(self.read_error(e)),

@@ -181,6 +181,22 @@ pub(crate) fn ignore_signal(sig: libc::c_int) {
     }
 }
 
+/// The calling thread's id (Linux `gettid(2)`).
+pub(crate) fn thread_id() -> i32 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::gettid() }
+}
+
+/// Whether thread `tid` of this process is running or runnable (state `R`
+/// in `/proc`), as opposed to sleeping in a system call: a thread that has
+/// not moved on is then preempted or computing, not blocked. `false` when
+/// it cannot be told.
+pub(crate) fn thread_runnable(tid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")) else { return false };
+    // `pid (comm) S ...`: the state follows the last `)` (comm may hold one).
+    stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('R'))
+}
+
 /// Whether `bind` failed because the socket is bound already.
 pub(crate) fn is_already_bound(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::EINVAL)
@@ -197,6 +213,25 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         let err = poll(&[0, 0], &mut [false], Some(Duration::ZERO)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "fewer slots than descriptors");
+    }
+
+    #[test]
+    fn a_thread_in_a_system_call_is_not_runnable_and_this_one_is() {
+        assert!(thread_runnable(thread_id()), "the calling thread runs");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (_hold, wait) = std::sync::mpsc::channel::<()>();
+        let sleeper = std::thread::spawn(move || {
+            tx.send(thread_id()).unwrap();
+            let _ = wait.recv(); // blocks in futex until the sender goes
+        });
+        let tid = rx.recv().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while thread_runnable(tid) {
+            assert!(Instant::now() < deadline, "the blocked thread never showed as sleeping");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(_hold);
+        sleeper.join().unwrap();
     }
 
     #[test]
