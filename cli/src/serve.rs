@@ -438,6 +438,12 @@ pub fn run(which: Bundled, mut args: ServeArgs) -> io::Result<()> {
     }
     // SIGQUIT, SIGUSR1 and SIGUSR2, the command's own, likewise.
     let _signals = crate::signals::install(servers.iter().map(|s| (s.label.clone(), s.handle.clone())).collect())?;
+    // SIGHUP (a restart) too, before anyone is told: until here `ctrlc`'s
+    // handler takes it and shuts down, so a reload sent as soon as the
+    // lines or READY=1 came stopped the service.
+    let handles: Vec<ServerHandle> = servers.iter().map(|s| s.handle.clone()).collect();
+    let sockets = servers.iter().map(|s| Ok((s.socket.try_clone()?, s.name.clone()))).collect::<io::Result<_>>()?;
+    crate::restart::on_hangup(sockets, handles.clone(), args.restart_timeout)?;
     // The lines are for whoever started us; if they have stopped reading
     // (a closed pipe, a full disk), that is no reason to stop serving.
     let announce = || -> io::Result<()> {
@@ -455,9 +461,6 @@ pub fn run(which: Bundled, mut args: ServeArgs) -> io::Result<()> {
     if let Err(e) = activation::notify_ready() {
         log::warn!("cannot report readiness: {e}");
     }
-    let handles: Vec<ServerHandle> = servers.iter().map(|s| s.handle.clone()).collect();
-    let sockets = servers.iter().map(|s| Ok((s.socket.try_clone()?, s.name.clone()))).collect::<io::Result<_>>()?;
-    crate::restart::on_hangup(sockets, handles.clone(), args.restart_timeout)?;
     crate::restart::report_stopping(&handles);
     let threads: Vec<_> = servers
         .into_iter()
