@@ -15,6 +15,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use socketserver::ServerHandle;
@@ -75,18 +76,37 @@ fn program() -> io::Result<PathBuf> {
 }
 
 /// Says `STOPPING=1` to the service manager when a shutdown (not a
-/// hand-over) begins.
-pub fn report_stopping(servers: &[ServerHandle]) {
-    let Some(first) = servers.first().cloned() else { return };
-    if std::env::var_os("NOTIFY_SOCKET").is_none() {
-        return;
-    }
+/// hand-over) begins: on a thread that waits for it, or, if that thread has
+/// not said it by the time serving ended (a shutdown with nothing to drain
+/// is over before it runs), by [`Stopping::finish`]. Said once either way.
+pub fn report_stopping(servers: &[ServerHandle]) -> Option<Stopping> {
+    let stopping = Stopping { first: servers.first()?.clone(), said: Arc::new(Mutex::new(false)) };
+    std::env::var_os("NOTIFY_SOCKET")?;
+    let waiter = Stopping { first: stopping.first.clone(), said: Arc::clone(&stopping.said) };
     let _ = std::thread::Builder::new().name("stopping".into()).spawn(move || {
-        first.wait_shutdown_requested(None);
-        if !first.is_handed_over()
-            && let Err(e) = activation::notify("STOPPING=1")
-        {
+        waiter.first.wait_shutdown_requested(None);
+        waiter.finish();
+    });
+    Some(stopping)
+}
+
+/// `STOPPING=1`, to be said once.
+pub struct Stopping {
+    first: ServerHandle,
+    /// Held while it is being said: the process does not exit halfway.
+    said: Arc<Mutex<bool>>,
+}
+
+impl Stopping {
+    /// Says `STOPPING=1` unless it was said or the servers were handed over.
+    pub fn finish(&self) {
+        let mut said = self.said.lock().unwrap_or_else(|e| e.into_inner());
+        if self.first.is_handed_over() || *said {
+            return;
+        }
+        *said = true;
+        if let Err(e) = activation::notify("STOPPING=1") {
             log::warn!("cannot report stopping: {e}");
         }
-    });
+    }
 }

@@ -461,7 +461,7 @@ pub fn run(which: Bundled, mut args: ServeArgs) -> io::Result<()> {
     if let Err(e) = activation::notify_ready() {
         log::warn!("cannot report readiness: {e}");
     }
-    crate::restart::report_stopping(&handles);
+    let stopping = crate::restart::report_stopping(&handles);
     let threads: Vec<_> = servers
         .into_iter()
         .map(|s| {
@@ -485,6 +485,9 @@ pub fn run(which: Bundled, mut args: ServeArgs) -> io::Result<()> {
             }
             failure.get_or_insert(e);
         }
+    }
+    if let Some(stopping) = stopping {
+        stopping.finish();
     }
     match failure {
         None => Ok(()),
