@@ -33,7 +33,7 @@ fn activate(listen: impl Fn() -> Vec<String>, opts: &[&str], server: &[&str]) ->
     if let Err(e) = Command::new(ACTIVATE).arg("--version").output() {
         panic!(
             "cannot run {ACTIVATE} ({e}): the socket-activation tests need it \
-             (Debian: apt-get install systemd; .ci/run installs it)"
+             (Debian: apt-get install systemd)"
         );
     }
     for _ in 0..5 {
