@@ -259,15 +259,31 @@ impl Successor {
         args: &[OsString],
         sockets: &[(BorrowedFd<'_>, &str)],
     ) -> io::Result<Successor> {
+        Successor::spawn_with_env(program, args, sockets, &[])
+    }
+
+    /// As [`spawn`](Self::spawn), with `env` (name, value) set for the
+    /// successor too: what it should know of the sockets beyond their
+    /// names, such as which socket files it is to remove when it stops.
+    ///
+    /// # Errors
+    /// As `spawn`.
+    pub fn spawn_with_env(
+        program: &std::ffi::OsStr,
+        args: &[OsString],
+        sockets: &[(BorrowedFd<'_>, &str)],
+        env: &[(&str, &str)],
+    ) -> io::Result<Successor> {
         let (read, write) = crate::sys::process::pipe()?;
         let mut fds: Vec<BorrowedFd<'_>> = sockets.iter().map(|(fd, _)| *fd).collect();
         fds.push(write.as_fd());
         let names: Vec<&str> = sockets.iter().map(|(_, name)| *name).collect();
-        let env = [
+        let mut env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        env.extend([
             ("LISTEN_FDS", sockets.len().to_string()),
             ("LISTEN_FDNAMES", names.join(":")),
             (HANDOFF_FD, (FIRST + sockets.len() as RawFd).to_string()),
-        ];
+        ]);
         let child = crate::sys::handoff::spawn_with_fds(program, args, &fds, &env)
             .map_err(|e| crate::error::context(e, format_args!("cannot start {}", program.display())))?;
         drop(write); // the successor's copy is the only one: its exit is EOF

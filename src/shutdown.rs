@@ -90,6 +90,9 @@ struct Drain {
     watchdog: bool,
     /// When the grace period ran out and connections were shut down.
     forced_at: Option<Instant>,
+    /// Shutdowns asked for so far (kept across a reset): a waiter that
+    /// wakes after the server finished and reset still sees its shutdown.
+    requests: u64,
 }
 
 impl Drain {
@@ -103,6 +106,7 @@ impl Drain {
             (true, old, new) => old.or(new),
         };
         self.requested = true;
+        self.requests += 1;
     }
 }
 
@@ -163,11 +167,12 @@ impl Shared {
     pub(crate) fn wait_stop_requested(&self, timeout: Option<Duration>) -> bool {
         let deadline = timeout.map(|t| std::time::Instant::now() + t);
         let mut d = self.drain.lock();
-        while !self.stopping() {
+        let seen = d.requests;
+        while !self.stopping() && d.requests == seen {
             match deadline {
                 Some(deadline) => {
                     if self.drain_cv.wait_until(&mut d, deadline).timed_out() {
-                        return self.stopping();
+                        return self.stopping() || d.requests != seen;
                     }
                 }
                 None => self.drain_cv.wait(&mut d),
@@ -377,7 +382,7 @@ impl Shared {
     /// Forgets the finished shutdown so that the server can serve again.
     pub(crate) fn reset(&self) {
         let mut d = self.drain.lock();
-        *d = Drain { watchdog: d.watchdog, ..Drain::default() };
+        *d = Drain { watchdog: d.watchdog, requests: d.requests, ..Drain::default() };
         self.stop.store(false, SeqCst);
         self.waker.reset_stop();
         // A watchdog waiting for the old deadline sees there is none.

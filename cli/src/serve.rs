@@ -19,6 +19,8 @@ use socketserver::{
 };
 use socketserver::{Event, ThreadPool, Threading, Transport};
 
+use crate::restart::SocketFile;
+
 #[derive(Clone, Copy, Debug)]
 pub enum Bundled {
     Echo,
@@ -208,6 +210,11 @@ struct Bound {
     /// goes by there (`LISTEN_FDNAMES`).
     socket: OwnedFd,
     name: String,
+    /// The Unix socket file this process answers for: bound by it for a
+    /// flag, or handed over with the socket by its predecessor. The
+    /// successor answers for it after a hand-over; otherwise it is removed
+    /// when serving ends (the library removes only the files it bound).
+    file: Option<SocketFile>,
 }
 
 /// About the most threads this process can start: each takes four or so
@@ -329,7 +336,7 @@ fn bound<T: Transport>(server: Server<T, AnyStrategy>, name: String) -> io::Resu
     let label = format!("{} {}", T::NAME, server.server_address());
     let handle = server.handle();
     let socket = server.as_fd().try_clone_to_owned()?;
-    Ok(Bound { label, handle, serve: Box::new(move || server.serve_forever()), socket, name })
+    Ok(Bound { label, handle, serve: Box::new(move || server.serve_forever()), socket, name, file: None })
 }
 
 /// Binds every listener asked for — or takes the one handed to this process
@@ -369,20 +376,22 @@ where
     for (i, path) in listeners.unix.iter().enumerate() {
         let name = format!("unix.{i}");
         let b = opts.configure_stream(Server::<UnixStream>::builder(), false);
-        let server = match take(&name) {
-            Some(socket) => b.from_inherited(socket, handler.clone())?,
-            None => b.bind(path, handler.clone())?,
+        let (server, ours) = match take(&name) {
+            Some(socket) => (b.from_inherited(socket, handler.clone())?, crate::restart::handed_with_file(&name)),
+            None => (b.bind(path, handler.clone())?, true),
         };
-        all.push(bound(server, name)?);
+        let file = if ours { SocketFile::of(server.server_address()) } else { None };
+        all.push(Bound { file, ..bound(server, name)? });
     }
     for (i, path) in listeners.unix_dgram.iter().enumerate() {
         let name = format!("unix-dgram.{i}");
         let b = opts.configure(Server::<UnixDatagram>::builder(), false);
-        let server = match take(&name) {
-            Some(socket) => b.from_inherited(socket, handler.clone())?,
-            None => b.bind(path, handler.clone())?,
+        let (server, ours) = match take(&name) {
+            Some(socket) => (b.from_inherited(socket, handler.clone())?, crate::restart::handed_with_file(&name)),
+            None => (b.bind(path, handler.clone())?, true),
         };
-        all.push(bound(server, name)?);
+        let file = if ours { SocketFile::of(server.server_address()) } else { None };
+        all.push(Bound { file, ..bound(server, name)? });
     }
     // What systemd (or a predecessor) handed over beyond the flags.
     for socket in handed.into_iter().flatten() {
@@ -438,6 +447,14 @@ pub fn run(which: Bundled, mut args: ServeArgs) -> io::Result<()> {
     }
     // SIGQUIT, SIGUSR1 and SIGUSR2, the command's own, likewise.
     let _signals = crate::signals::install(servers.iter().map(|s| (s.label.clone(), s.handle.clone())).collect())?;
+    // SIGHUP (a restart) too, before anyone is told: until here `ctrlc`'s
+    // handler takes it and shuts down, so a reload sent as soon as the
+    // lines or READY=1 came stopped the service.
+    let handles: Vec<ServerHandle> = servers.iter().map(|s| s.handle.clone()).collect();
+    let sockets = servers.iter().map(|s| Ok((s.socket.try_clone()?, s.name.clone()))).collect::<io::Result<_>>()?;
+    let files: Vec<SocketFile> = servers.iter().filter_map(|s| s.file.clone()).collect();
+    let with_files = servers.iter().filter(|s| s.file.is_some()).map(|s| s.name.clone()).collect();
+    crate::restart::on_hangup(sockets, with_files, handles.clone(), args.restart_timeout)?;
     // The lines are for whoever started us; if they have stopped reading
     // (a closed pipe, a full disk), that is no reason to stop serving.
     let announce = || -> io::Result<()> {
@@ -455,10 +472,7 @@ pub fn run(which: Bundled, mut args: ServeArgs) -> io::Result<()> {
     if let Err(e) = activation::notify_ready() {
         log::warn!("cannot report readiness: {e}");
     }
-    let handles: Vec<ServerHandle> = servers.iter().map(|s| s.handle.clone()).collect();
-    let sockets = servers.iter().map(|s| Ok((s.socket.try_clone()?, s.name.clone()))).collect::<io::Result<_>>()?;
-    crate::restart::on_hangup(sockets, handles.clone(), args.restart_timeout)?;
-    crate::restart::report_stopping(&handles);
+    let stopping = crate::restart::report_stopping(&handles);
     let threads: Vec<_> = servers
         .into_iter()
         .map(|s| {
@@ -481,6 +495,14 @@ pub fn run(which: Bundled, mut args: ServeArgs) -> io::Result<()> {
                 h.shutdown();
             }
             failure.get_or_insert(e);
+        }
+    }
+    if let Some(stopping) = stopping {
+        stopping.finish();
+    }
+    if !handles.iter().any(ServerHandle::is_handed_over) {
+        for file in &files {
+            file.remove();
         }
     }
     match failure {

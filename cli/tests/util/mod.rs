@@ -2,6 +2,8 @@
 //! address from its `listening` line, signal it, wait for its exit.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
