@@ -140,6 +140,38 @@ fn hand_over_leaves_the_listener_to_the_next_server() {
 
 /// `hand_over` keeps a Unix socket's file (the successor serves it by that
 /// path); `shutdown` removes it, as before.
+/// A UDP server that bound its own socket wakes its blocked receivers at a
+/// shutdown with datagrams of its own; after a hand-over the socket is
+/// shared, and the server it was handed to receives some of them. They are
+/// not requests: its handler never sees one and it counts none (it answered
+/// 2–3 "requests" from nobody).
+#[test]
+fn the_wake_ups_of_a_handed_over_udp_server_are_no_requests_for_the_next() {
+    for _ in 0..5 {
+        let first =
+            UdpServer::builder().strategy(socketserver::ThreadPool::new(4)).bind("127.0.0.1:0", echo_datagram).unwrap();
+        let shared = first.as_fd().try_clone_to_owned().unwrap();
+        let first = run(first);
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = std::sync::Arc::clone(&seen);
+        let next = run(UdpServer::builder()
+            .strategy(socketserver::ThreadPool::new(2))
+            .from_socket(UdpSocket::from(shared), move |req: &mut socketserver::DatagramRequest| {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                req.reply(req.data())
+            })
+            .unwrap());
+        first.handle.hand_over();
+        let mut first = first;
+        first.join().unwrap();
+        let stats = next.handle.stats();
+        assert_eq!((stats.accepted, seen.load(std::sync::atomic::Ordering::SeqCst)), (0, 0), "{stats:?}");
+        // And it serves real clients on the shared socket.
+        assert_eq!(udp_round_trip(&udp_client(), next.inet(), b"real"), b"real");
+        next.stop().unwrap();
+    }
+}
+
 #[test]
 fn hand_over_keeps_the_socket_file_and_shutdown_removes_it() {
     let dir = TempDir::new("hand-over-file");

@@ -234,6 +234,19 @@ fn max_size(core: &Core, socket: &DatagramSocket) -> usize {
     })
 }
 
+/// What a shutdown's wake-up datagram holds. Recognised by its bytes, not
+/// only by its sender: a socket handed to a successor is shared, and the
+/// successor, which cannot know the old process's sender, may receive one
+/// of them — it must not answer it as a request. (A client that sends
+/// exactly these bytes has its datagram dropped.)
+const WAKE_UP: &[u8] = b"\0socketserver: wake up\0";
+
+/// Whether the `len` bytes received into `buf` (as many as fit) are a wake-up.
+fn is_wake_up(buf: &[u8], len: usize) -> bool {
+    let fit = len.min(buf.len());
+    len == WAKE_UP.len() && buf[..fit] == WAKE_UP[..fit]
+}
+
 /// Receives one datagram into `req` (without blocking if `dontwait`): a
 /// request, or one oversized (reported), refused by `verify_request`, or a
 /// wake-up from `wake_from` (not counted).
@@ -245,7 +258,7 @@ fn receive_into(
     wake_from: Option<&SockAddr>,
 ) -> io::Result<Taken> {
     let (len, from) = sys::recv_from(SockRef::from(&*req.socket), &mut req.buf, dontwait)?;
-    if len == 0 && wake_from == Some(&from) {
+    if is_wake_up(&req.buf, len) || (len == 0 && wake_from == Some(&from)) {
         return Ok(Taken::Nothing);
     }
     let stats = &core.shared.stats;
@@ -409,7 +422,7 @@ impl WakeSender {
                 return false;
             }
             for _ in 0..left {
-                let _ = self.sender.send_to(&[], &self.to);
+                let _ = self.sender.send_to(WAKE_UP, &self.to);
             }
             // Shutdown only: the receivers leave within microseconds of a wake.
             std::thread::sleep(pause);
