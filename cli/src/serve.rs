@@ -473,28 +473,51 @@ pub fn run(which: Bundled, mut args: ServeArgs) -> io::Result<()> {
         log::warn!("cannot report readiness: {e}");
     }
     let stopping = crate::restart::report_stopping(&handles);
+    // Each server on a thread of its own but the last, which this thread
+    // serves: one thread fewer (the event strategy's whole budget is a few).
+    let mut servers = servers;
+    let last = servers.pop();
     let threads: Vec<_> = servers
         .into_iter()
         .map(|s| {
             let label = s.label;
             let serve = s.serve;
-            let thread = std::thread::Builder::new().name(format!("serve {label}")).spawn(serve);
+            let others = handles.clone();
+            // A server that fails stops the others at once (the one this
+            // thread serves among them), not when it is joined.
+            let thread = std::thread::Builder::new().name(format!("serve {label}")).spawn(move || {
+                let outcome = serve();
+                if outcome.is_err() {
+                    for h in &others {
+                        h.shutdown();
+                    }
+                }
+                outcome
+            });
             (label, thread)
         })
         .collect();
     let mut failure = None;
+    let mut failed = |label: &str, e: io::Error| {
+        log::error!("{label}: {e}");
+        // One listener failed: stop the others too, and say so in the exit code.
+        for h in &handles {
+            h.shutdown();
+        }
+        failure.get_or_insert(e);
+    };
+    if let Some(s) = last
+        && let Err(e) = (s.serve)()
+    {
+        failed(&s.label, e);
+    }
     for (label, thread) in threads {
         let outcome = match thread {
             Ok(t) => t.join().unwrap_or_else(|_| Err(io::Error::other("the serving thread panicked"))),
             Err(e) => Err(e),
         };
         if let Err(e) = outcome {
-            log::error!("{label}: {e}");
-            // One listener failed: stop the others too, and say so in the exit code.
-            for h in &handles {
-                h.shutdown();
-            }
-            failure.get_or_insert(e);
+            failed(&label, e);
         }
     }
     if let Some(stopping) = stopping {

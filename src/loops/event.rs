@@ -60,6 +60,10 @@ struct Conn {
     /// Counts parks, so that a timer set at one park does not close the
     /// connection at a later one.
     seq: AtomicU64,
+    /// An event said the peer closed (or the connection failed): its end of
+    /// stream may be waiting behind the bytes a read returns, and no event
+    /// will say so again.
+    hup: AtomicBool,
 }
 
 /// Work besides epoll events: stolen from a blocked thread, or due timers.
@@ -330,6 +334,13 @@ impl Reactor {
                     break;
                 }
             }
+            // Before anyone runs them: an event that says the peer closed
+            // is the last one the connection gets.
+            for token in events.hangups() {
+                if let Some(conn) = self.conns.read().get(token) {
+                    conn.hup.store(true, SeqCst);
+                }
+            }
             me.batch.lock().extend(events.tokens());
             loop {
                 let next = me.batch.lock().pop_front();
@@ -436,6 +447,7 @@ impl Reactor {
             state: AtomicU8::new(PARKED),
             parked: Mutex::new(Some((Box::new(req), false))),
             seq: AtomicU64::new(0),
+            hup: AtomicBool::new(false),
         });
         let token = self.conns.write().insert(Arc::clone(&conn));
         if let Err(e) = self.epoll.add(fd, token, Interest::READ_EDGE) {
@@ -473,7 +485,7 @@ impl Reactor {
     /// Runs a connection this thread owns (`RUNNING`) until it parks or ends.
     fn run_owned(self: &Arc<Self>, me: &Poller, token: u64, conn: &Arc<Conn>, expired: Option<Work>) {
         let Some((mut req, mut started)) = conn.parked.lock().take() else { return };
-        req.resumed();
+        req.resumed(conn.hup.load(SeqCst));
         // Counted as parked from its first park on.
         self.core.shared.stats.parked.fetch_sub(u64::from(started), Relaxed);
         match expired {
@@ -526,7 +538,7 @@ impl Reactor {
                     stats.parked.fetch_sub(1, Relaxed);
                     let Some((r, _)) = conn.parked.lock().take() else { return };
                     req = r;
-                    req.resumed();
+                    req.resumed(conn.hup.load(SeqCst));
                 }
             }
         }

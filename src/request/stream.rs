@@ -107,6 +107,10 @@ pub struct StreamRequest {
     /// request, not two). Cleared by every other read and when the
     /// connection resumes.
     socket_empty: bool,
+    /// An event said the peer closed: its end of stream may wait behind
+    /// the bytes a read returned, and no further event will come, so a
+    /// boundary always asks the socket.
+    peer_closing: bool,
     idle_closed: bool,
     /// A PROXY header is still to be read, within this long.
     proxy_header: Option<Duration>,
@@ -145,6 +149,7 @@ impl StreamRequest {
             states: Vec::new(),
             parked: false,
             socket_empty: false,
+            peer_closing: false,
             idle_closed: false,
             proxy_header: policy.proxy_header_timeout,
             local: None,
@@ -387,7 +392,7 @@ impl StreamRequest {
         self.mid_request = false;
         if self.parking && !self.eof {
             // The event strategy: nothing here now means park, not wait.
-            if std::mem::take(&mut self.socket_empty) {
+            if std::mem::take(&mut self.socket_empty) && !self.peer_closing {
                 self.parked = true;
                 return Ok(false);
             }
@@ -410,9 +415,11 @@ impl StreamRequest {
     }
 
     /// The connection resumes after a park (bytes came, or a timer): the
-    /// socket may hold what came meanwhile.
-    pub(crate) fn resumed(&mut self) {
+    /// socket may hold what came meanwhile; `peer_closing`: an event said
+    /// the peer closed.
+    pub(crate) fn resumed(&mut self, peer_closing: bool) {
         self.socket_empty = false;
+        self.peer_closing |= peer_closing;
     }
 
     /// Under the event strategy: `wait_for_data` parks the connection

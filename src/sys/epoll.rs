@@ -99,6 +99,13 @@ impl Events {
     pub(crate) fn tokens(&self) -> impl Iterator<Item = u64> + '_ {
         self.buf[..self.len].iter().map(|e| e.u64)
     }
+
+    /// The tokens of the events of the last wait that say the peer closed
+    /// (its end of stream is there to read), hung up or failed.
+    pub(crate) fn hangups(&self) -> impl Iterator<Item = u64> + '_ {
+        let hangup = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+        self.buf[..self.len].iter().filter(move |e| e.events & hangup != 0).map(|e| e.u64)
+    }
 }
 
 /// A counter descriptor (`eventfd`) to wake waiters: readable while non-zero.
