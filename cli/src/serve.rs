@@ -96,17 +96,20 @@ pub enum StrategyArg {
 
 #[derive(Debug, Args)]
 pub struct ServerOptions {
-    /// Concurrency strategy.
-    #[arg(long, value_enum, default_value = "pool")]
+    /// Concurrency strategy. `event` by default: an idle connection costs
+    /// no thread, and it is the cheapest per request (BENCHMARKS.md).
+    #[arg(long, value_enum, default_value = "event")]
     strategy: StrategyArg,
-    /// Pool workers kept even when idle (default: the number of CPUs, at
-    /// least 2); for UDP, the workers receiving on the socket.
+    /// Threads kept even when idle: pool workers (default: the number of
+    /// CPUs, at least 2) or event polling threads (default: one per CPU);
+    /// for UDP, the threads receiving on the socket.
     #[arg(long, value_name = "N")]
     workers: Option<NonZeroUsize>,
-    /// The most pool workers (or, with --strategy threading, threads) at
-    /// once. Each open connection holds one.
-    #[arg(long, value_name = "N", default_value = "4096")]
-    max_workers: NonZeroUsize,
+    /// The most threads at once: pool workers or, with threading, request
+    /// threads — each open connection holds one (default 4,096); with event,
+    /// polling threads while handlers block (default 256).
+    #[arg(long, value_name = "N")]
+    max_workers: Option<NonZeroUsize>,
     /// Places in the pool's queue for connections waiting for a worker.
     #[arg(long, value_name = "N", default_value = "1024")]
     queue: usize,
@@ -233,33 +236,39 @@ impl ServerOptions {
     /// Options that parse but do not make sense together: a usage error.
     pub fn check(&self) -> Result<(), String> {
         if let Some(w) = self.workers
-            && w > self.max_workers
+            && w.get() > self.max_workers()
         {
-            return Err(format!("--workers {w} is more than --max-workers {}", self.max_workers));
+            return Err(format!("--workers {w} is more than --max-workers {}", self.max_workers()));
         }
         let ceiling = thread_ceiling();
-        if self.max_workers.get() > ceiling {
+        if self.max_workers() > ceiling {
             return Err(format!(
                 "--max-workers {} is more threads than this system can start (about {ceiling}: vm.max_map_count / 5)",
-                self.max_workers
+                self.max_workers()
             ));
         }
         Ok(())
     }
 
+    /// `--max-workers`, or the strategy's default.
+    fn max_workers(&self) -> usize {
+        let default = if self.strategy == StrategyArg::Event { 256 } else { 4096 };
+        self.max_workers.map_or(default, NonZeroUsize::get)
+    }
+
     fn strategy(&self) -> AnyStrategy {
         match self.strategy {
             StrategyArg::Sync => AnyStrategy::Synchronous(socketserver::Synchronous),
-            StrategyArg::Threading => Threading::new().max_threads(self.max_workers.get()).into(),
+            StrategyArg::Threading => Threading::new().max_threads(self.max_workers()).into(),
             StrategyArg::Pool => {
-                let mut pool = ThreadPool::default().max_workers(self.max_workers.get()).queue(self.queue);
+                let mut pool = ThreadPool::default().max_workers(self.max_workers()).queue(self.queue);
                 if let Some(n) = self.workers {
                     pool = pool.workers(n.get());
                 }
                 pool.into()
             }
             StrategyArg::Event => {
-                let mut event = Event::new().max_workers(self.max_workers.get());
+                let mut event = Event::new().max_workers(self.max_workers());
                 if let Some(n) = self.workers {
                     event = event.pollers(n.get());
                 }

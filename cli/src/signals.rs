@@ -82,7 +82,7 @@ fn quit(servers: &[(String, ServerHandle)]) {
 fn summary(s: &Stats) -> String {
     format!(
         "accepted {}, active {}, completed {}, rejected {}, refused {}, handler errors {}, panics {}, \
-         accept errors {}, oversized {}, idle closed {}, queued {}, workers {} busy of {}",
+         accept errors {}, oversized {}, idle closed {}, queued {}, parked {}, workers {} busy of {}",
         s.accepted,
         s.active,
         s.completed,
@@ -94,6 +94,7 @@ fn summary(s: &Stats) -> String {
         s.oversized,
         s.idle_closed,
         s.queue_depth,
+        s.parked,
         s.workers_busy,
         s.workers_total
     )

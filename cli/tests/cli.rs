@@ -1057,6 +1057,40 @@ fn sigusr1_logs_each_servers_counters_and_serving_goes_on() {
     assert!(!dir.join("s.sock").exists(), "the Unix socket file is removed");
 }
 
+/// The default strategy is event: 40 idle connections are parked (the
+/// SIGUSR1 line says so) and the process has no thread for any of them (it
+/// had 40 more under the pool, the default before).
+#[test]
+fn by_default_idle_connections_are_parked_with_no_thread_each() {
+    let mut server = Server::start(&["echo", "--tcp", "127.0.0.1:0"]);
+    let tcp = server.tcp();
+    let threads = |pid: libc::pid_t| -> usize {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status.lines().find_map(|l| l.strip_prefix("Threads:")).unwrap().trim().parse().unwrap()
+    };
+    let before = threads(server.proc.pid());
+    let mut idle: Vec<_> = (0..40).map(|_| tcp_connect(tcp)).collect();
+    for (i, c) in idle.iter_mut().enumerate() {
+        let msg = format!("hello {i}");
+        assert_eq!(round_trip(c, msg.as_bytes()), msg.as_bytes());
+    }
+    let line = format!("stats tcp {tcp}: accepted 40, active 40, completed 0,");
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        server.signal(libc::SIGUSR1);
+        std::thread::sleep(Duration::from_millis(20));
+        let text = server.stderr_text();
+        if text.lines().any(|l| l.contains(&line) && l.contains("parked 40,")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never `{line} ... parked 40`; stderr: {text}");
+    }
+    let after = threads(server.proc.pid());
+    assert!(after <= before + 2, "{before} threads before, {after} with 40 idle connections");
+    drop(idle);
+    server.stop_cleanly(libc::SIGTERM, TIMEOUT);
+}
+
 /// SIGUSR2 is reserved: ignored, logged once at debug (it killed the process).
 #[test]
 fn sigusr2_is_ignored_and_serving_goes_on() {
