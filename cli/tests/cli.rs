@@ -1057,9 +1057,11 @@ fn sigusr1_logs_each_servers_counters_and_serving_goes_on() {
     assert!(!dir.join("s.sock").exists(), "the Unix socket file is removed");
 }
 
-/// The default strategy is event: 40 idle connections are parked (the
+/// The default strategy is event: 100 idle connections are parked (the
 /// SIGUSR1 line says so) and the process has no thread for any of them (it
-/// had 40 more under the pool, the default before).
+/// had 100 more under the pool, the default before). The bound is loose on
+/// purpose: the event pool may grow by a few threads while a busy machine
+/// (CI runs tests in parallel) holds its pollers in system calls.
 #[test]
 fn by_default_idle_connections_are_parked_with_no_thread_each() {
     let mut server = Server::start(&["echo", "--tcp", "127.0.0.1:0"]);
@@ -1069,24 +1071,24 @@ fn by_default_idle_connections_are_parked_with_no_thread_each() {
         status.lines().find_map(|l| l.strip_prefix("Threads:")).unwrap().trim().parse().unwrap()
     };
     let before = threads(server.proc.pid());
-    let mut idle: Vec<_> = (0..40).map(|_| tcp_connect(tcp)).collect();
+    let mut idle: Vec<_> = (0..100).map(|_| tcp_connect(tcp)).collect();
     for (i, c) in idle.iter_mut().enumerate() {
         let msg = format!("hello {i}");
         assert_eq!(round_trip(c, msg.as_bytes()), msg.as_bytes());
     }
-    let line = format!("stats tcp {tcp}: accepted 40, active 40, completed 0,");
+    let line = format!("stats tcp {tcp}: accepted 100, active 100, completed 0,");
     let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
         server.signal(libc::SIGUSR1);
         std::thread::sleep(Duration::from_millis(20));
         let text = server.stderr_text();
-        if text.lines().any(|l| l.contains(&line) && l.contains("parked 40,")) {
+        if text.lines().any(|l| l.contains(&line) && l.contains("parked 100,")) {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "never `{line} ... parked 40`; stderr: {text}");
+        assert!(std::time::Instant::now() < deadline, "never `{line} ... parked 100`; stderr: {text}");
     }
     let after = threads(server.proc.pid());
-    assert!(after <= before + 2, "{before} threads before, {after} with 40 idle connections");
+    assert!(after < before + 20, "{before} threads before, {after} with 100 idle connections");
     drop(idle);
     server.stop_cleanly(libc::SIGTERM, TIMEOUT);
 }
@@ -1359,14 +1361,15 @@ fn client_failures_are_one_line_and_exit_1() {
 }
 
 /// Runs the binary to its end like `run`, and also returns its peak
-/// resident memory in KiB (`wait4`'s `ru_maxrss`: this child's alone).
-#[allow(clippy::zombie_processes)] // reaped by wait4, which std cannot see
+/// resident memory in KiB: `VmHWM` of its own address space, sampled every
+/// 2 ms until it exits. (`wait4`'s `ru_maxrss` is no measure here: the
+/// kernel carries into it the peak of the forked copy of this test process
+/// before `exec`, which other tests' buffers had grown to 55 MiB.)
 fn run_measuring_rss(args: &[&str], stdin: &[u8]) -> (Output, u64) {
-    use std::os::unix::process::ExitStatusExt;
     let mut cmd = command(BIN, args, &[]);
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("start socketserver");
-    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    let status_file = format!("/proc/{}/status", child.id());
     let mut input = child.stdin.take().unwrap();
     let data = stdin.to_vec();
     let writer = thread::spawn(move || {
@@ -1375,16 +1378,18 @@ fn run_measuring_rss(args: &[&str], stdin: &[u8]) -> (Output, u64) {
     let (out, out_t) = drain(child.stdout.take().unwrap());
     let (err, err_t) = drain(child.stderr.take().unwrap());
     let deadline = Instant::now() + TIMEOUT;
-    let (status, usage) = loop {
-        let mut status = 0;
-        // SAFETY: rusage is plain data; wait4 on our own child, which only
-        // this loop reaps.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-        if r == pid {
-            break (ExitStatus::from_raw(status), usage);
+    let mut peak_kib = 0;
+    let status = loop {
+        // Sampled before asking whether it ended: the last sample is at
+        // most one period before the exit. A zombie has no VmHWM line.
+        let hwm = std::fs::read_to_string(&status_file).ok().and_then(|text| {
+            let line = text.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+            line.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+        });
+        peak_kib = peak_kib.max(hwm.unwrap_or(0));
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
         }
-        assert_eq!(r, 0, "wait4: {}", io::Error::last_os_error());
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
@@ -1398,7 +1403,8 @@ fn run_measuring_rss(args: &[&str], stdin: &[u8]) -> (Output, u64) {
     let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap()).into_owned();
     let stdout_bytes = out.lock().unwrap().clone();
     let output = Output { status, stdout: text(&out), stdout_bytes, stderr: text(&err) };
-    (output, u64::try_from(usage.ru_maxrss).unwrap())
+    assert!(peak_kib > 0, "no VmHWM sample of `socketserver {}`", args.join(" "));
+    (output, peak_kib)
 }
 
 /// A server that answers with a line that never ends: the client gives up
