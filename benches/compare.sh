@@ -126,9 +126,9 @@ cargo build --release --quiet --bin socketserver
 CARGO_TARGET_DIR="$PWD/target/contenders" cargo build --release --quiet \
     --manifest-path benches/contenders/Cargo.toml
 if [[ $WITH_CRITERION == 1 ]]; then
-    log "criterion: cargo bench --bench pool_dispatch --bench echo"
+    log "criterion: cargo bench --bench dispatch --bench echo"
     rm -rf target/criterion
-    cargo bench --quiet --bench pool_dispatch --bench echo >&2
+    cargo bench --quiet --bench dispatch --bench echo >&2
 fi
 
 # Should this script stop early: its background jobs still running (a

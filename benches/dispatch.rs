@@ -8,6 +8,8 @@
 //! * `dispatch/pool_queue0`: a pool of 2 workers, queue 0 — the connection is
 //!   handed only to an idle worker (a rendezvous);
 //! * `dispatch/pool`: the default pool (a bounded crossbeam queue);
+//! * `dispatch/event`: the event strategy (the polling thread that learns of
+//!   the connection runs its handler: no hand-off);
 //! * `dispatch/std_spawn`: `TcpListener::accept` and `thread::spawn`.
 //!
 //! Each iteration is one connection: connect, read the handler's one byte,
@@ -21,7 +23,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use socketserver::{AnyStrategy, ServerHandle, StreamRequest, TcpServer, ThreadPool, Threading};
+use socketserver::{AnyStrategy, Event, ServerHandle, StreamRequest, TcpServer, ThreadPool, Threading};
 
 struct Running {
     addr: SocketAddr,
@@ -79,10 +81,11 @@ fn one_connection(addr: SocketAddr) -> Duration {
 fn dispatch(c: &mut Criterion) {
     let mut group = c.benchmark_group("dispatch");
     let two = 2;
-    let contenders: [(&str, AnyStrategy); 3] = [
+    let contenders: [(&str, AnyStrategy); 4] = [
         ("threading", Threading::new().into()),
         ("pool_queue0", ThreadPool::new(two).queue(0).into()),
         ("pool", ThreadPool::default().into()),
+        ("event", Event::new().into()),
     ];
     for (name, strategy) in contenders {
         let server = Running::start(strategy);

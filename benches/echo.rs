@@ -1,5 +1,5 @@
 //! Echo through in-process servers, one per strategy (`Synchronous`, `Threading`,
-//! `ThreadPool` with its defaults), bound to 127.0.0.1:0 with the bundled
+//! `ThreadPool` and `Event` with their defaults), bound to 127.0.0.1:0 with the bundled
 //! `servers::Echo` handler and `TCP_NODELAY`:
 //!
 //! * `echo_rtt_64B/{strategy}`: one connection, write 64 bytes, read them
@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use socketserver::servers::Echo;
-use socketserver::{AnyStrategy, ServerHandle, TcpServer, ThreadPool, Threading};
+use socketserver::{AnyStrategy, Event, ServerHandle, TcpServer, ThreadPool, Threading};
 
 const SIZE: usize = 64;
 
@@ -46,11 +46,12 @@ impl Drop for Running {
     }
 }
 
-fn strategies() -> [(&'static str, AnyStrategy); 3] {
+fn strategies() -> [(&'static str, AnyStrategy); 4] {
     [
         ("sync", socketserver::Synchronous.into()),
         ("threading", Threading::new().into()),
         ("pool", ThreadPool::default().into()),
+        ("event", Event::new().into()),
     ]
 }
 

@@ -278,61 +278,43 @@ def criterion(root="target/criterion"):
 
 def criterion_section(crit):
     if not crit:
-        return ["_No criterion results in target/criterion: run `cargo bench --bench pool_dispatch --bench echo`"
+        return ["_No criterion results in target/criterion: run `cargo bench --bench dispatch --bench echo`"
                 " (or `benches/compare.sh --with-criterion`)._", ""]
     lines = []
-    pools = ["socketserver", "mpsc_mutex", "pl_condvar"]
-    lat = {g: v for g, v in crit.items() if g.startswith("latency/")}
-    thr = {g: v for g, v in crit.items() if g.startswith("throughput/")}
 
-    def key(g):
-        _, w, c = g.split("/")
-        return int(w[1:]), int(c[3:])
+    def fmt(ns):
+        return "–" if ns is None else f"{ns / 1000:.1f} µs ({1e9 / ns:,.0f}/s)"
 
-    if lat or thr:
+    dispatch = crit.get("dispatch")
+    if dispatch:
+        names = [n for n in ["threading", "pool_queue0", "pool", "event", "std_spawn"] if n in dispatch]
+        names += sorted(n for n in dispatch if n not in names)
         lines += [
-            "### Pool dispatch (`benches/pool_dispatch.rs`)",
+            "### Dispatch (`benches/dispatch.rs`)",
             "",
-            "Same job and worker count for each pool; capacity = jobs that may wait in the queue (0: hand-off to an"
-            " idle worker only). *Latency*: one job in flight, time from `submit` to the job starting on a worker"
-            " (mean). *Throughput*: one producer submitting as fast as it can, until the last job has run.",
+            "One connection per iteration through the public API: connect, read the handler's first byte,"
+            " close (the TCP handshake is in every figure; the differences are the hand-off to the thread"
+            " that runs the handler).",
             "",
-            "| workers | queue | latency: ours | mpsc+Mutex | parking_lot deque | jobs/s: ours | mpsc+Mutex |"
-            " parking_lot deque |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| " + " | ".join(f"`{n}`" for n in names) + " |",
+            "|" + "---:|" * len(names),
+            "| " + " | ".join(fmt(dispatch.get(n)) for n in names) + " |",
+            "",
         ]
-        for g in sorted(set(k.split("/", 1)[1] for k in list(lat) + list(thr)), key=lambda s: key("x/" + s)):
-            w, c = key("x/" + g)
-            lcell = [lat.get("latency/" + g, {}).get(p) for p in pools]
-            tcell = [thr.get("throughput/" + g, {}).get(p) for p in pools]
-
-            def fl(ns):
-                return "–" if ns is None else (f"{ns / 1000:.2f} µs" if ns >= 1000 else f"{ns:.0f} ns")
-
-            def ft(ns):
-                return "–" if ns is None else f"{1e9 / ns / 1e6:.2f} M" if 1e9 / ns >= 1e6 else f"{1e9 / ns / 1e3:.0f} k"
-
-            lines.append(f"| {w} | {c} | " + " | ".join(fl(x) for x in lcell) + " | "
-                         + " | ".join(ft(x) for x in tcell) + " |")
-        lines.append("")
-    other = {g: v for g, v in crit.items() if not g.startswith(("latency/", "throughput/"))}
+    other = {g: v for g, v in crit.items() if g != "dispatch"}
     if other:
+        strategies = ["sync", "threading", "pool", "event"]
         lines += [
             "### Echo through in-process servers (`benches/echo.rs`)",
             "",
-            "| benchmark | ours: Sync | ours: Threading | ours: ThreadPool |",
-            "|---|---:|---:|---:|",
+            "| benchmark | ours: Sync | ours: Threading | ours: ThreadPool | ours: Event |",
+            "|---|---:|---:|---:|---:|",
         ]
         for g in sorted(other):
             v = other[g]
-            cells = []
-            for s in ["sync", "threading", "pool"]:
-                ns = v.get(s)
-                cells.append("–" if ns is None else f"{ns / 1000:.1f} µs ({1e9 / ns:,.0f}/s)")
-            lines.append(f"| `{g}` | " + " | ".join(cells) + " |")
+            lines.append(f"| `{g}` | " + " | ".join(fmt(v.get(s)) for s in strategies) + " |")
         lines.append("")
     return lines
-
 
 
 # --- SVG -------------------------------------------------------------------------
