@@ -693,10 +693,16 @@ impl TcpRoom {
     /// Sends `line` to every member but `except`; members whose outbox is
     /// full are too slow: they are disconnected.
     fn broadcast(&self, except: u64, line: &str) {
+        self.broadcast_locked(&mut self.members.lock(), except, line);
+    }
+
+    /// `broadcast` under a lock the caller holds: a change of the room (a
+    /// join, a rename, a leave) and its announcement are one step, so a
+    /// newcomer never hears of what happened before it came.
+    fn broadcast_locked(&self, members: &mut HashMap<u64, Member>, except: u64, line: &str) {
         let mut pending = vec![(except, line.to_string())];
         while let Some((except, line)) = pending.pop() {
             let line: Arc<str> = Arc::from(format!("{line}\n"));
-            let mut members = self.members.lock();
             let mut dropped = Vec::new();
             members.retain(|&id, m| {
                 if id == except || self.post(&m.mailbox, &line) {
@@ -713,7 +719,8 @@ impl TcpRoom {
     }
 
     /// Adds a member under a name nobody has (`guestN`, the next free N)
-    /// and welcomes it; its name, or `None` when the room is full.
+    /// and welcomes it and announces it to the others (one step, under the
+    /// members lock); its name, or `None` when the room is full.
     ///
     /// # Errors
     /// The postman cannot be started (out of threads or memory).
@@ -735,6 +742,7 @@ impl TcpRoom {
         // others broadcast with.
         self.post(&mailbox, &Arc::from(format!("* welcome, {name}; /name NAME to rename\n")));
         members.insert(id, Member { name: name.clone(), mailbox });
+        self.broadcast_locked(&mut members, id, &format!("* {name} joined"));
         Ok(Some(name))
     }
 
@@ -803,23 +811,21 @@ impl TcpRoom {
                     self.send_to(id, &name_rule());
                     continue;
                 }
-                let renamed = {
-                    let mut members = self.members.lock();
-                    // Nobody may speak as somebody else.
-                    if taken(&members, id, new) {
-                        false
-                    } else {
-                        if let Some(m) = members.get_mut(&id) {
-                            m.name = new.to_string();
-                        }
-                        true
-                    }
-                };
-                if renamed {
-                    self.send_to(id, &format!("* you are now {new}"));
-                    self.broadcast(id, &format!("* {name} is now {new}"));
+                let mut members = self.members.lock();
+                // Nobody may speak as somebody else.
+                let reply = if taken(&members, id, new) {
+                    format!("error: {new} is taken\n")
                 } else {
-                    self.send_to(id, &format!("error: {new} is taken"));
+                    if let Some(m) = members.get_mut(&id) {
+                        m.name = new.to_string();
+                    }
+                    // With the rename: a member who joins after it hears
+                    // of it from nobody.
+                    self.broadcast_locked(&mut members, id, &format!("* {name} is now {new}"));
+                    format!("* you are now {new}\n")
+                };
+                if let Some(m) = members.get(&id) {
+                    let _ = self.post(&m.mailbox, &Arc::from(reply));
                 }
                 continue;
             }
@@ -841,8 +847,7 @@ impl RequestHandler<StreamRequest> for TcpRoom {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let mailbox = Arc::new(Mailbox { outbox: Mutex::default(), stream: req.try_clone()? });
         let seat = match self.join(id, Arc::clone(&mailbox)) {
-            Ok(Some(name)) => {
-                self.broadcast(id, &format!("* {name} joined"));
+            Ok(Some(_)) => {
                 Seat { joined: Some((id, mailbox)), bucket: self.limits.rate.map(Bucket::new), ..Seat::default() }
             }
             Ok(None) => {
@@ -876,17 +881,17 @@ impl RequestHandler<StreamRequest> for TcpRoom {
     /// sends the member what was still on its way to it.
     fn finish(&self, req: &mut StreamRequest) -> io::Result<()> {
         let Some(Seat { joined: Some((id, mailbox)), flooded, .. }) = req.take_state::<Seat>() else { return Ok(()) };
-        // Not `if let Some(m) = self.members.lock().remove(..)`: the guard
-        // would live through the block, and `broadcast` locks again.
-        let left = self.members.lock().remove(&id);
-        if let Some(m) = left {
-            let why = if flooded {
-                log::warn!("{}: {} sent too fast for too long; disconnected", req.peer_addr(), m.name);
-                " (flooding)"
-            } else {
-                ""
-            };
-            self.broadcast(id, &format!("* {} left{why}", m.name));
+        {
+            // Removed and announced in one step, as a join is.
+            let mut members = self.members.lock();
+            if let Some(m) = members.remove(&id) {
+                let why = if flooded { " (flooding)" } else { "" };
+                self.broadcast_locked(&mut members, id, &format!("* {} left{why}", m.name));
+                drop(members);
+                if flooded {
+                    log::warn!("{}: {} sent too fast for too long; disconnected", req.peer_addr(), m.name);
+                }
+            }
         }
         let rest = mailbox.close();
         if let Some(postbox) = self.postbox.get() {
