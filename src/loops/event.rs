@@ -317,8 +317,18 @@ impl Reactor {
             if self.exit.load(SeqCst) {
                 break;
             }
-            let work = self.ready.lock().pop_front();
+            let (work, more) = {
+                let mut ready = self.ready.lock();
+                let work = ready.pop_front();
+                (work, !ready.is_empty())
+            };
             if let Some(work) = work {
+                // Wake-ups signalled back to back reach one waiter (the
+                // eventfd is one ready item until a waiter takes it): pass
+                // one on while work is left, or one thread does it all.
+                if more && self.waiting.load(SeqCst) > 0 {
+                    self.wake.signal();
+                }
                 self.do_work(me, work);
                 continue;
             }
