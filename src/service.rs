@@ -137,6 +137,50 @@ impl<R> fmt::Debug for Service<R> {
     }
 }
 
+/// Exit codes of a forked child whose request was never admitted (beyond
+/// [`Outcome`]'s 0-2; a child killed by signal N exits as 128 + N).
+pub(crate) const CHILD_REFUSED: i32 = 3;
+/// The peer closed before its PROXY header (a health check): not counted.
+pub(crate) const CHILD_CLOSED: i32 = 4;
+/// The PROXY header failed; the report says how.
+pub(crate) const CHILD_PREAMBLE_FAILED: i32 = 5;
+
+/// Whether a request may run, once what comes before it has been read.
+#[derive(Debug)]
+pub(crate) enum Admission {
+    Admitted,
+    /// `verify_request` refused the client the PROXY header names.
+    Refused,
+    /// The peer closed before sending anything.
+    Closed,
+    /// The header was malformed, incomplete in time, or cut short.
+    Failed(io::Error),
+}
+
+impl<R> Service<R> {
+    /// Counts (and logs, throttled) a request that was not admitted.
+    pub(crate) fn not_admitted(&self, peer: &dyn fmt::Display, admission: Admission) {
+        let stats = &self.shared.stats;
+        match admission {
+            Admission::Admitted | Admission::Closed => {}
+            Admission::Refused => {
+                Counters::bump(&stats.refused);
+                log::debug!("{}: refused {peer}", self.shared.name);
+            }
+            Admission::Failed(err) => {
+                Counters::bump(&stats.proxy_errors);
+                if let Some(held) = self.throttle.admit() {
+                    let more = match held {
+                        0 => String::new(),
+                        n => format!(" (and {n} more error(s) not logged since the last)"),
+                    };
+                    log::warn!("{}: closed a connection from {peer}: {err}{more}", self.shared.name);
+                }
+            }
+        }
+    }
+}
+
 impl<R: Request> Service<R> {
     /// Runs one request to the end, reports its errors, then releases it
     /// (closing a connection). It counts as completed only after all that.
@@ -166,13 +210,25 @@ impl<R: Request> Service<R> {
 
     /// Runs a request in a forked child, which must take no lock another
     /// thread of the parent may have held: nothing is logged and no hook
-    /// runs here. Each error is written to `report` (one line each, raw
-    /// `write(2)`) for the parent to pass to `handle_error`; the outcome
-    /// becomes the exit code.
-    pub(crate) fn run_in_child(&self, mut req: R, report: &std::os::fd::OwnedFd) -> Outcome {
+    /// but `verify_request` (which must see the client a PROXY header
+    /// names) runs here. Each error is written to `report` (one line each,
+    /// raw `write(2)`) for the parent to pass to `handle_error`; the
+    /// returned exit code is an [`Outcome`] or, for a request never
+    /// admitted, one of the `CHILD_*` codes, for the parent to count.
+    pub(crate) fn run_in_child(&self, mut req: R, report: &std::os::fd::OwnedFd) -> i32 {
         let mut outcome = Outcome::Ok;
-        if !self.admit(&mut req) {
-            return outcome;
+        match self.admission(&mut req) {
+            Admission::Admitted => {}
+            Admission::Refused => {
+                // Whom `verify_request` refused: the client the header named.
+                crate::sys::process::write_raw(report, req.peer().to_string().as_bytes());
+                return CHILD_REFUSED;
+            }
+            Admission::Closed => return CHILD_CLOSED,
+            Admission::Failed(err) => {
+                crate::sys::process::write_raw(report, err.to_string().replace('\n', " ").as_bytes());
+                return CHILD_PREAMBLE_FAILED;
+            }
         }
         if let Err(failure) = self.run_phases(&mut req) {
             let mut errors = Vec::new();
@@ -185,7 +241,7 @@ impl<R: Request> Service<R> {
             }
             crate::sys::process::write_raw(report, text.as_bytes());
         }
-        outcome
+        outcome as i32
     }
 
     fn run_phases(&self, req: &mut R) -> Result<(), Failure> {
@@ -232,27 +288,24 @@ impl<R: Request> Service<R> {
     /// names the client, asks `verify_request` about that client. `false`:
     /// the request is refused (counted) and the handler must not run.
     fn admit(&self, req: &mut R) -> bool {
-        let stats = &self.shared.stats;
+        match self.admission(req) {
+            Admission::Admitted => true,
+            other => {
+                self.not_admitted(req.peer(), other);
+                false
+            }
+        }
+    }
+
+    /// `admit`'s decision alone: nothing counted, nothing logged (a forked
+    /// child decides, its parent counts).
+    fn admission(&self, req: &mut R) -> Admission {
         match req.preamble() {
-            Preamble::None => true,
-            Preamble::Read if self.verify(req.peer()) => true,
-            Preamble::Read => {
-                Counters::bump(&stats.refused);
-                log::debug!("{}: refused {}", self.shared.name, req.peer());
-                false
-            }
-            Preamble::Closed => false,
-            Preamble::Failed(err) => {
-                Counters::bump(&stats.proxy_errors);
-                if let Some(held) = self.throttle.admit() {
-                    let more = match held {
-                        0 => String::new(),
-                        n => format!(" (and {n} more error(s) not logged since the last)"),
-                    };
-                    log::warn!("{}: closed a connection from {}: {err}{more}", self.shared.name, req.peer());
-                }
-                false
-            }
+            Preamble::None => Admission::Admitted,
+            Preamble::Read if self.verify(req.peer()) => Admission::Admitted,
+            Preamble::Read => Admission::Refused,
+            Preamble::Closed => Admission::Closed,
+            Preamble::Failed(err) => Admission::Failed(err),
         }
     }
 

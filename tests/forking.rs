@@ -5,7 +5,7 @@
 mod util;
 
 use std::io::{self, Read};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use socketserver::{Forking, StreamRequest, TcpServer};
@@ -13,8 +13,19 @@ use util::*;
 
 /// A logger whose every line takes one lock, as env_logger takes stderr's.
 struct LockingLogger {
-    lock: Arc<Mutex<()>>,
+    lock: Mutex<()>,
     lines: Mutex<Vec<String>>,
+}
+
+/// The process's logger, installed once (the tests here take turns).
+fn logger() -> &'static LockingLogger {
+    static LOGGER: std::sync::OnceLock<&'static LockingLogger> = std::sync::OnceLock::new();
+    LOGGER.get_or_init(|| {
+        let logger: &'static LockingLogger =
+            Box::leak(Box::new(LockingLogger { lock: Mutex::new(()), lines: Mutex::new(Vec::new()) }));
+        log::set_logger(logger).unwrap();
+        logger
+    })
 }
 
 impl log::Log for LockingLogger {
@@ -35,10 +46,7 @@ impl log::Log for LockingLogger {
 #[test]
 fn a_failing_child_never_waits_on_a_lock_held_at_fork_time() {
     let _serial = serial();
-    let lock = Arc::new(Mutex::new(()));
-    let logger: &'static LockingLogger =
-        Box::leak(Box::new(LockingLogger { lock: Arc::clone(&lock), lines: Mutex::new(Vec::new()) }));
-    log::set_logger(logger).unwrap();
+    let logger = logger();
     log::set_max_level(log::LevelFilter::Error);
 
     // The default handle_error: it logs.
@@ -49,7 +57,7 @@ fn a_failing_child_never_waits_on_a_lock_held_at_fork_time() {
     let handle = server.handle();
     let mut c = tcp_connect(server.server_address().as_inet().unwrap());
 
-    let held = lock.lock().unwrap();
+    let held = logger.lock.lock().unwrap();
     let server = run(server);
     // The child has run the handler and closed the connection.
     c.set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -102,4 +110,71 @@ fn no_child_remains_after_server_close() {
     assert_eq!(children().len(), 1, "the child serves after handle_request returned");
     server.server_close();
     assert_eq!(children(), Vec::<String>::new(), "a child outlived server_close");
+}
+
+/// Behind a PROXY header under `Forking`, the child reads the header and
+/// asks `verify_request` about the client it names: what it refuses and
+/// the headers that fail are counted in the parent's `stats()` (they were
+/// counted in the child's copy, and lost), and the child logs none of it —
+/// here with every level on and the logger's lock held while the children
+/// run: a child that logged would wait for ever (it did: "refused" at
+/// debug, the bad header at warn, and the library's own debug line for a
+/// connection reset). The parent logs them once the lock is free.
+#[test]
+fn behind_a_proxy_children_decide_and_the_parent_counts() {
+    let _serial = serial();
+    let logger = logger();
+    log::set_max_level(log::LevelFilter::Debug);
+    let server = TcpServer::builder()
+        .strategy(Forking::new())
+        .proxy_protocol(socketserver::proxy::ProxyProtocol::trusting(|proxy| {
+            proxy.as_inet().is_some_and(|a| a.ip().is_loopback())
+        }))
+        .verify_request(|client| client.as_inet().is_some_and(|a| a.ip().to_string() != "203.0.113.9"))
+        .bind("127.0.0.1:0", |req: &mut StreamRequest| {
+            let client = req.peer_addr().to_string();
+            if client.starts_with("192.0.2.77:") {
+                // Taken for the peer's reset: a normal end, which the
+                // library notes at debug level — in the child.
+                return Err(io::ErrorKind::ConnectionReset.into());
+            }
+            std::io::Write::write_all(req, format!("{client}\n").as_bytes())
+        })
+        .unwrap();
+    let handle = server.handle();
+    let addr = server.server_address().as_inet().unwrap();
+    let server = run(server);
+    let held = logger.lock.lock().unwrap();
+    let send = |bytes: &[u8]| {
+        let mut c = tcp_connect(addr);
+        std::io::Write::write_all(&mut c, bytes).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        c.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).map(|_| answer)
+    };
+    let banned = send(b"PROXY TCP4 203.0.113.9 198.51.100.1 5 443\r\nhi\n");
+    let garbage = send(b"GET / HTTP/1.1\r\n\r\n");
+    let welcome = send(b"PROXY TCP4 192.0.2.9 198.51.100.1 5 443\r\n");
+    let reset = send(b"PROXY TCP4 192.0.2.77 198.51.100.1 5 443\r\n");
+    drop(held);
+    assert_eq!(banned.expect("the refused connection is closed by its child"), "");
+    assert_eq!(garbage.expect("the bad header's connection is closed by its child"), "");
+    assert_eq!(welcome.expect("the admitted client is served"), "192.0.2.9:5\n");
+    assert_eq!(reset.expect("a child that would log at debug exits all the same"), "");
+    let deadline = Instant::now() + TIMEOUT;
+    let counted = |s: &socketserver::Stats| (s.refused, s.proxy_errors, s.completed, s.handler_errors);
+    while counted(&handle.stats()) != (1, 1, 2, 0) {
+        assert!(
+            Instant::now() < deadline,
+            "counts (refused, proxy_errors, completed, errors): {:?}",
+            counted(&handle.stats())
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let lines = logger.lines.lock().unwrap().clone();
+    assert!(lines.iter().any(|l| l.contains("refused 203.0.113.9:5")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("closed a connection from")), "{lines:?}");
+    log::set_max_level(log::LevelFilter::Error);
+    server.stop().unwrap();
 }

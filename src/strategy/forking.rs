@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use super::Forking;
 use crate::net::Address;
 use crate::request::Request;
-use crate::service::{Outcome, Service};
+use crate::service::{Admission, CHILD_CLOSED, CHILD_PREAMBLE_FAILED, CHILD_REFUSED, Outcome, Service};
 use crate::stats::Counters;
 use crate::sys::process;
 
@@ -65,9 +65,14 @@ impl<R: Request> Children<R> {
         // write(2) and exits.
         let forked = unsafe {
             shared.children.spawn(|| {
+                // Every `log!` in this process is off from here: a macro
+                // checks the level (an atomic) before it takes any lock,
+                // and the logger's lock may be held by a thread that is
+                // not here to release it.
+                log::set_max_level(log::LevelFilter::Off);
                 let Some(mut req) = req.take() else { return Outcome::Failed as i32 };
                 req.detach_for_child();
-                self.service.run_in_child(req, &report_tx) as i32
+                self.service.run_in_child(req, &report_tx)
             })
         };
         // The parent's copy of the write end: closed now, so that the pipe
@@ -93,8 +98,22 @@ impl<R: Request> Children<R> {
             let _ = std::fs::File::from(report_rx).take(64 * 1024).read_to_end(&mut report);
             let status = service.shared.children.wait(pid);
             let stats = &service.shared.stats;
+            let mut completed = true;
             match status {
                 Ok(0) => {}
+                // Never admitted: counted as the other strategies count it,
+                // here, where logging is safe.
+                Ok(CHILD_REFUSED) => {
+                    completed = false;
+                    let client = String::from_utf8_lossy(&report).to_string();
+                    service.not_admitted(&client, Admission::Refused);
+                }
+                Ok(CHILD_CLOSED) => completed = false,
+                Ok(CHILD_PREAMBLE_FAILED) => {
+                    completed = false;
+                    let why = String::from_utf8_lossy(&report).trim().to_string();
+                    service.not_admitted(&peer, Admission::Failed(std::io::Error::other(why)));
+                }
                 Ok(code) => {
                     Counters::bump(&stats.handler_errors);
                     if code == Outcome::Panicked as i32 {
@@ -104,7 +123,9 @@ impl<R: Request> Children<R> {
                 }
                 Err(e) => log::error!("{}: waitpid({pid}) failed: {e}", service.shared.name),
             }
-            Counters::bump(&stats.completed);
+            if completed {
+                Counters::bump(&stats.completed);
+            }
             live.fetch_sub(1, SeqCst);
             stats.workers_total.fetch_sub(1, SeqCst);
             drop(slot);
