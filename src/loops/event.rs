@@ -188,6 +188,8 @@ struct Reactor {
     pollers: Mutex<Vec<Arc<Poller>>>,
     alive: AtomicUsize,
     waiting: AtomicUsize,
+    /// Pollers started and not yet in their loop.
+    starting: AtomicUsize,
     stopping: AtomicBool,
     exit: AtomicBool,
     /// The listener is disarmed until capacity frees up.
@@ -221,6 +223,7 @@ pub(crate) fn serve(
         pollers: Mutex::new(Vec::new()),
         alive: AtomicUsize::new(0),
         waiting: AtomicUsize::new(0),
+        starting: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
         exit: AtomicBool::new(false),
         full: AtomicBool::new(false),
@@ -257,6 +260,7 @@ impl Reactor {
         let poller = Arc::new(Poller::default());
         self.pollers.lock().push(Arc::clone(&poller));
         self.alive.fetch_add(1, SeqCst);
+        self.starting.fetch_add(1, SeqCst);
         self.core.shared.stats.workers_total.fetch_add(1, SeqCst);
         let me = Arc::clone(self);
         let spawned = strategy::spawn(&self.core.shared, "socketserver-poller", self.config.stack_size, move || {
@@ -264,6 +268,7 @@ impl Reactor {
         });
         if let Err(e) = spawned {
             self.alive.fetch_sub(1, SeqCst);
+            self.starting.fetch_sub(1, SeqCst);
             self.core.shared.stats.workers_total.fetch_sub(1, SeqCst);
             return Err(e);
         }
@@ -312,6 +317,7 @@ impl Reactor {
 
     fn poll_loop(self: &Arc<Self>, me: &Arc<Poller>) {
         me.tid.store(sys::thread_id(), SeqCst);
+        self.starting.fetch_sub(1, SeqCst);
         let mut events = Events::with_capacity(EVENTS);
         loop {
             if self.exit.load(SeqCst) {
@@ -702,16 +708,24 @@ impl Reactor {
         for token in stolen {
             self.push_work(Work::Ready(token));
         }
-        let queued = !self.ready.lock().is_empty();
-        let free = self.alive.load(SeqCst).saturating_sub(stuck);
-        let nobody_polls = self.waiting.load(SeqCst) == 0 && (free == 0 || queued);
-        let room = self.alive.load(SeqCst) < self.config.max_workers && !self.exit.load(SeqCst);
-        if stuck > 0
-            && nobody_polls
-            && room
-            && let Err(e) = self.spawn_poller()
-        {
-            log::warn!("{}: cannot start another polling thread: {e}", self.core.name());
+        let queued = self.ready.lock().len();
+        let alive = self.alive.load(SeqCst);
+        let free = alive.saturating_sub(stuck);
+        // Threads still starting will take work or poll: not counted twice.
+        let nobody_polls =
+            self.waiting.load(SeqCst) == 0 && self.starting.load(SeqCst) == 0 && (free == 0 || queued > 0);
+        if stuck > 0 && nobody_polls && !self.exit.load(SeqCst) {
+            // A thread for each piece of work nobody has started (each may
+            // block as the one before it did), at least one to poll: a
+            // burst of blocking requests gets its threads in one look, not
+            // one a look.
+            let room = self.config.max_workers.saturating_sub(alive);
+            for _ in 0..queued.max(1).min(room) {
+                if let Err(e) = self.spawn_poller() {
+                    log::warn!("{}: cannot start another polling thread: {e}", self.core.name());
+                    break;
+                }
+            }
         }
         busy
     }
