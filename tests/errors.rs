@@ -73,6 +73,10 @@ fn handler_errors_and_panics_are_reported_and_the_server_keeps_serving() {
             wait_until("the pool to start", || running.handle.stats().workers_total == 2);
         }
         assert_eq!(ask(addr, "fail"), "failing\n", "{strategy}");
+        // A forked child's errors reach the hook when its parent reaps it,
+        // which can be after the client saw the end of stream: wait, so
+        // that the two reports keep the order of the requests.
+        wait_until("the first error to be reported", || !reported.lock().unwrap().is_empty());
         assert_eq!(ask(addr, "panic"), "panicking\n", "{strategy}");
         assert_eq!(ask(addr, "fine"), "ok\n", "{strategy}: serves on after a panic");
         wait_until("the counters", || running.handle.stats().completed == 3);
