@@ -299,9 +299,13 @@ impl Reactor {
         self.tick.notify_all();
         shared.wait_drained(|| self.conns.read().len == 0);
         // Every poller must see the exit: a level-triggered descriptor wakes
-        // them all (an edge would wake one).
-        self.exit.store(true, SeqCst);
-        self.tick.notify_all();
+        // them all (an edge would wake one). The monitor, under the lock it
+        // checks the flag with, or it could miss the wake-up and sleep on.
+        {
+            let _timers = self.timers.lock();
+            self.exit.store(true, SeqCst);
+            self.tick.notify_all();
+        }
         match EventFd::new() {
             Ok(exit) => {
                 exit.signal();
@@ -614,11 +618,15 @@ impl Reactor {
             while let Some((token, seq)) = timers.drain.due(now) {
                 due.push(Work::Drained(token).with_seq(seq));
             }
-            let next = [timers.idle.next(), timers.drain.next()].into_iter().flatten().min();
             drop(timers);
             self.expire_all(due);
             let busy = self.watch_pollers();
             timers = self.timers.lock();
+            // Read again under the lock it will wait with: a timer set
+            // while the lock was free was notified to nobody (the drain
+            // window's, set at the shutdown, then never expired: the
+            // process waited out the grace period).
+            let next = [timers.idle.next(), timers.drain.next()].into_iter().flatten().min();
             let until = match (next, busy) {
                 (Some(at), true) => Some(at.min(Instant::now() + STUCK_AFTER)),
                 (Some(at), false) => Some(at),
