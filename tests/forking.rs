@@ -172,9 +172,17 @@ fn behind_a_proxy_children_decide_and_the_parent_counts() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    let lines = logger.lines.lock().unwrap().clone();
-    assert!(lines.iter().any(|l| l.contains("refused 203.0.113.9:5")), "{lines:?}");
-    assert!(lines.iter().any(|l| l.contains("closed a connection from")), "{lines:?}");
+    // Counted first, then logged, by the reapers: wait for the lines too.
+    let logged = || {
+        let lines = logger.lines.lock().unwrap().clone();
+        let found = lines.iter().any(|l| l.contains("refused 203.0.113.9:5"))
+            && lines.iter().any(|l| l.contains("closed a connection from"));
+        (found, lines)
+    };
+    while !logged().0 {
+        assert!(Instant::now() < deadline, "the parent's lines: {:?}", logged().1);
+        std::thread::sleep(Duration::from_millis(5));
+    }
     log::set_max_level(log::LevelFilter::Error);
     server.stop().unwrap();
 }
