@@ -723,12 +723,13 @@ impl Reactor {
         let nobody_polls =
             self.waiting.load(SeqCst) == 0 && self.starting.load(SeqCst) == 0 && (free == 0 || queued > 0);
         if stuck > 0 && nobody_polls && !self.exit.load(SeqCst) {
-            // A thread for each piece of work nobody has started (each may
-            // block as the one before it did), at least one to poll: a
-            // burst of blocking requests gets its threads in one look, not
-            // one a look.
+            // As many threads as are blocked, for the work nobody has
+            // started (at least one, to poll): a burst of requests that
+            // all block doubles the threads each look rather than adding
+            // one, and a poller caught for a moment in a system call with
+            // a batch in hand adds one, not a thread per connection of it.
             let room = self.config.max_workers.saturating_sub(alive);
-            for _ in 0..queued.max(1).min(room) {
+            for _ in 0..queued.min(stuck).max(1).min(room) {
                 if let Err(e) = self.spawn_poller() {
                     log::warn!("{}: cannot start another polling thread: {e}", self.core.name());
                     break;
