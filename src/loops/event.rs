@@ -116,7 +116,8 @@ struct Poller {
     batch: Mutex<VecDeque<u64>>,
     /// It has left.
     gone: AtomicBool,
-    /// Its thread id, to tell blocked (sleeping) from preempted (runnable).
+    /// Its thread id, to tell blocked (sleeping) from preempted (runnable);
+    /// 0 until its thread is in its loop.
     tid: std::sync::atomic::AtomicI32,
     /// Looks in a row that found it in the same handler run, runnable.
     strikes: std::sync::atomic::AtomicU32,
@@ -188,8 +189,6 @@ struct Reactor {
     pollers: Mutex<Vec<Arc<Poller>>>,
     alive: AtomicUsize,
     waiting: AtomicUsize,
-    /// Pollers started and not yet in their loop.
-    starting: AtomicUsize,
     stopping: AtomicBool,
     exit: AtomicBool,
     /// The listener is disarmed until capacity frees up.
@@ -223,7 +222,6 @@ pub(crate) fn serve(
         pollers: Mutex::new(Vec::new()),
         alive: AtomicUsize::new(0),
         waiting: AtomicUsize::new(0),
-        starting: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
         exit: AtomicBool::new(false),
         full: AtomicBool::new(false),
@@ -260,15 +258,15 @@ impl Reactor {
         let poller = Arc::new(Poller::default());
         self.pollers.lock().push(Arc::clone(&poller));
         self.alive.fetch_add(1, SeqCst);
-        self.starting.fetch_add(1, SeqCst);
         self.core.shared.stats.workers_total.fetch_add(1, SeqCst);
         let me = Arc::clone(self);
+        let started = Arc::clone(&poller);
         let spawned = strategy::spawn(&self.core.shared, "socketserver-poller", self.config.stack_size, move || {
-            me.poll_loop(&poller);
+            me.poll_loop(&started);
         });
         if let Err(e) = spawned {
+            poller.gone.store(true, SeqCst);
             self.alive.fetch_sub(1, SeqCst);
-            self.starting.fetch_sub(1, SeqCst);
             self.core.shared.stats.workers_total.fetch_sub(1, SeqCst);
             return Err(e);
         }
@@ -321,7 +319,6 @@ impl Reactor {
 
     fn poll_loop(self: &Arc<Self>, me: &Arc<Poller>) {
         me.tid.store(sys::thread_id(), SeqCst);
-        self.starting.fetch_sub(1, SeqCst);
         let mut events = Events::with_capacity(EVENTS);
         loop {
             if self.exit.load(SeqCst) {
@@ -690,11 +687,17 @@ impl Reactor {
     fn watch_pollers(self: &Arc<Self>) -> bool {
         let mut busy = false;
         let mut stuck = 0;
+        // Threads still starting will take work or poll: not counted twice.
+        let mut starting = 0;
         let mut stolen = Vec::new();
         {
             let mut pollers = self.pollers.lock();
             pollers.retain(|p| !p.gone.load(SeqCst));
             for p in pollers.iter() {
+                if p.tid.load(SeqCst) == 0 {
+                    starting += 1;
+                    continue;
+                }
                 let run = p.run.load(SeqCst);
                 let seen = p.seen.swap(run, SeqCst);
                 if run % 2 == 1 {
@@ -719,9 +722,7 @@ impl Reactor {
         let queued = self.ready.lock().len();
         let alive = self.alive.load(SeqCst);
         let free = alive.saturating_sub(stuck);
-        // Threads still starting will take work or poll: not counted twice.
-        let nobody_polls =
-            self.waiting.load(SeqCst) == 0 && self.starting.load(SeqCst) == 0 && (free == 0 || queued > 0);
+        let nobody_polls = self.waiting.load(SeqCst) == 0 && starting == 0 && (free == 0 || queued > 0);
         if stuck > 0 && nobody_polls && !self.exit.load(SeqCst) {
             // As many threads as are blocked, for the work nobody has
             // started (at least one, to poll): a burst of requests that
