@@ -98,19 +98,18 @@ impl<R: Request> Children<R> {
             let _ = std::fs::File::from(report_rx).take(64 * 1024).read_to_end(&mut report);
             let status = service.shared.children.wait(pid);
             let stats = &service.shared.stats;
-            let mut completed = true;
+            // A request never admitted is not completed, as elsewhere.
+            let completed = !matches!(status, Ok(CHILD_REFUSED | CHILD_CLOSED | CHILD_PREAMBLE_FAILED));
             match status {
                 Ok(0) => {}
                 // Never admitted: counted as the other strategies count it,
                 // here, where logging is safe.
                 Ok(CHILD_REFUSED) => {
-                    completed = false;
                     let client = String::from_utf8_lossy(&report).to_string();
                     service.not_admitted(&client, Admission::Refused);
                 }
-                Ok(CHILD_CLOSED) => completed = false,
+                Ok(CHILD_CLOSED) => {}
                 Ok(CHILD_PREAMBLE_FAILED) => {
-                    completed = false;
                     let why = String::from_utf8_lossy(&report).trim().to_string();
                     service.not_admitted(&peer, Admission::Failed(std::io::Error::other(why)));
                 }
