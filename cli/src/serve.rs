@@ -497,9 +497,7 @@ pub fn run(which: Bundled, mut args: ServeArgs) -> io::Result<()> {
             let thread = std::thread::Builder::new().name(format!("serve {label}")).spawn(move || {
                 let outcome = serve();
                 if outcome.is_err() {
-                    for h in &others {
-                        h.shutdown();
-                    }
+                    stop_all(&others);
                 }
                 outcome
             });
@@ -510,9 +508,7 @@ pub fn run(which: Bundled, mut args: ServeArgs) -> io::Result<()> {
     let mut failed = |label: &str, e: io::Error| {
         log::error!("{label}: {e}");
         // One listener failed: stop the others too, and say so in the exit code.
-        for h in &handles {
-            h.shutdown();
-        }
+        stop_all(&handles);
         failure.get_or_insert(e);
     };
     if let Some(s) = last
@@ -540,6 +536,13 @@ pub fn run(which: Bundled, mut args: ServeArgs) -> io::Result<()> {
     match failure {
         None => Ok(()),
         Some(e) => Err(e),
+    }
+}
+
+/// Asks every server to stop (each returns from serving once drained).
+fn stop_all(handles: &[ServerHandle]) {
+    for h in handles {
+        h.shutdown();
     }
 }
 
