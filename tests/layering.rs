@@ -38,7 +38,8 @@ fn uses(src: &Path, name: &str) -> BTreeSet<String> {
             let p = e.path();
             if p.is_dir() {
                 dirs.push(p);
-            } else if p.extension().is_some_and(|x| x == "rs") {
+            } else if p.extension().is_some_and(|x| x == "rs") && !p.ends_with("tests.rs") {
+                // (A module's tests in a file of their own use what they like.)
                 files.push(p);
             }
         }
@@ -97,4 +98,25 @@ fn modules_use_only_the_layers_below_them() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Inside `loops`, the event strategy and the accept loop share only
+/// `admit` (taking one connection): the event loop never reaches into the
+/// accept loop, so the two are no circle (`event` used `accept_request` from
+/// `accept`, which called `event::serve`).
+#[test]
+fn the_event_loop_does_not_use_the_accept_loop() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/loops/event");
+    let mut offenders = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            let code = line.trim_start();
+            if !code.starts_with("//") && (code.contains("loops::accept") || code.contains("super::accept")) {
+                offenders.push(format!("{}:{}: {code}", entry.path().display(), i + 1));
+            }
+        }
+    }
+    assert!(!dir.join("../event.rs").exists(), "the event loop is a directory, a file per job");
+    assert!(offenders.is_empty(), "{}", offenders.join("\n"));
 }

@@ -87,6 +87,15 @@ pub(crate) enum Next {
     Paused,
 }
 
+/// What [`AcceptErrors::judge`] decided, for a loop that must not sleep.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Skipped: go on.
+    Skip,
+    /// Take nothing more for this long.
+    Pause(Duration),
+}
+
 /// One loop's accept errors: counted, sorted, backed off and logged the
 /// same way wherever they happen.
 #[derive(Debug)]
@@ -100,7 +109,18 @@ pub(crate) struct AcceptErrors<'a> {
 
 impl<'a> AcceptErrors<'a> {
     pub(crate) fn new(name: &'a str, counters: &'a Counters, stop_fd: RawFd) -> Self {
-        AcceptErrors { name, counters, stop_fd, backoff: Backoff::default() }
+        Self::resume(name, counters, stop_fd, Backoff::default())
+    }
+
+    /// Goes on with an episode a loop kept between its turns (the event
+    /// strategy accepts in batches, on whichever poller is woken).
+    pub(crate) fn resume(name: &'a str, counters: &'a Counters, stop_fd: RawFd, backoff: Backoff) -> Self {
+        AcceptErrors { name, counters, stop_fd, backoff }
+    }
+
+    /// The episode so far, for the next [`resume`](Self::resume).
+    pub(crate) fn into_backoff(self) -> Backoff {
+        self.backoff
     }
 
     /// A connection or datagram was taken: an episode of errors is over.
@@ -114,11 +134,23 @@ impl<'a> AcceptErrors<'a> {
     /// Counts and sorts an error; skips it, backs off, or returns it (with
     /// the server's name) when it is fatal.
     pub(crate) fn failed(&mut self, e: io::Error) -> io::Result<Next> {
+        match self.judge(e)? {
+            Verdict::Skip => Ok(Next::Now),
+            Verdict::Pause(wait) => {
+                sys::poll(&[self.stop_fd], &mut [false], Some(wait))?;
+                Ok(Next::Paused)
+            }
+        }
+    }
+
+    /// As [`failed`](Self::failed), but the caller pauses (the event loop
+    /// disarms its listener for the pause rather than sleep on a poller).
+    pub(crate) fn judge(&mut self, e: io::Error) -> io::Result<Verdict> {
         Counters::bump(&self.counters.accept_errors);
         match classify(&e) {
             Action::Skip => {
                 log::debug!("{}: skipping a failed accept: {e}", self.name);
-                Ok(Next::Now)
+                Ok(Verdict::Skip)
             }
             Action::BackOff => {
                 let (wait, first) = self.backoff.step();
@@ -128,8 +160,7 @@ impl<'a> AcceptErrors<'a> {
                         self.name
                     );
                 }
-                sys::poll(&[self.stop_fd], &mut [false], Some(wait))?;
-                Ok(Next::Paused)
+                Ok(Verdict::Pause(wait))
             }
             Action::Fatal => Err(fatal(self.name, e)),
         }
@@ -190,10 +221,16 @@ mod tests {
         assert!(errors.backoff.in_episode());
         errors.succeeded();
         assert!(!errors.backoff.in_episode(), "a success ends the episode");
+        // An episode kept between turns goes on doubling.
+        assert_eq!(errors.judge(os(libc::EMFILE)).unwrap(), Verdict::Pause(BACKOFF_START));
+        let kept = errors.into_backoff();
+        let mut errors = AcceptErrors::resume("tcp 127.0.0.1:1", &counters, fd, kept);
+        assert_eq!(errors.judge(os(libc::EMFILE)).unwrap(), Verdict::Pause(2 * BACKOFF_START));
+        errors.succeeded();
         let fatal = errors.failed(os(libc::EBADF)).unwrap_err();
         assert!(fatal.to_string().starts_with("tcp 127.0.0.1:1: "), "{fatal}");
         let cause = fatal.get_ref().and_then(|e| e.source()).and_then(|s| s.downcast_ref::<io::Error>());
         assert_eq!(cause.and_then(io::Error::raw_os_error), Some(libc::EBADF));
-        assert_eq!(counters.accept_errors.load(std::sync::atomic::Ordering::Relaxed), 3);
+        assert_eq!(counters.accept_errors.load(std::sync::atomic::Ordering::Relaxed), 5);
     }
 }

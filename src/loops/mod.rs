@@ -11,6 +11,7 @@
 #![allow(private_interfaces, reason = "sealed traits: their methods take crate-private types")]
 
 pub(crate) mod accept;
+mod admit;
 pub(crate) mod errors;
 mod event;
 pub(crate) mod receive;

@@ -62,19 +62,30 @@ impl Epoll {
     }
 
     /// Waits for events, at most `timeout` (`None`: for ever); fills
-    /// `events` and returns how many. `EINTR` returns 0.
+    /// `events` and returns how many: 0 only when the timeout passed. A
+    /// signal that interrupts the wait (`EINTR`) does not end it: it goes
+    /// on for what is left of the timeout, so that a caller never takes an
+    /// interruption for a timeout (a surplus poller retired on one).
     pub(crate) fn wait(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<usize> {
-        let ms = timeout.map_or(-1, super::poll_millis);
+        let deadline = timeout.map(|t| std::time::Instant::now().checked_add(t));
         let cap = events.buf.len() as libc::c_int;
-        // SAFETY: `events.buf` has room for `cap` events and lives for the call.
-        let n = unsafe { libc::epoll_wait(self.fd.as_raw_fd(), events.buf.as_mut_ptr(), cap, ms) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
+        loop {
+            let ms = match deadline {
+                None | Some(None) => -1,
+                Some(Some(at)) => super::poll_millis(at.saturating_duration_since(std::time::Instant::now())),
+            };
+            // SAFETY: `events.buf` has room for `cap` events and lives for the call.
+            let n = unsafe { libc::epoll_wait(self.fd.as_raw_fd(), events.buf.as_mut_ptr(), cap, ms) };
+            if n >= 0 {
+                events.len = n as usize;
+                return Ok(events.len);
+            }
             events.len = 0;
-            return if err.kind() == io::ErrorKind::Interrupted { Ok(0) } else { Err(err) };
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
         }
-        events.len = n as usize;
-        Ok(events.len)
     }
 }
 
@@ -93,6 +104,11 @@ impl std::fmt::Debug for Events {
 impl Events {
     pub(crate) fn with_capacity(n: usize) -> Events {
         Events { buf: vec![libc::epoll_event { events: 0, u64: 0 }; n.max(1)], len: 0 }
+    }
+
+    /// How many events the last wait reported.
+    pub(crate) fn len(&self) -> usize {
+        self.len
     }
 
     /// The tokens of the events of the last wait.
@@ -176,5 +192,43 @@ mod tests {
         ep.delete(edge.as_raw_fd()).unwrap();
         edge.signal();
         assert_eq!(ep.wait(&mut events, Some(Duration::ZERO)).unwrap(), 0);
+    }
+
+    extern "C" fn nothing(_: libc::c_int) {}
+
+    /// A signal that interrupts the wait is not its timeout: the wait goes
+    /// on for the rest of it (it returned 0 at once, and a surplus poller
+    /// retired as if its keep-alive had passed).
+    #[test]
+    fn a_signal_does_not_end_a_wait_before_its_timeout() {
+        // SAFETY: installs a handler that does nothing, for a signal nothing
+        // else in the test process uses; no SA_RESTART, so waits see EINTR.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = nothing as *const () as usize;
+            assert_eq!(libc::sigaction(libc::SIGURG, &action, std::ptr::null_mut()), 0);
+        }
+        let ep = Epoll::new().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            // SAFETY: pthread_self has no preconditions.
+            tx.send(unsafe { libc::pthread_self() }).unwrap();
+            let mut events = Events::with_capacity(1);
+            let start = std::time::Instant::now();
+            let n = ep.wait(&mut events, Some(Duration::from_millis(300))).unwrap();
+            (n, start.elapsed())
+        });
+        let thread = rx.recv().unwrap();
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(5));
+            if waiter.is_finished() {
+                break;
+            }
+            // SAFETY: the thread is alive (not finished) and handles SIGURG.
+            unsafe { libc::pthread_kill(thread, libc::SIGURG) };
+        }
+        let (n, waited) = waiter.join().unwrap();
+        assert_eq!(n, 0);
+        assert!(waited >= Duration::from_millis(300), "the wait ended after {waited:?}, at a signal");
     }
 }

@@ -1,0 +1,441 @@
+//! The event strategy's loop: connections parked in one `epoll` set
+//! between requests, holding no thread and no read buffer; polling threads
+//! that run a ready connection's handler themselves (no hand-off per
+//! request); a monitor that keeps the timers of parked connections and
+//! notices a handler that blocks, handing what its thread had not started
+//! to another poller, up to `max_workers` threads.
+//!
+//! One file per job:
+//! * [`state`]: a connection's state word and its named transitions (the
+//!   only code that changes it), model-checked with `loom`;
+//! * [`registry`]: connections by generation-carrying token;
+//! * [`timers`]: one heap of deadlines, at most one entry per connection
+//!   and kind;
+//! * [`poller`]: the polling threads: wait in epoll, accept, run handlers,
+//!   park, retire;
+//! * [`monitor`]: the monitor thread: expire timers, start threads for
+//!   blocked pollers, resume accepting after a back-off.
+//!
+//! This file holds what they share: the reactor, a connection, and the
+//! start and the drain of the loop.
+
+mod monitor;
+mod poller;
+mod registry;
+mod state;
+mod timers;
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use self::poller::Poller;
+use self::registry::Registry;
+use self::state::{Park, State, Timer};
+use self::timers::{Entry, Timers};
+use super::Core;
+use super::errors::Backoff;
+use crate::net::Listener;
+use crate::request::StreamRequest;
+use crate::service::Service;
+use crate::strategy::{self, Event};
+use crate::sys;
+use crate::sys::epoll::{Epoll, EventFd, Interest};
+
+/// The atomics the state word is made of: `loom`'s when model-checking.
+mod sync {
+    #[cfg(loom)]
+    pub(crate) use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    #[cfg(not(loom))]
+    pub(crate) use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+}
+
+/// Tokens that are not connections.
+const LISTENER: u64 = u64::MAX;
+const WAKE: u64 = u64::MAX - 1;
+const CAPACITY: u64 = u64::MAX - 2;
+
+/// One connection the reactor holds.
+struct Conn {
+    state: State,
+    /// The request, while parked; `started`: `setup` has run.
+    parked: Mutex<Option<(Box<StreamRequest>, bool)>>,
+    /// When it last parked, in nanoseconds from the reactor's start:
+    /// written by its runner before the park's transition, read by the
+    /// monitor to tell whether a timer entry is due.
+    parked_at: AtomicU64,
+    /// An event said the peer closed (or the connection failed): its end of
+    /// stream may be waiting behind the bytes a read returns, and no event
+    /// will say so again.
+    hup: AtomicBool,
+}
+
+/// Work besides epoll events: stolen from a blocked thread, or due timers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Work {
+    /// Run the connection (an event a blocked poller had not got to).
+    Ready(u64),
+    /// The connection sat parked past this timer's deadline; the monitor
+    /// took it (`RUNNING`) for a poller to expire, or serve if its request
+    /// came meanwhile.
+    Expire(u64, Timer),
+}
+
+struct Reactor {
+    core: Arc<Core>,
+    service: Arc<Service<StreamRequest>>,
+    config: Event,
+    listener: Listener,
+    epoll: Epoll,
+    /// Wakes one waiting poller per signal (edge-triggered).
+    wake: EventFd,
+    conns: RwLock<Registry<Arc<Conn>>>,
+    ready: Mutex<VecDeque<Work>>,
+    /// Lock order: `timers`, then `conns`.
+    timers: Mutex<Timers>,
+    /// The clock of `parked_at` and `stopped_at`.
+    epoch: Instant,
+    /// When the shutdown came (nanoseconds from `epoch`); the drain window
+    /// of a connection parked before it runs from then.
+    stopped_at: AtomicU64,
+    /// The monitor sleeps on it.
+    tick: Condvar,
+    pollers: Mutex<Vec<Arc<Poller>>>,
+    /// Polling threads alive (started and not yet gone).
+    alive: sync::AtomicUsize,
+    /// Polling threads waiting in epoll now.
+    waiting: std::sync::atomic::AtomicUsize,
+    stopping: AtomicBool,
+    exit: AtomicBool,
+    /// The listener is disarmed until capacity frees up.
+    full: AtomicBool,
+    /// The monitor sleeps longer than a look (no handler was running when
+    /// it went to sleep): a handler that starts and could strand something
+    /// wakes it.
+    resting: AtomicBool,
+    /// The accept errors' back-off episode, kept between batches.
+    backoff: Mutex<Backoff>,
+    /// Accepting is paused (out of descriptors) until then: the monitor
+    /// re-arms the listener.
+    accept_paused: Mutex<Option<Instant>>,
+}
+
+/// Serves `listener` by the event strategy until the shutdown, then drains
+/// by the drain rule; `stopped` runs once accepting has stopped.
+pub(crate) fn serve(
+    listener: &Listener,
+    core: &Arc<Core>,
+    service: &Arc<Service<StreamRequest>>,
+    config: &Event,
+    stopped: impl FnOnce(),
+) -> io::Result<()> {
+    let shared = &core.shared;
+    let reactor = Arc::new(Reactor {
+        core: Arc::clone(core),
+        service: Arc::clone(service),
+        config: config.clone(),
+        listener: listener.try_clone()?,
+        epoll: Epoll::new()?,
+        wake: EventFd::new()?,
+        conns: RwLock::new(Registry::default()),
+        ready: Mutex::new(VecDeque::new()),
+        timers: Mutex::new(Timers::default()),
+        epoch: Instant::now(),
+        stopped_at: AtomicU64::new(0),
+        tick: Condvar::new(),
+        pollers: Mutex::new(Vec::new()),
+        alive: sync::AtomicUsize::new(0),
+        waiting: std::sync::atomic::AtomicUsize::new(0),
+        stopping: AtomicBool::new(false),
+        exit: AtomicBool::new(false),
+        full: AtomicBool::new(false),
+        resting: AtomicBool::new(false),
+        backoff: Mutex::new(Backoff::default()),
+        accept_paused: Mutex::new(None),
+    });
+    reactor.epoll.add(reactor.wake.as_raw_fd(), WAKE, Interest::READ_EDGE_ONLY)?;
+    reactor.epoll.add(shared.waker.notify_fd(), CAPACITY, Interest::READ_EDGE_ONLY)?;
+    reactor.epoll.add(reactor.listener.as_raw_fd(), LISTENER, Interest::READ_ONESHOT)?;
+    let mut started = Ok(());
+    for _ in 0..config.pollers.max(1) {
+        if let Err(e) = reactor.spawn_poller() {
+            started = Err(e);
+            break;
+        }
+    }
+    let monitor = Arc::clone(&reactor);
+    if let Err(e) = strategy::spawn(shared, "socketserver-monitor", 256 * 1024, move || monitor.monitor()) {
+        started = started.and(Err(e));
+    }
+    if let Err(e) = started {
+        shared.request_stop(Duration::ZERO);
+        reactor.finish(stopped);
+        return Err(crate::error::context(e, format_args!("{}: cannot start the event loop's threads", shared.name)));
+    }
+    while !shared.stopping() {
+        sys::poll(&[shared.waker.stop_fd()], &mut [false], None)?;
+    }
+    reactor.finish(stopped);
+    Ok(())
+}
+
+impl Reactor {
+    /// Nanoseconds from the reactor's start (never 0 once anything ran).
+    fn now_nanos(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_nanos().min(u128::from(u64::MAX)) as u64
+    }
+
+    fn instant(&self, nanos: u64) -> Instant {
+        self.epoch.checked_add(Duration::from_nanos(nanos)).unwrap_or(self.epoch)
+    }
+
+    /// When a connection parked at `parked_at` is due for `timer`; `None`:
+    /// never (it does not apply, or lies beyond what an `Instant` holds).
+    fn deadline(&self, timer: Timer, parked_at: u64) -> Option<Instant> {
+        let parked = self.instant(parked_at);
+        match timer {
+            Timer::Idle => parked.checked_add(self.core.opts.idle_timeout?),
+            Timer::Drain => {
+                let stopped = self.instant(self.stopped_at.load(SeqCst));
+                parked.max(stopped).checked_add(self.core.opts.drain_window)
+            }
+        }
+    }
+
+    fn spawn_poller(self: &Arc<Self>) -> io::Result<()> {
+        let poller = Arc::new(Poller::default());
+        self.pollers.lock().push(Arc::clone(&poller));
+        self.alive.fetch_add(1, SeqCst);
+        self.core.shared.stats.workers_total.fetch_add(1, SeqCst);
+        let me = Arc::clone(self);
+        let started = Arc::clone(&poller);
+        let spawned = strategy::spawn(&self.core.shared, "socketserver-poller", self.config.stack_size, move || {
+            me.poll_loop(&started);
+        });
+        if let Err(e) = spawned {
+            poller.gone.store(true, SeqCst);
+            self.alive.fetch_sub(1, SeqCst);
+            self.core.shared.stats.workers_total.fetch_sub(1, SeqCst);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// After the shutdown: stop accepting, let parked connections drain by
+    /// the window and running ones by the grace period, then stop the
+    /// threads.
+    fn finish(self: &Arc<Self>, stopped: impl FnOnce()) {
+        let shared = &self.core.shared;
+        self.stopped_at.store(self.now_nanos(Instant::now()), SeqCst);
+        self.stopping.store(true, SeqCst);
+        let _ = self.epoll.delete(self.listener.as_raw_fd());
+        stopped();
+        // Every connection gets the window from now (one that runs now gets
+        // it from its park: `park` arms the drain timer while stopping).
+        {
+            let mut timers = self.timers.lock();
+            let conns = self.conns.read();
+            let mut earliest = false;
+            for token in conns.tokens() {
+                let Some(conn) = conns.get(token) else { continue };
+                if conn.state.arm(Timer::Drain)
+                    && let Some(at) = self.deadline(Timer::Drain, conn.parked_at.load(SeqCst))
+                {
+                    earliest |= timers.push(Entry { at, token, timer: Timer::Drain });
+                }
+            }
+            if earliest {
+                self.tick.notify_all();
+            }
+        }
+        shared.wait_drained(|| self.conns.read().len() == 0);
+        // Every poller must see the exit: a level-triggered descriptor wakes
+        // them all (an edge would wake one). The monitor, under the lock it
+        // checks the flag with, or it could miss the wake-up and sleep on.
+        {
+            let _timers = self.timers.lock();
+            self.exit.store(true, SeqCst);
+            self.tick.notify_all();
+        }
+        match EventFd::new() {
+            Ok(exit) => {
+                exit.signal();
+                let _ = self.epoll.add(exit.as_raw_fd(), WAKE, Interest::READ_LEVEL);
+                shared.wait_drained(|| shared.threads.load(SeqCst) == 0);
+            }
+            Err(e) => {
+                log::error!("{}: cannot wake the polling threads to leave: {e}", shared.name);
+                shared.wait_drained(|| shared.threads.load(SeqCst) == 0);
+            }
+        }
+    }
+
+    /// Adds a new connection, parked and not started; `None` if it cannot
+    /// be watched (it is closed).
+    fn register(&self, req: StreamRequest) -> Option<u64> {
+        let fd = req.fd();
+        let conn = Arc::new(Conn {
+            state: State::new(),
+            parked: Mutex::new(Some((Box::new(req), false))),
+            parked_at: AtomicU64::new(self.now_nanos(Instant::now())),
+            hup: AtomicBool::new(false),
+        });
+        let token = self.conns.write().insert(Arc::clone(&conn));
+        if let Err(e) = self.epoll.add(fd, token, Interest::READ_EDGE) {
+            log::error!("{}: cannot watch a connection: {e}", self.core.name());
+            let conn = self.conns.write().remove(token);
+            let req = conn.and_then(|c| c.parked.lock().take());
+            if let Some((req, _)) = req {
+                self.service.release(*req);
+            }
+            return None;
+        }
+        Some(token)
+    }
+
+    /// Parks a connection its runner is done with for now: its request
+    /// stored, its timers armed. `false`: notified meanwhile, the request
+    /// is given back to run again.
+    fn park(&self, token: u64, conn: &Conn, req: Box<StreamRequest>, started: bool) -> Result<(), Box<StreamRequest>> {
+        let now = Instant::now();
+        conn.parked_at.store(self.now_nanos(now), SeqCst);
+        *conn.parked.lock() = Some((req, started));
+        let stats = &self.core.shared.stats;
+        stats.parked.fetch_add(1, Relaxed);
+        let idle = self.core.opts.idle_timeout.is_some();
+        let drain = self.stopping.load(SeqCst);
+        match conn.state.park(idle, drain) {
+            Park::Again => {
+                stats.parked.fetch_sub(1, Relaxed);
+                match conn.parked.lock().take() {
+                    Some((req, _)) => Err(req),
+                    None => Ok(()), // cannot be: nobody else takes it while RUNNING
+                }
+            }
+            Park::Parked { idle, drain, .. } => {
+                if idle || drain {
+                    self.arm(token, now, idle, drain);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Queues the timer entries a park armed (none was queued for them).
+    fn arm(&self, token: u64, parked: Instant, idle: bool, drain: bool) {
+        let parked_at = self.now_nanos(parked);
+        let mut timers = self.timers.lock();
+        let mut earliest = false;
+        for (armed, timer) in [(idle, Timer::Idle), (drain, Timer::Drain)] {
+            if armed && let Some(at) = self.deadline(timer, parked_at) {
+                earliest |= timers.push(Entry { at, token, timer });
+            }
+        }
+        if earliest {
+            self.tick.notify_one();
+        }
+    }
+
+    /// Ends a connection. Its descriptor leaves the epoll set when it is
+    /// closed (no `EPOLL_CTL_DEL`: it is the last handle but for a moment's
+    /// upgrade by the force-closer, whose stale event finds no token).
+    fn close(&self, token: u64, req: Box<StreamRequest>) {
+        self.forget(token);
+        self.service.release(*req);
+    }
+
+    /// Takes a connection out of the registry; its timer entries are dead.
+    fn forget(&self, token: u64) {
+        // Bound first: the registry's guard must be gone before the timers'
+        // lock is taken (lock order: timers, then conns).
+        let removed = self.conns.write().remove(token);
+        let dead = removed.map_or(0, |conn| conn.state.timers());
+        if dead > 0 {
+            self.timers.lock().died(dead);
+        }
+    }
+
+    /// Hands work to a poller: one waiting in epoll is woken; if none is,
+    /// the monitor sees the queue at its next look.
+    fn push_work(&self, work: Work) {
+        self.ready.lock().push_back(work);
+        self.wake.signal();
+    }
+
+    /// Wakes the monitor if it sleeps longer than a look.
+    fn wake_monitor(&self) {
+        if self.resting.load(SeqCst) && self.resting.swap(false, SeqCst) {
+            // Under the lock it waits with: it cannot miss both the flag
+            // and the wake-up.
+            let _timers = self.timers.lock();
+            self.tick.notify_one();
+        }
+    }
+
+    /// Test-only: widens a race window (see [`windows`]).
+    #[cfg(test)]
+    fn window(&self, at: windows::Window) {
+        windows::reach(self.core.name(), at);
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    fn window(&self, _: windows::Window) {}
+}
+
+/// Test-only hooks that widen race windows: a test registers a hook for
+/// its server (by name) and the reactor calls it at the named points.
+pub(crate) mod windows {
+    /// Where a hook is called.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) enum Window {
+        /// The monitor has just taken a connection whose timer came due.
+        Expire,
+        /// A surplus poller waited its keep-alive for nothing and decided
+        /// to retire.
+        Retire,
+        /// A poller took events from epoll and has not started them.
+        Batch,
+    }
+
+    #[cfg(test)]
+    type Hook = std::sync::Arc<dyn Fn(Window) + Send + Sync>;
+
+    #[cfg(test)]
+    static HOOKS: parking_lot::Mutex<Vec<(String, Hook)>> = parking_lot::Mutex::new(Vec::new());
+
+    /// Calls `hook` at every window of the server named `name` until the
+    /// returned guard drops.
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn hook(name: &str, hook: impl Fn(Window) + Send + Sync + 'static) -> Guard {
+        HOOKS.lock().push((name.to_string(), std::sync::Arc::new(hook)));
+        Guard(name.to_string())
+    }
+
+    #[cfg(all(test, not(loom)))]
+    pub(crate) struct Guard(String);
+
+    #[cfg(all(test, not(loom)))]
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            HOOKS.lock().retain(|(n, _)| *n != self.0);
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn reach(name: &str, at: Window) {
+        let hooks: Vec<Hook> = HOOKS.lock().iter().filter(|(n, _)| n == name).map(|(_, h)| h.clone()).collect();
+        for h in hooks {
+            h(at);
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests;

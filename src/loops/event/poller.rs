@@ -1,0 +1,350 @@
+//! The polling threads: each waits in the one epoll set, accepts when the
+//! listener is ready, and runs a ready connection's handler itself until
+//! the connection parks or ends. Surplus threads (started while others
+//! were blocked) retire after `keep_alive` without work.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::*};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use super::state::{Notify, Timer};
+use super::sync::{AtomicUsize, Ordering};
+use super::windows::Window;
+use super::{CAPACITY, Conn, LISTENER, Reactor, WAKE, Work};
+use crate::loops::admit::{Accepted, accept_request};
+use crate::loops::errors::{AcceptErrors, Verdict};
+use crate::service::Step;
+use crate::sys;
+use crate::sys::epoll::{Events, Interest};
+
+/// Connections accepted per wake-up of the listener.
+const ACCEPT_BATCH: usize = 64;
+/// Events taken per `epoll_wait`.
+const EVENTS: usize = 64;
+
+/// A polling thread, as the monitor sees it.
+#[derive(Debug, Default)]
+pub(super) struct Poller {
+    /// Odd while it runs a handler; bumped at each start and end.
+    pub(super) run: AtomicU64,
+    /// What the monitor saw at its last look.
+    pub(super) seen: AtomicU64,
+    /// The handler run the monitor counted as stuck (`run`, odd), so that
+    /// it is not looked at again (in `/proc`) until it ends: the monitor's
+    /// cost does not grow with the threads that stay blocked.
+    pub(super) stuck: AtomicU64,
+    /// Events it has taken from epoll and not started yet.
+    pub(super) batch: Mutex<VecDeque<u64>>,
+    /// It has left.
+    pub(super) gone: AtomicBool,
+    /// Its thread id, to tell blocked (sleeping) from preempted (runnable);
+    /// 0 until its thread is in its loop.
+    pub(super) tid: AtomicI32,
+    /// Looks in a row that found it in the same handler run, runnable.
+    pub(super) strikes: AtomicU32,
+}
+
+/// A surplus poller leaves: one compare-and-swap takes it off `alive`
+/// while more than `target` are alive, so that pollers timing out together
+/// never all leave (each sees the count the others left).
+pub(super) fn retire(alive: &AtomicUsize, target: usize) -> bool {
+    alive.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n > target).then(|| n - 1)).is_ok()
+}
+
+impl Reactor {
+    pub(super) fn poll_loop(self: &Arc<Self>, me: &Arc<Poller>) {
+        me.tid.store(sys::thread_id(), SeqCst);
+        let mut events = Events::with_capacity(EVENTS);
+        let retired = loop {
+            if self.exit.load(SeqCst) {
+                break false;
+            }
+            let (work, more) = {
+                let mut ready = self.ready.lock();
+                let work = ready.pop_front();
+                (work, !ready.is_empty())
+            };
+            if let Some(work) = work {
+                // Wake-ups signalled back to back reach one waiter (the
+                // eventfd is one ready item until a waiter takes it): pass
+                // one on while work is left, or one thread does it all.
+                if more && self.waiting.load(SeqCst) > 0 {
+                    self.wake.signal();
+                }
+                self.do_work(me, work);
+                continue;
+            }
+            let surplus = self.alive.load(SeqCst) > self.config.pollers;
+            self.waiting.fetch_add(1, SeqCst);
+            let waited = self.epoll.wait(&mut events, surplus.then_some(self.config.keep_alive));
+            self.waiting.fetch_sub(1, SeqCst);
+            match waited {
+                Ok(0) if surplus && retire(&self.alive, self.config.pollers) => {
+                    self.window(Window::Retire);
+                    break true;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    log::error!("{}: epoll_wait failed: {e}", self.core.name());
+                    break false;
+                }
+            }
+            // Before anyone runs them: an event that says the peer closed
+            // is the last one the connection gets.
+            for token in events.hangups() {
+                if let Some(conn) = self.conns.read().get(token) {
+                    conn.hup.store(true, SeqCst);
+                }
+            }
+            me.batch.lock().extend(events.tokens());
+            if events.len() > 0 {
+                self.window(Window::Batch);
+            }
+            loop {
+                let next = me.batch.lock().pop_front();
+                let Some(token) = next else { break };
+                self.dispatch(me, token);
+            }
+        };
+        me.gone.store(true, SeqCst);
+        if !retired {
+            self.alive.fetch_sub(1, SeqCst);
+        }
+        self.core.shared.stats.workers_total.fetch_sub(1, SeqCst);
+        // One fewer to poll: if the rest are all in handlers, the monitor
+        // must be looking.
+        self.wake_monitor();
+    }
+
+    fn dispatch(self: &Arc<Self>, me: &Poller, token: u64) {
+        match token {
+            WAKE => {}
+            LISTENER => self.accept_batch(me),
+            CAPACITY => {
+                self.core.shared.waker.drain_notify();
+                self.rearm_listener();
+            }
+            token => self.run(me, token),
+        }
+    }
+
+    fn do_work(self: &Arc<Self>, me: &Poller, work: Work) {
+        match work {
+            Work::Ready(token) => self.dispatch(me, token),
+            Work::Expire(token, timer) => {
+                // Already RUNNING: the monitor took it.
+                let Some(conn) = self.conns.read().get(token).cloned() else { return };
+                self.run_owned(me, token, &conn, Some(timer));
+            }
+        }
+    }
+
+    /// Accepts up to a batch of connections, registers each, and queues it
+    /// to run (its `setup` and first `handle` run at once, as Python's).
+    /// Out of descriptors, it leaves the listener disarmed and the monitor
+    /// arms it again after the back-off: no poller sleeps, and one episode
+    /// is logged once, however many batches it spans.
+    fn accept_batch(self: &Arc<Self>, me: &Poller) {
+        let core = &self.core;
+        let mut kept = self.backoff.lock();
+        let stop_fd = core.shared.waker.stop_fd();
+        let mut errors = AcceptErrors::resume(core.name(), &core.shared.stats, stop_fd, std::mem::take(&mut *kept));
+        let mut paused = None;
+        for _ in 0..ACCEPT_BATCH {
+            if self.stopping.load(SeqCst) || !self.can_accept() {
+                break;
+            }
+            match accept_request(&self.listener, core, &self.service) {
+                Ok(Accepted::Request(mut req)) => {
+                    errors.succeeded();
+                    req.set_parking(true);
+                    if let Some(token) = self.register(req) {
+                        me.batch.lock().push_back(token);
+                    }
+                }
+                Ok(Accepted::Refused | Accepted::Dropped) => errors.succeeded(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => match errors.judge(e) {
+                    Ok(Verdict::Skip) => {}
+                    Ok(Verdict::Pause(wait)) => {
+                        paused = Some(Instant::now() + wait);
+                        break;
+                    }
+                    Err(e) => {
+                        log::error!("{}: the event loop stops accepting: {e}", core.name());
+                        *kept = errors.into_backoff();
+                        core.shared.request_stop(core.opts.grace);
+                        return;
+                    }
+                },
+            }
+        }
+        *kept = errors.into_backoff();
+        drop(kept);
+        match paused {
+            Some(until) => {
+                *self.accept_paused.lock() = Some(until);
+                let _timers = self.timers.lock();
+                self.resting.store(false, SeqCst);
+                self.tick.notify_one();
+            }
+            None => self.rearm_listener(),
+        }
+    }
+
+    fn can_accept(&self) -> bool {
+        let active = self.core.shared.stats.active.load(SeqCst);
+        self.core.opts.max_connections.is_none_or(|max| active < max)
+    }
+
+    /// Arms the listener again, unless the server is stopping, full (then
+    /// freed capacity re-arms it) or backing off (then the monitor does).
+    pub(super) fn rearm_listener(&self) {
+        if self.stopping.load(SeqCst) || self.accept_paused.lock().is_some() {
+            return;
+        }
+        let shared = &self.core.shared;
+        if !self.can_accept() {
+            self.full.store(true, SeqCst);
+            shared.set_waiting(true);
+            if !self.can_accept() {
+                return; // a release after the flag was raised notifies
+            }
+        }
+        self.full.store(false, SeqCst);
+        shared.set_waiting(false);
+        let _ = self.epoll.modify(self.listener.as_raw_fd(), LISTENER, Interest::READ_ONESHOT);
+    }
+
+    /// Bytes came (or the connection is new, or work was handed over): run
+    /// it here, or tell the thread that runs it to go on.
+    fn run(self: &Arc<Self>, me: &Poller, token: u64) {
+        let Some(conn) = self.conns.read().get(token).cloned() else { return };
+        match conn.state.notify() {
+            Notify::Run => self.run_owned(me, token, &conn, None),
+            Notify::Runner => {}
+        }
+    }
+
+    /// Runs a connection this thread owns (`RUNNING`) until it parks or
+    /// ends. `expired`: the monitor took it for this timer — unless its
+    /// request came meanwhile (bytes, or the peer's end, are waiting to be
+    /// read: then it is served, not closed).
+    fn run_owned(self: &Arc<Self>, me: &Poller, token: u64, conn: &Arc<Conn>, expired: Option<Timer>) {
+        let Some((mut req, mut started)) = conn.parked.lock().take() else { return };
+        req.resumed(conn.hup.load(SeqCst));
+        let stats = &self.core.shared.stats;
+        // Counted as parked from its first park on.
+        stats.parked.fetch_sub(u64::from(started), Relaxed);
+        if let Some(timer) = expired
+            && !sys::readable_now(req.fd())
+        {
+            match timer {
+                Timer::Idle => req.expire_idle(),
+                Timer::Drain => req.expire_drained(),
+            }
+        }
+        loop {
+            me.run.fetch_add(1, SeqCst);
+            // The monitor is only needed if this handler could strand
+            // something: nobody else waits in epoll, or this thread holds
+            // events it has not started.
+            if self.resting.load(Relaxed) && (self.waiting.load(SeqCst) == 0 || !me.batch.lock().is_empty()) {
+                self.wake_monitor();
+            }
+            stats.workers_busy.fetch_add(1, Relaxed);
+            let step = self.service.step(&mut req, !started);
+            stats.workers_busy.fetch_sub(1, Relaxed);
+            me.run.fetch_add(1, SeqCst);
+            started = true;
+            if step == Step::Refused {
+                self.forget(token);
+                return; // dropped: closed, never completed
+            }
+            if step != Step::Parked || req.park().is_err() {
+                self.close(token, req);
+                return;
+            }
+            if !req.buffered().is_empty() {
+                continue; // read past the park: serve it before parking
+            }
+            match self.park(token, conn, req, started) {
+                Ok(()) => return,
+                Err(again) => {
+                    // Bytes came while it ran: on again, here.
+                    req = again;
+                    req.resumed(conn.hup.load(SeqCst));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retire_leaves_at_least_the_target() {
+        let alive = AtomicUsize::new(3);
+        assert!(retire(&alive, 1));
+        assert!(retire(&alive, 1));
+        assert!(!retire(&alive, 1), "the last one stays");
+        assert_eq!(alive.load(SeqCst), 1);
+    }
+
+    /// Many surplus pollers timing out at once: exactly the surplus leaves.
+    #[test]
+    fn pollers_retiring_together_leave_the_target() {
+        for _ in 0..50 {
+            let alive = Arc::new(AtomicUsize::new(8));
+            let barrier = Arc::new(std::sync::Barrier::new(8));
+            let left: usize = (0..8)
+                .map(|_| {
+                    let (alive, barrier) = (Arc::clone(&alive), Arc::clone(&barrier));
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        usize::from(retire(&alive, 2))
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .sum();
+            assert_eq!(left, 6);
+            assert_eq!(alive.load(SeqCst), 2);
+        }
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// Two surplus pollers retire at once with one to keep: one leaves.
+    #[test]
+    fn retire_keeps_the_target() {
+        loom::model(|| {
+            let alive = Arc::new(AtomicUsize::new(3));
+            let a = {
+                let alive = Arc::clone(&alive);
+                thread::spawn(move || retire(&alive, 1))
+            };
+            let b = {
+                let alive = Arc::clone(&alive);
+                thread::spawn(move || retire(&alive, 1))
+            };
+            let c = retire(&alive, 1);
+            let left = [a.join().unwrap(), b.join().unwrap(), c].iter().filter(|&&r| r).count();
+            assert_eq!(left, 2);
+            assert_eq!(alive.load(Ordering::SeqCst), 1);
+        });
+    }
+}
