@@ -48,8 +48,11 @@ impl<R> fmt::Debug for Hooks<R> {
 /// Where one turn of an event-strategy request left it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Step {
-    /// Parked between requests: call again when bytes arrive.
+    /// Parked: call again when bytes arrive.
     Parked,
+    /// Parked before its handler ran (the rest of its PROXY header): call
+    /// again, as the first turn, when bytes arrive.
+    Waiting,
     /// Concluded: release it.
     Done(Outcome),
     /// Refused before its handler ran (its PROXY header named a client
@@ -155,6 +158,8 @@ pub(crate) enum Admission {
     Closed,
     /// The header was malformed, incomplete in time, or cut short.
     Failed(io::Error),
+    /// Not read whole yet (the event strategy parks the connection).
+    Pending,
 }
 
 impl<R> Service<R> {
@@ -162,7 +167,7 @@ impl<R> Service<R> {
     pub(crate) fn not_admitted(&self, peer: &dyn fmt::Display, admission: Admission) {
         let stats = &self.shared.stats;
         match admission {
-            Admission::Admitted | Admission::Closed => {}
+            Admission::Admitted | Admission::Closed | Admission::Pending => {}
             Admission::Refused => {
                 Counters::bump(&stats.refused);
                 log::debug!("{}: refused {peer}", self.shared.name);
@@ -224,7 +229,7 @@ impl<R: Request> Service<R> {
                 crate::sys::process::write_raw(report, req.peer().to_string().as_bytes());
                 return CHILD_REFUSED;
             }
-            Admission::Closed => return CHILD_CLOSED,
+            Admission::Closed | Admission::Pending => return CHILD_CLOSED,
             Admission::Failed(err) => {
                 crate::sys::process::write_raw(report, err.to_string().replace('\n', " ").as_bytes());
                 return CHILD_PREAMBLE_FAILED;
@@ -260,8 +265,13 @@ impl<R: Request> Service<R> {
     pub(crate) fn step(&self, req: &mut R, first: bool) -> Step {
         let h = self.handler.as_ref();
         if first {
-            if !self.admit(req) {
-                return Step::Refused;
+            match self.admission(req) {
+                Admission::Admitted => {}
+                Admission::Pending => return Step::Waiting,
+                other => {
+                    self.not_admitted(req.peer(), other);
+                    return Step::Refused;
+                }
             }
             req.begin();
             if let Err(failure) = guarded(|| h.setup(req)) {
@@ -269,7 +279,10 @@ impl<R: Request> Service<R> {
             }
         }
         let handled = guarded(|| h.handle(req));
-        if handled.is_ok() && req.parked() {
+        // Parked: the handler returned `Ok` after `wait_for_data` said
+        // `false`, or returned the park's error from a read (`?`), or an
+        // error made of it; a panic is never a park.
+        if !matches!(handled, Err(Failure::Panic(_))) && req.parked() {
             return Step::Parked;
         }
         match self.conclude(req, handled) {
@@ -306,6 +319,7 @@ impl<R: Request> Service<R> {
             Preamble::Read => Admission::Refused,
             Preamble::Closed => Admission::Closed,
             Preamble::Failed(err) => Admission::Failed(err),
+            Preamble::Pending => Admission::Pending,
         }
     }
 

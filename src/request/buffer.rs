@@ -34,6 +34,11 @@ impl ReadBuffer {
         self.pos >= self.filled
     }
 
+    /// The most it holds when filled a read at a time.
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// The last fill took all the room there was: the source may have more.
     pub(crate) fn is_full(&self) -> bool {
         self.filled == self.buf.len()

@@ -3,7 +3,6 @@
 //! as in flight, and closed without destroying an answer the peer has not
 //! read yet.
 
-use std::io::Read;
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
@@ -34,13 +33,15 @@ pub(crate) struct Connection {
     /// Counts the connection as in flight until it is dropped — after the
     /// socket is closed.
     slot: Option<Slot>,
+    /// Bytes read and discarded while lingering.
+    lingered: usize,
 }
 
 impl Connection {
     pub(crate) fn new(stream: Stream, server: ServerHandle, slot: Slot) -> Connection {
         let stream = Arc::new(stream);
         server.shared.track(&stream);
-        Connection { stream, server, tracked: true, linger: false, slot: Some(slot) }
+        Connection { stream, server, tracked: true, linger: false, slot: Some(slot), lingered: 0 }
     }
 
     pub(crate) fn stream(&self) -> &Stream {
@@ -93,32 +94,55 @@ impl Connection {
     /// both need. Never a `shutdown(SHUT_RD)`: Linux answers data that
     /// arrives after one with a reset.
     pub(crate) fn close(&mut self, peer_closed: bool, unread: bool) {
+        let Some(until) = self.close_begin(peer_closed, unread, Instant::now()) else { return };
+        while !self.linger_step() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero()
+                || self
+                    .stream
+                    .wait(false, Some(left.min(LINGER_STEP)))
+                    .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock)
+            {
+                break;
+            }
+        }
+    }
+
+    /// The part of [`close`](Self::close) that never waits: `None` when the
+    /// connection can close at once; otherwise its write side is shut down
+    /// and the lingering read goes on until the returned time, a step at a
+    /// time ([`linger_step`](Self::linger_step)) whenever the socket is
+    /// readable or its unsent answer shrinks (the event strategy runs it on
+    /// its loop, with no thread waiting).
+    pub(crate) fn close_begin(&mut self, peer_closed: bool, unread: bool, now: Instant) -> Option<Instant> {
         if !std::mem::take(&mut self.linger) || peer_closed {
-            return;
+            return None;
         }
         let fd = self.fd();
         if !unread && sys::unsent(fd) == 0 && !sys::readable_now(fd) {
-            return;
+            return None;
         }
-        if self.stream.shutdown(Shutdown::Write).is_err() {
-            return;
-        }
-        let start = Instant::now();
+        self.stream.shutdown(Shutdown::Write).ok()?;
+        self.lingered = 0;
+        Some(now + LINGER_TIME)
+    }
+
+    /// Reads and discards what the peer sent, without waiting; `true` when
+    /// the close is done: the peer closed, took the whole answer, failed,
+    /// or sent more than is worth reading.
+    pub(crate) fn linger_step(&mut self) -> bool {
+        let fd = self.fd();
         let mut scratch = [0u8; 4096];
-        let mut total = 0;
-        while total < LINGER_BYTES {
-            let left = LINGER_TIME.saturating_sub(start.elapsed());
-            if left.is_zero() || self.stream.set_read_timeout(Some(left.min(LINGER_STEP))).is_err() {
-                break;
-            }
-            match (&*self.stream).read(&mut scratch) {
-                Ok(0) => break,
-                Ok(n) => total += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && sys::unsent(fd) == 0 => break,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => break,
+        while self.lingered < LINGER_BYTES {
+            match self.stream.try_read(&mut scratch) {
+                Ok(0) => return true,
+                Ok(n) => self.lingered += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return sys::unsent(fd) == 0,
+                Err(_) => return true,
             }
         }
+        true
     }
 
     /// A second handle to the socket, for another thread.

@@ -13,8 +13,8 @@ pub(crate) mod timeouts;
 use std::io;
 
 pub use datagram::DatagramRequest;
+pub(crate) use stream::{BlockingHint, ParkKind, Preamble, StreamPolicy};
 pub use stream::{MAX_LINE, StreamRequest};
-pub(crate) use stream::{Preamble, StreamPolicy};
 
 use crate::net::Address;
 use crate::shutdown::Slot;

@@ -4,6 +4,7 @@ use std::any::Any;
 use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::RawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::buffer::ReadBuffer;
@@ -17,6 +18,64 @@ use crate::sys;
 
 /// The longest line [`StreamRequest::next_line`] reads, in bytes.
 pub const MAX_LINE: usize = 64 * 1024;
+
+/// Under the event strategy, how often one request may park in its middle
+/// (a line or frame that comes in pieces) before its reads wait on a thread
+/// instead: each park calls the handler again, which reads what is buffered
+/// again, so a peer that sends a byte per segment as fast as it can must
+/// not make the server parse its request over and over. A slow client (a
+/// byte a second, bounded by the request or read timeout) parks each time.
+const MAX_PARKS_PER_REQUEST: u32 = 64;
+/// Under the event strategy, the most that writes may leave for the event
+/// loop to send (the socket took no more): beyond it (or the write buffer,
+/// when larger) a write waits for the peer, on its thread.
+const BACKLOG_MAX: usize = 256 * 1024;
+
+/// Under the event strategy: tells the loop that this thread is about to
+/// wait in the library's own I/O, so that another polls in its place at
+/// once (Go's `entersyscallblock`), not at the monitor's next look.
+pub(crate) type BlockingHint = Arc<dyn Fn() + Send + Sync>;
+
+/// What a connection that parked under the event strategy waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ParkKind {
+    /// Its next request, at a boundary: the idle timeout and the drain
+    /// window apply.
+    Boundary,
+    /// The rest of a request it has begun (a line or frame in pieces): the
+    /// read timeouts and the read deadline apply.
+    Request,
+    /// The rest of its PROXY header: the header timeout applies.
+    Preamble,
+    /// The peer to take its answer: the write timeout applies.
+    Write,
+}
+
+/// The error a read returns when, under the event strategy, it parks the
+/// connection: the handler returns it (`?`) and is called again when more
+/// comes. A handler that swallows it and reads on waits there instead.
+fn parked_error() -> io::Error {
+    io::Error::new(io::ErrorKind::WouldBlock, "connection parked: the handler is called again when more comes")
+}
+
+/// A close under the event strategy, in steps the loop runs as the socket
+/// allows: the backlog sent, then the lingering read of what the peer
+/// still sends.
+#[derive(Debug)]
+struct Closing {
+    /// The lingering read has begun (the write side is shut down).
+    lingering: bool,
+    /// When it gives up: the backlog's write timeout, or the linger's end.
+    until: Option<Instant>,
+}
+
+struct Hint(BlockingHint);
+
+impl std::fmt::Debug for Hint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BlockingHint")
+    }
+}
 
 /// Per-connection settings a stream request needs.
 #[derive(Clone, Copy, Debug)]
@@ -94,8 +153,30 @@ pub struct StreamRequest {
     /// Bytes were consumed since the handler last wrote: a read now is in
     /// the middle of a request, not at a boundary.
     mid_request: bool,
-    /// Run by the event strategy: `wait_for_data` parks rather than waits.
+    /// Run by the event strategy: a wait parks the connection rather than
+    /// the thread, where it can (see [`Self::reentrant`]).
     parking: bool,
+    /// Under the event strategy: the loop's hint for a wait that cannot park.
+    hint: Option<Hint>,
+    /// Under the event strategy: the handler reached a boundary
+    /// (`wait_for_data`) and has consumed and written nothing since, so a
+    /// library call that must wait for more can park the connection: the
+    /// handler is called again from the top and reads the same buffered
+    /// bytes again (none were consumed where it could see them).
+    reentrant: bool,
+    /// Parks in the middle of the current request.
+    parks: u32,
+    /// How it parked (meaningful while `parked`).
+    park_kind: ParkKind,
+    /// A timer of the parked connection passed: the next wait fails as the
+    /// timeout would have failed a read that waited.
+    expired: bool,
+    /// Under the event strategy: what writes left that the socket did not
+    /// take (a peer slow to read), sent on the event loop before the
+    /// handler runs again.
+    backlog: Vec<u8>,
+    /// Under the event strategy: the close, once it has begun.
+    closing: Option<Closing>,
     /// What the handler keeps for this connection, by type.
     states: Vec<Box<dyn Any + Send>>,
     /// `wait_for_data` found nothing and parked the connection.
@@ -114,6 +195,9 @@ pub struct StreamRequest {
     idle_closed: bool,
     /// A PROXY header is still to be read, within this long.
     proxy_header: Option<Duration>,
+    /// When the PROXY header must be in (set at its first read; a header
+    /// read across parks keeps it).
+    proxy_deadline: Option<Instant>,
     /// The address the client connected to, as a PROXY header said.
     local: Option<Address>,
 }
@@ -130,6 +214,9 @@ pub(crate) enum Preamble {
     Closed,
     /// The header was malformed, incomplete in time, or cut short.
     Failed(io::Error),
+    /// Under the event strategy: the rest of the header has not come yet;
+    /// the connection parked, and the preamble is read again when it does.
+    Pending,
 }
 
 impl StreamRequest {
@@ -146,12 +233,20 @@ impl StreamRequest {
             drained: false,
             mid_request: false,
             parking: false,
+            hint: None,
+            reentrant: false,
+            parks: 0,
+            park_kind: ParkKind::Boundary,
+            expired: false,
+            backlog: Vec::new(),
+            closing: None,
             states: Vec::new(),
             parked: false,
             socket_empty: false,
             peer_closing: false,
             idle_closed: false,
             proxy_header: policy.proxy_header_timeout,
+            proxy_deadline: None,
             local: None,
         }
     }
@@ -162,13 +257,20 @@ impl StreamRequest {
     /// handler. Waits at most the header timeout from now, the whole header
     /// (a trusted proxy sends it at once).
     pub(crate) fn read_preamble(&mut self) -> Preamble {
-        let Some(timeout) = self.proxy_header.take() else { return Preamble::None };
-        let deadline = Instant::now() + timeout;
+        let Some(timeout) = self.proxy_header else { return Preamble::None };
+        let deadline = *self.proxy_deadline.get_or_insert_with(|| Instant::now() + timeout);
         let fd = self.fd();
+        let timed_out = |peer: &Address| {
+            Preamble::Failed(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no whole PROXY header from {peer} within {timeout:?}"),
+            ))
+        };
         loop {
             match crate::proxy::parse(self.rbuf.buffer()) {
                 Ok(Some((header, len))) => {
                     self.rbuf.consume(len);
+                    self.proxy_header = None;
                     if let crate::proxy::Header::Proxied { source, destination } = header {
                         self.peer = Address::Inet(source);
                         self.local = Some(Address::Inet(destination));
@@ -178,17 +280,14 @@ impl StreamRequest {
                 Ok(None) => {}
                 Err(e) => return Preamble::Failed(crate::proxy::to_io(e)),
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            let mut ready = [false];
-            match sys::poll(&[fd], &mut ready, Some(left)) {
-                Ok(0) => {
-                    return Preamble::Failed(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no whole PROXY header from {} within {timeout:?}", self.peer),
-                    ));
+            if !self.parking {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let mut ready = [false];
+                match sys::poll(&[fd], &mut ready, Some(left)) {
+                    Ok(0) => return timed_out(&self.peer),
+                    Ok(_) => {}
+                    Err(e) => return Preamble::Failed(e),
                 }
-                Ok(_) => {}
-                Err(e) => return Preamble::Failed(e),
             }
             match self.rbuf.fill_more(TryRead(self.conn.stream()), crate::proxy::MAX_HEADER) {
                 Ok(0) if self.rbuf.is_empty() => {
@@ -203,7 +302,18 @@ impl StreamRequest {
                     ));
                 }
                 Ok(_) => {}
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.parking => {
+                    // The event strategy: the rest of the header parks, with
+                    // no thread, until it comes or the deadline passes.
+                    if std::mem::take(&mut self.expired) || Instant::now() >= deadline {
+                        return timed_out(&self.peer);
+                    }
+                    self.parked = true;
+                    self.park_kind = ParkKind::Preamble;
+                    return Preamble::Pending;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Preamble::Failed(e),
             }
         }
@@ -241,7 +351,7 @@ impl StreamRequest {
     /// # Errors
     /// When sending the write buffer fails.
     pub fn socket(&mut self) -> io::Result<&Stream> {
-        self.flush_buffer()?;
+        self.flush_all()?;
         Ok(self.conn.stream())
     }
 
@@ -253,7 +363,7 @@ impl StreamRequest {
     /// # Errors
     /// When sending the write buffer fails; as `dup(2)`.
     pub fn try_clone(&mut self) -> io::Result<Stream> {
-        self.flush_buffer()?;
+        self.flush_all()?;
         self.conn.try_clone()
     }
 
@@ -321,41 +431,83 @@ impl StreamRequest {
     /// `InvalidData` if the line is not UTF-8 or longer than [`MAX_LINE`]
     /// bytes; `TimedOut` on a read timeout; any socket error.
     pub fn next_line(&mut self) -> io::Result<Option<String>> {
-        let mut line = Vec::new();
-        loop {
-            let available = self.fill_buf()?;
-            if available.is_empty() {
-                if line.is_empty() {
-                    return Ok(None);
-                }
-                break; // a last line without a newline
-            }
-            let (used, done) = match available.iter().position(|&b| b == b'\n') {
-                Some(i) => (i + 1, true),
-                None => (available.len(), false),
-            };
-            line.extend_from_slice(&available[..used]);
-            self.consume(used);
-            if done {
+        let Some(mut line) = self.take_line(MAX_LINE)? else { return Ok(None) };
+        if line.last() == Some(&b'\n') {
+            line.pop();
+            if line.last() == Some(&b'\r') {
                 line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-            }
-            // Not done yet, the last byte may still be the `\r` of a `\r\n`.
-            if line.len() > MAX_LINE + usize::from(!done) {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("line from {} longer than {MAX_LINE} bytes", self.peer),
-                ));
-            }
-            if done {
-                break;
             }
         }
         String::from_utf8(line)
             .map(Some)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("line from {} is not UTF-8", self.peer)))
+    }
+
+    /// Reads one line into `buf` (replacing its contents, without the line
+    /// ending), refusing lines longer than `max` bytes; `false` at the end
+    /// of the stream. [`framing::Lines::read_line`](crate::framing::Lines::read_line)
+    /// for a request, except that nothing is consumed until the line is
+    /// whole: under the [`Event`](crate::Event) strategy a line that comes
+    /// in pieces parks the connection rather than hold a thread.
+    ///
+    /// # Errors
+    /// `InvalidData` once the line passes `max` (the rest is left unread:
+    /// close the connection); timeouts; socket errors.
+    pub fn read_line_limited(&mut self, buf: &mut Vec<u8>, max: usize) -> io::Result<bool> {
+        buf.clear();
+        let Some(line) = self.take_line(max)? else { return Ok(false) };
+        buf.extend_from_slice(&line);
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+        }
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+        if buf.len() > max {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("line longer than {max} bytes")));
+        }
+        Ok(true)
+    }
+
+    /// The next line with its `\n` (none on a last line at the end of the
+    /// stream); `None` at the end. Consumes nothing until the line is whole
+    /// or refused, so that a wait for its rest can park.
+    fn take_line(&mut self, max: usize) -> io::Result<Option<Vec<u8>>> {
+        let mut scanned = 0;
+        loop {
+            let buffered = self.rbuf.buffer();
+            if let Some(i) = buffered[scanned..].iter().position(|&b| b == b'\n') {
+                let end = scanned + i + 1;
+                let content = end - 1 - usize::from(end >= 2 && buffered[end - 2] == b'\r');
+                if content > max {
+                    return Err(self.line_too_long(max));
+                }
+                let line = buffered[..end].to_vec();
+                self.consume(end);
+                return Ok(Some(line));
+            }
+            scanned = buffered.len();
+            // (A `\r` may come before the `\n`.)
+            if scanned > max.saturating_add(1) {
+                return Err(self.line_too_long(max));
+            }
+            if !self.read_more(max.saturating_add(2))? {
+                if self.rbuf.is_empty() {
+                    return Ok(None);
+                }
+                // A last line without a newline.
+                if self.rbuf.buffer().len() > max {
+                    return Err(self.line_too_long(max));
+                }
+                let line = self.rbuf.buffer().to_vec();
+                self.consume(line.len());
+                return Ok(Some(line));
+            }
+        }
+    }
+
+    fn line_too_long(&self, max: usize) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, format!("line from {} longer than {max} bytes", self.peer))
     }
 
     /// Reads a line, up to and including `\n`, appending it to `buf`;
@@ -365,7 +517,11 @@ impl StreamRequest {
     /// `InvalidData` if the line is not UTF-8; `TimedOut` on a read timeout;
     /// any socket error.
     pub fn read_line(&mut self, buf: &mut String) -> io::Result<usize> {
-        BufRead::read_line(self, buf)
+        let Some(line) = self.take_line(usize::MAX)? else { return Ok(0) };
+        let text = std::str::from_utf8(&line)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("line from {} is not UTF-8", self.peer)))?;
+        buf.push_str(text);
+        Ok(line.len())
     }
 
     /// Iterates over the lines of the stream, without their `\n` or `\r\n`.
@@ -386,58 +542,211 @@ impl StreamRequest {
     /// # Errors
     /// As [`BufRead::fill_buf`]: timeouts, socket errors.
     pub fn wait_for_data(&mut self) -> io::Result<bool> {
+        if self.parking {
+            return self.wait_for_data_parking();
+        }
         if !self.rbuf.is_empty() {
             return Ok(true);
         }
         self.mid_request = false;
-        if self.parking && !self.eof {
-            // The event strategy: nothing here now means park, not wait.
-            if std::mem::take(&mut self.socket_empty) && !self.peer_closing {
+        self.fill_buf().map(|data| !data.is_empty())
+    }
+
+    /// `wait_for_data` under the event strategy: a boundary the handler is
+    /// called again from. An answer the peer has not taken yet goes first
+    /// (the connection parks until it can, reading nothing meanwhile);
+    /// then nothing to read means park, not wait.
+    fn wait_for_data_parking(&mut self) -> io::Result<bool> {
+        if !self.backlog.is_empty() {
+            self.send_backlog_now()?;
+            if !self.backlog.is_empty() {
+                if std::mem::take(&mut self.expired) {
+                    return Err(self.write_timed_out());
+                }
                 self.parked = true;
+                self.park_kind = ParkKind::Write;
                 return Ok(false);
             }
-            match self.rbuf.fill_from(TryRead(self.conn.stream())) {
-                Ok([]) => self.eof = true,
+        }
+        self.reentrant = true;
+        if !self.rbuf.is_empty() {
+            return Ok(true);
+        }
+        self.mid_request = false;
+        self.parks = 0;
+        if self.eof {
+            return Ok(false);
+        }
+        if std::mem::take(&mut self.socket_empty) && !self.peer_closing {
+            self.park_at(ParkKind::Boundary);
+            return Ok(false);
+        }
+        match self.rbuf.fill_from(TryRead(self.conn.stream())) {
+            Ok([]) => self.eof = true,
+            Ok(_) => {
+                self.socket_empty = !self.rbuf.is_full();
+                self.timeouts.data_came(Instant::now);
+                return Ok(true);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.park_at(ParkKind::Boundary);
+                return Ok(false);
+            }
+            Err(e) => return Err(self.read_error(e)),
+        }
+        Ok(false)
+    }
+
+    fn park_at(&mut self, kind: ParkKind) {
+        self.parked = true;
+        self.park_kind = kind;
+    }
+
+    /// Under the event strategy, a library call needs more bytes than are
+    /// buffered: reads what the socket has without waiting, keeping what is
+    /// buffered (at most `limit` in all). With nothing there, it parks the
+    /// connection when the handler can be called again from its boundary
+    /// (`Err`, the park), fails when a timer of the parked connection has
+    /// passed, or tells the loop that this thread will wait and returns
+    /// `Wait` for the caller to wait as the other strategies do.
+    fn more(&mut self, limit: usize) -> io::Result<More> {
+        if self.eof {
+            return Ok(More::Eof);
+        }
+        loop {
+            match self.rbuf.fill_more(TryRead(self.conn.stream()), limit) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(More::Eof);
+                }
                 Ok(_) => {
-                    self.socket_empty = !self.rbuf.is_full();
+                    self.timeouts.data_came(Instant::now);
+                    return Ok(More::Came);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(self.read_error(e)),
+            }
+        }
+        if std::mem::take(&mut self.expired) {
+            return Err(self.read_error(io::ErrorKind::WouldBlock.into()));
+        }
+        if self.reentrant && !self.parked && self.parks < MAX_PARKS_PER_REQUEST {
+            // Nothing the handler saw was consumed since its boundary: it is
+            // called again from there when more comes.
+            if let Err(Expired::Deadline) = self.timeouts.next_wait(Instant::now) {
+                return Err(self.deadline_error());
+            }
+            self.parks += 1;
+            let kind = if self.rbuf.is_empty() { ParkKind::Boundary } else { ParkKind::Request };
+            self.park_at(kind);
+            return Err(parked_error());
+        }
+        // Reading on after a park (the handler swallowed it), or past what
+        // can be called again: this thread waits, and another polls.
+        self.parked = false;
+        self.hint_blocking();
+        Ok(More::Wait)
+    }
+
+    /// Tells the event loop this thread is about to wait.
+    fn hint_blocking(&self) {
+        if let Some(Hint(hint)) = &self.hint {
+            hint();
+        }
+    }
+
+    /// Reads more after what is buffered (a line or frame not whole yet),
+    /// holding at most `limit` bytes; waits as a read does (parks, under
+    /// the event strategy, where it can). `false`: the end of the stream.
+    fn read_more(&mut self, limit: usize) -> io::Result<bool> {
+        if self.parking {
+            match self.more(limit)? {
+                More::Came => return Ok(true),
+                More::Eof => return Ok(false),
+                More::Wait => {}
+            }
+        }
+        if !self.rbuf.is_empty() {
+            // A part of a request is here: waiting for its rest is no boundary.
+            self.mid_request = true;
+        }
+        if !self.before_read()? {
+            return Ok(false);
+        }
+        loop {
+            match self.rbuf.fill_more(self.conn.stream(), limit) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(false);
+                }
+                Ok(_) => {
                     self.timeouts.data_came(Instant::now);
                     return Ok(true);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.parked = true;
-                    return Ok(false);
-                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(self.read_error(e)),
             }
-            return Ok(false);
         }
-        self.fill_buf().map(|data| !data.is_empty())
     }
 
     /// The connection resumes after a park (bytes came, or a timer): the
     /// socket may hold what came meanwhile; `peer_closing`: an event said
-    /// the peer closed.
+    /// the peer closed. The handler is called again from the top: it must
+    /// reach a boundary again before a wait can park.
     pub(crate) fn resumed(&mut self, peer_closing: bool) {
         self.socket_empty = false;
         self.peer_closing |= peer_closing;
+        self.reentrant = false;
+        self.parked = false;
     }
 
-    /// Under the event strategy: `wait_for_data` parks the connection
-    /// (returns `false` and marks it) instead of waiting.
-    pub(crate) fn set_parking(&mut self, on: bool) {
-        self.parking = on;
+    /// Under the event strategy: waits park the connection where they can,
+    /// and `hint` is told of those that cannot.
+    pub(crate) fn set_parking(&mut self, hint: BlockingHint) {
+        self.parking = true;
+        self.hint = Some(Hint(hint));
     }
 
-    /// Whether the handler returned because the connection parked — with
-    /// nothing buffered (pipelined requests are served first) and the peer
-    /// still there. Clears the mark.
+    /// Whether the handler returned because the connection parked (at a
+    /// boundary, in a request, for its PROXY header or to send its answer),
+    /// and the peer is still there. Clears the mark.
     pub(crate) fn take_parked(&mut self) -> bool {
-        std::mem::take(&mut self.parked) && !self.eof
+        std::mem::take(&mut self.parked) && (!self.eof || self.park_kind == ParkKind::Write)
+    }
+
+    /// The deadline of a park of this kind from `now`, as a wait of the
+    /// other strategies would have had: the idle timeout at a boundary; the
+    /// read timeouts and the read deadline in a request; the header timeout
+    /// for a PROXY header; the write timeout (or the idle timeout) for an
+    /// answer the peer does not take. `None`: no timeout applies.
+    pub(crate) fn park_deadline(&self, kind: ParkKind, now: Instant) -> Option<Instant> {
+        let policy = self.timeouts.policy();
+        match kind {
+            ParkKind::Boundary => policy.idle.and_then(|idle| now.checked_add(idle)),
+            ParkKind::Request => match self.timeouts.next_wait(|| now) {
+                Ok(wait) => wait.or(self.timeouts.receive()).and_then(|w| now.checked_add(w)),
+                Err(_) => Some(now),
+            },
+            ParkKind::Preamble => self.proxy_deadline,
+            ParkKind::Write => policy.send().and_then(|w| now.checked_add(w)),
+        }
+    }
+
+    /// The connection's deadline passed while it was parked (and nothing
+    /// came): at a boundary it is closed for idleness; otherwise the wait
+    /// that parked fails as it would have failed waiting, when the handler
+    /// runs again.
+    pub(crate) fn expire(&mut self, kind: ParkKind) {
+        match kind {
+            ParkKind::Boundary => self.expire_idle(),
+            ParkKind::Request | ParkKind::Preamble | ParkKind::Write => self.expired = true,
+        }
     }
 
     /// The idle timeout passed while the connection was parked: closed,
     /// counted; the handler's next `wait_for_data` sees the end.
-    pub(crate) fn expire_idle(&mut self) {
+    fn expire_idle(&mut self) {
         let idle = self.timeouts.policy().idle.unwrap_or_default();
         let _ = self.close_idle(format!("idle timeout: nothing from {} for {idle:?}", self.peer));
     }
@@ -450,11 +759,90 @@ impl StreamRequest {
         self.drained = true;
     }
 
-    /// A parked connection holds no read buffer (and nothing unsent).
-    pub(crate) fn park(&mut self) -> io::Result<()> {
+    /// The handler returned parked: what the write buffer holds goes out
+    /// (what the socket will not take now waits in the backlog), and a
+    /// connection with nothing buffered gives its read buffer back. Returns
+    /// what it waits for.
+    pub(crate) fn park(&mut self) -> io::Result<ParkKind> {
         self.flush_buffer()?;
         self.rbuf.release();
-        Ok(())
+        if !self.backlog.is_empty() {
+            self.park_kind = ParkKind::Write;
+        }
+        Ok(self.park_kind)
+    }
+
+    /// An answer waits in the backlog for the peer to take it.
+    pub(crate) fn has_backlog(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+
+    /// Sends what the backlog holds, as far as the socket takes it now.
+    pub(crate) fn send_backlog_now(&mut self) -> io::Result<()> {
+        let mut sent = 0;
+        let result = loop {
+            if sent == self.backlog.len() {
+                break Ok(());
+            }
+            match self.conn.stream().try_write(&self.backlog[sent..]) {
+                Ok(0) => break Err(io::Error::new(io::ErrorKind::WriteZero, "connection closed while writing")),
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        self.backlog.drain(..sent);
+        if self.backlog.is_empty() && self.backlog.capacity() > 2 * ReadBuffer::FIRST {
+            self.backlog = Vec::new();
+        }
+        result
+    }
+
+    /// The close under the event strategy, one step at a time as the socket
+    /// allows; `Some(deadline)`: call again when it is readable or
+    /// writable, or at the deadline (`expired`); `None`: done, drop the
+    /// request. First the backlog is sent (within the write timeout), then
+    /// the close lingers as [`Connection::close`] does, without waiting.
+    pub(crate) fn close_step(&mut self, now: Instant, expired: bool) -> Option<Instant> {
+        let closing = self.closing.get_or_insert(Closing { lingering: false, until: None });
+        let until = closing.until;
+        if !closing.lingering {
+            if self.send_backlog_now().is_err() {
+                self.backlog.clear();
+            }
+            if !self.backlog.is_empty() {
+                if expired || until.is_some_and(|t| now >= t) {
+                    // The peer took nothing for the write timeout.
+                    if self.idle_applies_to_writes().is_some() {
+                        let _ = self.close_idle(format!("idle timeout: {} took nothing", self.peer));
+                    }
+                    return None;
+                }
+                let until = until.or_else(|| self.park_deadline(ParkKind::Write, now));
+                if let Some(c) = self.closing.as_mut() {
+                    c.until = until;
+                }
+                return Some(until.unwrap_or(now + Duration::from_secs(365 * 24 * 3600)));
+            }
+            let unread = !self.rbuf.is_empty();
+            let peer_closed = self.eof && !self.drained;
+            let until = self.conn.close_begin(peer_closed, unread, now)?;
+            if let Some(c) = self.closing.as_mut() {
+                c.lingering = true;
+                c.until = Some(until);
+            }
+        }
+        let until = self.closing.as_ref().and_then(|c| c.until).unwrap_or(now);
+        if expired || now >= until || self.conn.linger_step() {
+            return None;
+        }
+        Some(until)
+    }
+
+    /// Whether its close has begun (under the event strategy).
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.is_some()
     }
 
     /// Like [`BufRead::fill_buf`], and the socket to answer on at the same
@@ -466,9 +854,54 @@ impl StreamRequest {
     /// # Errors
     /// As [`BufRead::fill_buf`]; when sending the write buffer fails.
     pub fn fill_buf_and_stream(&mut self) -> io::Result<(&[u8], &Stream)> {
-        self.flush_buffer()?;
+        self.flush_all()?;
         BufRead::fill_buf(self)?;
+        // What is written to the stream is out of this request's sight.
+        self.reentrant = false;
         Ok((self.rbuf.buffer(), self.conn.stream()))
+    }
+
+    /// Sends the first `n` buffered bytes back and consumes them (the
+    /// bundled echo: no second buffer, and under the event strategy what
+    /// the peer does not take waits in the backlog, not on a thread).
+    pub(crate) fn echo_buffered(&mut self, n: usize) -> io::Result<()> {
+        let n = n.min(self.rbuf.buffer().len());
+        self.mid_request = false;
+        self.reentrant = false;
+        if self.parking {
+            let (mut rest, stream) = (&self.rbuf.buffer()[..n], self.conn.stream());
+            if self.backlog.is_empty() {
+                while !rest.is_empty() {
+                    match stream.try_write(rest) {
+                        Ok(0) => {
+                            return Err(io::Error::new(io::ErrorKind::WriteZero, "connection closed while writing"));
+                        }
+                        Ok(k) => rest = &rest[k..],
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            let sent = n - rest.len();
+            if sent < n {
+                let rest = self.rbuf.buffer()[sent..n].to_vec();
+                self.rbuf.consume(n);
+                return self.send(&rest);
+            }
+            self.rbuf.consume(n);
+            return Ok(());
+        }
+        let mut stream = self.conn.stream();
+        let written = stream.write_all(&self.rbuf.buffer()[..n]);
+        match written {
+            Ok(()) => {
+                self.rbuf.consume(n);
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(self.write_timed_out()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Bytes already read from the socket and not yet consumed.
@@ -495,6 +928,11 @@ impl StreamRequest {
             self.conn.stream().set_read_timeout(receive)?;
         }
         Ok(())
+    }
+
+    /// The read deadline set by [`set_read_deadline`](Self::set_read_deadline), if any.
+    pub fn read_deadline(&self) -> Option<Instant> {
+        self.timeouts.deadline()
     }
 
     /// Before a read from the socket, with nothing buffered: at a request
@@ -593,10 +1031,71 @@ impl StreamRequest {
 
     fn send(&mut self, buf: &[u8]) -> io::Result<()> {
         self.mid_request = false;
+        if self.parking {
+            return self.send_parking(buf);
+        }
+        self.send_waiting(buf)
+    }
+
+    /// Sends all of `buf`, waiting for the peer as long as the write
+    /// timeout allows.
+    fn send_waiting(&mut self, buf: &[u8]) -> io::Result<()> {
         let mut stream = self.conn.stream();
         stream
             .write_all(buf)
             .map_err(|e| if e.kind() == io::ErrorKind::WouldBlock { self.write_timed_out() } else { e })
+    }
+
+    /// Under the event strategy: sends what the socket takes now and leaves
+    /// the rest in the backlog for the event loop, behind what is there
+    /// already; past the backlog's bound, this thread waits for the peer
+    /// (the loop is told, and another polls meanwhile).
+    fn send_parking(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.reentrant = false;
+        let mut rest = buf;
+        if self.backlog.is_empty() {
+            while !rest.is_empty() {
+                match self.conn.stream().try_write(rest) {
+                    Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "connection closed while writing")),
+                    Ok(n) => rest = &rest[n..],
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            if rest.is_empty() {
+                return Ok(());
+            }
+        }
+        if self.backlog.len() + rest.len() <= BACKLOG_MAX.max(self.write_buffer) {
+            self.backlog.extend_from_slice(rest);
+            return Ok(());
+        }
+        self.hint_blocking();
+        self.send_backlog_waiting()?;
+        self.send_waiting(rest)
+    }
+
+    /// Sends the whole backlog, waiting for the peer (before anything that
+    /// hands out the socket, whose bytes must not overtake it).
+    fn send_backlog_waiting(&mut self) -> io::Result<()> {
+        if self.backlog.is_empty() {
+            return Ok(());
+        }
+        self.send_backlog_now()?;
+        if self.backlog.is_empty() {
+            return Ok(());
+        }
+        self.hint_blocking();
+        let backlog = std::mem::take(&mut self.backlog);
+        self.send_waiting(&backlog)
+    }
+
+    /// Sends the write buffer and the backlog, waiting if it must.
+    fn flush_all(&mut self) -> io::Result<()> {
+        self.flush_buffer()?;
+        self.reentrant = false;
+        self.send_backlog_waiting()
     }
 
     fn flush_buffer(&mut self) -> io::Result<()> {
@@ -641,6 +1140,22 @@ impl StreamRequest {
     }
 }
 
+/// What [`StreamRequest::more`] found.
+enum More {
+    /// Bytes came.
+    Came,
+    /// The end of the stream.
+    Eof,
+    /// Nothing yet, and the caller must wait for it (on its thread).
+    Wait,
+}
+
+impl StreamRequest {
+    fn rbuf_capacity(&self) -> usize {
+        self.rbuf.capacity()
+    }
+}
+
 /// Reads without waiting (the stream's `Read` waits for its timeout).
 struct TryRead<'a>(&'a Stream);
 
@@ -651,13 +1166,53 @@ impl Read for TryRead<'_> {
 }
 
 impl Read for StreamRequest {
+    /// Under the event strategy, consumes nothing until all of `buf` is
+    /// here (up to the read buffer's size), so that a frame that comes in
+    /// pieces parks the connection; longer ones are read as `Read` does.
+    fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        if self.parking && buf.len() <= self.rbuf_capacity() {
+            while self.rbuf.buffer().len() < buf.len() {
+                if !self.read_more(buf.len().max(ReadBuffer::FIRST))? {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "failed to fill whole buffer"));
+                }
+            }
+            buf.copy_from_slice(&self.rbuf.buffer()[..buf.len()]);
+            self.consume(buf.len());
+            return Ok(());
+        }
+        let mut rest = buf;
+        while !rest.is_empty() {
+            match self.read(rest) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "failed to fill whole buffer")),
+                Ok(n) => rest = &mut rest[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
         }
+        if self.rbuf.is_empty() && self.parking && !self.eof {
+            // Nothing consumed in this call yet: it can park.
+            match self.more(self.rbuf_capacity())? {
+                More::Came => {
+                    let n = self.rbuf.buffer().len().min(buf.len());
+                    buf[..n].copy_from_slice(&self.rbuf.buffer()[..n]);
+                    self.consume(n);
+                    return Ok(n);
+                }
+                More::Eof => return Ok(0),
+                More::Wait => {}
+            }
+        }
         if self.rbuf.is_empty() && !self.before_read()? {
             return Ok(0);
         }
+        self.reentrant = false;
         self.socket_empty = false;
         match self.rbuf.read_from(self.conn.stream(), buf) {
             Ok(0) => {
@@ -676,6 +1231,13 @@ impl Read for StreamRequest {
 
 impl BufRead for StreamRequest {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.rbuf.is_empty() && self.parking && !self.eof {
+            // Reads nothing it keeps from the handler: it can park.
+            match self.more(self.rbuf_capacity())? {
+                More::Came | More::Eof => return Ok(self.rbuf.buffer()),
+                More::Wait => {}
+            }
+        }
         if self.rbuf.is_empty() {
             if !self.before_read()? {
                 return Ok(&[]);
@@ -696,6 +1258,7 @@ impl BufRead for StreamRequest {
     fn consume(&mut self, amt: usize) {
         self.rbuf.consume(amt);
         self.mid_request |= amt > 0;
+        self.reentrant &= amt == 0;
     }
 }
 
@@ -731,6 +1294,12 @@ impl Write for StreamRequest {
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         self.mid_request = false;
         let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if self.parking && !self.backlog.is_empty() {
+            for b in bufs {
+                self.send(b)?;
+            }
+            return Ok(total);
+        }
         if self.write_buffer > 0 {
             for b in bufs {
                 self.write(b)?;
@@ -753,6 +1322,13 @@ impl Write for StreamRequest {
                 Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "connection closed while writing")),
                 Ok(n) => IoSlice::advance_slices(&mut slices, n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.parking => {
+                    // The rest waits in the backlog (or for the peer).
+                    for s in slices.iter() {
+                        self.send(s)?;
+                    }
+                    return Ok(total);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(self.write_timed_out()),
                 Err(e) => return Err(e),
             }

@@ -77,6 +77,11 @@ impl ReadTimeouts {
         &self.policy
     }
 
+    /// The handler's read deadline.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
     /// The socket's configured receive timeout.
     pub(crate) fn receive(&self) -> Option<Duration> {
         self.policy.receive()

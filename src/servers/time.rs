@@ -5,7 +5,6 @@ use std::fmt;
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
-use crate::framing::Lines;
 use crate::handler::RequestHandler;
 use crate::net::MAX_UDP_PAYLOAD;
 use crate::request::{DatagramRequest, StreamRequest};
@@ -152,19 +151,24 @@ impl RequestHandler<DatagramRequest> for Strftime {
 
 impl RequestHandler<StreamRequest> for Strftime {
     fn handle(&self, req: &mut StreamRequest) -> io::Result<()> {
-        let lines = Lines::new(MAX_TIME_REQUEST);
         let mut line = Vec::new();
         loop {
             // Wait for the next request to begin (the idle timeout governs
             // this wait; under the event strategy, with nothing to read, the
             // connection parks here and `handle` returns), then give it
-            // `request_timeout` to arrive whole.
+            // `request_timeout` to arrive whole. Under the event strategy a
+            // line in pieces parks too, and `handle` is called again from
+            // here: the deadline set at its first byte stays.
             if !req.wait_for_data()? {
                 return Ok(());
             }
-            req.set_read_deadline(self.request_timeout.map(|t| Instant::now() + t))?;
-            let read = lines.read_line(req, &mut line);
-            req.set_read_deadline(None)?;
+            if req.read_deadline().is_none() {
+                req.set_read_deadline(self.request_timeout.map(|t| Instant::now() + t))?;
+            }
+            let read = req.read_line_limited(&mut line, MAX_TIME_REQUEST);
+            if !matches!(&read, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+                req.set_read_deadline(None)?;
+            }
             match read {
                 Ok(true) => {
                     req.write_all(reply_line(&line).as_bytes())?;

@@ -14,6 +14,10 @@ pub(crate) struct Interest(u32);
 impl Interest {
     /// Readable, or hung up; edge-triggered: reported once per arrival.
     pub(crate) const READ_EDGE: Interest = Interest((libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32);
+    /// Readable or writable, or hung up; edge-triggered: for a connection
+    /// whose answer waits for the peer to take it, or whose close lingers.
+    pub(crate) const READ_WRITE_EDGE: Interest =
+        Interest((libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32);
     /// Readable, reported to one waiter, then disarmed until re-armed.
     pub(crate) const READ_ONESHOT: Interest = Interest((libc::EPOLLIN | libc::EPOLLONESHOT) as u32);
     /// Readable, reported to every waiter for as long as it stays readable.

@@ -36,12 +36,12 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use self::poller::Poller;
 use self::registry::Registry;
-use self::state::{Park, State, Timer};
+use self::state::{Due, Park, State, Timer};
 use self::timers::{Entry, Timers};
 use super::Core;
 use super::errors::Backoff;
 use crate::net::Listener;
-use crate::request::StreamRequest;
+use crate::request::{ParkKind, StreamRequest};
 use crate::service::Service;
 use crate::strategy::{self, Event};
 use crate::sys;
@@ -55,24 +55,56 @@ mod sync {
     pub(crate) use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 }
 
+/// No deadline.
+const NEVER: u64 = u64::MAX;
+
 /// Tokens that are not connections.
 const LISTENER: u64 = u64::MAX;
 const WAKE: u64 = u64::MAX - 1;
 const CAPACITY: u64 = u64::MAX - 2;
 
+/// A connection's request while it is parked.
+struct Parked {
+    req: Box<StreamRequest>,
+    /// `setup` has run.
+    started: bool,
+    /// What it waits for (its close, when `req.is_closing()`).
+    kind: ParkKind,
+}
+
 /// One connection the reactor holds.
 struct Conn {
     state: State,
-    /// The request, while parked; `started`: `setup` has run.
-    parked: Mutex<Option<(Box<StreamRequest>, bool)>>,
-    /// When it last parked, in nanoseconds from the reactor's start:
-    /// written by its runner before the park's transition, read by the
-    /// monitor to tell whether a timer entry is due.
+    /// The request, while parked.
+    parked: Mutex<Option<Parked>>,
+    /// When it last parked, and its deadline then (`NEVER`: none), in
+    /// nanoseconds from the reactor's start; whether that park was at a
+    /// request boundary (where the drain window applies). Written by its
+    /// runner before the park's transition, read by the monitor to tell
+    /// whether a timer entry is due.
     parked_at: AtomicU64,
+    deadline: AtomicU64,
+    boundary: AtomicBool,
+    /// The time of its queued entry per timer (`Timer::index`), `NEVER`
+    /// when none; changed only under the timers' lock.
+    queued: [AtomicU64; 2],
+    /// It is registered for writability too (its answer waits for the
+    /// peer, or its close lingers); only its runner changes it.
+    writing: AtomicBool,
     /// An event said the peer closed (or the connection failed): its end of
     /// stream may be waiting behind the bytes a read returns, and no event
     /// will say so again.
     hup: AtomicBool,
+}
+
+/// What a park asks of a timer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Arm {
+    No,
+    /// Newly armed: no entry is queued for it.
+    New,
+    /// Queued, but for later than this park's deadline: move it.
+    Earlier,
 }
 
 /// Work besides epoll events: stolen from a blocked thread, or due timers.
@@ -194,13 +226,30 @@ impl Reactor {
         self.epoch.checked_add(Duration::from_nanos(nanos)).unwrap_or(self.epoch)
     }
 
-    /// When a connection parked at `parked_at` is due for `timer`; `None`:
-    /// never (it does not apply, or lies beyond what an `Instant` holds).
-    fn deadline(&self, timer: Timer, parked_at: u64) -> Option<Instant> {
-        let parked = self.instant(parked_at);
+    /// Whether a parked connection is past `timer`'s deadline at `now`, and
+    /// if not, when it will be (`None`: the timer does not apply to its
+    /// park).
+    fn due(&self, conn: &Conn, timer: Timer, now: Instant) -> (Due, Option<Instant>) {
+        let at = self.deadline(conn, timer);
+        match at {
+            None => (Due::Never, None),
+            Some(at) if at <= now => (Due::Now, Some(at)),
+            Some(at) => (Due::Later, Some(at)),
+        }
+    }
+
+    /// When a parked connection is due for `timer`; `None`: never.
+    fn deadline(&self, conn: &Conn, timer: Timer) -> Option<Instant> {
         match timer {
-            Timer::Idle => parked.checked_add(self.core.opts.idle_timeout?),
+            Timer::Deadline => match conn.deadline.load(SeqCst) {
+                NEVER => None,
+                at => Some(self.instant(at)),
+            },
             Timer::Drain => {
+                if !conn.boundary.load(SeqCst) || !self.stopping.load(SeqCst) {
+                    return None;
+                }
+                let parked = self.instant(conn.parked_at.load(SeqCst));
                 let stopped = self.instant(self.stopped_at.load(SeqCst));
                 parked.max(stopped).checked_add(self.core.opts.drain_window)
             }
@@ -243,10 +292,12 @@ impl Reactor {
             let mut earliest = false;
             for token in conns.tokens() {
                 let Some(conn) = conns.get(token) else { continue };
-                if conn.state.arm(Timer::Drain)
-                    && let Some(at) = self.deadline(Timer::Drain, conn.parked_at.load(SeqCst))
-                {
-                    earliest |= timers.push(Entry { at, token, timer: Timer::Drain });
+                if conn.state.arm(Timer::Drain) {
+                    // A connection that does not wait at a boundary now
+                    // gets the window from its next park there.
+                    let at = self.deadline(conn, Timer::Drain).unwrap_or_else(Instant::now);
+                    earliest |=
+                        self.queue(&mut timers, conn, Entry { at: self.now_nanos(at), token, timer: Timer::Drain });
                 }
             }
             if earliest {
@@ -281,17 +332,21 @@ impl Reactor {
         let fd = req.fd();
         let conn = Arc::new(Conn {
             state: State::new(),
-            parked: Mutex::new(Some((Box::new(req), false))),
+            parked: Mutex::new(Some(Parked { req: Box::new(req), started: false, kind: ParkKind::Boundary })),
             parked_at: AtomicU64::new(self.now_nanos(Instant::now())),
+            deadline: AtomicU64::new(NEVER),
+            boundary: AtomicBool::new(false),
+            writing: AtomicBool::new(false),
+            queued: [AtomicU64::new(NEVER), AtomicU64::new(NEVER)],
             hup: AtomicBool::new(false),
         });
         let token = self.conns.write().insert(Arc::clone(&conn));
         if let Err(e) = self.epoll.add(fd, token, Interest::READ_EDGE) {
             log::error!("{}: cannot watch a connection: {e}", self.core.name());
             let conn = self.conns.write().remove(token);
-            let req = conn.and_then(|c| c.parked.lock().take());
-            if let Some((req, _)) = req {
-                self.service.release(*req);
+            let parked = conn.and_then(|c| c.parked.lock().take());
+            if let Some(p) = parked {
+                self.service.release(*p.req);
             }
             return None;
         }
@@ -299,64 +354,122 @@ impl Reactor {
     }
 
     /// Parks a connection its runner is done with for now: its request
-    /// stored, its timers armed. `false`: notified meanwhile, the request
-    /// is given back to run again.
-    fn park(&self, token: u64, conn: &Conn, req: Box<StreamRequest>, started: bool) -> Result<(), Box<StreamRequest>> {
+    /// stored, its deadline and timers set, its interest in writability as
+    /// the park needs. `Err`: notified meanwhile, the request is given back
+    /// to run again.
+    fn park(
+        &self,
+        token: u64,
+        conn: &Conn,
+        parked: Parked,
+        deadline: Option<Instant>,
+    ) -> Result<(), Box<StreamRequest>> {
         let now = Instant::now();
+        let closing = parked.req.is_closing();
+        let kind = parked.kind;
+        let wants_write = closing || kind == ParkKind::Write;
+        if wants_write != conn.writing.load(Relaxed) {
+            let interest = if wants_write { Interest::READ_WRITE_EDGE } else { Interest::READ_EDGE };
+            // Re-armed: what the socket can do now is reported again.
+            if self.epoll.modify(parked.req.fd(), token, interest).is_ok() {
+                conn.writing.store(wants_write, Relaxed);
+            }
+        }
+        let boundary = kind == ParkKind::Boundary && !closing;
+        let counted = parked.started && !closing;
         conn.parked_at.store(self.now_nanos(now), SeqCst);
-        *conn.parked.lock() = Some((req, started));
+        conn.deadline.store(deadline.map_or(NEVER, |at| self.now_nanos(at).min(NEVER - 1)), SeqCst);
+        conn.boundary.store(boundary, SeqCst);
+        *conn.parked.lock() = Some(parked);
         let stats = &self.core.shared.stats;
-        stats.parked.fetch_add(1, Relaxed);
-        let idle = self.core.opts.idle_timeout.is_some();
-        let drain = self.stopping.load(SeqCst);
-        match conn.state.park(idle, drain) {
+        if counted {
+            stats.parked.fetch_add(1, Relaxed);
+        }
+        let drain = boundary && self.stopping.load(SeqCst);
+        match conn.state.park(deadline.is_some(), drain) {
             Park::Again => {
-                stats.parked.fetch_sub(1, Relaxed);
+                if counted {
+                    stats.parked.fetch_sub(1, Relaxed);
+                }
                 match conn.parked.lock().take() {
-                    Some((req, _)) => Err(req),
+                    Some(p) => Err(p.req),
                     None => Ok(()), // cannot be: nobody else takes it while RUNNING
                 }
             }
-            Park::Parked { idle, drain, .. } => {
-                if idle || drain {
-                    self.arm(token, now, idle, drain);
+            Park::Parked { idle: armed, drain, .. } => {
+                let earlier = !armed
+                    && deadline.is_some_and(|d| self.now_nanos(d) < conn.queued[Timer::Deadline.index()].load(SeqCst));
+                let deadline = if armed {
+                    Arm::New
+                } else if earlier {
+                    Arm::Earlier
+                } else {
+                    Arm::No
+                };
+                let drain = if drain { Arm::New } else { Arm::No };
+                if deadline != Arm::No || drain != Arm::No {
+                    self.arm(token, conn, deadline, drain);
                 }
                 Ok(())
             }
         }
     }
 
-    /// Queues the timer entries a park armed (none was queued for them).
-    fn arm(&self, token: u64, parked: Instant, idle: bool, drain: bool) {
-        let parked_at = self.now_nanos(parked);
+    /// Queues (or moves earlier) the timer entries of a park: `deadline`,
+    /// the connection's own (newly armed, or earlier than the one queued);
+    /// `drain`, the drain window's (newly armed).
+    fn arm(&self, token: u64, conn: &Conn, deadline: Arm, drain: Arm) {
         let mut timers = self.timers.lock();
         let mut earliest = false;
-        for (armed, timer) in [(idle, Timer::Idle), (drain, Timer::Drain)] {
-            if armed && let Some(at) = self.deadline(timer, parked_at) {
-                earliest |= timers.push(Entry { at, token, timer });
+        for (arm, timer) in [(deadline, Timer::Deadline), (drain, Timer::Drain)] {
+            if arm == Arm::No {
+                continue;
             }
+            // (A timer newly armed that no longer applies is queued for now:
+            // it comes up and is dropped, clearing its bit.)
+            let at = self.now_nanos(self.deadline(conn, timer).unwrap_or_else(Instant::now));
+            let queued = conn.queued[timer.index()].load(SeqCst);
+            match (arm, queued) {
+                (Arm::New, _) => {}
+                // Fired since (taken, or queued again for this deadline).
+                (_, NEVER) => continue,
+                (_, queued) if at >= queued => continue,
+                (_, queued) => {
+                    timers.remove(&Entry { at: queued, token, timer });
+                }
+            }
+            earliest |= self.queue(&mut timers, conn, Entry { at, token, timer });
         }
         if earliest {
             self.tick.notify_one();
         }
     }
 
-    /// Ends a connection. Its descriptor leaves the epoll set when it is
-    /// closed (no `EPOLL_CTL_DEL`: it is the last handle but for a moment's
-    /// upgrade by the force-closer, whose stale event finds no token).
-    fn close(&self, token: u64, req: Box<StreamRequest>) {
-        self.forget(token);
-        self.service.release(*req);
+    /// Queues an entry and notes it in its connection; whether it is now
+    /// the earliest.
+    fn queue(&self, timers: &mut Timers, conn: &Conn, entry: Entry) -> bool {
+        conn.queued[entry.timer.index()].store(entry.at, SeqCst);
+        timers.push(entry)
     }
 
-    /// Takes a connection out of the registry; its timer entries are dead.
+    /// Takes a connection out of the registry, and its timer entries out of
+    /// the timers. Its descriptor leaves the epoll set when it is closed (no
+    /// `EPOLL_CTL_DEL`: it is the last handle but for a moment's upgrade by
+    /// the force-closer, whose stale event finds no token).
     fn forget(&self, token: u64) {
         // Bound first: the registry's guard must be gone before the timers'
         // lock is taken (lock order: timers, then conns).
         let removed = self.conns.write().remove(token);
-        let dead = removed.map_or(0, |conn| conn.state.timers());
-        if dead > 0 {
-            self.timers.lock().died(dead);
+        let Some(conn) = removed else { return };
+        if conn.state.timers() == 0 {
+            return;
+        }
+        let mut timers = self.timers.lock();
+        for timer in [Timer::Deadline, Timer::Drain] {
+            let at = conn.queued[timer.index()].swap(NEVER, SeqCst);
+            if at != NEVER {
+                timers.remove(&Entry { at, token, timer });
+            }
         }
     }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use super::state::Fired;
 use super::timers::Entry;
 use super::windows::Window;
-use super::{Reactor, Work};
+use super::{NEVER, Reactor, Work};
 use crate::sys;
 
 /// How long a handler may run before the monitor counts its thread as
@@ -38,18 +38,25 @@ impl Reactor {
                 return;
             }
             let now = Instant::now();
+            let now_nanos = self.now_nanos(now);
             let mut expired = Vec::new();
             {
                 let conns = self.conns.read();
-                while let Some(entry) = timers.pop_due(now) {
-                    let Some(conn) = conns.get(entry.token) else {
-                        timers.dropped_dead();
-                        continue;
-                    };
-                    let due = |_generation| {
-                        self.deadline(entry.timer, conn.parked_at.load(SeqCst)).is_some_and(|at| at <= now)
-                    };
-                    match conn.state.fire(entry.timer, due) {
+                while let Some(entry) = timers.pop_due(now_nanos) {
+                    // (A closed connection's entries went with it.)
+                    let Some(conn) = conns.get(entry.token) else { continue };
+                    let queued = &conn.queued[entry.timer.index()];
+                    if queued.load(SeqCst) != entry.at {
+                        continue; // not its entry (cannot be: moved entries are removed)
+                    }
+                    queued.store(NEVER, SeqCst);
+                    let mut later = None;
+                    let fired = conn.state.fire(entry.timer, |_generation| {
+                        let (due, at) = self.due(conn, entry.timer, now);
+                        later = at;
+                        due
+                    });
+                    match fired {
                         Fired::Disarmed => {}
                         Fired::Expire => {
                             self.window(Window::Expire);
@@ -57,15 +64,10 @@ impl Reactor {
                         }
                         Fired::Later => {
                             // Parked again since: queued for its real deadline.
-                            if let Some(at) = self.deadline(entry.timer, conn.parked_at.load(SeqCst)) {
-                                timers.push(Entry { at, ..entry });
-                            }
+                            let at = later.map_or(now_nanos, |at| self.now_nanos(at));
+                            self.queue(&mut timers, conn, Entry { at, ..entry });
                         }
                     }
-                }
-                let compacted = timers.compact(|token| conns.get(token).is_some());
-                if compacted > 0 {
-                    log::trace!("{}: {compacted} timer entries of closed connections dropped", self.core.name());
                 }
             }
             let resume_accepting = {
@@ -86,7 +88,7 @@ impl Reactor {
             // Read again under the lock it will wait with: a timer set
             // while the lock was free was notified to nobody.
             let paused = *self.accept_paused.lock();
-            let next = [timers.next(), paused].into_iter().flatten().min();
+            let next = [timers.next().map(|at| self.instant(at)), paused].into_iter().flatten().min();
             // Resting (asleep past a look) only while no handler runs,
             // checked after raising the flag: a handler that starts after
             // the check sees the flag and wakes it.

@@ -15,9 +15,10 @@ use parking_lot::Mutex;
 use super::state::{Notify, Timer};
 use super::sync::{AtomicUsize, Ordering};
 use super::windows::Window;
-use super::{CAPACITY, Conn, LISTENER, Reactor, WAKE, Work};
+use super::{CAPACITY, Conn, LISTENER, Parked, Reactor, WAKE, Work};
 use crate::loops::admit::{Accepted, accept_request};
 use crate::loops::errors::{AcceptErrors, Verdict};
+use crate::request::{BlockingHint, ParkKind, StreamRequest};
 use crate::service::Step;
 use crate::sys;
 use crate::sys::epoll::{Events, Interest};
@@ -59,6 +60,7 @@ pub(super) fn retire(alive: &AtomicUsize, target: usize) -> bool {
 impl Reactor {
     pub(super) fn poll_loop(self: &Arc<Self>, me: &Arc<Poller>) {
         me.tid.store(sys::thread_id(), SeqCst);
+        CURRENT.with(|c| *c.borrow_mut() = Some(Arc::clone(me)));
         let mut events = Events::with_capacity(EVENTS);
         let retired = loop {
             if self.exit.load(SeqCst) {
@@ -111,6 +113,7 @@ impl Reactor {
                 self.dispatch(me, token);
             }
         };
+        CURRENT.with(|c| c.borrow_mut().take());
         me.gone.store(true, SeqCst);
         if !retired {
             self.alive.fetch_sub(1, SeqCst);
@@ -162,7 +165,7 @@ impl Reactor {
             match accept_request(&self.listener, core, &self.service) {
                 Ok(Accepted::Request(mut req)) => {
                     errors.succeeded();
-                    req.set_parking(true);
+                    req.set_parking(self.blocking_hint());
                     if let Some(token) = self.register(req) {
                         me.batch.lock().push_back(token);
                     }
@@ -232,21 +235,40 @@ impl Reactor {
     }
 
     /// Runs a connection this thread owns (`RUNNING`) until it parks or
-    /// ends. `expired`: the monitor took it for this timer — unless its
-    /// request came meanwhile (bytes, or the peer's end, are waiting to be
-    /// read: then it is served, not closed).
+    /// ends. `expired`: the monitor took it for this timer — unless what it
+    /// waited for came meanwhile (bytes, or the peer's end, waiting to be
+    /// read; room for its answer): then it goes on, not expired.
     fn run_owned(self: &Arc<Self>, me: &Poller, token: u64, conn: &Arc<Conn>, expired: Option<Timer>) {
-        let Some((mut req, mut started)) = conn.parked.lock().take() else { return };
+        let Some(Parked { mut req, mut started, kind }) = conn.parked.lock().take() else { return };
         req.resumed(conn.hup.load(SeqCst));
         let stats = &self.core.shared.stats;
+        if req.is_closing() {
+            self.close(token, conn, req, expired.is_some());
+            return;
+        }
         // Counted as parked from its first park on.
         stats.parked.fetch_sub(u64::from(started), Relaxed);
-        if let Some(timer) = expired
-            && !sys::readable_now(req.fd())
-        {
-            match timer {
-                Timer::Idle => req.expire_idle(),
-                Timer::Drain => req.expire_drained(),
+        if let Some(timer) = expired {
+            match (timer, kind) {
+                (_, ParkKind::Write) => req.expire(kind),
+                _ if sys::readable_now(req.fd()) => {}
+                (Timer::Drain, _) => req.expire_drained(),
+                (Timer::Deadline, kind) => req.expire(kind),
+            }
+        }
+        if req.has_backlog() {
+            // The answer goes out before the handler runs again.
+            if req.send_backlog_now().is_err() {
+                self.close(token, conn, req, true);
+                return;
+            }
+            if req.has_backlog() && expired.is_none() {
+                let deadline = req.park_deadline(ParkKind::Write, Instant::now());
+                let parked = Parked { req, started, kind: ParkKind::Write };
+                match self.park(token, conn, parked, deadline) {
+                    Ok(()) => return,
+                    Err(again) => req = again,
+                }
             }
         }
         loop {
@@ -261,19 +283,32 @@ impl Reactor {
             let step = self.service.step(&mut req, !started);
             stats.workers_busy.fetch_sub(1, Relaxed);
             me.run.fetch_add(1, SeqCst);
-            started = true;
-            if step == Step::Refused {
-                self.forget(token);
-                return; // dropped: closed, never completed
-            }
-            if step != Step::Parked || req.park().is_err() {
-                self.close(token, req);
-                return;
-            }
-            if !req.buffered().is_empty() {
+            let kind = match step {
+                Step::Refused => {
+                    self.forget(token);
+                    return; // dropped: closed, never completed
+                }
+                Step::Waiting => ParkKind::Preamble,
+                Step::Done(_) => {
+                    self.close(token, conn, req, false);
+                    return;
+                }
+                Step::Parked => {
+                    started = true;
+                    match req.park() {
+                        Ok(kind) => kind,
+                        Err(_) => {
+                            self.close(token, conn, req, false);
+                            return;
+                        }
+                    }
+                }
+            };
+            if kind == ParkKind::Boundary && !req.buffered().is_empty() {
                 continue; // read past the park: serve it before parking
             }
-            match self.park(token, conn, req, started) {
+            let deadline = req.park_deadline(kind, Instant::now());
+            match self.park(token, conn, Parked { req, started, kind }, deadline) {
                 Ok(()) => return,
                 Err(again) => {
                     // Bytes came while it ran: on again, here.
@@ -283,6 +318,65 @@ impl Reactor {
             }
         }
     }
+
+    /// Ends a connection on the loop: its backlog sent and its close
+    /// lingering as the socket allows, parked in between, never waiting on
+    /// this thread (a close used to linger here for up to 500 ms, and a
+    /// buffered answer to a peer that does not read blocked the poller for
+    /// ever). `expired`: its deadline passed, give up.
+    fn close(&self, token: u64, conn: &Conn, mut req: Box<StreamRequest>, expired: bool) {
+        loop {
+            let Some(until) = req.close_step(Instant::now(), expired) else {
+                self.forget(token);
+                self.service.release(*req);
+                return;
+            };
+            let parked = Parked { req, started: true, kind: ParkKind::Write };
+            match self.park(token, conn, parked, Some(until)) {
+                Ok(()) => return,
+                Err(again) => req = again,
+            }
+        }
+    }
+
+    /// What a request under this loop calls before it waits on its thread:
+    /// see [`Reactor::blocking`].
+    fn blocking_hint(self: &Arc<Self>) -> BlockingHint {
+        let reactor = Arc::downgrade(self);
+        Arc::new(move || {
+            if let Some(reactor) = reactor.upgrade() {
+                reactor.blocking();
+            }
+        })
+    }
+
+    /// The handler on this thread is about to wait in the library's own I/O
+    /// (a read it cannot park, a write past the backlog): the thread counts
+    /// as stuck now, what it had not started goes to the others, and the
+    /// monitor looks at once (it starts a thread if nobody is left to
+    /// poll) — the hand-off Go makes at `entersyscallblock`, not at the
+    /// next look.
+    fn blocking(&self) {
+        let Some(me) = CURRENT.with(|c| c.borrow().clone()) else { return };
+        let run = me.run.load(SeqCst);
+        if run % 2 == 0 || me.stuck.swap(run, SeqCst) == run {
+            return; // not in a handler, or said already in this run
+        }
+        let stolen: Vec<u64> = me.batch.lock().drain(..).collect();
+        for token in stolen {
+            self.push_work(Work::Ready(token));
+        }
+        if self.waiting.load(SeqCst) == 0 || !self.ready.lock().is_empty() {
+            let _timers = self.timers.lock();
+            self.resting.store(false, SeqCst);
+            self.tick.notify_one();
+        }
+    }
+}
+
+thread_local! {
+    /// The poller this thread is, for the blocking hint.
+    static CURRENT: std::cell::RefCell<Option<Arc<Poller>>> = const { std::cell::RefCell::new(None) };
 }
 
 #[cfg(all(test, not(loom)))]

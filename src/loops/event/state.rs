@@ -12,7 +12,7 @@
 //! |---|---|---|
 //! | 0 | `RUNNING` | one thread owns the connection's request; clear: parked, no thread |
 //! | 1 | `NOTIFIED` | bytes (or a hang-up) came while it ran: run it again before parking |
-//! | 2 | `IDLE_TIMER` | an idle entry for it is in the timer heap (at most one) |
+//! | 2 | `DEADLINE_TIMER` | an entry for its own deadline (idle, read, request, write, linger) is in the timer heap (at most one) |
 //! | 3 | `DRAIN_TIMER` | a drain-window entry for it is in the timer heap (at most one) |
 //! | 8.. | generation | counts parks: a timer decided at one park never acts at a later one |
 
@@ -26,16 +26,28 @@ const GEN_ONE: u64 = 1 << GEN_SHIFT;
 /// Which of a parked connection's deadlines a timer entry stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum Timer {
-    /// The idle timeout, from the park.
-    Idle,
-    /// The drain window at a shutdown, from the park or the shutdown.
+    /// The connection's own deadline, set at its park: the idle timeout at
+    /// a boundary, the read and request timeouts in a request, the write
+    /// timeout while its answer waits for the peer, the end of a lingering
+    /// close.
+    Deadline,
+    /// The drain window at a shutdown, from the park or the shutdown (for a
+    /// connection parked at a request boundary).
     Drain,
 }
 
 impl Timer {
+    /// Its place in per-timer arrays.
+    pub(crate) const fn index(self) -> usize {
+        match self {
+            Timer::Deadline => 0,
+            Timer::Drain => 1,
+        }
+    }
+
     const fn bit(self) -> u64 {
         match self {
-            Timer::Idle => 1 << 2,
+            Timer::Deadline => 1 << 2,
             Timer::Drain => 1 << 3,
         }
     }
@@ -62,11 +74,24 @@ pub(crate) enum Park {
     Parked { generation: u64, idle: bool, drain: bool },
 }
 
+/// Whether a parked connection is past a timer's deadline (read from what
+/// its runner stored before parking).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Due {
+    /// Past it: expire.
+    Now,
+    /// Not yet (it ran and parked again since): queue the entry again.
+    Later,
+    /// The timer does not apply to this park: drop the entry.
+    Never,
+}
+
 /// What [`State::fire`] did with a timer entry that came due.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[must_use]
 pub(crate) enum Fired {
-    /// It runs: the entry is dropped (its next park arms another).
+    /// It runs, or the timer does not apply to its park: the entry is
+    /// dropped (a park that needs it arms another).
     Disarmed,
     /// Parked, but its deadline is later than the entry's (it ran and
     /// parked again since): queue the entry again for the deadline.
@@ -124,11 +149,11 @@ impl State {
                     }
                 }
             }
-            let arm_idle = idle && cur & Timer::Idle.bit() == 0;
+            let arm_idle = idle && cur & Timer::Deadline.bit() == 0;
             let arm_drain = drain && cur & Timer::Drain.bit() == 0;
             let mut next = (cur & !RUNNING).wrapping_add(GEN_ONE);
             if arm_idle {
-                next |= Timer::Idle.bit();
+                next |= Timer::Deadline.bit();
             }
             if arm_drain {
                 next |= Timer::Drain.bit();
@@ -142,17 +167,19 @@ impl State {
 
     /// A timer entry of kind `timer` came due. `due(generation)` says
     /// whether the connection, parked at that generation, is past its
-    /// deadline for it (read from what the runner stored before parking).
-    pub(crate) fn fire(&self, timer: Timer, due: impl Fn(u64) -> bool) -> Fired {
+    /// deadline for it.
+    pub(crate) fn fire(&self, timer: Timer, mut due: impl FnMut(u64) -> Due) -> Fired {
         let mut cur = self.0.load(Acquire);
         loop {
             debug_assert!(cur & timer.bit() != 0, "an entry in the heap has its bit set");
             let (next, fired) = if cur & RUNNING != 0 {
                 (cur & !timer.bit(), Fired::Disarmed)
-            } else if due(cur >> GEN_SHIFT) {
-                ((cur | RUNNING) & !timer.bit(), Fired::Expire)
             } else {
-                return Fired::Later;
+                match due(cur >> GEN_SHIFT) {
+                    Due::Now => ((cur | RUNNING) & !timer.bit(), Fired::Expire),
+                    Due::Never => (cur & !timer.bit(), Fired::Disarmed),
+                    Due::Later => return Fired::Later,
+                }
             };
             match self.0.compare_exchange_weak(cur, next, AcqRel, Acquire) {
                 Ok(_) => return fired,
@@ -172,7 +199,7 @@ impl State {
     /// become dead).
     pub(crate) fn timers(&self) -> usize {
         let s = self.0.load(Acquire);
-        usize::from(s & Timer::Idle.bit() != 0) + usize::from(s & Timer::Drain.bit() != 0)
+        usize::from(s & Timer::Deadline.bit() != 0) + usize::from(s & Timer::Drain.bit() != 0)
     }
 
     /// Whether a thread runs it.
@@ -182,9 +209,27 @@ impl State {
     }
 }
 
+/// `Now` when true, else `Later`.
+#[cfg(test)]
+fn at(due: bool) -> Due {
+    if due { Due::Now } else { Due::Later }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timer_that_does_not_apply_is_dropped_and_armed_again_at_the_next_park() {
+        let s = State::new();
+        assert_eq!(s.notify(), Notify::Run);
+        assert!(matches!(s.park(false, true), Park::Parked { drain: true, .. }));
+        assert_eq!(s.fire(Timer::Drain, |_| Due::Never), Fired::Disarmed);
+        assert_eq!(s.timers(), 0);
+        assert!(!s.running(), "still parked");
+        assert_eq!(s.notify(), Notify::Run);
+        assert!(matches!(s.park(false, true), Park::Parked { drain: true, .. }));
+    }
 
     #[test]
     fn a_notify_takes_a_parked_connection_and_marks_a_running_one() {
@@ -208,7 +253,7 @@ mod tests {
             assert_eq!(s.park(true, false), Park::Parked { generation, idle: false, drain: false });
         }
         assert_eq!(s.timers(), 1);
-        assert!(!s.arm(Timer::Idle));
+        assert!(!s.arm(Timer::Deadline));
         assert!(s.arm(Timer::Drain));
         assert_eq!(s.timers(), 2);
     }
@@ -218,7 +263,7 @@ mod tests {
         let s = State::new();
         assert_eq!(s.notify(), Notify::Run);
         let Park::Parked { generation, .. } = s.park(true, false) else { panic!("parks") };
-        assert_eq!(s.fire(Timer::Idle, |g| g == generation), Fired::Expire);
+        assert_eq!(s.fire(Timer::Deadline, |g| at(g == generation)), Fired::Expire);
         assert!(s.running());
         assert_eq!(s.timers(), 0, "the expired entry is gone");
         assert_eq!(s.notify(), Notify::Runner, "an event now only marks it");
@@ -231,7 +276,7 @@ mod tests {
         let Park::Parked { generation: first, .. } = s.park(true, false) else { panic!("parks") };
         assert_eq!(s.notify(), Notify::Run);
         assert!(matches!(s.park(true, false), Park::Parked { idle: false, .. }));
-        assert_eq!(s.fire(Timer::Idle, |g| g == first), Fired::Later, "still parked: queued again");
+        assert_eq!(s.fire(Timer::Deadline, |g| at(g == first)), Fired::Later, "still parked: queued again");
         assert!(!s.running());
     }
 
@@ -241,7 +286,7 @@ mod tests {
         assert_eq!(s.notify(), Notify::Run);
         assert!(matches!(s.park(true, false), Park::Parked { idle: true, .. }));
         assert_eq!(s.notify(), Notify::Run);
-        assert_eq!(s.fire(Timer::Idle, |_| true), Fired::Disarmed);
+        assert_eq!(s.fire(Timer::Deadline, |_| Due::Now), Fired::Disarmed);
         assert_eq!(s.timers(), 0);
         assert!(matches!(s.park(true, false), Park::Parked { idle: true, .. }));
     }
@@ -293,7 +338,7 @@ mod loom_models {
             let Park::Parked { generation, .. } = s.park(true, false) else { panic!("parks") };
             let s2 = Arc::clone(&s);
             let event = thread::spawn(move || s2.notify());
-            let fired = s.fire(Timer::Idle, |g| g == generation);
+            let fired = s.fire(Timer::Deadline, |g| at(g == generation));
             let by_event = event.join().unwrap();
             match (fired, by_event) {
                 (Fired::Expire, Notify::Runner) | (Fired::Disarmed, Notify::Run) => {}
@@ -319,7 +364,7 @@ mod loom_models {
             let s2 = Arc::clone(&s);
             let runner = thread::spawn(move || s2.park(true, false));
             // Not due at the new park's generation.
-            let fired = s.fire(Timer::Idle, |g| g == 0);
+            let fired = s.fire(Timer::Deadline, |g| at(g == 0));
             let parked = runner.join().unwrap();
             let entries = match fired {
                 Fired::Disarmed => 0,
@@ -349,7 +394,7 @@ mod loom_models {
             };
             let a = spawn(Arc::clone(&s), Arc::clone(&owners));
             let b = spawn(Arc::clone(&s), Arc::clone(&owners));
-            if s.fire(Timer::Idle, |g| g == generation) == Fired::Expire {
+            if s.fire(Timer::Deadline, |g| at(g == generation)) == Fired::Expire {
                 assert!(!owners.swap(true, SeqCst), "two runners");
             }
             a.join().unwrap();

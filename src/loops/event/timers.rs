@@ -1,40 +1,33 @@
-//! The deadlines of parked connections: one heap, and at most one entry per
-//! connection and kind of timer (the state word's `IDLE_TIMER` and
-//! `DRAIN_TIMER` bits say whether it is there). A park does not queue an
-//! entry when one is queued already; when an entry comes due, the monitor
-//! reads the connection's real deadline and queues it again if that is
-//! later (the connection ran and parked since). So the heap grows with the
-//! connections, not with their requests: a connection that parks 100,000
-//! times in an hour of idle timeout has one entry, not 100,000.
+//! The deadlines of parked connections: one ordered set, and at most one
+//! entry per connection and kind of timer. The connection keeps the time of
+//! its queued entry (changed only under the set's lock) and its state word
+//! a bit that says one is queued, so that:
 //!
-//! A closed connection's entries stay until they come up or the heap is
-//! compacted: compaction runs when more than half of the entries (and at
-//! least [`COMPACT_MIN`]) are dead, so dead entries never outnumber live
-//! ones by much and memory returns when clients leave.
+//! * a park whose deadline is no earlier than the queued entry's changes
+//!   nothing and takes no lock (the entry comes up early, and the monitor
+//!   queues it again for the real deadline): a connection that parks
+//!   100,000 times in an hour of idle timeout has one entry, not 100,000;
+//! * a park with an earlier deadline (a read timeout in a request, after
+//!   an idle timeout at a boundary) moves the entry;
+//! * a close removes the connection's entries at once, so the set holds no
+//!   more entries than there are connections (two each at most, during a
+//!   shutdown) and its memory goes when they do.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-use std::time::Instant;
+use std::collections::BTreeSet;
 
 use super::state::Timer;
 
-/// Below this many dead entries, they are left to come up on their own.
-pub(crate) const COMPACT_MIN: usize = 1024;
-
-/// One queued deadline.
+/// One queued deadline, in nanoseconds from the reactor's start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Entry {
-    pub(crate) at: Instant,
+    pub(crate) at: u64,
     pub(crate) token: u64,
     pub(crate) timer: Timer,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct Timers {
-    heap: BinaryHeap<Reverse<Entry>>,
-    /// Entries whose connection has closed (an upper bound: a close may
-    /// count an entry a compaction already dropped).
-    dead: usize,
+    set: BTreeSet<Entry>,
 }
 
 impl Timers {
@@ -42,101 +35,68 @@ impl Timers {
     /// asleep until a later one, must be woken).
     pub(crate) fn push(&mut self, entry: Entry) -> bool {
         let earliest = self.next().is_none_or(|at| entry.at < at);
-        self.heap.push(Reverse(entry));
+        self.set.insert(entry);
         earliest
     }
 
+    /// Takes an entry out; whether it was there.
+    pub(crate) fn remove(&mut self, entry: &Entry) -> bool {
+        self.set.remove(entry)
+    }
+
     /// The earliest entry, if it is due by `now`.
-    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<Entry> {
-        match self.heap.peek() {
-            Some(Reverse(e)) if e.at <= now => self.heap.pop().map(|Reverse(e)| e),
+    pub(crate) fn pop_due(&mut self, now: u64) -> Option<Entry> {
+        match self.set.first() {
+            Some(e) if e.at <= now => self.set.pop_first(),
             _ => None,
         }
     }
 
-    pub(crate) fn next(&self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse(e)| e.at)
+    pub(crate) fn next(&self) -> Option<u64> {
+        self.set.first().map(|e| e.at)
     }
 
     #[cfg(all(test, not(loom)))]
     pub(crate) fn len(&self) -> usize {
-        self.heap.len()
-    }
-
-    /// `n` entries belong to a connection that closed.
-    pub(crate) fn died(&mut self, n: usize) {
-        self.dead += n;
-    }
-
-    /// A dead entry came up (and was dropped).
-    pub(crate) fn dropped_dead(&mut self) {
-        self.dead = self.dead.saturating_sub(1);
-    }
-
-    /// Drops the dead entries (`live(token)` is false for them) when they
-    /// are many, and gives their memory back. Returns how many went.
-    pub(crate) fn compact(&mut self, live: impl Fn(u64) -> bool) -> usize {
-        if self.dead < COMPACT_MIN || self.dead * 2 < self.heap.len() {
-            return 0;
-        }
-        let before = self.heap.len();
-        self.heap.retain(|Reverse(e)| live(e.token));
-        self.dead = 0;
-        if self.heap.capacity() > 2 * self.heap.len() + COMPACT_MIN {
-            self.heap.shrink_to(self.heap.len() * 2);
-        }
-        before - self.heap.len()
-    }
-
-    #[cfg(all(test, not(loom)))]
-    pub(crate) fn capacity(&self) -> usize {
-        self.heap.capacity()
+        self.set.len()
     }
 }
 
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
-    fn entry(at: Instant, token: u64) -> Entry {
-        Entry { at, token, timer: Timer::Idle }
+    fn entry(at: u64, token: u64) -> Entry {
+        Entry { at, token, timer: Timer::Deadline }
     }
 
     #[test]
     fn entries_come_up_in_deadline_order_whatever_order_they_were_queued_in() {
-        let t0 = Instant::now();
         let mut timers = Timers::default();
-        assert!(timers.push(entry(t0 + Duration::from_secs(3600), 1)));
-        assert!(timers.push(entry(t0 + Duration::from_millis(100), 2)), "earlier: the monitor is woken");
-        assert!(!timers.push(entry(t0 + Duration::from_secs(7200), 3)));
-        assert_eq!(timers.next(), Some(t0 + Duration::from_millis(100)));
-        assert_eq!(timers.pop_due(t0), None);
-        assert_eq!(timers.pop_due(t0 + Duration::from_secs(4000)).map(|e| e.token), Some(2));
-        assert_eq!(timers.pop_due(t0 + Duration::from_secs(4000)).map(|e| e.token), Some(1));
-        assert_eq!(timers.pop_due(t0 + Duration::from_secs(4000)), None);
+        assert!(timers.push(entry(3600, 1)));
+        assert!(timers.push(entry(100, 2)), "earlier: the monitor is woken");
+        assert!(!timers.push(entry(7200, 3)));
+        assert_eq!(timers.next(), Some(100));
+        assert_eq!(timers.pop_due(99), None);
+        assert_eq!(timers.pop_due(4000).map(|e| e.token), Some(2));
+        assert_eq!(timers.pop_due(4000).map(|e| e.token), Some(1));
+        assert_eq!(timers.pop_due(4000), None);
         assert_eq!(timers.len(), 1);
     }
 
     #[test]
-    fn compaction_waits_for_many_dead_then_returns_the_memory() {
-        let t0 = Instant::now();
+    fn an_entry_moves_and_goes_exactly() {
         let mut timers = Timers::default();
-        for token in 0..100_000 {
-            timers.push(entry(t0 + Duration::from_secs(3600), token));
-        }
-        timers.died(COMPACT_MIN - 1);
-        assert_eq!(timers.compact(|_| false), 0, "a few dead entries are left to come up");
-        // The clients leave: all but 10 connections close.
-        timers.died(100_000 - 10 - (COMPACT_MIN - 1));
-        assert_eq!(timers.compact(|token| token < 10), 99_990);
-        assert_eq!(timers.len(), 10);
-        assert!(timers.capacity() < 2 * COMPACT_MIN + 100, "memory returned: {}", timers.capacity());
-        // Half dead is not yet enough.
-        for token in 10..3000 {
-            timers.push(entry(t0, token));
-        }
-        timers.died(COMPACT_MIN);
-        assert_eq!(timers.compact(|_| true), 0);
+        timers.push(entry(3600, 1));
+        timers.push(entry(3600, 2));
+        // Connection 1 parks in a request with a 5 s read timeout: moved.
+        assert!(timers.remove(&entry(3600, 1)));
+        assert!(timers.push(entry(5, 1)));
+        assert_eq!(timers.len(), 2);
+        // Connection 2 closes: its entry goes with it.
+        assert!(timers.remove(&entry(3600, 2)));
+        assert!(!timers.remove(&entry(3600, 2)));
+        assert_eq!(timers.pop_due(10).map(|e| e.token), Some(1));
+        assert_eq!(timers.len(), 0);
     }
 }
