@@ -62,16 +62,16 @@ while ((SECONDS - started < WAIT_CAP)); do
 done
 lab_log "$n polling threads after $((SECONDS - started)) s; measuring ${MEASURE} s"
 sleep 1
-lab_cpu_mark
+lab_cpu_mark "$proc"
 python3 "$LAB_DIR/proc_cpu.py" "$proc" "$MEASURE" >"$LAB_TMP/cpu.json"
-busy=$(lab_cpu_busy_pct)
+cpu=$(lab_cpu_others 0 "$proc")
 load=$(lab_loadavg)
 kill -KILL "$proc" 2>/dev/null || true
 wait "$proc" 2>/dev/null || true
 
-python3 - "$LAB_TMP/cpu.json" "$HANDLERS" "$SLEEP_MS" "$load" "$busy" "${PIN:-unpinned}" <<'EOF'
+python3 - "$LAB_TMP/cpu.json" "$HANDLERS" "$SLEEP_MS" "$load" "$cpu" "${PIN:-unpinned}" <<'EOF'
 import json, sys
-path, handlers, sleep_ms, load, busy, pin = sys.argv[1:]
+path, handlers, sleep_ms, load, cpu, pin = sys.argv[1:]
 r = json.load(open(path))
 by = r["by_name"]
 mon = by.get("socketserver-mo", {"threads": 0, "cpu_pct": float("nan")})
@@ -81,7 +81,7 @@ others = ", ".join(f"{n} {e['threads']}" for n, e in by.items() if n not in ("so
 print(f"monitor_cpu[{handlers} handlers in sleep:{sleep_ms}]: monitor thread {mon['cpu_pct']:.1f}% of a core "
       f"over {r['seconds']:g} s ({mon['threads']} monitor thread(s)); process {r['process_cpu_pct']:.1f}%, "
       f"{r['threads']} threads (polling {pol['threads']}, {asleep} asleep, {pol['cpu_pct']:.1f}% CPU together; "
-      f"others: {others}) [{pin}; load avg {load}, machine busy {busy}%]")
+      f"others: {others}) [{pin}; load avg {load}; {cpu}]")
 EOF
 [[ -n ${KEEP_LOGS:-} ]] && cat "$LAB_TMP/cpu.json" >&2
 exit 0

@@ -87,7 +87,6 @@ server=$PID
 lab_log "server pid $server at $ADDR: ${SERVER[*]} ${SERVER_ARGS}"
 sleep 0.3
 threads_before=$(threads_of "$server")
-lab_cpu_mark
 
 max_time=$(awk -v r="$RAMP_CAP" -v s="$SETTLE" -v d="$DURATION" -v t="$HONEST_TIMEOUT" 'BEGIN {print r + s + d + t + 10}')
 lab_start attack python3 "$CLIENTS" attack --addr "$ADDR" --n "$N" --kind "$KIND" \
@@ -104,6 +103,7 @@ sleep "$SETTLE"
 
 threads_start=$(threads_of "$server")
 threads_max=$threads_start
+lab_cpu_mark "$server" "$attacker"
 reuse=()
 [[ $REUSE == 1 ]] && reuse=(--reuse)
 lab_start honest python3 "$CLIENTS" honest --addr "$ADDR" --kind "$HONEST" --duration "$DURATION" \
@@ -121,7 +121,9 @@ threads_end=$(threads_of "$server")
 # listener's Recv-Q); "?" without ss.
 backlog=$(ss -Hltn "sport = :${ADDR##*:}" 2>/dev/null | awk '{print $2; exit}')
 backlog=${backlog:-?}
-busy=$(lab_cpu_busy_pct)
+server_cpu=$(lab_cpu_of "$server")
+honest_cpu=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get("cpu_pct", 0))' "$LAB_TMP/honest.out" 2>/dev/null || echo 0)
+cpu=$(lab_cpu_others "$honest_cpu" "$server" "$attacker")
 load=$(lab_loadavg)
 
 kill -TERM "$attacker" 2>/dev/null || true
@@ -133,9 +135,9 @@ wait "$attacker" 2>/dev/null || true
 lab_stop "$server"
 
 python3 - "$LAB_TMP/honest.out" "$LAB_TMP/attack.out" "$VARIANT" "$N" "$threads_before" "$threads_start" \
-    "$threads_max" "$threads_end" "$load" "$busy" "$INTERVAL" "$DURATION" "$backlog" <<'EOF'
+    "$threads_max" "$threads_end" "$load" "$cpu" "$INTERVAL" "$DURATION" "$backlog" "$server_cpu" <<'EOF'
 import json, sys
-hf, af, variant, n, tb, ts, tm, te, load, busy, interval, duration, backlog = sys.argv[1:]
+hf, af, variant, n, tb, ts, tm, te, load, cpu, interval, duration, backlog, server_cpu = sys.argv[1:]
 def first_json(path):
     try:
         with open(path) as f:
@@ -149,7 +151,7 @@ if a:
            f"{backlog} unaccepted in the listen queue)")
 else:
     att = "hostile: no report"
-thr = f"server threads {tb} before, {ts} at start, max {tm}, {te} at end"
+thr = f"server threads {tb} before, {ts} at start, max {tm}, {te} at end, CPU {server_cpu}% of a core"
 if h:
     fails = ", ".join(f"{k} {v}" for k, v in sorted(h["failures"].items())) or "none"
     ms = lambda v: "-" if v is None else f"{v:g} ms"
@@ -158,7 +160,7 @@ if h:
 else:
     hon = "honest: no report"
 print(f"slowloris[{variant}] N={n}: {att}; {thr}; {hon} [every {interval} s for {duration} s; "
-      f"load avg {load}, machine busy {busy}%]")
+      f"load avg {load}; {cpu}]")
 EOF
 [[ -n ${KEEP_LOGS:-} ]] && cat "$LAB_TMP/attack.out" "$LAB_TMP/honest.out" >&2
 exit 0

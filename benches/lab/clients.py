@@ -357,6 +357,7 @@ def honest(args):
                 sample_error.setdefault(fail, what)
 
     start = time.monotonic()
+    cpu0 = os.times()
     end = start + args.duration
     i = 0
     if args.reuse:
@@ -412,6 +413,8 @@ def honest(args):
         "timeout_s": args.timeout,
         "seconds": round(time.monotonic() - start, 1),
     }
+    cpu1 = os.times()
+    out["cpu_pct"] = round(100 * (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / max(0.001, time.monotonic() - start), 1)
     print(json.dumps(out), flush=True)
 
 

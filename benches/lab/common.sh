@@ -99,13 +99,36 @@ threads_of() { proc_status "$1" Threads; }
 rss_kb() { proc_status "$1" VmRSS; }
 kb_to_mb() { awk -v k="$1" 'BEGIN { if (k == "?" || k == "") print "?"; else printf "%.1f", k / 1024 }'; }
 
-# Machine load, to judge how noisy a figure is: the 1-minute load average
-# and the share of CPU time (all CPUs) that was busy since lab_cpu_mark.
-lab_cpu_mark() { read -r LAB_BUSY0 LAB_TOTAL0 < <(awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat); }
-lab_cpu_busy_pct() {
-    local b t
-    read -r b t < <(awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat)
-    awk -v b=$((b - LAB_BUSY0)) -v t=$((t - LAB_TOTAL0)) 'BEGIN { printf "%.0f", (t > 0 ? 100 * b / t : 0) }'
+# Machine load, to judge how noisy a figure is. lab_cpu_mark PID...: notes
+# the machine's CPU time (/proc/stat) and each PID's (utime + stime).
+# lab_cpu_others [EXTRA_PCT] PID...: the CPU time since, in % of one core:
+# "busy B%, others O%", O being what the machine used beyond these PIDs
+# (and EXTRA_PCT, for a process of ours that has ended: its own figure).
+# The machine has $(nproc) cores: 100% is one of them.
+declare -A LAB_TICKS0=()
+proc_ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+machine_ticks() { awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
+lab_cpu_mark() {
+    local pid
+    read -r LAB_BUSY0 LAB_TOTAL0 < <(machine_ticks)
+    for pid in "$@"; do LAB_TICKS0[$pid]=$(proc_ticks "$pid"); done
+}
+lab_cpu_others() {
+    local extra=${1:-0} b t pid ours=0
+    shift || true
+    read -r b t < <(machine_ticks)
+    for pid in "$@"; do ours=$((ours + $(proc_ticks "$pid") - ${LAB_TICKS0[$pid]:-0})); done
+    awk -v b=$((b - LAB_BUSY0)) -v t=$((t - LAB_TOTAL0)) -v o="$ours" -v x="$extra" -v n="$(nproc)" 'BEGIN {
+        wall = t / n; if (wall <= 0) { print "busy ?"; exit }
+        busy = 100 * b / wall; others = busy - 100 * o / wall - x
+        printf "CPU busy %.0f%% of a core (%d cores), others %.0f%%", busy, n, (others < 0 ? 0 : others) }'
+}
+# lab_cpu_of PID: its CPU time since lab_cpu_mark, in % of one core.
+lab_cpu_of() {
+    local t
+    read -r _ t < <(machine_ticks)
+    awk -v o=$(($(proc_ticks "$1") - ${LAB_TICKS0[$1]:-0})) -v t=$((t - LAB_TOTAL0)) -v n="$(nproc)" \
+        'BEGIN { printf "%.0f", (t > 0 ? 100 * o * n / t : 0) }'
 }
 lab_loadavg() { cut -d' ' -f1 /proc/loadavg; }
 
