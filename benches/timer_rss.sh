@@ -15,7 +15,8 @@
 # pinned mode. Each request parks the connection again, so the request rate
 # drives how many idle deadlines are queued; the line says the rate reached
 # (the figures compared are at >= 100k req/s; a busy machine may not get
-# there).
+# there), and the RSS growth over the load divided by the requests served,
+# which compares runs at different rates.
 #
 # Knobs (environment): DURATION (s of load, 30), AFTER (s after the clients
 # left, 5), CONNS (generator connections, 16), SIZE (bytes a request, 64),
@@ -99,6 +100,8 @@ try:
             f"server CPU {row['server_cpu_pct']:.0f}%, generator {row['generator_cpu_pct']:.0f}%")
     if row["errors"]:
         rate += f", {row['errors']} errors"
+    if before.isdigit() and load_kb.isdigit() and row["requests"]:
+        rate += f"; RSS grew {(int(load_kb) - int(before)) * 1024 / row['requests']:.1f} B a request"
 except (OSError, ValueError, IndexError, KeyError, TypeError):
     rate = "no generator report"
 mb = lambda k: f"{int(k) / 1024:.1f} MB" if k.isdigit() else "?"
