@@ -904,6 +904,49 @@ impl StreamRequest {
         }
     }
 
+    /// Waits until at least `n` bytes are buffered (fewer only at the end of
+    /// the stream) and returns all that is buffered, consuming nothing: a
+    /// frame's header can be looked at, and the whole frame taken with
+    /// [`consume`](BufRead::consume) once it is here. Under the
+    /// [`Event`](crate::Event) strategy a wait here parks the connection
+    /// (the handler is called again from its `wait_for_data`), so a frame
+    /// that comes in pieces holds no thread; `read_exact` of a header and
+    /// then of a body would hold one between the two.
+    ///
+    /// ```no_run
+    /// # use socketserver::StreamRequest;
+    /// # use std::io::{self, BufRead, Write};
+    /// fn frames(req: &mut StreamRequest) -> io::Result<()> {
+    ///     while req.wait_for_data()? {
+    ///         let len = match req.fill_at_least(4)? {
+    ///             head if head.len() < 4 => return Ok(()), // closed mid-header
+    ///             head => u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize,
+    ///         };
+    ///         if len > 64 * 1024 {
+    ///             return Err(io::Error::new(io::ErrorKind::InvalidData, "frame too long"));
+    ///         }
+    ///         let frame = req.fill_at_least(4 + len)?.get(4..4 + len).map(<[u8]>::to_vec);
+    ///         let Some(body) = frame else { return Ok(()) }; // closed mid-frame
+    ///         req.consume(4 + len);
+    ///         req.write_all(&body)?;
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    /// Timeouts; socket errors. `n` is buffered whole: bound what a peer's
+    /// header may ask for before asking for it.
+    pub fn fill_at_least(&mut self, n: usize) -> io::Result<&[u8]> {
+        let limit = n.max(ReadBuffer::FIRST);
+        while self.rbuf.buffer().len() < n {
+            if !self.read_more(limit)? {
+                break;
+            }
+        }
+        Ok(self.rbuf.buffer())
+    }
+
     /// Bytes already read from the socket and not yet consumed.
     pub fn buffered(&self) -> &[u8] {
         self.rbuf.buffer()
