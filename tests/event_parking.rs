@@ -274,3 +274,51 @@ fn echo_clients_that_never_read_hold_no_thread() {
     assert!(back == sent, "{} bytes back of {}", back.len(), sent.len());
     drop(stuck);
 }
+
+/// At `max_workers`, with every thread blocked in a handler, newcomers are
+/// still accepted and registered (the monitor takes the events nobody can),
+/// and their requests are served as soon as a thread is free. Nobody
+/// accepted before: the listener's event waited in epoll until a handler
+/// ended.
+#[test]
+fn at_max_workers_newcomers_are_accepted_and_wait_their_turn() {
+    let _one = ONE_AT_A_TIME.lock();
+    let (release_tx, release_rx) = crossbeam_channel::unbounded::<()>();
+    let (blocked_tx, blocked_rx) = crossbeam_channel::unbounded::<()>();
+    let handler = move |req: &mut StreamRequest| -> io::Result<()> {
+        while req.wait_for_data()? {
+            let Some(line) = req.next_line()? else { break };
+            if line == "block" {
+                blocked_tx.send(()).unwrap();
+                // Past the test's own waits (a failing test drops the sender).
+                let _ = release_rx.recv_timeout(3 * TIMEOUT);
+            }
+            req.write_all(format!("{line}\n").as_bytes())?;
+        }
+        Ok(())
+    };
+    let event = Event::new().pollers(1).max_workers(2);
+    let running = run(TcpServer::builder().strategy(event).bind("127.0.0.1:0", handler).unwrap());
+    let mut blockers: Vec<TcpStream> = (0..2).map(|_| tcp_connect(running.inet())).collect();
+    for b in &mut blockers {
+        b.write_all(b"block\n").unwrap();
+        blocked_rx.recv_timeout(TIMEOUT).expect("the handler blocks");
+    }
+    let accepted = running.handle.stats().accepted;
+    let mut newcomers: Vec<TcpStream> = (0..3).map(|_| tcp_connect(running.inet())).collect();
+    for n in &mut newcomers {
+        n.write_all(b"hello\n").unwrap();
+    }
+    wait_for("the newcomers to be accepted while every thread is blocked", || {
+        running.handle.stats().accepted == accepted + 3
+    });
+    assert_eq!(running.handle.stats().workers_total, 2, "no thread past max_workers");
+    release_tx.send(()).unwrap();
+    release_tx.send(()).unwrap();
+    for n in &mut newcomers {
+        assert_eq!(read_line(n).unwrap(), "hello");
+    }
+    for b in &mut blockers {
+        assert_eq!(read_line(b).unwrap(), "block");
+    }
+}

@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 use super::state::Fired;
 use super::timers::Entry;
 use super::windows::Window;
-use super::{NEVER, Reactor, Work};
+use super::{CAPACITY, LISTENER, NEVER, Reactor, WAKE, Work};
 use crate::sys;
+use crate::sys::epoll::Events;
 
 /// How long a handler may run before the monitor counts its thread as
 /// blocked and lets another poll in its place.
@@ -29,9 +30,57 @@ pub(super) const STUCK_AFTER: Duration = Duration::from_millis(2);
 /// only counted as stuck after this many looks in a row: a busy machine
 /// preempts pollers all the time, and more threads would not help.
 const RUNNABLE_STRIKES: u32 = 10;
+/// Events the monitor takes per look when it polls for blocked pollers.
+const EVENTS: usize = 64;
+
+/// What one look at the pollers found.
+#[derive(Clone, Copy, Debug)]
+struct Look {
+    /// In one handler since the last look (blocked), or said so.
+    stuck: usize,
+    /// Started, not yet in their loop.
+    starting: usize,
+    /// Waiting in epoll.
+    waiting: usize,
+    alive: usize,
+    /// Work queued for whoever polls next.
+    queued: usize,
+    max_workers: usize,
+}
+
+/// What the monitor does about a look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plan {
+    Nothing,
+    /// Start this many polling threads.
+    Start(usize),
+    /// Every thread is blocked and no more may start: take what epoll has
+    /// for them (accept and register newcomers, queue what is ready).
+    PollForThem,
+}
+
+/// When pollers are blocked and nobody polls (or work waits that nobody
+/// takes), as many threads start as are blocked, for the work nobody has
+/// started (at least one, to poll): a burst of requests that all block
+/// doubles the threads each look rather than adding one, and a poller
+/// caught for a moment in a system call with a batch in hand adds one, not
+/// a thread per connection of it. At `max_workers`, the monitor polls for
+/// them.
+fn plan(look: &Look) -> Plan {
+    let free = look.alive.saturating_sub(look.stuck);
+    let nobody_polls = look.waiting == 0 && look.starting == 0 && (free == 0 || look.queued > 0);
+    if look.stuck == 0 || !nobody_polls {
+        return Plan::Nothing;
+    }
+    match look.max_workers.saturating_sub(look.alive) {
+        0 => Plan::PollForThem,
+        room => Plan::Start(look.queued.min(look.stuck).max(1).min(room)),
+    }
+}
 
 impl Reactor {
     pub(super) fn monitor(self: &Arc<Self>) {
+        let mut events = Events::with_capacity(EVENTS);
         let mut timers = self.timers.lock();
         loop {
             if self.exit.load(SeqCst) {
@@ -83,7 +132,7 @@ impl Reactor {
                 self.rearm_listener();
             }
             self.queue_expired(expired);
-            let busy = self.watch_pollers();
+            let busy = self.watch_pollers(&mut events);
             timers = self.timers.lock();
             // Read again under the lock it will wait with: a timer set
             // while the lock was free was notified to nobody.
@@ -115,6 +164,33 @@ impl Reactor {
         }
     }
 
+    /// Every poller is blocked and no more may start: takes what epoll has,
+    /// without waiting, so that newcomers are still accepted and registered
+    /// (parked, unstarted) and what is ready waits in the queue for the
+    /// first poller free. It runs no handler itself.
+    fn poll_for_the_blocked(self: &Arc<Self>, events: &mut Events) {
+        if !matches!(self.epoll.wait(events, Some(Duration::ZERO)), Ok(n) if n > 0) {
+            return;
+        }
+        for token in events.hangups() {
+            if let Some(conn) = self.conns.read().get(token) {
+                conn.hup.store(true, SeqCst);
+            }
+        }
+        let tokens: Vec<u64> = events.tokens().collect();
+        for token in tokens {
+            match token {
+                WAKE => {}
+                LISTENER => self.accept_batch(None),
+                CAPACITY => {
+                    self.core.shared.waker.drain_notify();
+                    self.rearm_listener();
+                }
+                token => self.ready.lock().push_back(Work::Ready(token)),
+            }
+        }
+    }
+
     /// Queues connections taken for expiry, and wakes pollers once each,
     /// not once per connection.
     fn queue_expired(&self, expired: Vec<Work>) {
@@ -132,7 +208,7 @@ impl Reactor {
     /// blocked — what it took from epoll and not started goes to another,
     /// and when nobody is left to poll, new threads start. Returns whether
     /// any poller is in a handler.
-    fn watch_pollers(self: &Arc<Self>) -> bool {
+    fn watch_pollers(self: &Arc<Self>, events: &mut Events) -> bool {
         let mut busy = false;
         let mut stuck = 0;
         // Threads still starting will take work or poll: not counted twice.
@@ -175,24 +251,58 @@ impl Reactor {
         for token in stolen {
             self.push_work(Work::Ready(token));
         }
-        let queued = self.ready.lock().len();
-        let alive = self.alive.load(SeqCst);
-        let free = alive.saturating_sub(stuck);
-        let nobody_polls = self.waiting.load(SeqCst) == 0 && starting == 0 && (free == 0 || queued > 0);
-        if stuck > 0 && nobody_polls && !self.exit.load(SeqCst) {
-            // As many threads as are blocked, for the work nobody has
-            // started (at least one, to poll): a burst of requests that
-            // all block doubles the threads each look rather than adding
-            // one, and a poller caught for a moment in a system call with
-            // a batch in hand adds one, not a thread per connection of it.
-            let room = self.config.max_workers.saturating_sub(alive);
-            for _ in 0..queued.min(stuck).max(1).min(room) {
-                if let Err(e) = self.spawn_poller() {
-                    log::warn!("{}: cannot start another polling thread: {e}", self.core.name());
-                    break;
+        let look = Look {
+            stuck,
+            starting,
+            waiting: self.waiting.load(SeqCst),
+            alive: self.alive.load(SeqCst),
+            queued: self.ready.lock().len(),
+            max_workers: self.config.max_workers,
+        };
+        match plan(&look) {
+            _ if self.exit.load(SeqCst) => {}
+            Plan::Nothing => {}
+            Plan::Start(n) => {
+                for _ in 0..n {
+                    if let Err(e) = self.spawn_poller() {
+                        log::warn!("{}: cannot start another polling thread: {e}", self.core.name());
+                        break;
+                    }
                 }
             }
+            Plan::PollForThem => self.poll_for_the_blocked(events),
         }
         busy
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn look(stuck: usize, waiting: usize, alive: usize, queued: usize) -> Look {
+        Look { stuck, starting: 0, waiting, alive, queued, max_workers: 8 }
+    }
+
+    #[test]
+    fn nothing_starts_while_someone_polls_or_nobody_is_stuck() {
+        assert_eq!(plan(&look(0, 0, 2, 5)), Plan::Nothing, "nobody stuck");
+        assert_eq!(plan(&look(1, 1, 2, 0)), Plan::Nothing, "one polls");
+        assert_eq!(plan(&Look { starting: 1, ..look(2, 0, 2, 3) }), Plan::Nothing, "one is starting");
+        assert_eq!(plan(&look(1, 0, 2, 0)), Plan::Nothing, "one free, about to poll, nothing queued");
+    }
+
+    #[test]
+    fn as_many_start_as_are_stuck_for_the_queued_work_within_the_room() {
+        assert_eq!(plan(&look(2, 0, 2, 0)), Plan::Start(1), "to poll");
+        assert_eq!(plan(&look(2, 0, 2, 20)), Plan::Start(2), "a burst doubles, not a thread per event");
+        assert_eq!(plan(&look(1, 0, 2, 3)), Plan::Start(1), "work waits though one is free");
+        assert_eq!(plan(&look(7, 0, 7, 7)), Plan::Start(1), "the room left");
+    }
+
+    #[test]
+    fn at_max_workers_the_monitor_polls_for_the_blocked() {
+        assert_eq!(plan(&look(8, 0, 8, 0)), Plan::PollForThem);
+        assert_eq!(plan(&look(8, 0, 8, 30)), Plan::PollForThem);
     }
 }

@@ -127,7 +127,7 @@ impl Reactor {
     fn dispatch(self: &Arc<Self>, me: &Poller, token: u64) {
         match token {
             WAKE => {}
-            LISTENER => self.accept_batch(me),
+            LISTENER => self.accept_batch(Some(me)),
             CAPACITY => {
                 self.core.shared.waker.drain_notify();
                 self.rearm_listener();
@@ -152,7 +152,7 @@ impl Reactor {
     /// Out of descriptors, it leaves the listener disarmed and the monitor
     /// arms it again after the back-off: no poller sleeps, and one episode
     /// is logged once, however many batches it spans.
-    fn accept_batch(self: &Arc<Self>, me: &Poller) {
+    pub(super) fn accept_batch(self: &Arc<Self>, me: Option<&Poller>) {
         let core = &self.core;
         let mut kept = self.backoff.lock();
         let stop_fd = core.shared.waker.stop_fd();
@@ -166,8 +166,12 @@ impl Reactor {
                 Ok(Accepted::Request(mut req)) => {
                     errors.succeeded();
                     req.set_parking(self.blocking_hint());
-                    if let Some(token) = self.register(req) {
-                        me.batch.lock().push_back(token);
+                    match (self.register(req), me) {
+                        (Some(token), Some(me)) => me.batch.lock().push_back(token),
+                        // The monitor, taking events for blocked pollers: the
+                        // first poller free starts it.
+                        (Some(token), None) => self.ready.lock().push_back(Work::Ready(token)),
+                        (None, _) => {}
                     }
                 }
                 Ok(Accepted::Refused | Accepted::Dropped) => errors.succeeded(),
