@@ -51,8 +51,9 @@ pub struct Stats {
     /// Pool workers alive (busy or idle); threads alive under `Threading`;
     /// children alive under `Forking`; polling threads under `Event`.
     pub workers_total: u64,
-    /// Connections parked between requests under `Event`: no thread, no
-    /// read buffer.
+    /// Connections parked under `Event` (between requests, in a request
+    /// that comes in pieces, or with an answer the peer has not taken): no
+    /// thread; a read buffer only for the part of a request already here.
     pub parked: u64,
 }
 

@@ -1049,6 +1049,8 @@ impl StreamRequest {
     /// idle timeout (the peer takes nothing: closed, counted) or the write
     /// timeout (the write fails; the connection stays).
     fn write_timed_out(&mut self) -> io::Error {
+        // What the peer did not take in time is not sent later.
+        self.backlog = Vec::new();
         match self.idle_applies_to_writes() {
             Some(idle) => self.close_idle(format!("idle timeout: {} took nothing for {idle:?}", self.peer)),
             None => io::Error::new(io::ErrorKind::TimedOut, format!("write to {} timed out", self.peer)),

@@ -225,12 +225,28 @@ impl Forking {
 /// called again on the same request when bytes arrive — so a handler keeps
 /// what must outlive a parked period in the request's
 /// [state](crate::StreamRequest::state_mut), not in its locals. `setup`
-/// runs once before the first `handle`, `finish` once at the end. Reads
-/// elsewhere wait as under any other strategy (with every timeout), keeping
-/// their thread: a handler that never calls `wait_for_data` runs as under a
-/// pool. The `while let Some(line) = req.next_line()?` loop of the other
-/// strategies is such a handler — its connection keeps a thread while idle
-/// (`Stats::parked` stays 0); written for this strategy it reads:
+/// runs once before the first `handle`, `finish` once at the end.
+///
+/// After `wait_for_data`, until the handler consumes or writes anything, a
+/// read that must wait parks the connection too, for a request that comes
+/// in pieces: [`next_line`](crate::StreamRequest::next_line),
+/// [`read_line`](crate::StreamRequest::read_line),
+/// [`read_line_limited`](crate::StreamRequest::read_line_limited),
+/// [`fill_at_least`](crate::StreamRequest::fill_at_least) (a frame's
+/// header, looked at without consuming) and `read_exact` consume nothing
+/// until what they return is whole, so a slow client costs no thread. The
+/// read returns a `WouldBlock` error to be returned with `?`; `handle` is
+/// called again from the top when more comes, and reads the same bytes
+/// again — so do nothing between `wait_for_data` and the first read you
+/// could not do twice. The read, idle and request timeouts (a
+/// [read deadline](crate::StreamRequest::set_read_deadline) set once per
+/// request) bound a parked request as they bound a waiting one. Reads after
+/// the handler consumed part of a request wait on the thread, as under any
+/// other strategy (with every timeout): a handler that never calls
+/// `wait_for_data` runs as under a pool. The `while let Some(line) =
+/// req.next_line()?` loop of the other strategies is such a handler — its
+/// connection keeps a thread while idle (`Stats::parked` stays 0); written
+/// for this strategy it reads:
 ///
 /// ```no_run
 /// use socketserver::{Event, StreamRequest, TcpServer};
@@ -249,12 +265,21 @@ impl Forking {
 /// # Ok::<(), std::io::Error>(())
 /// ```
 ///
-/// A handler that blocks (a slow read, a lock, a sleep) keeps its polling
-/// thread; when one has been in a single handler for a few milliseconds,
-/// another thread takes over what it had not started and polls in its
-/// place, up to `max_workers` threads in all; surplus threads retire after
-/// `keep_alive` without work. Idle timeouts of parked connections cost no
-/// thread and no timer each (one queue per timeout, as Apache's). For
+/// Writes never wait for a slow reader on a polling thread: what the socket
+/// will not take waits in the connection's backlog (up to 256 KiB, or the
+/// write buffer), sent as the peer takes it while the connection is parked
+/// and reads nothing more; past that a write waits on its thread. The close
+/// (the backlog, then the lingering read that keeps a reset from destroying
+/// the answer) runs on the loop too.
+///
+/// A handler that blocks (a read after consuming, a lock, a sleep) keeps its
+/// polling thread: when it waits in the library's own I/O, another thread
+/// takes over what it had not started and polls in its place at once;
+/// otherwise when it has been in one handler for a few milliseconds; up to
+/// `max_workers` threads in all, and at that limit new connections are
+/// still accepted and wait their turn. Surplus threads retire after
+/// `keep_alive` without work. The timeouts of parked connections cost no
+/// thread and one timer entry each, however many requests they serve. For
 /// datagram servers this strategy is the pool's: `pollers` threads receive
 /// and handle datagrams themselves.
 #[derive(Clone, Debug, PartialEq, Eq)]
