@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{ReadBuffer, StreamRequest, TryRead};
+use crate::net::Stream;
 use crate::request::timeouts::Expired;
 
 /// Under the event strategy, how often one request may park in its middle
@@ -274,19 +275,7 @@ impl StreamRequest {
 
     /// Sends what the backlog holds, as far as the socket takes it now.
     pub(crate) fn send_backlog_now(&mut self) -> io::Result<()> {
-        let mut sent = 0;
-        let result = loop {
-            if sent == self.backlog.len() {
-                break Ok(());
-            }
-            match self.conn.stream().try_write(&self.backlog[sent..]) {
-                Ok(0) => break Err(io::Error::new(io::ErrorKind::WriteZero, "connection closed while writing")),
-                Ok(n) => sent += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
-                Err(e) => break Err(e),
-            }
-        };
+        let (sent, result) = send_now(self.conn.stream(), &self.backlog);
         self.backlog.drain(..sent);
         if self.backlog.is_empty() && self.backlog.capacity() > 2 * ReadBuffer::FIRST {
             self.backlog = Vec::new();
@@ -348,21 +337,12 @@ impl StreamRequest {
         self.mid_request = false;
         self.reentrant = false;
         if self.parking {
-            let (mut rest, stream) = (&self.rbuf.buffer()[..n], self.conn.stream());
+            let mut sent = 0;
             if self.backlog.is_empty() {
-                while !rest.is_empty() {
-                    match stream.try_write(rest) {
-                        Ok(0) => {
-                            return Err(io::Error::new(io::ErrorKind::WriteZero, "connection closed while writing"));
-                        }
-                        Ok(k) => rest = &rest[k..],
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) => return Err(e),
-                    }
-                }
+                let result;
+                (sent, result) = send_now(self.conn.stream(), &self.rbuf.buffer()[..n]);
+                result?;
             }
-            let sent = n - rest.len();
             if sent < n {
                 let rest = self.rbuf.buffer()[sent..n].to_vec();
                 self.rbuf.consume(n);
@@ -391,15 +371,9 @@ impl StreamRequest {
         self.reentrant = false;
         let mut rest = buf;
         if self.backlog.is_empty() {
-            while !rest.is_empty() {
-                match self.conn.stream().try_write(rest) {
-                    Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "connection closed while writing")),
-                    Ok(n) => rest = &rest[n..],
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e),
-                }
-            }
+            let (sent, result) = send_now(self.conn.stream(), rest);
+            result?;
+            rest = &rest[sent..];
             if rest.is_empty() {
                 return Ok(());
             }
@@ -427,4 +401,20 @@ impl StreamRequest {
         let backlog = std::mem::take(&mut self.backlog);
         self.send_waiting(&backlog)
     }
+}
+
+/// Sends what the socket takes of `buf` now: how much it took, and the
+/// error that stopped it (`WouldBlock` is no error: just the end).
+fn send_now(stream: &Stream, buf: &[u8]) -> (usize, io::Result<()>) {
+    let mut sent = 0;
+    while sent < buf.len() {
+        match stream.try_write(&buf[sent..]) {
+            Ok(0) => return (sent, Err(io::Error::new(io::ErrorKind::WriteZero, "connection closed while writing"))),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return (sent, Err(e)),
+        }
+    }
+    (sent, Ok(()))
 }
