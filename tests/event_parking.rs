@@ -322,3 +322,44 @@ fn at_max_workers_newcomers_are_accepted_and_wait_their_turn() {
         assert_eq!(read_line(b).unwrap(), "block");
     }
 }
+
+/// A peer that keeps its connection busy (50,000 pipelined requests that
+/// need no answer) does not keep its poller to itself: after a budget of
+/// requests in one turn the connection goes to the back of the queue,
+/// behind what epoll has, so another client is answered while the first
+/// is still being served. (The one poller served every request the busy
+/// peer had sent before it looked at epoll again; under load from other
+/// processes such a run also looked blocked to the monitor, which started
+/// threads for it.)
+#[test]
+fn a_busy_connection_does_not_keep_its_poller_to_itself() {
+    let _one = ONE_AT_A_TIME.lock();
+    const N: usize = 50_000;
+    let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let order = std::sync::Arc::clone(&answered);
+    let handler = move |req: &mut StreamRequest| -> io::Result<()> {
+        while req.wait_for_data()? {
+            let Some(line) = req.next_line()? else { break };
+            if line != "a" {
+                order.lock().unwrap().push(line.clone());
+                req.write_all(format!("{line}\n").as_bytes())?;
+            }
+        }
+        Ok(())
+    };
+    let running = run(TcpServer::builder().strategy(Event::new().pollers(1)).bind("127.0.0.1:0", handler).unwrap());
+    let mut other = tcp_connect(running.inet());
+    assert_eq!(round_trip(&mut other, b"b\n"), b"b\n");
+    let mut busy = tcp_connect(running.inet());
+    let mut requests = b"start\n".to_vec();
+    requests.extend(b"a\n".repeat(N));
+    requests.extend(b"done\n");
+    busy.write_all(&requests).unwrap();
+    // The poller is in the busy peer's requests now.
+    assert_eq!(read_line(&mut busy).unwrap(), "start");
+    other.write_all(b"c\n").unwrap();
+    assert_eq!(read_line(&mut other).unwrap(), "c");
+    assert_eq!(read_line(&mut busy).unwrap(), "done");
+    let order = answered.lock().unwrap().clone();
+    assert_eq!(order, ["b", "start", "c", "done"], "the other client waited for all {N} of the busy peer's requests");
+}

@@ -112,6 +112,8 @@ pub struct StreamRequest {
     reentrant: bool,
     /// Parks in the middle of the current request.
     parks: u32,
+    /// Requests begun in this turn (since the connection last resumed).
+    turn_served: u32,
     /// How it parked (meaningful while `parked`).
     park_kind: ParkKind,
     /// A timer of the parked connection passed: the next wait fails as the
@@ -182,6 +184,7 @@ impl StreamRequest {
             hint: None,
             reentrant: false,
             parks: 0,
+            turn_served: 0,
             park_kind: ParkKind::Boundary,
             expired: false,
             backlog: Vec::new(),

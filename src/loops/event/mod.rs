@@ -375,7 +375,7 @@ impl Reactor {
                 conn.writing.store(wants_write, Relaxed);
             }
         }
-        let boundary = kind == ParkKind::Boundary && !closing;
+        let boundary = matches!(kind, ParkKind::Boundary | ParkKind::Yield) && !closing;
         let counted = parked.started && !closing;
         conn.parked_at.store(self.now_nanos(now), SeqCst);
         conn.deadline.store(deadline.map_or(NEVER, |at| self.now_nanos(at).min(NEVER - 1)), SeqCst);

@@ -8,7 +8,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::*};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -62,14 +62,21 @@ impl Reactor {
         me.tid.store(sys::thread_id(), SeqCst);
         CURRENT.with(|c| *c.borrow_mut() = Some(Arc::clone(me)));
         let mut events = Events::with_capacity(EVENTS);
+        // After a piece of queued work, what epoll has is taken (without
+        // waiting) before the next piece: a connection that yields and is
+        // queued again must not keep the events of others waiting.
+        let mut look_first = false;
         let retired = loop {
             if self.exit.load(SeqCst) {
                 break false;
             }
-            let (work, more) = {
-                let mut ready = self.ready.lock();
-                let work = ready.pop_front();
-                (work, !ready.is_empty())
+            let (work, more) = match look_first {
+                true => (None, false),
+                false => {
+                    let mut ready = self.ready.lock();
+                    let work = ready.pop_front();
+                    (work, !ready.is_empty())
+                }
             };
             if let Some(work) = work {
                 // Wake-ups signalled back to back reach one waiter (the
@@ -79,11 +86,14 @@ impl Reactor {
                     self.wake.signal();
                 }
                 self.do_work(me, work);
+                look_first = true;
                 continue;
             }
-            let surplus = self.alive.load(SeqCst) > self.config.pollers;
+            let surplus = !look_first && self.alive.load(SeqCst) > self.config.pollers;
+            let timeout = if look_first { Some(Duration::ZERO) } else { surplus.then_some(self.config.keep_alive) };
+            look_first = false;
             self.waiting.fetch_add(1, SeqCst);
-            let waited = self.epoll.wait(&mut events, surplus.then_some(self.config.keep_alive));
+            let waited = self.epoll.wait(&mut events, timeout);
             self.waiting.fetch_sub(1, SeqCst);
             match waited {
                 Ok(0) if surplus && retire(&self.alive, self.config.pollers) => {
@@ -255,6 +265,9 @@ impl Reactor {
         if let Some(timer) = expired {
             match (timer, kind) {
                 (_, ParkKind::Write) => req.expire(kind),
+                // A yielded connection is queued to run, its request perhaps
+                // buffered: it is not idle.
+                (_, ParkKind::Yield) => {}
                 _ if sys::readable_now(req.fd()) => {}
                 (Timer::Drain, _) => req.expire_drained(),
                 (Timer::Deadline, kind) => req.expire(kind),
@@ -313,6 +326,11 @@ impl Reactor {
             }
             let deadline = req.park_deadline(kind, Instant::now());
             match self.park(token, conn, Parked { req, started, kind }, deadline) {
+                Ok(()) if kind == ParkKind::Yield => {
+                    // To the back of the queue: others first.
+                    self.push_work(Work::Ready(token));
+                    return;
+                }
                 Ok(()) => return,
                 Err(again) => {
                     // Bytes came while it ran: on again, here.

@@ -24,6 +24,11 @@ const MAX_PARKS_PER_REQUEST: u32 = 64;
 /// loop to send (the socket took no more): beyond it (or the write buffer,
 /// when larger) a write waits for the peer, on its thread.
 const BACKLOG_MAX: usize = 256 * 1024;
+/// Under the event strategy, the requests a connection's handler may begin
+/// in one turn before the connection yields its thread (tokio's task
+/// budget): a peer that keeps sending must not keep one poller to itself,
+/// nor make its run look blocked to the monitor.
+const TURN_BUDGET: u32 = 32;
 
 /// Under the event strategy: tells the loop that this thread is about to
 /// wait in the library's own I/O, so that another polls in its place at
@@ -41,6 +46,9 @@ pub(crate) enum ParkKind {
     Request,
     /// The rest of its PROXY header: the header timeout applies.
     Preamble,
+    /// Nothing: it served its budget of requests in one turn and goes to
+    /// the back of the queue, its next request perhaps buffered already.
+    Yield,
     /// The peer to take its answer: the write timeout applies.
     Write,
 }
@@ -99,7 +107,12 @@ impl StreamRequest {
             }
         }
         self.reentrant = true;
+        if self.turn_served >= TURN_BUDGET {
+            self.park_at(ParkKind::Yield);
+            return Ok(false);
+        }
         if !self.rbuf.is_empty() {
+            self.turn_served += 1;
             return Ok(true);
         }
         self.mid_request = false;
@@ -116,6 +129,7 @@ impl StreamRequest {
             Ok(_) => {
                 self.socket_empty = !self.rbuf.is_full();
                 self.timeouts.data_came(Instant::now);
+                self.turn_served += 1;
                 return Ok(true);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -195,6 +209,7 @@ impl StreamRequest {
         self.peer_closing |= peer_closing;
         self.reentrant = false;
         self.parked = false;
+        self.turn_served = 0;
     }
 
     /// Under the event strategy: waits park the connection where they can,
@@ -208,7 +223,7 @@ impl StreamRequest {
     /// boundary, in a request, for its PROXY header or to send its answer),
     /// and the peer is still there. Clears the mark.
     pub(crate) fn take_parked(&mut self) -> bool {
-        std::mem::take(&mut self.parked) && (!self.eof || self.park_kind == ParkKind::Write)
+        std::mem::take(&mut self.parked) && (!self.eof || matches!(self.park_kind, ParkKind::Write | ParkKind::Yield))
     }
 
     /// The deadline of a park of this kind from `now`, as a wait of the
@@ -219,7 +234,7 @@ impl StreamRequest {
     pub(crate) fn park_deadline(&self, kind: ParkKind, now: Instant) -> Option<Instant> {
         let policy = self.timeouts.policy();
         match kind {
-            ParkKind::Boundary => policy.idle.and_then(|idle| now.checked_add(idle)),
+            ParkKind::Boundary | ParkKind::Yield => policy.idle.and_then(|idle| now.checked_add(idle)),
             ParkKind::Request => match self.timeouts.next_wait(|| now) {
                 Ok(wait) => wait.or(self.timeouts.receive()).and_then(|w| now.checked_add(w)),
                 Err(_) => Some(now),
@@ -235,7 +250,7 @@ impl StreamRequest {
     /// runs again.
     pub(crate) fn expire(&mut self, kind: ParkKind) {
         match kind {
-            ParkKind::Boundary => self.expire_idle(),
+            ParkKind::Boundary | ParkKind::Yield => self.expire_idle(),
             ParkKind::Request | ParkKind::Preamble | ParkKind::Write => self.expired = true,
         }
     }
