@@ -565,12 +565,16 @@ impl FileService {
             }
             left -= n as u64;
         }
+        // On each refusal below the temporary file goes before the answer:
+        // a client that looks right after it finds nothing left behind.
         if let Some(e) = store_error {
+            drop(temp);
             reply_error(req, &format!("{name}: cannot store it: {e}"))?;
             return Ok(Next::Continue);
         }
         let got = hex(&hasher.finalize());
         if got != expected {
+            drop(temp);
             let msg =
                 format!("{name}: sha256 mismatch: the data hashes to {got}, the header said {expected}; not stored");
             reply_error(req, &msg)?;
@@ -578,6 +582,7 @@ impl FileService {
         }
         // Checked again: a symlink may have appeared meanwhile.
         if let Err(msg) = self.check_target(&name) {
+            drop(temp);
             reply_error(req, &msg)?;
             return Ok(Next::Continue);
         }
