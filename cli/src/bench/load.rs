@@ -35,6 +35,9 @@ pub struct Spec {
     pub threads: usize,
     /// A datagram (or, for TCP, an answer) not back within this long is lost.
     pub timeout: Duration,
+    /// TCP echo: every Nth request of a client is a slow one (its first
+    /// byte `S`, which a `mixed:MS` server handler sleeps on); 0: none.
+    pub slow_every: u64,
 }
 
 /// What a run measured (only the measurement window, after the warm-up).
@@ -47,8 +50,11 @@ pub struct Outcome {
     /// Clients that never got a single answer during the whole run.
     pub unserved: u64,
     pub elapsed: Duration,
-    /// Latency of each request, in nanoseconds.
+    /// Latency of each request, in nanoseconds (the fast ones only, when
+    /// some are slow).
     pub latency: Histogram<u64>,
+    /// Latency of each slow request (`slow_every`), in nanoseconds.
+    pub latency_slow: Histogram<u64>,
     /// CPU time the generator threads used.
     pub generator_cpu: Duration,
 }
@@ -94,6 +100,7 @@ pub fn run(spec: &Spec, tick: &(dyn Fn(u64) + Sync)) -> io::Result<Outcome> {
         unserved: 0,
         elapsed: spec.duration,
         latency: histogram(),
+        latency_slow: histogram(),
         generator_cpu: Duration::ZERO,
     };
     for r in results {
@@ -104,6 +111,7 @@ pub fn run(spec: &Spec, tick: &(dyn Fn(u64) + Sync)) -> io::Result<Outcome> {
         total.unserved += r.unserved;
         total.generator_cpu += r.cpu;
         total.latency.add(&r.latency).map_err(|e| io::Error::other(e.to_string()))?;
+        total.latency_slow.add(&r.latency_slow).map_err(|e| io::Error::other(e.to_string()))?;
     }
     Ok(total)
 }
@@ -114,6 +122,7 @@ struct ThreadOutcome {
     lost: u64,
     unserved: u64,
     latency: Histogram<u64>,
+    latency_slow: Histogram<u64>,
     cpu: Duration,
 }
 
@@ -140,6 +149,9 @@ struct Client {
     read: usize,
     started: Instant,
     served: bool,
+    /// Requests begun, and whether the one under way is a slow one.
+    sent: u64,
+    slow: bool,
 }
 
 struct Worker<'a> {
@@ -147,6 +159,8 @@ struct Worker<'a> {
     poll: Poll,
     clients: Vec<Client>,
     out: Vec<u8>,
+    /// A slow request: `out` with `S` first.
+    out_slow: Vec<u8>,
     inbuf: Vec<u8>,
     measure_from: Instant,
     end: Instant,
@@ -155,6 +169,7 @@ struct Worker<'a> {
     errors: u64,
     lost: u64,
     latency: Histogram<u64>,
+    latency_slow: Histogram<u64>,
     cpu_start: Duration,
 }
 
@@ -171,6 +186,7 @@ impl<'a> Worker<'a> {
             poll: Poll::new()?,
             clients: Vec::with_capacity(n),
             out: (0..spec.size).map(|i| b'a' + (i % 26) as u8).collect(),
+            out_slow: (0..spec.size).map(|i| if i == 0 { b'S' } else { b'a' + (i % 26) as u8 }).collect(),
             inbuf: vec![0; spec.size.max(1) + 1],
             measure_from,
             end,
@@ -179,6 +195,7 @@ impl<'a> Worker<'a> {
             errors: 0,
             lost: 0,
             latency: histogram(),
+            latency_slow: histogram(),
             cpu_start: thread_cpu(),
         };
         for i in 0..n {
@@ -189,6 +206,9 @@ impl<'a> Worker<'a> {
                 read: 0,
                 started: Instant::now(),
                 served: false,
+                // Staggered, so that clients are not slow all at once.
+                sent: i as u64,
+                slow: false,
             });
             w.open(i)?;
         }
@@ -287,10 +307,12 @@ impl<'a> Worker<'a> {
         let now = Instant::now();
         let c = &mut self.clients[i];
         c.served = true;
+        c.sent += 1;
         if c.started >= self.measure_from && now <= self.end {
             self.requests += 1;
             self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let _ = self.latency.record(now.duration_since(c.started).as_nanos().max(1) as u64);
+            let took = now.duration_since(c.started).as_nanos().max(1) as u64;
+            let _ = if c.slow { self.latency_slow.record(took) } else { self.latency.record(took) };
         }
     }
 
@@ -338,14 +360,17 @@ impl<'a> Worker<'a> {
     fn writing(&mut self, i: usize) -> io::Result<bool> {
         let size = self.spec.size;
         let mode = self.spec.mode;
+        let slow_every = self.spec.slow_every;
         let c = &mut self.clients[i];
         if c.written == 0 && mode == Mode::TcpEcho {
             c.started = Instant::now();
+            c.slow = slow_every > 0 && c.sent.is_multiple_of(slow_every);
         }
+        let out = if c.slow { &self.out_slow } else { &self.out };
         match &mut c.socket {
             Socket::Tcp(s) => {
                 while c.written < size {
-                    match s.write(&self.out[c.written..]) {
+                    match s.write(&out[c.written..]) {
                         Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                         Ok(n) => c.written += n,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -436,6 +461,7 @@ impl<'a> Worker<'a> {
             lost: self.lost,
             unserved: self.clients.iter().filter(|c| !c.served).count() as u64,
             latency: self.latency,
+            latency_slow: self.latency_slow,
             cpu: thread_cpu().saturating_sub(self.cpu_start),
         }
     }

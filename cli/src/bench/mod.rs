@@ -67,9 +67,15 @@ pub struct BenchArgs {
     /// With --spawn: strategies to compare (sync, threading, pool, pool:N, event).
     #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "sync,threading,pool:2,pool:16,pool")]
     strategies: Vec<StrategyChoice>,
-    /// With --spawn: handler workloads (echo, sleep:MS, cpu:MS).
+    /// With --spawn: handler workloads (echo, sleep:MS, cpu:MS, mixed:MS:
+    /// sleep only for the requests --slow-every makes slow).
     #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "echo")]
     workloads: Vec<Workload>,
+    /// tcp-echo: every Nth request of each client is a slow one (first
+    /// byte `S`; a `mixed:MS` handler sleeps on it), reported apart: the
+    /// latency columns are the fast requests'.
+    #[arg(long, value_name = "N", default_value = "0")]
+    slow_every: u64,
     /// A name for the server in the output (with --addr).
     #[arg(long, value_name = "NAME")]
     label: Option<String>,
@@ -120,11 +126,22 @@ pub struct Row {
     pub p50_us: f64,
     pub p99_us: f64,
     pub p999_us: f64,
+    /// With --slow-every: the slow requests' count and p99.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow: Option<SlowRow>,
     pub errors: u64,
     pub lost: u64,
     pub unserved: u64,
     pub generator_cpu_pct: f64,
     pub server_cpu_pct: Option<f64>,
+}
+
+/// The slow requests of a mixed load.
+#[derive(Clone, Debug, Serialize)]
+pub struct SlowRow {
+    pub requests: u64,
+    pub p50_us: f64,
+    pub p99_us: f64,
 }
 
 fn mode_name(m: ModeArg) -> &'static str {
@@ -180,6 +197,7 @@ pub fn run(args: BenchArgs) -> io::Result<()> {
                 duration: args.duration,
                 threads,
                 timeout: args.timeout,
+                slow_every: args.slow_every,
             };
             let what = format!("{} {label} {workload} c={connections}", mode_name(args.mode));
             let server_cpu_before = args.server_pid.map(load::process_cpu);
@@ -191,6 +209,12 @@ pub fn run(args: BenchArgs) -> io::Result<()> {
             drop(spawned);
             let secs = outcome.elapsed.as_secs_f64();
             let q = |p: f64| outcome.latency.value_at_quantile(p) as f64 / 1000.0;
+            let slow = &outcome.latency_slow;
+            let slow = (args.slow_every > 0).then(|| SlowRow {
+                requests: slow.len(),
+                p50_us: slow.value_at_quantile(0.5) as f64 / 1000.0,
+                p99_us: slow.value_at_quantile(0.99) as f64 / 1000.0,
+            });
             rows.push(Row {
                 mode: mode_name(args.mode),
                 server: label.clone(),
@@ -202,6 +226,7 @@ pub fn run(args: BenchArgs) -> io::Result<()> {
                 p50_us: q(0.5),
                 p99_us: q(0.99),
                 p999_us: q(0.999),
+                slow,
                 errors: outcome.errors,
                 lost: outcome.lost,
                 unserved: outcome.unserved,
@@ -380,6 +405,15 @@ fn print_table(out: &mut impl Write, rows: &[Row]) -> io::Result<()> {
             r.generator_cpu_pct,
             srv
         )?;
+    }
+    for r in rows {
+        if let Some(slow) = &r.slow {
+            writeln!(
+                out,
+                "{} {} c={}: the latency columns are the fast requests'; {} slow requests, p50 {:.1} µs, p99 {:.1} µs",
+                r.server, r.workload, r.connections, slow.requests, slow.p50_us, slow.p99_us
+            )?;
+        }
     }
     Ok(())
 }

@@ -19,13 +19,19 @@ pub enum Workload {
     Sleep(Duration),
     /// Compute this long first (busy CPU).
     Cpu(Duration),
+    /// Block this long first for a request that begins with `S` (a load
+    /// generator's `--slow-every`), echo the rest at once: fast requests
+    /// among slow ones.
+    Mixed(Duration),
 }
 
 impl Workload {
-    fn before_echo(self) {
+    fn before_echo(self, request: &[u8]) {
         match self {
             Workload::Echo => {}
             Workload::Sleep(d) => std::thread::sleep(d),
+            Workload::Mixed(d) if request.first() == Some(&b'S') => std::thread::sleep(d),
+            Workload::Mixed(_) => {}
             Workload::Cpu(d) => {
                 let start = Instant::now();
                 let mut x = 0u64;
@@ -45,13 +51,15 @@ impl std::fmt::Display for Workload {
             Workload::Echo => f.write_str("echo"),
             Workload::Sleep(d) => write!(f, "sleep:{}", d.as_micros() as f64 / 1000.0),
             Workload::Cpu(d) => write!(f, "cpu:{}", d.as_micros() as f64 / 1000.0),
+            Workload::Mixed(d) => write!(f, "mixed:{}", d.as_micros() as f64 / 1000.0),
         }
     }
 }
 
 impl FromStr for Workload {
     type Err = String;
-    /// `echo`, `sleep:MS` or `cpu:MS` (milliseconds, fractions allowed).
+    /// `echo`, `sleep:MS`, `cpu:MS` or `mixed:MS` (milliseconds, fractions
+    /// allowed).
     fn from_str(s: &str) -> Result<Self, String> {
         let ms = |v: &str| {
             v.parse::<f64>()
@@ -63,7 +71,8 @@ impl FromStr for Workload {
             None if s == "echo" => Ok(Workload::Echo),
             Some(("sleep", v)) => Ok(Workload::Sleep(ms(v)?)),
             Some(("cpu", v)) => Ok(Workload::Cpu(ms(v)?)),
-            _ => Err(format!("`{s}`: expected echo, sleep:MS or cpu:MS")),
+            Some(("mixed", v)) => Ok(Workload::Mixed(ms(v)?)),
+            _ => Err(format!("`{s}`: expected echo, sleep:MS, cpu:MS or mixed:MS")),
         }
     }
 }
@@ -102,7 +111,7 @@ impl RequestHandler<StreamRequest> for Bench {
     fn handle(&self, req: &mut StreamRequest) -> io::Result<()> {
         while req.wait_for_data()? {
             let (data, mut stream) = req.fill_buf_and_stream()?;
-            self.0.before_echo();
+            self.0.before_echo(data);
             let n = data.len();
             stream.write_all(data)?;
             req.consume(n);
@@ -113,7 +122,7 @@ impl RequestHandler<StreamRequest> for Bench {
 
 impl RequestHandler<DatagramRequest> for Bench {
     fn handle(&self, req: &mut DatagramRequest) -> io::Result<()> {
-        self.0.before_echo();
+        self.0.before_echo(req.data());
         req.reply(req.data())
     }
 }
@@ -148,5 +157,44 @@ impl Drop for Spawned {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::load::{self, Mode, Spec};
+
+    #[test]
+    fn workloads_parse_and_print_back() {
+        for w in ["echo", "sleep:5", "cpu:0.5", "mixed:5"] {
+            assert_eq!(w.parse::<Workload>().unwrap().to_string(), w);
+        }
+        assert!("mixed".parse::<Workload>().is_err());
+        assert!("mixed:x".parse::<Workload>().is_err());
+    }
+
+    /// A mixed load: every 4th request of a client is slow, the server
+    /// sleeps on those alone, and the two are reported apart.
+    #[test]
+    fn a_mixed_load_reports_its_slow_requests_apart() {
+        let sleep = Duration::from_millis(2);
+        let server = Spawned::start(false, &socketserver::Event::new().into(), Workload::Mixed(sleep)).unwrap();
+        let spec = Spec {
+            mode: Mode::TcpEcho,
+            addr: server.addr,
+            clients: 4,
+            size: 64,
+            warmup: Duration::from_millis(50),
+            duration: Duration::from_millis(300),
+            threads: 1,
+            timeout: Duration::from_secs(5),
+            slow_every: 4,
+        };
+        let outcome = load::run(&spec, &|_| {}).unwrap();
+        let (fast, slow) = (outcome.latency.len(), outcome.latency_slow.len());
+        assert!(slow > 0 && fast >= slow, "{fast} fast, {slow} slow");
+        assert!(outcome.latency_slow.min() >= sleep.as_nanos() as u64, "a slow request took less than the sleep");
+        assert_eq!(outcome.errors, 0);
     }
 }

@@ -515,6 +515,8 @@ pub(crate) mod windows {
         Retire,
         /// A poller took events from epoll and has not started them.
         Batch,
+        /// The monitor is about to look at the pollers.
+        Look,
     }
 
     #[cfg(test)]

@@ -209,6 +209,7 @@ impl Reactor {
     /// and when nobody is left to poll, new threads start. Returns whether
     /// any poller is in a handler.
     fn watch_pollers(self: &Arc<Self>, events: &mut Events) -> bool {
+        self.window(Window::Look);
         let mut busy = false;
         let mut stuck = 0;
         // Threads still starting will take work or poll: not counted twice.

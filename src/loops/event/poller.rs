@@ -289,6 +289,12 @@ impl Reactor {
             }
         }
         loop {
+            // Events in hand while another poller waits: they go to it now,
+            // before this handler runs (it may block, and the monitor would
+            // only notice at its next look).
+            if self.waiting.load(Relaxed) > 0 {
+                self.share_batch(me);
+            }
             me.run.fetch_add(1, SeqCst);
             // The monitor is only needed if this handler could strand
             // something: nobody else waits in epoll, or this thread holds
@@ -361,6 +367,21 @@ impl Reactor {
         }
     }
 
+    /// Hands the events this poller took and has not started to the
+    /// shared queue, and wakes one waiting poller (which passes a wake-up
+    /// on while work is left).
+    fn share_batch(&self, me: &Poller) {
+        let taken: Vec<u64> = {
+            let mut batch = me.batch.lock();
+            if batch.is_empty() {
+                return;
+            }
+            batch.drain(..).collect()
+        };
+        self.ready.lock().extend(taken.into_iter().map(Work::Ready));
+        self.wake.signal();
+    }
+
     /// What a request under this loop calls before it waits on its thread:
     /// see [`Reactor::blocking`].
     fn blocking_hint(self: &Arc<Self>) -> BlockingHint {
@@ -384,10 +405,7 @@ impl Reactor {
         if run % 2 == 0 || me.stuck.swap(run, SeqCst) == run {
             return; // not in a handler, or said already in this run
         }
-        let stolen: Vec<u64> = me.batch.lock().drain(..).collect();
-        for token in stolen {
-            self.push_work(Work::Ready(token));
-        }
+        self.share_batch(&me);
         if self.waiting.load(SeqCst) == 0 || !self.ready.lock().is_empty() {
             let _timers = self.timers.lock();
             self.resting.store(false, SeqCst);

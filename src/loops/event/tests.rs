@@ -201,3 +201,53 @@ fn surplus_pollers_retiring_together_keep_one_to_poll() {
     let mut newcomer = running.client();
     assert_eq!(ask(&mut newcomer, "hello").as_deref(), Some("hello"));
 }
+
+/// A poller that starts a handler with events still in hand gives them to
+/// a poller waiting in epoll at once, not when the monitor finds the
+/// handler blocked. With the monitor held, a fast request taken in the
+/// same batch as one whose handler blocks is still answered. (It waited
+/// for the monitor's look: at 32 connections with 10 % of requests
+/// sleeping 5 ms, the fast requests' p99 was 4.3 ms; 0.3-0.4 ms since.)
+#[test]
+fn events_in_hand_go_to_a_waiting_poller_when_a_handler_starts() {
+    let (release_tx, release_rx) = crossbeam_channel::unbounded::<()>();
+    let handler = move |req: &mut StreamRequest| -> io::Result<()> {
+        while req.wait_for_data()? {
+            let Some(line) = req.next_line()? else { break };
+            if line == "block" {
+                let _ = release_rx.recv_timeout(TIMEOUT);
+            }
+            req.write_all(format!("{line}\n").as_bytes())?;
+        }
+        Ok(())
+    };
+    let running = Running::start(TcpServer::builder().strategy(Event::new().pollers(2).max_workers(2)), handler);
+    let held = Arc::new(AtomicBool::new(false));
+    let hold = Arc::clone(&held);
+    let _hook = windows::hook(&running.name(), move |at| {
+        // The monitor looks at nothing while held (at most 3 s a look).
+        let until = Instant::now() + Duration::from_secs(3);
+        while at == Window::Look && hold.load(SeqCst) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    for round in 0..20 {
+        let mut slow = running.client();
+        let mut fast = running.client();
+        assert_eq!(ask(&mut slow, "hello").as_deref(), Some("hello"));
+        assert_eq!(ask(&mut fast, "hello").as_deref(), Some("hello"));
+        // The hand-off goes to a poller waiting in epoll: let the one that
+        // served the last round get back there (nothing signals it).
+        std::thread::sleep(Duration::from_millis(10));
+        held.store(true, SeqCst);
+        // Both ready at once: the poller that wakes takes both.
+        slow.write_all(b"block\n").unwrap();
+        fast.write_all(b"fast\n").unwrap();
+        fast.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let answer = read_line(&mut fast);
+        held.store(false, SeqCst);
+        release_tx.send(()).unwrap();
+        assert_eq!(answer.as_deref(), Some("fast"), "round {round}: the fast request waited for the monitor");
+        assert_eq!(read_line(&mut slow).as_deref(), Some("block"));
+    }
+}
