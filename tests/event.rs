@@ -378,6 +378,79 @@ fn a_computing_handler_is_not_taken_for_a_blocked_one() {
     running.stop().unwrap();
 }
 
+/// Pins the calling thread to CPU 0.
+fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET and sched_setaffinity
+    // only read and write the set we pass, for the calling thread (pid 0).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
+    }
+}
+
+/// A handler that computes while the CPUs are taken by others (here three
+/// threads spinning on the poller's CPU) is starved, not blocked, and not
+/// computing either: another polling thread would wait for a CPU too, so
+/// none is started. (Runnable for 10 looks counted as stuck, whatever CPU
+/// it got: with the machine saturated by other processes, an echo server
+/// held by 300 writers grew from 8 to 24 threads.)
+#[test]
+fn a_handler_starved_of_cpu_is_not_taken_for_a_blocked_one() {
+    if std::thread::available_parallelism().map_or(1, NonZeroUsize::get) < 2 {
+        return; // nothing to tell apart on one CPU
+    }
+    let server = TcpServer::builder()
+        .strategy(Event::new().pollers(1).max_workers(8))
+        .bind("127.0.0.1:0", |req: &mut StreamRequest| {
+            pin_to_cpu0();
+            while req.wait_for_data()? {
+                let Some(line) = req.next_line()? else { break };
+                // 30 ms of this thread's own CPU time, however long that takes.
+                let start = socketserver_cpu_now();
+                let mut spins = 0u64;
+                while socketserver_cpu_now() - start < Duration::from_millis(30) {
+                    spins = std::hint::black_box(spins + 1);
+                }
+                writeln!(req, "{line} done")?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let running = run(server);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spinners: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                pin_to_cpu0();
+                let until = Instant::now() + TIMEOUT;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let mut c = tcp_connect(running.inet());
+    for _ in 0..3 {
+        assert_eq!(ask(&mut c, "work"), "work done");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for s in spinners {
+        s.join().unwrap();
+    }
+    assert_eq!(running.handle.stats().workers_total, 1, "a polling thread was started for a starved handler");
+    running.stop().unwrap();
+}
+
+/// The calling thread's CPU time.
+fn socketserver_cpu_now() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is valid for the call.
+    assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) }, 0);
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 /// Chunks of every size around the read buffer's, each after a pause (the
 /// connection parked): every byte comes back. A read that took less than
 /// there was room for parks the connection without asking the socket again;

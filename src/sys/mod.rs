@@ -197,6 +197,25 @@ pub(crate) fn thread_runnable(tid: i32) -> bool {
     stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('R'))
 }
 
+/// The calling thread's CPU-time clock, for another thread to read with
+/// [`cpu_time`]; `None` when it cannot be had.
+pub(crate) fn thread_cpu_clock() -> Option<libc::clockid_t> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: pthread_self() is the calling thread, alive for the call;
+    // the clock id is written through a valid pointer.
+    let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
+    (rc == 0).then_some(clock)
+}
+
+/// The CPU time a thread has used, by the clock [`thread_cpu_clock`] gave
+/// it (in this process); `None` when it cannot be read (the thread is gone).
+pub(crate) fn cpu_time(clock: libc::clockid_t) -> Option<Duration> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is valid for the call; an invalid clock is EINVAL.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
 /// Whether `bind` failed because the socket is bound already.
 pub(crate) fn is_already_bound(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::EINVAL)
@@ -232,6 +251,29 @@ mod tests {
         }
         drop(_hold);
         sleeper.join().unwrap();
+    }
+
+    #[test]
+    fn another_threads_cpu_time_is_read_by_its_clock() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let spinner = std::thread::spawn(move || {
+            tx.send(thread_cpu_clock().unwrap()).unwrap();
+            let until = Instant::now() + Duration::from_millis(50);
+            let mut x = 0u64;
+            while Instant::now() < until {
+                x = std::hint::black_box(x + 1);
+            }
+            let _ = done_rx.recv();
+        });
+        let clock = rx.recv().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while cpu_time(clock).unwrap() < Duration::from_millis(20) {
+            assert!(Instant::now() < deadline, "the spinning thread's CPU time never grew");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(done_tx);
+        spinner.join().unwrap();
     }
 
     #[test]

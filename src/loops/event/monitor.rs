@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::*;
 use std::time::{Duration, Instant};
 
+use super::poller::{NO_CLOCK, Poller};
 use super::state::Fired;
 use super::timers::Entry;
 use super::windows::Window;
@@ -57,6 +58,20 @@ enum Plan {
     /// Every thread is blocked and no more may start: take what epoll has
     /// for them (accept and register newcomers, queue what is ready).
     PollForThem,
+}
+
+/// A thread that used less than half of `wall` on a CPU, while runnable
+/// throughout, was waiting for one: starved, not computing.
+fn starved(used: Duration, wall: Duration) -> bool {
+    used * 2 < wall
+}
+
+/// A poller's CPU time so far in nanoseconds (0 when it cannot be read).
+fn cpu_nanos(p: &Poller) -> u64 {
+    match p.cpu_clock.load(SeqCst) {
+        NO_CLOCK => 0,
+        clock => sys::cpu_time(clock as libc::clockid_t).map_or(0, |t| t.as_nanos().min(u128::from(u64::MAX)) as u64),
+    }
 }
 
 /// When pollers are blocked and nobody polls (or work waits that nobody
@@ -191,6 +206,15 @@ impl Reactor {
         }
     }
 
+    /// Whether a poller runnable for its last looks had a CPU for less than
+    /// half of that time (`false` when its CPU time cannot be read).
+    fn starved(&self, p: &Poller) -> bool {
+        let now = self.now_nanos(Instant::now());
+        let wall = now.saturating_sub(p.strike_at.load(SeqCst));
+        let used = cpu_nanos(p).saturating_sub(p.strike_cpu.load(SeqCst));
+        p.cpu_clock.load(SeqCst) != NO_CLOCK && starved(Duration::from_nanos(used), Duration::from_nanos(wall))
+    }
+
     /// Queues connections taken for expiry, and wakes pollers once each,
     /// not once per connection.
     fn queue_expired(&self, expired: Vec<Work>) {
@@ -242,6 +266,17 @@ impl Reactor {
                 // Blocked in a system call, or runnable for long.
                 let runnable = sys::thread_runnable(p.tid.load(SeqCst));
                 let strikes = if runnable { p.strikes.fetch_add(1, SeqCst) + 1 } else { RUNNABLE_STRIKES };
+                if runnable && strikes == 1 {
+                    p.strike_cpu.store(cpu_nanos(p), SeqCst);
+                    p.strike_at.store(self.now_nanos(Instant::now()), SeqCst);
+                }
+                if runnable && strikes >= RUNNABLE_STRIKES && self.starved(p) {
+                    // Runnable but hardly running: the CPUs are taken (by
+                    // other processes, or other pollers), and a new thread
+                    // would wait for one too. Count again from here.
+                    p.strikes.store(0, SeqCst);
+                    continue;
+                }
                 if strikes >= RUNNABLE_STRIKES {
                     p.stuck.store(run, SeqCst);
                     stuck += 1;
@@ -299,6 +334,14 @@ mod tests {
         assert_eq!(plan(&look(2, 0, 2, 20)), Plan::Start(2), "a burst doubles, not a thread per event");
         assert_eq!(plan(&look(1, 0, 2, 3)), Plan::Start(1), "work waits though one is free");
         assert_eq!(plan(&look(7, 0, 7, 7)), Plan::Start(1), "the room left");
+    }
+
+    #[test]
+    fn a_runnable_thread_that_hardly_ran_is_starved_not_computing() {
+        let ms = Duration::from_millis;
+        assert!(starved(ms(2), ms(20)), "a tenth of the time on a CPU");
+        assert!(!starved(ms(19), ms(20)), "computing");
+        assert!(!starved(ms(10), ms(20)), "half is enough to count as computing");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering::*};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -29,7 +29,7 @@ const ACCEPT_BATCH: usize = 64;
 const EVENTS: usize = 64;
 
 /// A polling thread, as the monitor sees it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Poller {
     /// Odd while it runs a handler; bumped at each start and end.
     pub(super) run: AtomicU64,
@@ -48,6 +48,32 @@ pub(super) struct Poller {
     pub(super) tid: AtomicI32,
     /// Looks in a row that found it in the same handler run, runnable.
     pub(super) strikes: AtomicU32,
+    /// Its CPU-time clock (`NO_CLOCK`: none), and its CPU time and the time
+    /// (from the reactor's start) at the first of those looks: a runnable
+    /// thread that had little CPU since is starved, not computing.
+    pub(super) cpu_clock: AtomicI64,
+    pub(super) strike_cpu: AtomicU64,
+    pub(super) strike_at: AtomicU64,
+}
+
+/// `Poller::cpu_clock` when the thread's clock could not be had.
+pub(super) const NO_CLOCK: i64 = i64::MIN;
+
+impl Default for Poller {
+    fn default() -> Self {
+        Poller {
+            run: AtomicU64::new(0),
+            seen: AtomicU64::new(0),
+            stuck: AtomicU64::new(0),
+            batch: Mutex::new(VecDeque::new()),
+            gone: AtomicBool::new(false),
+            tid: AtomicI32::new(0),
+            strikes: AtomicU32::new(0),
+            cpu_clock: AtomicI64::new(NO_CLOCK),
+            strike_cpu: AtomicU64::new(0),
+            strike_at: AtomicU64::new(0),
+        }
+    }
 }
 
 /// A surplus poller leaves: one compare-and-swap takes it off `alive`
@@ -59,6 +85,9 @@ pub(super) fn retire(alive: &AtomicUsize, target: usize) -> bool {
 
 impl Reactor {
     pub(super) fn poll_loop(self: &Arc<Self>, me: &Arc<Poller>) {
+        if let Some(clock) = sys::thread_cpu_clock() {
+            me.cpu_clock.store(i64::from(clock), SeqCst);
+        }
         me.tid.store(sys::thread_id(), SeqCst);
         CURRENT.with(|c| *c.borrow_mut() = Some(Arc::clone(me)));
         let mut events = Events::with_capacity(EVENTS);
