@@ -253,9 +253,10 @@ impl Reactor {
                 }
                 busy = true;
                 if p.stuck.load(SeqCst) == run {
-                    // Counted already, in this same run: nothing to read.
+                    // Counted already, in this same run: nothing to read,
+                    // and nothing in its batch (taken when it was counted;
+                    // only the poller itself adds to it, between handlers).
                     stuck += 1;
-                    stolen.extend(p.batch.lock().drain(..));
                     continue;
                 }
                 let seen = p.seen.swap(run, SeqCst);
