@@ -112,6 +112,10 @@ enum Arm {
 enum Work {
     /// Run the connection (an event a blocked poller had not got to).
     Ready(u64),
+    /// Run the connection again: it served its turn's budget and yielded
+    /// (the poller that takes it looks at epoll before its next queued
+    /// work, so that a connection queued again and again starves nobody).
+    Yielded(u64),
     /// The connection sat parked past this timer's deadline; the monitor
     /// took it (`RUNNING`) for a poller to expire, or serve if its request
     /// came meanwhile.
@@ -155,6 +159,9 @@ struct Reactor {
     /// Accepting is paused (out of descriptors) until then: the monitor
     /// re-arms the listener.
     accept_paused: Mutex<Option<Instant>>,
+    /// The blocking hint every connection gets (made once: it holds the
+    /// reactor weakly).
+    hint: std::sync::OnceLock<crate::request::BlockingHint>,
 }
 
 /// Serves `listener` by the event strategy until the shutdown, then drains
@@ -189,6 +196,7 @@ pub(crate) fn serve(
         resting: AtomicBool::new(false),
         backoff: Mutex::new(Backoff::default()),
         accept_paused: Mutex::new(None),
+        hint: std::sync::OnceLock::new(),
     });
     reactor.epoll.add(reactor.wake.as_raw_fd(), WAKE, Interest::READ_EDGE_ONLY)?;
     reactor.epoll.add(shared.waker.notify_fd(), CAPACITY, Interest::READ_EDGE_ONLY)?;

@@ -285,8 +285,9 @@ impl Reactor {
                 }
             }
         }
-        for token in stolen {
-            self.push_work(Work::Ready(token));
+        if !stolen.is_empty() {
+            self.ready.lock().extend(stolen.into_iter().map(Work::Ready));
+            self.wake.signal();
         }
         let look = Look {
             stuck,

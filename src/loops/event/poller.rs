@@ -114,8 +114,9 @@ impl Reactor {
                 if more && self.waiting.load(SeqCst) > 0 {
                     self.wake.signal();
                 }
+                // (Only a connection that yielded is queued again and again.)
+                look_first = matches!(work, Work::Yielded(_));
                 self.do_work(me, work);
-                look_first = true;
                 continue;
             }
             let surplus = !look_first && self.alive.load(SeqCst) > self.config.pollers;
@@ -177,7 +178,7 @@ impl Reactor {
 
     fn do_work(self: &Arc<Self>, me: &Poller, work: Work) {
         match work {
-            Work::Ready(token) => self.dispatch(me, token),
+            Work::Ready(token) | Work::Yielded(token) => self.dispatch(me, token),
             Work::Expire(token, timer) => {
                 // Already RUNNING: the monitor took it.
                 let Some(conn) = self.conns.read().get(token).cloned() else { return };
@@ -363,7 +364,7 @@ impl Reactor {
             match self.park(token, conn, Parked { req, started, kind }, deadline) {
                 Ok(()) if kind == ParkKind::Yield => {
                     // To the back of the queue: others first.
-                    self.push_work(Work::Ready(token));
+                    self.push_work(Work::Yielded(token));
                     return;
                 }
                 Ok(()) => return,
@@ -400,26 +401,27 @@ impl Reactor {
     /// shared queue, and wakes one waiting poller (which passes a wake-up
     /// on while work is left).
     fn share_batch(&self, me: &Poller) {
-        let taken: Vec<u64> = {
-            let mut batch = me.batch.lock();
-            if batch.is_empty() {
-                return;
-            }
-            batch.drain(..).collect()
-        };
-        self.ready.lock().extend(taken.into_iter().map(Work::Ready));
+        let mut batch = me.batch.lock();
+        if batch.is_empty() {
+            return;
+        }
+        self.ready.lock().extend(batch.drain(..).map(Work::Ready));
+        drop(batch);
         self.wake.signal();
     }
 
-    /// What a request under this loop calls before it waits on its thread:
-    /// see [`Reactor::blocking`].
+    /// What a request under this loop calls before it waits on its thread
+    /// (see [`Reactor::blocking`]): one for all, cloned per connection.
     fn blocking_hint(self: &Arc<Self>) -> BlockingHint {
-        let reactor = Arc::downgrade(self);
-        Arc::new(move || {
-            if let Some(reactor) = reactor.upgrade() {
-                reactor.blocking();
-            }
-        })
+        let hint = self.hint.get_or_init(|| {
+            let reactor = Arc::downgrade(self);
+            Arc::new(move || {
+                if let Some(reactor) = reactor.upgrade() {
+                    reactor.blocking();
+                }
+            })
+        });
+        Arc::clone(hint)
     }
 
     /// The handler on this thread is about to wait in the library's own I/O
