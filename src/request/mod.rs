@@ -13,7 +13,7 @@ pub(crate) mod timeouts;
 use std::io;
 
 pub use datagram::DatagramRequest;
-pub(crate) use stream::{BlockingHint, ParkKind, Preamble, StreamPolicy};
+pub(crate) use stream::{BlockingHint, CloseStep, ParkKind, Preamble, StreamPolicy};
 pub use stream::{MAX_LINE, StreamRequest};
 
 use crate::net::Address;

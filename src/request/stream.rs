@@ -17,7 +17,7 @@ use crate::sys;
 
 mod parking;
 
-pub(crate) use self::parking::{BlockingHint, ParkKind};
+pub(crate) use self::parking::{BlockingHint, CloseStep, ParkKind};
 use self::parking::{Closing, Hint, More};
 
 /// The longest line [`StreamRequest::next_line`] reads, in bytes.
@@ -412,9 +412,7 @@ impl StreamRequest {
         if buf.last() == Some(&b'\r') {
             buf.pop();
         }
-        if buf.len() > max {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("line longer than {max} bytes")));
-        }
+        // (`take_line` refused a longer one.)
         Ok(true)
     }
 
@@ -787,12 +785,6 @@ impl StreamRequest {
     }
 }
 
-impl StreamRequest {
-    fn rbuf_capacity(&self) -> usize {
-        self.rbuf.capacity()
-    }
-}
-
 /// Reads without waiting (the stream's `Read` waits for its timeout).
 struct TryRead<'a>(&'a Stream);
 
@@ -807,7 +799,7 @@ impl Read for StreamRequest {
     /// here (up to the read buffer's size), so that a frame that comes in
     /// pieces parks the connection; longer ones are read as `Read` does.
     fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
-        if self.parking && buf.len() <= self.rbuf_capacity() {
+        if self.parking && buf.len() <= self.rbuf.capacity() {
             while self.rbuf.buffer().len() < buf.len() {
                 if !self.read_more(buf.len().max(ReadBuffer::FIRST))? {
                     return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "failed to fill whole buffer"));
@@ -835,7 +827,7 @@ impl Read for StreamRequest {
         }
         if self.rbuf.is_empty() && self.parking && !self.eof {
             // Nothing consumed in this call yet: it can park.
-            match self.more(self.rbuf_capacity())? {
+            match self.more(self.rbuf.capacity())? {
                 More::Came => {
                     let n = self.rbuf.buffer().len().min(buf.len());
                     buf[..n].copy_from_slice(&self.rbuf.buffer()[..n]);
@@ -870,7 +862,7 @@ impl BufRead for StreamRequest {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         if self.rbuf.is_empty() && self.parking && !self.eof {
             // Reads nothing it keeps from the handler: it can park.
-            match self.more(self.rbuf_capacity())? {
+            match self.more(self.rbuf.capacity())? {
                 More::Came | More::Eof => return Ok(self.rbuf.buffer()),
                 More::Wait => {}
             }

@@ -18,7 +18,7 @@ use super::windows::Window;
 use super::{CAPACITY, Conn, LISTENER, Parked, Reactor, WAKE, Work};
 use crate::loops::admit::{Accepted, accept_request};
 use crate::loops::errors::{AcceptErrors, Verdict};
-use crate::request::{BlockingHint, ParkKind, StreamRequest};
+use crate::request::{BlockingHint, CloseStep, ParkKind, StreamRequest};
 use crate::service::Step;
 use crate::sys;
 use crate::sys::epoll::{Events, Interest};
@@ -384,13 +384,13 @@ impl Reactor {
     /// ever). `expired`: its deadline passed, give up.
     fn close(&self, token: u64, conn: &Conn, mut req: Box<StreamRequest>, expired: bool) {
         loop {
-            let Some(until) = req.close_step(Instant::now(), expired) else {
+            let CloseStep::Wait(until) = req.close_step(Instant::now(), expired) else {
                 self.forget(token);
                 self.service.release(*req);
                 return;
             };
             let parked = Parked { req, started: true, kind: ParkKind::Write };
-            match self.park(token, conn, parked, Some(until)) {
+            match self.park(token, conn, parked, until) {
                 Ok(()) => return,
                 Err(again) => req = again,
             }

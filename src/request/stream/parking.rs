@@ -6,7 +6,7 @@
 
 use std::io::{self, Write};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::{ReadBuffer, StreamRequest, TryRead};
 use crate::net::Stream;
@@ -61,14 +61,24 @@ fn parked_error() -> io::Error {
 }
 
 /// A close under the event strategy, in steps the loop runs as the socket
-/// allows: the backlog sent, then the lingering read of what the peer
-/// still sends.
+/// allows.
 #[derive(Debug)]
-pub(super) struct Closing {
-    /// The lingering read has begun (the write side is shut down).
-    pub(super) lingering: bool,
-    /// When it gives up: the backlog's write timeout, or the linger's end.
-    pub(super) until: Option<Instant>,
+pub(super) enum Closing {
+    /// The backlog goes out first, until the write timeout (if any).
+    Flushing(Option<Instant>),
+    /// The write side is shut down; what the peer still sends is read and
+    /// dropped until then.
+    Lingering(Instant),
+}
+
+/// What [`StreamRequest::close_step`] came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CloseStep {
+    /// Closed: drop the request.
+    Done,
+    /// Call again when the socket is readable or writable, or at the
+    /// deadline.
+    Wait(Option<Instant>),
 }
 
 pub(super) struct Hint(pub(super) BlockingHint);
@@ -299,14 +309,16 @@ impl StreamRequest {
     }
 
     /// The close under the event strategy, one step at a time as the socket
-    /// allows; `Some(deadline)`: call again when it is readable or
-    /// writable, or at the deadline (`expired`); `None`: done, drop the
-    /// request. First the backlog is sent (within the write timeout), then
-    /// the close lingers as [`Connection::close`] does, without waiting.
-    pub(crate) fn close_step(&mut self, now: Instant, expired: bool) -> Option<Instant> {
-        let closing = self.closing.get_or_insert(Closing { lingering: false, until: None });
-        let until = closing.until;
-        if !closing.lingering {
+    /// allows; `Wait(deadline)`: call again when it is readable or
+    /// writable, or at the deadline (`expired`); `Done`: drop the request.
+    /// First the backlog is sent (within the write timeout), then the close
+    /// lingers as [`Connection::close`](crate::request::conn::Connection) does, without waiting.
+    pub(crate) fn close_step(&mut self, now: Instant, expired: bool) -> CloseStep {
+        if let None | Some(Closing::Flushing(_)) = self.closing {
+            let until = match self.closing {
+                Some(Closing::Flushing(until)) => until,
+                _ => self.park_deadline(ParkKind::Write, now),
+            };
             if self.send_backlog_now().is_err() {
                 self.backlog.clear();
             }
@@ -316,27 +328,22 @@ impl StreamRequest {
                     if self.idle_applies_to_writes().is_some() {
                         let _ = self.close_idle(format!("idle timeout: {} took nothing", self.peer));
                     }
-                    return None;
+                    return CloseStep::Done;
                 }
-                let until = until.or_else(|| self.park_deadline(ParkKind::Write, now));
-                if let Some(c) = self.closing.as_mut() {
-                    c.until = until;
-                }
-                return Some(until.unwrap_or(now + Duration::from_secs(365 * 24 * 3600)));
+                self.closing = Some(Closing::Flushing(until));
+                return CloseStep::Wait(until);
             }
             let unread = !self.rbuf.is_empty();
             let peer_closed = self.eof && !self.drained;
-            let until = self.conn.close_begin(peer_closed, unread, now)?;
-            if let Some(c) = self.closing.as_mut() {
-                c.lingering = true;
-                c.until = Some(until);
+            let Some(until) = self.conn.close_begin(peer_closed, unread, now) else { return CloseStep::Done };
+            self.closing = Some(Closing::Lingering(until));
+        }
+        match self.closing {
+            Some(Closing::Lingering(until)) if !expired && now < until && !self.conn.linger_step() => {
+                CloseStep::Wait(Some(until))
             }
+            _ => CloseStep::Done,
         }
-        let until = self.closing.as_ref().and_then(|c| c.until).unwrap_or(now);
-        if expired || now >= until || self.conn.linger_step() {
-            return None;
-        }
-        Some(until)
     }
 
     /// Whether its close has begun (under the event strategy).
