@@ -12,6 +12,10 @@ use crate::request::timeouts::TimeoutPolicy;
 /// datagram socket) is still waited on for a request that raced the signal.
 pub(crate) const DEFAULT_DRAIN_WINDOW: Duration = Duration::from_millis(100);
 
+/// A handler's writes are collected up to this many bytes, so that an
+/// answer made of several `write!` pieces leaves in one segment.
+pub(crate) const DEFAULT_WRITE_BUFFER: usize = 8 * 1024;
+
 /// The largest datagram reply that may be larger than its request: about
 /// one Ethernet MTU's worth of UDP payload.
 pub(crate) const DEFAULT_MAX_DATAGRAM_REPLY: usize = 1400;
@@ -46,7 +50,7 @@ impl Default for Options {
             reuse_port: false,
             backlog: libc::SOMAXCONN,
             activate: true,
-            nodelay: false,
+            nodelay: true,
             read_timeout: None,
             write_timeout: None,
             idle_timeout: None,
@@ -58,7 +62,7 @@ impl Default for Options {
             drain_window: DEFAULT_DRAIN_WINDOW,
             service_interval: None,
             read_buffer: 64 * 1024,
-            write_buffer: 0,
+            write_buffer: DEFAULT_WRITE_BUFFER,
             proxy: None,
         }
     }

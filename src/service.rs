@@ -245,6 +245,9 @@ impl<R: Request> Service<R> {
                 outcome = worse(outcome, how);
             }
             crate::sys::process::write_raw(report, text.as_bytes());
+            // What the handler wrote before it failed goes out, as it does
+            // in `report` (the peer may be gone: nothing more to say).
+            let _ = req.flush();
         }
         outcome as i32
     }
@@ -364,6 +367,9 @@ impl<R: Request> Service<R> {
             self.handle_error(Some(&mut *req), &peer, &err);
             outcome = worse(outcome, how);
         }
+        // What the hook answered goes out before the request is closed (the
+        // peer may be gone: nothing to report about that).
+        let _ = req.flush();
         outcome
     }
 }

@@ -131,11 +131,16 @@ fn a_write_timeout_stops_a_peer_that_does_not_read() {
 }
 
 #[test]
-fn nodelay_is_set_on_accepted_connections_when_asked() {
-    for on in [false, true] {
+fn nodelay_is_set_on_accepted_connections_unless_turned_off() {
+    // (`None`: the default, which is on: writes are coalesced, see tests/writes.rs.)
+    for on in [None, Some(false), Some(true)] {
         let (tx, rx) = mpsc::channel();
-        let server = TcpServer::builder()
-            .nodelay(on)
+        let builder = TcpServer::builder();
+        let builder = match on {
+            Some(on) => builder.nodelay(on),
+            None => builder,
+        };
+        let server = builder
             .bind("127.0.0.1:0", move |req: &mut StreamRequest| {
                 let s = req.socket()?.as_tcp().expect("a TCP server gives TCP streams");
                 tx.send(s.nodelay()?).unwrap();
@@ -144,6 +149,6 @@ fn nodelay_is_set_on_accepted_connections_when_asked() {
             .unwrap();
         let _c = tcp_connect(server.server_address().as_inet().unwrap());
         server.handle_request().unwrap();
-        assert_eq!(rx.recv().unwrap(), on);
+        assert_eq!(rx.recv().unwrap(), on.unwrap_or(true), "nodelay({on:?})");
     }
 }

@@ -23,6 +23,10 @@ use self::parking::{Closing, Hint, More};
 /// The longest line [`StreamRequest::next_line`] reads, in bytes.
 pub const MAX_LINE: usize = 64 * 1024;
 
+/// The write buffer's first allocation, in bytes: it grows to the server's
+/// [`write_buffer`](crate::Builder::write_buffer) only for longer answers.
+const WRITE_FIRST: usize = 512;
+
 /// Per-connection settings a stream request needs.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct StreamPolicy {
@@ -43,11 +47,14 @@ pub(crate) struct StreamPolicy {
 ///   line as an owned `String` (Python's `for line in self.rfile`), and
 ///   [`BufRead`] (`read_line`, `read_until`, `lines`) and [`Read`] (`read`,
 ///   `read_exact`) are implemented.
-/// * Writing sends every byte of every `write` before returning (Python's
-///   `wfile` with `wbufsize = 0`), unless the server was built with
-///   [`Builder::write_buffer`](crate::Builder::write_buffer): then writes
-///   are collected and sent when the buffer fills, on `flush`, and after
-///   `finish`. Whatever hands out the socket itself
+/// * Writes are collected (8 KiB by default,
+///   [`Builder::write_buffer`](crate::Builder::write_buffer)), so that
+///   `writeln!(req, "{a} {b}")` leaves as one segment, not three. The rule:
+///   what is written is sent **before the server waits for the peer** — any
+///   read that finds nothing buffered, [`wait_for_data`](Self::wait_for_data)
+///   included — when the buffer fills, on `flush`, and when the handler is
+///   done; so a request/response handler never needs `flush`, under every
+///   strategy. Whatever hands out the socket itself
 ///   ([`socket`](Self::socket), [`try_clone`](Self::try_clone),
 ///   [`fill_buf_and_stream`](Self::fill_buf_and_stream)) sends the buffer
 ///   first, so bytes written there never overtake bytes written here.
@@ -632,6 +639,11 @@ impl StreamRequest {
         // Reading on after `wait_for_data` said `false`: the handler did not
         // return to park, so it is not parked (it waits here instead).
         self.parked = false;
+        // The peer may be waiting for the answer before it sends more: what
+        // the handler wrote goes out before this thread waits for the peer.
+        if !self.wbuf.is_empty() || !self.backlog.is_empty() {
+            self.flush_all()?;
+        }
         if self.eof {
             return Ok(!self.drained);
         }
@@ -895,6 +907,9 @@ impl Write for StreamRequest {
     /// Sends all of `buf` (or buffers it, when write buffering is on).
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.mid_request = false;
+        // Written is seen, buffered or not: a wait cannot call the handler
+        // again from its boundary (it would write this twice).
+        self.reentrant = false;
         let cap = self.write_buffer;
         if cap == 0 {
             self.send(buf)?;
@@ -907,7 +922,9 @@ impl Write for StreamRequest {
             self.send(buf)?;
         } else {
             if self.wbuf.capacity() == 0 {
-                self.wbuf.reserve_exact(cap);
+                // Most answers are short: a first piece that fits them, not
+                // the whole buffer (a connection that parks gives it back).
+                self.wbuf.reserve(buf.len().max(WRITE_FIRST).min(cap));
             }
             self.wbuf.extend_from_slice(buf);
         }

@@ -8,9 +8,9 @@ use crate::request::{DatagramRequest, StreamRequest};
 /// Sends back what it receives. Over a stream, every byte, in order, for as
 /// long as the client keeps the connection open — a client that writes
 /// without reading is held back by TCP flow control (each chunk is written
-/// back before the next is read), never buffered without bound; serve it
-/// with [`Builder::nodelay`](crate::Builder::nodelay), or Nagle's algorithm
-/// may hold the tail of a large echo back for a delayed ACK. Over
+/// back before the next is read), never buffered without bound; keep
+/// [`Builder::nodelay`](crate::Builder::nodelay) on (the default), or Nagle's
+/// algorithm may hold the tail of a large echo back for a delayed ACK. Over
 /// datagrams, each datagram comes back as one datagram with the same bytes.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Echo;

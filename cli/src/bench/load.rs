@@ -15,6 +15,9 @@ use mio::{Events, Interest, Poll, Token};
 pub enum Mode {
     /// A long-lived connection: write `size` bytes, read them back, repeat.
     TcpEcho,
+    /// A long-lived connection: write a line of `size` bytes (its last
+    /// `\n`), read one line back (any length), repeat.
+    TcpLine,
     /// Connect, write `size` bytes, half-close, read them back and the end
     /// of stream, close; repeat with a new connection.
     TcpConnect,
@@ -187,7 +190,7 @@ impl<'a> Worker<'a> {
             clients: Vec::with_capacity(n),
             out: (0..spec.size).map(|i| b'a' + (i % 26) as u8).collect(),
             out_slow: (0..spec.size).map(|i| if i == 0 { b'S' } else { b'a' + (i % 26) as u8 }).collect(),
-            inbuf: vec![0; spec.size.max(1) + 1],
+            inbuf: vec![0; (spec.size.max(1) + 1).max(if spec.mode == Mode::TcpLine { 4096 } else { 0 })],
             measure_from,
             end,
             counter,
@@ -198,6 +201,13 @@ impl<'a> Worker<'a> {
             latency_slow: histogram(),
             cpu_start: thread_cpu(),
         };
+        if spec.mode == Mode::TcpLine {
+            for out in [&mut w.out, &mut w.out_slow] {
+                if let Some(last) = out.last_mut() {
+                    *last = b'\n';
+                }
+            }
+        }
         for i in 0..n {
             w.clients.push(Client {
                 socket: Socket::None,
@@ -223,7 +233,7 @@ impl<'a> Worker<'a> {
         c.read = 0;
         c.started = Instant::now();
         match self.spec.mode {
-            Mode::TcpEcho | Mode::TcpConnect => {
+            Mode::TcpEcho | Mode::TcpLine | Mode::TcpConnect => {
                 let mut s = connect(self.spec.addr, i)?;
                 self.poll.registry().register(&mut s, token, Interest::READABLE | Interest::WRITABLE)?;
                 c.socket = Socket::Tcp(s);
@@ -362,7 +372,7 @@ impl<'a> Worker<'a> {
         let mode = self.spec.mode;
         let slow_every = self.spec.slow_every;
         let c = &mut self.clients[i];
-        if c.written == 0 && mode == Mode::TcpEcho {
+        if c.written == 0 && matches!(mode, Mode::TcpEcho | Mode::TcpLine) {
             c.started = Instant::now();
             c.slow = slow_every > 0 && c.sent.is_multiple_of(slow_every);
         }
@@ -402,6 +412,17 @@ impl<'a> Worker<'a> {
         let mode = self.spec.mode;
         let c = &mut self.clients[i];
         match &mut c.socket {
+            Socket::Tcp(s) if mode == Mode::TcpLine => loop {
+                // One line back, however long: done at its `\n`.
+                match s.read(&mut self.inbuf) {
+                    Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                    Ok(n) if self.inbuf[..n].contains(&b'\n') => break,
+                    Ok(n) => c.read += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            },
             Socket::Tcp(s) => {
                 while c.read < size {
                     match s.read(&mut self.inbuf[..size - c.read]) {

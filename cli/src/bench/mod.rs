@@ -22,6 +22,10 @@ use spawn::{Spawned, StrategyChoice, Workload};
 pub enum ModeArg {
     /// N long-lived connections, each a closed loop: write B bytes, read them back.
     TcpEcho,
+    /// N long-lived connections, each a closed loop: write a line of B
+    /// bytes (its last `\n`), read one line back — a line-protocol server
+    /// such as the README's first example.
+    TcpLine,
     /// Connect, one request, close — connection churn.
     TcpConnect,
     /// N clients, each a closed loop of one datagram out and back.
@@ -147,6 +151,7 @@ pub struct SlowRow {
 fn mode_name(m: ModeArg) -> &'static str {
     match m {
         ModeArg::TcpEcho => "tcp-echo",
+        ModeArg::TcpLine => "tcp-line",
         ModeArg::TcpConnect => "tcp-connect",
         ModeArg::UdpEcho => "udp-echo",
         ModeArg::TcpIdle => "tcp-idle",
@@ -160,6 +165,7 @@ pub fn run(args: BenchArgs) -> io::Result<()> {
     raise_fd_limit();
     let mode = match args.mode {
         ModeArg::TcpEcho => Mode::TcpEcho,
+        ModeArg::TcpLine => Mode::TcpLine,
         ModeArg::TcpConnect => Mode::TcpConnect,
         ModeArg::UdpEcho => Mode::UdpEcho,
         ModeArg::TcpIdle => unreachable!("run_idle"),

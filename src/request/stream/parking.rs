@@ -287,6 +287,8 @@ impl StreamRequest {
     pub(crate) fn park(&mut self) -> io::Result<ParkKind> {
         self.flush_buffer()?;
         self.rbuf.release();
+        // A parked connection holds no write buffer either.
+        self.wbuf = Vec::new();
         if !self.backlog.is_empty() {
             self.park_kind = ParkKind::Write;
         }
