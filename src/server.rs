@@ -257,22 +257,37 @@ impl ServerThread {
     }
 
     /// Shuts the server down (its grace period applies), waits for
-    /// `serve_forever` to return, and gives its result.
+    /// `serve_forever` to return, and gives its final counters: every
+    /// request has been concluded and counted, every connection closed,
+    /// every child reaped. (Only a handler still running when the grace
+    /// period ended under `Threading`, which cannot be stopped, may count
+    /// later.)
+    ///
+    /// ```
+    /// # use socketserver::{servers::Echo, TcpServer};
+    /// let server = TcpServer::bind("127.0.0.1:0", Echo)?.spawn()?;
+    /// let stats = server.stop()?;
+    /// assert_eq!(stats.active, 0);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     ///
     /// # Errors
     /// `serve_forever`'s error; an error if it panicked.
-    pub fn stop(mut self) -> io::Result<()> {
+    pub fn stop(mut self) -> io::Result<Stats> {
         self.handle.shutdown();
-        self.wait()
+        self.wait()?;
+        Ok(self.handle.stats())
     }
 
     /// Waits for `serve_forever` to return (after a shutdown asked
-    /// elsewhere: a signal, a handler) and gives its result.
+    /// elsewhere: a signal, a handler) and gives its result and, as
+    /// [`stop`](Self::stop) does, the final counters.
     ///
     /// # Errors
     /// `serve_forever`'s error; an error if it panicked.
-    pub fn join(mut self) -> io::Result<()> {
-        self.wait()
+    pub fn join(mut self) -> io::Result<Stats> {
+        self.wait()?;
+        Ok(self.handle.stats())
     }
 
     fn wait(&mut self) -> io::Result<()> {

@@ -6,6 +6,17 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 ///
 /// For datagram servers a "request" is one datagram: `accepted` counts
 /// datagrams received and `active` the ones being handled.
+///
+/// Each counter moves as the work happens, on its own, so a snapshot taken
+/// while the server runs is not one instant across counters, and some lag
+/// what a client sees: a client has its answer, even its connection's end,
+/// a moment before its request leaves `active` and is counted in
+/// `completed` (under `Forking`, until the parent reaps the child); the
+/// error counters move after the answer too. `accepted` moves before the
+/// handler runs. For final figures, stop the server:
+/// [`ServerThread::stop`](crate::ServerThread::stop) (and `join`) returns
+/// them once every request is concluded, as does `stats()` after
+/// `serve_forever` has returned.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
