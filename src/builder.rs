@@ -203,10 +203,11 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
         self
     }
 
-    /// Also wake `serve_forever` this often to run `service_actions` when
-    /// nothing happens (by default it runs only after a wake-up).
+    /// How often [`service_actions`](Self::service_actions) runs: at most
+    /// once per interval, busy or idle (default 0.5 s, Python's
+    /// `poll_interval`). `Duration::MAX`: never.
     pub fn service_interval(mut self, every: Duration) -> Self {
-        self.opts.service_interval = Some(every);
+        self.opts.service_interval = every;
         self
     }
 
@@ -284,8 +285,14 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
         self
     }
 
-    /// Python's `service_actions`: called by `serve_forever` after each
-    /// wake-up (and every [`service_interval`](Self::service_interval), if set).
+    /// Python's `service_actions`: called on the thread of `serve_forever`
+    /// once every [`service_interval`](Self::service_interval) (0.5 s by
+    /// default), however many requests come meanwhile, under every strategy
+    /// — a periodic hook, for a summary line or housekeeping. A hook or a
+    /// request (under `Synchronous`) that runs long delays the next call;
+    /// missed calls are not made up. Not called by `handle_request`, nor
+    /// during the drain. (Python calls it after each wake-up of its loop,
+    /// so as often as requests come.)
     pub fn service_actions(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
         self.hooks.service_actions = Some(Arc::new(f));
         self

@@ -445,6 +445,10 @@ impl<R> Service<R> {
         self.call_hook(&self.hooks.service_actions, "service_actions");
     }
 
+    pub(crate) fn has_service_actions(&self) -> bool {
+        self.hooks.service_actions.is_some()
+    }
+
     fn call_hook(&self, hook: &Option<Arc<ActionFn>>, name: &str) {
         if let Some(hook) = hook
             && let Err(p) = catch_unwind(AssertUnwindSafe(|| hook()))

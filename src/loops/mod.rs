@@ -122,10 +122,58 @@ pub trait Kind: Request {
     type Endpoint: Endpoint<Request = Self>;
 }
 
+/// `service_actions` on a clock of its own: at most once per
+/// `service_interval` (Python's `poll_interval`, 0.5 s by default), on the
+/// thread of `serve_forever`, however busy or idle the server is. With no
+/// hook set there is no clock: the loops wait for nothing but work.
+pub(crate) struct ServiceClock {
+    every: std::time::Duration,
+    /// When the hook is due next; `None`: never (no hook, or an interval
+    /// past any clock: `Duration::MAX`).
+    next: Option<Instant>,
+}
+
+impl ServiceClock {
+    pub(crate) fn new<R>(core: &Core, service: &Service<R>) -> ServiceClock {
+        let every = core.opts.service_interval;
+        let next = if service.has_service_actions() { Instant::now().checked_add(every) } else { None };
+        ServiceClock { every, next }
+    }
+
+    /// How long a loop may wait for work before the hook is due (`None`:
+    /// as long as it likes).
+    pub(crate) fn timeout(&self) -> Option<std::time::Duration> {
+        self.next.map(|next| next.saturating_duration_since(Instant::now()))
+    }
+
+    /// Runs the hook if it is due, and sets the next time from now: a
+    /// hook or a request that ran long delays the next run, it never
+    /// brings on a burst of runs to catch up.
+    pub(crate) fn tick<R>(&mut self, service: &Service<R>) {
+        let Some(next) = self.next else { return };
+        if Instant::now() < next {
+            return;
+        }
+        service.service_actions();
+        self.next = Instant::now().checked_add(self.every);
+    }
+
+    /// Waits until the server stops, running the hook when it is due: the
+    /// `serve_forever` thread of the strategies whose threads take the
+    /// work themselves (`Event`, a datagram pool's receivers).
+    pub(crate) fn wait_for_stop<R>(&mut self, shared: &Shared, service: &Service<R>) -> io::Result<()> {
+        while !shared.stopping() {
+            sys::poll(&[shared.waker.stop_fd()], &mut [false], self.timeout())?;
+            self.tick(service);
+        }
+        Ok(())
+    }
+}
+
 /// The loop of `serve_forever` for every strategy that takes work through
-/// an executor: wait until the socket is readable or the waker fires (never
-/// on a timer, unless `service_interval` asks), then `take` connections or
-/// datagrams while capacity allows. Returns at the shutdown.
+/// an executor: wait until the socket is readable or the waker fires (or
+/// `service_actions` is due), then `take` connections or datagrams while
+/// capacity allows. Returns at the shutdown.
 pub(crate) fn run<R: Request>(
     fd: RawFd,
     core: &Core,
@@ -136,6 +184,7 @@ pub(crate) fn run<R: Request>(
     let shared = &core.shared;
     let fds = [fd, shared.waker.stop_fd(), shared.waker.notify_fd()];
     let mut errors = core.accept_errors();
+    let mut clock = ServiceClock::new(core, service);
     loop {
         if shared.stopping() {
             return Ok(());
@@ -146,14 +195,14 @@ pub(crate) fn run<R: Request>(
             continue;
         }
         let mut ready = [false; 3];
-        sys::poll(&fds, &mut ready, core.opts.service_interval)?;
+        sys::poll(&fds, &mut ready, clock.timeout())?;
         if ready[2] {
             shared.waker.drain_notify();
         }
         if ready[0] {
             take_batch(core, executor, &mut errors, &mut take)?;
         }
-        service.service_actions();
+        clock.tick(service);
     }
 }
 

@@ -144,10 +144,7 @@ impl DatagramEndpoint {
                 }
             }
         }
-        let mut ready = [false];
-        while !shared.stopping() {
-            sys::poll(&[shared.waker.stop_fd()], &mut ready, None)?;
-        }
+        super::ServiceClock::new(core, service).wait_for_stop(shared, service)?;
         let done = match wake {
             Some(wake) => wake.wake_receivers(shared, core.opts.grace + FORCE_WAIT),
             None => shared.wait_drained(|| shared.threads.load(SeqCst) == 0),

@@ -44,7 +44,6 @@ use crate::net::Listener;
 use crate::request::{ParkKind, StreamRequest};
 use crate::service::Service;
 use crate::strategy::{self, Event};
-use crate::sys;
 use crate::sys::epoll::{Epoll, EventFd, Interest};
 
 /// The atomics the state word is made of: `loom`'s when model-checking.
@@ -217,11 +216,9 @@ pub(crate) fn serve(
         reactor.finish(stopped);
         return Err(crate::error::context(e, format_args!("{}: cannot start the event loop's threads", shared.name)));
     }
-    while !shared.stopping() {
-        sys::poll(&[shared.waker.stop_fd()], &mut [false], None)?;
-    }
+    let waited = super::ServiceClock::new(core, service).wait_for_stop(shared, service);
     reactor.finish(stopped);
-    Ok(())
+    waited
 }
 
 impl Reactor {
