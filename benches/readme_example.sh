@@ -21,6 +21,7 @@ trap 'rm -rf "$work"; [[ -n ${wt:-} ]] && git -C "$repo" worktree remove --force
 
 lib=$repo
 label=${rev:-$(git -C "$repo" rev-parse --short HEAD)}
+[[ -z $rev && -n $(git -C "$repo" status --porcelain -- src) ]] && label+="+changes"
 if [[ -n $rev ]]; then
     wt=$work/lib
     git -C "$repo" worktree add --detach "$wt" "$rev" >/dev/null 2>&1
