@@ -209,11 +209,26 @@
 //!
 //! # Platform
 //!
-//! Unix (Linux first; macOS and the BSDs should work for all but the
-//! `Event` strategy, which uses `epoll`). Forking and Unix sockets are Unix
-//! features.
+//! Linux only, and nothing else is claimed: the crate uses `epoll`,
+//! `eventfd`, `/proc`, `SIOCOUTQ`, `gettid` and glibc's or musl's errno
+//! location directly, and it has been built and tested on Linux alone. On
+//! any other target it stops at one `compile_error!` saying so.
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![deny(unsafe_code)]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "socketserver supports Linux only: it uses epoll, eventfd, /proc, SIOCOUTQ and gettid, which this target lacks"
+);
+
+/// The crate's items, compiled on Linux only: elsewhere the one
+/// `compile_error!` above is all a user sees, not a page of missing `libc`
+/// names.
+macro_rules! linux_only {
+    ($($item:item)*) => { $(#[cfg(target_os = "linux")] $item)* };
+}
+
+linux_only! {
 
 pub mod activation;
 mod builder;
@@ -300,3 +315,4 @@ pub type ThreadPoolUdpServer = Server<Udp, ThreadPool>;
 pub type ThreadPoolUnixStreamServer = Server<UnixStream, ThreadPool>;
 /// A Unix-datagram server on a [`ThreadPool`].
 pub type ThreadPoolUnixDatagramServer = Server<UnixDatagram, ThreadPool>;
+}
