@@ -446,21 +446,15 @@ print(json.dumps({'up': up, 'header': header, 'same': body == data,
 
 #[test]
 fn a_python_client_interoperates() {
+    let Some(python3) = util::tools::require_tool("python3", "python3") else { return };
     let served = TempDir::new("ft-python");
     let running = start(served.path());
     let port = running.inet().port().to_string();
-    let output = match std::process::Command::new("python3")
+    let output = std::process::Command::new(python3)
         .args(["-c", PYTHON_CLIENT, &port])
         .stdin(std::process::Stdio::null())
         .output()
-    {
-        Ok(o) => o,
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            eprintln!("python3 not found: skipping the interop test");
-            return;
-        }
-        Err(e) => panic!("python3: {e}"),
-    };
+        .expect("run python3");
     assert!(output.status.success(), "python failed: {}", String::from_utf8_lossy(&output.stderr));
     let r: Value = serde_json::from_slice(&output.stdout).unwrap();
     let data: Vec<u8> = (0..4000).flat_map(|_| 0..=255u8).collect();

@@ -448,22 +448,16 @@ print(json.dumps(results))
 
 #[test]
 fn a_python_client_interoperates() {
+    let Some(python3) = util::tools::require_tool("python3", "python3") else { return };
     let running = start(&["echo", "ls", "head"]);
     let port = running.inet().port().to_string();
     let lines = ["echo hi from python", "ls /nonexistent", "sh -c id", "head -c 200000 /dev/zero"];
-    let output = match std::process::Command::new("python3")
+    let output = std::process::Command::new(python3)
         .args(["-c", PYTHON_CLIENT, &port])
         .args(lines)
         .stdin(std::process::Stdio::null())
         .output()
-    {
-        Ok(o) => o,
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            eprintln!("python3 not found: skipping the interop test");
-            return;
-        }
-        Err(e) => panic!("python3: {e}"),
-    };
+        .expect("run python3");
     assert!(output.status.success(), "python failed: {}", String::from_utf8_lossy(&output.stderr));
     let results: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(results[0]["status"], 0);

@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+mod util;
+
 const BIN: &str = env!("CARGO_BIN_EXE_socketserver");
 
 /// How long anything that should happen may take before the test fails.
@@ -1569,12 +1571,12 @@ struct PythonStrftime {
 }
 
 impl PythonStrftime {
-    /// `None` if there is no python3.
-    fn start(tz: &str, formats: &[&str]) -> Option<PythonStrftime> {
+    /// Started from `python3`, its path.
+    fn start(python3: &Path, tz: &str, formats: &[&str]) -> PythonStrftime {
         let script = "import json, sys, time\n\
                       for _ in sys.stdin:\n    \
                       print(json.dumps([time.strftime(f) for f in sys.argv[1:]]), flush=True)\n";
-        let mut child = Command::new("python3")
+        let mut child = Command::new(python3)
             .arg("-c")
             .arg(script)
             .args(formats)
@@ -1583,10 +1585,10 @@ impl PythonStrftime {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .ok()?;
+            .expect("start python3");
         let input = child.stdin.take().unwrap();
         let output = BufReader::new(child.stdout.take().unwrap());
-        Some(PythonStrftime { child, input, output })
+        PythonStrftime { child, input, output }
     }
 
     fn render(&mut self) -> Vec<String> {
@@ -1609,10 +1611,11 @@ impl Drop for PythonStrftime {
 /// if both agree, the server must agree with them; if they differ (the
 /// clock crossed a boundary meanwhile), try again.
 fn compare_with_python(tz: &str, formats: &[&str], what: &str, mut ask: impl FnMut(&str) -> String) {
-    let Some(mut python) = PythonStrftime::start(tz, formats) else {
-        eprintln!("skipped the comparison with Python ({what}): no python3");
-        return;
-    };
+    // Looked up once per test (each runs on a thread of its own): one
+    // `skipped:` line for a test whose comparisons all need python3.
+    thread_local!(static PYTHON3: Option<PathBuf> = util::tools::require_tool("python3", "python3"));
+    let Some(python3) = PYTHON3.with(Clone::clone) else { return };
+    let mut python = PythonStrftime::start(&python3, tz, formats);
     for _attempt in 0..20 {
         let before = python.render();
         let ours: Vec<String> = formats.iter().map(|f| ask(f)).collect();
