@@ -93,8 +93,8 @@ fn a_bad_text_is_an_error_naming_it_and_listing_the_choices() {
         ("pool(4", "no `)`"),
         ("pool()", "nothing between"),
         ("pool( )", "nothing between"),
-        ("pool(0)", "a count of 0"),
-        ("pool(0-4)", "a count of 0"),
+        ("pool(0)", "\"0\": a count is at least 1"),
+        ("pool(0-4)", "\"0-4\": a count is at least 1"),
         ("event(8-4)", "8 is more than 4"),
         ("pool(4x)", "a count is N or N-M"),
         ("pool(99999999999999999999999)", "a count is N or N-M"),
@@ -177,5 +177,22 @@ proptest! {
         let back: AnyStrategy = text.parse().map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
         prop_assert_eq!(&back, &x, "{}", text);
         prop_assert_eq!(back.to_string(), text);
+    }
+}
+
+/// What a command checks a strategy read from text against: the most
+/// threads it runs handlers on, or none when nothing bounds them.
+#[test]
+fn max_threads_is_the_most_threads_a_strategy_runs_handlers_on() {
+    for (text, want) in [
+        ("sync", Some(1)),
+        ("threading", None),
+        ("threading(500)", Some(500)),
+        ("pool(4-64)", Some(64)),
+        ("pool(8)", Some(8)),
+        ("forking(8)", None),
+        ("event(2-32)", Some(32)),
+    ] {
+        assert_eq!(parse(text).max_threads(), want, "{text}");
     }
 }

@@ -415,6 +415,28 @@ impl Default for AnyStrategy {
 }
 
 impl AnyStrategy {
+    /// The most threads the strategy runs handlers on at once: 1 for
+    /// [`Synchronous`] (the serving thread), the cap of [`Threading`], the
+    /// `max_workers` of a [`ThreadPool`] or of [`Event`]; `None` when
+    /// nothing bounds them ([`Threading`] without a cap) or handlers run in
+    /// processes ([`Forking`]). For checking a strategy read from text
+    /// against what the system can start, say.
+    ///
+    /// ```
+    /// let strategy: socketserver::AnyStrategy = "pool(4-64)".parse()?;
+    /// assert_eq!(strategy.max_threads(), Some(64));
+    /// # Ok::<(), socketserver::ParseStrategyError>(())
+    /// ```
+    pub fn max_threads(&self) -> Option<usize> {
+        match self {
+            AnyStrategy::Synchronous(_) => Some(1),
+            AnyStrategy::Threading(t) => t.max_threads,
+            AnyStrategy::ThreadPool(p) => Some(p.max),
+            AnyStrategy::Forking(_) => None,
+            AnyStrategy::Event(e) => Some(e.max_workers),
+        }
+    }
+
     /// Settings that cannot work: a count of 0 where one is needed.
     pub(crate) fn check(&self) -> std::io::Result<()> {
         let zero = |what: &str| Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_string()));

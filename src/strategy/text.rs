@@ -80,7 +80,8 @@ fn push_stack(items: &mut Vec<String>, bytes: usize) {
 /// `10s`, `1500ms`, `20us`, `7ns`: the largest unit that loses nothing.
 fn duration_text(d: Duration) -> String {
     let ns = d.as_nanos();
-    let unit = [(1_000_000_000, "s"), (1_000_000, "ms"), (1_000, "us")].into_iter().find(|(n, _)| ns % n == 0);
+    let unit =
+        [(1_000_000_000, "s"), (1_000_000, "ms"), (1_000, "us")].into_iter().find(|(n, _)| ns.is_multiple_of(*n));
     match unit {
         Some((n, unit)) => format!("{}{unit}", ns / n),
         None => format!("{ns}ns"),
@@ -89,7 +90,9 @@ fn duration_text(d: Duration) -> String {
 
 /// `1G`, `512K`, `1000`: the largest power of 1024 that loses nothing.
 fn size_text(bytes: usize) -> String {
-    let unit = [(1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")].into_iter().find(|(n, _)| bytes != 0 && bytes % n == 0);
+    let unit = [(1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")]
+        .into_iter()
+        .find(|(n, _)| bytes != 0 && bytes.is_multiple_of(*n));
     match unit {
         Some((n, unit)) => format!("{}{unit}", bytes / n),
         None => bytes.to_string(),
@@ -195,7 +198,7 @@ fn inside(text: &str) -> Result<Inside<'_>, String> {
     let mut inside = Inside::default();
     if let Some(first) = words.next_if(|w| w.starts_with(|c: char| c.is_ascii_digit())) {
         let number = |n: &str| match n.parse::<usize>() {
-            Ok(0) => Err(format!("a count of 0 in {first:?}: at least 1")),
+            Ok(0) => Err(format!("{first:?}: a count is at least 1")),
             Ok(n) => Ok(n),
             Err(_) => Err(format!("{first:?}: a count is N or N-M")),
         };
