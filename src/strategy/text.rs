@@ -162,7 +162,7 @@ fn parse(s: &str) -> Result<AnyStrategy, String> {
             }
             for &(key, value) in &inside.settings {
                 match key {
-                    "queue" => p.queue = value.parse().map_err(|_| format!("queue={value}: not a number"))?,
+                    "queue" => p.queue = whole(value).ok_or_else(|| format!("queue={value}: not a number"))?,
                     "overflow" if value == "block" => p.overflow = Overflow::Block,
                     "overflow" if value == "reject" => p.overflow = Overflow::Reject,
                     "overflow" => return Err(format!("overflow={value}: give block or reject")),
@@ -197,10 +197,10 @@ fn inside(text: &str) -> Result<Inside<'_>, String> {
     }
     let mut inside = Inside::default();
     if let Some(first) = words.next_if(|w| w.starts_with(|c: char| c.is_ascii_digit())) {
-        let number = |n: &str| match n.parse::<usize>() {
-            Ok(0) => Err(format!("{first:?}: a count is at least 1")),
-            Ok(n) => Ok(n),
-            Err(_) => Err(format!("{first:?}: a count is N or N-M")),
+        let number = |n: &str| match whole(n) {
+            Some(0) => Err(format!("{first:?}: a count is at least 1")),
+            Some(n) => Ok(n),
+            None => Err(format!("{first:?}: a count is N or N-M")),
         };
         inside.counts = Some(match first.split_once('-') {
             None => (number(first)?, number(first)?, true),
@@ -271,11 +271,19 @@ impl Inside<'_> {
     /// `stack=`: bytes, or `K`, `M`, `G` (powers of 1024).
     fn stack(&self) -> Result<Option<usize>, String> {
         let Some(value) = self.get("stack") else { return Ok(None) };
-        let (digits, shift) = match value.strip_suffix(['K', 'M', 'G']) {
-            Some(digits) => (digits, 10 * (1 + "KMG".find(&value[digits.len()..]).unwrap_or(0))),
-            None => (value, 0),
+        let (digits, unit) = match value.strip_suffix(['K', 'M', 'G']) {
+            Some(digits) => (digits, 1 << (10 * (1 + "KMG".find(&value[digits.len()..]).unwrap_or_default()))),
+            None => (value, 1),
         };
-        let bytes = digits.parse::<usize>().ok().and_then(|n| n.checked_mul(1usize.checked_shl(shift as u32)?));
+        let bytes = whole(digits).and_then(|n| n.checked_mul(unit));
         Ok(Some(bytes.ok_or_else(|| format!("stack={value}: give bytes, or K, M or G (e.g. 512K)"))?))
     }
+}
+
+/// Decimal digits only (`str::parse` would take a `+` too).
+fn whole(digits: &str) -> Option<usize> {
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
