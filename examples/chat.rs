@@ -9,10 +9,11 @@
 //! cargo run --example chat -- tcp-client ADDR            # every line goes to the room
 //! ```
 //!
-//! `--strategy` after a server's address chooses how it is served: the
-//! UDP relay `sync` (the default: one datagram at a time), `pool` or
-//! `event` (a receiver per CPU) or `threading`; the TCP room `event` (the
-//! default), `pool` or `threading`.
+//! `--strategy` after a server's address chooses how it is served, as
+//! `AnyStrategy` reads it: the UDP relay `sync` (the default: one datagram
+//! at a time), `pool` or `event` (a receiver per CPU) or `threading`; the
+//! TCP room `event` (the default), `pool` or `threading`. Not `forking`:
+//! names and members live in the server's memory.
 //!
 //! Names are 1 to 32 ASCII letters, digits, `_`, `-` or `.` (so that no
 //! name can look like another in a different alphabet), unique without
@@ -72,7 +73,7 @@ use socket2::SockRef;
 use socketserver::framing::Lines;
 use socketserver::transport::{Tcp, Udp};
 use socketserver::{Address, AnyStrategy, DatagramRequest, Event, RequestHandler, Server, Stream, StreamRequest};
-use socketserver::{Synchronous, TcpServer, ThreadPool, Threading, UdpServer};
+use socketserver::{Synchronous, TcpServer, ThreadPool, UdpServer};
 
 /// The longest name a chatter may take.
 pub const MAX_NAME: usize = 32;
@@ -335,22 +336,21 @@ pub fn udp_server(addr: &str) -> io::Result<Server<Udp, AnyStrategy>> {
 /// # Errors
 /// The address cannot be bound.
 pub fn udp_server_with(addr: &str, limits: UdpLimits) -> io::Result<Server<Udp, AnyStrategy>> {
-    udp_server_on(addr, limits, Concurrency::Sync)
+    udp_server_on(addr, limits, Synchronous.into())
 }
 
-/// Binds the UDP relay with these limits, served as `concurrency` says
-/// (each datagram is a request: nothing waits between requests; `event`
-/// and `pool` are a receiver per CPU, `threading` a thread per datagram).
+/// Binds the UDP relay with these limits, served as `strategy` says (each
+/// datagram is a request: nothing waits between requests; `event` and
+/// `pool` are a receiver per CPU, `threading` a thread per datagram).
 ///
 /// # Errors
-/// The address cannot be bound.
-pub fn udp_server_on(addr: &str, limits: UdpLimits, concurrency: Concurrency) -> io::Result<Server<Udp, AnyStrategy>> {
-    let strategy: AnyStrategy = match concurrency {
-        Concurrency::Sync => Synchronous.into(),
-        Concurrency::Pool => ThreadPool::default().into(),
-        Concurrency::Threading => Threading::new().into(),
-        Concurrency::Event => Event::new().into(),
-    };
+/// `InvalidInput` for [`Forking`](socketserver::Forking) (a name taken in
+/// a child would be forgotten with it); the address cannot be bound.
+pub fn udp_server_on(addr: &str, limits: UdpLimits, strategy: AnyStrategy) -> io::Result<Server<Udp, AnyStrategy>> {
+    if let AnyStrategy::Forking(_) = strategy {
+        let e = format!("the UDP relay cannot be served with {strategy}: its names live in one process");
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, e));
+    }
     UdpServer::builder().strategy(strategy).bind(addr, UdpChat::with_limits(limits))
 }
 
@@ -909,37 +909,6 @@ impl RequestHandler<StreamRequest> for TcpRoom {
     }
 }
 
-/// How the servers run their handlers, as `--strategy` names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Concurrency {
-    /// `sync`: one request at a time (the UDP relay's default; not for the
-    /// TCP room, whose members are served at once).
-    Sync,
-    /// `pool`: worker threads; in the TCP room, one per member for as long
-    /// as it stays.
-    Pool,
-    /// `threading`: a thread per request (UDP: per datagram; TCP: per member).
-    Threading,
-    /// `event`: the TCP room's default — members between lines are parked
-    /// with no thread, a polling thread per CPU runs the handlers of those
-    /// that sent a line. For the UDP relay, a receiver per CPU.
-    Event,
-}
-
-impl std::str::FromStr for Concurrency {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "sync" => Ok(Concurrency::Sync),
-            "pool" => Ok(Concurrency::Pool),
-            "threading" => Ok(Concurrency::Threading),
-            "event" => Ok(Concurrency::Event),
-            other => Err(format!("--strategy {other:?}: give sync, pool, threading or event")),
-        }
-    }
-}
-
 /// Binds the TCP room with the default limits, under the event strategy.
 ///
 /// # Errors
@@ -953,10 +922,11 @@ pub fn tcp_server(addr: &str) -> io::Result<Server<Tcp, AnyStrategy>> {
 /// # Errors
 /// The address cannot be bound.
 pub fn tcp_server_with(addr: &str, limits: RoomLimits) -> io::Result<Server<Tcp, AnyStrategy>> {
-    tcp_server_on(addr, limits, Concurrency::Event)
+    tcp_server_on(addr, limits, Event::new().into())
 }
 
-/// Binds the TCP room with these limits, served as `concurrency` says.
+/// Binds the TCP room with these limits, served as `strategy` says, with
+/// the most threads and their stack the room's (from its member limit).
 /// Under the event strategy (the default) a member between lines holds no
 /// thread: a polling thread per CPU, more (up to a thread per member and a
 /// few to tell newcomers the room is full) only while members are slowed
@@ -967,20 +937,19 @@ pub fn tcp_server_with(addr: &str, limits: RoomLimits) -> io::Result<Server<Tcp,
 /// running out of memory.
 ///
 /// # Errors
-/// `InvalidInput` for [`Concurrency::Sync`] (one member would hold up the
-/// room); the address cannot be bound.
-pub fn tcp_server_on(addr: &str, limits: RoomLimits, concurrency: Concurrency) -> io::Result<Server<Tcp, AnyStrategy>> {
+/// `InvalidInput` for [`Synchronous`] (one member would hold up the room)
+/// and [`Forking`](socketserver::Forking) (a room per member); the address
+/// cannot be bound.
+pub fn tcp_server_on(addr: &str, limits: RoomLimits, strategy: AnyStrategy) -> io::Result<Server<Tcp, AnyStrategy>> {
     few_malloc_arenas();
     let most = limits.max_members.max(1) + SPARE_WORKERS;
-    let strategy: AnyStrategy = match concurrency {
-        Concurrency::Event => Event::new().max_workers(most).stack_size(MEMBER_STACK).into(),
-        Concurrency::Pool => ThreadPool::new(2).max_workers(most).queue(64).stack_size(MEMBER_STACK).into(),
-        Concurrency::Threading => Threading::new().max_threads(most).stack_size(MEMBER_STACK).into(),
-        Concurrency::Sync => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the TCP room cannot be served one member at a time: give --strategy event, pool or threading",
-            ));
+    let strategy: AnyStrategy = match strategy {
+        AnyStrategy::Event(e) => e.max_workers(most).stack_size(MEMBER_STACK).into(),
+        AnyStrategy::ThreadPool(p) => p.max_workers(most).queue(64).stack_size(MEMBER_STACK).into(),
+        AnyStrategy::Threading(t) => t.max_threads(most).stack_size(MEMBER_STACK).into(),
+        other => {
+            let e = format!("the TCP room cannot be served with {other}: give --strategy event, pool or threading");
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, e));
         }
     };
     TcpServer::builder().strategy(strategy).bind(addr, TcpRoom::with_limits(limits))
@@ -1004,7 +973,7 @@ fn few_malloc_arenas() {
 /// # Errors
 /// The address cannot be bound.
 pub fn tcp_server_pooled(addr: &str, max: usize) -> io::Result<Server<Tcp, AnyStrategy>> {
-    tcp_server_on(addr, RoomLimits { max_members: max, ..RoomLimits::default() }, Concurrency::Pool)
+    tcp_server_on(addr, RoomLimits { max_members: max, ..RoomLimits::default() }, ThreadPool::new(2).into())
 }
 
 fn udp_client(addr: &str, name: &str) -> io::Result<()> {
@@ -1082,8 +1051,8 @@ fn serve<T: socketserver::Transport, S: socketserver::Strategy>(server: Server<T
 
 /// The usage text.
 pub const USAGE: &str = "\
-usage: chat udp-server [ADDR] [--strategy sync|pool|threading|event]     (default 127.0.0.1:9003, sync)
-       chat tcp-server [ADDR] [--strategy event|pool|threading]          (default 127.0.0.1:9004, event)
+usage: chat udp-server [ADDR] [--strategy sync|pool|threading|event...]  (default 127.0.0.1:9003, sync)
+       chat tcp-server [ADDR] [--strategy event|pool|threading...]       (default 127.0.0.1:9004, event)
        chat udp-client ADDR NAME
        chat tcp-client ADDR";
 
@@ -1095,19 +1064,21 @@ usage: chat udp-server [ADDR] [--strategy sync|pool|threading|event]     (defaul
 pub fn parse_server_args(
     args: &[String],
     default_addr: &str,
-    default: Concurrency,
-) -> Result<(String, Concurrency), String> {
-    let (mut addr, mut concurrency) = (None, default);
+    default: AnyStrategy,
+) -> Result<(String, AnyStrategy), String> {
+    let (mut addr, mut strategy) = (None, default);
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "--strategy" => concurrency = it.next().ok_or("--strategy needs a value")?.parse()?,
+            "--strategy" => {
+                strategy = it.next().ok_or("--strategy needs a value")?.parse().map_err(|e| format!("{e}"))?
+            }
             other if other.starts_with('-') => return Err(format!("unknown option {other:?}")),
             other if addr.is_none() => addr = Some(other.to_string()),
             other => return Err(format!("unexpected argument {other:?}")),
         }
     }
-    Ok((addr.unwrap_or_else(|| default_addr.to_string()), concurrency))
+    Ok((addr.unwrap_or_else(|| default_addr.to_string()), strategy))
 }
 
 #[allow(dead_code)] // the tests include this file as a module
@@ -1123,12 +1094,12 @@ fn main() {
         |default_addr, default| parse_server_args(&args[1..], default_addr, default).unwrap_or_else(|msg| usage(&msg));
     let result = match args.first().map(String::as_str) {
         Some("udp-server") => {
-            let (addr, concurrency) = server_args("127.0.0.1:9003", Concurrency::Sync);
-            udp_server_on(&addr, UdpLimits::default(), concurrency).and_then(serve)
+            let (addr, strategy) = server_args("127.0.0.1:9003", Synchronous.into());
+            udp_server_on(&addr, UdpLimits::default(), strategy).and_then(serve)
         }
         Some("tcp-server") => {
-            let (addr, concurrency) = server_args("127.0.0.1:9004", Concurrency::Event);
-            tcp_server_on(&addr, RoomLimits::default(), concurrency).and_then(serve)
+            let (addr, strategy) = server_args("127.0.0.1:9004", Event::new().into());
+            tcp_server_on(&addr, RoomLimits::default(), strategy).and_then(serve)
         }
         Some("udp-client") if args.len() == 3 => udp_client(&args[1], &args[2]),
         Some("tcp-client") if args.len() == 2 => tcp_client(&args[1]),

@@ -7,17 +7,16 @@
 //! ```text
 //! cargo run --release --example echo_server                        # 127.0.0.1:9999, event
 //! cargo run --release --example echo_server -- [::1]:0             # any address
-//! cargo run --release --example echo_server -- --strategy pool     # or threading
+//! cargo run --release --example echo_server -- --strategy pool     # or threading, 'pool(4-64)'...
 //! ```
 //! Talk to it with `socketserver client --tcp 127.0.0.1:9999`, `nc`, or
 //! Python: `socket.create_connection(("127.0.0.1", 9999)).sendall(b"hi")`.
 //! Ctrl-C stops it: connections in flight get 5 s to finish.
 
 use std::io::{self, Read, Write};
-use std::str::FromStr;
 
 use socketserver::transport::Tcp;
-use socketserver::{AnyStrategy, Event, RequestHandler, Server, StreamRequest, TcpServer, ThreadPool, Threading};
+use socketserver::{AnyStrategy, Event, RequestHandler, Server, StreamRequest, TcpServer};
 
 /// The server's default address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9999";
@@ -52,79 +51,44 @@ impl RequestHandler<StreamRequest> for EchoHandler {
     }
 }
 
-/// How the server runs its handlers, as `--strategy` names it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Concurrency {
-    /// `event`: connections parked between reads hold no thread; a polling
-    /// thread per CPU runs the handlers of those with bytes to read.
-    #[default]
-    Event,
-    /// `pool`: a worker per connection for as long as it lasts, a worker
-    /// per CPU to 256; connections beyond wait their turn.
-    Pool,
-    /// `threading`: a new thread per connection (Python's `ThreadingMixIn`).
-    Threading,
-}
-
-impl Concurrency {
-    /// The library's strategy for this choice.
-    pub fn strategy(self) -> AnyStrategy {
-        match self {
-            Concurrency::Event => Event::new().into(),
-            Concurrency::Pool => ThreadPool::default().into(),
-            Concurrency::Threading => Threading::new().into(),
-        }
-    }
-}
-
-impl FromStr for Concurrency {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "event" => Ok(Concurrency::Event),
-            "pool" => Ok(Concurrency::Pool),
-            "threading" => Ok(Concurrency::Threading),
-            other => Err(format!("--strategy {other:?}: give event, pool or threading")),
-        }
-    }
-}
-
 /// Binds the echo server on `addr`, under the event strategy.
 ///
 /// # Errors
 /// The address cannot be bound.
 pub fn bind(addr: &str) -> io::Result<Server<Tcp, AnyStrategy>> {
-    bind_with(addr, Concurrency::default())
+    bind_with(addr, Event::new().into())
 }
 
-/// Binds the echo server on `addr`, served as `concurrency` says.
+/// Binds the echo server on `addr`, served as `strategy` says.
 ///
 /// # Errors
 /// The address cannot be bound.
-pub fn bind_with(addr: &str, concurrency: Concurrency) -> io::Result<Server<Tcp, AnyStrategy>> {
-    TcpServer::builder().strategy(concurrency.strategy()).bind(addr, EchoHandler)
+pub fn bind_with(addr: &str, strategy: AnyStrategy) -> io::Result<Server<Tcp, AnyStrategy>> {
+    TcpServer::builder().strategy(strategy).bind(addr, EchoHandler)
 }
 
 /// The usage text.
-pub const USAGE: &str = "usage: echo_server [ADDR] [--strategy event|pool|threading]";
+pub const USAGE: &str = "usage: echo_server [ADDR] [--strategy STRATEGY]   (event, pool, threading, 'pool(4-64)'...)";
 
-/// Parses the arguments after the program name: the address and the strategy.
+/// Parses the arguments after the program name: the address and the
+/// strategy (as [`AnyStrategy`] reads it; event unless given).
 ///
 /// # Errors
 /// A message for the user; print it with [`USAGE`].
-pub fn parse_args(args: &[String]) -> Result<(String, Concurrency), String> {
-    let (mut addr, mut concurrency) = (None, Concurrency::default());
+pub fn parse_args(args: &[String]) -> Result<(String, AnyStrategy), String> {
+    let (mut addr, mut strategy) = (None, Event::new().into());
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "--strategy" => concurrency = it.next().ok_or("--strategy needs a value")?.parse()?,
+            "--strategy" => {
+                strategy = it.next().ok_or("--strategy needs a value")?.parse().map_err(|e| format!("{e}"))?
+            }
             other if other.starts_with('-') => return Err(format!("unknown option {other:?}")),
             other if addr.is_none() => addr = Some(other.to_string()),
             other => return Err(format!("unexpected argument {other:?}")),
         }
     }
-    Ok((addr.unwrap_or_else(|| DEFAULT_ADDR.to_string()), concurrency))
+    Ok((addr.unwrap_or_else(|| DEFAULT_ADDR.to_string()), strategy))
 }
 
 #[allow(dead_code)] // the tests include this file as a module
@@ -132,14 +96,14 @@ fn main() {
     // Logs (the library's errors included) on stderr; RUST_LOG=debug for more.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (addr, concurrency) = match parse_args(&args) {
+    let (addr, strategy) = match parse_args(&args) {
         Ok(parsed) => parsed,
         Err(msg) => {
             eprintln!("echo_server: {msg}\n{USAGE}");
             std::process::exit(2);
         }
     };
-    let server = match bind_with(&addr, concurrency) {
+    let server = match bind_with(&addr, strategy) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("echo_server: {e}");

@@ -13,10 +13,10 @@
 //! Server options: `--dir DIR` (required), `--addr ADDR` (default
 //! `127.0.0.1:9002`, loopback only), `--max-size BYTES` (largest upload,
 //! default 1 GiB; `K`, `M`, `G` suffixes are powers of 1024), `--strategy
-//! pool|event|threading` (default `pool`: a worker per connection;
-//! `event`: a connection between requests is parked and holds no thread,
-//! one whose transfer runs holds one; `threading`: a thread per
-//! connection). The client
+//! STRATEGY` (as `AnyStrategy` reads it; default `pool(2-256)`: a worker
+//! per connection; `event`: a connection between requests is parked and
+//! holds no thread, one whose transfer runs holds one; `threading(256)`: a
+//! thread per connection, at most 256). The client
 //! shows progress on stderr (at most 20 lines per file) and exits 1 with a
 //! one-line error when anything fails; a download whose digest does not
 //! match leaves no file behind.
@@ -103,7 +103,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use socketserver::framing::LengthPrefixed;
 use socketserver::transport::Tcp;
-use socketserver::{AnyStrategy, Event, RequestHandler, Server, StreamRequest, TcpServer, ThreadPool, Threading};
+use socketserver::{AnyStrategy, RequestHandler, Server, StreamRequest, TcpServer, ThreadPool};
 
 /// The server's default address: loopback only.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9002";
@@ -308,48 +308,6 @@ impl Write for LogLines {
 
 // ---------------------------------------------------------------- server
 
-/// How the server runs its handlers, as `--strategy` names it. Whichever
-/// it is, a transfer under way has a thread; they differ in what waits
-/// between requests.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Concurrency {
-    /// `pool`: 2 to [`MAX_WORKERS`] workers, one per connection for as long
-    /// as it lasts; further clients wait their turn.
-    #[default]
-    Pool,
-    /// `event`: a connection between requests is parked, with no thread;
-    /// a polling thread per CPU, and up to [`MAX_WORKERS`] threads while
-    /// transfers run.
-    Event,
-    /// `threading`: a thread per connection, at most [`MAX_WORKERS`] at once.
-    Threading,
-}
-
-impl Concurrency {
-    /// The library's strategy for this choice.
-    pub fn strategy(self) -> AnyStrategy {
-        let most = MAX_WORKERS;
-        match self {
-            Concurrency::Pool => ThreadPool::new(2).max_workers(most).into(),
-            Concurrency::Event => Event::new().max_workers(most).into(),
-            Concurrency::Threading => Threading::new().max_threads(most).into(),
-        }
-    }
-}
-
-impl std::str::FromStr for Concurrency {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "pool" => Ok(Concurrency::Pool),
-            "event" => Ok(Concurrency::Event),
-            "threading" => Ok(Concurrency::Threading),
-            other => Err(format!("--strategy {other:?}: give pool, event or threading")),
-        }
-    }
-}
-
 /// What the server serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -359,8 +317,9 @@ pub struct Config {
     pub max_size: u64,
     /// How long a request header may take to arrive, from its first byte.
     pub header_timeout: Duration,
-    /// How connections are served.
-    pub strategy: Concurrency,
+    /// How connections are served. Whichever strategy, a transfer under
+    /// way has a thread; they differ in what waits between requests.
+    pub strategy: AnyStrategy,
 }
 
 impl Config {
@@ -370,7 +329,7 @@ impl Config {
             dir,
             max_size: DEFAULT_MAX_SIZE,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
-            strategy: Concurrency::default(),
+            strategy: ThreadPool::new(2).max_workers(MAX_WORKERS).into(),
         }
     }
 }
@@ -778,14 +737,14 @@ impl RequestHandler<StreamRequest> for FileService {
 /// [`MAX_WORKERS`] threads serves one connection each (it grows as clients
 /// come: a few that hold a connection open cannot lock the others out);
 /// further clients wait their turn in the pool's queue and the listen
-/// backlog. [`Config::strategy`] chooses another way (see [`Concurrency`]).
+/// backlog. [`Config::strategy`] chooses another way.
 ///
 /// # Errors
 /// The folder does not exist, or the address cannot be bound.
 pub fn server(addr: &str, config: &Config) -> io::Result<Server<Tcp, AnyStrategy>> {
     let service = FileService::new(config)?;
     TcpServer::builder()
-        .strategy(config.strategy.strategy())
+        .strategy(config.strategy.clone())
         .nodelay(true)
         .idle_timeout(IDLE_TIMEOUT)
         .write_timeout(WRITE_TIMEOUT)
@@ -1026,7 +985,7 @@ pub enum Args {
 
 /// The usage text.
 pub const USAGE: &str = "\
-usage: file_transfer server --dir DIR [--addr ADDR] [--max-size BYTES] [--strategy pool|event|threading]
+usage: file_transfer server --dir DIR [--addr ADDR] [--max-size BYTES] [--strategy STRATEGY]
        file_transfer client [--addr ADDR] upload FILE [--name NAME]
        file_transfer client [--addr ADDR] download NAME [--out FILE]
        file_transfer client [--addr ADDR] list
@@ -1034,7 +993,8 @@ usage: file_transfer server --dir DIR [--addr ADDR] [--max-size BYTES] [--strate
 The server listens on 127.0.0.1:9002 unless told otherwise and takes uploads
 of at most 1 GiB (--max-size accepts K, M and G suffixes, powers of 1024). It
 serves each connection with a worker of a pool; --strategy event parks
-connections between requests with no thread, threading gives each a thread.";
+connections between requests with no thread, 'threading(256)' gives each a
+thread.";
 
 /// `1048576`, `512K`, `100M`, `1G`.
 ///
@@ -1068,21 +1028,19 @@ pub fn parse_args(args: &[String]) -> Result<Args, String> {
     match mode.as_str() {
         "-h" | "--help" | "help" => Ok(Args::Help),
         "server" => {
-            let mut dir = None;
-            let mut max_size = DEFAULT_MAX_SIZE;
-            let mut strategy = Concurrency::default();
+            let (mut dir, mut config) = (None, Config::new(PathBuf::new()));
             while let Some(arg) = it.next() {
                 match arg.as_str() {
                     "--addr" => addr = value(&mut it, arg)?,
-                    "--strategy" => strategy = value(&mut it, arg)?.parse()?,
+                    "--strategy" => config.strategy = value(&mut it, arg)?.parse().map_err(|e| format!("{e}"))?,
                     "--dir" => dir = Some(PathBuf::from(value(&mut it, arg)?)),
-                    "--max-size" => max_size = parse_size(&value(&mut it, arg)?)?,
+                    "--max-size" => config.max_size = parse_size(&value(&mut it, arg)?)?,
                     "-h" | "--help" => return Ok(Args::Help),
                     other => return Err(format!("unexpected argument {other:?}")),
                 }
             }
             let dir = dir.ok_or("the server needs --dir DIR")?;
-            Ok(Args::Server { addr, config: Config { max_size, strategy, ..Config::new(dir) } })
+            Ok(Args::Server { addr, config: Config { dir, ..config } })
         }
         "client" => {
             let mut words = Vec::new();

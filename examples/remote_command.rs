@@ -36,10 +36,11 @@
 //! Server options: `--addr ADDR` (default `127.0.0.1:9001`, loopback only),
 //! `--allow PROGRAM` (repeatable, at least one; bare names looked up in
 //! `PATH` once, at start), `--allow-unsafe` (allow programs that run
-//! others), `--timeout SECS` (default 30), `--strategy pool|event|threading`
-//! (default `pool`: a worker per connection; `event`: a connection waiting
-//! for its next command is parked and holds no thread, one running a
-//! command holds one; `threading`: a thread per connection). The client's
+//! others), `--timeout SECS` (default 30), `--strategy STRATEGY`
+//! (as `AnyStrategy` reads it; default `pool(2-256)`: a worker per
+//! connection; `event`: a connection waiting for its next command is
+//! parked and holds no thread, one running a command holds one;
+//! `threading(256)`: a thread per connection, at most 256). The client's
 //! arguments after `COMMAND` are quoted and sent as one command line; with
 //! no `COMMAND` it reads command lines from stdin (`quit` or end of input
 //! leaves). The client exits with the command's exit status (128 + N when a
@@ -122,9 +123,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use socket2::SockRef;
 use socketserver::framing::LengthPrefixed;
 use socketserver::transport::Tcp;
-use socketserver::{
-    AnyStrategy, Event, RequestHandler, Server, Stream, StreamRequest, TcpServer, ThreadPool, Threading,
-};
+use socketserver::{AnyStrategy, RequestHandler, Server, Stream, StreamRequest, TcpServer, ThreadPool};
 
 /// The server's default address: loopback only.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9001";
@@ -171,48 +170,6 @@ pub const CHILD_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// `LANG` of every command.
 pub const CHILD_LANG: &str = "C.UTF-8";
 
-/// How the server runs its handlers, as `--strategy` names it. Whichever
-/// it is, a connection whose command runs has a thread of its own (and its
-/// output pumps); they differ in what waits between commands.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Concurrency {
-    /// `pool`: 2 to [`MAX_WORKERS`] workers, one per connection for as long
-    /// as it lasts; further clients wait their turn.
-    #[default]
-    Pool,
-    /// `event`: a connection between commands is parked, with no thread;
-    /// a polling thread per CPU, and up to [`MAX_WORKERS`] threads while
-    /// commands run.
-    Event,
-    /// `threading`: a thread per connection, at most [`MAX_WORKERS`] at once.
-    Threading,
-}
-
-impl Concurrency {
-    /// The library's strategy for this choice.
-    pub fn strategy(self) -> AnyStrategy {
-        let most = MAX_WORKERS;
-        match self {
-            Concurrency::Pool => ThreadPool::new(2).max_workers(most).into(),
-            Concurrency::Event => Event::new().max_workers(most).into(),
-            Concurrency::Threading => Threading::new().max_threads(most).into(),
-        }
-    }
-}
-
-impl std::str::FromStr for Concurrency {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "pool" => Ok(Concurrency::Pool),
-            "event" => Ok(Concurrency::Event),
-            "threading" => Ok(Concurrency::Threading),
-            other => Err(format!("--strategy {other:?}: give pool, event or threading")),
-        }
-    }
-}
-
 /// What the server runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -224,8 +181,10 @@ pub struct Config {
     pub allow_unsafe: bool,
     /// How long a command frame may take to arrive, from its first byte.
     pub frame_timeout: Duration,
-    /// How connections are served.
-    pub strategy: Concurrency,
+    /// How connections are served. Whichever strategy, a connection whose
+    /// command runs has a thread of its own (and its output pumps); they
+    /// differ in what waits between commands.
+    pub strategy: AnyStrategy,
 }
 
 impl Config {
@@ -236,7 +195,7 @@ impl Config {
             timeout: DEFAULT_TIMEOUT,
             allow_unsafe: false,
             frame_timeout: DEFAULT_FRAME_TIMEOUT,
-            strategy: Concurrency::default(),
+            strategy: ThreadPool::new(2).max_workers(MAX_WORKERS).into(),
         }
     }
 }
@@ -462,7 +421,7 @@ impl RemoteCommand {
 /// [`MAX_WORKERS`] threads serves one connection each (it grows as clients
 /// come: a few that hold a connection open cannot lock the others out);
 /// further clients wait their turn in the pool's queue and the listen
-/// backlog. [`Config::strategy`] chooses another way (see [`Concurrency`]).
+/// backlog. [`Config::strategy`] chooses another way.
 ///
 /// # Errors
 /// A program of the allowlist cannot be found or runs others (without
@@ -470,7 +429,7 @@ impl RemoteCommand {
 pub fn server(addr: &str, config: &Config) -> io::Result<Server<Tcp, AnyStrategy>> {
     let handler = RemoteCommand::new(config)?;
     TcpServer::builder()
-        .strategy(config.strategy.strategy())
+        .strategy(config.strategy.clone())
         .nodelay(true)
         .idle_timeout(IDLE_TIMEOUT)
         .write_timeout(WRITE_TIMEOUT)
@@ -1147,14 +1106,14 @@ pub enum Args {
 
 /// The usage text.
 pub const USAGE: &str = "\
-usage: remote_command server [--addr ADDR] [--timeout SECS] [--strategy pool|event|threading] [--allow-unsafe]
+usage: remote_command server [--addr ADDR] [--timeout SECS] [--strategy STRATEGY] [--allow-unsafe]
                              --allow PROGRAM [--allow PROGRAM ...]
        remote_command client [--addr ADDR] [COMMAND [ARGS...]]
 
 server: runs allowed programs (bare names, no shell) for clients; default
         address 127.0.0.1:9001, time limit 30 s per command (output included);
         a worker per connection (--strategy event: connections between
-        commands hold no thread; threading: a thread per connection).
+        commands hold no thread; 'threading(256)': a thread per connection).
         Arguments are NOT checked: an allowed program runs with any arguments,
         as the server's user. Programs that run others (env, find, xargs,
         shells, interpreters, nice, setsid, timeout, sudo...) give a shell
@@ -1182,7 +1141,7 @@ pub fn parse_args(args: &[String]) -> Result<Args, String> {
                     "--addr" => addr = value(&mut it, arg)?,
                     "--allow" => config.allow.push(value(&mut it, arg)?),
                     "--allow-unsafe" => config.allow_unsafe = true,
-                    "--strategy" => config.strategy = value(&mut it, arg)?.parse()?,
+                    "--strategy" => config.strategy = value(&mut it, arg)?.parse().map_err(|e| format!("{e}"))?,
                     "--timeout" => {
                         let v = value(&mut it, arg)?;
                         let secs: f64 = v.parse().map_err(|_| format!("--timeout {v}: not a number of seconds"))?;

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --example time_server                          # udp 127.0.0.1:9000
-//! cargo run --example time_server -- --strategy event      # sync, pool, threading or event
+//! cargo run --example time_server -- --strategy event      # sync (default), pool, threading, 'pool(4)'...
 //! echo '%H:%M' | socketserver client --udp 127.0.0.1:9000
 //! ```
 //! One datagram is one request, so nothing waits between requests: the
@@ -22,12 +22,11 @@
 //! ```
 
 use std::io;
-use std::str::FromStr;
 
 use socketserver::UdpServer;
 use socketserver::servers::render_time;
 use socketserver::transport::Udp;
-use socketserver::{AnyStrategy, DatagramRequest, Event, RequestHandler, Server, Synchronous, ThreadPool, Threading};
+use socketserver::{AnyStrategy, DatagramRequest, RequestHandler, Server, Synchronous};
 
 /// The server's default address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9000";
@@ -47,81 +46,45 @@ impl RequestHandler<DatagramRequest> for TimeHandler {
     }
 }
 
-/// How the server runs its handlers, as `--strategy` names it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Concurrency {
-    /// `sync`: one datagram at a time, in the serving thread (Python's `UDPServer`).
-    #[default]
-    Sync,
-    /// `pool`: a receiver per CPU, each answering what it receives.
-    Pool,
-    /// `threading`: a new thread per datagram (Python's `ThreadingMixIn`).
-    Threading,
-    /// `event`: for datagrams, a receiver per CPU (as `pool`).
-    Event,
-}
-
-impl Concurrency {
-    /// The library's strategy for this choice.
-    pub fn strategy(self) -> AnyStrategy {
-        match self {
-            Concurrency::Sync => Synchronous.into(),
-            Concurrency::Pool => ThreadPool::default().into(),
-            Concurrency::Threading => Threading::new().into(),
-            Concurrency::Event => Event::new().into(),
-        }
-    }
-}
-
-impl FromStr for Concurrency {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "sync" => Ok(Concurrency::Sync),
-            "pool" => Ok(Concurrency::Pool),
-            "threading" => Ok(Concurrency::Threading),
-            "event" => Ok(Concurrency::Event),
-            other => Err(format!("--strategy {other:?}: give sync, pool, threading or event")),
-        }
-    }
-}
-
 /// Binds the time server on `addr`: one datagram at a time.
 ///
 /// # Errors
 /// The address cannot be bound.
 pub fn bind(addr: &str) -> io::Result<Server<Udp, AnyStrategy>> {
-    bind_with(addr, Concurrency::default())
+    bind_with(addr, Synchronous.into())
 }
 
-/// Binds the time server on `addr`, served as `concurrency` says.
+/// Binds the time server on `addr`, served as `strategy` says.
 ///
 /// # Errors
 /// The address cannot be bound.
-pub fn bind_with(addr: &str, concurrency: Concurrency) -> io::Result<Server<Udp, AnyStrategy>> {
-    UdpServer::builder().strategy(concurrency.strategy()).bind(addr, TimeHandler)
+pub fn bind_with(addr: &str, strategy: AnyStrategy) -> io::Result<Server<Udp, AnyStrategy>> {
+    UdpServer::builder().strategy(strategy).bind(addr, TimeHandler)
 }
 
 /// The usage text.
-pub const USAGE: &str = "usage: time_server [ADDR] [--strategy sync|pool|threading|event]";
+pub const USAGE: &str =
+    "usage: time_server [ADDR] [--strategy STRATEGY]   (sync, pool, threading, event, 'pool(4)'...)";
 
-/// Parses the arguments after the program name: the address and the strategy.
+/// Parses the arguments after the program name: the address and the
+/// strategy (as [`AnyStrategy`] reads it; sync unless given).
 ///
 /// # Errors
 /// A message for the user; print it with [`USAGE`].
-pub fn parse_args(args: &[String]) -> Result<(String, Concurrency), String> {
-    let (mut addr, mut concurrency) = (None, Concurrency::default());
+pub fn parse_args(args: &[String]) -> Result<(String, AnyStrategy), String> {
+    let (mut addr, mut strategy) = (None, Synchronous.into());
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "--strategy" => concurrency = it.next().ok_or("--strategy needs a value")?.parse()?,
+            "--strategy" => {
+                strategy = it.next().ok_or("--strategy needs a value")?.parse().map_err(|e| format!("{e}"))?
+            }
             other if other.starts_with('-') => return Err(format!("unknown option {other:?}")),
             other if addr.is_none() => addr = Some(other.to_string()),
             other => return Err(format!("unexpected argument {other:?}")),
         }
     }
-    Ok((addr.unwrap_or_else(|| DEFAULT_ADDR.to_string()), concurrency))
+    Ok((addr.unwrap_or_else(|| DEFAULT_ADDR.to_string()), strategy))
 }
 
 #[allow(dead_code)] // the tests include this file as a module
@@ -129,14 +92,14 @@ fn main() {
     // Logs (the library's errors included) on stderr; RUST_LOG=debug for more.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (addr, concurrency) = match parse_args(&args) {
+    let (addr, strategy) = match parse_args(&args) {
         Ok(parsed) => parsed,
         Err(msg) => {
             eprintln!("time_server: {msg}\n{USAGE}");
             std::process::exit(2);
         }
     };
-    let server = match bind_with(&addr, concurrency) {
+    let server = match bind_with(&addr, strategy) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("time_server: {e}");

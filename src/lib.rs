@@ -261,7 +261,9 @@ pub use crate::request::{DatagramRequest, MAX_LINE, StreamRequest};
 pub use crate::server::{Server, ServerThread};
 pub use crate::signals::on_hangup;
 pub use crate::stats::Stats;
-pub use crate::strategy::{AnyStrategy, Event, Forking, Overflow, Strategy, Synchronous, ThreadPool, Threading};
+pub use crate::strategy::{
+    AnyStrategy, Event, Forking, Overflow, ParseStrategyError, Strategy, Synchronous, ThreadPool, Threading,
+};
 pub use crate::transport::{BindAddress, Transport};
 
 use crate::transport::{Tcp, Udp, UnixDatagram, UnixStream};

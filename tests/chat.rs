@@ -10,8 +10,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use chat::Concurrency;
-use socketserver::AnyStrategy;
+use socketserver::{AnyStrategy, Event, Synchronous, ThreadPool, Threading};
 use util::*;
 
 fn wait_for(what: &str, cond: impl Fn() -> bool) {
@@ -58,7 +57,7 @@ fn udp_chat_relays_to_the_named_peer() {
 /// conversation, the same answers.
 #[test]
 fn udp_chat_relays_to_the_named_peer_under_event() {
-    let running = run(chat::udp_server_on("127.0.0.1:0", chat::UdpLimits::default(), Concurrency::Event).unwrap());
+    let running = run(chat::udp_server_on("127.0.0.1:0", chat::UdpLimits::default(), Event::new().into()).unwrap());
     udp_chat_relays(&running);
     assert_eq!(running.handle.stats().workers_total, cpus(), "a receiver per CPU");
     running.stop().unwrap();
@@ -123,9 +122,9 @@ fn tcp_room_broadcasts_to_every_other_member() {
 #[test]
 fn tcp_room_broadcasts_to_every_other_member_on_a_pool_and_threads() {
     let _turn = one_at_a_time();
-    for concurrency in [Concurrency::Pool, Concurrency::Threading] {
+    for strategy in [ThreadPool::new(2).into(), Threading::new().into()] {
         let limits = chat::RoomLimits::default();
-        tcp_room_broadcasts(run(chat::tcp_server_on("127.0.0.1:0", limits, concurrency).unwrap()));
+        tcp_room_broadcasts(run(chat::tcp_server_on("127.0.0.1:0", limits, strategy).unwrap()));
     }
 }
 
@@ -167,19 +166,19 @@ fn tcp_room_broadcasts(running: Running) {
 /// outbox is full, and the others go on talking.
 #[test]
 fn a_member_that_does_not_read_is_disconnected_not_waited_for() {
-    a_member_that_does_not_read_is_cut_off(Concurrency::Event);
+    a_member_that_does_not_read_is_cut_off(Event::new().into());
 }
 
 #[test]
 fn a_member_that_does_not_read_is_disconnected_not_waited_for_on_a_pool() {
     let _turn = one_at_a_time();
-    a_member_that_does_not_read_is_cut_off(Concurrency::Pool);
+    a_member_that_does_not_read_is_cut_off(ThreadPool::new(2).into());
 }
 
-fn a_member_that_does_not_read_is_cut_off(concurrency: Concurrency) {
+fn a_member_that_does_not_read_is_cut_off(strategy: AnyStrategy) {
     // No rate limit: the talker must outpace the silent member's buffers.
     let limits = chat::RoomLimits { rate: None, ..chat::RoomLimits::default() };
-    let running = run(chat::tcp_server_on("127.0.0.1:0", limits, concurrency).unwrap());
+    let running = run(chat::tcp_server_on("127.0.0.1:0", limits, strategy).unwrap());
     let addr = running.inet();
     let mut talker = Member::join(addr);
     // Processed before the talker's chat lines: one connection, one order.
@@ -373,20 +372,20 @@ fn tcp_names_are_plain_ascii_and_control_characters_are_escaped() {
 /// as too slow, and still gets what a third member says.
 #[test]
 fn a_flooder_is_slowed_down_then_cut_off_and_an_honest_reader_stays() {
-    a_flooder_is_slowed_then_cut_off(Concurrency::Event);
+    a_flooder_is_slowed_then_cut_off(Event::new().into());
 }
 
 #[test]
 fn a_flooder_is_slowed_down_then_cut_off_and_an_honest_reader_stays_on_a_pool() {
     let _turn = one_at_a_time();
-    a_flooder_is_slowed_then_cut_off(Concurrency::Pool);
+    a_flooder_is_slowed_then_cut_off(ThreadPool::new(2).into());
 }
 
-fn a_flooder_is_slowed_then_cut_off(concurrency: Concurrency) {
+fn a_flooder_is_slowed_then_cut_off(strategy: AnyStrategy) {
     let flood_limit = Duration::from_secs(2);
     let rate = chat::Rate { flood_limit, ..chat::Rate::default() };
     let limits = chat::RoomLimits { rate: Some(rate), ..chat::RoomLimits::default() };
-    let running = run(chat::tcp_server_on("127.0.0.1:0", limits, concurrency).unwrap());
+    let running = run(chat::tcp_server_on("127.0.0.1:0", limits, strategy).unwrap());
     let addr = running.inet();
     let mut honest = Member::join(addr);
     honest.say("/name honest");
@@ -624,20 +623,30 @@ fn the_servers_take_their_strategy_from_the_command_line() {
     let args = |s: &[&str], default| {
         chat::parse_server_args(&s.iter().map(|a| a.to_string()).collect::<Vec<_>>(), "127.0.0.1:9", default)
     };
-    assert_eq!(args(&[], Concurrency::Event).unwrap(), ("127.0.0.1:9".to_string(), Concurrency::Event));
-    assert_eq!(args(&["[::1]:0"], Concurrency::Sync).unwrap(), ("[::1]:0".to_string(), Concurrency::Sync));
-    for (name, want) in [
-        ("sync", Concurrency::Sync),
-        ("pool", Concurrency::Pool),
-        ("threading", Concurrency::Threading),
-        ("event", Concurrency::Event),
-    ] {
-        assert_eq!(args(&["a:1", "--strategy", name], Concurrency::Sync).unwrap(), ("a:1".to_string(), want));
+    assert_eq!(args(&[], Event::new().into()).unwrap(), ("127.0.0.1:9".to_string(), Event::new().into()));
+    assert_eq!(args(&["[::1]:0"], Synchronous.into()).unwrap(), ("[::1]:0".to_string(), Synchronous.into()));
+    let cases: [(&str, AnyStrategy); 5] = [
+        ("sync", Synchronous.into()),
+        ("pool", ThreadPool::default().into()),
+        ("threading", Threading::new().into()),
+        ("event", Event::new().into()),
+        ("pool(2-8)", ThreadPool::new(2).max_workers(8).into()),
+    ];
+    for (name, want) in cases {
+        assert_eq!(args(&["a:1", "--strategy", name], Synchronous.into()).unwrap(), ("a:1".to_string(), want));
     }
     for bad in [&["--strategy"][..], &["--strategy", "fork"], &["--bogus"], &["a:1", "b:2"]] {
-        assert!(args(bad, Concurrency::Event).is_err(), "{bad:?}");
+        assert!(args(bad, Event::new().into()).is_err(), "{bad:?}");
     }
-    // One member at a time would let one silent member hold up the room.
-    let e = chat::tcp_server_on("127.0.0.1:0", chat::RoomLimits::default(), Concurrency::Sync).unwrap_err();
+    // One member at a time would let one silent member hold up the room;
+    // forked, each member would be in a room of its own, and a relay's
+    // names would be forgotten with the child that took them.
+    for strategy in [AnyStrategy::from(Synchronous), socketserver::Forking::new().into()] {
+        let e = chat::tcp_server_on("127.0.0.1:0", chat::RoomLimits::default(), strategy.clone()).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{strategy}: {e}");
+        assert!(e.to_string().contains(&strategy.to_string()), "{e}");
+    }
+    let forking = socketserver::Forking::new().into();
+    let e = chat::udp_server_on("127.0.0.1:0", chat::UdpLimits::default(), forking).unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
 }

@@ -1,5 +1,5 @@
-//! The echo_server and time_server examples, run in-process under each
-//! strategy they offer; and the bundled time server (`Strftime`) over TCP
+//! The echo_server and time_server examples, run in-process under several
+//! strategies, each read from its `--strategy` flag; and the bundled time server (`Strftime`) over TCP
 //! under the event strategy.
 
 mod util;
@@ -17,7 +17,7 @@ use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
 use socketserver::servers::{MAX_TIME_REQUEST, Strftime};
-use socketserver::{AnyStrategy, Event, TcpServer};
+use socketserver::{AnyStrategy, Event, Synchronous, TcpServer, ThreadPool, Threading};
 use util::*;
 
 fn cpus() -> u64 {
@@ -72,8 +72,8 @@ fn echo_server_example_runs_under_the_event_strategy_by_default() {
 
 #[test]
 fn echo_server_example_echoes_several_clients_at_once_on_a_pool_and_threads() {
-    for concurrency in [echo_server::Concurrency::Pool, echo_server::Concurrency::Threading] {
-        let running = run(echo_server::bind_with("127.0.0.1:0", concurrency).unwrap());
+    for strategy in [ThreadPool::default().into(), Threading::new().into()] {
+        let running = run(echo_server::bind_with("127.0.0.1:0", strategy).unwrap());
         echoes_several_clients_at_once(&running);
         running.stop().unwrap();
     }
@@ -85,7 +85,7 @@ fn echo_server_example_echoes_several_clients_at_once_on_a_pool_and_threads() {
 /// sends again.
 #[test]
 fn echo_server_example_parks_idle_connections_under_event() {
-    let running = run(echo_server::bind_with("127.0.0.1:0", echo_server::Concurrency::Event).unwrap());
+    let running = run(echo_server::bind_with("127.0.0.1:0", Event::new().into()).unwrap());
     let n = 2 * thread_bound() + 8;
     let mut clients: Vec<TcpStream> = (0..n).map(|_| tcp_connect(running.inet())).collect();
     for (i, c) in clients.iter_mut().enumerate() {
@@ -113,17 +113,28 @@ fn echo_server_example_parks_idle_connections_under_event() {
     running.stop().unwrap();
 }
 
+/// `--strategy` is read as `AnyStrategy` reads it; a bad one is an error
+/// that names it and lists the choices.
 #[test]
 fn echo_server_example_takes_its_strategy_from_the_command_line() {
-    use echo_server::{Concurrency, parse_args};
+    use echo_server::parse_args;
     let args = |s: &[&str]| parse_args(&s.iter().map(|a| a.to_string()).collect::<Vec<_>>());
-    assert_eq!(args(&[]).unwrap(), (echo_server::DEFAULT_ADDR.to_string(), Concurrency::Event));
-    assert_eq!(args(&["[::1]:0", "--strategy", "pool"]).unwrap(), ("[::1]:0".to_string(), Concurrency::Pool));
-    assert_eq!(args(&["--strategy", "threading"]).unwrap().1, Concurrency::Threading);
-    assert_eq!(args(&["--strategy", "event", "x:1"]).unwrap(), ("x:1".to_string(), Concurrency::Event));
+    assert_eq!(args(&[]).unwrap(), (echo_server::DEFAULT_ADDR.to_string(), Event::new().into()));
+    assert_eq!(
+        args(&["[::1]:0", "--strategy", "pool"]).unwrap(),
+        ("[::1]:0".to_string(), ThreadPool::default().into())
+    );
+    assert_eq!(args(&["--strategy", "threading"]).unwrap().1, Threading::new().into());
+    assert_eq!(args(&["--strategy", "pool(4-64)"]).unwrap().1, ThreadPool::new(4).max_workers(64).into());
+    assert_eq!(
+        args(&["--strategy", "event(2)", "x:1"]).unwrap(),
+        ("x:1".to_string(), Event::new().pollers(2).max_workers(2).into())
+    );
     for bad in [&["--strategy"][..], &["--strategy", "fork"], &["--bogus"], &["a:1", "b:2"]] {
         assert!(args(bad).is_err(), "{bad:?}");
     }
+    let e = args(&["--strategy", "fork"]).unwrap_err();
+    assert!(e.starts_with("\"fork\" is not a strategy") && e.contains("sync, threading"), "{e}");
 }
 
 fn renders_formats_and_reports_bad_ones(running: &Running) {
@@ -150,7 +161,7 @@ fn time_server_example_renders_formats_and_reports_bad_ones() {
 /// answered, and the receivers are the only threads.
 #[test]
 fn time_server_example_under_event_answers_from_a_receiver_per_cpu() {
-    let running = run(time_server::bind_with("127.0.0.1:0", time_server::Concurrency::Event).unwrap());
+    let running = run(time_server::bind_with("127.0.0.1:0", Event::new().into()).unwrap());
     renders_formats_and_reports_bad_ones(&running);
     let askers: Vec<_> = (0..8)
         .map(|i| {
@@ -175,19 +186,21 @@ fn time_server_example_under_event_answers_from_a_receiver_per_cpu() {
 
 #[test]
 fn time_server_example_takes_its_strategy_from_the_command_line() {
-    use time_server::{Concurrency, parse_args};
+    use time_server::parse_args;
     let args = |s: &[&str]| parse_args(&s.iter().map(|a| a.to_string()).collect::<Vec<_>>());
-    assert_eq!(args(&[]).unwrap(), (time_server::DEFAULT_ADDR.to_string(), Concurrency::Sync));
-    for (name, want) in [
-        ("sync", Concurrency::Sync),
-        ("pool", Concurrency::Pool),
-        ("threading", Concurrency::Threading),
-        ("event", Concurrency::Event),
-    ] {
+    assert_eq!(args(&[]).unwrap(), (time_server::DEFAULT_ADDR.to_string(), Synchronous.into()));
+    let cases: [(&str, AnyStrategy); 5] = [
+        ("sync", Synchronous.into()),
+        ("pool", ThreadPool::default().into()),
+        ("threading", Threading::new().into()),
+        ("event", Event::new().into()),
+        ("pool(4)", ThreadPool::new(4).into()),
+    ];
+    for (name, want) in cases {
         assert_eq!(args(&["127.0.0.1:0", "--strategy", name]).unwrap().1, want);
     }
-    assert!(args(&["--strategy", "epoll"]).is_err());
-    assert!(matches!(time_server::Concurrency::Event.strategy(), AnyStrategy::Event(_)));
+    let e = args(&["--strategy", "epoll"]).unwrap_err();
+    assert!(e.starts_with("\"epoll\" is not a strategy") && e.contains("event(N-M)"), "{e}");
 }
 
 // ------------------------------------------- the bundled time server, TCP

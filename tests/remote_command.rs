@@ -11,8 +11,9 @@ use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use remote_command::{Concurrency, Config, Outcome};
+use remote_command::{Config, Outcome};
 use socketserver::framing::LengthPrefixed;
+use socketserver::{AnyStrategy, Event, ThreadPool, Threading};
 use util::*;
 
 fn config(allow: &[&str], timeout: Duration) -> Config {
@@ -34,7 +35,7 @@ fn start_with(allow: &[&str], timeout: Duration) -> Running {
 }
 
 /// Under `strategy`, with the default time limit.
-fn start_on(allow: &[&str], strategy: Concurrency) -> Running {
+fn start_on(allow: &[&str], strategy: AnyStrategy) -> Running {
     let cfg = Config { strategy, ..config(allow, remote_command::DEFAULT_TIMEOUT) };
     run(remote_command::server("127.0.0.1:0", &cfg).expect("bind"))
 }
@@ -44,11 +45,11 @@ macro_rules! on_pool_and_event {
     ($test:ident, $pool:ident, $event:ident) => {
         #[test]
         fn $pool() {
-            $test(Concurrency::Pool);
+            $test(Config::new(Vec::new()).strategy);
         }
         #[test]
         fn $event() {
-            $test(Concurrency::Event);
+            $test(Event::new().into());
         }
     };
 }
@@ -148,7 +149,7 @@ impl Drop for KillLeftovers {
     }
 }
 
-fn allowed_command_output_and_exit_status(strategy: Concurrency) {
+fn allowed_command_output_and_exit_status(strategy: AnyStrategy) {
     let running = start_on(&["echo", "ls"], strategy);
     let mut c = tcp_connect(running.inet());
     let (outcome, out, err) = exec(&mut c, "echo hi");
@@ -265,7 +266,7 @@ fn megabytes_of_output_arrive_whole_in_bounded_frames() {
     running.stop().unwrap();
 }
 
-fn commands_sent_back_to_back_are_answered_in_order(strategy: Concurrency) {
+fn commands_sent_back_to_back_are_answered_in_order(strategy: AnyStrategy) {
     let running = start_on(&["echo", "ls"], strategy);
     let mut c = tcp_connect(running.inet());
     let codec = LengthPrefixed::new(1024);
@@ -370,7 +371,7 @@ fn a_client_that_does_not_read_cannot_stretch_the_time_limit() {
     running.stop().unwrap();
 }
 
-fn a_client_that_goes_away_has_its_command_killed(strategy: Concurrency) {
+fn a_client_that_goes_away_has_its_command_killed(strategy: AnyStrategy) {
     let running = start_on(&["sleep"], strategy); // 30 s limit: only the disconnect can end it early
     let mut c = tcp_connect(running.inet());
     LengthPrefixed::new(1024).write_frame(&mut c, b"sleep 29.5").unwrap();
@@ -448,22 +449,16 @@ print(json.dumps(results))
 
 #[test]
 fn a_python_client_interoperates() {
+    let Some(python3) = util::tools::require_tool("python3", "python3") else { return };
     let running = start(&["echo", "ls", "head"]);
     let port = running.inet().port().to_string();
     let lines = ["echo hi from python", "ls /nonexistent", "sh -c id", "head -c 200000 /dev/zero"];
-    let output = match std::process::Command::new("python3")
+    let output = std::process::Command::new(python3)
         .args(["-c", PYTHON_CLIENT, &port])
         .args(lines)
         .stdin(std::process::Stdio::null())
         .output()
-    {
-        Ok(o) => o,
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            eprintln!("python3 not found: skipping the interop test");
-            return;
-        }
-        Err(e) => panic!("python3: {e}"),
-    };
+        .expect("run python3");
     assert!(output.status.success(), "python failed: {}", String::from_utf8_lossy(&output.stderr));
     let results: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(results[0]["status"], 0);
@@ -510,16 +505,16 @@ fn arguments_are_parsed_by_hand_and_bad_ones_refused() {
                 timeout: Duration::from_millis(2500),
                 allow_unsafe: false,
                 frame_timeout: remote_command::DEFAULT_FRAME_TIMEOUT,
-                strategy: Concurrency::Pool,
+                strategy: ThreadPool::new(2).max_workers(256).into(),
             }
         }
     );
     match args(&["server", "--strategy", "event", "--allow", "echo"]).unwrap() {
-        Args::Server { config, .. } => assert_eq!(config.strategy, Concurrency::Event),
+        Args::Server { config, .. } => assert_eq!(config.strategy, Event::new().into()),
         other => panic!("{other:?}"),
     }
-    match args(&["server", "--allow", "echo", "--strategy", "threading"]).unwrap() {
-        Args::Server { config, .. } => assert_eq!(config.strategy, Concurrency::Threading),
+    match args(&["server", "--allow", "echo", "--strategy", "threading(256)"]).unwrap() {
+        Args::Server { config, .. } => assert_eq!(config.strategy, Threading::new().max_threads(256).into()),
         other => panic!("{other:?}"),
     }
     assert_eq!(
@@ -720,7 +715,7 @@ fn a_slow_reader_cannot_stretch_the_time_limit() {
 /// holds a thread (a pool's worker; under the event strategy, the poller
 /// that runs it), yet the threads grow past them and a well-behaved client
 /// is served at once.
-fn clients_that_send_half_a_header_do_not_lock_others_out(strategy: Concurrency) {
+fn clients_that_send_half_a_header_do_not_lock_others_out(strategy: AnyStrategy) {
     let running = start_on(&["echo"], strategy);
     let lockers: Vec<TcpStream> = (0..70)
         .map(|_| {
@@ -750,7 +745,7 @@ on_pool_and_event!(
 
 /// A frame that trickles in a byte at a time (so the idle timeout never
 /// fires) is cut off at its deadline, counted from its first byte.
-fn a_command_frame_must_arrive_within_its_deadline(strategy: Concurrency) {
+fn a_command_frame_must_arrive_within_its_deadline(strategy: AnyStrategy) {
     let deadline = Duration::from_millis(300);
     let cfg = Config { frame_timeout: deadline, strategy, ..config(&["echo"], remote_command::DEFAULT_TIMEOUT) };
     let running = run(remote_command::server("127.0.0.1:0", &cfg).unwrap());
@@ -798,7 +793,7 @@ on_pool_and_event!(
 /// threads stay at its pollers), and each resumes with its next command.
 #[test]
 fn idle_connections_park_under_event_and_resume() {
-    let running = start_on(&["echo"], Concurrency::Event);
+    let running = start_on(&["echo"], Event::new().into());
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) as u64;
     let bound = 2 * cpus + 2;
     let n = 2 * bound + 8;

@@ -5,11 +5,13 @@ use std::io::{self, Write};
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use ipnet::IpNet;
+use socketserver::Transport;
 use socketserver::activation::{self, Inherited, SocketKind};
 use socketserver::proxy::ProxyProtocol;
 use socketserver::servers::{Echo, Strftime};
@@ -17,7 +19,6 @@ use socketserver::transport::{Tcp, Udp, UnixDatagram, UnixStream};
 use socketserver::{
     Address, AnyStrategy, Builder, DatagramRequest, RequestHandler, Server, ServerHandle, StreamRequest,
 };
-use socketserver::{Event, ThreadPool, Threading, Transport};
 
 use crate::restart::SocketFile;
 
@@ -78,27 +79,41 @@ pub struct Listeners {
     unix_dgram: Vec<PathBuf>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum StrategyArg {
-    /// One request at a time, as Python's plain TCPServer: while one client
-    /// is served, every other waits — a client that connects and sends
-    /// nothing holds up all the rest for ever (or until --idle-timeout).
-    Sync,
-    /// A thread per connection or datagram.
-    Threading,
-    /// A pool of worker threads that grows from --workers to --max-workers.
-    Pool,
-    /// Connections parked in epoll between requests (no thread each);
-    /// --workers polling threads (default: one per CPU) run the handlers,
-    /// more while handlers block, up to --max-workers.
-    Event,
+/// `--strategy`, as the library reads a strategy (`AnyStrategy`'s
+/// `FromStr`); forking is not offered.
+#[derive(Clone, Debug)]
+pub struct StrategyArg {
+    strategy: AnyStrategy,
+    /// With parentheses (`pool(4-64)`): taken as written, without the
+    /// command's defaults or its --workers, --max-workers and --queue.
+    written: bool,
+}
+
+impl FromStr for StrategyArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<StrategyArg, String> {
+        let strategy: AnyStrategy = s.parse().map_err(|e: socketserver::ParseStrategyError| e.to_string())?;
+        if let AnyStrategy::Forking(_) = strategy {
+            // Its log writer is a thread, which a forked child has not.
+            return Err(format!("{s:?}: the command does not fork; give sync, threading, pool or event"));
+        }
+        Ok(StrategyArg { strategy, written: s.contains('(') })
+    }
 }
 
 #[derive(Debug, Args)]
 pub struct ServerOptions {
-    /// Concurrency strategy. `event` by default: an idle connection costs
-    /// no thread, and it is the cheapest per request (BENCHMARKS.md).
-    #[arg(long, value_enum, default_value = "event")]
+    /// Concurrency strategy: `event` (the default: an idle connection costs
+    /// no thread, and it is the cheapest per request, BENCHMARKS.md),
+    /// `pool`, `threading` (a thread per connection) or `sync` (one request
+    /// at a time, as Python's plain TCPServer: a client that connects and
+    /// sends nothing holds up all the rest for ever, or until
+    /// --idle-timeout). Or written with its counts and settings as the
+    /// library reads it, e.g. 'pool(4-64 queue=128)', 'event(2-32)',
+    /// 'threading(500)': taken as written, without --workers,
+    /// --max-workers and --queue.
+    #[arg(long, value_name = "STRATEGY", default_value = "event")]
     strategy: StrategyArg,
     /// Threads kept even when idle: pool workers (default: the number of
     /// CPUs, at least 2) or event polling threads (default: one per CPU);
@@ -110,9 +125,10 @@ pub struct ServerOptions {
     /// polling threads while handlers block (default 256).
     #[arg(long, value_name = "N")]
     max_workers: Option<NonZeroUsize>,
-    /// Places in the pool's queue for connections waiting for a worker.
-    #[arg(long, value_name = "N", default_value = "1024")]
-    queue: usize,
+    /// Places in the pool's queue for connections waiting for a worker
+    /// (default 1,024).
+    #[arg(long, value_name = "N")]
+    queue: Option<usize>,
     /// The most connections open at once; at the limit the server stops
     /// accepting until one closes (the kernel backlog holds the rest).
     #[arg(long, value_name = "N")]
@@ -235,12 +251,32 @@ fn thread_ceiling() -> usize {
 impl ServerOptions {
     /// Options that parse but do not make sense together: a usage error.
     pub fn check(&self) -> Result<(), String> {
+        let ceiling = thread_ceiling();
+        if self.strategy.written {
+            let strategy = &self.strategy.strategy;
+            let given = [
+                ("--workers", self.workers.is_some()),
+                ("--max-workers", self.max_workers.is_some()),
+                ("--queue", self.queue.is_some()),
+            ];
+            if let Some((flag, _)) = given.into_iter().find(|&(_, given)| given) {
+                return Err(format!(
+                    "{flag} with --strategy {strategy}: write the counts and settings in the strategy (e.g. pool(4-64 queue=128))"
+                ));
+            }
+            return match strategy.max_threads() {
+                Some(n) if n <= ceiling => Ok(()),
+                Some(n) => Err(format!(
+                    "--strategy {strategy}: {n} threads is more than this system can start (about {ceiling}: vm.max_map_count / 5)"
+                )),
+                None => Err(format!("--strategy {strategy}: give the most threads, e.g. threading(4096)")),
+            };
+        }
         if let Some(w) = self.workers
             && w.get() > self.max_workers()
         {
             return Err(format!("--workers {w} is more than --max-workers {}", self.max_workers()));
         }
-        let ceiling = thread_ceiling();
         if self.max_workers() > ceiling {
             return Err(format!(
                 "--max-workers {} is more threads than this system can start (about {ceiling}: vm.max_map_count / 5)",
@@ -252,28 +288,34 @@ impl ServerOptions {
 
     /// `--max-workers`, or the strategy's default.
     fn max_workers(&self) -> usize {
-        let default = if self.strategy == StrategyArg::Event { 256 } else { 4096 };
+        let default = if matches!(self.strategy.strategy, AnyStrategy::Event(_)) { 256 } else { 4096 };
         self.max_workers.map_or(default, NonZeroUsize::get)
     }
 
+    /// `--strategy` as written, or a plain name with --workers,
+    /// --max-workers and --queue or their defaults.
     fn strategy(&self) -> AnyStrategy {
-        match self.strategy {
-            StrategyArg::Sync => AnyStrategy::Synchronous(socketserver::Synchronous),
-            StrategyArg::Threading => Threading::new().max_threads(self.max_workers()).into(),
-            StrategyArg::Pool => {
-                let mut pool = ThreadPool::default().max_workers(self.max_workers()).queue(self.queue);
-                if let Some(n) = self.workers {
-                    pool = pool.workers(n.get());
+        let StrategyArg { strategy, written } = self.strategy.clone();
+        if written {
+            return strategy;
+        }
+        match strategy {
+            AnyStrategy::Threading(t) => t.max_threads(self.max_workers()).into(),
+            AnyStrategy::ThreadPool(p) => {
+                let pool = p.max_workers(self.max_workers()).queue(self.queue.unwrap_or(1024));
+                match self.workers {
+                    Some(n) => pool.workers(n.get()).into(),
+                    None => pool.into(),
                 }
-                pool.into()
             }
-            StrategyArg::Event => {
-                let mut event = Event::new().max_workers(self.max_workers());
-                if let Some(n) = self.workers {
-                    event = event.pollers(n.get());
+            AnyStrategy::Event(e) => {
+                let event = e.max_workers(self.max_workers());
+                match self.workers {
+                    Some(n) => event.pollers(n.get()).into(),
+                    None => event.into(),
                 }
-                event.into()
             }
+            other => other,
         }
     }
 

@@ -10,7 +10,8 @@
 //! and only then execs the program, in its own process (same pid): the
 //! tests make that first contact themselves. It cannot bind port 0, so a
 //! port free a moment before is used, and another one tried if it was
-//! taken in between.
+//! taken in between. Without it on `PATH` the tests that need it print a
+//! `skipped:` line (see `util::tools`).
 
 mod util;
 
@@ -22,23 +23,20 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use util::process::*;
+use util::tools::require_tool;
 use util::{TIMEOUT, connect};
 
 const ACTIVATE: &str = "systemd-socket-activate";
 
 /// Runs `systemd-socket-activate -l ADDR... OPTS socketserver SERVER` and
 /// waits until it listens on every `ADDR` (`listen()` picks them afresh
-/// for each try); returns it and the addresses.
-fn activate(listen: impl Fn() -> Vec<String>, opts: &[&str], server: &[&str]) -> (Proc, Vec<String>) {
-    if let Err(e) = Command::new(ACTIVATE).arg("--version").output() {
-        panic!(
-            "cannot run {ACTIVATE} ({e}): the socket-activation tests need it \
-             (Debian: apt-get install systemd)"
-        );
-    }
+/// for each try); returns it and the addresses. `None` if it is not
+/// installed: the test is skipped (see `util::tools`).
+fn activate(listen: impl Fn() -> Vec<String>, opts: &[&str], server: &[&str]) -> Option<(Proc, Vec<String>)> {
+    let launcher = require_tool(ACTIVATE, "systemd")?;
     for _ in 0..5 {
         let addrs = listen();
-        let mut cmd = Command::new(ACTIVATE);
+        let mut cmd = Command::new(&launcher);
         for a in &addrs {
             cmd.arg("-l").arg(a);
         }
@@ -48,7 +46,7 @@ fn activate(listen: impl Fn() -> Vec<String>, opts: &[&str], server: &[&str]) ->
         loop {
             let stderr = proc.stderr_text();
             if addrs.iter().all(|a| stderr.contains(&format!("Listening on {a} as "))) {
-                return (proc, addrs);
+                return Some((proc, addrs));
             }
             if proc.try_status().is_some() {
                 assert!(stderr.contains("Address already in use"), "{ACTIVATE} failed: {stderr}");
@@ -82,7 +80,7 @@ fn stream_sockets_handed_over_are_served_and_nothing_else_is_bound() {
     let dir = TempDir::new("activate-stream");
     let path = dir.join("x.sock");
     let listen = || vec![format!("127.0.0.1:{}", free_port(false)), path_text(&path)];
-    let (mut server, addrs) = activate(listen, &["--fdname=a:b"], &["echo"]);
+    let Some((mut server, addrs)) = activate(listen, &["--fdname=a:b"], &["echo"]) else { return };
     let tcp: SocketAddr = addrs[0].parse().unwrap();
 
     let mut first = connect(tcp); // the first contact: the server starts
@@ -113,7 +111,7 @@ fn datagram_sockets_handed_over_are_served() {
     let dir = TempDir::new("activate-dgram");
     let path = dir.join("d.sock");
     let listen = || vec![format!("127.0.0.1:{}", free_port(true)), path_text(&path)];
-    let (mut server, addrs) = activate(listen, &["--datagram"], &["echo"]);
+    let Some((mut server, addrs)) = activate(listen, &["--datagram"], &["echo"]) else { return };
     let udp_addr: SocketAddr = addrs[0].parse().unwrap();
 
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -145,7 +143,9 @@ fn datagram_sockets_handed_over_are_served() {
 #[test]
 fn a_flag_takes_the_descriptor_named_after_it() {
     let listen = || vec![format!("127.0.0.1:{}", free_port(false))];
-    let (mut server, addrs) = activate(listen, &["--fdname=tcp.0"], &["echo", "--tcp", "127.0.0.1:0"]);
+    let Some((mut server, addrs)) = activate(listen, &["--fdname=tcp.0"], &["echo", "--tcp", "127.0.0.1:0"]) else {
+        return;
+    };
     let tcp: SocketAddr = addrs[0].parse().unwrap();
     let mut c = connect(tcp);
     assert_eq!(round_trip(&mut c, b"named"), b"named");
@@ -168,7 +168,9 @@ fn a_socket_file_systemd_hands_over_stays_across_a_restart_and_a_stop() {
     let dir = TempDir::new("activate-unix-flag");
     let path = dir.join("flag.sock");
     let listen = || vec![path_text(&path)];
-    let (mut server, _) = activate(listen, &["--fdname=unix.0"], &["echo", "--unix", &path_text(&path)]);
+    let Some((mut server, _)) = activate(listen, &["--fdname=unix.0"], &["echo", "--unix", &path_text(&path)]) else {
+        return;
+    };
     let mut first = UnixStream::connect(&path).unwrap(); // the server starts
     first.set_read_timeout(Some(TIMEOUT)).unwrap();
     assert_eq!(round_trip(&mut first, b"first"), b"first");
@@ -195,7 +197,11 @@ fn a_socket_file_systemd_hands_over_stays_across_a_restart_and_a_stop() {
 #[test]
 fn a_descriptor_of_the_wrong_kind_is_an_error_naming_it() {
     let listen = || vec![format!("127.0.0.1:{}", free_port(true))];
-    let (mut server, addrs) = activate(listen, &["--datagram", "--fdname=tcp.0"], &["echo", "--tcp", "127.0.0.1:0"]);
+    let Some((mut server, addrs)) =
+        activate(listen, &["--datagram", "--fdname=tcp.0"], &["echo", "--tcp", "127.0.0.1:0"])
+    else {
+        return;
+    };
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
     udp.send_to(b"start", addrs[0].as_str()).unwrap(); // the server starts
     assert_eq!(server.exit_code(TIMEOUT), 1, "{}", server.stderr_text());

@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+mod util;
+
 const BIN: &str = env!("CARGO_BIN_EXE_socketserver");
 
 /// How long anything that should happen may take before the test fails.
@@ -730,6 +732,39 @@ fn strategy_pool_echoes() {
     strategy_echoes(&["--strategy", "pool", "--workers", "2", "--max-workers", "8", "--queue", "4"], true);
 }
 
+/// A strategy written with its counts, as the library reads it, is taken
+/// as written: `pool(1 queue=4)` has one worker, so a second connection
+/// waits until the first closes (a plain `pool` grows to 4,096 workers).
+#[test]
+fn strategy_written_with_counts_is_taken_as_written() {
+    strategy_echoes(&["--strategy", "event(1-4)"], true);
+    let mut server = Server::start(&["echo", "--tcp", "127.0.0.1:0", "--strategy", "pool(1 queue=4)"]);
+    let mut first = tcp_connect(server.tcp());
+    assert_eq!(round_trip(&mut first, b"first"), b"first");
+    let mut second = tcp_connect(server.tcp());
+    second.write_all(b"second").unwrap();
+    second.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let waited = second.read(&mut [0u8; 16]);
+    assert!(waited.is_err(), "a second worker answered: {waited:?}");
+    drop(first);
+    second.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut back = [0u8; 6];
+    second.read_exact(&mut back).expect("the echo once the worker is free");
+    assert_eq!(&back, b"second");
+    drop(second);
+    server.stop_cleanly(libc::SIGINT, TIMEOUT);
+}
+
+/// A bad --strategy is clap's usage error, naming the value and listing
+/// what a strategy may be.
+#[test]
+fn a_bad_strategy_names_itself_and_lists_the_choices() {
+    let out = run(&["echo", "--strategy", "pool(4-64"], b"");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(out.stderr.contains(r#""pool(4-64" is not a strategy: no `)` at its end"#), "{}", out.stderr);
+    assert!(out.stderr.contains("sync, threading, threading(N), pool, pool(N), pool(N-M)"), "{}", out.stderr);
+}
+
 #[test]
 fn no_strategy_flag_echoes_concurrently() {
     strategy_echoes(&["--grace", "1", "--log-level", "warn"], true);
@@ -1237,6 +1272,16 @@ fn bad_usage_is_a_clap_error_with_exit_2() {
         &["time", "--workers", "100000"],
         &["echo", "--max-workers", "100000000"],
         &["time", "--strategy", "threading", "--max-workers", "100000000"],
+        // Not offered by the command, or not a strategy.
+        &["echo", "--strategy", "forking"],
+        &["echo", "--strategy", "pool(0)"],
+        // Written with its counts: taken as written, without the flags
+        // for them; and bounded as they are.
+        &["echo", "--strategy", "pool(2-8)", "--workers", "2"],
+        &["echo", "--strategy", "event(2-8)", "--max-workers", "4"],
+        &["echo", "--strategy", "pool(2)", "--queue", "4"],
+        &["time", "--strategy", "pool(1-100000000)"],
+        &["echo", "--strategy", "threading(stack=1M)"],
         &["client"],
         &["client", "--tcp", "127.0.0.1:1", "--udp", "127.0.0.1:1"],
         &["client", "--tcp", "127.0.0.1:1", "--unix", "/tmp/x.sock"],
@@ -1569,12 +1614,12 @@ struct PythonStrftime {
 }
 
 impl PythonStrftime {
-    /// `None` if there is no python3.
-    fn start(tz: &str, formats: &[&str]) -> Option<PythonStrftime> {
+    /// Started from `python3`, its path.
+    fn start(python3: &Path, tz: &str, formats: &[&str]) -> PythonStrftime {
         let script = "import json, sys, time\n\
                       for _ in sys.stdin:\n    \
                       print(json.dumps([time.strftime(f) for f in sys.argv[1:]]), flush=True)\n";
-        let mut child = Command::new("python3")
+        let mut child = Command::new(python3)
             .arg("-c")
             .arg(script)
             .args(formats)
@@ -1583,10 +1628,10 @@ impl PythonStrftime {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .ok()?;
+            .expect("start python3");
         let input = child.stdin.take().unwrap();
         let output = BufReader::new(child.stdout.take().unwrap());
-        Some(PythonStrftime { child, input, output })
+        PythonStrftime { child, input, output }
     }
 
     fn render(&mut self) -> Vec<String> {
@@ -1609,10 +1654,11 @@ impl Drop for PythonStrftime {
 /// if both agree, the server must agree with them; if they differ (the
 /// clock crossed a boundary meanwhile), try again.
 fn compare_with_python(tz: &str, formats: &[&str], what: &str, mut ask: impl FnMut(&str) -> String) {
-    let Some(mut python) = PythonStrftime::start(tz, formats) else {
-        eprintln!("skipped the comparison with Python ({what}): no python3");
-        return;
-    };
+    // Looked up once per test (each runs on a thread of its own): one
+    // `skipped:` line for a test whose comparisons all need python3.
+    thread_local!(static PYTHON3: Option<PathBuf> = util::tools::require_tool("python3", "python3"));
+    let Some(python3) = PYTHON3.with(Clone::clone) else { return };
+    let mut python = PythonStrftime::start(&python3, tz, formats);
     for _attempt in 0..20 {
         let before = python.render();
         let ours: Vec<String> = formats.iter().map(|f| ask(f)).collect();

@@ -4,6 +4,7 @@
 mod executor;
 mod forking;
 mod pool;
+mod text;
 mod threading;
 
 use std::fmt;
@@ -11,11 +12,19 @@ use std::num::NonZeroUsize;
 use std::time::Duration;
 
 pub(crate) use executor::{Executor, spawn};
+pub use text::ParseStrategyError;
 
 /// The default stack of a worker or request thread: enough for ordinary
 /// handlers, small enough that thousands of idle connections stay cheap.
 /// Only the pages a thread touches count towards RSS.
 pub const DEFAULT_STACK_SIZE: usize = 512 * 1024;
+
+/// A pool's queue, unless set.
+const DEFAULT_QUEUE: usize = 256;
+/// How long a surplus pool or event thread waits for work, unless set.
+const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// The most children of a forking server, unless set (Python's 40).
+const DEFAULT_MAX_CHILDREN: usize = 40;
 
 mod sealed {
     pub trait Sealed {
@@ -116,9 +125,9 @@ impl Default for ThreadPool {
         ThreadPool {
             min: cpus,
             max: 256.max(cpus),
-            queue: 256,
+            queue: DEFAULT_QUEUE,
             overflow: Overflow::Block,
-            keep_alive: Duration::from_secs(10),
+            keep_alive: DEFAULT_KEEP_ALIVE,
             stack_size: DEFAULT_STACK_SIZE,
         }
     }
@@ -194,7 +203,7 @@ pub struct Forking {
 
 impl Default for Forking {
     fn default() -> Self {
-        Forking { max_children: 40 }
+        Forking { max_children: DEFAULT_MAX_CHILDREN }
     }
 }
 
@@ -298,7 +307,7 @@ impl Default for Event {
         Event {
             pollers: cpus,
             max_workers: 256.max(cpus),
-            keep_alive: Duration::from_secs(10),
+            keep_alive: DEFAULT_KEEP_ALIVE,
             stack_size: DEFAULT_STACK_SIZE,
         }
     }
@@ -350,7 +359,41 @@ impl Event {
     }
 }
 
-/// A strategy chosen at run time, e.g. from a command-line flag.
+/// A strategy chosen at run time, e.g. from a command-line flag: it is read
+/// from text with [`FromStr`](std::str::FromStr) (`"pool(4-64)".parse()`)
+/// and written as text with `Display`, each the inverse of the other.
+///
+/// | text | strategy |
+/// |---|---|
+/// | `sync` or `synchronous` | [`Synchronous`] |
+/// | `threading` | [`Threading::new()`]: a thread per request, no cap |
+/// | `threading(N)` | at most N threads at once ([`Threading::max_threads`]) |
+/// | `pool` | [`ThreadPool::default()`]: a worker per CPU (at least 2), growing to 256 |
+/// | `pool(N)`, `pool(N-M)` | N workers ([`ThreadPool::new`]), or N growing to M |
+/// | `forking`, `forking(N)` | [`Forking`]: at most 40 children, or N |
+/// | `event` | [`Event::new()`]: a polling thread per CPU, up to 256 threads |
+/// | `event(N)`, `event(N-M)` | N polling threads, at most N threads or M |
+///
+/// The other settings follow the count inside the parentheses, apart by
+/// spaces: `queue=N` and `overflow=block` or `reject` (pool), `keep-alive=`
+/// a whole number of `s`, `ms`, `us` or `ns` (pool, event), `stack=` bytes
+/// or `K`, `M`, `G` (threading, pool, event); e.g. `pool(4-64 queue=128
+/// overflow=reject)`, `threading(stack=1M)`. Counts are at least 1.
+/// `Display` writes the counts of a pool, forking and event strategy, and
+/// every other setting that is not the default: `pool` reads back as
+/// `pool(2-256)` on a machine of 2 CPUs. Any other text is a
+/// [`ParseStrategyError`] that names it and lists the choices.
+///
+/// ```
+/// use socketserver::{AnyStrategy, ThreadPool};
+///
+/// let strategy: AnyStrategy = "pool(4-64 queue=128)".parse()?;
+/// assert_eq!(strategy, ThreadPool::new(4).max_workers(64).queue(128).into());
+/// assert_eq!(strategy.to_string(), "pool(4-64 queue=128)");
+/// let bad = "pool(0)".parse::<AnyStrategy>().unwrap_err().to_string();
+/// assert!(bad.starts_with(r#""pool(0)" is not a strategy: "#) && bad.contains("event(N-M)"), "{bad}");
+/// # Ok::<(), socketserver::ParseStrategyError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AnyStrategy {
     /// See [`Synchronous`].
@@ -372,6 +415,28 @@ impl Default for AnyStrategy {
 }
 
 impl AnyStrategy {
+    /// The most threads the strategy runs handlers on at once: 1 for
+    /// [`Synchronous`] (the serving thread), the cap of [`Threading`], the
+    /// `max_workers` of a [`ThreadPool`] or of [`Event`]; `None` when
+    /// nothing bounds them ([`Threading`] without a cap) or handlers run in
+    /// processes ([`Forking`]). For checking a strategy read from text
+    /// against what the system can start, say.
+    ///
+    /// ```
+    /// let strategy: socketserver::AnyStrategy = "pool(4-64)".parse()?;
+    /// assert_eq!(strategy.max_threads(), Some(64));
+    /// # Ok::<(), socketserver::ParseStrategyError>(())
+    /// ```
+    pub fn max_threads(&self) -> Option<usize> {
+        match self {
+            AnyStrategy::Synchronous(_) => Some(1),
+            AnyStrategy::Threading(t) => t.max_threads,
+            AnyStrategy::ThreadPool(p) => Some(p.max),
+            AnyStrategy::Forking(_) => None,
+            AnyStrategy::Event(e) => Some(e.max_workers),
+        }
+    }
+
     /// Settings that cannot work: a count of 0 where one is needed.
     pub(crate) fn check(&self) -> std::io::Result<()> {
         let zero = |what: &str| Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_string()));
@@ -391,18 +456,6 @@ impl AnyStrategy {
             AnyStrategy::Event(e) if e.max_workers == 0 => zero("Event::max_workers(0): at least one thread is needed"),
             AnyStrategy::Event(e) if e.pollers == 0 => zero("Event::pollers(0): at least one polling thread is needed"),
             _ => Ok(()),
-        }
-    }
-}
-
-impl fmt::Display for AnyStrategy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AnyStrategy::Synchronous(_) => f.write_str("sync"),
-            AnyStrategy::Threading(_) => f.write_str("threading"),
-            AnyStrategy::ThreadPool(p) => write!(f, "pool({}-{})", p.min, p.max),
-            AnyStrategy::Forking(_) => f.write_str("forking"),
-            AnyStrategy::Event(e) => write!(f, "event({}-{})", e.pollers, e.max_workers),
         }
     }
 }

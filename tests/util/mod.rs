@@ -2,6 +2,8 @@
 //! to it, and handlers that echo.
 #![allow(dead_code)]
 
+pub mod tools;
+
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::net::{UnixDatagram, UnixStream};

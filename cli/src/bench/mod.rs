@@ -68,8 +68,10 @@ pub struct BenchArgs {
     /// A datagram not back within this long counts as lost (and is sent again).
     #[arg(long, value_name = "SECS", default_value = "0.2", value_parser = parse_secs)]
     timeout: Duration,
-    /// With --spawn: strategies to compare (sync, threading, pool, pool:N, event).
-    #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "sync,threading,pool:2,pool:16,pool")]
+    /// With --spawn: strategies to compare, as the library reads them (sync,
+    /// threading, pool, pool(N), pool(N-M), event, event(N-M)...; a plain
+    /// pool grows to 4,096 workers).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "sync,threading,pool(2),pool(16),pool")]
     strategies: Vec<StrategyChoice>,
     /// With --spawn: handler workloads (echo, sleep:MS, cpu:MS, mixed:MS:
     /// sleep only for the requests --slow-every makes slow).

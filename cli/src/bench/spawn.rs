@@ -2,12 +2,11 @@
 
 use std::io::{self, BufRead, Write};
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
 use std::str::FromStr;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use socketserver::{AnyStrategy, DatagramRequest, RequestHandler, ServerHandle, StreamRequest, ThreadPool, Threading};
+use socketserver::{AnyStrategy, DatagramRequest, RequestHandler, ServerHandle, StreamRequest};
 use socketserver::{TcpServer, UdpServer};
 
 /// What the handler does before it echoes.
@@ -86,19 +85,14 @@ pub struct StrategyChoice {
 
 impl FromStr for StrategyChoice {
     type Err = String;
-    /// `sync`, `threading`, `pool` (growing from the CPU count), `pool:N`
-    /// (exactly N workers) or `event` (a polling thread per CPU).
+    /// A strategy as the library reads it (`sync`, `threading`, `pool`,
+    /// `pool(16)`, `event(2-32)`...), forking aside. A plain `pool` grows
+    /// to 4,096 workers, as the command's: each connection holds one.
     fn from_str(s: &str) -> Result<Self, String> {
-        let strategy: AnyStrategy = match s.split_once(':') {
-            None if s == "sync" => socketserver::Synchronous.into(),
-            None if s == "threading" => Threading::new().into(),
-            None if s == "pool" => ThreadPool::default().max_workers(4096).into(),
-            None if s == "event" => socketserver::Event::new().into(),
-            Some(("pool", n)) => {
-                let n: NonZeroUsize = n.parse().map_err(|_| format!("`{n}` is not a worker count"))?;
-                ThreadPool::new(n.get()).into()
-            }
-            _ => return Err(format!("`{s}`: expected sync, threading, pool, pool:N or event")),
+        let strategy = match s.parse().map_err(|e: socketserver::ParseStrategyError| e.to_string())? {
+            AnyStrategy::Forking(_) => return Err(format!("{s:?}: the benchmark does not fork")),
+            AnyStrategy::ThreadPool(p) if s == "pool" => p.max_workers(4096).into(),
+            other => other,
         };
         Ok(StrategyChoice { label: s.to_string(), strategy })
     }
@@ -172,6 +166,21 @@ mod tests {
         }
         assert!("mixed".parse::<Workload>().is_err());
         assert!("mixed:x".parse::<Workload>().is_err());
+    }
+
+    /// As the library reads a strategy, but a plain pool grows to 4,096
+    /// workers, and forking is refused.
+    #[test]
+    fn strategies_are_read_as_the_library_reads_them() {
+        let read = |s: &str| s.parse::<StrategyChoice>().map(|c| (c.label, c.strategy));
+        let pool16 = socketserver::ThreadPool::new(16).into();
+        assert_eq!(read("pool(16)").unwrap(), ("pool(16)".to_string(), pool16));
+        assert_eq!(read("event").unwrap().1, socketserver::Event::new().into());
+        assert_eq!(read("pool").unwrap().1.max_threads(), Some(4096));
+        assert_eq!(read("pool(2-8)").unwrap().1.max_threads(), Some(8));
+        assert!(read("forking").unwrap_err().contains("does not fork"));
+        let e = read("pool:16").unwrap_err();
+        assert!(e.starts_with("\"pool:16\" is not a strategy") && e.contains("pool(N-M)"), "{e}");
     }
 
     /// A mixed load: every 4th request of a client is slow, the server

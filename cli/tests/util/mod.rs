@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod process;
+#[path = "../../../tests/util/tools.rs"]
+pub mod tools;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
