@@ -745,7 +745,6 @@ pub fn server(addr: &str, config: &Config) -> io::Result<Server<Tcp, AnyStrategy
     let service = FileService::new(config)?;
     TcpServer::builder()
         .strategy(config.strategy.clone())
-        .nodelay(true)
         .idle_timeout(IDLE_TIMEOUT)
         .write_timeout(WRITE_TIMEOUT)
         .bind(addr, service)

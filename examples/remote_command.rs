@@ -430,7 +430,6 @@ pub fn server(addr: &str, config: &Config) -> io::Result<Server<Tcp, AnyStrategy
     let handler = RemoteCommand::new(config)?;
     TcpServer::builder()
         .strategy(config.strategy.clone())
-        .nodelay(true)
         .idle_timeout(IDLE_TIMEOUT)
         .write_timeout(WRITE_TIMEOUT)
         .bind(addr, handler)
