@@ -144,13 +144,18 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
         self
     }
 
-    /// The largest reply a datagram handler may send that is larger than
-    /// its request (default 1,400 bytes, about one Ethernet MTU). A UDP
-    /// request's sender address can be forged: a server whose answer is far
-    /// larger than the question lets anyone aim its answers at a third party
-    /// (amplification). [`DatagramRequest::reply`](crate::DatagramRequest::reply)
-    /// refuses more than `max(request size, bytes)`. Raise it for clients
-    /// you trust.
+    /// Lets datagram replies of up to `bytes` go out whatever their request
+    /// (default 0: none beyond the amplification bound). A UDP request's
+    /// sender address can be forged: a server whose answer is far larger
+    /// than the question lets anyone aim its answers at a third party
+    /// (amplification). So by default
+    /// [`DatagramRequest::reply`](crate::DatagramRequest::reply) refuses a
+    /// reply whose size on the wire (IP and UDP headers included) is more
+    /// than 3 times its request's, as QUIC bounds what it sends to an
+    /// address it has not validated (RFC 9000 §8.1): for a 4-byte request
+    /// over IPv4, 68 bytes of payload. Set this for clients you trust, on a
+    /// network where sources cannot be forged; the limit is then the larger
+    /// of the two ([`DatagramRequest::max_reply`](crate::DatagramRequest::max_reply)).
     pub fn max_datagram_reply(mut self, bytes: usize) -> Self {
         self.opts.max_datagram_reply = bytes;
         self

@@ -12,10 +12,6 @@ use crate::request::timeouts::TimeoutPolicy;
 /// datagram socket) is still waited on for a request that raced the signal.
 pub(crate) const DEFAULT_DRAIN_WINDOW: Duration = Duration::from_millis(100);
 
-/// The largest datagram reply that may be larger than its request: about
-/// one Ethernet MTU's worth of UDP payload.
-pub(crate) const DEFAULT_MAX_DATAGRAM_REPLY: usize = 1400;
-
 #[derive(Clone, Debug)]
 pub(crate) struct Options {
     pub(crate) reuse_address: Option<bool>,
@@ -28,6 +24,8 @@ pub(crate) struct Options {
     pub(crate) idle_timeout: Option<Duration>,
     /// `None`: the transport's own limit (see `Builder::max_datagram_size`).
     pub(crate) max_datagram_size: Option<usize>,
+    /// Replies up to this many bytes whatever their request (0: only the
+    /// amplification bound; see `DatagramRequest::max_reply`).
     pub(crate) max_datagram_reply: usize,
     pub(crate) max_connections: Option<usize>,
     pub(crate) timeout: Option<Duration>,
@@ -51,7 +49,7 @@ impl Default for Options {
             write_timeout: None,
             idle_timeout: None,
             max_datagram_size: None,
-            max_datagram_reply: DEFAULT_MAX_DATAGRAM_REPLY,
+            max_datagram_reply: 0,
             max_connections: None,
             timeout: None,
             grace: Duration::from_secs(5),
