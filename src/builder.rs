@@ -113,7 +113,9 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
     }
 
     /// A write that waits longer (a peer that does not read) fails with
-    /// `ErrorKind::TimedOut`. Default none.
+    /// `ErrorKind::TimedOut`, "write to PEER timed out after T" — through
+    /// the request, or straight to its [`Stream`](crate::Stream). Default
+    /// none.
     pub fn write_timeout(mut self, t: Duration) -> Self {
         self.opts.write_timeout = Some(t).filter(|t| !t.is_zero());
         self

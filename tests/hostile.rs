@@ -5,7 +5,7 @@
 
 mod util;
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};
@@ -464,4 +464,75 @@ fn unix_datagram_replies_are_not_bounded_by_their_request() {
     let n = client.recv(&mut buf).unwrap();
     assert_eq!(n, 2000, "{}", String::from_utf8_lossy(&buf[..n]));
     unix.stop().unwrap();
+}
+
+/// A client that sends without pause and never reads, until `stop`.
+fn flood_without_reading(
+    to: std::net::SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let c = tcp_connect(to);
+    socket2::SockRef::from(&c).set_recv_buffer_size(4096).unwrap();
+    c.set_write_timeout(Some(Duration::from_millis(20))).unwrap();
+    std::thread::spawn(move || {
+        let chunk = vec![b'z'; 64 * 1024];
+        let mut c = c;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            match c.write(&chunk) {
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                Err(_) => return,
+            }
+        }
+    })
+}
+
+/// A write timeout's expiry is a timeout: `TimedOut`, "write to PEER timed
+/// out after 200ms" — for the bundled echo under each strategy (it said
+/// "write to PEER timed out", without the time), and for a handler that
+/// writes straight to the socket `fill_buf_and_stream` gives it (its
+/// error was `WouldBlock`, logged as "operation would block").
+#[test]
+fn a_write_timeout_expiry_is_reported_as_a_timeout() {
+    let echo: [(&str, AnyStrategy); 3] = [
+        ("sync", socketserver::Synchronous.into()),
+        ("pool", ThreadPool::new(2).into()),
+        ("event", socketserver::Event::new().pollers(1).into()),
+    ];
+    let straight = |req: &mut StreamRequest| loop {
+        let (data, mut stream) = req.fill_buf_and_stream()?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let n = data.len();
+        stream.write_all(&data[..n])?;
+        req.consume(n);
+    };
+    let cases = echo.into_iter().map(|(name, s)| (name, s, None)).chain([(
+        "fill_buf_and_stream",
+        ThreadPool::new(2).into(),
+        Some(straight),
+    )]);
+    for (name, strategy, handler) in cases {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx = Mutex::new(tx);
+        let builder = TcpServer::builder()
+            .strategy(strategy)
+            .write_timeout(Duration::from_millis(200))
+            .handle_error(move |_, _, e| tx.lock().unwrap().send((e.kind(), e.to_string())).unwrap());
+        let server = match handler {
+            None => builder.bind("127.0.0.1:0", Echo).unwrap(),
+            Some(h) => builder.bind("127.0.0.1:0", h).unwrap(),
+        };
+        let running = run(server);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let client = flood_without_reading(running.inet(), Arc::clone(&stop));
+        let (kind, text) = rx.recv_timeout(TIMEOUT).expect("the write's timeout, reported");
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        client.join().unwrap();
+        assert_eq!(kind, io::ErrorKind::TimedOut, "{name}: {text}");
+        assert!(text.starts_with("write to 127.0.0.1:") && text.ends_with(" timed out after 200ms"), "{name}: {text}");
+        assert_eq!(running.handle.stats().idle_closed, 0, "{name}");
+        running.stop().unwrap();
+    }
 }
