@@ -245,15 +245,17 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
     /// request (a connection that could not be configured, an oversized
     /// datagram, a thread that could not be started) and under `Forking`,
     /// where the request lives in the child process. The default logs
-    /// through `log` at error level. The server keeps serving either way.
+    /// through `log` at error level, the error's text
+    /// [escaped](crate::Escaped) (it may hold what the peer sent). The
+    /// server keeps serving either way.
     ///
     /// ```no_run
-    /// use socketserver::{StreamRequest, TcpServer};
+    /// use socketserver::{Escaped, StreamRequest, TcpServer};
     /// use std::io::Write;
     ///
     /// let server = TcpServer::builder()
     ///     .handle_error(|req, peer, err| {
-    ///         log::warn!("{peer}: {err}");
+    ///         log::warn!("{peer}: {}", Escaped::text(&err.to_string()));
     ///         if let Some(req) = req {
     ///             let _ = writeln!(req, "error: {err}");
     ///         }

@@ -219,6 +219,7 @@
 pub mod activation;
 mod builder;
 mod error;
+mod escaped;
 pub mod framing;
 mod handle;
 mod handler;
@@ -239,6 +240,7 @@ pub mod transport;
 
 pub use crate::builder::Builder;
 pub use crate::error::ContextError;
+pub use crate::escaped::Escaped;
 pub use crate::handle::ServerHandle;
 pub use crate::handler::RequestHandler;
 pub use crate::loops::Handled;

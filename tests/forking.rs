@@ -247,3 +247,31 @@ fn the_parent_keeps_one_reaper_whatever_the_number_of_children() {
     assert_eq!(children(), Vec::<String>::new());
     server.stop().unwrap();
 }
+
+/// A child's errors reach the parent whole, one line each on the pipe: a
+/// line break in one is escaped (it was replaced by a space), so the
+/// parent's log shows it as the other strategies do.
+#[test]
+fn a_childs_error_with_a_line_break_is_logged_escaped() {
+    let _serial = serial();
+    let logger = logger();
+    log::set_max_level(log::LevelFilter::Error);
+    let server = TcpServer::builder()
+        .strategy(Forking::new())
+        .bind("127.0.0.1:0", |_: &mut StreamRequest| Err(io::Error::other("first\n[ERROR] forged\r\x1b[2K")))
+        .unwrap();
+    let handle = server.handle();
+    let c = tcp_connect(server.server_address().as_inet().unwrap());
+    let server = run(server);
+    let deadline = Instant::now() + TIMEOUT;
+    while handle.stats().completed < 1 {
+        assert!(Instant::now() < deadline, "the child never ended");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let lines = logger.lines.lock().unwrap().clone();
+    let ours: Vec<_> = lines.iter().filter(|l| l.contains("forged")).collect();
+    assert_eq!(ours.len(), 1, "{lines:?}");
+    assert!(ours[0].ends_with(r"first\n[ERROR] forged\r\x1b[2K"), "{ours:?}");
+    drop(c);
+    server.stop().unwrap();
+}

@@ -536,3 +536,39 @@ fn a_write_timeout_expiry_is_reported_as_a_timeout() {
         running.stop().unwrap();
     }
 }
+
+/// What a peer sent reaches the log as one line, its control characters
+/// escaped: a handler's error that holds the peer's line (CR, ESC and a
+/// line break forging a second record), and a Unix datagram client whose
+/// socket path holds a line break (the default `handle_error` logs both).
+#[test]
+fn peer_text_in_log_lines_is_escaped() {
+    capture_logs();
+    let server = TcpServer::builder()
+        .bind("127.0.0.1:0", |req: &mut StreamRequest| {
+            let line = req.next_line()?.unwrap_or_default();
+            Err(io::Error::other(format!("unknown command {line}")))
+        })
+        .unwrap();
+    let mut c = tcp_connect(server.server_address().as_inet().unwrap());
+    c.write_all(b"hello\r\x1b[2Kfine\x0b[2026-01-01 ERROR] forged\xc2\x85x\n").unwrap();
+    server.handle_request().unwrap();
+    let logged = logged_containing("unknown command hello");
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert!(
+        logged[0].ends_with(r"unknown command hello\r\x1b[2Kfine\x0b[2026-01-01 ERROR] forged\u{85}x"),
+        "{logged:?}"
+    );
+    assert!(!logged[0].chars().any(char::is_control), "{logged:?}");
+
+    let dir = TempDir::new("hostile-escaped");
+    let path = dir.join("s.sock");
+    let server =
+        UnixDatagramServer::bind(&path, |_: &mut DatagramRequest| Err(io::Error::other("failed for a path"))).unwrap();
+    let client = unix_dgram_client(&dir, "c\n[ERROR] forged.sock");
+    client.send_to(b"x", &path).unwrap();
+    server.handle_request().unwrap();
+    let logged = logged_containing("failed for a path");
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert!(logged[0].contains(r"c\n[ERROR] forged.sock: failed for a path"), "{logged:?}");
+}
