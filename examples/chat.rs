@@ -24,8 +24,10 @@
 //! UDP protocol, one text datagram each way:
 //! * `/name alice` — be known as `alice` (answer `ok: you are alice`);
 //! * `@bob hello` — the server sends `alice: hello` to bob;
-//! * `/who` — the names online (as many as fit in one reply of about one
-//!   MTU, then how many more: a tiny request never draws a large answer);
+//! * `/who` — the names online: as many as fit in one reply, then how many
+//!   more. A reply may take at most 3 times its request's bytes on the wire
+//!   (`DatagramRequest::max_reply`): a tiny request never draws a large
+//!   answer at a forged address; `/who` followed by spaces draws more.
 //! * `/ping` — still here (answer `ok: pong`); the client sends it every
 //!   30 s;
 //! * `/quit` — forget my name (answer `ok: bye`); the client sends it when
@@ -264,7 +266,8 @@ impl UdpChat {
         if text == "/ping" {
             return Ok("ok: pong".to_string());
         }
-        if text == "/who" {
+        // Padded with spaces, a request may draw a longer list.
+        if text.trim_end() == "/who" {
             registry.expire(now, self.limits.expire_after);
             let mut names: Vec<_> = registry.users.values().map(|u| u.name.clone()).collect();
             names.sort();
@@ -315,10 +318,17 @@ fn who_line(names: &[String], budget: usize) -> String {
 
 impl RequestHandler<DatagramRequest> for UdpChat {
     fn handle(&self, req: &mut DatagramRequest) -> io::Result<()> {
-        let answer = match std::str::from_utf8(req.data()) {
+        let mut answer = match std::str::from_utf8(req.data()) {
             Ok(text) => self.answer(&req.peer_addr().clone(), text, req)?,
             Err(_) => "error: messages are UTF-8 text".to_string(),
         };
+        // Within the amplification bound, even for an empty datagram (56
+        // bytes may answer it over IPv4: the usage line is cut).
+        let mut end = answer.len().min(req.max_reply());
+        while !answer.is_char_boundary(end) {
+            end -= 1;
+        }
+        answer.truncate(end);
         req.reply(answer.as_bytes())
     }
 }

@@ -123,7 +123,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use socket2::SockRef;
 use socketserver::framing::LengthPrefixed;
 use socketserver::transport::Tcp;
-use socketserver::{AnyStrategy, RequestHandler, Server, Stream, StreamRequest, TcpServer, ThreadPool};
+use socketserver::{AnyStrategy, Escaped, RequestHandler, Server, Stream, StreamRequest, TcpServer, ThreadPool};
 
 /// The server's default address: loopback only.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9001";
@@ -787,11 +787,13 @@ impl RemoteCommand {
         match ended {
             Ended::Exited(status) => {
                 let code = status.code().or(status.signal().map(|s| -s)).unwrap_or(-1);
-                log::info!("{}: `{}` exited with {code}", req.peer_addr(), String::from_utf8_lossy(line));
+                // The command line as the client sent it, escaped: a line
+                // break in it must not write a log line of its own.
+                log::info!("{}: `{}` exited with {code}", req.peer_addr(), Escaped(line));
                 send_by(req, TAG_EXIT, code.to_string().as_bytes(), by)
             }
             Ended::Failed(msg) => {
-                log::info!("{}: `{}`: {msg}", req.peer_addr(), String::from_utf8_lossy(line));
+                log::info!("{}: `{}`: {}", req.peer_addr(), Escaped(line), Escaped::text(&msg));
                 send_by(req, TAG_ERROR, msg.as_bytes(), by)
             }
         }
@@ -950,7 +952,7 @@ impl RequestHandler<StreamRequest> for RemoteCommand {
                         ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe | ErrorKind::ConnectionReset
                     ) =>
                 {
-                    log::info!("{}: {e}", req.peer_addr());
+                    log::info!("{}: {}", req.peer_addr(), Escaped::text(&e.to_string()));
                     return Ok(());
                 }
                 Err(e) => return Err(e),

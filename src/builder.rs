@@ -118,7 +118,9 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
     }
 
     /// A write that waits longer (a peer that does not read) fails with
-    /// `ErrorKind::TimedOut`. Default none.
+    /// `ErrorKind::TimedOut`, "write to PEER timed out after T" — through
+    /// the request, or straight to its [`Stream`](crate::Stream). Default
+    /// none.
     pub fn write_timeout(mut self, t: Duration) -> Self {
         self.opts.write_timeout = Some(t).filter(|t| !t.is_zero());
         self
@@ -149,13 +151,18 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
         self
     }
 
-    /// The largest reply a datagram handler may send that is larger than
-    /// its request (default 1,400 bytes, about one Ethernet MTU). A UDP
-    /// request's sender address can be forged: a server whose answer is far
-    /// larger than the question lets anyone aim its answers at a third party
-    /// (amplification). [`DatagramRequest::reply`](crate::DatagramRequest::reply)
-    /// refuses more than `max(request size, bytes)`. Raise it for clients
-    /// you trust.
+    /// Lets datagram replies of up to `bytes` go out whatever their request
+    /// (default 0: none beyond the amplification bound). A UDP request's
+    /// sender address can be forged: a server whose answer is far larger
+    /// than the question lets anyone aim its answers at a third party
+    /// (amplification). So by default
+    /// [`DatagramRequest::reply`](crate::DatagramRequest::reply) refuses a
+    /// reply whose size on the wire (IP and UDP headers included) is more
+    /// than 3 times its request's, as QUIC bounds what it sends to an
+    /// address it has not validated (RFC 9000 §8.1): for a 4-byte request
+    /// over IPv4, 68 bytes of payload. Set this for clients you trust, on a
+    /// network where sources cannot be forged; the limit is then the larger
+    /// of the two ([`DatagramRequest::max_reply`](crate::DatagramRequest::max_reply)).
     pub fn max_datagram_reply(mut self, bytes: usize) -> Self {
         self.opts.max_datagram_reply = bytes;
         self
@@ -252,15 +259,17 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
     /// request (a connection that could not be configured, an oversized
     /// datagram, a thread that could not be started) and under `Forking`,
     /// where the request lives in the child process. The default logs
-    /// through `log` at error level. The server keeps serving either way.
+    /// through `log` at error level, the error's text
+    /// [escaped](crate::Escaped) (it may hold what the peer sent). The
+    /// server keeps serving either way.
     ///
     /// ```no_run
-    /// use socketserver::{StreamRequest, TcpServer};
+    /// use socketserver::{Escaped, StreamRequest, TcpServer};
     /// use std::io::Write;
     ///
     /// let server = TcpServer::builder()
     ///     .handle_error(|req, peer, err| {
-    ///         log::warn!("{peer}: {err}");
+    ///         log::warn!("{peer}: {}", Escaped::text(&err.to_string()));
     ///         if let Some(req) = req {
     ///             let _ = writeln!(req, "error: {err}");
     ///         }

@@ -198,8 +198,9 @@
 //!   opt-in Ctrl-C/SIGTERM handling ([`ServerHandle::shutdown_on_signal`]).
 //! * Handler panics caught per request and reported; accept errors such as
 //!   `EMFILE` backed off instead of spun on; Unix socket files cleaned up;
-//!   oversized datagrams reported, never truncated silently; no UDP
-//!   amplification; [`Stats`].
+//!   oversized datagrams reported, never truncated silently; UDP replies
+//!   bounded to 3 times their request on the wire, as QUIC bounds them
+//!   ([`DatagramRequest::max_reply`]); [`Stats`].
 //!
 //! The library installs no signal handler unless asked and never exits the
 //! process. It logs through the `log` crate; with no logger installed
@@ -233,6 +234,7 @@ linux_only! {
 pub mod activation;
 mod builder;
 mod error;
+mod escaped;
 pub mod framing;
 mod handle;
 mod handler;
@@ -253,6 +255,7 @@ pub mod transport;
 
 pub use crate::builder::Builder;
 pub use crate::error::ContextError;
+pub use crate::escaped::Escaped;
 pub use crate::handle::ServerHandle;
 pub use crate::handler::RequestHandler;
 pub use crate::loops::Handled;

@@ -16,10 +16,6 @@ pub(crate) const DEFAULT_DRAIN_WINDOW: Duration = Duration::from_millis(100);
 /// answer made of several `write!` pieces leaves in one segment.
 pub(crate) const DEFAULT_WRITE_BUFFER: usize = 8 * 1024;
 
-/// The largest datagram reply that may be larger than its request: about
-/// one Ethernet MTU's worth of UDP payload.
-pub(crate) const DEFAULT_MAX_DATAGRAM_REPLY: usize = 1400;
-
 #[derive(Clone, Debug)]
 pub(crate) struct Options {
     pub(crate) reuse_address: Option<bool>,
@@ -32,6 +28,8 @@ pub(crate) struct Options {
     pub(crate) idle_timeout: Option<Duration>,
     /// `None`: the transport's own limit (see `Builder::max_datagram_size`).
     pub(crate) max_datagram_size: Option<usize>,
+    /// Replies up to this many bytes whatever their request (0: only the
+    /// amplification bound; see `DatagramRequest::max_reply`).
     pub(crate) max_datagram_reply: usize,
     pub(crate) max_connections: Option<usize>,
     pub(crate) timeout: Option<Duration>,
@@ -55,7 +53,7 @@ impl Default for Options {
             write_timeout: None,
             idle_timeout: None,
             max_datagram_size: None,
-            max_datagram_reply: DEFAULT_MAX_DATAGRAM_REPLY,
+            max_datagram_reply: 0,
             max_connections: None,
             timeout: None,
             grace: Duration::from_secs(5),

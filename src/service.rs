@@ -10,6 +10,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
+use crate::Escaped;
 use crate::handler::RequestHandler;
 use crate::net::Address;
 use crate::request::{Preamble, Request};
@@ -179,6 +180,7 @@ impl<R> Service<R> {
                         0 => String::new(),
                         n => format!(" (and {n} more error(s) not logged since the last)"),
                     };
+                    let err = Escaped::text(&err.to_string()).to_string();
                     log::warn!("{}: closed a connection from {peer}: {err}{more}", self.shared.name);
                 }
             }
@@ -231,7 +233,7 @@ impl<R: Request> Service<R> {
             }
             Admission::Closed | Admission::Pending => return CHILD_CLOSED,
             Admission::Failed(err) => {
-                crate::sys::process::write_raw(report, err.to_string().replace('\n', " ").as_bytes());
+                crate::sys::process::write_raw(report, Escaped::text(&err.to_string()).to_string().as_bytes());
                 return CHILD_PREAMBLE_FAILED;
             }
         }
@@ -240,7 +242,9 @@ impl<R: Request> Service<R> {
             failure.into_errors(&mut errors);
             let mut text = String::new();
             for (err, how) in errors {
-                text.push_str(&err.to_string().replace('\n', " "));
+                // One line each: escaped (the parent logs it escaped
+                // again, which changes nothing).
+                text.push_str(&Escaped::text(&err.to_string()).to_string());
                 text.push('\n');
                 outcome = worse(outcome, how);
             }
@@ -397,6 +401,7 @@ impl<R> Service<R> {
         match &self.hooks.handle_error {
             Some(hook) => {
                 if catch_unwind(AssertUnwindSafe(|| hook(req, peer, err))).is_err() {
+                    let err = Escaped::text(&err.to_string()).to_string();
                     log::error!("{}: handle_error panicked while reporting: {err}", self.shared.name);
                 }
             }
@@ -406,6 +411,8 @@ impl<R> Service<R> {
                     0 => String::new(),
                     n => format!(" (and {n} more error(s) not logged since the last)"),
                 };
+                // An error's text may hold what the peer sent: one line, escaped.
+                let err = Escaped::text(&err.to_string()).to_string();
                 if log::max_level() == log::LevelFilter::Off {
                     // No logger: one line on stderr, as Python prints its
                     // traceback — never waiting for it.
@@ -453,7 +460,7 @@ impl<R> Service<R> {
         if let Some(hook) = hook
             && let Err(p) = catch_unwind(AssertUnwindSafe(|| hook()))
         {
-            log::error!("{}: {name} panicked: {}", self.shared.name, panic_message(&p));
+            log::error!("{}: {name} panicked: {}", self.shared.name, Escaped::text(&panic_message(&p)));
         }
     }
 }

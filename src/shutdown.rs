@@ -118,7 +118,7 @@ pub(crate) struct Shared {
     stop: AtomicBool,
     /// The accept loop is parked until capacity frees up.
     waiting: AtomicBool,
-    /// Threads the strategy runs (pool workers, request threads, reapers).
+    /// Threads the strategy runs (pool workers, request threads, the reaper).
     pub(crate) threads: AtomicUsize,
     /// Open connections, by descriptor, held weakly: the request owns the
     /// socket. Upgrading one keeps the descriptor open while the tracker

@@ -79,6 +79,10 @@ fn udp_chat_relays(running: &Running) {
     assert_eq!(say(&alice, server, "@carol hi"), "error: no such user carol");
     assert!(say(&alice, server, "/name not a name!").starts_with("error:"));
     assert!(String::from_utf8(udp_round_trip(&alice, server, b"\xff")).unwrap().starts_with("error:"));
+    // An empty datagram may draw 56 bytes (3 × 28 on the wire, less the
+    // reply's headers): the usage line, cut there.
+    let usage = say(&alice, server, "");
+    assert!(usage.starts_with("error: use /name") && usage.len() == 56, "{usage:?}");
     let stranger = udp_client();
     assert_eq!(say(&stranger, server, "@bob psst"), "error: say /name NAME first");
     // `/quit` gives the name back: a client started again (from another
@@ -306,11 +310,20 @@ fn udp_names_of_vanished_clients_make_room_for_newcomers() {
     assert_eq!(&buf[..n], b"newcomer: hello");
     let who = say(&alice, server, "/who");
     assert!(!who.contains(" ghost1 "), "the name silent the longest went first: {}", &who[..who.len().min(80)]);
-    // One reply of about one MTU: the names that fit, then how many more.
-    assert!(who.len() <= 1400, "a {}-byte answer to a 4-byte request", who.len());
-    let (shown, more) = who.rsplit_once(" (+").expect("a count of the names not shown");
-    let more: usize = more.trim_end_matches(" more)").parse().unwrap();
-    assert_eq!(shown.split(' ').count() - 1 + more, chat::MAX_USERS, "online: every name, shown or counted");
+    // One reply at most 3 times the request on the wire (IPv4 and UDP
+    // headers: 28 bytes): the names that fit, then how many more.
+    assert!(who.len() + 28 <= 3 * (4 + 28), "a {}-byte answer to a 4-byte request", who.len());
+    let count = |who: &str| {
+        let (shown, more) = who.rsplit_once(" (+").expect("a count of the names not shown");
+        let more: usize = more.trim_end_matches(" more)").parse().unwrap();
+        assert_eq!(shown.split(' ').count() - 1 + more, chat::MAX_USERS, "online: every name, shown or counted");
+        more
+    };
+    let hidden = count(&who);
+    // A request padded to 500 bytes may draw up to 1,528 bytes: more names.
+    let padded = say(&alice, server, &format!("{:<500}", "/who"));
+    assert!(padded.len() + 28 <= 3 * (500 + 28) && padded.len() > 1000, "{} bytes", padded.len());
+    assert!(count(&padded) < hidden);
     drop(ghosts);
     running.stop().unwrap();
 }

@@ -186,3 +186,92 @@ fn behind_a_proxy_children_decide_and_the_parent_counts() {
     log::set_max_level(log::LevelFilter::Error);
     server.stop().unwrap();
 }
+
+/// The threads of this process (Linux).
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+/// Opens `n` connections to a forking server whose handlers say `ready`
+/// and then wait for a `quit` line; returns them once every child is up.
+fn children_waiting(addr: std::net::SocketAddr, n: usize) -> Vec<std::net::TcpStream> {
+    let clients: Vec<_> = (0..n).map(|_| tcp_connect(addr)).collect();
+    for mut c in &clients {
+        let mut ready = [0u8; 6];
+        c.read_exact(&mut ready).unwrap();
+        assert_eq!(&ready, b"ready\n");
+    }
+    clients
+}
+
+/// One reaper watches every child: the parent's threads do not grow with
+/// its children (there was a thread per child, reading that child's pipe:
+/// 50 children, 50 more threads). Errors reported through the pipes still
+/// reach the parent's counters once the children end.
+#[test]
+fn the_parent_keeps_one_reaper_whatever_the_number_of_children() {
+    let _serial = serial();
+    const N: usize = 50;
+    let server = TcpServer::builder()
+        .strategy(Forking::new().max_children(N + 1))
+        .bind("127.0.0.1:0", |req: &mut StreamRequest| {
+            std::io::Write::write_all(req, b"ready\n")?;
+            let line = req.next_line()?;
+            match line.as_deref() {
+                Some("fail") => Err(io::Error::other("failed on purpose")),
+                _ => Ok(()),
+            }
+        })
+        .unwrap();
+    let handle = server.handle();
+    let addr = server.server_address().as_inet().unwrap();
+    let server = run(server);
+
+    let one = children_waiting(addr, 1);
+    let with_one = threads();
+    let many = children_waiting(addr, N - 1);
+    assert_eq!(children().len(), N);
+    let with_many = threads();
+    assert!(with_many <= with_one + 2, "{with_one} threads with one child, {with_many} with {N}");
+
+    for (i, mut c) in one.into_iter().chain(many).enumerate() {
+        let line: &[u8] = if i % 2 == 0 { b"fail\n" } else { b"quit\n" };
+        std::io::Write::write_all(&mut c, line).unwrap();
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    let counted = |s: &socketserver::Stats| (s.completed, s.handler_errors, s.workers_total);
+    while counted(&handle.stats()) != (N as u64, N as u64 / 2, 0) {
+        assert!(Instant::now() < deadline, "(completed, errors, workers): {:?}", counted(&handle.stats()));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(children(), Vec::<String>::new());
+    server.stop().unwrap();
+}
+
+/// A child's errors reach the parent whole, one line each on the pipe: a
+/// line break in one is escaped (it was replaced by a space), so the
+/// parent's log shows it as the other strategies do.
+#[test]
+fn a_childs_error_with_a_line_break_is_logged_escaped() {
+    let _serial = serial();
+    let logger = logger();
+    log::set_max_level(log::LevelFilter::Error);
+    let server = TcpServer::builder()
+        .strategy(Forking::new())
+        .bind("127.0.0.1:0", |_: &mut StreamRequest| Err(io::Error::other("first\n[ERROR] forged\r\x1b[2K")))
+        .unwrap();
+    let handle = server.handle();
+    let c = tcp_connect(server.server_address().as_inet().unwrap());
+    let server = run(server);
+    let deadline = Instant::now() + TIMEOUT;
+    while handle.stats().completed < 1 {
+        assert!(Instant::now() < deadline, "the child never ended");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let lines = logger.lines.lock().unwrap().clone();
+    let ours: Vec<_> = lines.iter().filter(|l| l.contains("forged")).collect();
+    assert_eq!(ours.len(), 1, "{lines:?}");
+    assert!(ours[0].ends_with(r"first\n[ERROR] forged\r\x1b[2K"), "{ours:?}");
+    drop(c);
+    server.stop().unwrap();
+}

@@ -5,7 +5,7 @@
 
 mod util;
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};
@@ -331,4 +331,244 @@ fn half_closed_clients_are_answered_and_closed() {
     c.read_to_end(&mut back).unwrap();
     assert_eq!(back, b"bye");
     server.stop().unwrap();
+}
+
+/// A UDP server and a client of the same family, or `None` (said on
+/// stderr) when this machine has no IPv6 loopback.
+fn udp_pair(
+    addr: &str,
+    handler: impl socketserver::RequestHandler<DatagramRequest> + 'static,
+    builder: socketserver::Builder<socketserver::transport::Udp>,
+) -> Option<(Running, std::net::UdpSocket)> {
+    let server = match builder.bind(addr, handler) {
+        Ok(server) => server,
+        Err(e) => {
+            let _ = writeln!(io::stderr(), "{addr} SKIPPED: cannot bind ({e})");
+            return None;
+        }
+    };
+    let running = run(server);
+    let client = std::net::UdpSocket::bind((running.inet().ip(), 0)).unwrap();
+    client.set_read_timeout(Some(TIMEOUT)).unwrap();
+    Some((running, client))
+}
+
+/// The bytes a datagram of `payload` bytes takes on the wire to or from
+/// `peer`: IPv4 and UDP headers are 28 bytes, IPv6 and UDP 48.
+fn wire(peer: std::net::SocketAddr, payload: usize) -> usize {
+    payload + if peer.is_ipv4() { 28 } else { 48 }
+}
+
+/// QUIC's bound (RFC 9000 §8.1) on the time server, over IPv4 and IPv6:
+/// `%c` (2 bytes, 30 or 50 on the wire) is answered with its 24 bytes;
+/// `%1400Y` (6 bytes) is refused with an `error:` reply that is itself
+/// within 3 times the request's wire size (the 1,400 bytes went out: the
+/// bound was "the larger of the request and 1,400 bytes"). At the boundary,
+/// a reply of exactly 3 times its request's wire size goes out, one byte
+/// more is refused: `%68Y` (4 bytes, 32 on the wire → 68 + 28 = 96) and
+/// `%69Y` over IPv4, `%111Y` (5 → 53 → 111 + 48 = 159) and `%112Y` over
+/// IPv6.
+#[test]
+fn a_reply_takes_at_most_three_times_its_request_on_the_wire() {
+    for (addr, exact) in [("127.0.0.1:0", 68), ("[::1]:0", 111)] {
+        let Some((running, client)) = udp_pair(addr, Strftime::new(), UdpServer::builder()) else { continue };
+        let to = running.inet();
+        let time = udp_round_trip(&client, to, b"%c");
+        assert_eq!(time.len(), 24, "{addr}: {}", String::from_utf8_lossy(&time));
+        assert!(!time.starts_with(b"error:"));
+
+        let refused = udp_round_trip(&client, to, b"%1400Y");
+        let text = String::from_utf8_lossy(&refused[..refused.len().min(80)]);
+        assert!(refused.starts_with(b"error:"), "{addr}: {} bytes: {text}", refused.len());
+        assert!(wire(to, refused.len()) <= 3 * wire(to, 6), "{addr}: the refusal amplifies: {text}");
+
+        let request = format!("%{exact}Y");
+        assert_eq!(wire(to, exact), 3 * wire(to, request.len()), "the case is the boundary");
+        let answer = udp_round_trip(&client, to, request.as_bytes());
+        assert_eq!(answer.len(), exact, "{addr}: {}", String::from_utf8_lossy(&answer));
+        assert!(!answer.starts_with(b"error:"));
+        let over = udp_round_trip(&client, to, format!("%{}Y", exact + 1).as_bytes());
+        assert!(over.starts_with(b"error:"), "{addr}: {}", String::from_utf8_lossy(&over));
+        assert!(wire(to, over.len()) <= 3 * wire(to, request.len()));
+        running.stop().unwrap();
+    }
+}
+
+/// The bound is the library's, in `DatagramRequest::reply`, not only the
+/// time server's: a handler asked for N bytes (two hex digits) gets
+/// `max_reply()` = 3 × (2 + 28) − 28 = 62 over IPv4 and 102 over IPv6, and
+/// one byte more is refused with `InvalidInput`, nothing sent. A peer
+/// with an IPv4-mapped address on a dual-stack socket came over IPv4: 62.
+/// `max_datagram_reply` raises the limit whatever the request.
+#[test]
+fn reply_refuses_one_byte_over_the_wire_bound() {
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let replying = |req: &mut DatagramRequest| {
+        // Hex: each request at the boundary is 2 bytes long.
+        let n = usize::from_str_radix(std::str::from_utf8(req.data()).unwrap(), 16).unwrap();
+        req.reply(&vec![b'x'; n]).map_err(|e| io::Error::new(e.kind(), format!("max {}: {e}", req.max_reply())))
+    };
+    let builder = || {
+        let seen = Arc::clone(&errors);
+        UdpServer::builder().handle_error(move |_, _, e| seen.lock().unwrap().push((e.kind(), e.to_string())))
+    };
+    // (bind, client, the limit for a 2-byte request)
+    let cases = [("127.0.0.1:0", None, 62), ("[::1]:0", None, 102), ("[::]:0", Some("127.0.0.1"), 62)];
+    for (addr, client_ip, limit) in cases {
+        if client_ip.is_some()
+            && std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only").is_ok_and(|v| v.trim() == "1")
+        {
+            let _ = writeln!(io::stderr(), "{addr} SKIPPED: IPv6 sockets are not dual-stack here (bindv6only)");
+            continue;
+        }
+        let Some((running, client)) = udp_pair(addr, replying, builder()) else { continue };
+        let (client, to) = match client_ip {
+            None => (client, running.inet()),
+            Some(ip) => {
+                let c = std::net::UdpSocket::bind((ip, 0)).unwrap();
+                c.set_read_timeout(Some(TIMEOUT)).unwrap();
+                (c, std::net::SocketAddr::new(ip.parse().unwrap(), running.inet().port()))
+            }
+        };
+        assert_eq!(udp_round_trip(&client, to, format!("{limit:02x}").as_bytes()).len(), limit, "{addr}");
+        client.send_to(format!("{:02x}", limit + 1).as_bytes(), to).unwrap();
+        wait_for(&format!("the refusal over {addr}: {:?}", errors.lock().unwrap()), || {
+            errors.lock().unwrap().len() == 1
+        });
+        let (kind, text) = errors.lock().unwrap().pop().unwrap();
+        assert_eq!(kind, io::ErrorKind::InvalidInput, "{addr}: {text}");
+        assert!(text.starts_with(&format!("max {limit}: a reply of {} bytes", limit + 1)), "{addr}: {text}");
+        // Nothing was sent: the next answer is the next request's.
+        assert_eq!(udp_round_trip(&client, to, b"01"), b"x", "{addr}");
+        running.stop().unwrap();
+    }
+
+    let (trusted, client) = udp_pair("127.0.0.1:0", replying, builder().max_datagram_reply(5000)).expect("IPv4");
+    assert_eq!(udp_round_trip(&client, trusted.inet(), b"1388").len(), 0x1388);
+    trusted.stop().unwrap();
+    assert!(errors.lock().unwrap().is_empty());
+}
+
+/// Unix datagrams are not bounded by their request: the kernel names the
+/// sender by the path its socket holds, which no other socket can hold, so
+/// the reply goes back to the sender itself. A 6-byte request draws 2,000
+/// bytes (refused before: the limit was 1,400 bytes there too).
+#[test]
+fn unix_datagram_replies_are_not_bounded_by_their_request() {
+    let dir = TempDir::new("hostile-unix-reply");
+    let path = dir.join("s.sock");
+    let unix = run(UnixDatagramServer::bind(&path, Strftime::new()).unwrap());
+    let client = unix_dgram_client(&dir, "c.sock");
+    client.send_to(b"%2000Y", &path).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = client.recv(&mut buf).unwrap();
+    assert_eq!(n, 2000, "{}", String::from_utf8_lossy(&buf[..n]));
+    unix.stop().unwrap();
+}
+
+/// A client that sends without pause and never reads, until `stop`.
+fn flood_without_reading(
+    to: std::net::SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let c = tcp_connect(to);
+    socket2::SockRef::from(&c).set_recv_buffer_size(4096).unwrap();
+    c.set_write_timeout(Some(Duration::from_millis(20))).unwrap();
+    std::thread::spawn(move || {
+        let chunk = vec![b'z'; 64 * 1024];
+        let mut c = c;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            match c.write(&chunk) {
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                Err(_) => return,
+            }
+        }
+    })
+}
+
+/// A write timeout's expiry is a timeout: `TimedOut`, "write to PEER timed
+/// out after 200ms" — for the bundled echo under each strategy (it said
+/// "write to PEER timed out", without the time), and for a handler that
+/// writes straight to the socket `fill_buf_and_stream` gives it (its
+/// error was `WouldBlock`, logged as "operation would block").
+#[test]
+fn a_write_timeout_expiry_is_reported_as_a_timeout() {
+    let echo: [(&str, AnyStrategy); 3] = [
+        ("sync", socketserver::Synchronous.into()),
+        ("pool", ThreadPool::new(2).into()),
+        ("event", socketserver::Event::new().pollers(1).into()),
+    ];
+    let straight = |req: &mut StreamRequest| loop {
+        let (data, mut stream) = req.fill_buf_and_stream()?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let n = data.len();
+        stream.write_all(&data[..n])?;
+        req.consume(n);
+    };
+    let cases = echo.into_iter().map(|(name, s)| (name, s, None)).chain([(
+        "fill_buf_and_stream",
+        ThreadPool::new(2).into(),
+        Some(straight),
+    )]);
+    for (name, strategy, handler) in cases {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx = Mutex::new(tx);
+        let builder = TcpServer::builder()
+            .strategy(strategy)
+            .write_timeout(Duration::from_millis(200))
+            .handle_error(move |_, _, e| tx.lock().unwrap().send((e.kind(), e.to_string())).unwrap());
+        let server = match handler {
+            None => builder.bind("127.0.0.1:0", Echo).unwrap(),
+            Some(h) => builder.bind("127.0.0.1:0", h).unwrap(),
+        };
+        let running = run(server);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let client = flood_without_reading(running.inet(), Arc::clone(&stop));
+        let (kind, text) = rx.recv_timeout(TIMEOUT).expect("the write's timeout, reported");
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        client.join().unwrap();
+        assert_eq!(kind, io::ErrorKind::TimedOut, "{name}: {text}");
+        assert!(text.starts_with("write to 127.0.0.1:") && text.ends_with(" timed out after 200ms"), "{name}: {text}");
+        assert_eq!(running.handle.stats().idle_closed, 0, "{name}");
+        running.stop().unwrap();
+    }
+}
+
+/// What a peer sent reaches the log as one line, its control characters
+/// escaped: a handler's error that holds the peer's line (CR, ESC and a
+/// line break forging a second record), and a Unix datagram client whose
+/// socket path holds a line break (the default `handle_error` logs both).
+#[test]
+fn peer_text_in_log_lines_is_escaped() {
+    capture_logs();
+    let server = TcpServer::builder()
+        .bind("127.0.0.1:0", |req: &mut StreamRequest| {
+            let line = req.next_line()?.unwrap_or_default();
+            Err(io::Error::other(format!("unknown command {line}")))
+        })
+        .unwrap();
+    let mut c = tcp_connect(server.server_address().as_inet().unwrap());
+    c.write_all(b"hello\r\x1b[2Kfine\x0b[2026-01-01 ERROR] forged\xc2\x85x\n").unwrap();
+    server.handle_request().unwrap();
+    let logged = logged_containing("unknown command hello");
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert!(
+        logged[0].ends_with(r"unknown command hello\r\x1b[2Kfine\x0b[2026-01-01 ERROR] forged\u{85}x"),
+        "{logged:?}"
+    );
+    assert!(!logged[0].chars().any(char::is_control), "{logged:?}");
+
+    let dir = TempDir::new("hostile-escaped");
+    let path = dir.join("s.sock");
+    let server =
+        UnixDatagramServer::bind(&path, |_: &mut DatagramRequest| Err(io::Error::other("failed for a path"))).unwrap();
+    let client = unix_dgram_client(&dir, "c\n[ERROR] forged.sock");
+    client.send_to(b"x", &path).unwrap();
+    server.handle_request().unwrap();
+    let logged = logged_containing("failed for a path");
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert!(logged[0].contains(r"c\n[ERROR] forged.sock: failed for a path"), "{logged:?}");
 }

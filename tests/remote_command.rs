@@ -213,6 +213,34 @@ fn programs_not_allowed_or_given_as_paths_are_refused_and_never_run() {
     running.stop().unwrap();
 }
 
+/// The command line is logged as one line, escaped: a line break in it
+/// wrote a forged record of its own, and CR and ESC reached the terminal.
+#[test]
+fn a_command_line_reaches_the_log_as_one_escaped_line() {
+    capture_logs();
+    let running = start(&["echo"]);
+    let mut c = tcp_connect(running.inet());
+    let line = "echo logged\n[2026-01-01T00:00:00Z INFO  remote_command] forged\r\x1b[2K";
+    let (outcome, _, _) = exec(&mut c, line);
+    assert_eq!(outcome, Outcome::Exit(0));
+    let refused = "nosuch\x1b]0;title\x07 logged\nforged";
+    assert!(error_of(exec(&mut c, refused).0).contains("not allowed"));
+    drop(c);
+    running.stop().unwrap();
+    let logged = logged_containing("forged");
+    assert_eq!(logged.len(), 2, "{logged:?}");
+    assert!(
+        logged[0]
+            .ends_with(r"`echo logged\n[2026-01-01T00:00:00Z INFO  remote_command] forged\r\x1b[2K` exited with 0"),
+        "{logged:?}"
+    );
+    assert!(
+        logged[1].contains(r"`nosuch\x1b]0;title\x07 logged\nforged`: nosuch\x1b]0;title\x07: not allowed"),
+        "{logged:?}"
+    );
+    assert!(logged.iter().all(|l| !l.chars().any(char::is_control)), "{logged:?}");
+}
+
 #[test]
 fn malformed_lines_get_an_error_and_the_connection_goes_on() {
     let running = start(&["echo"]);

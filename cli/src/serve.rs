@@ -147,12 +147,13 @@ pub struct ServerOptions {
     /// datagrams); longer ones are reported with their size and dropped.
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..))]
     max_datagram: Option<u32>,
-    /// The largest datagram reply that may be larger than its request
-    /// (against UDP amplification: a forged small request must not draw a
-    /// large answer at a third party). Larger renderings of the time server
-    /// get an `error:` reply.
-    #[arg(long, value_name = "BYTES", default_value = "1400")]
-    max_reply: usize,
+    /// Allow datagram replies of up to BYTES whatever their request, for
+    /// trusted networks. Without it a UDP reply may take at most 3 times
+    /// its request's bytes on the wire (headers included, as QUIC bounds
+    /// it): a forged small request must not draw a large answer at a third
+    /// party. Larger renderings of the time server get an `error:` reply.
+    #[arg(long, value_name = "BYTES")]
+    max_reply: Option<usize>,
     /// On SIGINT/SIGTERM, let requests in flight finish for up to SECS
     /// seconds, then close what is left.
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "5")]
@@ -371,7 +372,9 @@ impl ServerOptions {
         if let Some(n) = self.max_datagram {
             b = b.max_datagram_size(n as usize);
         }
-        b = b.max_datagram_reply(self.max_reply);
+        if let Some(n) = self.max_reply {
+            b = b.max_datagram_reply(n);
+        }
         if !self.allow.is_empty() {
             let allow = Arc::new(self.allow.clone());
             b = b.verify_request(move |peer| match peer {

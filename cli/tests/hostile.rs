@@ -124,11 +124,17 @@ fn stream_clients_that_never_read_do_not_hold_the_workers() {
     assert_eq!(server.wait_exit(Duration::from_secs(5)).0, 0);
 }
 
-/// `--write-timeout` is taken, and a 7-byte UDP request cannot draw a
-/// 65,507-byte answer from the time server (`--max-reply` can allow it).
+/// `--write-timeout` is taken, and the time server keeps a UDP reply
+/// within 3 times its request's size on the wire (headers included):
+/// `%c` (2 bytes) is answered, `%1400Y` (6 bytes) and `%65507Y` refused
+/// with an `error:` reply within the bound (the 1,400 bytes went out by
+/// default). `--max-reply` raises the limit whatever the request: 1400
+/// lets `%1400Y` through and still refuses `%65507Y`; 65507 lets both.
 #[test]
 fn the_time_server_does_not_amplify_over_udp() {
-    for (args, want_big) in [(&[][..], false), (&["--max-reply", "65507"][..], true)] {
+    let cases: [(&[&str], [bool; 2]); 3] =
+        [(&[], [false, false]), (&["--max-reply", "1400"], [true, false]), (&["--max-reply", "65507"], [true, true])];
+    for (args, answered) in cases {
         let mut child = Command::new(env!("CARGO_BIN_EXE_socketserver"))
             .args(["time", "--udp", "127.0.0.1:0", "--write-timeout", "1", "--log-level", "off"])
             .args(args)
@@ -141,13 +147,21 @@ fn the_time_server_does_not_amplify_over_udp() {
         let addr = line.trim().strip_prefix("listening udp ").expect("a listening line").to_string();
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();
         client.set_read_timeout(Some(TIMEOUT)).unwrap();
-        client.send_to(b"%65507Y", &addr).unwrap();
         let mut buf = vec![0u8; 70_000];
+        client.send_to(b"%c", &addr).unwrap();
         let n = client.recv(&mut buf).unwrap();
-        if want_big {
-            assert_eq!(n, 65_507);
-        } else {
-            assert!(n <= 1400 && buf.starts_with(b"error:"), "{n} bytes: {}", String::from_utf8_lossy(&buf[..n]));
+        assert!(n == 24 && !buf.starts_with(b"error:"), "%c: {}", String::from_utf8_lossy(&buf[..n]));
+        for (request, size, answered) in [("%1400Y", 1400, answered[0]), ("%65507Y", 65_507, answered[1])] {
+            client.send_to(request.as_bytes(), &addr).unwrap();
+            let n = client.recv(&mut buf).unwrap();
+            let text = String::from_utf8_lossy(&buf[..n.min(200)]);
+            if answered {
+                assert_eq!(n, size, "{args:?} {request}: {text}");
+            } else {
+                // IPv4: 28 bytes of headers each way.
+                let bound = 3 * (request.len() + 28) - 28;
+                assert!(n <= bound && buf.starts_with(b"error:"), "{args:?} {request}: {n} bytes: {text}");
+            }
         }
         sigterm(&child);
         assert_eq!(wait_exit(&mut child, Duration::from_secs(5)), 0);

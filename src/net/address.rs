@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use socket2::SockAddr;
@@ -9,8 +10,10 @@ use socket2::SockAddr;
 /// Where a peer is, or where a server listens: an IP address and port, or a
 /// Unix socket path.
 ///
-/// `Display` prints `127.0.0.1:9999`, `[::1]:9999` or the socket path; an
-/// unnamed Unix socket (a client that did not bind) prints `(unnamed)`.
+/// `Display` prints `127.0.0.1:9999`, `[::1]:9999` or the socket path
+/// (its control characters and non-UTF-8 bytes escaped as
+/// [`Escaped`](crate::Escaped) shows them: a client names its own socket);
+/// an unnamed Unix socket (a client that did not bind) prints `(unnamed)`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Address {
@@ -54,7 +57,9 @@ impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Address::Inet(a) => a.fmt(f),
-            Address::Unix(Some(p)) => p.display().fmt(f),
+            // Chosen by the peer (a client binds any name it likes): escaped,
+            // so that it cannot break or forge a log line.
+            Address::Unix(Some(p)) => crate::Escaped(p.as_os_str().as_bytes()).fmt(f),
             Address::Unix(None) => f.write_str("(unnamed)"),
         }
     }

@@ -12,3 +12,4 @@ pub use address::Address;
 pub use datagram::{DatagramSocket, MAX_UDP_PAYLOAD, MAX_UDP6_PAYLOAD, MAX_UNIX_DATAGRAM};
 pub use listener::Listener;
 pub use stream::Stream;
+pub(crate) use stream::is_write_timeout;

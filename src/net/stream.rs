@@ -4,9 +4,11 @@
 //! code path serves a thread that waits on its connection and a connection
 //! parked with no thread at all (the event strategy). Its `Read` and `Write`
 //! still block as std's do: a read or write that would block waits in
-//! `poll` for at most the stream's own read or write timeout, then fails
-//! with `WouldBlock` — what a std socket with `SO_RCVTIMEO`/`SO_SNDTIMEO`
-//! returns.
+//! `poll` for at most the stream's own read or write timeout. A read then
+//! fails with `WouldBlock` — what a std socket with `SO_RCVTIMEO` returns;
+//! a write with `TimedOut`, "write to PEER timed out after T" (std's
+//! `WouldBlock`, "operation would block", reads as anything but a timeout
+//! in a log).
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -124,7 +126,8 @@ impl Stream {
     }
 
     /// Sets how long a write may wait for room (`None`: for ever). A write
-    /// that waits that long without progress fails with `WouldBlock`.
+    /// that waits that long without progress fails with `TimedOut`: "write
+    /// to PEER timed out after T".
     ///
     /// # Errors
     /// `InvalidInput` for a zero duration, as std.
@@ -248,11 +251,48 @@ impl Read for Stream {
     }
 }
 
+impl Stream {
+    /// Waits for room to write, at most the write timeout.
+    fn wait_writable(&self) -> io::Result<()> {
+        let timeout = self.write_timeout();
+        self.wait(true, timeout).map_err(|e| match (e.kind(), timeout) {
+            (io::ErrorKind::WouldBlock, Some(after)) => {
+                let peer = self.peer_addr().map_or_else(|_| "the peer".to_string(), |a| a.to_string());
+                io::Error::new(io::ErrorKind::TimedOut, WriteTimedOut { peer, after })
+            }
+            _ => e,
+        })
+    }
+}
+
+/// A write through a [`Stream`] that made no progress for its write
+/// timeout (the error's inner value, so that the request can tell it from
+/// a read's timeout).
+#[derive(Debug)]
+pub(crate) struct WriteTimedOut {
+    peer: String,
+    after: Duration,
+}
+
+impl std::fmt::Display for WriteTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "write to {} timed out after {:?}", self.peer, self.after)
+    }
+}
+
+impl std::error::Error for WriteTimedOut {}
+
+/// Whether `e` is a write's timeout: a [`Stream`]'s, or a `WouldBlock`
+/// (what a write straight to a non-blocking socket gets).
+pub(crate) fn is_write_timeout(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock || e.get_ref().is_some_and(|inner| inner.is::<WriteTimedOut>())
+}
+
 impl Write for &Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         loop {
             match self.try_write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait(true, self.write_timeout())?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait_writable()?,
                 r => return r,
             }
         }
@@ -260,7 +300,7 @@ impl Write for &Stream {
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         loop {
             match self.try_write_vectored(bufs) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait(true, self.write_timeout())?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait_writable()?,
                 r => return r,
             }
         }

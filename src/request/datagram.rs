@@ -1,6 +1,7 @@
 //! [`DatagramRequest`]: one datagram, as a handler sees it.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use socket2::SockAddr;
@@ -8,6 +9,14 @@ use socket2::SockAddr;
 use crate::handle::ServerHandle;
 use crate::net::{Address, DatagramSocket};
 use crate::shutdown::Slot;
+
+/// How many times its request's wire size a reply may take before the
+/// peer's address is known to be its own: QUIC's bound (RFC 9000 §8.1).
+const AMPLIFICATION: usize = 3;
+/// An IPv4 header (20 bytes, no options) and a UDP header (8).
+const IPV4_UDP_HEADERS: usize = 28;
+/// An IPv6 header (40 bytes, no extension) and a UDP header (8).
+const IPV6_UDP_HEADERS: usize = 48;
 
 /// One datagram, as a handler sees it: Python's `DatagramRequestHandler`
 /// without the file objects.
@@ -18,10 +27,16 @@ use crate::shutdown::Slot;
 /// as an error and counted in `Stats::oversized`, never silently cut.
 ///
 /// Replies never block and never amplify: a reply the peer cannot take now
-/// is dropped and counted, as UDP would drop it; one larger than both its
-/// request and the server's [`max_datagram_reply`](crate::Builder::max_datagram_reply)
-/// (1,400 bytes by default, about one Ethernet MTU) is refused, so that a
-/// forged small request cannot aim a large answer at somebody else.
+/// is dropped and counted, as UDP would drop it. Over UDP a request's
+/// sender can be forged, so a reply is bounded as QUIC bounds what it sends
+/// to an address it has not validated (RFC 9000 §8.1): on the wire — the
+/// payload plus 28 bytes of IPv4 and UDP headers, 48 over IPv6 — at most 3
+/// times what its request took. A 2-byte request over IPv4 (30 bytes on the
+/// wire) may draw 62 bytes of reply (90 on the wire), a 1,000-byte one
+/// 3,056. [`max_reply`](Self::max_reply) says how much; the server's
+/// [`max_datagram_reply`](crate::Builder::max_datagram_reply) allows more
+/// for clients you trust. Unix datagrams are not bounded that way (see
+/// [`max_reply`](Self::max_reply)).
 #[derive(Debug)]
 pub struct DatagramRequest {
     pub(crate) buf: Vec<u8>,
@@ -79,8 +94,8 @@ impl DatagramRequest {
     ///
     /// # Errors
     /// `InvalidInput` when the sender is an unnamed Unix socket (it did not
-    /// bind, so it cannot be answered), or when `data` is larger than both
-    /// the request and [`max_reply`](Self::max_reply); `sendto(2)` errors,
+    /// bind, so it cannot be answered), or when `data` is larger than
+    /// [`max_reply`](Self::max_reply) (nothing is sent); `sendto(2)` errors,
     /// e.g. `EMSGSIZE` for more than 65,507 bytes over UDP/IPv4.
     pub fn reply(&self, data: &[u8]) -> io::Result<()> {
         if let Address::Unix(None) = self.peer {
@@ -89,15 +104,22 @@ impl DatagramRequest {
                 "cannot reply: the sender's Unix socket is unnamed (the client did not bind)",
             ));
         }
-        if data.len() > self.max_reply() {
+        let max = self.max_reply();
+        if data.len() > max {
+            let why = match self.wire_overhead() {
+                Some(headers) => format!(
+                    "3 times the request's {} bytes on the wire, less {headers} bytes of headers \
+                     (RFC 9000 §8.1); Builder::max_datagram_reply allows more",
+                    self.len + headers
+                ),
+                None => "the most a Unix datagram reply may be; Builder::max_datagram_reply allows more".to_string(),
+            };
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
-                    "a reply of {} bytes to a request of {} bytes is larger than the reply limit \
-                     ({} bytes: Builder::max_datagram_reply)",
+                    "a reply of {} bytes to a request of {} bytes is larger than the reply limit ({max} bytes: {why})",
                     data.len(),
                     self.len,
-                    self.max_reply
                 ),
             ));
         }
@@ -110,11 +132,37 @@ impl DatagramRequest {
         }
     }
 
-    /// The largest reply [`reply`](Self::reply) sends: the larger of the
-    /// request's size and the server's
-    /// [`max_datagram_reply`](crate::Builder::max_datagram_reply).
+    /// The largest reply [`reply`](Self::reply) sends, in payload bytes.
+    ///
+    /// * UDP: `3 × (request + H) − H`, H being the IP and UDP headers: 28
+    ///   bytes over IPv4 (an IPv4-mapped IPv6 peer included: the datagram
+    ///   travelled as IPv4), 48 over IPv6 — so that the reply's wire size
+    ///   is at most 3 times the request's (RFC 9000 §8.1). `3 × request +
+    ///   56` over IPv4, `3 × request + 96` over IPv6; or the server's
+    ///   [`max_datagram_reply`](crate::Builder::max_datagram_reply) when that
+    ///   is larger.
+    /// * Unix datagrams: [`MAX_UNIX_DATAGRAM`](crate::MAX_UNIX_DATAGRAM), or
+    ///   `max_datagram_reply` when larger. No amplification bound: the
+    ///   kernel names the sender by the path its socket is bound to, and a
+    ///   socket can only bind a name no other socket holds, so a reply goes
+    ///   back to the process that sent the request; and that local sender
+    ///   could write as many bytes to any socket it can reach itself.
     pub fn max_reply(&self) -> usize {
-        self.len.max(self.max_reply)
+        match self.wire_overhead() {
+            Some(headers) => (AMPLIFICATION * (self.len + headers) - headers).max(self.max_reply),
+            None => crate::net::MAX_UNIX_DATAGRAM.max(self.max_reply),
+        }
+    }
+
+    /// The bytes of IP and UDP headers around the request on the wire;
+    /// `None` for a Unix datagram.
+    fn wire_overhead(&self) -> Option<usize> {
+        match &self.peer {
+            Address::Inet(SocketAddr::V4(_)) => Some(IPV4_UDP_HEADERS),
+            Address::Inet(SocketAddr::V6(a)) if a.ip().to_ipv4_mapped().is_some() => Some(IPV4_UDP_HEADERS),
+            Address::Inet(SocketAddr::V6(_)) => Some(IPV6_UDP_HEADERS),
+            Address::Unix(_) => None,
+        }
     }
 
     /// The server's socket, to send datagrams to other peers (a chat relay).

@@ -10,7 +10,7 @@ use super::buffer::ReadBuffer;
 use super::conn::Connection;
 use super::timeouts::{Expired, ReadTimeouts, TimeoutPolicy};
 use crate::handle::ServerHandle;
-use crate::net::{Address, Stream};
+use crate::net::{Address, Stream, is_write_timeout};
 use crate::shutdown::Slot;
 use crate::stats::Counters;
 use crate::sys;
@@ -710,7 +710,10 @@ impl StreamRequest {
         self.backlog = Vec::new();
         match self.idle_applies_to_writes() {
             Some(idle) => self.close_idle(format!("idle timeout: {} took nothing for {idle:?}", self.peer)),
-            None => io::Error::new(io::ErrorKind::TimedOut, format!("write to {} timed out", self.peer)),
+            None => {
+                let after = self.timeouts.policy().send().unwrap_or_default();
+                io::Error::new(io::ErrorKind::TimedOut, format!("write to {} timed out after {after:?}", self.peer))
+            }
         }
     }
 
@@ -743,9 +746,7 @@ impl StreamRequest {
     /// timeout allows.
     fn send_waiting(&mut self, buf: &[u8]) -> io::Result<()> {
         let mut stream = self.conn.stream();
-        stream
-            .write_all(buf)
-            .map_err(|e| if e.kind() == io::ErrorKind::WouldBlock { self.write_timed_out() } else { e })
+        stream.write_all(buf).map_err(|e| if is_write_timeout(&e) { self.write_timed_out() } else { e })
     }
 
     /// Sends the write buffer and the backlog, waiting if it must.
@@ -775,9 +776,8 @@ impl StreamRequest {
         if self.idle_closed {
             return err.kind() == io::ErrorKind::TimedOut;
         }
-        let stalled_write = err.kind() == io::ErrorKind::WouldBlock
-            && self.idle_applies_to_writes().is_some()
-            && sys::unsent(self.fd()) > 0;
+        let stalled_write =
+            is_write_timeout(err) && self.idle_applies_to_writes().is_some() && sys::unsent(self.fd()) > 0;
         if stalled_write {
             let _ = self.close_idle(format!("idle timeout: {} took nothing", self.peer));
         }
@@ -968,14 +968,14 @@ impl Write for StreamRequest {
                 Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "connection closed while writing")),
                 Ok(n) => IoSlice::advance_slices(&mut slices, n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.parking => {
+                Err(e) if is_write_timeout(&e) && self.parking => {
                     // The rest waits in the backlog (or for the peer).
                     for s in slices.iter() {
                         self.send(s)?;
                     }
                     return Ok(total);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(self.write_timed_out()),
+                Err(e) if is_write_timeout(&e) => return Err(self.write_timed_out()),
                 Err(e) => return Err(e),
             }
         }

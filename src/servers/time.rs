@@ -88,9 +88,15 @@ fn reply_line(request: &[u8]) -> String {
 /// the local time rendered with it.
 ///
 /// * Datagrams: each datagram is a format; the reply is one datagram, no
-///   newline. A rendering larger than the server's
-///   [`max_datagram_reply`](crate::Builder::max_datagram_reply) (and than
-///   the request) gets an `error:` reply instead: no amplification.
+///   newline. A rendering larger than
+///   [`DatagramRequest::max_reply`](crate::DatagramRequest::max_reply) —
+///   over UDP, 3 times the request's size on the wire, headers included,
+///   unless the server's
+///   [`max_datagram_reply`](crate::Builder::max_datagram_reply) allows
+///   more — gets an `error:` reply instead, itself within that bound: no
+///   amplification. So `%c` (2 bytes) is answered with its 24, and
+///   `%1400Y` (6 bytes: 74 may come back over IPv4, 114 over IPv6) with an
+///   error.
 /// * Streams: each line is a format (LF ends it, a CR before it is
 ///   dropped); each reply is one line. A line longer than
 ///   [`MAX_TIME_REQUEST`] gets an `error:` line and the connection closes.
@@ -135,15 +141,14 @@ impl Strftime {
 
 impl RequestHandler<DatagramRequest> for Strftime {
     fn handle(&self, req: &mut DatagramRequest) -> io::Result<()> {
-        let answer = reply(req.data());
-        if answer.len() > req.max_reply() {
-            // A small forged request must not aim a large answer at anyone.
-            let refusal = format!(
-                "error: the time renders to {} bytes, more than a datagram reply may be ({} bytes)",
-                answer.len(),
-                req.max_reply()
-            );
-            return req.reply(refusal.as_bytes());
+        let mut answer = reply(req.data());
+        let max = req.max_reply();
+        if answer.len() > max {
+            // A small forged request must not aim a large answer at anyone;
+            // nor the refusal: cut to the bound (a 0-byte request over
+            // IPv4 may draw 56 bytes).
+            answer = format!("error: a {}-byte reply is over this request's limit ({max} bytes)", answer.len());
+            answer.truncate(max);
         }
         req.reply(answer.as_bytes())
     }

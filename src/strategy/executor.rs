@@ -27,7 +27,7 @@ impl<R: Request> Executor<R> {
             AnyStrategy::Synchronous(_) => Executor::Synchronous(Arc::clone(service)),
             AnyStrategy::Threading(t) => Executor::Threading(Threads::new(t, service)),
             AnyStrategy::ThreadPool(p) => Executor::Pool(Pool::start(p, service)?),
-            AnyStrategy::Forking(f) => Executor::Forking(Children::new(f, service)),
+            AnyStrategy::Forking(f) => Executor::Forking(Children::new(f, service)?),
             // `serve_forever` runs the event loop (streams) or its receivers
             // (datagrams); `handle_request` takes one request and runs it
             // here, as a synchronous server does.

@@ -188,10 +188,17 @@ impl ThreadPool {
 
 /// A new process per request (Python's `ForkingMixIn`), at most
 /// `max_children` at once (40 by default, as in Python); at the limit the
-/// server stops accepting until a child exits. Each child is waited for by
-/// its pid, so children the program started elsewhere are never reaped by
-/// the server. Children still running when the grace period of a shutdown
-/// ends are killed.
+/// server stops accepting until a child exits. Each child is reaped by its
+/// pid, so children the program started elsewhere are never reaped by the
+/// server. Children still running when the grace period of a shutdown ends
+/// are killed.
+///
+/// The parent keeps one reaper thread, however many children run: it
+/// watches every child's report pipe in one `epoll` set, and reaps each
+/// child as it exits. It starts with the first child and ends with the
+/// last, so an idle forking server holds no thread. The errors a child
+/// reports (its handler's errors and panics) reach `handle_error`, the log
+/// and [`Stats`](crate::Stats) from that thread, one child after another.
 ///
 /// The child runs the handler and exits without returning to the server
 /// loop. As with any `fork` in a threaded program, a handler in the child

@@ -1,5 +1,5 @@
-//! Process calls of the forking strategy: `fork`, waiting for one child by
-//! pid, `kill`, `_exit`, and a pipe a child reports through with raw
+//! Process calls of the forking strategy: `fork`, looking whether one child
+//! (by pid) has ended and reaping it, `kill`, `_exit`, and a pipe a child reports through with raw
 //! `write(2)` (a child of a threaded process must not take a lock another
 //! thread may have held at fork time: no `log`, no std `stderr`).
 
@@ -81,24 +81,42 @@ fn wait_child(pid: libc::pid_t) -> io::Result<i32> {
     }
 }
 
-/// Waits for the child `pid` to end without reaping it: it stays a zombie,
-/// so its pid cannot be reused (and a [`kill_child`] racing with the reaper
-/// hits nothing) until [`wait_child`] collects it.
-fn wait_child_exited(pid: libc::pid_t) -> io::Result<()> {
+/// Whether the child `pid` has ended, without waiting and without reaping
+/// it: it stays a zombie, so its pid cannot be reused (and a [`kill_child`]
+/// racing with the reaper hits nothing) until [`wait_child`] collects it.
+fn child_exited(pid: libc::pid_t) -> io::Result<bool> {
     loop {
         // SAFETY: an all-zero siginfo_t is a valid value; waitid fills it.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `info` is a valid out-pointer; P_PID waits on this child
-        // only, and WNOWAIT leaves it to be reaped later.
-        let r = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        // SAFETY: `info` is a valid out-pointer; P_PID looks at this child
+        // only, WNOHANG returns at once and WNOWAIT leaves it to be reaped.
+        let r = unsafe {
+            libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
+        };
         if r == 0 {
-            return Ok(());
+            // SAFETY: waitid succeeded, so `info` is initialised; with
+            // WNOHANG and no child ended, si_pid is left 0 (zeroed above).
+            return Ok(unsafe { info.si_pid() } == pid);
         }
         let err = io::Error::last_os_error();
         if err.kind() != io::ErrorKind::Interrupted {
             return Err(err);
         }
     }
+}
+
+/// Makes reads from `fd` return `WouldBlock` rather than wait (`O_NONBLOCK`;
+/// for a pipe, only on this end's open file description).
+pub(crate) fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: fcntl on an open descriptor with F_GETFL/F_SETFL has no
+    // memory-safety preconditions.
+    unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Sends SIGKILL to the child `pid`.
@@ -132,7 +150,7 @@ pub(crate) struct Children {
 
 impl Children {
     /// Forks a child that runs `child` and exits with its return value; the
-    /// child is tracked until [`wait`](Self::wait) collects it.
+    /// child is tracked until [`try_wait`](Self::try_wait) collects it.
     ///
     /// # Safety
     /// As [`fork`]: `child` must not take a lock another thread may hold.
@@ -146,13 +164,17 @@ impl Children {
         Ok(pid)
     }
 
-    /// Waits for the child `pid` to end, untracks it, then reaps it; returns
-    /// its exit code (128 + N for signal N).
-    pub(crate) fn wait(&self, pid: libc::pid_t) -> io::Result<i32> {
+    /// If the child `pid` has ended: untracks it, then reaps it, and returns
+    /// its exit code (128 + N for signal N). `None`: still running (nothing
+    /// waited for).
+    pub(crate) fn try_wait(&self, pid: libc::pid_t) -> io::Result<Option<i32>> {
         // Still a zombie here: its pid cannot be reused while it is tracked.
-        let exited = wait_child_exited(pid);
+        let exited = child_exited(pid);
+        if let Ok(false) = exited {
+            return Ok(None);
+        }
         self.live.lock().remove(&pid);
-        exited.and_then(|()| wait_child(pid))
+        exited.and_then(|_| wait_child(pid)).map(Some)
     }
 
     /// Sends SIGKILL to every tracked child; returns how many.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{ReadBuffer, StreamRequest, TryRead};
-use crate::net::Stream;
+use crate::net::{Stream, is_write_timeout};
 use crate::request::timeouts::Expired;
 
 /// Under the event strategy, how often one request may park in its middle
@@ -382,7 +382,7 @@ impl StreamRequest {
                 self.rbuf.consume(n);
                 Ok(())
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(self.write_timed_out()),
+            Err(e) if is_write_timeout(&e) => Err(self.write_timed_out()),
             Err(e) => Err(e),
         }
     }
