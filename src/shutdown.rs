@@ -236,9 +236,11 @@ impl Shared {
         ready()
     }
 
-    /// A strategy thread or reaper ended: wake a drain waiting for the last one.
+    /// A strategy thread or reaper ended: wake a drain waiting for the last
+    /// one, or — during a shutdown — for some of them (the datagram
+    /// receivers, while a pool `handle_request` started lives on).
     pub(crate) fn thread_exited(&self) {
-        if self.threads.fetch_sub(1, SeqCst) == 1 {
+        if self.threads.fetch_sub(1, SeqCst) == 1 || self.stopping() {
             self.notify_drain();
         }
     }
