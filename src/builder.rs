@@ -20,6 +20,16 @@ use crate::transport::{BindAddress, Transport};
 /// Configures a server before it binds: socket options, limits, timeouts,
 /// the strategy and the hooks. Get one from [`Server::builder`].
 ///
+/// # Durations
+///
+/// Every duration the library takes — these settings, the strategies'
+/// `keep_alive`, [`ProxyProtocol::header_timeout`](crate::proxy::ProxyProtocol::header_timeout),
+/// [`ServerHandle::shutdown_with_grace`](crate::ServerHandle::shutdown_with_grace)
+/// and the timeouts of its calls — follows one rule: **`Duration::MAX`
+/// means for ever** (no timeout, no deadline; never an overflow).
+/// [`service_interval`](Self::service_interval) cannot be zero: `bind`
+/// refuses it.
+///
 /// ```no_run
 /// # fn main() -> std::io::Result<()> {
 /// use socketserver::servers::Echo;
@@ -165,7 +175,8 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
     }
 
     /// How long [`Server::handle_request`] waits before it calls
-    /// `handle_timeout` and returns (Python's `timeout`). Default none.
+    /// `handle_timeout` and returns (Python's `timeout`). Default none;
+    /// zero: it takes a request already waiting, or times out at once.
     pub fn timeout(mut self, t: Duration) -> Self {
         self.opts.timeout = Some(t);
         self
@@ -192,7 +203,8 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
     /// a request that raced the signal is served instead of cut, and a quiet
     /// connection closes when the window ends. A datagram server answers
     /// what is already queued on its socket for as long. `Duration::ZERO`:
-    /// idle connections close at once.
+    /// idle connections close at once; `Duration::MAX`: they are waited on
+    /// until the grace period ends.
     pub fn drain_window(mut self, window: Duration) -> Self {
         self.opts.drain_window = window;
         self
@@ -200,6 +212,8 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
 
     /// Also wake `serve_forever` this often to run `service_actions` when
     /// nothing happens (by default it runs only after a wake-up).
+    /// `Duration::MAX`: never, as when unset; `bind` refuses zero, on
+    /// which the loop would spin.
     pub fn service_interval(mut self, every: Duration) -> Self {
         self.opts.service_interval = Some(every);
         self
@@ -357,6 +371,12 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
 
     /// Refuses settings that cannot work before anything is bound.
     fn check(&self) -> io::Result<()> {
+        if self.opts.service_interval.is_some_and(|every| every.is_zero()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "service_interval(0): serve_forever would wake without pause; give a positive interval (Duration::MAX: none)",
+            ));
+        }
         strategy::to_any(&self.strategy).check()
     }
 }

@@ -217,6 +217,7 @@
 
 pub mod activation;
 mod builder;
+mod deadline;
 mod error;
 pub mod framing;
 mod handle;

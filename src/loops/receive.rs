@@ -13,6 +13,7 @@ use socket2::{SockAddr, SockRef, Socket, Type};
 
 use super::errors::{self, Next};
 use super::{Core, Endpoint, Kind, Taken};
+use crate::deadline::Deadline;
 use crate::net::{Address, DatagramSocket};
 use crate::request::DatagramRequest;
 use crate::service::Service;
@@ -88,8 +89,8 @@ impl DatagramEndpoint {
         executor: &Executor<DatagramRequest>,
         scratch: &mut Option<DatagramRequest>,
     ) {
-        let until = Instant::now() + core.opts.drain_window;
-        while Instant::now() < until {
+        let until = Deadline::after(Instant::now(), core.opts.drain_window);
+        while !until.passed(Instant::now()) {
             executor.reap();
             if !core.shared.wait_for_capacity_until(|| core.can_accept(executor), until) {
                 return;
@@ -156,7 +157,7 @@ impl DatagramEndpoint {
         }
         let receiving = || receiving.load(SeqCst);
         let done = match wake {
-            Some(wake) => wake.wake_receivers(receiving, core.opts.grace + FORCE_WAIT),
+            Some(wake) => wake.wake_receivers(receiving, core.opts.grace.saturating_add(FORCE_WAIT)),
             None => shared.wait_drained(|| receiving() == 0),
         };
         for h in handles {
@@ -343,8 +344,8 @@ impl Receiver {
         }
         // Shutting down: answer what is already queued, for at most the
         // drain window, without waiting for more.
-        let until = Instant::now() + core.opts.drain_window;
-        while Instant::now() < until {
+        let until = Deadline::after(Instant::now(), core.opts.drain_window);
+        while !until.passed(Instant::now()) {
             match receive_into(&core, &self.service, &mut self.request, true, self.wake_from.as_ref()) {
                 Ok(Taken::Request) => self.handle(),
                 Ok(_) => {}
@@ -421,14 +422,14 @@ impl WakeSender {
     /// shutdown and leaves), for at most `limit`. Returns whether they all
     /// ended. Extra wake-ups left in the queue are skipped on a later run.
     fn wake_receivers(&self, receiving: impl Fn() -> usize, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
+        let deadline = Deadline::after(Instant::now(), limit);
         let mut pause = Duration::from_millis(1);
         loop {
             let left = receiving();
             if left == 0 {
                 return true;
             }
-            if Instant::now() >= deadline {
+            if deadline.passed(Instant::now()) {
                 return false;
             }
             for _ in 0..left {
