@@ -26,9 +26,14 @@ use crate::transport::{BindAddress, Transport};
 /// `keep_alive`, [`ProxyProtocol::header_timeout`](crate::proxy::ProxyProtocol::header_timeout),
 /// [`ServerHandle::shutdown_with_grace`](crate::ServerHandle::shutdown_with_grace)
 /// and the timeouts of its calls — follows one rule: **`Duration::MAX`
-/// means for ever** (no timeout, no deadline; never an overflow).
-/// [`service_interval`](Self::service_interval) cannot be zero: `bind`
-/// refuses it.
+/// means for ever** (no timeout, no deadline; never an overflow), and
+/// **`Duration::ZERO` means not at all**: nothing is waited for. So a
+/// zero read, write or idle timeout fails a read or write that would wait
+/// (Python's timeout of 0: non-blocking), a zero [`timeout`](Self::timeout)
+/// makes `handle_request` take only what is already there, a zero grace
+/// period or drain window closes at once, and a zero `keep_alive` retires a
+/// surplus thread as soon as it is idle. The one exception is
+/// [`service_interval`](Self::service_interval), whose zero `bind` refuses.
 ///
 /// ```no_run
 /// # fn main() -> std::io::Result<()> {
@@ -116,16 +121,18 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
     }
 
     /// A read that waits longer fails with `ErrorKind::TimedOut`; the
-    /// connection stays open. Default none (Python's handler `timeout`).
+    /// connection stays open. Default none (Python's handler `timeout`);
+    /// zero: a read with nothing to take fails at once.
     pub fn read_timeout(mut self, t: Duration) -> Self {
-        self.opts.read_timeout = Some(t).filter(|t| !t.is_zero());
+        self.opts.read_timeout = Some(t);
         self
     }
 
     /// A write that waits longer (a peer that does not read) fails with
-    /// `ErrorKind::TimedOut`. Default none.
+    /// `ErrorKind::TimedOut`. Default none; zero: a write the socket cannot
+    /// take at once fails.
     pub fn write_timeout(mut self, t: Duration) -> Self {
-        self.opts.write_timeout = Some(t).filter(|t| !t.is_zero());
+        self.opts.write_timeout = Some(t);
         self
     }
 
@@ -135,9 +142,10 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
     /// what stops idle clients from pinning workers for ever. With a
     /// shorter [`read_timeout`](Self::read_timeout), reads time out as that
     /// says, and a handler that reads on is closed once the peer has been
-    /// silent for the idle timeout in all. Default none.
+    /// silent for the idle timeout in all. Default none; zero: a connection
+    /// is closed as soon as its handler would wait for it.
     pub fn idle_timeout(mut self, t: Duration) -> Self {
-        self.opts.idle_timeout = Some(t).filter(|t| !t.is_zero());
+        self.opts.idle_timeout = Some(t);
         self
     }
 

@@ -1,6 +1,7 @@
-//! `Duration::MAX` means for ever in every duration the library takes:
-//! every setting of the builder, of the strategies and of the PROXY
-//! protocol, a handle's shutdown grace and its wait for a shutdown. Each is walked with 0, 1 ns and `Duration::MAX`,
+//! `Duration::MAX` means for ever, and 0 means not at all, in every
+//! duration the library takes: every setting of the builder, of the
+//! strategies and of the PROXY protocol, a handle's shutdown grace and its
+//! wait for a shutdown. Each is walked with 0, 1 ns and `Duration::MAX`,
 //! over every transport and every strategy: the server serves a request
 //! through `handle_request` and through `serve_forever`, a connection left
 //! waiting between requests meets the shutdown, and `serve_forever`
@@ -560,4 +561,46 @@ fn every_duration_setting_takes_zero_a_nanosecond_and_max_without_a_panic() {
         panics.len(),
         panics.join("\n"),
     );
+}
+
+/// Zero is "not at all", never "for ever": a zero read timeout fails a
+/// read with nothing to take at once (Python's timeout of 0), a zero idle
+/// timeout closes a connection whose handler would wait for it, and a zero
+/// write timeout fails a write the peer does not take. (They used to mean
+/// no timeout, unlike 1 ns.)
+#[test]
+fn a_zero_timeout_waits_not_at_all() {
+    for setting in [Setting::ReadTimeout, Setting::IdleTimeout, Setting::WriteTimeout] {
+        let (tx, rx) = mpsc::channel();
+        let builder = socketserver::TcpServer::builder();
+        let builder = match setting {
+            Setting::ReadTimeout => builder.read_timeout(Duration::ZERO),
+            Setting::IdleTimeout => builder.idle_timeout(Duration::ZERO),
+            _ => builder.write_timeout(Duration::ZERO),
+        };
+        let server = builder
+            .bind("127.0.0.1:0", move |req: &mut StreamRequest| {
+                let start = Instant::now();
+                let result = match setting {
+                    // More than the socket and the client's kernel take.
+                    Setting::WriteTimeout => req.write_all(&vec![0; 32 << 20]),
+                    _ => req.next_line().map(drop),
+                };
+                let _ = tx.send((result.map_err(|e| e.kind()), start.elapsed()));
+                Ok(())
+            })
+            .unwrap()
+            .spawn()
+            .unwrap();
+        // Connected, silent, reading nothing.
+        let client = TcpStream::connect(server.server_address().as_inet().unwrap()).unwrap();
+        let (result, took) = rx.recv_timeout(ANSWER).unwrap_or_else(|_| panic!("{setting:?}(0) waited"));
+        assert_eq!(result, Err(io::ErrorKind::TimedOut), "{setting:?}(0)");
+        assert!(took < Duration::from_secs(1), "{setting:?}(0) took {took:?}");
+        if setting == Setting::IdleTimeout {
+            assert_eq!(server.handle().stats().idle_closed, 1);
+        }
+        drop(client);
+        server.stop().unwrap();
+    }
 }
