@@ -604,3 +604,37 @@ fn a_zero_timeout_waits_not_at_all() {
         server.stop().unwrap();
     }
 }
+
+/// The durations taken outside the builder follow the rule too: the time
+/// server's `request_timeout(Some(Duration::MAX))` (it panicked at the
+/// first line), a `Stream`'s timeouts (MAX reads back as for ever, zero as
+/// no wait, where std refuses it).
+#[test]
+fn durations_outside_the_builder_take_max_as_for_ever() {
+    let server = socketserver::TcpServer::bind(
+        "127.0.0.1:0",
+        socketserver::servers::Strftime::new().request_timeout(Some(Duration::MAX)),
+    )
+    .unwrap()
+    .spawn()
+    .unwrap();
+    let mut c = TcpStream::connect(server.server_address().as_inet().unwrap()).unwrap();
+    c.set_read_timeout(Some(ANSWER)).unwrap();
+    c.write_all(b"%Y\n").unwrap();
+    let Answer::Line(year) = answer(&mut c) else { panic!("no answer") };
+    assert!(year.len() == 4 && year.bytes().all(|b| b.is_ascii_digit()), "{year:?}");
+    drop(c);
+    server.stop().unwrap();
+
+    let (a, _b) = StdUnixStream::pair().unwrap();
+    let stream = socketserver::Stream::from_unix(a).unwrap();
+    stream.set_read_timeout(Some(Duration::MAX)).unwrap();
+    assert_eq!(stream.read_timeout(), None);
+    stream.set_write_timeout(Some(Duration::ZERO)).unwrap();
+    assert_eq!(stream.write_timeout(), Some(Duration::ZERO));
+    stream.set_read_timeout(Some(Duration::ZERO)).unwrap();
+    let start = Instant::now();
+    let err = (&stream).read(&mut [0u8; 8]).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    assert!(start.elapsed() < Duration::from_secs(1));
+}
