@@ -33,6 +33,8 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, SockRef, Type};
 
+use crate::deadline::Deadline;
+
 /// The first descriptor socket activation passes.
 const FIRST: RawFd = 3;
 
@@ -295,20 +297,20 @@ impl Successor {
         self.child.id()
     }
 
-    /// Waits up to `timeout` for the successor to say it serves.
+    /// Waits up to `timeout` for the successor to say it serves
+    /// (`Duration::MAX`: for ever).
     ///
     /// # Errors
     /// `TimedOut` when it has not by then; `UnexpectedEof` when it ended
     /// (or closed the pipe) first, with its exit status if it has one.
     /// Either way the caller still serves: [`abandon`](Self::abandon) it.
     pub fn wait_ready(&mut self, timeout: Duration) -> io::Result<()> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Deadline::after(Instant::now(), timeout);
         let mut got = Vec::new();
         let mut buf = [0u8; 64];
         let fd = self.ready.as_raw_fd();
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if crate::sys::poll(&[fd], &mut [false], Some(left))? == 0 {
+            if crate::sys::poll(&[fd], &mut [false], deadline.left(Instant::now()))? == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("successor (pid {}) did not say it serves within {timeout:?}", self.id()),

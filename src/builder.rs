@@ -20,6 +20,21 @@ use crate::transport::{BindAddress, Transport};
 /// Configures a server before it binds: socket options, limits, timeouts,
 /// the strategy and the hooks. Get one from [`Server::builder`].
 ///
+/// # Durations
+///
+/// Every duration the library takes — these settings, the strategies'
+/// `keep_alive`, [`ProxyProtocol::header_timeout`](crate::proxy::ProxyProtocol::header_timeout),
+/// [`ServerHandle::shutdown_with_grace`](crate::ServerHandle::shutdown_with_grace)
+/// and the timeouts of its calls — follows one rule: **`Duration::MAX`
+/// means for ever** (no timeout, no deadline; never an overflow), and
+/// **`Duration::ZERO` means not at all**: nothing is waited for. So a
+/// zero read, write or idle timeout fails a read or write that would wait
+/// (Python's timeout of 0: non-blocking), a zero [`timeout`](Self::timeout)
+/// makes `handle_request` take only what is already there, a zero grace
+/// period or drain window closes at once, and a zero `keep_alive` retires a
+/// surplus thread as soon as it is idle. The one exception is
+/// [`service_interval`](Self::service_interval), whose zero `bind` refuses.
+///
 /// ```no_run
 /// # fn main() -> std::io::Result<()> {
 /// use socketserver::servers::Echo;
@@ -111,18 +126,19 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
     }
 
     /// A read that waits longer fails with `ErrorKind::TimedOut`; the
-    /// connection stays open. Default none (Python's handler `timeout`).
+    /// connection stays open. Default none (Python's handler `timeout`);
+    /// zero: a read with nothing to take fails at once.
     pub fn read_timeout(mut self, t: Duration) -> Self {
-        self.opts.read_timeout = Some(t).filter(|t| !t.is_zero());
+        self.opts.read_timeout = Some(t);
         self
     }
 
     /// A write that waits longer (a peer that does not read) fails with
     /// `ErrorKind::TimedOut`, "write to PEER timed out after T" — through
     /// the request, or straight to its [`Stream`](crate::Stream). Default
-    /// none.
+    /// none; zero: a write the socket cannot take at once fails.
     pub fn write_timeout(mut self, t: Duration) -> Self {
-        self.opts.write_timeout = Some(t).filter(|t| !t.is_zero());
+        self.opts.write_timeout = Some(t);
         self
     }
 
@@ -132,9 +148,10 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
     /// what stops idle clients from pinning workers for ever. With a
     /// shorter [`read_timeout`](Self::read_timeout), reads time out as that
     /// says, and a handler that reads on is closed once the peer has been
-    /// silent for the idle timeout in all. Default none.
+    /// silent for the idle timeout in all. Default none; zero: a connection
+    /// is closed as soon as its handler would wait for it.
     pub fn idle_timeout(mut self, t: Duration) -> Self {
-        self.opts.idle_timeout = Some(t).filter(|t| !t.is_zero());
+        self.opts.idle_timeout = Some(t);
         self
     }
 
@@ -177,7 +194,8 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
     }
 
     /// How long [`Server::handle_request`] waits before it calls
-    /// `handle_timeout` and returns (Python's `timeout`). Default none.
+    /// `handle_timeout` and returns (Python's `timeout`). Default none;
+    /// zero: it takes a request already waiting, or times out at once.
     pub fn timeout(mut self, t: Duration) -> Self {
         self.opts.timeout = Some(t);
         self
@@ -204,7 +222,8 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
     /// a request that raced the signal is served instead of cut, and a quiet
     /// connection closes when the window ends. A datagram server answers
     /// what is already queued on its socket for as long. `Duration::ZERO`:
-    /// idle connections close at once.
+    /// idle connections close at once; `Duration::MAX`: they are waited on
+    /// until the grace period ends.
     pub fn drain_window(mut self, window: Duration) -> Self {
         self.opts.drain_window = window;
         self
@@ -212,7 +231,8 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
 
     /// How often [`service_actions`](Self::service_actions) runs: at most
     /// once per interval, busy or idle (default 0.5 s, Python's
-    /// `poll_interval`). `Duration::MAX`: never.
+    /// `poll_interval`). `Duration::MAX`: never; `bind` refuses zero, on
+    /// which the loop would spin.
     pub fn service_interval(mut self, every: Duration) -> Self {
         self.opts.service_interval = every;
         self
@@ -386,6 +406,12 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
 
     /// Refuses settings that cannot work before anything is bound.
     fn check(&self) -> io::Result<()> {
+        if self.opts.service_interval.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "service_interval(0): serve_forever would wake without pause; give a positive interval (Duration::MAX: none)",
+            ));
+        }
         strategy::to_any(&self.strategy).check()
     }
 }

@@ -51,7 +51,8 @@ impl ServerHandle {
     }
 
     /// Like [`shutdown`](Self::shutdown) with a grace period of `grace`
-    /// (`Duration::ZERO`: close every connection now). A second call can
+    /// (`Duration::ZERO`: close every connection now; `Duration::MAX`: wait
+    /// for every request however long it takes). A second call can
     /// shorten the deadline of a shutdown under way, not lengthen it.
     pub fn shutdown_with_grace(&self, grace: Duration) {
         self.shared.request_stop(grace);
@@ -71,9 +72,9 @@ impl ServerHandle {
     }
 
     /// Waits until a shutdown is asked for (by a signal, a handle, a hand-
-    /// over), for at most `timeout` (`None`: no limit); returns whether one
-    /// was. For what a process does as it begins to drain, such as telling
-    /// its service manager (`STOPPING=1`).
+    /// over), for at most `timeout` (`None` or `Some(Duration::MAX)`: no
+    /// limit); returns whether one was. For what a process does as it
+    /// begins to drain, such as telling its service manager (`STOPPING=1`).
     pub fn wait_shutdown_requested(&self, timeout: Option<Duration>) -> bool {
         self.shared.wait_stop_requested(timeout)
     }

@@ -233,6 +233,7 @@ linux_only! {
 
 pub mod activation;
 mod builder;
+mod deadline;
 mod error;
 mod escaped;
 pub mod framing;

@@ -64,6 +64,8 @@ impl ProxyProtocol {
     /// How long a header may take to arrive whole, from the connection's
     /// start (default 3 s). One that does not — never sent, or sent in
     /// part — is closed then and counted in `Stats::proxy_errors`.
+    /// `Duration::MAX`: no limit; zero: the header must be there when the
+    /// connection is taken.
     pub fn header_timeout(mut self, timeout: Duration) -> ProxyProtocol {
         self.header_timeout = timeout;
         self

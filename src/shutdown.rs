@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::deadline::Deadline;
 use crate::net::Stream;
 use crate::stats::Counters;
 use crate::sys;
@@ -99,7 +100,7 @@ impl Drain {
     /// Asks for a shutdown with `grace`: a later request may shorten the
     /// deadline, never lengthen it.
     fn request(&mut self, grace: Duration) {
-        let new = Instant::now().checked_add(grace);
+        let new = Deadline::after(Instant::now(), grace).instant();
         self.deadline = match (self.requested, self.deadline, new) {
             (false, _, new) => new,
             (true, Some(old), Some(new)) => Some(old.min(new)),
@@ -165,7 +166,7 @@ impl Shared {
 
     /// Waits until a shutdown is asked for, or `timeout` passes; whether it was.
     pub(crate) fn wait_stop_requested(&self, timeout: Option<Duration>) -> bool {
-        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        let deadline = Deadline::within(Instant::now(), timeout).instant();
         let mut d = self.drain.lock();
         let seen = d.requests;
         while !self.stopping() && d.requests == seen {
@@ -223,11 +224,11 @@ impl Shared {
     /// Like [`wait_for_capacity`](Self::wait_for_capacity) during a shutdown
     /// (the stop descriptor, readable now, is not waited on): until
     /// `ready()` or `until`. Returns `ready()`.
-    pub(crate) fn wait_for_capacity_until(&self, ready: impl Fn() -> bool, until: Instant) -> bool {
+    pub(crate) fn wait_for_capacity_until(&self, ready: impl Fn() -> bool, until: Deadline) -> bool {
         self.waiting.store(true, SeqCst);
         while !ready() {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() || sys::poll(&[self.waker.notify_fd()], &mut [false], Some(left)).is_err() {
+            let left = until.left(Instant::now());
+            if left.is_some_and(|l| l.is_zero()) || sys::poll(&[self.waker.notify_fd()], &mut [false], left).is_err() {
                 break;
             }
             self.waker.drain_notify();
@@ -236,9 +237,11 @@ impl Shared {
         ready()
     }
 
-    /// A strategy thread or reaper ended: wake a drain waiting for the last one.
+    /// A strategy thread or reaper ended: wake a drain waiting for the last
+    /// one, or — during a shutdown — for some of them (the datagram
+    /// receivers, while a pool `handle_request` started lives on).
     pub(crate) fn thread_exited(&self) {
-        if self.threads.fetch_sub(1, SeqCst) == 1 {
+        if self.threads.fetch_sub(1, SeqCst) == 1 || self.stopping() {
             self.notify_drain();
         }
     }

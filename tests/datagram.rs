@@ -133,6 +133,34 @@ fn datagram_pools_wake_from_recvfrom_at_shutdown() {
     });
 }
 
+/// A pool that `handle_request` started lives on until the server closes;
+/// the shutdown of a later `serve_forever` waits for its receivers only,
+/// not for those idle workers (it waited the whole grace period and a
+/// second more; with `grace_period(Duration::MAX)`, for ever).
+#[test]
+fn a_datagram_pool_shuts_down_at_once_after_handle_request() {
+    let grace = Duration::from_secs(3);
+    let bound = UdpServer::builder().strategy(pool2()).grace_period(grace).bind("127.0.0.1:0", echo_datagram).unwrap();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_nonblocking(true).unwrap();
+    // Adopted: its receivers poll, and the shutdown waits for them to drain.
+    let adopted =
+        UdpServer::builder().strategy(pool2()).grace_period(grace).from_socket(socket, echo_datagram).unwrap();
+    for server in [bound, adopted] {
+        let addr = server.server_address().as_inet().unwrap();
+        let client = udp_client();
+        client.send_to(b"one", addr).unwrap();
+        assert_eq!(server.handle_request().unwrap(), socketserver::Handled::Served);
+        let mut buf = [0u8; 8];
+        assert_eq!(client.recv(&mut buf).unwrap(), 3, "answered by the pool handle_request started");
+        let running = run(server);
+        assert_eq!(udp_round_trip(&client, addr, b"two"), b"two");
+        let start = std::time::Instant::now();
+        running.stop().unwrap();
+        assert!(start.elapsed() < Duration::from_secs(1), "the shutdown took {:?}", start.elapsed());
+    }
+}
+
 fn pool2() -> ThreadPool {
     ThreadPool::new(2)
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 
 /// The top-level modules, bottom layer first.
 const LAYERS: &[&[&str]] = &[
+    &["deadline", "escaped"],
     &["sys", "error", "framing", "handler", "stats"],
     &["net"],
     &["proxy", "activation"],

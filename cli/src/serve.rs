@@ -136,11 +136,11 @@ pub struct ServerOptions {
     /// Close a connection that makes no progress for SECS seconds: it sends
     /// nothing while the server waits to read, or takes nothing while the
     /// server waits to write.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
     idle_timeout: Option<Duration>,
     /// A write that makes no progress for SECS fails (the connection is
     /// closed); without it, --idle-timeout bounds writes too.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
     write_timeout: Option<Duration>,
     /// The longest datagram taken (default: what the transport carries —
     /// 65,507 bytes over UDP/IPv4, 65,527 over IPv6, 262,144 for Unix
@@ -196,6 +196,15 @@ pub struct ServerOptions {
 fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
     Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is not a duration in seconds (0 or more)"))
+}
+
+/// A timeout: more than zero seconds (to the library a zero timeout fails
+/// any wait at once; leave the flag out for none).
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match parse_secs(s)? {
+        d if d.is_zero() => Err(format!("`{s}`: a timeout must be more than 0 seconds (leave the flag out for none)")),
+        d => Ok(d),
+    }
 }
 
 /// Whether `ip` is in one of `nets`, whatever form either is written in:

@@ -1266,6 +1266,9 @@ fn bad_usage_is_a_clap_error_with_exit_2() {
         &["echo", "--strategy", "nope"],
         &["echo", "--workers", "0"],
         &["echo", "--grace", "soon"],
+        // A zero timeout would close every connection at once.
+        &["echo", "--idle-timeout", "0"],
+        &["echo", "--write-timeout", "0"],
         // Options that parse but conflict, or ask for more threads than
         // the system can start (which would abort the process under load).
         &["echo", "--workers", "5", "--max-workers", "2"],

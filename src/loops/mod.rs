@@ -26,6 +26,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 use self::errors::{AcceptErrors, Next};
+use crate::deadline::Deadline;
 use crate::handle::ServerHandle;
 use crate::net::Address;
 use crate::options::Options;
@@ -261,13 +262,13 @@ pub(crate) fn handle_request<E: Endpoint>(
 ) -> io::Result<Handled> {
     executor.reap();
     let shared = &core.shared;
-    let deadline = core.opts.timeout.map(|t| Instant::now() + t);
+    let deadline = Deadline::within(Instant::now(), core.opts.timeout);
     let fds = [endpoint.as_raw_fd(), shared.waker.stop_fd()];
     loop {
         if shared.stopping() {
             return Ok(Handled::ShutDown);
         }
-        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let left = deadline.left(Instant::now());
         let mut ready = [false; 2];
         if sys::poll(&fds, &mut ready, left)? == 0 {
             service.handle_timeout();

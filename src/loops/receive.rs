@@ -13,10 +13,11 @@ use socket2::{SockAddr, SockRef, Socket, Type};
 
 use super::errors::{self, Next};
 use super::{Core, Endpoint, Kind, Taken};
+use crate::deadline::Deadline;
 use crate::net::{Address, DatagramSocket};
 use crate::request::DatagramRequest;
 use crate::service::Service;
-use crate::shutdown::{FORCE_WAIT, Shared};
+use crate::shutdown::FORCE_WAIT;
 use crate::stats::Counters;
 use crate::strategy::{self, AnyStrategy, Executor, ThreadPool};
 use crate::sys;
@@ -88,8 +89,8 @@ impl DatagramEndpoint {
         executor: &Executor<DatagramRequest>,
         scratch: &mut Option<DatagramRequest>,
     ) {
-        let until = Instant::now() + core.opts.drain_window;
-        while Instant::now() < until {
+        let until = Deadline::after(Instant::now(), core.opts.drain_window);
+        while !until.passed(Instant::now()) {
             executor.reap();
             if !core.shared.wait_for_capacity_until(|| core.can_accept(executor), until) {
                 return;
@@ -122,6 +123,9 @@ impl DatagramEndpoint {
             self.wake.get_or_init(|| WakeSender::new(&self.socket)).as_ref()
         };
         let fatal = Arc::new(Mutex::new(None));
+        // The receivers still running: not every thread of the server, as a
+        // pool that `handle_request` started lives on until the server closes.
+        let receiving = Arc::new(AtomicUsize::new(0));
         let mut handles = Vec::with_capacity(receivers);
         for id in 0..receivers {
             let worker = Receiver {
@@ -129,13 +133,16 @@ impl DatagramEndpoint {
                 service: Arc::clone(service),
                 request: self.new_request(core),
                 fatal: Arc::clone(&fatal),
+                receiving: Arc::clone(&receiving),
                 wake_from: wake.map(|w| w.from.clone()),
             };
             shared.stats.workers_total.fetch_add(1, SeqCst);
+            receiving.fetch_add(1, SeqCst);
             match strategy::spawn(shared, &format!("socketserver-udp-{id}"), pool.stack_size, move || worker.run()) {
                 Ok(h) => handles.push(h),
                 Err(e) => {
                     shared.stats.workers_total.fetch_sub(1, SeqCst);
+                    receiving.fetch_sub(1, SeqCst);
                     shared.request_stop(Duration::ZERO);
                     for h in handles {
                         let _ = h.join();
@@ -145,9 +152,10 @@ impl DatagramEndpoint {
             }
         }
         super::ServiceClock::new(core, service).wait_for_stop(shared, service)?;
+        let receiving = || receiving.load(SeqCst);
         let done = match wake {
-            Some(wake) => wake.wake_receivers(shared, core.opts.grace + FORCE_WAIT),
-            None => shared.wait_drained(|| shared.threads.load(SeqCst) == 0),
+            Some(wake) => wake.wake_receivers(receiving, core.opts.grace.saturating_add(FORCE_WAIT)),
+            None => shared.wait_drained(|| receiving() == 0),
         };
         for h in handles {
             if done || h.is_finished() {
@@ -290,6 +298,8 @@ struct Receiver {
     service: Arc<Service<DatagramRequest>>,
     request: DatagramRequest,
     fatal: Arc<Mutex<Option<io::Error>>>,
+    /// Receivers running, this one included until `run` ends.
+    receiving: Arc<AtomicUsize>,
     /// Where the shutdown's wake-ups come from, in blocking mode.
     wake_from: Option<SockAddr>,
 }
@@ -331,8 +341,8 @@ impl Receiver {
         }
         // Shutting down: answer what is already queued, for at most the
         // drain window, without waiting for more.
-        let until = Instant::now() + core.opts.drain_window;
-        while Instant::now() < until {
+        let until = Deadline::after(Instant::now(), core.opts.drain_window);
+        while !until.passed(Instant::now()) {
             match receive_into(&core, &self.service, &mut self.request, true, self.wake_from.as_ref()) {
                 Ok(Taken::Request) => self.handle(),
                 Ok(_) => {}
@@ -341,6 +351,7 @@ impl Receiver {
             }
         }
         shared.stats.workers_total.fetch_sub(1, SeqCst);
+        self.receiving.fetch_sub(1, SeqCst);
     }
 
     fn handle(&mut self) {
@@ -407,15 +418,15 @@ impl WakeSender {
     /// Sends empty datagrams until every receiver has ended (each sees the
     /// shutdown and leaves), for at most `limit`. Returns whether they all
     /// ended. Extra wake-ups left in the queue are skipped on a later run.
-    fn wake_receivers(&self, shared: &Shared, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
+    fn wake_receivers(&self, receiving: impl Fn() -> usize, limit: Duration) -> bool {
+        let deadline = Deadline::after(Instant::now(), limit);
         let mut pause = Duration::from_millis(1);
         loop {
-            let left = shared.threads.load(SeqCst);
+            let left = receiving();
             if left == 0 {
                 return true;
             }
-            if Instant::now() >= deadline {
+            if deadline.passed(Instant::now()) {
                 return false;
             }
             for _ in 0..left {

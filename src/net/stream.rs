@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use super::Address;
+use crate::deadline;
 use crate::sys;
 
 /// The socket of a [`Stream`].
@@ -47,29 +48,19 @@ macro_rules! on_socket {
 #[derive(Debug)]
 pub struct Stream {
     socket: Socket,
-    /// Nanoseconds a read may wait; 0: for ever.
+    /// Nanoseconds a read may wait (see [`deadline::timeout_nanos`]).
     read_timeout: AtomicU64,
-    /// Nanoseconds a write may wait for room; 0: for ever.
+    /// Nanoseconds a write may wait for room.
     write_timeout: AtomicU64,
-}
-
-fn nanos(t: Option<Duration>) -> io::Result<u64> {
-    match t {
-        None => Ok(0),
-        Some(t) if t.is_zero() => {
-            Err(io::Error::new(io::ErrorKind::InvalidInput, "a zero timeout is not a timeout (use None)"))
-        }
-        Some(t) => Ok(u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)),
-    }
-}
-
-fn duration(nanos: u64) -> Option<Duration> {
-    (nanos != 0).then(|| Duration::from_nanos(nanos))
 }
 
 impl Stream {
     fn new(socket: Socket) -> io::Result<Stream> {
-        let stream = Stream { socket, read_timeout: AtomicU64::new(0), write_timeout: AtomicU64::new(0) };
+        let stream = Stream {
+            socket,
+            read_timeout: AtomicU64::new(deadline::FOREVER_NANOS),
+            write_timeout: AtomicU64::new(deadline::FOREVER_NANOS),
+        };
         on_socket!(stream, s => s.set_nonblocking(true))?;
         Ok(stream)
     }
@@ -115,35 +106,38 @@ impl Stream {
         on_socket!(self, s => s.shutdown(how))
     }
 
-    /// Sets how long a read may wait (`None`: for ever). A read that waits
-    /// that long fails with `WouldBlock`.
+    /// Sets how long a read may wait (`None` or `Some(Duration::MAX)`: for
+    /// ever). A read that waits that long fails with `WouldBlock`. A zero
+    /// duration, which std refuses, is Python's `settimeout(0)`: a read
+    /// with nothing to take fails at once.
     ///
     /// # Errors
-    /// `InvalidInput` for a zero duration, as std.
+    /// None: the `Result` is std's signature.
     pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        self.read_timeout.store(nanos(t)?, Relaxed);
+        self.read_timeout.store(deadline::timeout_nanos(t), Relaxed);
         Ok(())
     }
 
-    /// Sets how long a write may wait for room (`None`: for ever). A write
-    /// that waits that long without progress fails with `TimedOut`: "write
-    /// to PEER timed out after T".
+    /// Sets how long a write may wait for room (`None` or
+    /// `Some(Duration::MAX)`: for ever). A write that waits that long
+    /// without progress fails with `TimedOut`: "write to PEER timed out
+    /// after T"; with zero, a write the socket cannot take at once does.
     ///
     /// # Errors
-    /// `InvalidInput` for a zero duration, as std.
+    /// None: the `Result` is std's signature.
     pub fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        self.write_timeout.store(nanos(t)?, Relaxed);
+        self.write_timeout.store(deadline::timeout_nanos(t), Relaxed);
         Ok(())
     }
 
     /// How long a read may wait (`None`: for ever).
     pub fn read_timeout(&self) -> Option<Duration> {
-        duration(self.read_timeout.load(Relaxed))
+        deadline::timeout_from_nanos(self.read_timeout.load(Relaxed))
     }
 
     /// How long a write may wait for room (`None`: for ever).
     pub fn write_timeout(&self) -> Option<Duration> {
-        duration(self.write_timeout.load(Relaxed))
+        deadline::timeout_from_nanos(self.write_timeout.load(Relaxed))
     }
 
     /// A second handle to the same socket, with the same timeouts.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::buffer::ReadBuffer;
 use super::conn::Connection;
 use super::timeouts::{Expired, ReadTimeouts, TimeoutPolicy};
+use crate::deadline::Deadline;
 use crate::handle::ServerHandle;
 use crate::net::{Address, Stream, is_write_timeout};
 use crate::shutdown::Slot;
@@ -152,7 +153,7 @@ pub struct StreamRequest {
     proxy_header: Option<Duration>,
     /// When the PROXY header must be in (set at its first read; a header
     /// read across parks keeps it).
-    proxy_deadline: Option<Instant>,
+    proxy_deadline: Option<Deadline>,
     /// The address the client connected to, as a PROXY header said.
     local: Option<Address>,
 }
@@ -214,7 +215,7 @@ impl StreamRequest {
     /// (a trusted proxy sends it at once).
     pub(crate) fn read_preamble(&mut self) -> Preamble {
         let Some(timeout) = self.proxy_header else { return Preamble::None };
-        let deadline = *self.proxy_deadline.get_or_insert_with(|| Instant::now() + timeout);
+        let deadline = *self.proxy_deadline.get_or_insert_with(|| Deadline::after(Instant::now(), timeout));
         let fd = self.fd();
         let timed_out = |peer: &Address| {
             Preamble::Failed(io::Error::new(
@@ -237,9 +238,8 @@ impl StreamRequest {
                 Err(e) => return Preamble::Failed(crate::proxy::to_io(e)),
             }
             if !self.parking {
-                let left = deadline.saturating_duration_since(Instant::now());
                 let mut ready = [false];
-                match sys::poll(&[fd], &mut ready, Some(left)) {
+                match sys::poll(&[fd], &mut ready, deadline.left(Instant::now())) {
                     Ok(0) => return timed_out(&self.peer),
                     Ok(_) => {}
                     Err(e) => return Preamble::Failed(e),
@@ -262,7 +262,7 @@ impl StreamRequest {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.parking => {
                     // The event strategy: the rest of the header parks, with
                     // no thread, until it comes or the deadline passes.
-                    if std::mem::take(&mut self.expired) || Instant::now() >= deadline {
+                    if std::mem::take(&mut self.expired) || deadline.passed(Instant::now()) {
                         return timed_out(&self.peer);
                     }
                     self.parked = true;

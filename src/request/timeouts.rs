@@ -115,8 +115,8 @@ impl ReadTimeouts {
             wait = Some(receive.map_or(left, |t| t.min(left)));
         }
         if let Some(idle) = idle {
-            // At least a moment: a zero timeout would mean "wait for ever".
-            let left = idle.saturating_sub(now.saturating_duration_since(self.last_data)).max(Duration::from_millis(1));
+            // Zero once it has passed: the read fails at once, as idle.
+            let left = idle.saturating_sub(now.saturating_duration_since(self.last_data));
             // (Without a deadline, `wait` is the read timeout, the shorter.)
             wait = Some(wait.or(receive).map_or(left, |w| w.min(left)));
         }
@@ -209,7 +209,7 @@ mod tests {
         assert_eq!(t.expired(|| t0 + ms(300)), Expired::Idle(ms(300)));
         t.data_came(|| t0 + ms(290));
         assert_eq!(t.expired(|| t0 + ms(350)), Expired::Read, "data reset the idle clock");
-        assert_eq!(t.next_wait(|| t0 + ms(600)), Ok(Some(ms(1))), "never a zero (endless) timeout");
+        assert_eq!(t.next_wait(|| t0 + ms(600)), Ok(Some(ms(0))), "passed: a read that does not wait");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::fmt;
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
+use crate::deadline::Deadline;
 use crate::handler::RequestHandler;
 use crate::net::MAX_UDP_PAYLOAD;
 use crate::request::{DatagramRequest, StreamRequest};
@@ -132,7 +133,7 @@ impl Strftime {
     }
 
     /// How long a stream client may take to send one whole line, from its
-    /// first byte (`None`: for ever).
+    /// first byte (`None` or `Some(Duration::MAX)`: for ever).
     pub fn request_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.request_timeout = timeout;
         self
@@ -168,7 +169,7 @@ impl RequestHandler<StreamRequest> for Strftime {
                 return Ok(());
             }
             if req.read_deadline().is_none() {
-                req.set_read_deadline(self.request_timeout.map(|t| Instant::now() + t))?;
+                req.set_read_deadline(Deadline::within(Instant::now(), self.request_timeout).instant())?;
             }
             let read = req.read_line_limited(&mut line, MAX_TIME_REQUEST);
             if !matches!(&read, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {

@@ -173,7 +173,8 @@ impl ThreadPool {
         self
     }
 
-    /// How long a worker above the minimum waits for work before it retires.
+    /// How long a worker above the minimum waits for work before it retires
+    /// (`Duration::MAX`: never; zero: as soon as it finds none).
     pub fn keep_alive(mut self, idle: Duration) -> Self {
         self.keep_alive = idle;
         self
@@ -341,7 +342,8 @@ impl Event {
         self
     }
 
-    /// How long a surplus thread waits for work before it retires.
+    /// How long a surplus thread waits for work before it retires
+    /// (`Duration::MAX`: never; zero: as soon as it finds none).
     pub fn keep_alive(mut self, idle: Duration) -> Self {
         self.keep_alive = idle;
         self

@@ -5,7 +5,9 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use crate::deadline::Deadline;
 
 /// What a registration waits for.
 #[derive(Clone, Copy, Debug)]
@@ -71,15 +73,15 @@ impl Epoll {
     /// on for what is left of the timeout, so that a caller never takes an
     /// interruption for a timeout (a surplus poller retired on one).
     pub(crate) fn wait(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<usize> {
-        let deadline = timeout.map(|t| std::time::Instant::now().checked_add(t));
+        let deadline = Deadline::within(Instant::now(), timeout);
         let cap = events.buf.len() as libc::c_int;
         loop {
-            let ms = match deadline {
-                None | Some(None) => -1,
-                Some(Some(at)) => super::poll_millis(at.saturating_duration_since(std::time::Instant::now())),
-            };
+            let ms = deadline.poll_millis(Instant::now());
             // SAFETY: `events.buf` has room for `cap` events and lives for the call.
             let n = unsafe { libc::epoll_wait(self.fd.as_raw_fd(), events.buf.as_mut_ptr(), cap, ms) };
+            if n == 0 && deadline.early(Instant::now()) {
+                continue; // longer than one wait can be
+            }
             if n >= 0 {
                 events.len = n as usize;
                 return Ok(events.len);

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use socket2::{SockAddr, SockRef};
 
+use crate::deadline::Deadline;
+
 /// The most descriptors [`poll`] waits on at once.
 pub(crate) const POLL_MAX: usize = 8;
 
@@ -53,12 +55,9 @@ pub(crate) fn poll_for(
         slot.fd = fd;
         slot.events = events;
     }
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let deadline = Deadline::within(Instant::now(), timeout);
     loop {
-        let ms = match deadline {
-            None => -1,
-            Some(d) => poll_millis(d.saturating_duration_since(Instant::now())),
-        };
+        let ms = deadline.poll_millis(Instant::now());
         // SAFETY: `pfds` holds `fds.len()` (at most POLL_MAX, checked above)
         // initialised pollfd structs and lives for the whole call.
         let n = unsafe { libc::poll(pfds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
@@ -69,18 +68,14 @@ pub(crate) fn poll_for(
             }
             return Err(err);
         }
+        if n == 0 && deadline.early(Instant::now()) {
+            continue; // longer than one poll can wait
+        }
         for (r, p) in ready.iter_mut().zip(&pfds[..fds.len()]) {
             *r = p.revents != 0;
         }
         return Ok(n as usize);
     }
-}
-
-/// A wait in whole milliseconds for `poll` and `epoll_wait`, rounded up so
-/// that a wait of 0.4 ms does not become a busy 0.
-pub(crate) fn poll_millis(left: Duration) -> libc::c_int {
-    let ms = left.as_millis().saturating_add(u128::from(!left.subsec_nanos().is_multiple_of(1_000_000)));
-    ms.min(libc::c_int::MAX as u128) as libc::c_int
 }
 
 /// Whether `fd` has something to read (or is hung up) right now.
@@ -274,13 +269,5 @@ mod tests {
         }
         drop(done_tx);
         spinner.join().unwrap();
-    }
-
-    #[test]
-    fn poll_rounds_a_partial_millisecond_up() {
-        assert_eq!(poll_millis(Duration::ZERO), 0);
-        assert_eq!(poll_millis(Duration::from_micros(400)), 1);
-        assert_eq!(poll_millis(Duration::from_millis(3)), 3);
-        assert_eq!(poll_millis(Duration::from_secs(u64::MAX)), libc::c_int::MAX);
     }
 }

@@ -40,6 +40,7 @@ use self::state::{Due, Park, State, Timer};
 use self::timers::{Entry, Timers};
 use super::Core;
 use super::errors::Backoff;
+use crate::deadline::Deadline;
 use crate::net::Listener;
 use crate::request::{ParkKind, StreamRequest};
 use crate::service::Service;
@@ -256,7 +257,7 @@ impl Reactor {
                 }
                 let parked = self.instant(conn.parked_at.load(SeqCst));
                 let stopped = self.instant(self.stopped_at.load(SeqCst));
-                parked.max(stopped).checked_add(self.core.opts.drain_window)
+                Deadline::after(parked.max(stopped), self.core.opts.drain_window).instant()
             }
         }
     }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{ReadBuffer, StreamRequest, TryRead};
+use crate::deadline::Deadline;
 use crate::net::{Stream, is_write_timeout};
 use crate::request::timeouts::Expired;
 
@@ -243,15 +244,16 @@ impl StreamRequest {
     /// answer the peer does not take. `None`: no timeout applies.
     pub(crate) fn park_deadline(&self, kind: ParkKind, now: Instant) -> Option<Instant> {
         let policy = self.timeouts.policy();
-        match kind {
-            ParkKind::Boundary | ParkKind::Yield => policy.idle.and_then(|idle| now.checked_add(idle)),
+        let wait = match kind {
+            ParkKind::Boundary | ParkKind::Yield => policy.idle,
             ParkKind::Request => match self.timeouts.next_wait(|| now) {
-                Ok(wait) => wait.or(self.timeouts.receive()).and_then(|w| now.checked_add(w)),
-                Err(_) => Some(now),
+                Ok(wait) => wait.or(self.timeouts.receive()),
+                Err(_) => return Some(now),
             },
-            ParkKind::Preamble => self.proxy_deadline,
-            ParkKind::Write => policy.send().and_then(|w| now.checked_add(w)),
-        }
+            ParkKind::Preamble => return self.proxy_deadline.and_then(Deadline::instant),
+            ParkKind::Write => policy.send(),
+        };
+        Deadline::within(now, wait).instant()
     }
 
     /// The connection's deadline passed while it was parked (and nothing
