@@ -10,7 +10,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::Escaped;
+use crate::escaped::Escaped;
 use crate::handler::RequestHandler;
 use crate::net::Address;
 use crate::request::{Preamble, Request};

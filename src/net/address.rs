@@ -12,7 +12,7 @@ use socket2::SockAddr;
 ///
 /// `Display` prints `127.0.0.1:9999`, `[::1]:9999` or the socket path
 /// (its control characters and non-UTF-8 bytes escaped as
-/// [`Escaped`](crate::Escaped) shows them: a client names its own socket);
+/// [`Escaped`](crate::escaped::Escaped) shows them: a client names its own socket);
 /// an unnamed Unix socket (a client that did not bind) prints `(unnamed)`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -59,7 +59,7 @@ impl fmt::Display for Address {
             Address::Inet(a) => a.fmt(f),
             // Chosen by the peer (a client binds any name it likes): escaped,
             // so that it cannot break or forge a log line.
-            Address::Unix(Some(p)) => crate::Escaped(p.as_os_str().as_bytes()).fmt(f),
+            Address::Unix(Some(p)) => crate::escaped::Escaped(p.as_os_str().as_bytes()).fmt(f),
             Address::Unix(None) => f.write_str("(unnamed)"),
         }
     }
