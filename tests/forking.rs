@@ -99,6 +99,7 @@ fn no_child_remains_after_server_close() {
         .strategy(Forking::new())
         .bind("127.0.0.1:0", |req: &mut StreamRequest| {
             std::io::Write::write_all(req, b"hi\n")?;
+            std::io::Write::flush(req)?; // (writes wait for a read, or the end, otherwise)
             std::thread::sleep(Duration::from_millis(200));
             Ok(())
         })

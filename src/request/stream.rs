@@ -55,7 +55,9 @@ pub(crate) struct StreamPolicy {
 ///   read that finds nothing buffered, [`wait_for_data`](Self::wait_for_data)
 ///   included — when the buffer fills, on `flush`, and when the handler is
 ///   done; so a request/response handler never needs `flush`, under every
-///   strategy. Whatever hands out the socket itself
+///   strategy. A handler that writes and then works a while before it
+///   reads again (a progress line before a long job) calls `flush` to send
+///   what it wrote first. Whatever hands out the socket itself
 ///   ([`socket`](Self::socket), [`try_clone`](Self::try_clone),
 ///   [`fill_buf_and_stream`](Self::fill_buf_and_stream)) sends the buffer
 ///   first, so bytes written there never overtake bytes written here.
