@@ -1,16 +1,15 @@
-//! The chat example, run in-process: the UDP relay and the TCP room.
+//! The chat application (`socketserver_apps::chat`), run in-process: the
+//! UDP relay and the TCP room.
 
+#[path = "../../tests/util/mod.rs"]
 mod util;
-
-#[path = "../examples/chat.rs"]
-#[allow(dead_code)]
-mod chat;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use socketserver::{AnyStrategy, Event, Synchronous, ThreadPool, Threading};
+use socketserver_apps::chat;
 use util::*;
 
 fn wait_for(what: &str, cond: impl Fn() -> bool) {
@@ -634,7 +633,11 @@ fn a_member_that_reads_late_gets_every_line_in_order() {
 #[test]
 fn the_servers_take_their_strategy_from_the_command_line() {
     let args = |s: &[&str], default| {
-        chat::parse_server_args(&s.iter().map(|a| a.to_string()).collect::<Vec<_>>(), "127.0.0.1:9", default)
+        socketserver_apps::args::addr_and_strategy(
+            &s.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "127.0.0.1:9",
+            default,
+        )
     };
     assert_eq!(args(&[], Event::new().into()).unwrap(), ("127.0.0.1:9".to_string(), Event::new().into()));
     assert_eq!(args(&["[::1]:0"], Synchronous.into()).unwrap(), ("[::1]:0".to_string(), Synchronous.into()));

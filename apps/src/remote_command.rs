@@ -112,7 +112,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::{self, BufRead, ErrorKind, Read, Write};
 use std::mem::MaybeUninit;
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
@@ -122,6 +122,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use socket2::SockRef;
 use socketserver::framing::LengthPrefixed;
+
+use crate::args::{self, Flags};
 use socketserver::transport::Tcp;
 use socketserver::{AnyStrategy, Escaped, RequestHandler, Server, Stream, StreamRequest, TcpServer, ThreadPool};
 
@@ -1064,22 +1066,15 @@ pub fn interactive<S: Read + Write + ?Sized>(
     }
 }
 
-/// Connects to `addr` (10 s to connect).
+/// Connects to `addr` ([`args::connect`]), with Nagle's delay off: a
+/// command line goes at once.
 ///
 /// # Errors
 /// The address does not resolve, or no address accepts.
 pub fn connect(addr: &str) -> io::Result<TcpStream> {
-    let mut last = io::Error::new(ErrorKind::NotFound, format!("{addr}: no address"));
-    for a in addr.to_socket_addrs().map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))? {
-        match TcpStream::connect_timeout(&a, Duration::from_secs(10)) {
-            Ok(s) => {
-                s.set_nodelay(true)?;
-                return Ok(s);
-            }
-            Err(e) => last = io::Error::new(e.kind(), format!("cannot connect to {a}: {e}")),
-        }
-    }
-    Err(last)
+    let s = args::connect(addr)?;
+    s.set_nodelay(true)?;
+    Ok(s)
 }
 
 // ------------------------------------------------------------- arguments
@@ -1127,24 +1122,21 @@ client: runs COMMAND ARGS... on the server and exits with its status; with
 /// # Errors
 /// A message for the user; print it with [`USAGE`].
 pub fn parse_args(args: &[String]) -> Result<Args, String> {
-    let mut it = args.iter();
+    let mut it = Flags::new(args);
     let mode = it.next().ok_or("missing `server` or `client`")?;
-    let value = |it: &mut std::slice::Iter<'_, String>, flag: &str| -> Result<String, String> {
-        it.next().cloned().ok_or_else(|| format!("{flag} needs a value"))
-    };
     let mut addr = DEFAULT_ADDR.to_string();
-    match mode.as_str() {
+    match mode {
         "-h" | "--help" | "help" => Ok(Args::Help),
         "server" => {
             let mut config = Config::new(Vec::new());
             while let Some(arg) = it.next() {
-                match arg.as_str() {
-                    "--addr" => addr = value(&mut it, arg)?,
-                    "--allow" => config.allow.push(value(&mut it, arg)?),
+                match arg {
+                    "--addr" => addr = it.value(arg)?,
+                    "--allow" => config.allow.push(it.value(arg)?),
                     "--allow-unsafe" => config.allow_unsafe = true,
-                    "--strategy" => config.strategy = value(&mut it, arg)?.parse().map_err(|e| format!("{e}"))?,
+                    "--strategy" => config.strategy = it.strategy(arg)?,
                     "--timeout" => {
-                        let v = value(&mut it, arg)?;
+                        let v = it.value(arg)?;
                         let secs: f64 = v.parse().map_err(|_| format!("--timeout {v}: not a number of seconds"))?;
                         if !(secs > 0.0 && secs <= 86_400.0) {
                             return Err(format!("--timeout {v}: give 0 < SECS <= 86400"));
@@ -1163,16 +1155,16 @@ pub fn parse_args(args: &[String]) -> Result<Args, String> {
         "client" => {
             let mut command = Vec::new();
             while let Some(arg) = it.next() {
-                match arg.as_str() {
-                    "--addr" => addr = value(&mut it, arg)?,
+                match arg {
+                    "--addr" => addr = it.value(arg)?,
                     "-h" | "--help" => return Ok(Args::Help),
                     "--" => {
-                        command.extend(it.by_ref().cloned());
+                        command.extend(it.by_ref().map(str::to_string));
                     }
                     other if other.starts_with("--") => return Err(format!("unknown option {other:?}")),
                     _ => {
-                        command.push(arg.clone());
-                        command.extend(it.by_ref().cloned());
+                        command.push(arg.to_string());
+                        command.extend(it.by_ref().map(str::to_string));
                     }
                 }
             }
@@ -1182,7 +1174,13 @@ pub fn parse_args(args: &[String]) -> Result<Args, String> {
     }
 }
 
-fn run_main(args: Args) -> io::Result<i32> {
+/// Runs what the command line asks; the exit code: the command's status
+/// for a client.
+///
+/// # Errors
+/// The server cannot be bound or served; the client cannot connect or
+/// talk.
+pub fn run(args: Args) -> io::Result<i32> {
     match args {
         Args::Help => {
             println!("{USAGE}");
@@ -1223,33 +1221,6 @@ fn run_main(args: Args) -> io::Result<i32> {
                 eprintln!("remote_command: {msg}");
             }
             Ok(outcome.exit_code())
-        }
-    }
-}
-
-#[allow(dead_code)] // the tests include this file as a module
-fn main() {
-    // Logs (the library's errors included) on stderr; RUST_LOG=debug for more.
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let args: Vec<String> = match std::env::args_os().skip(1).map(|a| a.into_string()).collect() {
-        Ok(a) => a,
-        Err(bad) => {
-            eprintln!("remote_command: argument {bad:?} is not valid UTF-8\n{USAGE}");
-            std::process::exit(2);
-        }
-    };
-    let args = match parse_args(&args) {
-        Ok(a) => a,
-        Err(msg) => {
-            eprintln!("remote_command: {msg}\n{USAGE}");
-            std::process::exit(2);
-        }
-    };
-    match run_main(args) {
-        Ok(code) => std::process::exit(code),
-        Err(e) => {
-            eprintln!("remote_command: {e}");
-            std::process::exit(1);
         }
     }
 }

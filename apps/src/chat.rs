@@ -77,6 +77,8 @@ use socketserver::transport::{Tcp, Udp};
 use socketserver::{Address, AnyStrategy, DatagramRequest, Event, RequestHandler, Server, Stream, StreamRequest};
 use socketserver::{Synchronous, TcpServer, ThreadPool, UdpServer};
 
+use crate::args;
+
 /// The longest name a chatter may take.
 pub const MAX_NAME: usize = 32;
 /// The most UDP chatters remembered at once.
@@ -1066,57 +1068,55 @@ usage: chat udp-server [ADDR] [--strategy sync|pool|threading|event...]  (defaul
        chat udp-client ADDR NAME
        chat tcp-client ADDR";
 
-/// Parses a server's arguments (after `udp-server` or `tcp-server`): its
-/// address and strategy, `default_addr` and `default` unless given.
+/// The UDP relay's default address.
+pub const UDP_ADDR: &str = "127.0.0.1:9003";
+/// The TCP room's default address.
+pub const TCP_ADDR: &str = "127.0.0.1:9004";
+
+/// What the command line asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Args {
+    /// `udp-server [ADDR] [--strategy STRATEGY]`
+    UdpServer(String, AnyStrategy),
+    /// `tcp-server [ADDR] [--strategy STRATEGY]`
+    TcpServer(String, AnyStrategy),
+    /// `udp-client ADDR NAME`
+    UdpClient(String, String),
+    /// `tcp-client ADDR`
+    TcpClient(String),
+}
+
+/// Parses the arguments after the program name.
 ///
 /// # Errors
 /// A message for the user; print it with [`USAGE`].
-pub fn parse_server_args(
-    args: &[String],
-    default_addr: &str,
-    default: AnyStrategy,
-) -> Result<(String, AnyStrategy), String> {
-    let (mut addr, mut strategy) = (None, default);
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--strategy" => {
-                strategy = it.next().ok_or("--strategy needs a value")?.parse().map_err(|e| format!("{e}"))?
-            }
-            other if other.starts_with('-') => return Err(format!("unknown option {other:?}")),
-            other if addr.is_none() => addr = Some(other.to_string()),
-            other => return Err(format!("unexpected argument {other:?}")),
+pub fn parse_args(args: &[String]) -> Result<Args, String> {
+    let rest = args.get(1..).unwrap_or_default();
+    match (args.first().map(String::as_str), rest) {
+        (Some("udp-server"), _) => {
+            let (addr, strategy) = args::addr_and_strategy(rest, UDP_ADDR, Synchronous.into())?;
+            Ok(Args::UdpServer(addr, strategy))
         }
+        (Some("tcp-server"), _) => {
+            let (addr, strategy) = args::addr_and_strategy(rest, TCP_ADDR, Event::new().into())?;
+            Ok(Args::TcpServer(addr, strategy))
+        }
+        (Some("udp-client"), [addr, name]) => Ok(Args::UdpClient(addr.clone(), name.clone())),
+        (Some("tcp-client"), [addr]) => Ok(Args::TcpClient(addr.clone())),
+        _ => Err("give udp-server, tcp-server, udp-client or tcp-client".into()),
     }
-    Ok((addr.unwrap_or_else(|| default_addr.to_string()), strategy))
 }
 
-#[allow(dead_code)] // the tests include this file as a module
-fn main() {
-    // Logs (the library's errors included) on stderr; RUST_LOG=debug for more.
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = |msg: &str| -> ! {
-        eprintln!("chat: {msg}\n{USAGE}");
-        std::process::exit(2);
-    };
-    let server_args =
-        |default_addr, default| parse_server_args(&args[1..], default_addr, default).unwrap_or_else(|msg| usage(&msg));
-    let result = match args.first().map(String::as_str) {
-        Some("udp-server") => {
-            let (addr, strategy) = server_args("127.0.0.1:9003", Synchronous.into());
-            udp_server_on(&addr, UdpLimits::default(), strategy).and_then(serve)
-        }
-        Some("tcp-server") => {
-            let (addr, strategy) = server_args("127.0.0.1:9004", Event::new().into());
-            tcp_server_on(&addr, RoomLimits::default(), strategy).and_then(serve)
-        }
-        Some("udp-client") if args.len() == 3 => udp_client(&args[1], &args[2]),
-        Some("tcp-client") if args.len() == 2 => tcp_client(&args[1]),
-        _ => usage("give udp-server, tcp-server, udp-client or tcp-client"),
-    };
-    if let Err(e) = result {
-        eprintln!("chat: {e}");
-        std::process::exit(1);
-    }
+/// Runs what the command line asks (exit code 0 when done).
+///
+/// # Errors
+/// The server cannot be bound or served; the client cannot talk.
+pub fn run(args: Args) -> io::Result<i32> {
+    match args {
+        Args::UdpServer(addr, strategy) => udp_server_on(&addr, UdpLimits::default(), strategy).and_then(serve),
+        Args::TcpServer(addr, strategy) => tcp_server_on(&addr, RoomLimits::default(), strategy).and_then(serve),
+        Args::UdpClient(addr, name) => udp_client(&addr, &name),
+        Args::TcpClient(addr) => tcp_client(&addr),
+    }?;
+    Ok(0)
 }

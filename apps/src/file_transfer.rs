@@ -93,7 +93,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Read, Seek, SeekFrom, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -102,6 +102,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use socketserver::framing::LengthPrefixed;
+
+use crate::args::{self, Flags};
 use socketserver::transport::Tcp;
 use socketserver::{AnyStrategy, RequestHandler, Server, StreamRequest, TcpServer, ThreadPool};
 
@@ -923,24 +925,16 @@ pub fn list<S: Read + Write + ?Sized>(stream: &mut S) -> io::Result<Vec<(String,
         .collect()
 }
 
-/// Connects to `addr` (10 s to connect; the server gets 2 minutes to answer
-/// each read).
+/// Connects to `addr` ([`args::connect`]); the server gets 2 minutes to
+/// answer each read.
 ///
 /// # Errors
 /// The address does not resolve, or no address accepts.
 pub fn connect(addr: &str) -> io::Result<TcpStream> {
-    let mut last = io::Error::new(ErrorKind::NotFound, format!("{addr}: no address"));
-    for a in addr.to_socket_addrs().map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))? {
-        match TcpStream::connect_timeout(&a, Duration::from_secs(10)) {
-            Ok(s) => {
-                s.set_read_timeout(Some(CLIENT_TIMEOUT))?;
-                s.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-                return Ok(s);
-            }
-            Err(e) => last = io::Error::new(e.kind(), format!("cannot connect to {a}: {e}")),
-        }
-    }
-    Err(last)
+    let s = args::connect(addr)?;
+    s.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    s.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    Ok(s)
 }
 
 // ------------------------------------------------------------- arguments
@@ -1018,22 +1012,19 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// # Errors
 /// A message for the user; print it with [`USAGE`].
 pub fn parse_args(args: &[String]) -> Result<Args, String> {
-    let mut it = args.iter();
-    let value = |it: &mut std::slice::Iter<'_, String>, flag: &str| -> Result<String, String> {
-        it.next().cloned().ok_or_else(|| format!("{flag} needs a value"))
-    };
+    let mut it = Flags::new(args);
     let mut addr = DEFAULT_ADDR.to_string();
     let mode = it.next().ok_or("missing `server` or `client`")?;
-    match mode.as_str() {
+    match mode {
         "-h" | "--help" | "help" => Ok(Args::Help),
         "server" => {
             let (mut dir, mut config) = (None, Config::new(PathBuf::new()));
             while let Some(arg) = it.next() {
-                match arg.as_str() {
-                    "--addr" => addr = value(&mut it, arg)?,
-                    "--strategy" => config.strategy = value(&mut it, arg)?.parse().map_err(|e| format!("{e}"))?,
-                    "--dir" => dir = Some(PathBuf::from(value(&mut it, arg)?)),
-                    "--max-size" => config.max_size = parse_size(&value(&mut it, arg)?)?,
+                match arg {
+                    "--addr" => addr = it.value(arg)?,
+                    "--strategy" => config.strategy = it.strategy(arg)?,
+                    "--dir" => dir = Some(PathBuf::from(it.value(arg)?)),
+                    "--max-size" => config.max_size = parse_size(&it.value(arg)?)?,
                     "-h" | "--help" => return Ok(Args::Help),
                     other => return Err(format!("unexpected argument {other:?}")),
                 }
@@ -1046,13 +1037,13 @@ pub fn parse_args(args: &[String]) -> Result<Args, String> {
             let mut name = None;
             let mut out = None;
             while let Some(arg) = it.next() {
-                match arg.as_str() {
-                    "--addr" => addr = value(&mut it, arg)?,
-                    "--name" => name = Some(value(&mut it, arg)?),
-                    "--out" => out = Some(PathBuf::from(value(&mut it, arg)?)),
+                match arg {
+                    "--addr" => addr = it.value(arg)?,
+                    "--name" => name = Some(it.value(arg)?),
+                    "--out" => out = Some(PathBuf::from(it.value(arg)?)),
                     "-h" | "--help" => return Ok(Args::Help),
                     other if other.starts_with("--") => return Err(format!("unknown option {other:?}")),
-                    _ => words.push(arg.clone()),
+                    _ => words.push(arg.to_string()),
                 }
             }
             let extra = |n: usize| -> Result<(), String> {
@@ -1093,7 +1084,11 @@ pub fn parse_args(args: &[String]) -> Result<Args, String> {
     }
 }
 
-fn run_main(args: Args) -> io::Result<()> {
+/// Runs what the command line asks (exit code 0 when done).
+///
+/// # Errors
+/// The server cannot be bound or served; the client's request fails.
+pub fn run(args: Args) -> io::Result<i32> {
     let progress = &mut io::stderr();
     match args {
         Args::Help => println!("{USAGE}"),
@@ -1131,29 +1126,5 @@ fn run_main(args: Args) -> io::Result<()> {
             }
         }
     }
-    Ok(())
-}
-
-#[allow(dead_code)] // the tests include this file as a module
-fn main() {
-    // Logs (the library's errors included) on stderr; RUST_LOG=debug for more.
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let args: Vec<String> = match std::env::args_os().skip(1).map(|a| a.into_string()).collect() {
-        Ok(a) => a,
-        Err(bad) => {
-            eprintln!("file_transfer: argument {bad:?} is not valid UTF-8\n{USAGE}");
-            std::process::exit(2);
-        }
-    };
-    let args = match parse_args(&args) {
-        Ok(a) => a,
-        Err(msg) => {
-            eprintln!("file_transfer: {msg}\n{USAGE}");
-            std::process::exit(2);
-        }
-    };
-    if let Err(e) = run_main(args) {
-        eprintln!("file_transfer: {e}");
-        std::process::exit(1);
-    }
+    Ok(0)
 }
