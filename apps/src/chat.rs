@@ -21,9 +21,21 @@
 //! messages are shown escaped (`\x1b`), so that nobody can rewrite a line
 //! on another member's terminal or make it seem to come from somebody else.
 //!
+//! **The UDP relay trusts source addresses**, as any unauthenticated UDP
+//! chat does: a name belongs to the address that took it, and anyone who
+//! can send datagrams with that source address (on the same network, or
+//! wherever spoofing is not filtered) can speak as that name, take it over
+//! with `/quit` then `/name`, or have messages relayed to an address of
+//! their choice. What the relay bounds is what a forged datagram can cost
+//! a third party: every answer and every relayed message is at most 3
+//! times the request's size on the wire (`DatagramRequest::max_reply`).
+//! Use the TCP room (a handshake proves the address) or add authentication
+//! where names must mean something.
+//!
 //! UDP protocol, one text datagram each way:
 //! * `/name alice` — be known as `alice` (answer `ok: you are alice`);
-//! * `@bob hello` — the server sends `alice: hello` to bob;
+//! * `@bob hello` — the server sends `alice: hello` to bob (cut, if its
+//!   escapes make it longer, to the bound of a reply to the request);
 //! * `/who` — the names online: as many as fit in one reply, then how many
 //!   more. A reply may take at most 3 times its request's bytes on the wire
 //!   (`DatagramRequest::max_reply`): a tiny request never draws a large
@@ -288,16 +300,38 @@ impl UdpChat {
             };
             let (to, addr) = (user.name.clone(), user.addr.clone());
             drop(registry);
+            // What goes to `to` is bounded as a reply is (3 times the
+            // request on the wire): escapes make a message up to 4 times
+            // longer, and the sender may have forged the address `to`
+            // registered from.
+            let mut relayed = format!("{sender}: {}", sanitize(message));
+            let cut = truncate_to(&mut relayed, req.max_reply());
+            let sent =
+                if cut { format!("sent to {to} (cut to {} bytes)", relayed.len()) } else { format!("sent to {to}") };
             // A send never waits: a member whose queue is full (not
             // reading) misses the message, and the sender is told.
-            return match req.socket().send_to(format!("{sender}: {}", sanitize(message)).as_bytes(), &addr) {
-                Ok(()) => Ok(format!("sent to {to}")),
+            return match req.socket().send_to(relayed.as_bytes(), &addr) {
+                Ok(()) => Ok(sent),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(format!("error: {to} is not reading; not sent")),
                 Err(e) => Err(e),
             };
         }
         Ok("error: use /name NAME, @NAME MESSAGE, /who, /ping or /quit".to_string())
     }
+}
+
+/// Cuts `text` to at most `max` bytes, at a character's boundary; whether
+/// it was cut.
+fn truncate_to(text: &mut String, max: usize) -> bool {
+    if text.len() <= max {
+        return false;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    true
 }
 
 /// `online: NAME ...`, at most `budget` bytes: the names that fit, then
@@ -326,11 +360,7 @@ impl RequestHandler<DatagramRequest> for UdpChat {
         };
         // Within the amplification bound, even for an empty datagram (56
         // bytes may answer it over IPv4: the usage line is cut).
-        let mut end = answer.len().min(req.max_reply());
-        while !answer.is_char_boundary(end) {
-            end -= 1;
-        }
-        answer.truncate(end);
+        truncate_to(&mut answer, req.max_reply());
         req.reply(answer.as_bytes())
     }
 }

@@ -93,6 +93,32 @@ fn udp_chat_relays(running: &Running) {
     assert_eq!(say(&bob, server, "/who"), "online: alice bob");
 }
 
+/// A relayed message is a datagram the sender caused at another address:
+/// it is bounded as a reply is (`DatagramRequest::max_reply`, 3 times the
+/// request on the wire), escapes included. A message of 16,000 control
+/// bytes, each escaped to 4 (`\x01`), once went out as 64,009 bytes.
+#[test]
+fn the_udp_relay_is_bounded_by_the_reply_cap() {
+    let running = run(chat::udp_server("127.0.0.1:0").unwrap());
+    let server = running.inet();
+    let (alice, bob) = (udp_client(), udp_client());
+    assert_eq!(say(&alice, server, "/name alice"), "ok: you are alice");
+    assert_eq!(say(&bob, server, "/name bob"), "ok: you are bob");
+    let request = format!("@bob {}", "\x01".repeat(16_000));
+    let cap = 3 * (request.len() + 28) - 28; // IPv4: 28 bytes of headers
+    let answer = say(&alice, server, &request);
+    let mut buf = vec![0u8; 65_536];
+    let n = bob.recv(&mut buf).unwrap();
+    assert!(n <= cap, "relayed {n} bytes for a {}-byte request (cap {cap})", request.len());
+    let relayed = std::str::from_utf8(&buf[..n]).unwrap();
+    assert!(relayed.starts_with("alice: \\x01\\x01") && "alice: ".len() + 4 * 16_000 > n, "{n}");
+    assert_eq!(answer, format!("sent to bob (cut to {n} bytes)"));
+    // A message within the cap goes whole, escapes and all.
+    assert_eq!(say(&alice, server, "@bob a\x1bb"), "sent to bob");
+    assert_eq!(bob.recv(&mut buf).map(|n| buf[..n].to_vec()).unwrap(), b"alice: a\\x1bb");
+    running.stop().unwrap();
+}
+
 struct Member {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
