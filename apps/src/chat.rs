@@ -52,8 +52,11 @@
 //! out for good).
 //!
 //! TCP room: each line a member sends reaches every other member as
-//! `[name] line`; `/name NAME` renames (to a name nobody else has); joins
-//! and leaves are announced. At most 128 members: a newcomer beyond gets
+//! `[name] line`; `/name NAME` renames (to a name nobody else has); joins,
+//! leaves and renames are announced — while a member's outbox is less than
+//! half full: past that (a client connecting and closing thousands of
+//! times a second) they are counted, and the member later told how many
+//! it missed, never cut off for them. At most 128 members: a newcomer beyond gets
 //! `error: the room is full ...` and is closed. Each member may send 5
 //! lines a second (bursts of 20) and 16 KiB a second (bursts of 64 KiB);
 //! a member that sends faster is slowed down: its lines wait, unread, and
@@ -498,6 +501,9 @@ struct Outbox {
     /// The member has left (or its connection failed): nothing more is
     /// delivered to it.
     closed: bool,
+    /// Announcements not queued because the outbox was half full: the
+    /// member is told how many, once there is room.
+    missed: u64,
 }
 
 /// One member's outbox and a handle to its connection: the room posts to
@@ -714,16 +720,35 @@ impl TcpRoom {
 
     /// Queues `line` for a member; `false` when its outbox is full (it
     /// does not read fast enough).
-    fn post(&self, mailbox: &Arc<Mailbox>, line: &Arc<str>) -> bool {
+    ///
+    /// An announcement (`notice`: a join, a leave, a rename) never fills
+    /// an outbox: past half of it, it is counted instead, and the member
+    /// later told how many it missed. Anyone can cause announcements at
+    /// the rate it can connect and close (thousands a second, from one
+    /// client), far faster than members chat or a postman writes; queued,
+    /// they would get every member cut off as "not reading", the fastest
+    /// readers included. The other half is for what members say, which
+    /// their rate limits bound.
+    fn post(&self, mailbox: &Arc<Mailbox>, line: &Arc<str>, notice: bool) -> bool {
+        let limit = self.limits.outbox.max(1);
+        let for_notices = (limit / 2).max(1);
         let mut out = mailbox.outbox.lock();
         if out.closed {
             return true; // it is leaving: nothing to deliver
         }
-        if out.lines.len() >= self.limits.outbox.max(1) {
+        if notice && out.lines.len() >= for_notices {
+            out.missed += 1;
+            return true;
+        }
+        if out.lines.len() >= limit {
             return false;
         }
+        let first = out.lines.is_empty();
+        if out.missed > 0 && out.lines.len() < for_notices {
+            let missed = std::mem::take(&mut out.missed);
+            out.lines.push_back(Arc::from(format!("* {missed} joins, leaves and renames not shown (a busy moment)\n")));
+        }
         out.lines.push_back(Arc::clone(line));
-        let first = out.lines.len() == 1;
         drop(out);
         // A mailbox with lines already is the postman's until it is empty.
         if let (true, Some(postbox)) = (first, self.postbox.get()) {
@@ -732,22 +757,27 @@ impl TcpRoom {
         true
     }
 
-    /// Sends `line` to every member but `except`; members whose outbox is
-    /// full are too slow: they are disconnected.
+    /// Sends what a member said to every member but `except`; members
+    /// whose outbox is full are too slow: they are disconnected.
     fn broadcast(&self, except: u64, line: &str) {
-        self.broadcast_locked(&mut self.members.lock(), except, line);
+        self.broadcast_locked(&mut self.members.lock(), except, line, false);
     }
 
-    /// `broadcast` under a lock the caller holds: a change of the room (a
-    /// join, a rename, a leave) and its announcement are one step, so a
-    /// newcomer never hears of what happened before it came.
-    fn broadcast_locked(&self, members: &mut HashMap<u64, Member>, except: u64, line: &str) {
-        let mut pending = vec![(except, line.to_string())];
-        while let Some((except, line)) = pending.pop() {
+    /// Announces a change of the room (a join, a rename, a leave) to every
+    /// member but `except`, under the members lock the caller holds: the
+    /// change and its announcement are one step, so a newcomer never hears
+    /// of what happened before it came.
+    fn announce(&self, members: &mut HashMap<u64, Member>, except: u64, line: &str) {
+        self.broadcast_locked(members, except, line, true);
+    }
+
+    fn broadcast_locked(&self, members: &mut HashMap<u64, Member>, except: u64, line: &str, notice: bool) {
+        let mut pending = vec![(except, line.to_string(), notice)];
+        while let Some((except, line, notice)) = pending.pop() {
             let line: Arc<str> = Arc::from(format!("{line}\n"));
             let mut dropped = Vec::new();
             members.retain(|&id, m| {
-                if id == except || self.post(&m.mailbox, &line) {
+                if id == except || self.post(&m.mailbox, &line, notice) {
                     return true;
                 }
                 log::warn!("{} is not reading; disconnecting", m.name);
@@ -756,7 +786,7 @@ impl TcpRoom {
                 false
             });
             // Their own handler finds them gone and announces nothing.
-            pending.extend(dropped.into_iter().map(|(id, name)| (id, format!("* {name} left (too slow)"))));
+            pending.extend(dropped.into_iter().map(|(id, name)| (id, format!("* {name} left (too slow)"), true)));
         }
     }
 
@@ -782,9 +812,9 @@ impl TcpRoom {
         }
         // Welcomed before anything else reaches it: under the lock that
         // others broadcast with.
-        self.post(&mailbox, &Arc::from(format!("* welcome, {name}; /name NAME to rename\n")));
+        self.post(&mailbox, &Arc::from(format!("* welcome, {name}; /name NAME to rename\n")), false);
         members.insert(id, Member { name: name.clone(), mailbox });
-        self.broadcast_locked(&mut members, id, &format!("* {name} joined"));
+        self.announce(&mut members, id, &format!("* {name} joined"));
         Ok(Some(name))
     }
 
@@ -863,11 +893,11 @@ impl TcpRoom {
                     }
                     // With the rename: a member who joins after it hears
                     // of it from nobody.
-                    self.broadcast_locked(&mut members, id, &format!("* {name} is now {new}"));
+                    self.announce(&mut members, id, &format!("* {name} is now {new}"));
                     format!("* you are now {new}\n")
                 };
                 if let Some(m) = members.get(&id) {
-                    let _ = self.post(&m.mailbox, &Arc::from(reply));
+                    let _ = self.post(&m.mailbox, &Arc::from(reply), false);
                 }
                 continue;
             }
@@ -878,7 +908,7 @@ impl TcpRoom {
 
     fn send_to(&self, id: u64, line: &str) {
         if let Some(m) = self.members.lock().get(&id) {
-            let _ = self.post(&m.mailbox, &Arc::from(format!("{line}\n")));
+            let _ = self.post(&m.mailbox, &Arc::from(format!("{line}\n")), false);
         }
     }
 }
@@ -928,7 +958,7 @@ impl RequestHandler<StreamRequest> for TcpRoom {
             let mut members = self.members.lock();
             if let Some(m) = members.remove(&id) {
                 let why = if flooded { " (flooding)" } else { "" };
-                self.broadcast_locked(&mut members, id, &format!("* {} left{why}", m.name));
+                self.announce(&mut members, id, &format!("* {} left{why}", m.name));
                 drop(members);
                 if flooded {
                     log::warn!("{}: {} sent too fast for too long; disconnected", req.peer_addr(), m.name);

@@ -119,6 +119,17 @@ fn the_udp_relay_is_bounded_by_the_reply_cap() {
     running.stop().unwrap();
 }
 
+/// A connection to `addr` from loopback address 127.0.0.`host` (the whole
+/// of 127/8 is loopback): members that come from different peers.
+fn tcp_connect_from(addr: SocketAddr, host: u8) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from(([127, 0, 0, host], 0)).into()).unwrap();
+    socket.connect_timeout(&addr.into(), TIMEOUT).unwrap();
+    let s = TcpStream::from(socket);
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s
+}
+
 struct Member {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
@@ -126,7 +137,13 @@ struct Member {
 
 impl Member {
     fn join(addr: std::net::SocketAddr) -> Member {
-        let s = tcp_connect(addr);
+        Member::welcomed(tcp_connect(addr))
+    }
+    /// Joins from 127.0.0.`host`.
+    fn join_from(addr: std::net::SocketAddr, host: u8) -> Member {
+        Member::welcomed(tcp_connect_from(addr, host))
+    }
+    fn welcomed(s: TcpStream) -> Member {
         let mut m = Member { reader: BufReader::new(s.try_clone().unwrap()), writer: s };
         assert!(m.line().starts_with("* welcome, guest"));
         m
@@ -245,6 +262,68 @@ fn a_member_that_does_not_read_is_cut_off(strategy: AnyStrategy) {
 }
 
 // ------------------------------------------------------- hostile members
+
+/// One client connects and closes as fast as it can: each visit is a
+/// join and a leave announced to every member, far more than any member's
+/// outbox holds. Announcements are not what a member must keep up with:
+/// past half its outbox they are counted, not queued, and the member is
+/// told how many it missed. No honest member is cut off as "not reading",
+/// however fast it reads; and they still hear each other.
+#[test]
+fn a_client_that_churns_connections_gets_no_honest_member_kicked() {
+    let outbox = 8; // small: the churn outruns the postman at once
+    let limits = chat::RoomLimits { outbox, ..chat::RoomLimits::default() };
+    let running = run(chat::tcp_server_with("127.0.0.1:0", limits).unwrap());
+    let addr = running.inet();
+    let honest = 10u8;
+    let mut members: Vec<Member> = (0..honest).map(|i| Member::join_from(addr, 2 + i)).collect();
+    for (i, m) in members.iter_mut().enumerate() {
+        for _ in i + 1..usize::from(honest) {
+            assert!(m.line().ends_with(" joined"));
+        }
+    }
+    // Each member reads at full speed on a thread of its own, until it
+    // hears `done`, or its connection ends (it was cut off).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut speaker = members.remove(0);
+    for mut m in members {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut missed_notices = 0;
+            let outcome = loop {
+                let line = m.line();
+                if line.is_empty() {
+                    break Err(format!("cut off (after {missed_notices} 'not shown' notices)"));
+                }
+                if line.contains(" not shown") {
+                    missed_notices += 1;
+                }
+                if line.contains("(too slow)") {
+                    break Err(line);
+                }
+                if line == "[guest0] done" {
+                    break Ok(());
+                }
+            };
+            let _ = tx.send(outcome);
+            drop(m);
+        });
+    }
+    let visits = 5000;
+    for _ in 0..visits {
+        drop(tcp_connect(addr));
+    }
+    // Every visitor has left (the room holds the honest ones only): then
+    // the first speaks, and all the others hear it.
+    wait_for("the visitors to leave", || running.handle.stats().active <= u64::from(honest));
+    writeln!(speaker.writer, "done").expect("the speaker (not reading meanwhile) was cut off");
+    for _ in 1..honest {
+        let heard = rx.recv_timeout(TIMEOUT).expect("a member's outcome");
+        assert_eq!(heard, Ok(()), "after {visits} visits");
+    }
+    drop(speaker);
+    running.stop().unwrap();
+}
 
 /// Every line `m` reads until one satisfies `want` (bounded: the test's
 /// read timeout, and 10,000 lines).
