@@ -56,8 +56,10 @@
 //! leaves and renames are announced — while a member's outbox is less than
 //! half full: past that (a client connecting and closing thousands of
 //! times a second) they are counted, and the member later told how many
-//! it missed, never cut off for them. At most 128 members: a newcomer beyond gets
-//! `error: the room is full ...` and is closed. Each member may send 5
+//! it missed, never cut off for them. At most 128 members, and 8 from one
+//! peer (an IPv4 address, an IPv6 /64): a newcomer beyond gets `error: the
+//! room is full ...` or `error: 8 members come from your address already
+//! ...` and is closed. Each member may send 5
 //! lines a second (bursts of 20) and 16 KiB a second (bursts of 64 KiB);
 //! a member that sends faster is slowed down: its lines wait, unread, and
 //! nobody else pays for them; one that keeps it up for 5 s is disconnected
@@ -78,7 +80,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv6Addr, Shutdown, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -104,6 +106,10 @@ pub const MAX_LINE: usize = 4096;
 pub const OUTBOX: usize = 256;
 /// The most members of the TCP room at once.
 pub const MAX_MEMBERS: usize = 128;
+/// The most members of the TCP room from one peer (an IPv4 address, an
+/// IPv6 /64) at once: room for a few people behind one NAT, not for one
+/// client to fill the room.
+pub const MAX_PER_PEER: usize = 8;
 /// Threads beyond [`MAX_MEMBERS`], to tell newcomers the room is full.
 const SPARE_WORKERS: usize = 16;
 /// The stack of a thread that serves members (a pool's worker, a poller).
@@ -447,6 +453,10 @@ enum Turn {
 pub struct RoomLimits {
     /// The most members at once; newcomers beyond are told and closed.
     pub max_members: usize,
+    /// The most members from one peer at once (an IPv4 address; an IPv6
+    /// /64, what one host is commonly given); newcomers beyond are told
+    /// and closed.
+    pub max_per_peer: usize,
     /// Messages queued for a member before it counts as too slow.
     pub outbox: usize,
     /// How fast each member may send; `None`: as fast as it likes.
@@ -455,7 +465,7 @@ pub struct RoomLimits {
 
 impl Default for RoomLimits {
     fn default() -> Self {
-        RoomLimits { max_members: MAX_MEMBERS, outbox: OUTBOX, rate: Some(Rate::default()) }
+        RoomLimits { max_members: MAX_MEMBERS, max_per_peer: MAX_PER_PEER, outbox: OUTBOX, rate: Some(Rate::default()) }
     }
 }
 
@@ -679,6 +689,19 @@ fn poll(fds: &mut [libc::pollfd]) -> io::Result<()> {
 struct Member {
     name: String,
     mailbox: Arc<Mailbox>,
+    /// Where it comes from ([`peer_of`]).
+    peer: Option<IpAddr>,
+}
+
+/// The peer a connection from `addr` counts against: its IPv4 address (an
+/// IPv4-mapped IPv6 one included), or its IPv6 /64 — one host commonly
+/// has a whole /64 to pick addresses from.
+fn peer_of(addr: &Address) -> Option<IpAddr> {
+    let ip = addr.as_inet()?.ip().to_canonical();
+    Some(match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX))),
+    })
 }
 
 /// A member's place in the room, kept in its request (under the event
@@ -790,16 +813,21 @@ impl TcpRoom {
         }
     }
 
-    /// Adds a member under a name nobody has (`guestN`, the next free N)
-    /// and welcomes it and announces it to the others (one step, under the
-    /// members lock); its name, or `None` when the room is full.
+    /// Adds a member from `peer` under a name nobody has (`guestN`, the
+    /// next free N) and welcomes it and announces it to the others (one
+    /// step, under the members lock): its name; or why it is refused, when
+    /// the room is full or has as many members from `peer` as it takes.
     ///
     /// # Errors
     /// The postman cannot be started (out of threads or memory).
-    fn join(&self, id: u64, mailbox: Arc<Mailbox>) -> io::Result<Option<String>> {
+    fn join(&self, id: u64, mailbox: Arc<Mailbox>, peer: Option<IpAddr>) -> io::Result<Result<String, String>> {
         let mut members = self.members.lock();
         if members.len() >= self.limits.max_members {
-            return Ok(None);
+            return Ok(Err(format!("the room is full ({} members)", self.limits.max_members)));
+        }
+        let from_peer = members.values().filter(|m| peer.is_some() && m.peer == peer).count();
+        if from_peer >= self.limits.max_per_peer {
+            return Ok(Err(format!("{from_peer} members come from your address already")));
         }
         if self.postbox.get().is_none() {
             let postbox = Postbox::start()?;
@@ -813,9 +841,9 @@ impl TcpRoom {
         // Welcomed before anything else reaches it: under the lock that
         // others broadcast with.
         self.post(&mailbox, &Arc::from(format!("* welcome, {name}; /name NAME to rename\n")), false);
-        members.insert(id, Member { name: name.clone(), mailbox });
+        members.insert(id, Member { name: name.clone(), mailbox, peer });
         self.announce(&mut members, id, &format!("* {name} joined"));
-        Ok(Some(name))
+        Ok(Ok(name))
     }
 
     /// Pays for a line of `len` bytes: a member that sends too fast waits
@@ -918,14 +946,13 @@ impl RequestHandler<StreamRequest> for TcpRoom {
     fn setup(&self, req: &mut StreamRequest) -> io::Result<()> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let mailbox = Arc::new(Mailbox { outbox: Mutex::default(), stream: req.try_clone()? });
-        let seat = match self.join(id, Arc::clone(&mailbox)) {
-            Ok(Some(_)) => {
+        let seat = match self.join(id, Arc::clone(&mailbox), peer_of(req.peer_addr())) {
+            Ok(Ok(_)) => {
                 Seat { joined: Some((id, mailbox)), bucket: self.limits.rate.map(Bucket::new), ..Seat::default() }
             }
-            Ok(None) => {
-                log::info!("{}: the room is full ({} members); refused", req.peer_addr(), self.limits.max_members);
-                let full = format!("error: the room is full ({} members); try again later\n", self.limits.max_members);
-                Seat { refused: Some(full), ..Seat::default() }
+            Ok(Err(why)) => {
+                log::info!("{}: {why}; refused", req.peer_addr());
+                Seat { refused: Some(format!("error: {why}; try again later\n")), ..Seat::default() }
             }
             Err(e) => {
                 // Out of threads or memory: refuse, do not abort.

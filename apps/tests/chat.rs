@@ -144,9 +144,12 @@ impl Member {
         Member::welcomed(tcp_connect_from(addr, host))
     }
     fn welcomed(s: TcpStream) -> Member {
-        let mut m = Member { reader: BufReader::new(s.try_clone().unwrap()), writer: s };
+        let mut m = Member::from_stream(s);
         assert!(m.line().starts_with("* welcome, guest"));
         m
+    }
+    fn from_stream(s: TcpStream) -> Member {
+        Member { reader: BufReader::new(s.try_clone().unwrap()), writer: s }
     }
     fn line(&mut self) -> String {
         let mut l = String::new();
@@ -262,6 +265,48 @@ fn a_member_that_does_not_read_is_cut_off(strategy: AnyStrategy) {
 }
 
 // ------------------------------------------------------- hostile members
+
+/// One client's idle sockets cannot fill the room: a peer (here an IPv4
+/// address) has at most `max_per_peer` members (8 by default), newcomers
+/// beyond are told and closed, and others still get in. 128 sockets from
+/// one client once took every seat.
+#[test]
+fn one_peer_cannot_fill_the_room() {
+    let running = run(chat::tcp_server("127.0.0.1:0").unwrap());
+    let addr = running.inet();
+    let (mut seated, mut refused) = (Vec::new(), Vec::new());
+    for _ in 0..chat::MAX_MEMBERS {
+        let mut m = Member::from_stream(tcp_connect_from(addr, 1));
+        let first = m.line();
+        if first.starts_with("* welcome, guest") {
+            seated.push(m);
+        } else {
+            assert_eq!(first, "error: 8 members come from your address already; try again later");
+            assert_eq!(m.line(), "", "closed after the refusal");
+            refused.push(first);
+        }
+    }
+    assert_eq!((seated.len(), refused.len()), (chat::MAX_PER_PEER, chat::MAX_MEMBERS - chat::MAX_PER_PEER));
+    // Somebody else gets in, and the hog's members hear of it.
+    let mut other = Member::join_from(addr, 2);
+    other.say("hello");
+    let last = seated.last_mut().unwrap();
+    assert!(last.line().ends_with(" joined"));
+    assert!(last.line().ends_with("] hello"));
+    // One leaves: its seat is the peer's again.
+    drop(seated.pop());
+    wait_for("the seat to be given up", || running.handle.stats().active == chat::MAX_PER_PEER as u64);
+    seated.push(Member::join_from(addr, 1));
+    // The limit is the room's to set.
+    let limits = chat::RoomLimits { max_per_peer: 2, ..chat::RoomLimits::default() };
+    let small = run(chat::tcp_server_with("127.0.0.1:0", limits).unwrap());
+    let _two: Vec<Member> = (0..2).map(|_| Member::join_from(small.inet(), 1)).collect();
+    let mut third = Member::from_stream(tcp_connect_from(small.inet(), 1));
+    assert_eq!(third.line(), "error: 2 members come from your address already; try again later");
+    drop((seated, other));
+    running.stop().unwrap();
+    small.stop().unwrap();
+}
 
 /// One client connects and closes as fast as it can: each visit is a
 /// join and a leave announced to every member, far more than any member's
@@ -610,8 +655,9 @@ fn the_tcp_room_refuses_newcomers_rather_than_abort_under_an_address_space_limit
     };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let (mut members, mut refused) = (Vec::new(), Vec::new());
-    for _ in 0..chat::MAX_MEMBERS + 40 {
-        let s = tcp_connect(addr);
+    for i in 0..chat::MAX_MEMBERS + 40 {
+        // From addresses of their own: one peer may have 8 members.
+        let s = tcp_connect_from(addr, 2 + i as u8);
         let mut m = Member { reader: BufReader::new(s.try_clone().unwrap()), writer: s };
         let first = m.line();
         if first.starts_with("* welcome, guest") {
@@ -667,7 +713,8 @@ fn idle_members_are_parked_with_no_thread_of_their_own() {
     let before = threads();
     let running = run(chat::tcp_server("127.0.0.1:0").unwrap());
     let n = 40;
-    let mut members: Vec<Member> = (0..n).map(|_| Member::join(running.inet())).collect();
+    // From addresses of their own: one peer may have 8 members.
+    let mut members: Vec<Member> = (0..n).map(|i| Member::join_from(running.inet(), 2 + i as u8)).collect();
     // Everybody hears of everybody who joined after them: wait for that,
     // so that nothing is still on its way.
     for (i, m) in members.iter_mut().enumerate() {
