@@ -1,23 +1,21 @@
-//! The echo_server and time_server examples, run in-process under several
-//! strategies, each read from its `--strategy` flag; and the bundled time server (`Strftime`) over TCP
-//! under the event strategy.
+//! The examples, each run as the program a newcomer runs (built by `cargo
+//! build --examples`, started on port 0, talked to, killed); and the
+//! bundled echo and time servers under the event strategy, the library
+//! behaviour the echo and time examples show.
 
 mod util;
 
-#[path = "../examples/echo_server.rs"]
-#[allow(dead_code)]
-mod echo_server;
-#[path = "../examples/time_server.rs"]
-#[allow(dead_code)]
-mod time_server;
-
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use socketserver::servers::{MAX_TIME_REQUEST, Strftime};
-use socketserver::{AnyStrategy, Event, Synchronous, TcpServer, ThreadPool, Threading};
+use socketserver::framing::LengthPrefixed;
+use socketserver::servers::{Echo, MAX_TIME_REQUEST, Strftime};
+use socketserver::{AnyStrategy, Event, TcpServer, ThreadPool, Threading};
 use util::*;
 
 fn cpus() -> u64 {
@@ -38,6 +36,144 @@ fn wait_for(what: &str, cond: impl Fn() -> bool) {
         std::thread::sleep(Duration::from_millis(1));
     }
 }
+
+// ------------------------------------------------------------ the examples
+
+/// The examples' folder of binaries, beside this test's (`cargo test`
+/// builds them; `cargo test --test example_servers` alone does not, so
+/// they are built once here, a no-op when they are up to date).
+fn examples_dir() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().unwrap();
+            let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap().to_path_buf();
+            let mut cargo = Command::new(env!("CARGO"));
+            cargo.args(["build", "--quiet", "--examples", "-p", "socketserver"]);
+            cargo.current_dir(env!("CARGO_MANIFEST_DIR"));
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                cargo.arg("--release");
+            }
+            assert!(cargo.status().unwrap().success(), "cargo build --examples failed");
+            profile_dir.join("examples")
+        })
+        .clone()
+}
+
+/// An example running on port 0: killed (by its pid) and reaped on drop.
+struct Example {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Example {
+    /// Starts example `name` with `args`, and learns its address from its
+    /// first line, `listening [udp ]ADDR[ (...)]`.
+    fn start(name: &str, args: &[&str]) -> Example {
+        let mut child = Command::new(examples_dir().join(name))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line.split_whitespace().find_map(|w| w.parse().ok());
+        let addr = addr.unwrap_or_else(|| panic!("{name}: no address in {line:?}"));
+        Example { child, addr }
+    }
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_line_from(r: &mut impl BufRead) -> String {
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    line.trim_end().to_string()
+}
+
+#[test]
+fn echo_server_example_echoes_under_its_default_and_a_given_strategy() {
+    for args in [&["127.0.0.1:0"][..], &["127.0.0.1:0", "--strategy", "pool(2)"]] {
+        let example = Example::start("echo_server", args);
+        let mut c = tcp_connect(example.addr);
+        assert_eq!(round_trip(&mut c, b"hello"), b"hello");
+    }
+}
+
+#[test]
+fn time_server_example_answers_a_strftime_datagram() {
+    let example = Example::start("time_server", &["127.0.0.1:0"]);
+    let year = String::from_utf8(udp_round_trip(&udp_client(), example.addr, b"%Y")).unwrap();
+    assert_eq!(year, socketserver::servers::render_time(b"%Y").unwrap());
+}
+
+#[test]
+fn remote_command_example_frames_a_command_and_its_output() {
+    let example = Example::start("remote_command", &["server", "127.0.0.1:0", "echo"]);
+    let codec = LengthPrefixed::new(1 << 20);
+    let mut c = tcp_connect(example.addr);
+    // Two frames in one write: two answers (no "sticky packets").
+    let mut both = Vec::new();
+    codec.write_frame(&mut both, b"echo one").unwrap();
+    codec.write_frame(&mut both, b"ls /").unwrap();
+    c.write_all(&both).unwrap();
+    let mut frame = Vec::new();
+    assert!(codec.read_frame(&mut c, &mut frame).unwrap());
+    assert_eq!(frame, b"one\n");
+    assert!(codec.read_frame(&mut c, &mut frame).unwrap());
+    assert_eq!(frame, b"error: ls is not allowed\n");
+}
+
+#[test]
+fn file_transfer_example_stores_an_upload_and_serves_it_back() {
+    let dir = TempDir::new("file_transfer_example");
+    let example = Example::start("file_transfer", &["server", "127.0.0.1:0", dir.path().to_str().unwrap()]);
+    let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let mut c = tcp_connect(example.addr);
+    c.write_all(format!("PUT data.bin {}\n", body.len()).as_bytes()).unwrap();
+    c.write_all(&body).unwrap();
+    assert_eq!(read_line_from(&mut BufReader::new(&mut c)), "OK 100000");
+    assert_eq!(std::fs::read(dir.join("data.bin")).unwrap(), body);
+    let mut c = BufReader::new(tcp_connect(example.addr));
+    c.get_mut().write_all(b"GET data.bin\n").unwrap();
+    assert_eq!(read_line_from(&mut c), "OK 100000");
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).unwrap();
+    assert_eq!(back, body);
+    // A name that would leave the folder is refused.
+    let mut c = BufReader::new(tcp_connect(example.addr));
+    c.get_mut().write_all(b"PUT ../escape 1\nx").unwrap();
+    assert_eq!(read_line_from(&mut c), "");
+    assert!(!dir.path().parent().unwrap().join("escape").exists());
+}
+
+#[test]
+fn chat_example_sends_each_line_to_the_other_members() {
+    let example = Example::start("chat", &["127.0.0.1:0"]);
+    let join = || {
+        let s = tcp_connect(example.addr);
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let welcome = read_line_from(&mut r);
+        (s, r, welcome)
+    };
+    let (_a, mut a_in, welcome) = join();
+    assert_eq!(welcome, "* welcome, guest0");
+    let (mut b, b_in, _) = join();
+    assert_eq!(read_line_from(&mut a_in), "* guest1 joined");
+    b.write_all(b"hi \x1b[2J\n").unwrap();
+    assert_eq!(read_line_from(&mut a_in), "[guest1] hi \\x1b[2J");
+    drop((b, b_in));
+    assert_eq!(read_line_from(&mut a_in), "* guest1 left");
+}
+
+// ------------------------------------------- the bundled echo server, event
 
 fn echoes_several_clients_at_once(running: &Running) {
     let mut a = tcp_connect(running.inet());
@@ -62,18 +198,10 @@ fn echoes_several_clients_at_once(running: &Running) {
 }
 
 #[test]
-fn echo_server_example_runs_under_the_event_strategy_by_default() {
-    let server = echo_server::bind("127.0.0.1:0").unwrap();
-    assert!(matches!(server.strategy(), AnyStrategy::Event(_)), "{}", server.strategy());
-    let running = run(server);
-    echoes_several_clients_at_once(&running);
-    running.stop().unwrap();
-}
-
-#[test]
-fn echo_server_example_echoes_several_clients_at_once_on_a_pool_and_threads() {
-    for strategy in [ThreadPool::default().into(), Threading::new().into()] {
-        let running = run(echo_server::bind_with("127.0.0.1:0", strategy).unwrap());
+fn echo_echoes_several_clients_at_once_under_every_strategy_but_fork() {
+    for strategy in [Event::new().into(), ThreadPool::default().into(), Threading::new().into()] {
+        let strategy: AnyStrategy = strategy;
+        let running = run(TcpServer::builder().strategy(strategy).bind("127.0.0.1:0", Echo).unwrap());
         echoes_several_clients_at_once(&running);
         running.stop().unwrap();
     }
@@ -84,8 +212,8 @@ fn echo_server_example_echoes_several_clients_at_once_on_a_pool_and_threads() {
 /// its pollers however many connections wait), and each resumes when it
 /// sends again.
 #[test]
-fn echo_server_example_parks_idle_connections_under_event() {
-    let running = run(echo_server::bind_with("127.0.0.1:0", Event::new().into()).unwrap());
+fn echo_parks_idle_connections_under_event() {
+    let running = run(TcpServer::builder().strategy(Event::new()).bind("127.0.0.1:0", Echo).unwrap());
     let n = 2 * thread_bound() + 8;
     let mut clients: Vec<TcpStream> = (0..n).map(|_| tcp_connect(running.inet())).collect();
     for (i, c) in clients.iter_mut().enumerate() {
@@ -111,96 +239,6 @@ fn echo_server_example_parks_idle_connections_under_event() {
     assert_eq!(running.handle.stats().parked, 0);
     assert_eq!(running.handle.stats().handler_errors, 0);
     running.stop().unwrap();
-}
-
-/// `--strategy` is read as `AnyStrategy` reads it; a bad one is an error
-/// that names it and lists the choices.
-#[test]
-fn echo_server_example_takes_its_strategy_from_the_command_line() {
-    use echo_server::parse_args;
-    let args = |s: &[&str]| parse_args(&s.iter().map(|a| a.to_string()).collect::<Vec<_>>());
-    assert_eq!(args(&[]).unwrap(), (echo_server::DEFAULT_ADDR.to_string(), Event::new().into()));
-    assert_eq!(
-        args(&["[::1]:0", "--strategy", "pool"]).unwrap(),
-        ("[::1]:0".to_string(), ThreadPool::default().into())
-    );
-    assert_eq!(args(&["--strategy", "threading"]).unwrap().1, Threading::new().into());
-    assert_eq!(args(&["--strategy", "pool(4-64)"]).unwrap().1, ThreadPool::new(4).max_workers(64).into());
-    assert_eq!(
-        args(&["--strategy", "event(2)", "x:1"]).unwrap(),
-        ("x:1".to_string(), Event::new().pollers(2).max_workers(2).into())
-    );
-    for bad in [&["--strategy"][..], &["--strategy", "fork"], &["--bogus"], &["a:1", "b:2"]] {
-        assert!(args(bad).is_err(), "{bad:?}");
-    }
-    let e = args(&["--strategy", "fork"]).unwrap_err();
-    assert!(e.starts_with("\"fork\" is not a strategy") && e.contains("sync, threading"), "{e}");
-}
-
-fn renders_formats_and_reports_bad_ones(running: &Running) {
-    let c = udp_client();
-    let year = String::from_utf8(udp_round_trip(&c, running.inet(), b"%Y")).unwrap();
-    assert!(year.len() == 4 && year.chars().all(|ch| ch.is_ascii_digit()), "{year}");
-    let default = String::from_utf8(udp_round_trip(&c, running.inet(), b"")).unwrap();
-    assert!(default.starts_with(&year) && default.len() == 19, "{default}");
-    let bad = String::from_utf8(udp_round_trip(&c, running.inet(), b"\xff\xfe")).unwrap();
-    assert!(bad.starts_with("error:"), "{bad}");
-}
-
-#[test]
-fn time_server_example_renders_formats_and_reports_bad_ones() {
-    let server = time_server::bind("127.0.0.1:0").unwrap();
-    assert!(matches!(server.strategy(), AnyStrategy::Synchronous(_)), "{}", server.strategy());
-    let running = run(server);
-    renders_formats_and_reports_bad_ones(&running);
-    running.stop().unwrap();
-}
-
-/// Under the event strategy a datagram server has a receiver per CPU (its
-/// pollers), each answering what it receives: many clients at once are all
-/// answered, and the receivers are the only threads.
-#[test]
-fn time_server_example_under_event_answers_from_a_receiver_per_cpu() {
-    let running = run(time_server::bind_with("127.0.0.1:0", Event::new().into()).unwrap());
-    renders_formats_and_reports_bad_ones(&running);
-    let askers: Vec<_> = (0..8)
-        .map(|i| {
-            let to = running.inet();
-            std::thread::spawn(move || {
-                let c = udp_client();
-                for _ in 0..25 {
-                    let answer = udp_round_trip(&c, to, format!("{i} %Y").as_bytes());
-                    assert!(answer.starts_with(format!("{i} 20").as_bytes()), "{answer:?}");
-                }
-            })
-        })
-        .collect();
-    for a in askers {
-        a.join().unwrap();
-    }
-    // A request counts as completed just after its reply has gone.
-    wait_for("every request to be counted", || running.handle.stats().completed == 3 + 8 * 25);
-    assert_eq!(running.handle.stats().workers_total, cpus(), "a receiver per CPU");
-    running.stop().unwrap();
-}
-
-#[test]
-fn time_server_example_takes_its_strategy_from_the_command_line() {
-    use time_server::parse_args;
-    let args = |s: &[&str]| parse_args(&s.iter().map(|a| a.to_string()).collect::<Vec<_>>());
-    assert_eq!(args(&[]).unwrap(), (time_server::DEFAULT_ADDR.to_string(), Synchronous.into()));
-    let cases: [(&str, AnyStrategy); 5] = [
-        ("sync", Synchronous.into()),
-        ("pool", ThreadPool::default().into()),
-        ("threading", Threading::new().into()),
-        ("event", Event::new().into()),
-        ("pool(4)", ThreadPool::new(4).into()),
-    ];
-    for (name, want) in cases {
-        assert_eq!(args(&["127.0.0.1:0", "--strategy", name]).unwrap().1, want);
-    }
-    let e = args(&["--strategy", "epoll"]).unwrap_err();
-    assert!(e.starts_with("\"epoll\" is not a strategy") && e.contains("event(N-M)"), "{e}");
 }
 
 // ------------------------------------------- the bundled time server, TCP

@@ -1,12 +1,9 @@
-//! The file_transfer example, run in-process: its server on a thread over a
+//! The file_transfer application, run in-process: its server on a thread over a
 //! temporary folder, its client functions, raw (hostile) requests, a
 //! hostile server, and a Python client.
 
+#[path = "../../tests/util/mod.rs"]
 mod util;
-
-#[path = "../examples/file_transfer.rs"]
-#[allow(dead_code)]
-mod file_transfer;
 
 use std::io::{ErrorKind, Write};
 use std::net::{TcpListener, TcpStream};
@@ -19,6 +16,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use socketserver::framing::LengthPrefixed;
 use socketserver::{AnyStrategy, Event, ThreadPool, Threading};
+use socketserver_apps::file_transfer;
 use util::*;
 
 fn start(dir: &Path) -> Running {

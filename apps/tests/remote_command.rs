@@ -1,11 +1,8 @@
-//! The remote_command example, run in-process: its server on a thread, its
+//! The remote_command application, run in-process: its server on a thread, its
 //! client functions over real TCP connections, and a Python client.
 
+#[path = "../../tests/util/mod.rs"]
 mod util;
-
-#[path = "../examples/remote_command.rs"]
-#[allow(dead_code)]
-mod remote_command;
 
 use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
@@ -14,6 +11,7 @@ use std::time::{Duration, Instant};
 use remote_command::{Config, Outcome};
 use socketserver::framing::LengthPrefixed;
 use socketserver::{AnyStrategy, Event, ThreadPool, Threading};
+use socketserver_apps::remote_command;
 use util::*;
 
 fn config(allow: &[&str], timeout: Duration) -> Config {

@@ -1,16 +1,15 @@
-//! The chat example, run in-process: the UDP relay and the TCP room.
+//! The chat application (`socketserver_apps::chat`), run in-process: the
+//! UDP relay and the TCP room.
 
+#[path = "../../tests/util/mod.rs"]
 mod util;
-
-#[path = "../examples/chat.rs"]
-#[allow(dead_code)]
-mod chat;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use socketserver::{AnyStrategy, Event, Synchronous, ThreadPool, Threading};
+use socketserver_apps::chat;
 use util::*;
 
 fn wait_for(what: &str, cond: impl Fn() -> bool) {
@@ -94,6 +93,43 @@ fn udp_chat_relays(running: &Running) {
     assert_eq!(say(&bob, server, "/who"), "online: alice bob");
 }
 
+/// A relayed message is a datagram the sender caused at another address:
+/// it is bounded as a reply is (`DatagramRequest::max_reply`, 3 times the
+/// request on the wire), escapes included. A message of 16,000 control
+/// bytes, each escaped to 4 (`\x01`), once went out as 64,009 bytes.
+#[test]
+fn the_udp_relay_is_bounded_by_the_reply_cap() {
+    let running = run(chat::udp_server("127.0.0.1:0").unwrap());
+    let server = running.inet();
+    let (alice, bob) = (udp_client(), udp_client());
+    assert_eq!(say(&alice, server, "/name alice"), "ok: you are alice");
+    assert_eq!(say(&bob, server, "/name bob"), "ok: you are bob");
+    let request = format!("@bob {}", "\x01".repeat(16_000));
+    let cap = 3 * (request.len() + 28) - 28; // IPv4: 28 bytes of headers
+    let answer = say(&alice, server, &request);
+    let mut buf = vec![0u8; 65_536];
+    let n = bob.recv(&mut buf).unwrap();
+    assert!(n <= cap, "relayed {n} bytes for a {}-byte request (cap {cap})", request.len());
+    let relayed = std::str::from_utf8(&buf[..n]).unwrap();
+    assert!(relayed.starts_with("alice: \\x01\\x01") && "alice: ".len() + 4 * 16_000 > n, "{n}");
+    assert_eq!(answer, format!("sent to bob (cut to {n} bytes)"));
+    // A message within the cap goes whole, escapes and all.
+    assert_eq!(say(&alice, server, "@bob a\x1bb"), "sent to bob");
+    assert_eq!(bob.recv(&mut buf).map(|n| buf[..n].to_vec()).unwrap(), b"alice: a\\x1bb");
+    running.stop().unwrap();
+}
+
+/// A connection to `addr` from loopback address 127.0.0.`host` (the whole
+/// of 127/8 is loopback): members that come from different peers.
+fn tcp_connect_from(addr: SocketAddr, host: u8) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from(([127, 0, 0, host], 0)).into()).unwrap();
+    socket.connect_timeout(&addr.into(), TIMEOUT).unwrap();
+    let s = TcpStream::from(socket);
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s
+}
+
 struct Member {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
@@ -101,10 +137,19 @@ struct Member {
 
 impl Member {
     fn join(addr: std::net::SocketAddr) -> Member {
-        let s = tcp_connect(addr);
-        let mut m = Member { reader: BufReader::new(s.try_clone().unwrap()), writer: s };
+        Member::welcomed(tcp_connect(addr))
+    }
+    /// Joins from 127.0.0.`host`.
+    fn join_from(addr: std::net::SocketAddr, host: u8) -> Member {
+        Member::welcomed(tcp_connect_from(addr, host))
+    }
+    fn welcomed(s: TcpStream) -> Member {
+        let mut m = Member::from_stream(s);
         assert!(m.line().starts_with("* welcome, guest"));
         m
+    }
+    fn from_stream(s: TcpStream) -> Member {
+        Member { reader: BufReader::new(s.try_clone().unwrap()), writer: s }
     }
     fn line(&mut self) -> String {
         let mut l = String::new();
@@ -220,6 +265,110 @@ fn a_member_that_does_not_read_is_cut_off(strategy: AnyStrategy) {
 }
 
 // ------------------------------------------------------- hostile members
+
+/// One client's idle sockets cannot fill the room: a peer (here an IPv4
+/// address) has at most `max_per_peer` members (8 by default), newcomers
+/// beyond are told and closed, and others still get in. 128 sockets from
+/// one client once took every seat.
+#[test]
+fn one_peer_cannot_fill_the_room() {
+    let running = run(chat::tcp_server("127.0.0.1:0").unwrap());
+    let addr = running.inet();
+    let (mut seated, mut refused) = (Vec::new(), Vec::new());
+    for _ in 0..chat::MAX_MEMBERS {
+        let mut m = Member::from_stream(tcp_connect_from(addr, 1));
+        let first = m.line();
+        if first.starts_with("* welcome, guest") {
+            seated.push(m);
+        } else {
+            assert_eq!(first, "error: 8 members come from your address already; try again later");
+            assert_eq!(m.line(), "", "closed after the refusal");
+            refused.push(first);
+        }
+    }
+    assert_eq!((seated.len(), refused.len()), (chat::MAX_PER_PEER, chat::MAX_MEMBERS - chat::MAX_PER_PEER));
+    // Somebody else gets in, and the hog's members hear of it.
+    let mut other = Member::join_from(addr, 2);
+    other.say("hello");
+    let last = seated.last_mut().unwrap();
+    assert!(last.line().ends_with(" joined"));
+    assert!(last.line().ends_with("] hello"));
+    // One leaves: its seat is the peer's again.
+    drop(seated.pop());
+    wait_for("the seat to be given up", || running.handle.stats().active == chat::MAX_PER_PEER as u64);
+    seated.push(Member::join_from(addr, 1));
+    // The limit is the room's to set.
+    let limits = chat::RoomLimits { max_per_peer: 2, ..chat::RoomLimits::default() };
+    let small = run(chat::tcp_server_with("127.0.0.1:0", limits).unwrap());
+    let _two: Vec<Member> = (0..2).map(|_| Member::join_from(small.inet(), 1)).collect();
+    let mut third = Member::from_stream(tcp_connect_from(small.inet(), 1));
+    assert_eq!(third.line(), "error: 2 members come from your address already; try again later");
+    drop((seated, other));
+    running.stop().unwrap();
+    small.stop().unwrap();
+}
+
+/// One client connects and closes as fast as it can: each visit is a
+/// join and a leave announced to every member, far more than any member's
+/// outbox holds. Announcements are not what a member must keep up with:
+/// past half its outbox they are counted, not queued, and the member is
+/// told how many it missed. No honest member is cut off as "not reading",
+/// however fast it reads; and they still hear each other.
+#[test]
+fn a_client_that_churns_connections_gets_no_honest_member_kicked() {
+    let outbox = 8; // small: the churn outruns the postman at once
+    let limits = chat::RoomLimits { outbox, ..chat::RoomLimits::default() };
+    let running = run(chat::tcp_server_with("127.0.0.1:0", limits).unwrap());
+    let addr = running.inet();
+    let honest = 10u8;
+    let mut members: Vec<Member> = (0..honest).map(|i| Member::join_from(addr, 2 + i)).collect();
+    for (i, m) in members.iter_mut().enumerate() {
+        for _ in i + 1..usize::from(honest) {
+            assert!(m.line().ends_with(" joined"));
+        }
+    }
+    // Each member reads at full speed on a thread of its own, until it
+    // hears `done`, or its connection ends (it was cut off).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut speaker = members.remove(0);
+    for mut m in members {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut missed_notices = 0;
+            let outcome = loop {
+                let line = m.line();
+                if line.is_empty() {
+                    break Err(format!("cut off (after {missed_notices} 'not shown' notices)"));
+                }
+                if line.contains(" not shown") {
+                    missed_notices += 1;
+                }
+                if line.contains("(too slow)") {
+                    break Err(line);
+                }
+                if line == "[guest0] done" {
+                    break Ok(());
+                }
+            };
+            let _ = tx.send(outcome);
+            drop(m);
+        });
+    }
+    let visits = 5000;
+    for _ in 0..visits {
+        drop(tcp_connect(addr));
+    }
+    // Every visitor has left (the room holds the honest ones only): then
+    // the first speaks, and all the others hear it.
+    wait_for("the visitors to leave", || running.handle.stats().active <= u64::from(honest));
+    writeln!(speaker.writer, "done").expect("the speaker (not reading meanwhile) was cut off");
+    for _ in 1..honest {
+        let heard = rx.recv_timeout(TIMEOUT).expect("a member's outcome");
+        assert_eq!(heard, Ok(()), "after {visits} visits");
+    }
+    drop(speaker);
+    running.stop().unwrap();
+}
 
 /// Every line `m` reads until one satisfies `want` (bounded: the test's
 /// read timeout, and 10,000 lines).
@@ -506,8 +655,9 @@ fn the_tcp_room_refuses_newcomers_rather_than_abort_under_an_address_space_limit
     };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let (mut members, mut refused) = (Vec::new(), Vec::new());
-    for _ in 0..chat::MAX_MEMBERS + 40 {
-        let s = tcp_connect(addr);
+    for i in 0..chat::MAX_MEMBERS + 40 {
+        // From addresses of their own: one peer may have 8 members.
+        let s = tcp_connect_from(addr, 2 + i as u8);
         let mut m = Member { reader: BufReader::new(s.try_clone().unwrap()), writer: s };
         let first = m.line();
         if first.starts_with("* welcome, guest") {
@@ -563,7 +713,8 @@ fn idle_members_are_parked_with_no_thread_of_their_own() {
     let before = threads();
     let running = run(chat::tcp_server("127.0.0.1:0").unwrap());
     let n = 40;
-    let mut members: Vec<Member> = (0..n).map(|_| Member::join(running.inet())).collect();
+    // From addresses of their own: one peer may have 8 members.
+    let mut members: Vec<Member> = (0..n).map(|i| Member::join_from(running.inet(), 2 + i as u8)).collect();
     // Everybody hears of everybody who joined after them: wait for that,
     // so that nothing is still on its way.
     for (i, m) in members.iter_mut().enumerate() {
@@ -634,7 +785,11 @@ fn a_member_that_reads_late_gets_every_line_in_order() {
 #[test]
 fn the_servers_take_their_strategy_from_the_command_line() {
     let args = |s: &[&str], default| {
-        chat::parse_server_args(&s.iter().map(|a| a.to_string()).collect::<Vec<_>>(), "127.0.0.1:9", default)
+        socketserver_apps::args::addr_and_strategy(
+            &s.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "127.0.0.1:9",
+            default,
+        )
     };
     assert_eq!(args(&[], Event::new().into()).unwrap(), ("127.0.0.1:9".to_string(), Event::new().into()));
     assert_eq!(args(&["[::1]:0"], Synchronous.into()).unwrap(), ("[::1]:0".to_string(), Synchronous.into()));
