@@ -197,13 +197,6 @@ def served_note(r):
     return f" ({', '.join(notes)})" if notes else ""
 
 
-def ratio(rows, mode, a, b, cell):
-    ra, rb = rows.get((mode, a, cell)), rows.get((mode, b, cell))
-    if not ra or not rb or rb["requests_per_sec"] == 0:
-        return None
-    return ra["requests_per_sec"] / rb["requests_per_sec"]
-
-
 def cpu_per_request(r):
     """Server CPU µs per request, or None."""
     if r is None or r.get("server_cpu_pct") is None or not r["requests_per_sec"]:
@@ -495,168 +488,6 @@ def interference(rows):
             f" {statistics.median(vals):.0f}%; hypervisor steal at most {steal:.0f}%; per cell in the last table).")
 
 
-def verdict(ok):
-    if ok is None:
-        return "not measured"
-    return "**met**" if ok else "**MISSED**"
-
-
-def x(v):
-    return "–" if v is None else f"{v:.2f}×"
-
-
-def krps(r):
-    return "–" if r is None else f"{r['requests_per_sec'] / 1000:.1f}k"
-
-
-# Other processes' CPU (% of a core) above which a comparison is flagged as disturbed.
-NOISY = 25
-
-
-def noise(rs):
-    """A warning when other processes used much CPU during any of the rows compared."""
-    worst = max((r.get("other_cpu_pct") or 0 for r in rs if r), default=0)
-    return f" ⚠ other processes used up to {worst:.0f}% of a core during these cells" if worst > NOISY else ""
-
-
-def event_targets(rows, idle, settings, modes):
-    """The event strategy's targets, each a ratio within this run: (target, measured, verdict)."""
-    out = []
-
-    def versus(mode, cell, rivals):
-        """rivals: [(server, minimum ratio)]; Event must also serve every client."""
-        ev = rows.get((mode, "event", cell))
-        parts, ok = [], ev is not None
-        for rival, least in rivals:
-            r = ratio(rows, mode, "event", rival, cell)
-            parts.append(f"{x(r)} {name(rival)} ({krps(ev)} vs {krps(rows.get((mode, rival, cell)))} req/s)")
-            ok = ok and r is not None and r >= least
-        if ev is not None and not fully_served(ev):
-            parts.append(f"**Event: {served_note(ev).strip(' ()')}**")
-            ok = False
-        involved = [rows.get((mode, s, cell)) for s in ["event"] + [s for s, _ in rivals]]
-        return "; ".join(parts) + noise(involved), verdict(ok if all(involved) else None)
-
-    if "pinned" in modes:
-        for c in (16, 64, 256):
-            cell = ("tcp-echo", c, 64)
-            m, v = versus("pinned", cell, [("tokio", 1.1), ("tokio-ct", 1.0)])
-            out.append((f"pinned, {LABELS[cell]}: Event ≥ 1.1× tokio and ≥ 1.0× tokio current-thread, all served",
-                        m, v))
-    if "unpinned" in modes:
-        for cell in [("tcp-echo", 16, 64), ("tcp-echo", 64, 64), ("tcp-echo", 256, 64), ("tcp-echo", 16, 16384)]:
-            m, v = versus("unpinned", cell, [("tokio", 1.1), ("std", 1.1)])
-            out.append((f"unpinned, {LABELS[cell]}: Event ≥ 1.1× tokio and ≥ 1.1× std, all served", m, v))
-    for mode in modes:
-        cell = ("tcp-connect", 16, 64)
-        m, v = versus(mode, cell, [("tokio", 1.1)])
-        out.append((f"{mode}, {LABELS[cell]}: Event ≥ 1.1× tokio", m, v))
-    for mode in modes:
-        for proto, title in (("tcp-echo", "every TCP echo cell"),
-                             ("udp-echo", "every UDP echo cell (datagrams: the pool's receivers under Event)")):
-            parts, ok, seen, involved = [], True, False, []
-            for cell, lbl in CELLS:
-                if cell[0] != proto:
-                    continue
-                involved += [rows.get((mode, "event", cell)), rows.get((mode, "tokio", cell))]
-                e, t = cpu_per_request(rows.get((mode, "event", cell))), cpu_per_request(rows.get((mode, "tokio", cell)))
-                if e is None or t is None:
-                    continue
-                seen = True
-                good = e <= t
-                ok &= good
-                short = lbl.replace("TCP echo ", "").replace("UDP echo ", "").replace(" conns", "").replace(
-                    " clients", "").replace(" client", "").replace(" conn", "")
-                parts.append(f"{short}: {e:.1f} vs {t:.1f}" + ("" if good else " ✗"))
-            out.append((f"{mode}, server CPU per request, {title}: Event ≤ tokio (µs, Event vs tokio)",
-                        ("; ".join(parts) or "–") + noise(involved), verdict(ok if seen else None)))
-    for mode in modes:
-        cell = ("tcp-echo", 256, 64)
-        e, t = rows.get((mode, "event", cell)), rows.get((mode, "tokio", cell))
-        if e and t:
-            out.append((f"{mode}, p99 of {LABELS[cell]}: Event ≤ tokio",
-                        f"{fmt_us(e['p99_us'])} vs {fmt_us(t['p99_us'])}" + noise([e, t]),
-                        verdict(e["p99_us"] <= t["p99_us"])))
-        else:
-            out.append((f"{mode}, p99 of {LABELS[cell]}: Event ≤ tokio", "–", verdict(None)))
-    # Idle connections.
-    d, tk = idle.get("event"), idle.get("tokio")
-    n = settings.get("idle", 10000)
-    cpus = settings.get("cpus") or os.cpu_count() or 1
-    if d:
-        all_in = d["connected"] == d["connections"]
-        out.append((f"{n:,} idle connections, Event: all connected within 3 s",
-                    f"{d['connected']:,} of {d['connections']:,} in {d['connect_secs']:.2f} s",
-                    verdict(all_in and d["connect_secs"] <= 3)))
-        out.append((f"{n:,} idle connections, Event: every one answers a probe",
-                    f"{d['answered']:,} of {d['connections']:,} answered in {d['probe_secs']:.2f} s",
-                    verdict(d["answered"] == d["connections"])))
-        threads = max(v for v in (d["threads"], d["held_threads"], 0) if v is not None)
-        out.append((f"{n:,} idle connections, Event: threads ≤ 2×CPUs+4 (= {2 * cpus + 4})",
-                    f"{threads} while holding ({d['base_threads']} before)", verdict(threads <= 2 * cpus + 4)))
-        pe, pt = idle_per_conn(d), idle_per_conn(tk)
-        out.append((f"{n:,} idle connections, Event: RSS per connection ≤ tokio's",
-                    f"{'–' if pe is None else f'{pe:.1f}'} KiB vs tokio {'–' if pt is None else f'{pt:.1f}'} KiB",
-                    verdict(None if pe is None or pt is None else pe <= pt)))
-    else:
-        out.append((f"{n:,} idle connections, Event", "not run", verdict(None)))
-    return out
-
-
-def issue4_targets(rows, idle, sig0):
-    """The targets of issue 4 (ThreadPool and Threading), on the unpinned cells."""
-    out = []
-    mode = "unpinned"
-
-    def have(*servers_cells):
-        return all(rows.get((mode, s, c)) for s, c in servers_cells)
-
-    for strat in ["pool", "threading"]:
-        parts, ok, seen = [], True, True
-        for c in (16, 64, 256):
-            cell = ("tcp-echo", c, 64)
-            seen &= have((strat, cell), ("std", cell), ("tokio", cell))
-            rs, rt = ratio(rows, mode, strat, "std", cell), ratio(rows, mode, strat, "tokio", cell)
-            served = fully_served(rows.get((mode, strat, cell)))
-            ok &= rs is not None and rt is not None and rs >= 0.95 and rt >= 1.1 and served
-            parts.append(f"{c}: {x(rs)} std, {x(rt)} tokio" + ("" if served or not seen else ", **not all served**"))
-        out.append((f"TCP echo 64 B, 16–256 conns, {name(strat)}: ≥ 0.95× std and ≥ 1.1× tokio, all served",
-                    "; ".join(parts), verdict(ok if seen else None)))
-    cell = ("tcp-echo", 16, 16384)
-    for strat in ["pool", "threading"]:
-        rs, rt = ratio(rows, mode, strat, "std", cell), ratio(rows, mode, strat, "tokio", cell)
-        served = fully_served(rows.get((mode, strat, cell)))
-        ok = rs is not None and rt is not None and rs >= 0.95 and rt >= 1.1 and served
-        out.append((f"(same, 16 KiB at 16 conns), {name(strat)}", f"{x(rs)} std, {x(rt)} tokio",
-                    verdict(ok if have((strat, cell), ("std", cell), ("tokio", cell)) else None)))
-    cell = ("tcp-connect", 16, 64)
-    rth, rtk = ratio(rows, mode, "pool", "threading", cell), ratio(rows, mode, "pool", "tokio", cell)
-    ok = rth is not None and rtk is not None and rth >= 1.5 and rtk >= 1.0
-    out.append(("connect-per-request, 16 clients: ThreadPool ≥ 1.5× Threading and ≥ 1.0× tokio",
-                f"{x(rth)} Threading, {x(rtk)} tokio", verdict(ok if rth and rtk else None)))
-    cell = ("udp-echo", 16, 64)
-    r = ratio(rows, mode, "pool", "tokio", cell)
-    extra = ", ".join(f"{name(s)} {x(ratio(rows, mode, s, 'tokio', cell))}" for s in ("sync", "threading", "event"))
-    out.append(("UDP echo, 16 clients: ThreadPool ≥ 1.0× tokio", f"{x(r)} ({extra})",
-                verdict(None if r is None else r >= 1.0)))
-    for strat in ["threading", "pool"]:
-        d = idle.get(strat)
-        per = idle_per_conn(d)
-        if d and per is not None:
-            ok = per <= 25 and d["answered"] == d["connections"]
-            out.append((f"{d['connections']:,} idle connections, {name(strat)}: ≤ 25 KiB RSS per connection,"
-                        " all answered", f"{per:.1f} KiB/conn, {d['answered']:,} of {d['connections']:,} answered",
-                        verdict(ok)))
-    for strat in ["sync", "threading", "pool", "event"]:
-        runs = [d["result"]["exit_ms"] for d in sig0 if d["server"] == strat]
-        if runs:
-            ok = all(v is not None and v < 10 for v in runs)
-            shown = "did not exit" if any(v is None for v in runs) else \
-                f"median {statistics.median(runs):.1f} ms, max {max(runs):.1f} ms"
-            out.append((f"SIGINT→exit, nothing in flight, {name(strat)}: < 10 ms", shown, verdict(ok)))
-    return out
-
-
 def metric_tables(L, rows, servers, modes, cell_value):
     for mode in modes:
         present = [s for s in servers if any(k[0] == mode and k[1] == s for k in rows)]
@@ -751,9 +582,10 @@ def markdown(rows, idle, sigint, settings, servers, modes, meta, command, crit, 
     L += [
         "# Benchmarks",
         "",
-        "Generated by `benches/compare.sh` (tables, plot and target checks; regenerate rather than edit — only the"
-        f" *Notes* section at the end is hand-written and kept across runs). One run on a shared {cpus}-CPU machine:"
-        " absolute numbers drift from run to run, ratios less so.",
+        "Generated by `benches/compare.sh` (tables and plot; regenerate rather than edit — only the section"
+        " *What the figures mean* is hand-written and kept across runs; each figure there names its command)."
+        f" One run on a shared {cpus}-CPU machine: absolute numbers drift from run to run, ratios less so. Earlier"
+        " runs, per-issue targets and profiles are in git: `git show 4144281:BENCHMARKS.md`.",
         "",
         f"![requests/s and p99 per contender]({svg_name})",
         "",
@@ -808,21 +640,10 @@ def markdown(rows, idle, sigint, settings, servers, modes, meta, command, crit, 
     if idle or (settings.get("idle_skip") and not settings.get("load_only")):
         idle_section(L, idle, servers, settings)
     sig0 = sigint_section(L, sigint, servers, settings) if sigint else []
-    L += ["## Targets of the event strategy", "",
-          "Ratios of requests/s (median rounds) between contenders in this run; `–`: a contender was not run; ⚠: other"
-          f" processes used more than {NOISY}% of a core during a cell compared (the *other CPU* column of the last"
-          " table), which a pinned server cannot move away from.", "",
-          "| target | measured | verdict |", "|---|---|---|"]
-    for t, m, v in event_targets(rows, idle, settings, modes):
-        L.append(f"| {t} | {m} | {v} |")
-    L.append("")
-    if "unpinned" in modes:
-        L += ["## Targets of issue 4 (unpinned)", "", "| target | measured | verdict |", "|---|---|---|"]
-        for t, m, v in issue4_targets(rows, idle, sig0):
-            L.append(f"| {t} | {m} | {v} |")
-        L.append("")
     L += ["## Criterion micro-benchmarks", ""]
     L += criterion_section(crit)
+    L += ["## What the figures mean, and figures from other scripts", "", "<!-- notes:start -->",
+          notes.strip() if notes.strip() else "_None yet._", "<!-- notes:end -->", ""]
     L += ["## All cells", "", "<details><summary>req/s (median round, and every round), p50/p99/p99.9 of the median"
           " round, errors, lost and unserved (worst round), generator and server CPU (100% = one core)</summary>", "",
           "| mode | cell | server | req/s | all rounds | p50 | p99 | p99.9 | errors | lost | unserved | gen CPU |"
@@ -841,8 +662,6 @@ def markdown(rows, idle, sigint, settings, servers, modes, meta, command, crit, 
                          f" {r['lost']} | {r['unserved']} | {r['generator_cpu_pct']:.0f}% | {srv} |"
                          f" {pct(r.get('other_cpu_pct'))} | {pct(r.get('steal_pct'))} |")
     L += ["", "</details>", ""]
-    L += ["## Notes", "", "<!-- notes:start -->", notes.strip() if notes.strip() else "_None yet._",
-          "<!-- notes:end -->", ""]
     return "\n".join(L)
 
 

@@ -415,9 +415,11 @@ impl WakeSender {
         Some(WakeSender { sender, from, to })
     }
 
-    /// Sends empty datagrams until every receiver has ended (each sees the
+    /// Sends wake-up datagrams (the bytes of `WAKE_UP`, one per receiver
+    /// still receiving) until every receiver has ended (each sees the
     /// shutdown and leaves), for at most `limit`. Returns whether they all
-    /// ended. Extra wake-ups left in the queue are skipped on a later run.
+    /// ended. Extra wake-ups left in the queue are recognised by their bytes
+    /// and skipped on a later run.
     fn wake_receivers(&self, receiving: impl Fn() -> usize, limit: Duration) -> bool {
         let deadline = Deadline::after(Instant::now(), limit);
         let mut pause = Duration::from_millis(1);

@@ -5,7 +5,8 @@
 //! parked with no thread at all (the event strategy). Its `Read` and `Write`
 //! still block as std's do: a read or write that would block waits in
 //! `poll` for at most the stream's own read or write timeout. A read then
-//! fails with `WouldBlock` — what a std socket with `SO_RCVTIMEO` returns;
+//! fails with `WouldBlock` — what a std socket with `SO_RCVTIMEO` returns
+//! (a `StreamRequest` reports it as `TimedOut`);
 //! a write with `TimedOut`, "write to PEER timed out after T" (std's
 //! `WouldBlock`, "operation would block", reads as anything but a timeout
 //! in a log).
@@ -107,9 +108,18 @@ impl Stream {
     }
 
     /// Sets how long a read may wait (`None` or `Some(Duration::MAX)`: for
-    /// ever). A read that waits that long fails with `WouldBlock`. A zero
-    /// duration, which std refuses, is Python's `settimeout(0)`: a read
-    /// with nothing to take fails at once.
+    /// ever). A read on this `Stream` that waits that long fails with
+    /// `ErrorKind::WouldBlock`, as a std socket with `SO_RCVTIMEO` does. A
+    /// zero duration, which std refuses, is Python's `settimeout(0)`: a
+    /// read with nothing to take fails at once.
+    ///
+    /// A read through a [`StreamRequest`](crate::StreamRequest) reports its
+    /// read timeout as `ErrorKind::TimedOut`, "read from PEER timed out"
+    /// (what [`Builder::read_timeout`](crate::Builder::read_timeout) says);
+    /// only a handler reading this `Stream` itself (from
+    /// [`StreamRequest::socket`](crate::StreamRequest::socket) or
+    /// [`fill_buf_and_stream`](crate::StreamRequest::fill_buf_and_stream))
+    /// sees the `WouldBlock`.
     ///
     /// # Errors
     /// None: the `Result` is std's signature.

@@ -9,7 +9,7 @@
 //! * [`state`]: a connection's state word and its named transitions (the
 //!   only code that changes it), model-checked with `loom`;
 //! * [`registry`]: connections by generation-carrying token;
-//! * [`timers`]: one heap of deadlines, at most one entry per connection
+//! * [`timers`]: one ordered set of deadlines, at most one entry per connection
 //!   and kind;
 //! * [`poller`]: the polling threads: wait in epoll, accept, run handlers,
 //!   park, retire;

@@ -12,9 +12,16 @@
 //! |---|---|---|
 //! | 0 | `RUNNING` | one thread owns the connection's request; clear: parked, no thread |
 //! | 1 | `NOTIFIED` | bytes (or a hang-up) came while it ran: run it again before parking |
-//! | 2 | `DEADLINE_TIMER` | an entry for its own deadline (idle, read, request, write, linger) is in the timer heap (at most one) |
-//! | 3 | `DRAIN_TIMER` | a drain-window entry for it is in the timer heap (at most one) |
+//! | 2 | `DEADLINE_TIMER` | an entry for its own deadline (idle, read, request, write, linger) is in the timer set (at most one) |
+//! | 3 | `DRAIN_TIMER` | a drain-window entry for it is in the timer set (at most one) |
 //! | 8.. | generation | counts parks: a timer decided at one park never acts at a later one |
+//!
+//! The connection's other atomics (in `Conn`, `mod.rs`) are plain loads
+//! and stores, each safe by who may write it: `parked_at`, `deadline`,
+//! `boundary` and `writing` only by the thread that holds `RUNNING`, before
+//! `park`'s release publishes them (a timer reads them in `fire` only while
+//! the word says parked); `queued` only under the timers' lock; `hup` is
+//! only ever set, never cleared.
 
 use super::sync::{AtomicU64, Ordering::*};
 
@@ -70,7 +77,7 @@ pub(crate) enum Park {
     /// Notified while it ran: still the caller's, run it again.
     Again,
     /// Parked at `generation`; the caller queues an entry for each timer
-    /// armed here (none was in the heap for it).
+    /// armed here (none was in the timer set for it).
     Parked { generation: u64, idle: bool, drain: bool },
 }
 
@@ -135,7 +142,7 @@ impl State {
 
     /// The runner is done for now: park (no thread), or go on if notified.
     /// `idle` / `drain`: those timers apply to this park; each is armed
-    /// (reported in the result) unless an entry for it is in the heap.
+    /// (reported in the result) unless an entry for it is in the timer set.
     pub(crate) fn park(&self, idle: bool, drain: bool) -> Park {
         let mut cur = self.0.load(Acquire);
         loop {
@@ -171,7 +178,7 @@ impl State {
     pub(crate) fn fire(&self, timer: Timer, mut due: impl FnMut(u64) -> Due) -> Fired {
         let mut cur = self.0.load(Acquire);
         loop {
-            debug_assert!(cur & timer.bit() != 0, "an entry in the heap has its bit set");
+            debug_assert!(cur & timer.bit() != 0, "an entry in the timer set has its bit set");
             let (next, fired) = if cur & RUNNING != 0 {
                 (cur & !timer.bit(), Fired::Disarmed)
             } else {
@@ -190,12 +197,12 @@ impl State {
 
     /// Arms `timer` outside a park (the drain window, for every connection
     /// at the shutdown): `true` if the caller must queue its entry (none
-    /// was in the heap).
+    /// was in the timer set).
     pub(crate) fn arm(&self, timer: Timer) -> bool {
         self.0.fetch_or(timer.bit(), AcqRel) & timer.bit() == 0
     }
 
-    /// How many entries the heap holds for it (when it is closed: that many
+    /// How many entries the timer set holds for it (when it is closed: that many
     /// become dead).
     pub(crate) fn timers(&self) -> usize {
         let s = self.0.load(Acquire);
@@ -353,7 +360,7 @@ mod loom_models {
 
     /// A timer fires while its connection runs and parks again: the entry
     /// is either dropped before the park (which arms a new one) or kept
-    /// for the new deadline — one entry in the heap either way.
+    /// for the new deadline — one entry in the timer set either way.
     #[test]
     fn fire_and_park() {
         loom::model(|| {
