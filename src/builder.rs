@@ -88,8 +88,9 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
     }
 
     /// The concurrency strategy: [`Synchronous`](crate::Synchronous), [`Threading`](crate::Threading),
-    /// [`ThreadPool`](crate::ThreadPool), [`Forking`](crate::Forking) or an
-    /// [`AnyStrategy`](crate::AnyStrategy).
+    /// [`ThreadPool`](crate::ThreadPool), [`Forking`](crate::Forking), [`Event`](crate::Event),
+    /// or an [`AnyStrategy`](crate::AnyStrategy) to choose one at run time.
+    /// The server keeps it as its type: `Server<T, S2>`.
     pub fn strategy<S2: Strategy>(self, strategy: S2) -> Builder<T, S2> {
         Builder { opts: self.opts, strategy, hooks: self.hooks, _transport: PhantomData }
     }
@@ -284,7 +285,7 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
             socket_file,
             handler,
             hooks: self.hooks,
-            strategy: strategy::to_any(&self.strategy),
+            strategy: self.strategy,
             opts: self.opts,
         })
     }
@@ -297,7 +298,7 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
                 "service_interval(0): serve_forever would wake without pause; give a positive interval (Duration::MAX: none)",
             ));
         }
-        strategy::to_any(&self.strategy).check()
+        self.strategy.check()
     }
 }
 
