@@ -15,7 +15,7 @@ use crate::server::{Parts, Server};
 use crate::service::Hooks;
 use crate::strategy::{self, Strategy};
 use crate::transport::sealed::{Adopt, Bind};
-use crate::transport::{BindAddress, Transport};
+use crate::transport::{BindAddress, DatagramTransport, InetTransport, StreamTransport, Tcp, Transport};
 
 /// Configures a server before it binds: socket options, limits, timeouts,
 /// the strategy and the hooks. Get one from [`Server::builder`].
@@ -34,6 +34,20 @@ use crate::transport::{BindAddress, Transport};
 /// period or drain window closes at once, and a zero `keep_alive` retires a
 /// surplus thread as soon as it is idle. The one exception is
 /// [`service_interval`](Self::service_interval), whose zero `bind` refuses.
+///
+/// # Settings by socket kind
+///
+/// A setting exists only on the servers it applies to, so that one that
+/// would do nothing does not compile (`UdpServer::builder().nodelay(true)`:
+/// no method `nodelay`):
+///
+/// | servers | settings |
+/// |---|---|
+/// | all | [`strategy`](Self::strategy), [`max_connections`](Self::max_connections), [`timeout`](Self::timeout), [`grace_period`](Self::grace_period), [`drain_window`](Self::drain_window), [`service_interval`](Self::service_interval), the hooks |
+/// | TCP and UDP ([`InetTransport`]) | [`reuse_address`](Self::reuse_address), [`reuse_port`](Self::reuse_port) |
+/// | TCP only | [`nodelay`](Self::nodelay) |
+/// | stream: TCP, Unix stream ([`StreamTransport`]) | [`backlog`](Self::backlog), [`activate`](Self::activate), [`read_timeout`](Self::read_timeout), [`write_timeout`](Self::write_timeout), [`idle_timeout`](Self::idle_timeout), [`read_buffer`](Self::read_buffer), [`write_buffer`](Self::write_buffer), [`proxy_protocol`](Self::proxy_protocol) |
+/// | datagram: UDP, Unix datagram ([`DatagramTransport`]) | [`max_datagram_size`](Self::max_datagram_size), [`max_datagram_reply`](Self::max_datagram_reply) |
 ///
 /// ```no_run
 /// # fn main() -> std::io::Result<()> {
@@ -74,115 +88,11 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
     }
 
     /// The concurrency strategy: [`Synchronous`](crate::Synchronous), [`Threading`](crate::Threading),
-    /// [`ThreadPool`](crate::ThreadPool), [`Forking`](crate::Forking) or an
-    /// [`AnyStrategy`](crate::AnyStrategy).
+    /// [`ThreadPool`](crate::ThreadPool), [`Forking`](crate::Forking), [`Event`](crate::Event),
+    /// or an [`AnyStrategy`](crate::AnyStrategy) to choose one at run time.
+    /// The server keeps it as its type: `Server<T, S2>`.
     pub fn strategy<S2: Strategy>(self, strategy: S2) -> Builder<T, S2> {
         Builder { opts: self.opts, strategy, hooks: self.hooks, _transport: PhantomData }
-    }
-
-    /// `SO_REUSEADDR`. On by default for stream servers, so that a restart
-    /// never fails because old connections sit in TIME_WAIT; off by default
-    /// for datagram servers, where on Linux it would let two servers bind
-    /// the same port and split its datagrams.
-    pub fn reuse_address(mut self, on: bool) -> Self {
-        self.opts.reuse_address = Some(on);
-        self
-    }
-
-    /// `SO_REUSEPORT` (IP sockets only; binding a Unix server with it set
-    /// fails): several processes bind the same port and the kernel spreads
-    /// connections among them. Off by default.
-    pub fn reuse_port(mut self, on: bool) -> Self {
-        self.opts.reuse_port = on;
-        self
-    }
-
-    /// The `listen` backlog: connections the kernel completes while the
-    /// server is busy. Default `SOMAXCONN` (Python's default is 5); the
-    /// kernel caps it at `net.core.somaxconn`.
-    pub fn backlog(mut self, backlog: u32) -> Self {
-        self.opts.backlog = backlog.min(i32::MAX as u32) as i32;
-        self
-    }
-
-    /// Whether `bind` also listens (Python's `bind_and_activate`). With
-    /// `false`, call [`Server::server_activate`] before serving (or let
-    /// `serve_forever` do it). Default true.
-    pub fn activate(mut self, on: bool) -> Self {
-        self.opts.activate = on;
-        self
-    }
-
-    /// `TCP_NODELAY` on every accepted TCP connection (Python's
-    /// `disable_nagle_algorithm`). Default **on**, unlike Python: a
-    /// handler's writes are collected ([`write_buffer`](Self::write_buffer)),
-    /// so an answer that fits the buffer leaves in one segment either way,
-    /// and a longer one does not wait for the peer's delayed ACK (with
-    /// Nagle on, a 9 kB answer written in pieces took 44 ms on loopback
-    /// against 10 µs: `cargo bench --bench nagle`).
-    pub fn nodelay(mut self, on: bool) -> Self {
-        self.opts.nodelay = on;
-        self
-    }
-
-    /// A read that waits longer fails with `ErrorKind::TimedOut`; the
-    /// connection stays open. Default none (Python's handler `timeout`);
-    /// zero: a read with nothing to take fails at once.
-    pub fn read_timeout(mut self, t: Duration) -> Self {
-        self.opts.read_timeout = Some(t);
-        self
-    }
-
-    /// A write that waits longer (a peer that does not read) fails with
-    /// `ErrorKind::TimedOut`, "write to PEER timed out after T" — through
-    /// the request, or straight to its [`Stream`](crate::Stream). Default
-    /// none; zero: a write the socket cannot take at once fails.
-    pub fn write_timeout(mut self, t: Duration) -> Self {
-        self.opts.write_timeout = Some(t);
-        self
-    }
-
-    /// A connection that sends nothing for this long while its handler
-    /// waits to read is shut down by the server, the read fails with
-    /// `ErrorKind::TimedOut`, and `Stats::idle_closed` counts it. This is
-    /// what stops idle clients from pinning workers for ever. With a
-    /// shorter [`read_timeout`](Self::read_timeout), reads time out as that
-    /// says, and a handler that reads on is closed once the peer has been
-    /// silent for the idle timeout in all. Default none; zero: a connection
-    /// is closed as soon as its handler would wait for it.
-    pub fn idle_timeout(mut self, t: Duration) -> Self {
-        self.opts.idle_timeout = Some(t);
-        self
-    }
-
-    /// The longest datagram a datagram server takes. By default what the
-    /// transport carries: 65,507 bytes over UDP/IPv4
-    /// ([`MAX_UDP_PAYLOAD`](crate::MAX_UDP_PAYLOAD)), 65,527 over UDP/IPv6
-    /// ([`MAX_UDP6_PAYLOAD`](crate::MAX_UDP6_PAYLOAD)), 256 KiB for Unix
-    /// datagrams ([`MAX_UNIX_DATAGRAM`](crate::MAX_UNIX_DATAGRAM)). A longer
-    /// one is reported through `handle_error` with its real size, counted
-    /// in `Stats::oversized` and dropped — never cut short and handled as
-    /// if whole, as Python does.
-    pub fn max_datagram_size(mut self, bytes: usize) -> Self {
-        self.opts.max_datagram_size = Some(bytes.max(1));
-        self
-    }
-
-    /// Lets datagram replies of up to `bytes` go out whatever their request
-    /// (default 0: none beyond the amplification bound). A UDP request's
-    /// sender address can be forged: a server whose answer is far larger
-    /// than the question lets anyone aim its answers at a third party
-    /// (amplification). So by default
-    /// [`DatagramRequest::reply`](crate::DatagramRequest::reply) refuses a
-    /// reply whose size on the wire (IP and UDP headers included) is more
-    /// than 3 times its request's, as QUIC bounds what it sends to an
-    /// address it has not validated (RFC 9000 §8.1): for a 4-byte request
-    /// over IPv4, 68 bytes of payload. Set this for clients you trust, on a
-    /// network where sources cannot be forged; the limit is then the larger
-    /// of the two ([`DatagramRequest::max_reply`](crate::DatagramRequest::max_reply)).
-    pub fn max_datagram_reply(mut self, bytes: usize) -> Self {
-        self.opts.max_datagram_reply = bytes;
-        self
     }
 
     /// At most `n` connections (or datagrams) in flight: at the limit the
@@ -235,30 +145,6 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
     /// which the loop would spin.
     pub fn service_interval(mut self, every: Duration) -> Self {
         self.opts.service_interval = every;
-        self
-    }
-
-    /// The most a connection's read buffer grows to, in bytes (default
-    /// 64 KiB). It starts at 2 KiB and doubles only when a read fills it,
-    /// so idle and small-message connections use little memory while bulk
-    /// transfers get large reads.
-    pub fn read_buffer(mut self, bytes: usize) -> Self {
-        self.opts.read_buffer = bytes.max(1);
-        self
-    }
-
-    /// A handler's writes are collected in a buffer of up to this many bytes
-    /// (default 8 KiB), so that an answer written in pieces — each
-    /// `write!` argument is a write — leaves as one segment. The buffer is
-    /// sent before the server waits for the peer (any read that finds
-    /// nothing buffered: `next_line`, `wait_for_data`, ...), when it fills,
-    /// on `flush`, after `finish` and after `handle_error`, and before the
-    /// socket is handed out ([`StreamRequest::socket`](crate::StreamRequest::socket));
-    /// the same under every strategy. A write of at least this many bytes
-    /// goes out at once. 0: every write is sent as it is made (Python's
-    /// `wbufsize = 0`).
-    pub fn write_buffer(mut self, bytes: usize) -> Self {
-        self.opts.write_buffer = bytes;
         self
     }
 
@@ -399,7 +285,7 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
             socket_file,
             handler,
             hooks: self.hooks,
-            strategy: strategy::to_any(&self.strategy),
+            strategy: self.strategy,
             opts: self.opts,
         })
     }
@@ -412,9 +298,10 @@ impl<T: Transport, S: Strategy> Builder<T, S> {
                 "service_interval(0): serve_forever would wake without pause; give a positive interval (Duration::MAX: none)",
             ));
         }
-        strategy::to_any(&self.strategy).check()
+        self.strategy.check()
     }
 }
+
 
 impl<T: Transport, S: Strategy> Server<T, S> {
     /// A builder with default options and `S::default()` as the strategy.
@@ -435,8 +322,120 @@ impl<T: Transport, S: Strategy> Server<T, S> {
     }
 }
 
-/// Settings only stream servers have.
-impl<T: Transport<Request = crate::request::StreamRequest>, S: Strategy> Builder<T, S> {
+/// Settings of IP sockets: TCP and UDP servers.
+impl<T: InetTransport, S: Strategy> Builder<T, S> {
+    /// `SO_REUSEADDR`. On by default for TCP, so that a restart never fails
+    /// because old connections sit in TIME_WAIT; off by default for UDP,
+    /// where on Linux it would let two servers bind the same port and split
+    /// its datagrams. TCP and UDP servers only (a Unix socket has no port).
+    pub fn reuse_address(mut self, on: bool) -> Self {
+        self.opts.reuse_address = Some(on);
+        self
+    }
+
+    /// `SO_REUSEPORT`: several processes bind the same port and the kernel
+    /// spreads connections (or datagrams) among them. Off by default. TCP
+    /// and UDP servers only.
+    pub fn reuse_port(mut self, on: bool) -> Self {
+        self.opts.reuse_port = on;
+        self
+    }
+}
+
+/// Settings of TCP servers only.
+impl<S: Strategy> Builder<Tcp, S> {
+    /// `TCP_NODELAY` on every accepted TCP connection (Python's
+    /// `disable_nagle_algorithm`). Default **on**, unlike Python: a
+    /// handler's writes are collected ([`write_buffer`](Self::write_buffer)),
+    /// so an answer that fits the buffer leaves in one segment either way,
+    /// and a longer one does not wait for the peer's delayed ACK (with
+    /// Nagle on, a 9 kB answer written in pieces took 44 ms on loopback
+    /// against 10 µs: `cargo bench --bench nagle`). TCP servers only (a
+    /// Unix stream has no Nagle to turn off).
+    pub fn nodelay(mut self, on: bool) -> Self {
+        self.opts.nodelay = on;
+        self
+    }
+}
+
+/// Settings of stream servers only (TCP and Unix stream sockets): the
+/// listener and the connections.
+impl<T: StreamTransport, S: Strategy> Builder<T, S> {
+    /// The `listen` backlog: connections the kernel completes while the
+    /// server is busy. Default `SOMAXCONN` (Python's default is 5); the
+    /// kernel caps it at `net.core.somaxconn`. Stream servers only.
+    pub fn backlog(mut self, backlog: u32) -> Self {
+        self.opts.backlog = backlog.min(i32::MAX as u32) as i32;
+        self
+    }
+
+    /// Whether `bind` also listens (Python's `bind_and_activate`). With
+    /// `false`, call [`Server::server_activate`] before serving (or let
+    /// `serve_forever` do it). Default true. Stream servers only (a
+    /// datagram socket does not listen).
+    pub fn activate(mut self, on: bool) -> Self {
+        self.opts.activate = on;
+        self
+    }
+
+    /// A read that waits longer fails with `ErrorKind::TimedOut`; the
+    /// connection stays open. Default none (Python's handler `timeout`);
+    /// zero: a read with nothing to take fails at once. Stream servers only.
+    pub fn read_timeout(mut self, t: Duration) -> Self {
+        self.opts.read_timeout = Some(t);
+        self
+    }
+
+    /// A write that waits longer (a peer that does not read) fails with
+    /// `ErrorKind::TimedOut`, "write to PEER timed out after T" — through
+    /// the request, or straight to its [`Stream`](crate::Stream). Default
+    /// none; zero: a write the socket cannot take at once fails. Stream
+    /// servers only (a datagram reply never waits for its peer).
+    pub fn write_timeout(mut self, t: Duration) -> Self {
+        self.opts.write_timeout = Some(t);
+        self
+    }
+
+    /// A connection that sends nothing for this long while its handler
+    /// waits to read is shut down by the server, the read fails with
+    /// `ErrorKind::TimedOut`, and `Stats::idle_closed` counts it. This is
+    /// what stops idle clients from pinning workers for ever. With a
+    /// shorter [`read_timeout`](Self::read_timeout), reads time out as that
+    /// says, and a handler that reads on is closed once the peer has been
+    /// silent for the idle timeout in all. Default none; zero: a connection
+    /// is closed as soon as its handler would wait for it. Stream servers
+    /// only.
+    pub fn idle_timeout(mut self, t: Duration) -> Self {
+        self.opts.idle_timeout = Some(t);
+        self
+    }
+
+    /// The most a connection's read buffer grows to, in bytes (default
+    /// 64 KiB). It starts at 2 KiB and doubles only when a read fills it,
+    /// so idle and small-message connections use little memory while bulk
+    /// transfers get large reads. Stream servers only (a datagram server
+    /// reads whole datagrams: [`max_datagram_size`](Self::max_datagram_size)).
+    pub fn read_buffer(mut self, bytes: usize) -> Self {
+        self.opts.read_buffer = bytes.max(1);
+        self
+    }
+
+    /// A handler's writes are collected in a buffer of up to this many bytes
+    /// (default 8 KiB), so that an answer written in pieces — each
+    /// `write!` argument is a write — leaves as one segment. The buffer is
+    /// sent before the server waits for the peer (any read that finds
+    /// nothing buffered: `next_line`, `wait_for_data`, ...), when it fills,
+    /// on `flush`, after `finish` and after `handle_error`, and before the
+    /// socket is handed out ([`StreamRequest::socket`](crate::StreamRequest::socket));
+    /// the same under every strategy. A write of at least this many bytes
+    /// goes out at once. 0: every write is sent as it is made (Python's
+    /// `wbufsize = 0`). Stream servers only (a datagram reply is one
+    /// `send`).
+    pub fn write_buffer(mut self, bytes: usize) -> Self {
+        self.opts.write_buffer = bytes;
+        self
+    }
+
     /// Takes the PROXY protocol (v1 and v2, as HAProxy's `send-proxy` and
     /// `send-proxy-v2` send it) on every connection: the header is read
     /// before `verify_request` and before the handler, which then see the
@@ -446,9 +445,84 @@ impl<T: Transport<Request = crate::request::StreamRequest>, S: Strategy> Builder
     /// the policy trusts may send it: others are refused (`Stats::proxy_refused`).
     /// A header that does not come whole within its timeout, or is
     /// malformed, closes the connection (`Stats::proxy_errors`, logged once
-    /// per episode). Stream servers only (TCP and Unix stream sockets).
+    /// per episode). Stream servers only.
     pub fn proxy_protocol(mut self, policy: crate::proxy::ProxyProtocol) -> Self {
         self.opts.proxy = Some(policy);
         self
+    }
+}
+
+/// Settings of datagram servers only (UDP and Unix datagram sockets).
+impl<T: DatagramTransport, S: Strategy> Builder<T, S> {
+    /// The longest datagram a datagram server takes. By default what the
+    /// transport carries: 65,507 bytes over UDP/IPv4
+    /// ([`MAX_UDP_PAYLOAD`](crate::MAX_UDP_PAYLOAD)), 65,527 over UDP/IPv6
+    /// ([`MAX_UDP6_PAYLOAD`](crate::MAX_UDP6_PAYLOAD)), 256 KiB for Unix
+    /// datagrams ([`MAX_UNIX_DATAGRAM`](crate::MAX_UNIX_DATAGRAM)). A longer
+    /// one is reported through `handle_error` with its real size, counted
+    /// in `Stats::oversized` and dropped — never cut short and handled as
+    /// if whole, as Python does. Datagram servers only.
+    pub fn max_datagram_size(mut self, bytes: usize) -> Self {
+        self.opts.max_datagram_size = Some(bytes.max(1));
+        self
+    }
+
+    /// Lets datagram replies of up to `bytes` go out whatever their request
+    /// (default 0: none beyond the amplification bound). A UDP request's
+    /// sender address can be forged: a server whose answer is far larger
+    /// than the question lets anyone aim its answers at a third party
+    /// (amplification). So by default
+    /// [`DatagramRequest::reply`](crate::DatagramRequest::reply) refuses a
+    /// reply whose size on the wire (IP and UDP headers included) is more
+    /// than 3 times its request's, as QUIC bounds what it sends to an
+    /// address it has not validated (RFC 9000 §8.1): for a 4-byte request
+    /// over IPv4, 68 bytes of payload. Set this for clients you trust, on a
+    /// network where sources cannot be forged; the limit is then the larger
+    /// of the two ([`DatagramRequest::max_reply`](crate::DatagramRequest::max_reply)).
+    /// Datagram servers only.
+    pub fn max_datagram_reply(mut self, bytes: usize) -> Self {
+        self.opts.max_datagram_reply = bytes;
+        self
+    }
+}
+
+/// Each kind-specific setting compiles on the servers it applies to and on
+/// no other. For every setting, the same line is a doctest that compiles
+/// on each server of the right kind and a `compile_fail` one, whose error
+/// must be E0599 (no such method on that builder), on each server of a
+/// wrong kind: the two differ only in the server's name, so the failure can
+/// only be the kind.
+#[cfg(doctest)]
+mod kind_checks {
+    macro_rules! kind_checks {
+        ($($name:ident: $call:literal, right [$($right:ident),+], wrong [$($wrong:ident),+];)*) => {$(
+            #[doc = concat!(
+                $("```\nlet _ = socketserver::", stringify!($right),
+                  "::builder().strategy(socketserver::ThreadPool::new(2)).", $call, ";\n```\n",)+
+                $("```compile_fail,E0599\nlet _ = socketserver::", stringify!($wrong),
+                  "::builder().strategy(socketserver::ThreadPool::new(2)).", $call, ";\n```\n",)+
+            )]
+            pub struct $name;
+        )*};
+    }
+
+    kind_checks! {
+        ReuseAddress: "reuse_address(true)", right [TcpServer, UdpServer], wrong [UnixStreamServer, UnixDatagramServer];
+        ReusePort: "reuse_port(true)", right [TcpServer, UdpServer], wrong [UnixStreamServer, UnixDatagramServer];
+        Nodelay: "nodelay(false)", right [TcpServer], wrong [UdpServer, UnixStreamServer, UnixDatagramServer];
+        Backlog: "backlog(16)", right [TcpServer, UnixStreamServer], wrong [UdpServer, UnixDatagramServer];
+        Activate: "activate(false)", right [TcpServer, UnixStreamServer], wrong [UdpServer, UnixDatagramServer];
+        ReadTimeout: "read_timeout(std::time::Duration::from_secs(1))",
+            right [TcpServer, UnixStreamServer], wrong [UdpServer, UnixDatagramServer];
+        WriteTimeout: "write_timeout(std::time::Duration::from_secs(1))",
+            right [TcpServer, UnixStreamServer], wrong [UdpServer, UnixDatagramServer];
+        IdleTimeout: "idle_timeout(std::time::Duration::from_secs(1))",
+            right [TcpServer, UnixStreamServer], wrong [UdpServer, UnixDatagramServer];
+        ReadBuffer: "read_buffer(4096)", right [TcpServer, UnixStreamServer], wrong [UdpServer, UnixDatagramServer];
+        WriteBuffer: "write_buffer(0)", right [TcpServer, UnixStreamServer], wrong [UdpServer, UnixDatagramServer];
+        ProxyProtocol: "proxy_protocol(socketserver::proxy::ProxyProtocol::trusting(|_| true))",
+            right [TcpServer, UnixStreamServer], wrong [UdpServer, UnixDatagramServer];
+        MaxDatagramSize: "max_datagram_size(512)", right [UdpServer, UnixDatagramServer], wrong [TcpServer, UnixStreamServer];
+        MaxDatagramReply: "max_datagram_reply(1200)", right [UdpServer, UnixDatagramServer], wrong [TcpServer, UnixStreamServer];
     }
 }

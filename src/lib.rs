@@ -341,7 +341,7 @@ pub use crate::stats::Stats;
 pub use crate::strategy::{
     AnyStrategy, Event, Forking, Overflow, ParseStrategyError, Strategy, Synchronous, ThreadPool, Threading,
 };
-pub use crate::transport::{BindAddress, Transport};
+pub use crate::transport::{BindAddress, DatagramTransport, InetTransport, StreamTransport, Transport};
 
 use crate::transport::{Tcp, Udp, UnixDatagram, UnixStream};
 

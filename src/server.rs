@@ -4,7 +4,6 @@
 
 use std::fmt;
 use std::io;
-use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -20,7 +19,7 @@ use crate::options::Options;
 use crate::service::{Hooks, Service};
 use crate::shutdown::Shared;
 use crate::stats::Stats;
-use crate::strategy::{self, AnyStrategy, Executor};
+use crate::strategy::{self, Executor, Strategy};
 use crate::transport::Transport;
 
 type EndpointOf<T> = <<T as Transport>::Request as Kind>::Endpoint;
@@ -40,15 +39,14 @@ pub struct Server<T: Transport, S = strategy::Synchronous> {
     core: Arc<Core>,
     address: Address,
     service: Arc<Service<T::Request>>,
-    strategy: AnyStrategy,
+    strategy: S,
     /// The strategy started by `handle_request`, kept between calls.
     kept: Mutex<Option<Executor<T::Request>>>,
     serving: AtomicBool,
     socket_file: Option<SocketFile>,
-    _strategy: PhantomData<fn() -> S>,
 }
 
-impl<T: Transport, S> fmt::Debug for Server<T, S> {
+impl<T: Transport, S: fmt::Debug> fmt::Debug for Server<T, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
             .field("address", &self.address)
@@ -58,17 +56,17 @@ impl<T: Transport, S> fmt::Debug for Server<T, S> {
 }
 
 /// What the builder hands over to make a server.
-pub(crate) struct Parts<T: Transport> {
+pub(crate) struct Parts<T: Transport, S> {
     pub(crate) endpoint: EndpointOf<T>,
     pub(crate) socket_file: Option<SocketFile>,
     pub(crate) handler: Arc<dyn RequestHandler<T::Request>>,
     pub(crate) hooks: Hooks<T::Request>,
-    pub(crate) strategy: AnyStrategy,
+    pub(crate) strategy: S,
     pub(crate) opts: Options,
 }
 
-impl<T: Transport, S> Server<T, S> {
-    pub(crate) fn assemble(parts: Parts<T>) -> io::Result<Self> {
+impl<T: Transport, S: Strategy> Server<T, S> {
+    pub(crate) fn assemble(parts: Parts<T, S>) -> io::Result<Self> {
         let address = parts.endpoint.local_addr()?;
         let shared = Shared::new(parts.opts.grace, format!("{} {}", T::NAME, address))?;
         let service = Arc::new(Service {
@@ -86,7 +84,6 @@ impl<T: Transport, S> Server<T, S> {
             kept: Mutex::new(None),
             serving: AtomicBool::new(false),
             socket_file: parts.socket_file,
-            _strategy: PhantomData,
         })
     }
 
@@ -111,7 +108,7 @@ impl<T: Transport, S> Server<T, S> {
     }
 
     /// The strategy this server runs.
-    pub fn strategy(&self) -> &AnyStrategy {
+    pub fn strategy(&self) -> &S {
         &self.strategy
     }
 
@@ -175,7 +172,7 @@ impl<T: Transport, S> Server<T, S> {
         let mut kept = self.kept.lock();
         let executor = match kept.take() {
             Some(e) => e,
-            None => Executor::start(&self.strategy, &self.service)?,
+            None => self.strategy.start(&self.service)?,
         };
         let executor = kept.insert(executor);
         loops::handle_request(&self.endpoint, &self.core, &self.service, executor)
@@ -194,7 +191,7 @@ impl<T: Transport, S> Server<T, S> {
     }
 }
 
-impl<T: Transport, S: Send + 'static> Server<T, S> {
+impl<T: Transport, S: Strategy> Server<T, S> {
     /// Runs [`serve_forever`](Self::serve_forever) on a thread of its own
     /// and gives back what a caller needs of it: where it listens, its
     /// handle, and a way to stop it and wait — what a test or a program

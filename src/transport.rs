@@ -54,6 +54,27 @@ pub trait Transport: sealed::Sealed + Send + Sync + 'static {
     type Socket: sealed::Adopt<Self::Request>;
 }
 
+/// A stream transport, [`Tcp`] or [`UnixStream`]: the settings of a
+/// listener and its connections (the backlog, timeouts, buffers, the PROXY
+/// protocol) are [`Builder`](crate::Builder)'s methods for these only.
+/// Sealed.
+pub trait StreamTransport: Transport<Request = StreamRequest> {}
+
+/// A datagram transport, [`Udp`] or [`UnixDatagram`]: the datagram size
+/// limits are [`Builder`](crate::Builder)'s methods for these only. Sealed.
+pub trait DatagramTransport: Transport<Request = DatagramRequest> {}
+
+/// An IP transport, [`Tcp`] or [`Udp`]: `SO_REUSEADDR` and `SO_REUSEPORT`
+/// are [`Builder`](crate::Builder)'s methods for these only. Sealed.
+pub trait InetTransport: Transport {}
+
+impl StreamTransport for Tcp {}
+impl StreamTransport for UnixStream {}
+impl DatagramTransport for Udp {}
+impl DatagramTransport for UnixDatagram {}
+impl InetTransport for Tcp {}
+impl InetTransport for Udp {}
+
 /// An address a server on transport `T` can bind: anything that resolves
 /// to socket addresses (`"127.0.0.1:9999"`, a `SocketAddr`, ...) for TCP
 /// and UDP, a path for Unix sockets. Sealed.

@@ -68,10 +68,8 @@ fn reuse_port_lets_two_servers_share_a_port() {
     assert_eq!(b.server_address(), a.server_address());
     // And not without it.
     assert!(TcpServer::bind(addr, echo_lines).is_err());
-    // A Unix server cannot have it.
-    let dir = TempDir::new("reuseport");
-    let err = UnixStreamServer::builder().reuse_port(true).bind(dir.join("s"), echo_lines).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    // A Unix server cannot have it: `UnixStreamServer::builder().reuse_port(..)`
+    // does not compile (the kind checks in src/builder.rs).
 }
 
 /// UDP servers do not set SO_REUSEADDR by default: a second server on a
@@ -227,7 +225,7 @@ fn the_python_combined_names_bind_what_they_say() {
     // The forking ones serve one request each, in a child.
     let _serial = serial();
     let tcp = ForkingTcpServer::bind("127.0.0.1:0", echo_lines).unwrap();
-    assert!(matches!(tcp.strategy(), socketserver::AnyStrategy::Forking(_)));
+    let _: &socketserver::Forking = tcp.strategy();
     let mut c = tcp_connect(tcp.server_address().as_inet().unwrap());
     tcp.handle_request().unwrap();
     assert_eq!(round_trip(&mut c, b"forking tcp\n"), b"forking tcp\n");

@@ -25,7 +25,7 @@ use socketserver::proxy::ProxyProtocol;
 use socketserver::transport::{Tcp, Udp, UnixDatagram, UnixStream};
 use socketserver::{
     Address, AnyStrategy, Builder, DatagramRequest, Event, Forking, Handled, Server, ServerHandle, StreamRequest,
-    Synchronous, ThreadPool, Threading, Transport,
+    StreamTransport, Synchronous, ThreadPool, Threading, Transport,
 };
 
 /// How long a client waits for an answer that must come.
@@ -103,7 +103,10 @@ struct Case {
 impl Case {
     fn applies(&self) -> bool {
         match self.setting {
-            Setting::HeaderTimeout => self.net.stream(),
+            // Settings of stream servers only: a datagram server has none.
+            Setting::ReadTimeout | Setting::WriteTimeout | Setting::IdleTimeout | Setting::HeaderTimeout => {
+                self.net.stream()
+            }
             Setting::KeepAlive => matches!(self.strat, Strat::ThreadPool | Strat::Event),
             _ => true,
         }
@@ -226,23 +229,30 @@ fn common<T: Transport>(case: &Case, reported: &Reported) -> Builder<T, AnyStrat
         Server::<T, AnyStrategy>::builder().strategy(case.strategy()).handle_error(move |_, _, err| reported.note(err));
     let v = case.value;
     match case.setting {
-        Setting::ReadTimeout => b.read_timeout(v),
-        Setting::WriteTimeout => b.write_timeout(v),
-        Setting::IdleTimeout => b.idle_timeout(v),
         Setting::Timeout => b.timeout(v),
         Setting::GracePeriod => b.grace_period(v),
         Setting::DrainWindow => b.drain_window(v),
         Setting::ServiceInterval => b.service_interval(v),
-        Setting::HeaderTimeout | Setting::KeepAlive | Setting::ShutdownWithGrace | Setting::WaitShutdownRequested => b,
+        Setting::ReadTimeout
+        | Setting::WriteTimeout
+        | Setting::IdleTimeout
+        | Setting::HeaderTimeout
+        | Setting::KeepAlive
+        | Setting::ShutdownWithGrace
+        | Setting::WaitShutdownRequested => b,
     }
 }
 
-fn stream_builder<T: Transport<Request = StreamRequest>>(case: &Case, reported: &Reported) -> Builder<T, AnyStrategy> {
+fn stream_builder<T: StreamTransport>(case: &Case, reported: &Reported) -> Builder<T, AnyStrategy> {
     let b = common::<T>(case, reported);
-    if case.setting == Setting::HeaderTimeout {
-        return b.proxy_protocol(ProxyProtocol::trusting(|_| true).header_timeout(case.value));
+    let v = case.value;
+    match case.setting {
+        Setting::ReadTimeout => b.read_timeout(v),
+        Setting::WriteTimeout => b.write_timeout(v),
+        Setting::IdleTimeout => b.idle_timeout(v),
+        Setting::HeaderTimeout => b.proxy_protocol(ProxyProtocol::trusting(|_| true).header_timeout(v)),
+        _ => b,
     }
-    b
 }
 
 fn bind(case: &Case, dir: &Path, reported: &Reported) -> io::Result<Box<dyn AnyServer>> {

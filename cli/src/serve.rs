@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use clap::Args;
 use ipnet::IpNet;
-use socketserver::Transport;
 use socketserver::activation::{self, Inherited, SocketKind};
 use socketserver::proxy::ProxyProtocol;
 use socketserver::servers::{Echo, Strftime};
@@ -19,6 +18,7 @@ use socketserver::transport::{Tcp, Udp, UnixDatagram, UnixStream};
 use socketserver::{
     Address, AnyStrategy, Builder, DatagramRequest, RequestHandler, Server, ServerHandle, StreamRequest,
 };
+use socketserver::{DatagramTransport, StreamTransport, Transport};
 
 use crate::restart::SocketFile;
 
@@ -346,43 +346,52 @@ impl ServerOptions {
         Some(policy.header_timeout(self.proxy_header_timeout))
     }
 
-    /// A stream server's settings: the general ones, and the PROXY protocol.
-    fn configure_stream<T: Transport<Request = StreamRequest>>(
-        &self,
-        builder: Builder<T>,
-        ip: bool,
-    ) -> Builder<T, AnyStrategy> {
-        let b = self.configure(builder, ip);
-        match self.proxy() {
-            Some(policy) => b.proxy_protocol(policy),
-            None => b,
-        }
-    }
-
-    fn configure<T: Transport>(&self, builder: Builder<T>, ip: bool) -> Builder<T, AnyStrategy> {
+    /// A TCP server's settings.
+    fn tcp(&self) -> Builder<Tcp, AnyStrategy> {
         // TCP_NODELAY: echo answers partial data and the time server short
         // lines; Nagle's algorithm would hold the tail of an answer back
         // until the client's delayed ACK (~40 ms).
-        let mut b = builder
-            .strategy(self.strategy())
-            .grace_period(self.grace)
-            .drain_window(self.drain_window)
-            .reuse_port(ip && self.reuse_port)
-            .nodelay(true);
-        if let Some(n) = self.max_connections {
-            b = b.max_connections(n.get());
-        }
+        self.stream(Server::<Tcp>::builder()).reuse_port(self.reuse_port).nodelay(true)
+    }
+
+    /// A UDP server's settings.
+    fn udp(&self) -> Builder<Udp, AnyStrategy> {
+        self.datagram(Server::<Udp>::builder()).reuse_port(self.reuse_port)
+    }
+
+    /// A stream server's settings: the general ones, the timeouts and the
+    /// PROXY protocol.
+    fn stream<T: StreamTransport>(&self, builder: Builder<T>) -> Builder<T, AnyStrategy> {
+        let mut b = self.configure(builder);
         if let Some(t) = self.idle_timeout {
             b = b.idle_timeout(t);
         }
         if let Some(t) = self.write_timeout {
             b = b.write_timeout(t);
         }
+        match self.proxy() {
+            Some(policy) => b.proxy_protocol(policy),
+            None => b,
+        }
+    }
+
+    /// A datagram server's settings: the general ones and the size limits.
+    fn datagram<T: DatagramTransport>(&self, builder: Builder<T>) -> Builder<T, AnyStrategy> {
+        let mut b = self.configure(builder);
         if let Some(n) = self.max_datagram {
             b = b.max_datagram_size(n as usize);
         }
         if let Some(n) = self.max_reply {
             b = b.max_datagram_reply(n);
+        }
+        b
+    }
+
+    /// The settings of every server.
+    fn configure<T: Transport>(&self, builder: Builder<T>) -> Builder<T, AnyStrategy> {
+        let mut b = builder.strategy(self.strategy()).grace_period(self.grace).drain_window(self.drain_window);
+        if let Some(n) = self.max_connections {
+            b = b.max_connections(n.get());
         }
         if !self.allow.is_empty() {
             let allow = Arc::new(self.allow.clone());
@@ -420,7 +429,7 @@ where
     let mut all = Vec::new();
     for (i, addr) in listeners.tcp.iter().enumerate() {
         let name = format!("tcp.{i}");
-        let b = opts.configure_stream(Server::<Tcp>::builder(), true);
+        let b = opts.tcp();
         let server = match take(&name) {
             Some(socket) => b.from_inherited(socket, handler.clone())?,
             None => b.bind(addr.as_str(), handler.clone())?,
@@ -429,7 +438,7 @@ where
     }
     for (i, addr) in listeners.udp.iter().enumerate() {
         let name = format!("udp.{i}");
-        let b = opts.configure(Server::<Udp>::builder(), true);
+        let b = opts.udp();
         let server = match take(&name) {
             Some(socket) => b.from_inherited(socket, handler.clone())?,
             None => b.bind(addr.as_str(), handler.clone())?,
@@ -438,7 +447,7 @@ where
     }
     for (i, path) in listeners.unix.iter().enumerate() {
         let name = format!("unix.{i}");
-        let b = opts.configure_stream(Server::<UnixStream>::builder(), false);
+        let b = opts.stream(Server::<UnixStream>::builder());
         let (server, ours) = match take(&name) {
             Some(socket) => (b.from_inherited(socket, handler.clone())?, crate::restart::handed_with_file(&name)),
             None => (b.bind(path, handler.clone())?, true),
@@ -448,7 +457,7 @@ where
     }
     for (i, path) in listeners.unix_dgram.iter().enumerate() {
         let name = format!("unix-dgram.{i}");
-        let b = opts.configure(Server::<UnixDatagram>::builder(), false);
+        let b = opts.datagram(Server::<UnixDatagram>::builder());
         let (server, ours) = match take(&name) {
             Some(socket) => (b.from_inherited(socket, handler.clone())?, crate::restart::handed_with_file(&name)),
             None => (b.bind(path, handler.clone())?, true),
@@ -460,22 +469,14 @@ where
     for socket in handed.into_iter().flatten() {
         let name = socket.name().to_string();
         let server = match socket.kind()? {
-            SocketKind::Tcp => bound(
-                opts.configure_stream(Server::<Tcp>::builder(), true).from_inherited(socket, handler.clone())?,
-                name,
-            ),
-            SocketKind::Udp => {
-                bound(opts.configure(Server::<Udp>::builder(), true).from_inherited(socket, handler.clone())?, name)
+            SocketKind::Tcp => bound(opts.tcp().from_inherited(socket, handler.clone())?, name),
+            SocketKind::Udp => bound(opts.udp().from_inherited(socket, handler.clone())?, name),
+            SocketKind::UnixStream => {
+                bound(opts.stream(Server::<UnixStream>::builder()).from_inherited(socket, handler.clone())?, name)
             }
-            SocketKind::UnixStream => bound(
-                opts.configure_stream(Server::<UnixStream>::builder(), false)
-                    .from_inherited(socket, handler.clone())?,
-                name,
-            ),
-            SocketKind::UnixDatagram => bound(
-                opts.configure(Server::<UnixDatagram>::builder(), false).from_inherited(socket, handler.clone())?,
-                name,
-            ),
+            SocketKind::UnixDatagram => {
+                bound(opts.datagram(Server::<UnixDatagram>::builder()).from_inherited(socket, handler.clone())?, name)
+            }
             other => {
                 return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("cannot serve a {other} socket")));
             }

@@ -12,12 +12,12 @@ use parking_lot::Mutex;
 use socket2::SockRef;
 
 use super::admit::{Accepted, accept_request};
-use super::{Core, Endpoint, Kind, Taken};
+use super::{Core, Endpoint, Kind, Serving, Taken};
 use crate::error::context;
 use crate::net::{Address, Listener};
 use crate::request::StreamRequest;
 use crate::service::Service;
-use crate::strategy::{AnyStrategy, Executor};
+use crate::strategy::{Event, Executor, Run, Serve, Strategy, ThreadPool};
 use crate::sys;
 
 /// A stream server's listener and its state across runs.
@@ -135,29 +135,14 @@ impl Endpoint for StreamEndpoint {
         Ok(())
     }
 
-    fn serve(
+    fn serve<S: Strategy>(
         &self,
         core: &Arc<Core>,
         service: &Arc<Service<StreamRequest>>,
-        strategy: &AnyStrategy,
+        strategy: &S,
         kept: &Mutex<Option<Executor<StreamRequest>>>,
     ) -> io::Result<()> {
-        if let AnyStrategy::Event(event) = strategy {
-            return super::event::serve(&self.listener, core, service, event, || self.stop_listening(core));
-        }
-        let executor = match kept.lock().take() {
-            Some(e) => e,
-            None => Executor::start(strategy, service)?,
-        };
-        let fd = self.as_raw_fd();
-        super::serve_with(
-            fd,
-            core,
-            service,
-            executor,
-            |executor| self.accept_one(core, service, executor),
-            |_| self.stop_listening(core),
-        )
+        strategy.serve(&Serving { endpoint: self, core, service, kept })
     }
 
     fn take_one(
@@ -167,6 +152,31 @@ impl Endpoint for StreamEndpoint {
         executor: &Executor<StreamRequest>,
     ) -> io::Result<Taken> {
         self.accept_one(core, service, executor)
+    }
+}
+
+/// A listener: every strategy through the accept loop and its executor,
+/// but `Event`, which runs its own loop.
+impl Serve<StreamRequest> for Serving<'_, StreamEndpoint> {
+    fn with_executor(&self, strategy: &impl Run) -> io::Result<()> {
+        let Serving { endpoint, core, service, .. } = *self;
+        super::serve_with(
+            endpoint.as_raw_fd(),
+            core,
+            service,
+            self.executor(strategy)?,
+            |executor| endpoint.accept_one(core, service, executor),
+            |_| endpoint.stop_listening(core),
+        )
+    }
+
+    fn with_pool(&self, pool: &ThreadPool) -> io::Result<()> {
+        self.with_executor(pool)
+    }
+
+    fn with_event(&self, event: &Event) -> io::Result<()> {
+        let Serving { endpoint, core, service, .. } = *self;
+        super::event::serve(&endpoint.listener, core, service, event, || endpoint.stop_listening(core))
     }
 }
 

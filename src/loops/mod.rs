@@ -33,7 +33,7 @@ use crate::options::Options;
 use crate::request::Request;
 use crate::service::Service;
 use crate::shutdown::Shared;
-use crate::strategy::{AnyStrategy, Executor};
+use crate::strategy::{Executor, Run, Strategy};
 use crate::sys;
 
 /// What taking one connection or datagram from the socket came to.
@@ -96,13 +96,14 @@ pub trait Endpoint: AsRawFd + std::os::fd::AsFd + fmt::Debug + Send + Sync + 'st
         Ok(())
     }
 
-    /// `serve_forever`: serves until a shutdown, then drains. `kept` holds
-    /// the executor a `handle_request` may have started.
-    fn serve(
+    /// `serve_forever`: serves with `strategy` until a shutdown, then
+    /// drains. `kept` holds the executor a `handle_request` may have
+    /// started. (The strategy picks the way: [`Serving`].)
+    fn serve<S: Strategy>(
         &self,
         core: &Arc<Core>,
         service: &Arc<Service<Self::Request>>,
-        strategy: &AnyStrategy,
+        strategy: &S,
         kept: &Mutex<Option<Executor<Self::Request>>>,
     ) -> io::Result<()>;
 
@@ -114,6 +115,26 @@ pub trait Endpoint: AsRawFd + std::os::fd::AsFd + fmt::Debug + Send + Sync + 'st
         service: &Arc<Service<Self::Request>>,
         executor: &Executor<Self::Request>,
     ) -> io::Result<Taken>;
+}
+
+/// A socket and what `serve_forever` serves it with: what a strategy runs
+/// on. Each endpoint implements [`Serve`](crate::strategy::Serve) for it.
+pub(crate) struct Serving<'a, E: Endpoint> {
+    pub(crate) endpoint: &'a E,
+    pub(crate) core: &'a Arc<Core>,
+    pub(crate) service: &'a Arc<Service<E::Request>>,
+    /// The executor a `handle_request` may have started.
+    pub(crate) kept: &'a Mutex<Option<Executor<E::Request>>>,
+}
+
+impl<E: Endpoint> Serving<'_, E> {
+    /// The executor a `handle_request` kept, or `strategy`'s, started now.
+    pub(crate) fn executor(&self, strategy: &impl Run) -> io::Result<Executor<E::Request>> {
+        match self.kept.lock().take() {
+            Some(e) => Ok(e),
+            None => strategy.start(self.service),
+        }
+    }
 }
 
 /// Ties a request type to the endpoint that produces it, so that a

@@ -12,14 +12,14 @@ use parking_lot::Mutex;
 use socket2::{SockAddr, SockRef, Socket, Type};
 
 use super::errors::{self, Next};
-use super::{Core, Endpoint, Kind, Taken};
+use super::{Core, Endpoint, Kind, Serving, Taken};
 use crate::deadline::Deadline;
 use crate::net::{Address, DatagramSocket};
 use crate::request::DatagramRequest;
 use crate::service::Service;
 use crate::shutdown::FORCE_WAIT;
 use crate::stats::Counters;
-use crate::strategy::{self, AnyStrategy, Executor, ThreadPool};
+use crate::strategy::{self, Event, Executor, Run, Serve, Strategy, ThreadPool};
 use crate::sys;
 
 /// A datagram server's socket and its state across runs.
@@ -188,31 +188,14 @@ impl Endpoint for DatagramEndpoint {
         self.socket.local_addr()
     }
 
-    fn serve(
+    fn serve<S: Strategy>(
         &self,
         core: &Arc<Core>,
         service: &Arc<Service<DatagramRequest>>,
-        strategy: &AnyStrategy,
+        strategy: &S,
         kept: &Mutex<Option<Executor<DatagramRequest>>>,
     ) -> io::Result<()> {
-        match strategy {
-            AnyStrategy::ThreadPool(pool) => return self.serve_receivers(core, service, pool),
-            AnyStrategy::Event(event) => return self.serve_receivers(core, service, &event.as_pool()),
-            _ => {}
-        }
-        let executor = match kept.lock().take() {
-            Some(e) => e,
-            None => Executor::start(strategy, service)?,
-        };
-        let scratch = std::cell::RefCell::new(None);
-        super::serve_with(
-            self.as_raw_fd(),
-            core,
-            service,
-            executor,
-            |executor| self.receive_one(core, service, executor, &mut scratch.borrow_mut()),
-            |executor| self.answer_queued(core, service, executor, &mut scratch.borrow_mut()),
-        )
+        strategy.serve(&Serving { endpoint: self, core, service, kept })
     }
 
     fn take_one(
@@ -222,6 +205,31 @@ impl Endpoint for DatagramEndpoint {
         executor: &Executor<DatagramRequest>,
     ) -> io::Result<Taken> {
         self.receive_one(core, service, executor, &mut None)
+    }
+}
+
+/// A datagram socket: the receive loop and an executor, but for a pool and
+/// `Event`, whose workers receive themselves.
+impl Serve<DatagramRequest> for Serving<'_, DatagramEndpoint> {
+    fn with_executor(&self, strategy: &impl Run) -> io::Result<()> {
+        let Serving { endpoint, core, service, .. } = *self;
+        let scratch = std::cell::RefCell::new(None);
+        super::serve_with(
+            endpoint.as_raw_fd(),
+            core,
+            service,
+            self.executor(strategy)?,
+            |executor| endpoint.receive_one(core, service, executor, &mut scratch.borrow_mut()),
+            |executor| endpoint.answer_queued(core, service, executor, &mut scratch.borrow_mut()),
+        )
+    }
+
+    fn with_pool(&self, pool: &ThreadPool) -> io::Result<()> {
+        self.endpoint.serve_receivers(self.core, self.service, pool)
+    }
+
+    fn with_event(&self, event: &Event) -> io::Result<()> {
+        self.endpoint.serve_receivers(self.core, self.service, &event.as_pool())
     }
 }
 

@@ -121,13 +121,9 @@ fn remove_stale(path: &Path, ty: Type) -> io::Result<()> {
 
 /// Binds a Unix socket at `path`, removing a stale socket file first.
 pub(crate) fn bind_unix(path: &Path, kind: &str, ty: Type, opts: &BindOptions) -> io::Result<(Socket, SocketFile)> {
+    // (`reuse_address` and `reuse_port` are settings of IP servers only:
+    // the builder has no such method for a Unix one.)
     let what = || format!("cannot bind {kind} {}", path.display());
-    if opts.reuse_port {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{}: reuse_port applies to IP sockets only", what()),
-        ));
-    }
     let bind = || -> io::Result<(Socket, SocketFile)> {
         remove_stale(path, ty)?;
         let socket = Socket::new(Domain::UNIX, ty, None)?;

@@ -11,7 +11,7 @@ use std::fmt;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
-pub(crate) use executor::{Executor, spawn};
+pub(crate) use executor::{Executor, Run, Serve, spawn};
 pub use text::ParseStrategyError;
 
 /// The default stack of a worker or request thread: enough for ordinary
@@ -26,18 +26,15 @@ const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// The most children of a forking server, unless set (Python's 40).
 const DEFAULT_MAX_CHILDREN: usize = 40;
 
-mod sealed {
-    pub trait Sealed {
-        fn to_any(&self) -> super::AnyStrategy;
-    }
-}
-
 /// A concurrency strategy: [`Synchronous`], [`Threading`], [`ThreadPool`],
 /// [`Forking`], [`Event`], or [`AnyStrategy`] to choose one at run time.
 ///
-/// The trait is sealed: the four strategies are the ones the server knows
-/// how to drive.
-pub trait Strategy: sealed::Sealed + Clone + Default + Send + Sync + fmt::Debug + 'static {}
+/// The trait is sealed: the five strategies are the ones the server knows
+/// how to drive. The server keeps its strategy as its type parameter says
+/// (`Server<Tcp, ThreadPool>` holds a `ThreadPool`), starts it and serves
+/// with it; an [`AnyStrategy`] does what the strategy it holds does. Each
+/// is written as text as [`AnyStrategy`] writes it (`pool(4-64)`).
+pub trait Strategy: executor::Run + Clone + Default + Send + Sync + fmt::Debug + fmt::Display + 'static {}
 
 /// One request at a time, in the thread that called `serve_forever`
 /// (Python's plain `TCPServer`/`UDPServer`, which its documentation calls
@@ -446,36 +443,10 @@ impl AnyStrategy {
         }
     }
 
-    /// Settings that cannot work: a count of 0 where one is needed.
-    pub(crate) fn check(&self) -> std::io::Result<()> {
-        let zero = |what: &str| Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_string()));
-        match self {
-            AnyStrategy::Threading(t) if t.max_threads == Some(0) => {
-                zero("Threading::max_threads(0): at least one request thread is needed")
-            }
-            AnyStrategy::ThreadPool(p) if p.max == 0 => {
-                zero("ThreadPool::max_workers(0): a pool needs at least one worker")
-            }
-            AnyStrategy::ThreadPool(p) if p.min == 0 => {
-                zero("ThreadPool::new(0) or workers(0): a pool needs at least one worker")
-            }
-            AnyStrategy::Forking(f) if f.max_children == 0 => {
-                zero("Forking::max_children(0): at least one child process is needed")
-            }
-            AnyStrategy::Event(e) if e.max_workers == 0 => zero("Event::max_workers(0): at least one thread is needed"),
-            AnyStrategy::Event(e) if e.pollers == 0 => zero("Event::pollers(0): at least one polling thread is needed"),
-            _ => Ok(()),
-        }
-    }
 }
 
 macro_rules! strategy {
     ($($t:ident),*) => {$(
-        impl sealed::Sealed for $t {
-            fn to_any(&self) -> AnyStrategy {
-                AnyStrategy::$t(self.clone())
-            }
-        }
         impl Strategy for $t {}
         impl From<$t> for AnyStrategy {
             fn from(s: $t) -> AnyStrategy {
@@ -486,13 +457,4 @@ macro_rules! strategy {
 }
 strategy!(Synchronous, Threading, ThreadPool, Forking, Event);
 
-impl sealed::Sealed for AnyStrategy {
-    fn to_any(&self) -> AnyStrategy {
-        self.clone()
-    }
-}
 impl Strategy for AnyStrategy {}
-
-pub(crate) fn to_any<S: Strategy>(s: &S) -> AnyStrategy {
-    sealed::Sealed::to_any(s)
-}

@@ -61,6 +61,18 @@ impl fmt::Display for AnyStrategy {
     }
 }
 
+macro_rules! display_as_any {
+    ($($t:ident),*) => {$(
+        /// As [`AnyStrategy`] writes it: the text its `FromStr` reads back.
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&AnyStrategy::from(self.clone()), f)
+            }
+        }
+    )*};
+}
+display_as_any!(Synchronous, Threading, ThreadPool, Forking, Event);
+
 fn counts(least: usize, most: usize) -> String {
     if least == most { least.to_string() } else { format!("{least}-{most}") }
 }
