@@ -2,9 +2,14 @@
 //! address from its `listening` line, signal it, wait for its exit.
 #![allow(dead_code)]
 
+#[path = "../../../tests/util/eventually.rs"]
+pub mod eventually;
 pub mod process;
 #[path = "../../../tests/util/tools.rs"]
 pub mod tools;
+
+#[allow(unused_imports)]
+pub use eventually::{eventually, eventually_value};
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
