@@ -26,15 +26,6 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Polls `cond` every few milliseconds until it holds; panics after [`DEADLINE`].
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// Reads one line (up to and including `\n`, or to EOF) byte by byte.
 fn read_line(s: &mut TcpStream) -> String {
     let mut line = Vec::new();
@@ -155,14 +146,14 @@ fn threading_max_threads_caps_concurrency_and_holds_newcomers_in_backlog() {
     all.push(third);
     all.sort();
     assert_eq!(all, names, "each connection served once");
-    wait_until("the third connection is accepted", || running.handle.stats().accepted == 3);
+    eventually("the third connection is accepted", || running.handle.stats().accepted == 3);
 
     gate.release(2);
     for (c, name) in clients.iter_mut().zip(names) {
         assert_eq!(read_line(c), format!("{name}\n"), "nothing dropped");
     }
     assert_eq!(gate.peak(), 2, "at most (and, with three clients, exactly) 2 handlers at once");
-    wait_until("all requests complete", || {
+    eventually("all requests complete", || {
         let s = running.handle.stats();
         s.completed == 3 && s.workers_total == 0
     });
@@ -198,14 +189,14 @@ fn threading_reaps_finished_threads_as_it_goes() {
     };
     // Warm up (first request thread, its allocator arena), then measure.
     serve(0);
-    wait_until("the warm-up thread ends", || running.handle.stats().workers_total == 0);
+    eventually("the warm-up thread ends", || running.handle.stats().workers_total == 0);
     let (threads0, maps0) = (threads(), mappings());
     let mut most_threads = threads0;
     for i in 1..=200 {
         serve(i);
         most_threads = most_threads.max(threads());
     }
-    wait_until("every request thread ends", || running.handle.stats().workers_total == 0);
+    eventually("every request thread ends", || running.handle.stats().workers_total == 0);
     assert!(most_threads <= threads0 + 10, "threads grew from {threads0} to {most_threads}");
     // 200 finished but unjoined threads would keep ~400 mappings (stack + guard each).
     let maps = mappings();
@@ -223,7 +214,7 @@ fn pool_grows_on_demand_and_shrinks_when_idle() {
     let server = TcpServer::builder().strategy(pool).bind("127.0.0.1:0", gate.handler()).unwrap();
     let running = run(server);
     let addr = running.inet();
-    wait_until("the pool starts its one worker", || running.handle.stats().workers_total == 1);
+    eventually("the pool starts its one worker", || running.handle.stats().workers_total == 1);
 
     // Long-lived connections arriving one after another: each finds every
     // worker busy, so the pool grows by one for it.
@@ -241,7 +232,7 @@ fn pool_grows_on_demand_and_shrinks_when_idle() {
     for (c, name) in clients.iter_mut().zip(names) {
         assert_eq!(read_line(c), format!("{name}\n"));
     }
-    wait_until("the pool shrinks back to one worker after keep_alive", || {
+    eventually("the pool shrinks back to one worker after keep_alive", || {
         let s = running.handle.stats();
         s.workers_total == 1 && s.workers_busy == 0
     });
@@ -261,7 +252,7 @@ fn pool_grows_for_a_burst_of_long_lived_connections() {
     let server = TcpServer::builder().strategy(pool).bind("127.0.0.1:0", gate.handler()).unwrap();
     let running = run(server);
     let addr = running.inet();
-    wait_until("the pool starts its one worker", || running.handle.stats().workers_total == 1);
+    eventually("the pool starts its one worker", || running.handle.stats().workers_total == 1);
 
     // Four connections at once (a burst the loop accepts in one go): the one
     // idle worker can take only one of them, so the pool must grow for the
@@ -296,7 +287,7 @@ fn pool_overflow_block_holds_newcomers_in_backlog() {
     let mut c1 = client(addr, "c1");
     assert_eq!(gate.entered(), "c1");
     let mut c2 = client(addr, "c2");
-    wait_until("the second connection is queued", || {
+    eventually("the second connection is queued", || {
         let s = stats();
         s.accepted == 2 && s.queue_depth == 1
     });
@@ -308,7 +299,7 @@ fn pool_overflow_block_holds_newcomers_in_backlog() {
     gate.release(1);
     assert_eq!(read_line(&mut c1), "c1\n");
     assert_eq!(gate.entered(), "c2");
-    wait_until("the third connection is accepted into the freed queue place", || {
+    eventually("the third connection is accepted into the freed queue place", || {
         let s = stats();
         s.accepted == 3 && s.queue_depth == 1
     });
@@ -316,7 +307,7 @@ fn pool_overflow_block_holds_newcomers_in_backlog() {
     assert_eq!(read_line(&mut c2), "c2\n");
     assert_eq!(gate.entered(), "c3");
     assert_eq!(read_line(&mut c3), "c3\n");
-    wait_until("all three complete", || stats().completed == 3);
+    eventually("all three complete", || stats().completed == 3);
     let s = stats();
     assert_eq!((s.accepted, s.rejected, s.queue_depth, s.handler_errors), (3, 0, 0, 0), "{s:?}");
     assert_eq!(gate.peak(), 1);
@@ -347,7 +338,7 @@ fn pool_overflow_reject_closes_newcomers_at_once() {
     };
     gate.release(1);
     assert_eq!(read_line(&mut warm), "warm\n");
-    wait_until("the worker is free", || {
+    eventually("the worker is free", || {
         let s = stats();
         s.completed == 1 && s.workers_busy == 0
     });
@@ -394,7 +385,7 @@ fn pool_overflow_reject_closes_newcomers_at_once() {
 
     gate.release(1);
     assert_eq!(read_line(&mut c1), "c1\n");
-    wait_until("the worker is free again", || {
+    eventually("the worker is free again", || {
         let s = stats();
         s.completed == 2 && s.workers_busy == 0
     });
@@ -478,7 +469,7 @@ fn forking_max_children_serialises_and_never_reaps_unrelated_children() {
         assert_ne!(pid, std::process::id(), "handled in a child process");
         spans.push((f[2].parse::<u128>().unwrap(), f[3].parse::<u128>().unwrap(), pid));
     }
-    wait_until("every child is reaped", || {
+    eventually("every child is reaped", || {
         let s = running.handle.stats();
         s.completed == 3 && s.workers_total == 0 && s.active == 0
     });
