@@ -136,9 +136,11 @@ fn emfile_child() {
         assert_eq!(round_trip(&mut c, b"warm\n"), b"warm\n");
         c.write_all(b"quit\n").unwrap();
     }
-    eventually_value("the warm-up request ends", || handle.stats(), |s| {
-        s.completed == 1 && threads_left.is_none_or(|n| s.workers_total == n)
-    });
+    eventually_value(
+        "the warm-up request ends",
+        || handle.stats(),
+        |s| s.completed == 1 && threads_left.is_none_or(|n| s.workers_total == n),
+    );
 
     // A descriptor in reserve: if the clients run out first, closing it
     // lets one more client connect, and the server's accept gets EMFILE.
@@ -178,9 +180,11 @@ fn emfile_child() {
         // under way, the second cannot. Two errors and nothing accepted:
         // it is pending.
         let after = handle.stats();
-        eventually_value("the server accepts the connection or fails to twice", || handle.stats(), |s| {
-            s.accepted > before.accepted || s.accept_errors >= after.accept_errors + 2
-        });
+        eventually_value(
+            "the server accepts the connection or fails to twice",
+            || handle.stats(),
+            |s| s.accepted > before.accepted || s.accept_errors >= after.accept_errors + 2,
+        );
         if handle.stats().accepted == before.accepted {
             break (c, line);
         }

@@ -8,8 +8,8 @@ mod util;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex, mpsc};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use socketserver::servers::Echo;
@@ -50,7 +50,12 @@ struct Lines {
 impl Lines {
     fn new() -> Lines {
         let (waker, wake) = mpsc::channel();
-        Lines { setups: Arc::default(), finishes: Arc::default(), wake: Mutex::new(wake), waker: Mutex::new(Some(waker)) }
+        Lines {
+            setups: Arc::default(),
+            finishes: Arc::default(),
+            wake: Mutex::new(wake),
+            waker: Mutex::new(Some(waker)),
+        }
     }
 }
 
@@ -141,10 +146,8 @@ fn pipelined_requests_are_all_served_before_parking() {
 fn a_blocked_handler_does_not_strand_other_connections() {
     let lines = Lines::new();
     let waker = lines.waker.lock().unwrap().take().unwrap();
-    let server = TcpServer::builder()
-        .strategy(Event::new().pollers(1).max_workers(8))
-        .bind("127.0.0.1:0", lines)
-        .unwrap();
+    let server =
+        TcpServer::builder().strategy(Event::new().pollers(1).max_workers(8)).bind("127.0.0.1:0", lines).unwrap();
     let running = run(server);
     let mut sleeper = tcp_connect(running.inet());
     let mut other = tcp_connect(running.inet());

@@ -160,14 +160,20 @@ fn behind_a_proxy_children_decide_and_the_parent_counts() {
     assert_eq!(welcome.expect("the admitted client is served"), "192.0.2.9:5\n");
     assert_eq!(reset.expect("a child that would log at debug exits all the same"), "");
     let counted = |s: socketserver::Stats| (s.refused, s.proxy_errors, s.completed, s.handler_errors);
-    eventually_value("the counts (refused, proxy_errors, completed, errors)", || counted(handle.stats()), |c| {
-        *c == (1, 1, 2, 0)
-    });
+    eventually_value(
+        "the counts (refused, proxy_errors, completed, errors)",
+        || counted(handle.stats()),
+        |c| *c == (1, 1, 2, 0),
+    );
     // Counted first, then logged, by the reapers: wait for the lines too.
-    eventually_value("the parent's lines", || logger.lines.lock().unwrap().clone(), |lines| {
-        lines.iter().any(|l| l.contains("refused 203.0.113.9:5"))
-            && lines.iter().any(|l| l.contains("closed a connection from"))
-    });
+    eventually_value(
+        "the parent's lines",
+        || logger.lines.lock().unwrap().clone(),
+        |lines| {
+            lines.iter().any(|l| l.contains("refused 203.0.113.9:5"))
+                && lines.iter().any(|l| l.contains("closed a connection from"))
+        },
+    );
     log::set_max_level(log::LevelFilter::Error);
     server.stop().unwrap();
 }

@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 
 use ppp::v2;
 use socketserver::proxy::ProxyProtocol;
-use socketserver::{
-    AnyStrategy, Event, StreamRequest, TcpServer, ThreadPool, Threading, UnixStreamServer,
-};
+use socketserver::{AnyStrategy, Event, StreamRequest, TcpServer, ThreadPool, Threading, UnixStreamServer};
 use util::*;
 
 fn strategies() -> Vec<AnyStrategy> {

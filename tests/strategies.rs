@@ -451,7 +451,6 @@ fn forking_max_children_serialises_and_never_reaps_unrelated_children() {
             while watching.load(SeqCst) {
                 most = most.max(handle.stats().workers_total);
                 thread::sleep(Duration::from_millis(1)); // a sampling period
-
             }
             most
         })

@@ -133,9 +133,11 @@ impl Proc {
     /// The pid the `nth` hand-off (0: the first) logged on stderr names
     /// (a successor logs on the same stderr), once it is logged.
     pub fn handed_to(&self, nth: usize) -> libc::pid_t {
-        let text = eventually_value(&format!("hand-off #{nth} on stderr"), || self.stderr_text(), |text| {
-            text.matches(HANDED).count() > nth
-        });
+        let text = eventually_value(
+            &format!("hand-off #{nth} on stderr"),
+            || self.stderr_text(),
+            |text| text.matches(HANDED).count() > nth,
+        );
         number_after(&text, HANDED, nth)
     }
 
