@@ -95,7 +95,10 @@ fn no_child_remains_after_server_close() {
         .strategy(Forking::new())
         .bind("127.0.0.1:0", |req: &mut StreamRequest| {
             std::io::Write::write_all(req, b"hi\n")?;
-            // Still serving when handle_request returns (the scenario).
+            // Still serving when handle_request returns: until the client
+            // says bye (a 200 ms sleep alone ended first under load)...
+            req.read_line(&mut String::new())?;
+            // ...and when server_close is called (the scenario).
             std::thread::sleep(Duration::from_millis(200));
             Ok(())
         })
@@ -105,6 +108,7 @@ fn no_child_remains_after_server_close() {
     let mut hi = [0u8; 3];
     c.read_exact(&mut hi).unwrap();
     assert_eq!(children().len(), 1, "the child serves after handle_request returned");
+    std::io::Write::write_all(&mut c, b"bye\n").unwrap();
     server.server_close();
     assert_eq!(children(), Vec::<String>::new(), "a child outlived server_close");
 }
