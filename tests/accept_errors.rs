@@ -16,7 +16,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use socketserver::{Event, ServerHandle, StreamRequest, TcpServer, Threading};
+use socketserver::{Event, StreamRequest, TcpServer, Threading};
 use util::*;
 
 const CHILD_ENV: &str = "SOCKETSERVER_TEST_EMFILE_CHILD";
@@ -102,18 +102,6 @@ fn set_fd_limit(soft: u64) {
     assert_eq!(rc, 0, "setrlimit: {}", io::Error::last_os_error());
 }
 
-fn wait_until(what: &str, handle: &ServerHandle, mut cond: impl FnMut(&socketserver::Stats) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let s = handle.stats();
-        if cond(&s) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting until {what}: {s:?}");
-        thread::sleep(Duration::from_millis(2));
-    }
-}
-
 fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     let s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
     s.set_read_timeout(Some(TIMEOUT))?;
@@ -148,9 +136,11 @@ fn emfile_child() {
         assert_eq!(round_trip(&mut c, b"warm\n"), b"warm\n");
         c.write_all(b"quit\n").unwrap();
     }
-    wait_until("the warm-up request ends", &handle, |s| {
-        s.completed == 1 && threads_left.is_none_or(|n| s.workers_total == n)
-    });
+    eventually_value(
+        "the warm-up request ends",
+        || handle.stats(),
+        |s| s.completed == 1 && threads_left.is_none_or(|n| s.workers_total == n),
+    );
 
     // A descriptor in reserve: if the clients run out first, closing it
     // lets one more client connect, and the server's accept gets EMFILE.
@@ -190,9 +180,11 @@ fn emfile_child() {
         // under way, the second cannot. Two errors and nothing accepted:
         // it is pending.
         let after = handle.stats();
-        wait_until("the server accepts the connection or fails to twice", &handle, |s| {
-            s.accepted > before.accepted || s.accept_errors >= after.accept_errors + 2
-        });
+        eventually_value(
+            "the server accepts the connection or fails to twice",
+            || handle.stats(),
+            |s| s.accepted > before.accepted || s.accept_errors >= after.accept_errors + 2,
+        );
         if handle.stats().accepted == before.accepted {
             break (c, line);
         }

@@ -113,6 +113,8 @@ fn hand_over_leaves_the_listener_to_the_next_server() {
     for (i, c) in waiting.iter_mut().enumerate() {
         c.write_all(format!("waiting {i}").as_bytes()).unwrap();
     }
+    // The quiet period of a "must not happen" check: a server that took
+    // more than its one connection would have counted it by now.
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(first.handle.stats().accepted, 1, "the first server took more than its one connection");
 
@@ -208,18 +210,11 @@ fn wait_shutdown_requested_sees_a_shutdown_that_already_finished() {
         });
         // The shutdown comes once the waiter sleeps in the wait.
         let stat = format!("/proc/self/task/{}/stat", tid.recv().unwrap());
-        let deadline = Instant::now() + TIMEOUT;
-        while !std::fs::read_to_string(&stat).unwrap().rsplit_once(')').unwrap().1.trim_start().starts_with('S') {
-            assert!(Instant::now() < deadline, "the waiter never waited");
-            std::thread::yield_now();
-        }
+        let state = || std::fs::read_to_string(&stat).unwrap().rsplit_once(')').unwrap().1.trim_start().to_string();
+        eventually_value("the waiter asleep in the wait (state S)", state, |s| s.starts_with('S'));
         handle.shutdown();
         running.join().unwrap();
-        let deadline = Instant::now() + TIMEOUT;
-        while !waiter.is_finished() {
-            assert!(Instant::now() < deadline, "still waiting after the server stopped");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        eventually("the waiter to return after the server stopped", || waiter.is_finished());
         assert!(waiter.join().unwrap(), "the shutdown was missed");
     }
 }

@@ -165,6 +165,9 @@ fn closing_at_the_window_never_resets_away_an_answer_on_its_way() {
     // The window passes and the server closes its end with most of the
     // answer unsent. Then the next request: without a lingering close, the
     // kernel answers it with a reset and the rest of the answer is lost.
+    // (No event shows the close from here, with the answer unread: the
+    // sleep lets the window pass; were it too short the test would pass
+    // without looking at the close.)
     std::thread::sleep(3 * window);
     c.write_all(b"next\n").unwrap();
     let mut got = Vec::new();

@@ -13,21 +13,13 @@ use std::io::{self, Read, Write};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use socketserver::{AnyStrategy, Forking, StreamRequest, Synchronous, TcpServer, ThreadPool, Threading, UdpServer};
 use util::*;
 
 fn strategies() -> Vec<AnyStrategy> {
     vec![Synchronous.into(), Threading::new().into(), ThreadPool::new(2).into(), Forking::new().into()]
-}
-
-fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 /// A handler that fails (odd requests) or panics (even ones) after saying
@@ -70,16 +62,16 @@ fn handler_errors_and_panics_are_reported_and_the_server_keeps_serving() {
         let running = run(server);
         let addr = running.inet();
         if let AnyStrategy::ThreadPool(_) = strategy {
-            wait_until("the pool to start", || running.handle.stats().workers_total == 2);
+            eventually("the pool to start", || running.handle.stats().workers_total == 2);
         }
         assert_eq!(ask(addr, "fail"), "failing\n", "{strategy}");
         // A forked child's errors reach the hook when its parent reaps it,
         // which can be after the client saw the end of stream: wait, so
         // that the two reports keep the order of the requests.
-        wait_until("the first error to be reported", || !reported.lock().unwrap().is_empty());
+        eventually("the first error to be reported", || !reported.lock().unwrap().is_empty());
         assert_eq!(ask(addr, "panic"), "panicking\n", "{strategy}");
         assert_eq!(ask(addr, "fine"), "ok\n", "{strategy}: serves on after a panic");
-        wait_until("the counters", || running.handle.stats().completed == 3);
+        eventually("the counters", || running.handle.stats().completed == 3);
         let stats = running.handle.stats();
         assert_eq!(stats.handler_errors, 2, "{strategy}");
         assert_eq!(stats.panics, 1, "{strategy}");
@@ -156,7 +148,7 @@ fn verify_request_refuses_before_the_handler_runs() {
         // Shut down and closed: end of stream (or a reset), never an answer.
         let _ = c.read_to_end(&mut got);
         assert!(got.is_empty(), "{strategy}");
-        wait_until("the refusal to be counted", || running.handle.stats().refused == 1);
+        eventually("the refusal to be counted", || running.handle.stats().refused == 1);
         assert_eq!(asked.load(Ordering::SeqCst), 1, "{strategy}: verify_request called exactly once");
         assert_eq!(handled.load(Ordering::SeqCst), 0, "{strategy}");
         let stats = running.handle.stats();
@@ -186,7 +178,7 @@ fn verify_request_sees_the_peer_and_refuses_datagrams() {
     let (even, odd) = (even.unwrap(), odd.unwrap());
     odd.send_to(b"refused", running.inet()).unwrap();
     assert_eq!(udp_round_trip(&even, running.inet(), b"allowed"), b"allowed");
-    wait_until("the refusal", || running.handle.stats().refused == 1);
+    eventually("the refusal", || running.handle.stats().refused == 1);
     odd.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
     assert!(odd.recv(&mut [0u8; 16]).is_err(), "a refused datagram got an answer");
     running.stop().unwrap();
@@ -242,7 +234,7 @@ fn panics_in_setup_and_finish_are_contained_under_every_strategy() {
         let running = run(server);
         let addr = running.inet();
         if let AnyStrategy::ThreadPool(_) = strategy {
-            wait_until("the pool to start", || running.handle.stats().workers_total == 2);
+            eventually("the pool to start", || running.handle.stats().workers_total == 2);
         }
         let mut expected_panics = 0;
         for round in 0..6 {
@@ -259,7 +251,7 @@ fn panics_in_setup_and_finish_are_contained_under_every_strategy() {
             }
             expected_panics += u64::from(what != "hello");
         }
-        wait_until("the counters", || running.handle.stats().completed == 6);
+        eventually("the counters", || running.handle.stats().completed == 6);
         let stats = running.handle.stats();
         assert_eq!(stats.panics, expected_panics, "{strategy}");
         assert_eq!(stats.handler_errors, expected_panics, "{strategy}");
@@ -318,7 +310,7 @@ fn a_request_counts_as_completed_only_after_its_errors_are_reported() {
         handle.set(server.handle()).unwrap();
         let running = run(server);
         assert_eq!(ask(running.inet(), "fail"), "failing\n");
-        wait_until("the request to complete", || running.handle.stats().completed == 1);
+        eventually("the request to complete", || running.handle.stats().completed == 1);
         assert_eq!(*seen.lock().unwrap(), [Some(0)], "{strategy}: reported after it counted as completed");
         running.stop().unwrap();
     }
@@ -340,7 +332,7 @@ fn a_request_thread_that_cannot_start_reaches_handle_error() {
     let mut c = tcp_connect(running.inet());
     c.write_all(b"fine\n").unwrap();
     assert_eq!(c.read(&mut [0u8; 8]).unwrap_or(0), 0, "the request is closed unserved");
-    wait_until("the report", || !reported.lock().unwrap().is_empty());
+    eventually("the report", || !reported.lock().unwrap().is_empty());
     let reported = reported.lock().unwrap().clone();
     assert!(!reported[0].0, "no request to give");
     assert!(reported[0].1.starts_with("cannot start a request thread"), "{reported:?}");

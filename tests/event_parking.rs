@@ -10,7 +10,7 @@ mod util;
 use std::io::{self, BufRead, Read, Write};
 use std::net::TcpStream;
 use std::num::NonZeroUsize;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use socketserver::proxy::ProxyProtocol;
 use socketserver::servers::{Echo, Strftime};
@@ -47,14 +47,6 @@ fn thread_bound() -> usize {
     2 * std::thread::available_parallelism().map_or(1, NonZeroUsize::get) + 4
 }
 
-fn wait_for(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 fn read_line(c: &mut TcpStream) -> io::Result<String> {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
@@ -83,7 +75,7 @@ fn half_lines_park_with_no_thread_and_are_answered_whole() {
     for c in &mut slow {
         c.write_all(b"year %").unwrap();
     }
-    wait_for("the half lines to park", || running.handle.stats().parked as usize == SLOW);
+    eventually("the half lines to park", || running.handle.stats().parked as usize == SLOW);
     let added = threads() - before;
     assert!(added <= thread_bound(), "{added} threads for {SLOW} half lines: {}", thread_names());
     let mut honest = tcp_connect(running.inet());
@@ -151,14 +143,14 @@ fn a_frame_in_pieces_parks_and_is_read_whole() {
     for c in &mut slow {
         c.write_all(&[0, 0]).unwrap(); // half a length
     }
-    wait_for("the half lengths to park", || running.handle.stats().parked as usize == SLOW);
+    eventually("the half lengths to park", || running.handle.stats().parked as usize == SLOW);
     let parks = running.handle.stats();
     for c in &mut slow {
         c.write_all(&[(body.len() >> 8) as u8, body.len() as u8]).unwrap();
         c.write_all(&body[..500]).unwrap(); // half a body
     }
     // Each resumes (and parks again) for what came.
-    wait_for("the half bodies to park", || {
+    eventually("the half bodies to park", || {
         let s = running.handle.stats();
         s.parked as usize == SLOW && s.workers_busy == 0 && s.accepted == parks.accepted
     });
@@ -193,7 +185,7 @@ fn a_record_read_with_read_exact_parks_in_pieces() {
     for c in &mut slow {
         c.write_all(b"0123456").unwrap();
     }
-    wait_for("the half records to park", || running.handle.stats().parked as usize == SLOW);
+    eventually("the half records to park", || running.handle.stats().parked as usize == SLOW);
     let added = threads() - before;
     assert!(added <= thread_bound(), "{added} threads for {SLOW} half records: {}", thread_names());
     for c in &mut slow {
@@ -218,13 +210,13 @@ fn half_proxy_headers_park_until_their_timeout() {
     for c in &mut slow {
         c.write_all(b"PROXY TCP4 192.0.2.1 ").unwrap();
     }
-    wait_for("the half headers to be taken", || running.handle.stats().accepted as usize >= SLOW);
+    eventually("the half headers to be taken", || running.handle.stats().accepted as usize >= SLOW);
     let added = threads() - before;
     assert!(added <= thread_bound(), "{added} threads for {SLOW} half headers: {}", thread_names());
     let mut honest = tcp_connect(running.inet());
     honest.write_all(b"PROXY TCP4 192.0.2.9 192.0.2.10 5000 80\r\nhello\n").unwrap();
     assert_eq!(read_line(&mut honest).unwrap(), "hello");
-    wait_for("the half headers to time out", || running.handle.stats().proxy_errors as usize == SLOW);
+    eventually("the half headers to time out", || running.handle.stats().proxy_errors as usize == SLOW);
     for c in &mut slow {
         let mut rest = Vec::new();
         let _ = c.read_to_end(&mut rest);
@@ -309,7 +301,7 @@ fn at_max_workers_newcomers_are_accepted_and_wait_their_turn() {
     for n in &mut newcomers {
         n.write_all(b"hello\n").unwrap();
     }
-    wait_for("the newcomers to be accepted while every thread is blocked", || {
+    eventually("the newcomers to be accepted while every thread is blocked", || {
         running.handle.stats().accepted == accepted + 3
     });
     assert_eq!(running.handle.stats().workers_total, 2, "no thread past max_workers");

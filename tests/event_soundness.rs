@@ -185,12 +185,8 @@ fn echo(c: &mut TcpStream, line: &str) {
 /// likely (a look that caught a handler starting to block kept watching),
 /// and costs a sound server nothing.
 fn settle(running: &Running, n: u64) {
-    let deadline = Instant::now() + TIMEOUT;
-    while running.handle.stats().parked != n {
-        assert!(Instant::now() < deadline, "{n} connections never parked: {:?}", running.handle.stats());
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    std::thread::sleep(Duration::from_millis(50));
+    eventually_value(&format!("{n} connections parked"), || running.handle.stats(), |s| s.parked == n);
+    std::thread::sleep(Duration::from_millis(50)); // widens the window on purpose (above)
 }
 
 /// Two clients served once and parked, then the monitor settled (armed
@@ -276,7 +272,10 @@ fn a_long_idle_timeout_does_not_blind_the_monitor_to_blocked_pollers() {
 /// served the request at about 2 s, sometimes the close came first.)
 #[test]
 fn a_request_that_came_while_the_pollers_blocked_is_not_closed_as_idle() {
-    let idle = Duration::from_secs(2);
+    // Long enough that the setup is far inside it even on a loaded machine
+    // (it was 2 s, with the setup bound to 1 s); a request closed as idle
+    // or left until the timer is then not answered within ANSWER_WITHIN.
+    let idle = Duration::from_secs(10);
     let (probe, gate, said) = Probe::new();
     let server = TcpServer::builder()
         .strategy(Event::new().pollers(2).max_workers(8))

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use socket2::{Domain, SockRef, Socket, Type};
 use socketserver::{TcpServer, ThreadPool};
@@ -35,11 +35,7 @@ fn floods_do_not_stop_well_behaved_clients_and_leak_no_descriptors() {
     let running = run(server);
     let addr = running.inet();
     // Let the pool start its workers before counting.
-    let deadline = Instant::now() + TIMEOUT;
-    while running.handle.stats().workers_total == 0 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    eventually("the pool's workers", || running.handle.stats().workers_total > 0);
     let baseline = open_fds();
 
     // Well-behaved clients talk all through the floods: one on a connection
@@ -78,11 +74,9 @@ fn floods_do_not_stop_well_behaved_clients_and_leak_no_descriptors() {
         })
     };
     // Both are under way before the floods start.
-    let deadline = Instant::now() + TIMEOUT;
-    while answered.load(Ordering::SeqCst) == 0 || fresh_answered.load(Ordering::SeqCst) == 0 {
-        assert!(Instant::now() < deadline, "the probes never got going");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    eventually("both probes under way", || {
+        answered.load(Ordering::SeqCst) > 0 && fresh_answered.load(Ordering::SeqCst) > 0
+    });
     let before = (answered.load(Ordering::SeqCst), fresh_answered.load(Ordering::SeqCst));
 
     // 1. Connections reset at once (SO_LINGER 0: RST instead of FIN).
@@ -113,16 +107,11 @@ fn floods_do_not_stop_well_behaved_clients_and_leak_no_descriptors() {
     assert!(during.1 > 0, "no new well-behaved client was served during the floods");
 
     // Everything the floods opened is closed again.
-    let deadline = Instant::now() + TIMEOUT;
-    while running.handle.stats().active > 0 || open_fds() > baseline {
-        assert!(
-            Instant::now() < deadline,
-            "descriptors: {} now, {baseline} before; stats {:?}",
-            open_fds(),
-            running.handle.stats()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    eventually_value(
+        &format!("every connection closed and the descriptors back to {baseline}"),
+        || (open_fds(), running.handle.stats()),
+        |(fds, stats)| stats.active == 0 && *fds <= baseline,
+    );
     let stats = running.handle.stats();
     assert!(stats.accepted as usize >= 2 * FLOOD, "{stats:?}");
     // And the server still serves.

@@ -6,7 +6,7 @@ mod util;
 
 use std::io::{self, Read};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use socketserver::{Forking, StreamRequest, TcpServer};
 use util::*;
@@ -64,11 +64,7 @@ fn a_failing_child_never_waits_on_a_lock_held_at_fork_time() {
     assert_eq!(c.read(&mut [0u8; 8]).unwrap(), 0);
     drop(held);
 
-    let deadline = Instant::now() + TIMEOUT;
-    while handle.stats().completed < 1 {
-        assert!(Instant::now() < deadline, "the child never exited: it waited on the logger's lock");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    eventually("the child to exit (not to wait on the logger's lock)", || handle.stats().completed >= 1);
     let stats = handle.stats();
     assert_eq!((stats.handler_errors, stats.panics), (1, 0));
     let lines = logger.lines.lock().unwrap().clone();
@@ -99,7 +95,10 @@ fn no_child_remains_after_server_close() {
         .strategy(Forking::new())
         .bind("127.0.0.1:0", |req: &mut StreamRequest| {
             std::io::Write::write_all(req, b"hi\n")?;
-            std::io::Write::flush(req)?; // (writes wait for a read, or the end, otherwise)
+            // Still serving when handle_request returns: until the client
+            // says bye (a 200 ms sleep alone ended first under load)...
+            req.read_line(&mut String::new())?;
+            // ...and when server_close is called (the scenario).
             std::thread::sleep(Duration::from_millis(200));
             Ok(())
         })
@@ -109,6 +108,7 @@ fn no_child_remains_after_server_close() {
     let mut hi = [0u8; 3];
     c.read_exact(&mut hi).unwrap();
     assert_eq!(children().len(), 1, "the child serves after handle_request returned");
+    std::io::Write::write_all(&mut c, b"bye\n").unwrap();
     server.server_close();
     assert_eq!(children(), Vec::<String>::new(), "a child outlived server_close");
 }
@@ -163,27 +163,21 @@ fn behind_a_proxy_children_decide_and_the_parent_counts() {
     assert_eq!(garbage.expect("the bad header's connection is closed by its child"), "");
     assert_eq!(welcome.expect("the admitted client is served"), "192.0.2.9:5\n");
     assert_eq!(reset.expect("a child that would log at debug exits all the same"), "");
-    let deadline = Instant::now() + TIMEOUT;
-    let counted = |s: &socketserver::Stats| (s.refused, s.proxy_errors, s.completed, s.handler_errors);
-    while counted(&handle.stats()) != (1, 1, 2, 0) {
-        assert!(
-            Instant::now() < deadline,
-            "counts (refused, proxy_errors, completed, errors): {:?}",
-            counted(&handle.stats())
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let counted = |s: socketserver::Stats| (s.refused, s.proxy_errors, s.completed, s.handler_errors);
+    eventually_value(
+        "the counts (refused, proxy_errors, completed, errors)",
+        || counted(handle.stats()),
+        |c| *c == (1, 1, 2, 0),
+    );
     // Counted first, then logged, by the reapers: wait for the lines too.
-    let logged = || {
-        let lines = logger.lines.lock().unwrap().clone();
-        let found = lines.iter().any(|l| l.contains("refused 203.0.113.9:5"))
-            && lines.iter().any(|l| l.contains("closed a connection from"));
-        (found, lines)
-    };
-    while !logged().0 {
-        assert!(Instant::now() < deadline, "the parent's lines: {:?}", logged().1);
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    eventually_value(
+        "the parent's lines",
+        || logger.lines.lock().unwrap().clone(),
+        |lines| {
+            lines.iter().any(|l| l.contains("refused 203.0.113.9:5"))
+                && lines.iter().any(|l| l.contains("closed a connection from"))
+        },
+    );
     log::set_max_level(log::LevelFilter::Error);
     server.stop().unwrap();
 }
@@ -239,12 +233,8 @@ fn the_parent_keeps_one_reaper_whatever_the_number_of_children() {
         let line: &[u8] = if i % 2 == 0 { b"fail\n" } else { b"quit\n" };
         std::io::Write::write_all(&mut c, line).unwrap();
     }
-    let deadline = Instant::now() + TIMEOUT;
-    let counted = |s: &socketserver::Stats| (s.completed, s.handler_errors, s.workers_total);
-    while counted(&handle.stats()) != (N as u64, N as u64 / 2, 0) {
-        assert!(Instant::now() < deadline, "(completed, errors, workers): {:?}", counted(&handle.stats()));
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let counted = |s: socketserver::Stats| (s.completed, s.handler_errors, s.workers_total);
+    eventually_value("(completed, errors, workers)", || counted(handle.stats()), |c| *c == (N as u64, N as u64 / 2, 0));
     assert_eq!(children(), Vec::<String>::new());
     server.stop().unwrap();
 }
@@ -264,11 +254,7 @@ fn a_childs_error_with_a_line_break_is_logged_escaped() {
     let handle = server.handle();
     let c = tcp_connect(server.server_address().as_inet().unwrap());
     let server = run(server);
-    let deadline = Instant::now() + TIMEOUT;
-    while handle.stats().completed < 1 {
-        assert!(Instant::now() < deadline, "the child never ended");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    eventually("the child to end", || handle.stats().completed >= 1);
     let lines = logger.lines.lock().unwrap().clone();
     let ours: Vec<_> = lines.iter().filter(|l| l.contains("forged")).collect();
     assert_eq!(ours.len(), 1, "{lines:?}");

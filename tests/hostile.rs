@@ -17,14 +17,6 @@ use socketserver::{
 };
 use util::*;
 
-fn wait_for(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
 /// A Unix-datagram client that sends and never reads fills its own queue
 /// (about 10 datagrams): replies to it must be dropped and counted, never
 /// waited for — every worker blocked in `send` froze the server, and the
@@ -41,7 +33,7 @@ fn a_datagram_client_that_never_reads_cannot_freeze_the_server() {
         for n in 0..24 {
             hostile.send_to(format!("never read {n}").as_bytes(), &path).unwrap();
         }
-        wait_for("the replies to be sent or dropped", || running.handle.stats().completed >= 24);
+        eventually("the replies to be sent or dropped", || running.handle.stats().completed >= 24);
         assert!(running.handle.stats().replies_dropped > 0, "{strategy}: {:?}", running.handle.stats());
         // An honest client is answered at once.
         let honest = unix_dgram_client(&dir, &format!("honest{i}.sock"));
@@ -72,6 +64,8 @@ fn a_full_server_queue_cannot_block_the_shutdown() {
         .bind(&path, move |req: &mut DatagramRequest| {
             if req.data() == b"hold" {
                 entered_tx.lock().unwrap().send(()).unwrap();
+                // Held past the grace period: both receivers are busy
+                // while the flood fills the queue (the state under test).
                 std::thread::sleep(Duration::from_millis(500));
             }
             Ok(())
@@ -119,7 +113,7 @@ fn stream_clients_that_never_read_are_closed_at_the_idle_timeout() {
             c
         })
         .collect();
-    wait_for("the idle timeout to close the four", || running.handle.stats().idle_closed >= 4);
+    eventually("the idle timeout to close the four", || running.handle.stats().idle_closed >= 4);
     let stats = running.handle.stats();
     assert_eq!(stats.handler_errors, 0, "a stalled peer is an idle close, not an error: {stats:?}");
     let mut honest = tcp_connect(addr);
@@ -143,7 +137,7 @@ fn the_time_server_is_not_held_by_a_client_that_never_reads() {
     hostile.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
     // 8 bytes in, 64 KiB out, never read.
     while hostile.write(b"%65507Y\n").is_ok() {}
-    wait_for("the idle timeout", || running.handle.stats().idle_closed >= 1);
+    eventually("the idle timeout", || running.handle.stats().idle_closed >= 1);
     let mut honest = tcp_connect(running.inet());
     honest.write_all(b"%%\n").unwrap();
     let mut answer = [0u8; 2];
@@ -199,7 +193,7 @@ fn a_peer_reset_is_the_end_of_a_connection_not_an_error() {
         socket2::SockRef::from(&c).set_linger(Some(Duration::ZERO)).unwrap();
         drop(c); // a reset
     }
-    wait_for("the five to end", || running.handle.stats().completed == 5);
+    eventually("the five to end", || running.handle.stats().completed == 5);
     let stats = running.handle.stats();
     assert_eq!(stats.resets, 5, "{stats:?}");
     assert_eq!(stats.handler_errors, 0, "{stats:?}");
@@ -225,7 +219,7 @@ fn peer_caused_errors_are_logged_once_per_episode() {
         c.write_all(b"x\n").unwrap();
         let _ = c.read_to_end(&mut Vec::new());
     }
-    wait_for("the fifty", || running.handle.stats().handler_errors == 50);
+    eventually("the fifty", || running.handle.stats().handler_errors == 50);
     if start.elapsed() < Duration::from_secs(1) {
         assert_eq!(logged_containing("episode test: refused").len(), 1, "{:?}", logged_containing("episode test"));
     } else {
@@ -312,7 +306,7 @@ fn datagram_limits_fit_the_transport_and_report_the_real_size() {
         .unwrap());
     c.send_to(&[1u8; 1001], limited.inet()).unwrap();
     c.send_to(&[1u8; 5000], limited.inet()).unwrap();
-    wait_for("two reports", || seen2.lock().unwrap().len() == 2);
+    eventually("two reports", || seen2.lock().unwrap().len() == 2);
     let reports = seen2.lock().unwrap().clone();
     assert!(reports[0].contains("datagram of 1001 bytes"), "{reports:?}");
     assert!(reports[1].contains("datagram of 5000 bytes"), "{reports:?}");
@@ -432,7 +426,7 @@ fn reply_refuses_one_byte_over_the_wire_bound() {
         };
         assert_eq!(udp_round_trip(&client, to, format!("{limit:02x}").as_bytes()).len(), limit, "{addr}");
         client.send_to(format!("{:02x}", limit + 1).as_bytes(), to).unwrap();
-        wait_for(&format!("the refusal over {addr}: {:?}", errors.lock().unwrap()), || {
+        eventually(&format!("the refusal over {addr}: {:?}", errors.lock().unwrap()), || {
             errors.lock().unwrap().len() == 1
         });
         let (kind, text) = errors.lock().unwrap().pop().unwrap();

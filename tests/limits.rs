@@ -13,29 +13,14 @@ mod util;
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
-use socketserver::{DatagramRequest, ServerHandle, StreamRequest, TcpServer, ThreadPool, Threading, UdpServer};
+use socketserver::{DatagramRequest, StreamRequest, TcpServer, ThreadPool, Threading, UdpServer};
 use util::*;
 
 /// How long a test watches for something that must not happen.
 const QUIET: Duration = Duration::from_millis(300);
-/// Hard deadline for a condition polled in a loop.
-const DEADLINE: Duration = Duration::from_secs(5);
-
-fn wait_until(what: &str, handle: &ServerHandle, mut cond: impl FnMut(&socketserver::Stats) -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let s = handle.stats();
-        if cond(&s) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting until {what}: {s:?}");
-        thread::sleep(Duration::from_millis(5));
-    }
-}
 
 /// Reads one line (up to and including `\n`, or to EOF) byte by byte.
 fn read_line(s: &mut TcpStream) -> String {
@@ -118,7 +103,7 @@ fn max_connections_hold_the_third(strategy: socketserver::AnyStrategy) {
         assert_eq!(round_trip(c, b"bye\n"), b"bye\n");
         c.write_all(b"quit\n").unwrap();
     }
-    wait_until("every connection completes", &running.handle, |s| s.completed == 3 && s.active == 0);
+    eventually_value("every connection completes", || running.handle.stats(), |s| s.completed == 3 && s.active == 0);
     let s = running.handle.stats();
     assert_eq!((s.accepted, s.rejected, s.handler_errors), (3, 0, 0), "{s:?}");
     running.stop().unwrap();
@@ -172,7 +157,7 @@ fn datagram_limit<S: socketserver::Strategy>(strategy: S) {
     release.send(()).unwrap();
     let (n, _) = client.recv_from(&mut buf).expect("the second reply");
     assert_eq!(&buf[..n], b"d2");
-    wait_until("both datagrams complete", &running.handle, |s| s.completed == 2 && s.active == 0);
+    eventually_value("both datagrams complete", || running.handle.stats(), |s| s.completed == 2 && s.active == 0);
     running.stop().unwrap();
 }
 

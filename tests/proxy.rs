@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 
 use ppp::v2;
 use socketserver::proxy::ProxyProtocol;
-use socketserver::{
-    AnyStrategy, Event, ServerHandle, Stats, StreamRequest, TcpServer, ThreadPool, Threading, UnixStreamServer,
-};
+use socketserver::{AnyStrategy, Event, StreamRequest, TcpServer, ThreadPool, Threading, UnixStreamServer};
 use util::*;
 
 fn strategies() -> Vec<AnyStrategy> {
@@ -48,18 +46,6 @@ fn read_all(s: &mut impl Read) -> String {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     out
-}
-
-fn wait_for(what: &str, handle: &ServerHandle, cond: impl Fn(&Stats) -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let s = handle.stats();
-        if cond(&s) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting until {what}: {s:?}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 #[test]
@@ -160,7 +146,7 @@ fn verify_request_sees_the_client_from_the_header() {
         welcome.write_all(b"PROXY TCP4 192.0.2.9 198.51.100.1 5 443\r\n").unwrap();
         welcome.shutdown(Shutdown::Write).unwrap();
         assert_eq!(read_all(&mut welcome), "192.0.2.9:5 -> 198.51.100.1:443\n", "{strategy}");
-        wait_for("the welcome connection completes", &s.handle, |st| st.completed == 1);
+        eventually_value("the welcome connection completes", || s.handle.stats(), |st| st.completed == 1);
         let stats = s.handle.stats();
         assert_eq!((stats.refused, stats.proxy_refused), (1, 0), "{strategy}: {stats:?}");
         s.stop().unwrap();
@@ -196,7 +182,7 @@ fn bad_headers_close_their_connection_and_the_server_goes_on() {
         good.write_all(b"PROXY TCP4 192.0.2.1 192.0.2.2 7 8\r\n").unwrap();
         good.shutdown(Shutdown::Write).unwrap();
         assert_eq!(read_all(&mut good), "192.0.2.1:7 -> 192.0.2.2:8\n", "{strategy}");
-        wait_for("the good connection completes", &s.handle, |st| st.completed == 1);
+        eventually_value("the good connection completes", || s.handle.stats(), |st| st.completed == 1);
         let stats = s.handle.stats();
         assert_eq!((stats.proxy_errors, stats.handler_errors), (4, 0), "{strategy}: {stats:?}");
         s.stop().unwrap();
@@ -215,7 +201,7 @@ fn a_connection_closed_before_any_byte_is_not_an_error() {
     good.write_all(b"PROXY TCP4 192.0.2.1 192.0.2.2 7 8\r\n").unwrap();
     good.shutdown(Shutdown::Write).unwrap();
     assert_eq!(read_all(&mut good), "192.0.2.1:7 -> 192.0.2.2:8\n");
-    wait_for("all four accepted", &s.handle, |st| st.accepted == 4 && st.completed == 1);
+    eventually_value("all four accepted", || s.handle.stats(), |st| st.accepted == 4 && st.completed == 1);
     let stats = s.handle.stats();
     assert_eq!((stats.proxy_errors, stats.handler_errors), (0, 0), "{stats:?}");
     s.stop().unwrap();

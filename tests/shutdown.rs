@@ -11,23 +11,8 @@ use std::time::{Duration, Instant};
 use socketserver::{AnyStrategy, Forking, StreamRequest, Synchronous, TcpServer, ThreadPool, Threading, UdpServer};
 use util::*;
 
-fn wait_until(cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "condition not reached");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
 fn retry_connect(addr: std::net::SocketAddr) -> std::net::TcpStream {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        match std::net::TcpStream::connect(addr) {
-            Ok(s) => return s,
-            Err(e) => assert!(Instant::now() < deadline, "{e}"),
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    eventually_value("a connection to the server", || std::net::TcpStream::connect(addr), Result::is_ok).unwrap()
 }
 
 fn read_one_line(c: &mut std::net::TcpStream) -> String {
@@ -143,21 +128,7 @@ fn service_actions_runs_once_per_interval_busy_or_idle() {
         let hook = move || {
             let _ = tx.lock().unwrap().send(Instant::now());
         };
-        let running = if udp {
-            run(UdpServer::builder()
-                .strategy(strategy.clone())
-                .service_interval(EVERY)
-                .service_actions(hook)
-                .bind("127.0.0.1:0", echo_datagram)
-                .unwrap())
-        } else {
-            run(TcpServer::builder()
-                .strategy(strategy.clone())
-                .service_interval(EVERY)
-                .service_actions(hook)
-                .bind("127.0.0.1:0", echo_stream)
-                .unwrap())
-        };
+        let running = start(udp, strategy, EVERY, hook);
         // Idle, it runs.
         rx.recv_timeout(TIMEOUT).unwrap_or_else(|_| panic!("{name}: service_actions never ran while idle"));
         // Busy (a request at a time, 300 of them or 0.3 s), no more often.
@@ -174,13 +145,41 @@ fn service_actions_runs_once_per_interval_busy_or_idle() {
         }
         drop(tcp);
         let mut last = rx.recv_timeout(TIMEOUT).unwrap_or_else(|_| panic!("{name}: service_actions stopped"));
-        let stop_asked = Instant::now();
         running.stop().unwrap();
-        assert!(stop_asked.elapsed() < Duration::from_secs(2), "{name}: the shutdown waited for the clock");
         for at in rx.try_iter() {
             assert!(at - last >= EVERY, "{name}: service_actions ran {:?} after the last run", at - last);
             last = at;
         }
+        // A shutdown does not wait for the clock: with the hook due only in
+        // 60 s, a loop that waited for it would take a minute; at once is
+        // milliseconds, and the bound (TIMEOUT) is far from both.
+        let waiting = start(udp, strategy, Duration::from_secs(60), || {});
+        match udp {
+            false => assert_eq!(round_trip(&mut tcp_connect(waiting.inet()), b"x"), b"x", "{name}"),
+            true => assert_eq!(udp_round_trip(&udp_client, waiting.inet(), b"x"), b"x", "{name}"),
+        }
+        let stop_asked = Instant::now();
+        waiting.stop().unwrap();
+        assert!(stop_asked.elapsed() < TIMEOUT, "{name}: the shutdown waited for the clock");
+    }
+}
+
+/// A UDP or TCP echo server under `strategy` with the hook on its clock.
+fn start(udp: bool, strategy: &AnyStrategy, every: Duration, hook: impl Fn() + Send + Sync + 'static) -> Running {
+    if udp {
+        run(UdpServer::builder()
+            .strategy(strategy.clone())
+            .service_interval(every)
+            .service_actions(hook)
+            .bind("127.0.0.1:0", echo_datagram)
+            .unwrap())
+    } else {
+        run(TcpServer::builder()
+            .strategy(strategy.clone())
+            .service_interval(every)
+            .service_actions(hook)
+            .bind("127.0.0.1:0", echo_stream)
+            .unwrap())
     }
 }
 
@@ -196,10 +195,10 @@ fn in_flight_requests_finish_within_the_grace_period() {
                 let mut line = String::new();
                 req.read_line(&mut line)?;
                 entered_tx.send(()).unwrap();
-                // Still working when the shutdown arrives.
-                while !req.server().is_shutting_down() {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
+                // Still working when the shutdown arrives...
+                eventually("the shutdown", || req.server().is_shutting_down());
+                // ...and for a while after it (widens the window in which
+                // a server that did not wait would close the connection).
                 std::thread::sleep(Duration::from_millis(50));
                 write!(req, "done: {line}")
             })
@@ -240,7 +239,7 @@ fn at_the_deadline_blocked_handlers_are_unblocked_and_serve_forever_returns() {
         let mut c = tcp_connect(running.inet());
         c.write_all(b"x").unwrap();
         // Accepted and in flight (in a thread, a worker or a child).
-        wait_until(|| running.handle.stats().active == 1);
+        eventually("the connection active", || running.handle.stats().active == 1);
         let start = Instant::now();
         running.handle.shutdown();
         running.join().unwrap();
@@ -272,7 +271,7 @@ fn queued_connections_are_served_during_the_drain() {
     let mut a = BufReader::new(tcp_connect(addr));
     let mut b = BufReader::new(tcp_connect(addr));
     // Wait until the second one sits in the queue.
-    wait_until(|| running.handle.stats().queue_depth == 1);
+    eventually("the second connection queued", || running.handle.stats().queue_depth == 1);
     running.handle.shutdown();
     release.wait();
     let mut line = String::new();
@@ -389,14 +388,16 @@ fn handlers_unblocked_at_the_deadline_are_waited_for() {
                 .grace_period(Duration::from_millis(100))
                 .bind("127.0.0.1:0", move |req: &mut StreamRequest| {
                     let _ = req.read(&mut [0u8; 8]); // until the server shuts the connection
-                    std::thread::sleep(Duration::from_millis(300)); // cleaning up
+                    // Cleaning up, slowly: what must be waited for (the
+                    // behaviour under test, not synchronisation).
+                    std::thread::sleep(Duration::from_millis(300));
                     f.fetch_add(1, Ordering::SeqCst);
                     Ok(())
                 })
                 .unwrap();
             let mut running = run(server);
             let _c = tcp_connect(running.inet());
-            wait_until(|| running.handle.stats().active == 1);
+            eventually("the connection active", || running.handle.stats().active == 1);
             running.handle.shutdown();
             running.join().unwrap();
             assert_eq!(finished.load(Ordering::SeqCst), 1, "{strategy}: serve_forever returned before the handler");
@@ -430,7 +431,7 @@ fn idle_connections_close_at_once_and_requests_begun_are_finished() {
     assert_eq!(round_trip(&mut idle, b"12345678"), b"87654321");
     let mut begun = tcp_connect(addr);
     begun.write_all(b"abcd").unwrap(); // half a request
-    wait_until(|| running.handle.stats().active == 2);
+    eventually("both connections active", || running.handle.stats().active == 2);
     let start = Instant::now();
     running.handle.shutdown();
     // The idle one is closed at once...
@@ -444,12 +445,18 @@ fn idle_connections_close_at_once_and_requests_begun_are_finished() {
     assert_eq!(begun.read(&mut [0u8; 8]).unwrap(), 0);
     running.join().unwrap();
     assert!(start.elapsed() < Duration::from_secs(5), "the 30 s grace period was waited out");
-    // A request that arrived just before the shutdown is still answered.
+    // A request that arrived just before the shutdown is still answered:
+    // the handler, busy with the first, is held until the second request
+    // is sent and the shutdown asked.
+    let (busy_tx, busy_rx) = mpsc::channel::<()>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (busy_tx, go_rx) = (std::sync::Mutex::new(busy_tx), std::sync::Mutex::new(go_rx));
     let server = TcpServer::builder()
         .strategy(Threading::new())
-        .bind("127.0.0.1:0", |req: &mut StreamRequest| {
+        .bind("127.0.0.1:0", move |req: &mut StreamRequest| {
             while req.wait_for_data()? {
-                std::thread::sleep(Duration::from_millis(100)); // busy with something
+                let _ = busy_tx.lock().unwrap().send(()); // busy with something...
+                let _ = go_rx.lock().unwrap().recv_timeout(TIMEOUT); // ...until let go
                 let mut request = [0u8; 8];
                 req.read_exact(&mut request)?;
                 req.write_all(&request)?;
@@ -460,9 +467,11 @@ fn idle_connections_close_at_once_and_requests_begun_are_finished() {
     let mut running = run(server);
     let mut c = tcp_connect(running.inet());
     c.write_all(b"one.....").unwrap();
-    wait_until(|| running.handle.stats().active == 1);
+    busy_rx.recv_timeout(TIMEOUT).expect("the handler busy with the first request");
     c.write_all(b"two.....").unwrap(); // queued while the handler is busy
     running.handle.shutdown();
+    go_tx.send(()).unwrap();
+    go_tx.send(()).unwrap(); // the second request's turn
     let mut both = [0u8; 16];
     c.read_exact(&mut both).unwrap();
     assert_eq!(&both, b"one.....two.....");
@@ -493,10 +502,11 @@ fn no_deadline_waits_for_every_request_as_pythons_block_on_close() {
         let running = run(server);
         let mut c = tcp_connect(running.inet());
         c.write_all(b"start\n").unwrap();
-        wait_until(|| running.handle.stats().active == 1);
+        eventually("the connection active", || running.handle.stats().active == 1);
         running.handle.shutdown();
         // Well past the drain window and any deadline a default would set
-        // soon: the request is still waited for.
+        // soon: the request is still waited for. (The quiet period of a
+        // "must not be cut" check.)
         std::thread::sleep(Duration::from_millis(400));
         c.write_all(b"go\n").unwrap();
         assert_eq!(read_one_line(&mut c), "start+go\n", "{strategy}");
@@ -520,7 +530,7 @@ fn zero_grace_waits_for_nothing_as_pythons_daemon_threads() {
         let running = run(server);
         let mut c = tcp_connect(running.inet());
         c.write_all(b"start\n").unwrap();
-        wait_until(|| running.handle.stats().active == 1);
+        eventually("the connection active", || running.handle.stats().active == 1);
         let start = Instant::now();
         running.handle.shutdown();
         let mut running = running;

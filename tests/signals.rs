@@ -40,22 +40,14 @@ fn a_signal_shuts_down_every_subscribed_server_and_a_second_one_forces_it() {
     assert_eq!(udp_round_trip(&udp_client(), udp.inet(), b"up"), b"up");
     let mut client = tcp_connect(stuck.inet());
     std::io::Write::write_all(&mut client, b"x").unwrap();
-    let deadline = Instant::now() + TIMEOUT;
-    while stuck.handle.stats().active == 0 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    eventually("the stuck connection active", || stuck.handle.stats().active > 0);
 
     // The first signal stops them all; the idle ones return at once, the
     // stuck one starts draining.
     raise(libc::SIGTERM);
     tcp.join().unwrap();
     udp.join().unwrap();
-    let deadline = Instant::now() + TIMEOUT;
-    while !stuck.handle.is_shutting_down() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    eventually("the stuck server draining", || stuck.handle.is_shutting_down());
     // The second signal ends the grace period.
     let start = Instant::now();
     raise(libc::SIGINT);

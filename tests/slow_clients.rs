@@ -103,11 +103,7 @@ fn without_timeouts_slow_clients_hold_workers_up_to_the_pool_maximum_and_the_res
     for s in &mut silent {
         s.write_all(b"%").unwrap();
     }
-    let deadline = Instant::now() + TIMEOUT;
-    while running.handle.stats().workers_busy < 2 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    eventually("both workers held by the silent clients", || running.handle.stats().workers_busy >= 2);
     // A third client is not served while they hold on: it waits in the
     // backlog (nothing is dropped)...
     let mut waiting = BufReader::new(tcp_connect(addr));

@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use util::process::*;
-use util::{TIMEOUT, connect};
+use util::{TIMEOUT, connect, eventually_value};
 
 const FAILED: &str = "restart failed, still serving";
 
@@ -123,13 +123,11 @@ impl Load {
     /// Waits (bounded) for `n` more requests answered, failing at once on a failure.
     fn wait_for(&self, n: u64) {
         let target = self.done.load(Ordering::SeqCst) + n;
-        let deadline = Instant::now() + TIMEOUT;
-        while self.done.load(Ordering::SeqCst) < target {
-            let failures = self.failures.lock().unwrap().clone();
-            assert!(failures.is_empty(), "clients failed: {failures:?}");
-            assert!(Instant::now() < deadline, "the clients stalled");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        let seen = || (self.done.load(Ordering::SeqCst), self.failures.lock().unwrap().clone());
+        let (_, failures) = eventually_value(&format!("{target} requests answered (done, failures)"), seen, |seen| {
+            seen.0 >= target || !seen.1.is_empty()
+        });
+        assert!(failures.is_empty(), "clients failed: {failures:?}");
     }
 
     /// Stops the clients; how many requests were answered, and the failures.

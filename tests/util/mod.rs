@@ -2,7 +2,11 @@
 //! to it, and handlers that echo.
 #![allow(dead_code)]
 
+pub mod eventually;
 pub mod tools;
+
+#[allow(unused_imports)]
+pub use eventually::{eventually, eventually_value};
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};

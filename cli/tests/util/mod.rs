@@ -2,9 +2,14 @@
 //! address from its `listening` line, signal it, wait for its exit.
 #![allow(dead_code)]
 
+#[path = "../../../tests/util/eventually.rs"]
+pub mod eventually;
 pub mod process;
 #[path = "../../../tests/util/tools.rs"]
 pub mod tools;
+
+#[allow(unused_imports)]
+pub use eventually::{eventually, eventually_value};
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
@@ -44,16 +49,12 @@ impl Server {
         Server { child, addr, stderr }
     }
 
-    /// Waits (bounded) until stderr contains `needle`.
+    /// Waits until stderr contains `needle`: `true`, or a panic after
+    /// `TIMEOUT` showing all of stderr.
     pub fn stderr_shows(&self, needle: &str) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < TIMEOUT {
-            if String::from_utf8_lossy(&self.stderr.lock().unwrap()).contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        false
+        let stderr = || String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned();
+        eventually_value(&format!("{needle:?} on stderr"), stderr, |text| text.contains(needle));
+        true
     }
 
     pub fn signal(&self, sig: libc::c_int) {

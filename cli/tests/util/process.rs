@@ -8,7 +8,7 @@ use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use super::TIMEOUT;
+use super::{TIMEOUT, eventually_value};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_socketserver");
 
@@ -120,11 +120,7 @@ impl Proc {
     /// Waits (at most `TIMEOUT`) until stderr contains `needle`; panics
     /// with all of stderr if it never does.
     pub fn expect_stderr(&self, needle: &str) {
-        let deadline = Instant::now() + TIMEOUT;
-        while !self.stderr_text().contains(needle) {
-            assert!(Instant::now() < deadline, "stderr never showed {needle:?}; it holds:\n{}", self.stderr_text());
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        eventually_value(&format!("{needle:?} on stderr"), || self.stderr_text(), |text| text.contains(needle));
     }
 
     /// The number after the first `prefix` in stderr, once it shows
@@ -137,12 +133,12 @@ impl Proc {
     /// The pid the `nth` hand-off (0: the first) logged on stderr names
     /// (a successor logs on the same stderr), once it is logged.
     pub fn handed_to(&self, nth: usize) -> libc::pid_t {
-        let deadline = Instant::now() + TIMEOUT;
-        while self.stderr_text().matches(HANDED).count() <= nth {
-            assert!(Instant::now() < deadline, "no hand-off #{nth}; stderr:\n{}", self.stderr_text());
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        number_after(&self.stderr_text(), HANDED, nth)
+        let text = eventually_value(
+            &format!("hand-off #{nth} on stderr"),
+            || self.stderr_text(),
+            |text| text.matches(HANDED).count() > nth,
+        );
+        number_after(&text, HANDED, nth)
     }
 
     pub fn signal(&self, sig: libc::c_int) {
