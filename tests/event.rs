@@ -353,6 +353,38 @@ fn reading_on_after_a_false_wait_is_not_a_park() {
     running.stop().unwrap();
 }
 
+/// The same, with the request already there when the handler reads on
+/// after the false wait: the read finds it without waiting, and the
+/// handler's return is its end, not a park (the connection stayed parked,
+/// open, after its answer: the client's `read_to_end` waited for ever; seen
+/// once under load, held open here by a channel).
+#[test]
+fn data_that_came_after_a_false_wait_is_no_park() {
+    let (told, waited) = mpsc::channel();
+    let (go, gone) = mpsc::channel::<()>();
+    let (told, gone) = (Mutex::new(told), Mutex::new(gone));
+    let running = run(TcpServer::builder()
+        .strategy(Event::new().pollers(1))
+        .bind("127.0.0.1:0", move |req: &mut StreamRequest| {
+            let ready = req.wait_for_data()?; // false: nothing yet
+            let _ = told.lock().unwrap().send(ready);
+            // The request comes now, before the handler reads on.
+            let _ = gone.lock().unwrap().recv_timeout(TIMEOUT);
+            let line = req.next_line()?.unwrap_or_default();
+            writeln!(req, "bye {line}")
+        })
+        .unwrap());
+    let mut c = tcp_connect(running.inet());
+    assert!(!waited.recv_timeout(TIMEOUT).unwrap(), "the first wait found data: the case is not tested");
+    c.write_all(b"x\n").unwrap();
+    go.send(()).unwrap();
+    assert_eq!(read_line(&mut c), "bye x");
+    let mut rest = Vec::new();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert_eq!(c.read_to_end(&mut rest).unwrap(), 0, "closed after the handler returned");
+    running.stop().unwrap();
+}
+
 /// A handler that computes for a while (runnable, not blocked in a system
 /// call) does not make the monitor start another polling thread at once: a
 /// preempted or busy poller is not a blocked one, and more threads would

@@ -166,15 +166,22 @@ impl StreamRequest {
     /// `Wait` for the caller to wait as the other strategies do.
     pub(super) fn more(&mut self, limit: usize) -> io::Result<More> {
         if self.eof {
+            // Reading on after a park: the handler returns by its own end.
+            self.parked = false;
             return Ok(More::Eof);
         }
         loop {
             match self.rbuf.fill_more(TryRead(self.conn.stream()), limit) {
                 Ok(0) => {
                     self.eof = true;
+                    self.parked = false;
                     return Ok(More::Eof);
                 }
                 Ok(_) => {
+                    // Read on after `wait_for_data` said `false` and found
+                    // the request: no park (else the handler's return would
+                    // be taken for one, and the connection left open).
+                    self.parked = false;
                     self.timeouts.data_came(Instant::now);
                     return Ok(More::Came);
                 }
