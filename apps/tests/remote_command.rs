@@ -733,7 +733,9 @@ fn a_slow_reader_cannot_stretch_the_time_limit() {
     wait_until("the command to be killed and its connection closed", || running.handle.stats().completed == 1);
     let took = started.elapsed();
     eprintln!("time limit {limit:?}: the server was done after {took:?}");
-    assert!(took < limit + Duration::from_millis(750), "the limit of {limit:?} stretched to {took:?}");
+    // (Stretched, it would take the reader's 10 KB/s through 30 MB: an
+    // hour. The margin is for a loaded machine, not a tolerance.)
+    assert!(took < limit + Duration::from_secs(5), "the limit of {limit:?} stretched to {took:?}");
     assert_eq!(descendants_running(&["head", "-c", "30000000", "/dev/zero"]), 0);
     stop.send(()).unwrap();
     reader.join().unwrap();
