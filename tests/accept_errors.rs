@@ -16,7 +16,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use socketserver::{Event, StreamRequest, TcpServer, Threading};
+use socketserver::{Event, TcpServer, Threading};
 use util::*;
 
 const CHILD_ENV: &str = "SOCKETSERVER_TEST_EMFILE_CHILD";
@@ -54,19 +54,6 @@ fn run_child(strategy: &str) {
         "the child test ({strategy}) failed ({}):\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
         out.status
     );
-}
-
-/// Echoes lines until `quit`, waiting for each in the event style
-/// (`wait_for_data`: under `Event` a connection parks between lines).
-fn echo_parked_lines(req: &mut StreamRequest) -> io::Result<()> {
-    while req.wait_for_data()? {
-        let Some(line) = req.next_line()? else { break };
-        if line == "quit" {
-            break;
-        }
-        writeln!(req, "{line}")?;
-    }
-    Ok(())
 }
 
 /// Process CPU time so far (user + system).

@@ -12,6 +12,8 @@
 //! The cases run side by side on a few threads, each bounded in time: a
 //! case that hangs fails as hung instead of stalling the file.
 
+mod util;
+
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, UdpSocket};
@@ -27,6 +29,7 @@ use socketserver::{
     Address, AnyStrategy, Builder, DatagramRequest, Event, Forking, Handled, Server, ServerHandle, StreamRequest,
     StreamTransport, Synchronous, ThreadPool, Threading, Transport,
 };
+use util::echo_parked_lines;
 
 /// How long a client waits for an answer that must come.
 const ANSWER: Duration = Duration::from_secs(5);
@@ -205,19 +208,6 @@ impl<T: Transport + Send> AnyServer for Server<T, AnyStrategy> {
     }
 }
 
-/// Echoes lines until `quit` or the end; parks between requests under
-/// `Event`, waits there under the other strategies.
-fn echo_lines(req: &mut StreamRequest) -> io::Result<()> {
-    while req.wait_for_data()? {
-        let Some(line) = req.next_line()? else { break };
-        if line == "quit" {
-            break;
-        }
-        writeln!(req, "{line}")?;
-    }
-    Ok(())
-}
-
 fn echo_datagram(req: &mut DatagramRequest) -> io::Result<()> {
     req.reply(req.data())
 }
@@ -258,8 +248,8 @@ fn stream_builder<T: StreamTransport>(case: &Case, reported: &Reported) -> Build
 fn bind(case: &Case, dir: &Path, reported: &Reported) -> io::Result<Box<dyn AnyServer>> {
     let path = dir.join("server.sock");
     Ok(match case.net {
-        Net::Tcp => Box::new(stream_builder::<Tcp>(case, reported).bind("127.0.0.1:0", echo_lines)?),
-        Net::UnixStream => Box::new(stream_builder::<UnixStream>(case, reported).bind(&path, echo_lines)?),
+        Net::Tcp => Box::new(stream_builder::<Tcp>(case, reported).bind("127.0.0.1:0", echo_parked_lines)?),
+        Net::UnixStream => Box::new(stream_builder::<UnixStream>(case, reported).bind(&path, echo_parked_lines)?),
         Net::Udp => Box::new(common::<Udp>(case, reported).bind("127.0.0.1:0", echo_datagram)?),
         Net::UnixDatagram => Box::new(common::<UnixDatagram>(case, reported).bind(&path, echo_datagram)?),
     })

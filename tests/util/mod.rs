@@ -104,6 +104,20 @@ pub fn echo_lines(req: &mut StreamRequest) -> io::Result<()> {
     Ok(())
 }
 
+/// Echoes lines until `quit` or the end, waiting for each in the event
+/// style (`wait_for_data`: under `Event` a connection parks between lines,
+/// under the other strategies it waits there).
+pub fn echo_parked_lines(req: &mut StreamRequest) -> io::Result<()> {
+    while req.wait_for_data()? {
+        let Some(line) = req.next_line()? else { break };
+        if line == "quit" {
+            break;
+        }
+        writeln!(req, "{line}")?;
+    }
+    Ok(())
+}
+
 /// Sends each datagram back.
 pub fn echo_datagram(req: &mut DatagramRequest) -> io::Result<()> {
     req.reply(req.data())
