@@ -307,7 +307,7 @@ mod tests {
 }
 
 /// The transitions under every interleaving `loom` can find. Run with
-/// `RUSTFLAGS="--cfg loom" cargo test --lib --release loom`.
+/// `RUSTFLAGS="--cfg loom" cargo test -p socketserver --lib --release loom`.
 #[cfg(all(test, loom))]
 mod loom_models {
     use super::*;
