@@ -99,7 +99,7 @@ fn stream_sockets_handed_over_are_served_and_nothing_else_is_bound() {
 
     drop((first, second, unix));
     server.signal(libc::SIGTERM);
-    assert_eq!(server.exit_code(Duration::from_secs(5)), 0, "{}", server.stderr_text());
+    assert_eq!(server.exit_code(TIMEOUT), 0, "{}", server.stderr_text());
     assert!(path.exists(), "the server removed the socket file systemd bound");
 }
 
@@ -133,7 +133,7 @@ fn datagram_sockets_handed_over_are_served() {
     assert_eq!(tcp_ports, Vec::<u16>::new(), "the server bound TCP ports of its own");
     assert_eq!(udp_ports, vec![udp_addr.port()], "the server has UDP ports beyond the one handed over");
     server.signal(libc::SIGTERM);
-    assert_eq!(server.exit_code(Duration::from_secs(5)), 0, "{}", server.stderr_text());
+    assert_eq!(server.exit_code(TIMEOUT), 0, "{}", server.stderr_text());
 }
 
 /// A descriptor named `tcp.0` is the first `--tcp` flag's listener: with
@@ -155,7 +155,7 @@ fn a_flag_takes_the_descriptor_named_after_it() {
     assert_eq!(udp_ports, Vec::<u16>::new());
     drop(c);
     server.signal(libc::SIGTERM);
-    assert_eq!(server.exit_code(Duration::from_secs(5)), 0, "{}", server.stderr_text());
+    assert_eq!(server.exit_code(TIMEOUT), 0, "{}", server.stderr_text());
 }
 
 /// A Unix socket systemd hands over as a flag's listener (`--fdname=unix.0`
@@ -180,14 +180,14 @@ fn a_socket_file_systemd_hands_over_stays_across_a_restart_and_a_stop() {
     server.signal(libc::SIGHUP);
     let mut successor = Successor::new(server.handed_to(0));
     assert_eq!(server.listening_on("unix"), path.display().to_string());
-    assert_eq!(server.exit_code(Duration::from_secs(5)), 0, "{}", server.stderr_text());
+    assert_eq!(server.exit_code(TIMEOUT), 0, "{}", server.stderr_text());
     let mut c = UnixStream::connect(&path).expect("the successor serves the path");
     c.set_read_timeout(Some(TIMEOUT)).unwrap();
     assert_eq!(round_trip(&mut c, b"successor"), b"successor");
     drop(c);
 
     successor.signal(libc::SIGTERM);
-    assert_eq!(successor.exit_code(Duration::from_secs(5)), 0, "{}", server.stderr_text());
+    assert_eq!(successor.exit_code(TIMEOUT), 0, "{}", server.stderr_text());
     assert!(path.exists(), "systemd's socket file was removed");
 }
 
@@ -285,7 +285,7 @@ fn ready_when_listening_and_stopping_on_sigterm() {
 
         server.signal(libc::SIGTERM);
         assert_eq!(notification(&manager).as_deref(), Some("STOPPING=1"), "{name}: {}", server.stderr_text());
-        assert_eq!(server.exit_code(Duration::from_secs(5)), 0, "{name}: {}", server.stderr_text());
+        assert_eq!(server.exit_code(TIMEOUT), 0, "{name}: {}", server.stderr_text());
         manager.set_nonblocking(true).unwrap();
         let mut buf = [0u8; 64];
         assert!(manager.recv(&mut buf).is_err(), "{name}: more than READY=1 and STOPPING=1 was sent");
@@ -307,6 +307,6 @@ fn stopping_is_said_even_for_a_sigterm_right_after_ready() {
         assert_eq!(notification(&manager).as_deref(), Some("READY=1"), "{}", server.stderr_text());
         server.signal(libc::SIGTERM);
         assert_eq!(notification(&manager).as_deref(), Some("STOPPING=1"), "{}", server.stderr_text());
-        assert_eq!(server.exit_code(Duration::from_secs(5)), 0, "{}", server.stderr_text());
+        assert_eq!(server.exit_code(TIMEOUT), 0, "{}", server.stderr_text());
     }
 }

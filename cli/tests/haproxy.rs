@@ -359,12 +359,22 @@ fn a_rolling_restart_behind_haproxy_drops_nothing() {
         let (stop, tally) = (Arc::clone(&stop), Arc::clone(&tally));
         clients.push(std::thread::spawn(move || per_request_client(id, front, &stop, &tally)));
     }
-    std::thread::sleep(Duration::from_millis(700));
+    // Load before, between and after the restarts: 150 more echoes each
+    // time (counted, not waited for by the clock), and each instance has
+    // served before its restart and its successor after it.
+    let more_echoes = |what: &str| {
+        let from = tally.echoes.load(SeqCst);
+        util::eventually(&format!("150 echoes {what}"), || {
+            tally.echoes.load(SeqCst) >= from + 150 || !tally.failures.lock().unwrap().is_empty()
+        });
+    };
+    more_echoes("before the restarts");
     let mut before = Vec::new();
     for instance in &mut instances {
-        before.push(instance.completed());
+        before.push(util::eventually_value("a request served", || instance.completed(), |&n| n > 0));
         instance.restart();
-        std::thread::sleep(Duration::from_millis(700));
+        util::eventually_value("a request served by the successor", || instance.completed(), |&n| n > 0);
+        more_echoes("after a restart");
     }
     let after: Vec<u64> = instances.iter().map(Instance::completed).collect();
     stop.store(true, SeqCst);

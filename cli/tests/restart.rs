@@ -156,7 +156,7 @@ fn sighup_hands_over_under_load_without_a_failure_and_again_from_the_successor()
     old.signal(libc::SIGHUP);
     let mut first = Successor::new(old.handed_to(0));
     assert_eq!(old.listening_on("tcp"), addr.to_string(), "the successor serves the same port");
-    assert_eq!(old.exit_code(Duration::from_secs(5)), 0, "{}", old.stderr_text());
+    assert_eq!(old.exit_code(TIMEOUT), 0, "{}", old.stderr_text());
     load.wait_for(100);
     assert!(alive(first.pid), "the successor is gone");
     assert_eq!(bound_ports(first.pid).0, vec![addr.port()], "the successor does not listen on the port");
@@ -164,7 +164,7 @@ fn sighup_hands_over_under_load_without_a_failure_and_again_from_the_successor()
     first.signal(libc::SIGHUP);
     let mut second = Successor::new(old.handed_to(1));
     assert_eq!(old.listening_on("tcp"), addr.to_string());
-    assert_eq!(first.exit_code(Duration::from_secs(5)), 0, "{}", old.stderr_text());
+    assert_eq!(first.exit_code(TIMEOUT), 0, "{}", old.stderr_text());
     load.wait_for(100);
     assert!(alive(second.pid));
 
@@ -172,7 +172,7 @@ fn sighup_hands_over_under_load_without_a_failure_and_again_from_the_successor()
     assert!(failures.is_empty(), "clients failed across the restarts: {failures:?}");
     eprintln!("{answered} requests answered across two restarts, none failed");
     second.signal(libc::SIGTERM);
-    assert_eq!(second.exit_code(Duration::from_secs(5)), 0, "{}", old.stderr_text());
+    assert_eq!(second.exit_code(TIMEOUT), 0, "{}", old.stderr_text());
 }
 
 /// SIGHUP sent the moment the `listening` line is read restarts the
@@ -187,9 +187,9 @@ fn a_sighup_as_soon_as_the_server_listens_restarts_it() {
         old.signal(libc::SIGHUP);
         let mut successor = Successor::new(old.handed_to(0));
         assert_eq!(old.listening_on("tcp"), addr);
-        assert_eq!(old.exit_code(Duration::from_secs(5)), 0, "{}", old.stderr_text());
+        assert_eq!(old.exit_code(TIMEOUT), 0, "{}", old.stderr_text());
         successor.signal(libc::SIGTERM);
-        assert_eq!(successor.exit_code(Duration::from_secs(5)), 0, "{}", old.stderr_text());
+        assert_eq!(successor.exit_code(TIMEOUT), 0, "{}", old.stderr_text());
     }
 }
 
@@ -244,10 +244,10 @@ fn the_old_process_answers_what_is_in_flight_and_closes_idle_connections_cleanly
     writer.join().unwrap();
     let back = echoed.join().unwrap().expect("the stream ends cleanly");
     assert!(back == data, "the stream came back cut or changed ({} of {} bytes)", back.len(), data.len());
-    assert_eq!(old.exit_code(Duration::from_secs(5)), 0, "{}", old.stderr_text());
+    assert_eq!(old.exit_code(TIMEOUT), 0, "{}", old.stderr_text());
 
     successor.signal(libc::SIGTERM);
-    assert_eq!(successor.exit_code(Duration::from_secs(5)), 0, "{}", old.stderr_text());
+    assert_eq!(successor.exit_code(TIMEOUT), 0, "{}", old.stderr_text());
 }
 
 /// Unix stream and datagram sockets are handed over with their files: the
@@ -279,7 +279,7 @@ fn unix_socket_files_survive_hand_offs_and_go_with_the_last_process() {
     old.signal(libc::SIGHUP);
     let mut first = Successor::new(old.handed_to(0));
     assert_eq!(old.listening(2), lines);
-    assert_eq!(old.exit_code(Duration::from_secs(5)), 0, "{}", old.stderr_text());
+    assert_eq!(old.exit_code(TIMEOUT), 0, "{}", old.stderr_text());
     let mut rest = Vec::new();
     assert_eq!(before.read_to_end(&mut rest).map(|_| rest.len()).ok(), Some(0), "not a clean end");
     assert!(stream.exists() && dgram.exists(), "the old process removed a socket file it handed over");
@@ -287,7 +287,7 @@ fn unix_socket_files_survive_hand_offs_and_go_with_the_last_process() {
     first.signal(libc::SIGHUP);
     let mut second = Successor::new(old.handed_to(1));
     assert_eq!(old.listening(2), lines);
-    assert_eq!(first.exit_code(Duration::from_secs(5)), 0, "{}", old.stderr_text());
+    assert_eq!(first.exit_code(TIMEOUT), 0, "{}", old.stderr_text());
     assert!(stream.exists() && dgram.exists(), "the first successor removed a socket file it handed over");
     let mut after = UnixStream::connect(&stream).expect("the second successor serves the path");
     after.set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -296,7 +296,7 @@ fn unix_socket_files_survive_hand_offs_and_go_with_the_last_process() {
     dgram_round_trip(b"after");
 
     second.signal(libc::SIGTERM);
-    assert_eq!(second.exit_code(Duration::from_secs(5)), 0, "{}", old.stderr_text());
+    assert_eq!(second.exit_code(TIMEOUT), 0, "{}", old.stderr_text());
     assert!(!stream.exists(), "the last process left the stream socket file behind");
     assert!(!dgram.exists(), "the last process left the datagram socket file behind");
 }
@@ -357,13 +357,13 @@ fn a_failed_successor_leaves_the_old_process_serving_and_the_next_binary_takes_o
     let running = std::fs::read_link(format!("/proc/{}/exe", successor.pid)).unwrap();
     assert_eq!(running, exe, "the successor is not the binary now at the path");
     assert_eq!(old.listening_on("tcp"), addr.to_string());
-    assert_eq!(old.exit_code(Duration::from_secs(5)), 0, "{}", old.stderr_text());
+    assert_eq!(old.exit_code(TIMEOUT), 0, "{}", old.stderr_text());
     let mut after = connect(addr);
     assert_eq!(round_trip(&mut after, b"upgraded"), b"upgraded");
     drop(after);
 
     successor.signal(libc::SIGTERM);
-    assert_eq!(successor.exit_code(Duration::from_secs(5)), 0, "{}", old.stderr_text());
+    assert_eq!(successor.exit_code(TIMEOUT), 0, "{}", old.stderr_text());
 }
 
 /// A successor that never says it serves (`exec sleep 30`), with
@@ -391,7 +391,7 @@ fn a_hung_successor_is_killed_after_the_restart_timeout() {
     drop(c);
 
     old.signal(libc::SIGTERM);
-    assert_eq!(old.exit_code(Duration::from_secs(5)), 0, "{}", old.stderr_text());
+    assert_eq!(old.exit_code(TIMEOUT), 0, "{}", old.stderr_text());
 }
 
 /// UDP clients keep sending across a hand-off: every datagram is answered
@@ -408,14 +408,14 @@ fn udp_is_answered_across_a_hand_off() {
     old.signal(libc::SIGHUP);
     let mut successor = Successor::new(old.handed_to(0));
     assert_eq!(old.listening_on("udp"), addr.to_string());
-    assert_eq!(old.exit_code(Duration::from_secs(5)), 0, "{}", old.stderr_text());
+    assert_eq!(old.exit_code(TIMEOUT), 0, "{}", old.stderr_text());
     load.wait_for(100);
     let (answered, failures) = load.stop();
     assert!(failures.is_empty(), "datagrams lost across the restart: {failures:?}");
     eprintln!("{answered} datagrams answered across the restart");
 
     successor.signal(libc::SIGTERM);
-    assert_eq!(successor.exit_code(Duration::from_secs(5)), 0, "{}", old.stderr_text());
+    assert_eq!(successor.exit_code(TIMEOUT), 0, "{}", old.stderr_text());
 }
 
 /// Under a service manager (`NOTIFY_SOCKET`): the successor says READY=1,
@@ -446,12 +446,12 @@ fn the_service_manager_is_told_the_new_main_pid() {
     assert_eq!(next(), "READY=1", "the successor's");
     let mut successor = Successor::new(old.handed_to(0));
     assert_eq!(next(), format!("MAINPID={}", successor.pid));
-    assert_eq!(old.exit_code(Duration::from_secs(5)), 0, "{}", old.stderr_text());
+    assert_eq!(old.exit_code(TIMEOUT), 0, "{}", old.stderr_text());
     manager.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     assert_eq!(next(), "nothing", "the old process said more");
 
     manager.set_read_timeout(Some(TIMEOUT)).unwrap();
     successor.signal(libc::SIGTERM);
     assert_eq!(next(), "STOPPING=1", "{}", old.stderr_text());
-    assert_eq!(successor.exit_code(Duration::from_secs(5)), 0, "{}", old.stderr_text());
+    assert_eq!(successor.exit_code(TIMEOUT), 0, "{}", old.stderr_text());
 }

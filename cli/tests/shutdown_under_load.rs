@@ -16,7 +16,7 @@ const CLIENTS: usize = 8;
 
 #[test]
 fn sigint_under_load_answers_every_accepted_request_and_refuses_newcomers() {
-    let mut server = Server::start(&["echo", "--tcp", "127.0.0.1:0", "--grace", "10", "--log-level", "info"]);
+    let mut server = Server::start(&["echo", "--tcp", "127.0.0.1:0", "--grace", "30", "--log-level", "info"]);
     let addr = server.addr;
     let written = Arc::new(Barrier::new(CLIENTS + 1));
     let clients: Vec<_> = (0..CLIENTS)
@@ -70,7 +70,8 @@ fn sigint_under_load_answers_every_accepted_request_and_refuses_newcomers() {
         assert_eq!(sent, answered, "requests sent vs answered");
         total += sent;
     }
-    // Nothing is left in flight: the process is gone long before the 10 s grace.
+    // Nothing is left in flight: the process is gone long before the 30 s
+    // grace (the bound: 10 times shorter; the real figure is milliseconds).
     let (code, after) = server.wait_exit(Duration::from_secs(3));
     assert_eq!(code, 0);
     eprintln!("{total} requests sent, {total} answered; exited {after:?} after the last client saw its end of stream");
@@ -89,6 +90,8 @@ fn a_request_in_flight_for_ever_does_not_stop_the_exit_at_the_deadline() {
     stuck.write_all(b"%Y-%m").unwrap();
     let start = Instant::now();
     server.signal(libc::SIGTERM);
+    // The bound is the behaviour: 10 times the grace; the wrong outcome
+    // (waiting for the request) never ends.
     let (code, _) = server.wait_exit(Duration::from_secs(5));
     let took = start.elapsed();
     assert_eq!(code, 0);
@@ -107,7 +110,8 @@ fn with_nothing_in_flight_the_process_is_gone_at_once() {
     server.signal(libc::SIGINT);
     // Not the grace period: with nothing in flight there is nothing to wait
     // for. (The < 10 ms target is measured in BENCHMARKS.md, not here.)
-    let (code, _) = server.wait_exit(Duration::from_secs(20));
+    // The bound: 12 times shorter than the grace, 500 times the real figure.
+    let (code, _) = server.wait_exit(Duration::from_secs(5));
     assert_eq!(code, 0);
     eprintln!("exited {:?} after SIGINT with nothing in flight", start.elapsed());
 }
