@@ -351,3 +351,23 @@ fn strftime_under_event_parks_idle_connections_and_keeps_its_limits() {
     assert_eq!(running.handle.stats().handler_errors, 0);
     running.stop().unwrap();
 }
+
+/// The README's first command, `cargo run --release -- echo`, names no
+/// binary: the workspace's default members must have exactly one (the
+/// command's). With the apps' programs as binaries it was "could not
+/// determine which binary to run". (Asked for `--version` in the test's own
+/// profile: nothing to build that `cargo test` has not built.)
+#[test]
+fn the_readmes_cargo_run_needs_no_bin() {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap().to_path_buf();
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo.args(["run", "--quiet"]);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cargo.arg("--release");
+    }
+    let out = cargo.args(["--", "--version"]).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "cargo run -- --version failed: {stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("socketserver"), "{stderr}");
+}

@@ -3,10 +3,10 @@
 //! TCP chat room that sends each line to every other member.
 //!
 //! ```text
-//! cargo run -p socketserver-apps --bin chat -- udp-server [ADDR]          # udp 127.0.0.1:9003
-//! cargo run -p socketserver-apps --bin chat -- udp-client ADDR NAME       # then: @bob hello
-//! cargo run -p socketserver-apps --bin chat -- tcp-server [ADDR]          # tcp 127.0.0.1:9004
-//! cargo run -p socketserver-apps --bin chat -- tcp-client ADDR            # every line goes to the room
+//! cargo run -p socketserver-apps --example chat -- udp-server [ADDR]          # udp 127.0.0.1:9003
+//! cargo run -p socketserver-apps --example chat -- udp-client ADDR NAME       # then: @bob hello
+//! cargo run -p socketserver-apps --example chat -- tcp-server [ADDR]          # tcp 127.0.0.1:9004
+//! cargo run -p socketserver-apps --example chat -- tcp-client ADDR            # every line goes to the room
 //! ```
 //!
 //! `--strategy` after a server's address chooses how it is served, as

@@ -4,10 +4,10 @@
 //! receives, and names that cannot leave the served folder.
 //!
 //! ```text
-//! cargo run -p socketserver-apps --bin file_transfer -- server --dir /srv/files            # 127.0.0.1:9002
-//! cargo run -p socketserver-apps --bin file_transfer -- client upload ./photo.jpg --name holiday.jpg
-//! cargo run -p socketserver-apps --bin file_transfer -- client download holiday.jpg --out /tmp/h.jpg
-//! cargo run -p socketserver-apps --bin file_transfer -- client --addr 127.0.0.1:9002 list
+//! cargo run -p socketserver-apps --example file_transfer -- server --dir /srv/files            # 127.0.0.1:9002
+//! cargo run -p socketserver-apps --example file_transfer -- client upload ./photo.jpg --name holiday.jpg
+//! cargo run -p socketserver-apps --example file_transfer -- client download holiday.jpg --out /tmp/h.jpg
+//! cargo run -p socketserver-apps --example file_transfer -- client --addr 127.0.0.1:9002 list
 //! ```
 //!
 //! Server options: `--dir DIR` (required), `--addr ADDR` (default

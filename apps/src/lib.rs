@@ -5,12 +5,12 @@
 //! [`args::main`]:
 //!
 //! * [`remote_command`]: runs allowed programs for clients, output framed
-//!   with a length prefix (`cargo run -p socketserver-apps --bin
+//!   with a length prefix (`cargo run -p socketserver-apps --example
 //!   remote_command -- server --allow ls`);
 //! * [`file_transfer`]: uploads and downloads with a header, progress and
-//!   SHA-256 verification (`--bin file_transfer -- server --dir DIR`);
+//!   SHA-256 verification (`--example file_transfer -- server --dir DIR`);
 //! * [`chat`]: a UDP relay between named peers and a TCP chat room
-//!   (`--bin chat -- udp-server` or `tcp-server`).
+//!   (`--example chat -- udp-server` or `tcp-server`).
 //!
 //! [`args`] is what their command lines share: the address, `--strategy`
 //! as [`socketserver::AnyStrategy`] reads it, and `main`'s exit codes.

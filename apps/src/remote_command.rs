@@ -6,9 +6,9 @@
 //! every command has a time limit.
 //!
 //! ```text
-//! cargo run -p socketserver-apps --bin remote_command -- server --allow ls --allow echo --allow uptime
-//! cargo run -p socketserver-apps --bin remote_command -- client ls -l /tmp          # one command
-//! cargo run -p socketserver-apps --bin remote_command -- client --addr 127.0.0.1:9001  # interactive
+//! cargo run -p socketserver-apps --example remote_command -- server --allow ls --allow echo --allow uptime
+//! cargo run -p socketserver-apps --example remote_command -- client ls -l /tmp          # one command
+//! cargo run -p socketserver-apps --example remote_command -- client --addr 127.0.0.1:9001  # interactive
 //! ```
 //!
 //! # What an allowlist does not do
