@@ -16,7 +16,8 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use load::{Mode, Spec};
-use spawn::{Spawned, StrategyChoice, Workload};
+pub use spawn::{Bench, Workload, parse_ms};
+use spawn::{Spawned, StrategyChoice};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ModeArg {
