@@ -13,9 +13,11 @@
 # `taskset -c 1`, one generator thread) and unpinned; ROUNDS rounds, the
 # contenders taking turns within each round; the table shows each column's
 # median over the rounds. Raw lines (one JSON object a run) go to
-# benches/results/issue20/mixed-DATE.jsonl, the table to stdout.
+# benches/results/issue20/mixed-DATE.jsonl, the table to stdout (TABLE=FILE:
+# only the table of raw lines already taken). "asleep at once" is the slow
+# requests' rate times D: the handlers blocked at once.
 #
-#   benches/mixed.sh                     # the full grid (about 13 minutes)
+#   benches/mixed.sh                     # the full grid (about 11 minutes)
 #   QUICK=1 benches/mixed.sh             # F=10 %, D=5 ms only, 1 round, 2 s
 #   CELLS="10:5" ROUNDS=3 benches/mixed.sh
 #
@@ -39,6 +41,7 @@ CONNS=${CONNS:-256}
 DURATION=${DURATION:-3}
 WARMUP=${WARMUP:-0.5}
 mkdir -p benches/results/issue20
+[[ -n ${TABLE:-} ]] && OUT=$TABLE CELLS= ROUNDS=0
 OUT=${OUT:-benches/results/issue20/mixed-$(date -u +%Y%m%dT%H%M%SZ).jsonl}
 
 target=${CARGO_TARGET_DIR:-target}
@@ -121,20 +124,19 @@ for r in runs:
     cells[(r["f_pct"], r["d_ms"], r["pinning"], r["server"])].append(r)
 med = lambda rs, f: statistics.median(f(r) for r in rs)
 ms = lambda us: f"{us / 1000:.2f}"
+# Handlers asleep at once: the slow requests' rate times D.
+asleep = lambda r: r["slow"]["requests"] * r["requests_per_sec"] / max(r["requests"], 1) * r["d_ms"] / 1000
 print(f"{sys.argv[2]} connections, 64 B, medians of {max(r['round'] for r in runs)} rounds\n")
-print("| f | D | pinning | server | req/s | fast p50 ms | fast p99 ms | fast p99.9 ms | slow p99 ms | threads (max) | blocked at once | CPU µs/req | errors |")
+print("| f | D | pinning | server | req/s | fast p50 ms | fast p99 ms | fast p99.9 ms | slow p99 ms "
+      "| threads (max) | asleep at once | CPU µs/req | errors |")
 print("|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
-order = []
-for r in runs:
-    k = (r["f_pct"], r["d_ms"], r["pinning"], r["server"])
-    if k not in order:
-        order.append(k)
+order = list(dict.fromkeys((r["f_pct"], r["d_ms"], r["pinning"], r["server"]) for r in runs))
 order.sort(key=lambda k: (k[0] != 10 or k[1] != 5, k[0], k[1], k[2] != "pinned"))
 for k in order:
     rs = cells[k]
-    print(f"| {k[0]} % | {k[1]:g} ms | {k[2]} | {k[3]} | {med(rs, lambda r: r['requests_per_sec']):,.0f} | "
-          f"{ms(med(rs, lambda r: r['p50_us']))} | {ms(med(rs, lambda r: r['p99_us']))} | {ms(med(rs, lambda r: r['p999_us']))} | "
-          f"{ms(med(rs, lambda r: r['slow']['p99_us']))} | {med(rs, lambda r: r.get('server_threads_max') or 0):.0f} | "
-          f"{med(rs, lambda r: r['slow']['in_flight']):.0f} | {med(rs, lambda r: r.get('server_cpu_us_per_request') or 0):.1f} | "
-          f"{sum(r['errors'] for r in rs)} |")
+    print(f"| {k[0]} % | {k[1]:g} ms | {k[2]} | {k[3]} | {med(rs, lambda r: r['requests_per_sec']):,.0f} "
+          f"| {ms(med(rs, lambda r: r['p50_us']))} | {ms(med(rs, lambda r: r['p99_us']))} "
+          f"| {ms(med(rs, lambda r: r['p999_us']))} | {ms(med(rs, lambda r: r['slow']['p99_us']))} "
+          f"| {med(rs, lambda r: r.get('server_threads_max') or 0):.0f} | {med(rs, asleep):.0f} "
+          f"| {med(rs, lambda r: r.get('server_cpu_us_per_request') or 0):.1f} | {sum(r['errors'] for r in rs)} |")
 EOF
