@@ -515,3 +515,24 @@ fn raise_fd_limit() {
         log::warn!("cannot raise the open-file limit: {e}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Watching this process: its threads (the most seen) and its CPU over
+    /// the window; without a pid, nothing.
+    #[test]
+    fn a_watched_server_reports_its_threads_and_cpu() {
+        let watch = ServerWatch::new(Some(std::process::id()), Duration::ZERO);
+        let before = idle::status(Some(std::process::id())).threads.unwrap();
+        std::thread::scope(|s| {
+            let _busy: Vec<_> = (0..3).map(|_| s.spawn(|| std::thread::sleep(Duration::from_millis(100)))).collect();
+            watch.sample();
+        });
+        let (threads, cpu) = watch.finish(Duration::from_millis(100));
+        assert!(threads.unwrap() >= before + 3, "{threads:?} threads, {before} before");
+        assert!(cpu.is_some());
+        assert_eq!(ServerWatch::new(None, Duration::ZERO).finish(Duration::from_secs(1)), (None, None));
+    }
+}
