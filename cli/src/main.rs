@@ -25,7 +25,7 @@ struct Cli {
 enum Command {
     /// Echo server: every byte (TCP, Unix) or datagram (UDP, Unix-datagram)
     /// comes back unchanged. Default: TCP and UDP on 127.0.0.1:9999.
-    Echo(serve::ServeArgs),
+    Echo(serve::EchoArgs),
     /// Time server: each request is a strftime format, the reply the local
     /// time rendered with it (empty request: "%Y-%m-%d %X"). Default: TCP
     /// and UDP on 127.0.0.1:9000.
@@ -41,7 +41,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let options = match &cli.command {
-        Command::Echo(args) => Some(("echo", &args.options)),
+        Command::Echo(args) => Some(("echo", &args.serve.options)),
         Command::Time(args) => Some(("time", &args.serve.options)),
         _ => None,
     };
@@ -58,7 +58,7 @@ fn main() -> ExitCode {
         }
     }
     let result = match cli.command {
-        Command::Echo(args) => serve::run(serve::Bundled::Echo, args),
+        Command::Echo(args) => serve::run(args.bundled(), args.serve),
         Command::Time(args) => serve::run(serve::Bundled::Time(args.request_timeout), args.serve),
         Command::Client(args) => client::run(args),
         Command::Bench(args) => bench::run(args),

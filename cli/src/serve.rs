@@ -25,6 +25,9 @@ use crate::restart::SocketFile;
 #[derive(Clone, Copy, Debug)]
 pub enum Bundled {
     Echo,
+    /// The echo server, but a request whose first byte is `S` sleeps this
+    /// long first (`--bench-sleep-slow`).
+    MixedEcho(Duration),
     /// With the time a stream client has to send one whole request line.
     Time(Duration),
 }
@@ -32,9 +35,26 @@ pub enum Bundled {
 impl Bundled {
     fn default_port(self) -> u16 {
         match self {
-            Bundled::Echo => 9999,
+            Bundled::Echo | Bundled::MixedEcho(_) => 9999,
             Bundled::Time(_) => 9000,
         }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct EchoArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// For benchmarks (`bench tcp-mixed`): a request whose first byte is
+    /// `S` sleeps MS milliseconds before its echo, standing for a blocking
+    /// call (a database, a disk) in a handler.
+    #[arg(long, value_name = "MS", hide = true, value_parser = crate::bench::parse_ms)]
+    pub bench_sleep_slow: Option<Duration>,
+}
+
+impl EchoArgs {
+    pub fn bundled(&self) -> Bundled {
+        self.bench_sleep_slow.map_or(Bundled::Echo, Bundled::MixedEcho)
     }
 }
 
@@ -498,6 +518,10 @@ pub fn run(which: Bundled, mut args: ServeArgs) -> io::Result<()> {
     }
     let servers = match which {
         Bundled::Echo => bind_all(Echo, &args.listeners, &args.options, inherited)?,
+        Bundled::MixedEcho(sleep) => {
+            let handler = crate::bench::Bench(crate::bench::Workload::Mixed(sleep));
+            bind_all(handler, &args.listeners, &args.options, inherited)?
+        }
         Bundled::Time(limit) => {
             let handler = Strftime::new().request_timeout(Some(limit).filter(|t| !t.is_zero()));
             bind_all(handler, &args.listeners, &args.options, inherited)?

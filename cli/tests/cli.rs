@@ -543,6 +543,22 @@ fn echo_tcp_returns_8_mib_written_while_reading() {
     big_echo(s.try_clone().unwrap(), s);
 }
 
+/// `--bench-sleep-slow MS` (for `bench tcp-mixed`): a request whose first
+/// byte is `S` is echoed after MS, the others at once.
+#[test]
+fn echo_bench_sleep_slow_sleeps_on_s_requests_only() {
+    let mut server = Server::start(&["echo", "--tcp", "127.0.0.1:0", "--bench-sleep-slow", "200"]);
+    let mut s = tcp_connect(server.tcp());
+    let started = Instant::now();
+    assert_eq!(round_trip(&mut s, b"Slow"), b"Slow");
+    assert!(started.elapsed() >= Duration::from_millis(200), "{:?}", started.elapsed());
+    let started = Instant::now();
+    assert_eq!(round_trip(&mut s, b"fast"), b"fast");
+    assert!(started.elapsed() < Duration::from_millis(200), "{:?}", started.elapsed());
+    drop(s);
+    server.stop_cleanly(libc::SIGTERM, TIMEOUT);
+}
+
 /// Whoever started the server stopped reading its stdout before the
 /// `listening` lines were written (a closed pipe: `... | head -1`, or a
 /// script that reads one line of several): the server warns on stderr and

@@ -67,7 +67,7 @@ pub fn parse_status(text: &str) -> Status {
     s
 }
 
-fn status(pid: Option<u32>) -> Status {
+pub fn status(pid: Option<u32>) -> Status {
     pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
         .map_or_else(Status::default, |t| parse_status(&t))
 }

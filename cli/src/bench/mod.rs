@@ -16,12 +16,19 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use load::{Mode, Spec};
-use spawn::{Spawned, StrategyChoice, Workload};
+pub use spawn::{Bench, Workload, parse_ms};
+use spawn::{Spawned, StrategyChoice};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ModeArg {
     /// N long-lived connections, each a closed loop: write B bytes, read them back.
     TcpEcho,
+    /// tcp-echo with slow requests (every --slow-every'th, default 10: 10 %)
+    /// against a server that blocks on them (`socketserver echo
+    /// --bench-sleep-slow MS`, a `mixed:MS` workload), fast and slow
+    /// reported apart; with --server-pid, the server's threads (most seen)
+    /// and CPU per request.
+    TcpMixed,
     /// N long-lived connections, each a closed loop: write a line of B
     /// bytes (its last `\n`), read one line back — a line-protocol server
     /// such as the README's first example.
@@ -77,15 +84,17 @@ pub struct BenchArgs {
     /// sleep only for the requests --slow-every makes slow).
     #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "echo")]
     workloads: Vec<Workload>,
-    /// tcp-echo: every Nth request of each client is a slow one (first
-    /// byte `S`; a `mixed:MS` handler sleeps on it), reported apart: the
-    /// latency columns are the fast requests'.
-    #[arg(long, value_name = "N", default_value = "0")]
-    slow_every: u64,
+    /// tcp-echo, tcp-mixed: every Nth request of each client is a slow one
+    /// (first byte `S`; a `mixed:MS` handler sleeps on it), reported apart:
+    /// the latency columns are the fast requests'. Default: none, for
+    /// tcp-mixed 10 (10 %).
+    #[arg(long, value_name = "N")]
+    slow_every: Option<u64>,
     /// A name for the server in the output (with --addr).
     #[arg(long, value_name = "NAME")]
     label: Option<String>,
-    /// With --addr: the server's pid, to report its CPU time.
+    /// With --addr: the server's pid, to report its CPU time (in all, and
+    /// per request) and its threads (the most seen).
     #[arg(long, value_name = "PID")]
     server_pid: Option<u32>,
     /// tcp-idle: connects in flight at once.
@@ -140,6 +149,12 @@ pub struct Row {
     pub unserved: u64,
     pub generator_cpu_pct: f64,
     pub server_cpu_pct: Option<f64>,
+    /// With --server-pid: the server's CPU time per request, measured window only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_request: Option<f64>,
+    /// With --server-pid: the most threads the server had (sampled every 100 ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_threads_max: Option<u64>,
 }
 
 /// The slow requests of a mixed load.
@@ -148,11 +163,15 @@ pub struct SlowRow {
     pub requests: u64,
     pub p50_us: f64,
     pub p99_us: f64,
+    /// Slow requests under way at once, on average (Little's law: their
+    /// rate times their mean latency): the handlers blocked at once.
+    pub in_flight: f64,
 }
 
 fn mode_name(m: ModeArg) -> &'static str {
     match m {
         ModeArg::TcpEcho => "tcp-echo",
+        ModeArg::TcpMixed => "tcp-mixed",
         ModeArg::TcpLine => "tcp-line",
         ModeArg::TcpConnect => "tcp-connect",
         ModeArg::UdpEcho => "udp-echo",
@@ -166,7 +185,7 @@ pub fn run(args: BenchArgs) -> io::Result<()> {
     }
     raise_fd_limit();
     let mode = match args.mode {
-        ModeArg::TcpEcho => Mode::TcpEcho,
+        ModeArg::TcpEcho | ModeArg::TcpMixed => Mode::TcpEcho,
         ModeArg::TcpLine => Mode::TcpLine,
         ModeArg::TcpConnect => Mode::TcpConnect,
         ModeArg::UdpEcho => Mode::UdpEcho,
@@ -174,6 +193,7 @@ pub fn run(args: BenchArgs) -> io::Result<()> {
     };
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let threads = args.threads.unwrap_or(cpus).max(1);
+    let slow_every = args.slow_every.unwrap_or(if args.mode == ModeArg::TcpMixed { 10 } else { 0 });
     let mut rows = Vec::new();
     let mut cells: Vec<(String, Workload, Option<StrategyChoice>)> = Vec::new();
     if args.spawn {
@@ -205,23 +225,31 @@ pub fn run(args: BenchArgs) -> io::Result<()> {
                 duration: args.duration,
                 threads,
                 timeout: args.timeout,
-                slow_every: args.slow_every,
+                slow_every,
             };
             let what = format!("{} {label} {workload} c={connections}", mode_name(args.mode));
             let server_cpu_before = args.server_pid.map(load::process_cpu);
-            let outcome = with_progress(&what, &spec, |tick| load::run(&spec, tick))?;
+            let watch = ServerWatch::new(args.server_pid, spec.warmup);
+            let outcome = with_progress(&what, &spec, |tick| {
+                load::run(&spec, &|n| {
+                    watch.sample();
+                    tick(n)
+                })
+            })?;
             let server_cpu = args.server_pid.zip(server_cpu_before).map(|(pid, before)| {
                 let used = load::process_cpu(pid).saturating_sub(before);
                 100.0 * used.as_secs_f64() / (spec.warmup + spec.duration).as_secs_f64()
             });
+            let (server_threads_max, server_cpu_measured) = watch.finish(spec.duration);
             drop(spawned);
             let secs = outcome.elapsed.as_secs_f64();
             let q = |p: f64| outcome.latency.value_at_quantile(p) as f64 / 1000.0;
             let slow = &outcome.latency_slow;
-            let slow = (args.slow_every > 0).then(|| SlowRow {
+            let slow = (slow_every > 0).then(|| SlowRow {
                 requests: slow.len(),
                 p50_us: slow.value_at_quantile(0.5) as f64 / 1000.0,
                 p99_us: slow.value_at_quantile(0.99) as f64 / 1000.0,
+                in_flight: slow.len() as f64 * slow.mean() / 1e9 / secs,
             });
             rows.push(Row {
                 mode: mode_name(args.mode),
@@ -241,6 +269,9 @@ pub fn run(args: BenchArgs) -> io::Result<()> {
                 generator_cpu_pct: 100.0 * outcome.generator_cpu.as_secs_f64()
                     / (spec.warmup + spec.duration).as_secs_f64(),
                 server_cpu_pct: server_cpu,
+                server_cpu_us_per_request: server_cpu_measured
+                    .map(|cpu| cpu.as_secs_f64() * 1e6 / outcome.requests.max(1) as f64),
+                server_threads_max,
             });
         }
     }
@@ -418,12 +449,63 @@ fn print_table(out: &mut impl Write, rows: &[Row]) -> io::Result<()> {
         if let Some(slow) = &r.slow {
             writeln!(
                 out,
-                "{} {} c={}: the latency columns are the fast requests'; {} slow requests, p50 {:.1} µs, p99 {:.1} µs",
-                r.server, r.workload, r.connections, slow.requests, slow.p50_us, slow.p99_us
+                "{} {} c={}: the latency columns are the fast requests'; {} slow requests, p50 {:.1} µs, p99 {:.1} µs, {:.1} under way at once",
+                r.server, r.workload, r.connections, slow.requests, slow.p50_us, slow.p99_us, slow.in_flight
+            )?;
+        }
+        if let (Some(threads), Some(cpu)) = (r.server_threads_max, r.server_cpu_us_per_request) {
+            writeln!(
+                out,
+                "{} c={}: server threads at most {threads}, CPU {cpu:.2} µs per request",
+                r.server, r.connections
             )?;
         }
     }
     Ok(())
+}
+
+/// A server process watched during a run: its threads (the most seen) and
+/// its CPU time over the measured window (from the first sample after the
+/// warm-up to the end).
+struct ServerWatch {
+    pid: Option<u32>,
+    measure_from: std::time::Instant,
+    state: std::sync::Mutex<Watched>,
+}
+
+/// The most threads seen; when the window began, and the CPU time then.
+type Watched = (Option<u64>, Option<(std::time::Instant, Duration)>);
+
+impl ServerWatch {
+    fn new(pid: Option<u32>, warmup: Duration) -> ServerWatch {
+        let watch = ServerWatch { pid, measure_from: std::time::Instant::now() + warmup, state: Default::default() };
+        watch.sample();
+        watch
+    }
+
+    fn sample(&self) {
+        let Some(pid) = self.pid else { return };
+        let threads = idle::status(Some(pid)).threads;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.0 = state.0.max(threads);
+        let now = std::time::Instant::now();
+        if state.1.is_none() && now >= self.measure_from {
+            state.1 = Some((now, load::process_cpu(pid)));
+        }
+    }
+
+    /// The most threads seen, and the CPU time of the measured window
+    /// (scaled to the whole window when the first sample came late).
+    fn finish(self, window: Duration) -> (Option<u64>, Option<Duration>) {
+        self.sample();
+        let (threads, start) = self.state.into_inner().unwrap_or_else(|e| e.into_inner());
+        let cpu = self.pid.zip(start).map(|(pid, (at, before))| {
+            let used = load::process_cpu(pid).saturating_sub(before);
+            let sampled = at.elapsed().min(window).max(Duration::from_millis(1));
+            used.mul_f64(window.as_secs_f64() / sampled.as_secs_f64())
+        });
+        (threads, cpu)
+    }
 }
 
 /// Thousands of connections need thousands of descriptors: raise the soft
@@ -431,5 +513,26 @@ fn print_table(out: &mut impl Write, rows: &[Row]) -> io::Result<()> {
 fn raise_fd_limit() {
     if let Err(e) = socketserver::raise_fd_limit() {
         log::warn!("cannot raise the open-file limit: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Watching this process: its threads (the most seen) and its CPU over
+    /// the window; without a pid, nothing.
+    #[test]
+    fn a_watched_server_reports_its_threads_and_cpu() {
+        let watch = ServerWatch::new(Some(std::process::id()), Duration::ZERO);
+        let before = idle::status(Some(std::process::id())).threads.unwrap();
+        std::thread::scope(|s| {
+            let _busy: Vec<_> = (0..3).map(|_| s.spawn(|| std::thread::sleep(Duration::from_millis(100)))).collect();
+            watch.sample();
+        });
+        let (threads, cpu) = watch.finish(Duration::from_millis(100));
+        assert!(threads.unwrap() >= before + 3, "{threads:?} threads, {before} before");
+        assert!(cpu.is_some());
+        assert_eq!(ServerWatch::new(None, Duration::ZERO).finish(Duration::from_secs(1)), (None, None));
     }
 }

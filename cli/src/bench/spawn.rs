@@ -60,20 +60,22 @@ impl FromStr for Workload {
     /// `echo`, `sleep:MS`, `cpu:MS` or `mixed:MS` (milliseconds, fractions
     /// allowed).
     fn from_str(s: &str) -> Result<Self, String> {
-        let ms = |v: &str| {
-            v.parse::<f64>()
-                .ok()
-                .and_then(|m| Duration::try_from_secs_f64(m / 1000.0).ok())
-                .ok_or_else(|| format!("`{v}` is not a number of milliseconds"))
-        };
         match s.split_once(':') {
             None if s == "echo" => Ok(Workload::Echo),
-            Some(("sleep", v)) => Ok(Workload::Sleep(ms(v)?)),
-            Some(("cpu", v)) => Ok(Workload::Cpu(ms(v)?)),
-            Some(("mixed", v)) => Ok(Workload::Mixed(ms(v)?)),
+            Some(("sleep", v)) => Ok(Workload::Sleep(parse_ms(v)?)),
+            Some(("cpu", v)) => Ok(Workload::Cpu(parse_ms(v)?)),
+            Some(("mixed", v)) => Ok(Workload::Mixed(parse_ms(v)?)),
             _ => Err(format!("`{s}`: expected echo, sleep:MS, cpu:MS or mixed:MS")),
         }
     }
+}
+
+/// Milliseconds, fractions allowed.
+pub fn parse_ms(v: &str) -> Result<Duration, String> {
+    v.parse::<f64>()
+        .ok()
+        .and_then(|m| Duration::try_from_secs_f64(m / 1000.0).ok())
+        .ok_or_else(|| format!("`{v}` is not a number of milliseconds"))
 }
 
 /// A strategy to benchmark, as written on the command line.
@@ -98,8 +100,10 @@ impl FromStr for StrategyChoice {
     }
 }
 
+/// The benchmarks' handler: the workload, then the echo (also `socketserver
+/// echo --bench-sleep-slow`'s, as `Workload::Mixed`).
 #[derive(Clone, Copy)]
-struct Bench(Workload);
+pub struct Bench(pub Workload);
 
 impl RequestHandler<StreamRequest> for Bench {
     fn handle(&self, req: &mut StreamRequest) -> io::Result<()> {

@@ -5,6 +5,9 @@
 //! number of CPUs) each `recv_from`/`send_to` on the same socket.
 //! No signal handling: SIGINT ends the process at once (the default action).
 //!
+//! `--sleep-slow MS` (TCP, for `socketserver bench tcp-mixed`): a read
+//! whose first byte is `S` sleeps MS milliseconds before its echo.
+//!
 //! `std_echo --tcp 127.0.0.1:0 --udp 127.0.0.1:0 [--udp-threads N] [--backlog N]`
 //! prints `listening tcp ADDR` / `listening udp ADDR` like `socketserver
 //! echo`. The listen backlog is std's (128) unless `--backlog N`.
@@ -43,7 +46,8 @@ fn main() {
             for conn in listener.incoming() {
                 match conn {
                     Ok(stream) => {
-                        if let Err(e) = std::thread::Builder::new().spawn(move || echo(stream)) {
+                        let sleep_slow = args.sleep_slow;
+                        if let Err(e) = std::thread::Builder::new().spawn(move || echo(stream, sleep_slow)) {
                             eprintln!("std_echo: cannot start a thread: {e}");
                         }
                     }
@@ -73,12 +77,15 @@ fn listen(addr: &str, backlog: Option<i32>) -> std::io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-fn echo(mut stream: TcpStream) {
+fn echo(mut stream: TcpStream, sleep_slow: Option<Duration>) {
     let mut buf = [0u8; 16 * 1024];
     loop {
         match stream.read(&mut buf) {
             Ok(0) | Err(_) => return,
             Ok(n) => {
+                if let (Some(d), b'S') = (sleep_slow, buf[0]) {
+                    std::thread::sleep(d);
+                }
                 if stream.write_all(&buf[..n]).is_err() {
                     return;
                 }
@@ -92,6 +99,7 @@ struct Args {
     udp: Option<String>,
     udp_threads: usize,
     backlog: Option<i32>,
+    sleep_slow: Option<Duration>,
 }
 
 impl Args {
@@ -101,6 +109,7 @@ impl Args {
             udp: None,
             udp_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             backlog: None,
+            sleep_slow: None,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -110,14 +119,20 @@ impl Args {
                 "--udp" => args.udp = Some(value()),
                 "--udp-threads" => args.udp_threads = value().parse().unwrap_or_else(|_| die("--udp-threads N")),
                 "--backlog" => args.backlog = Some(value().parse().unwrap_or_else(|_| die("--backlog N"))),
+                "--sleep-slow" => args.sleep_slow = Some(millis(&value()).unwrap_or_else(|| die("--sleep-slow MS"))),
                 _ => die(&format!("unknown argument {flag}")),
             }
         }
         if args.tcp.is_none() && args.udp.is_none() {
-            die("usage: std_echo [--tcp ADDR] [--udp ADDR] [--udp-threads N] [--backlog N]");
+            die("usage: std_echo [--tcp ADDR] [--udp ADDR] [--udp-threads N] [--backlog N] [--sleep-slow MS]");
         }
         args
     }
+}
+
+/// Milliseconds, fractions allowed.
+fn millis(v: &str) -> Option<Duration> {
+    v.parse::<f64>().ok().and_then(|ms| Duration::try_from_secs_f64(ms / 1000.0).ok())
 }
 
 fn die(msg: &str) -> ! {

@@ -6,6 +6,12 @@
 //! `--backlog N`. SIGINT (Ctrl-C): the runtime is dropped, which cancels
 //! every task, and the process exits.
 //!
+//! `--sleep-slow MS` (TCP, for `socketserver bench tcp-mixed`): a read
+//! whose first byte is `S` blocks MS milliseconds before its echo, standing
+//! for a blocking call in a handler — in `spawn_blocking`, the idiomatic
+//! way, or with `--inline` on the worker itself (`std::thread::sleep`, the
+//! common mistake: the worker's other connections wait too).
+//!
 //! `tokio_echo --tcp 127.0.0.1:0 --udp 127.0.0.1:0` prints
 //! `listening tcp ADDR` / `listening udp ADDR` like `socketserver echo`.
 
@@ -63,7 +69,7 @@ fn main() {
                 loop {
                     match listener.accept().await {
                         Ok((stream, _)) => {
-                            tokio::spawn(echo(stream));
+                            tokio::spawn(echo(stream, args.sleep_slow, args.inline));
                         }
                         Err(e) => {
                             eprintln!("tokio_echo: accept: {e}");
@@ -91,12 +97,19 @@ async fn listen(addr: &str, backlog: Option<u32>) -> std::io::Result<TcpListener
     socket.listen(backlog)
 }
 
-async fn echo(mut stream: TcpStream) {
+async fn echo(mut stream: TcpStream, sleep_slow: Option<Duration>, inline: bool) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         match stream.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
+                if let (Some(d), b'S') = (sleep_slow, buf[0]) {
+                    if inline {
+                        std::thread::sleep(d);
+                    } else if tokio::task::spawn_blocking(move || std::thread::sleep(d)).await.is_err() {
+                        return;
+                    }
+                }
                 if stream.write_all(&buf[..n]).await.is_err() {
                     return;
                 }
@@ -112,12 +125,22 @@ struct Args {
     udp_tasks: Option<usize>,
     current_thread: bool,
     backlog: Option<u32>,
+    sleep_slow: Option<Duration>,
+    inline: bool,
 }
 
 impl Args {
     fn parse() -> Args {
-        let mut args =
-            Args { tcp: None, udp: None, threads: None, udp_tasks: None, current_thread: false, backlog: None };
+        let mut args = Args {
+            tcp: None,
+            udp: None,
+            threads: None,
+            udp_tasks: None,
+            current_thread: false,
+            backlog: None,
+            sleep_slow: None,
+            inline: false,
+        };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
             let mut value = || it.next().unwrap_or_else(|| die(&format!("{flag} needs a value")));
@@ -128,16 +151,23 @@ impl Args {
                 "--udp-tasks" => args.udp_tasks = Some(value().parse().unwrap_or_else(|_| die("--udp-tasks N"))),
                 "--current-thread" => args.current_thread = true,
                 "--backlog" => args.backlog = Some(value().parse().unwrap_or_else(|_| die("--backlog N"))),
+                "--sleep-slow" => args.sleep_slow = Some(millis(&value()).unwrap_or_else(|| die("--sleep-slow MS"))),
+                "--inline" => args.inline = true,
                 _ => die(&format!("unknown argument {flag}")),
             }
         }
         if args.tcp.is_none() && args.udp.is_none() {
             die(
-                "usage: tokio_echo [--tcp ADDR] [--udp ADDR] [--threads N | --current-thread] [--udp-tasks N] [--backlog N]",
+                "usage: tokio_echo [--tcp ADDR] [--udp ADDR] [--threads N | --current-thread] [--udp-tasks N] [--backlog N] [--sleep-slow MS [--inline]]",
             );
         }
         args
     }
+}
+
+/// Milliseconds, fractions allowed.
+fn millis(v: &str) -> Option<Duration> {
+    v.parse::<f64>().ok().and_then(|ms| Duration::try_from_secs_f64(ms / 1000.0).ok())
 }
 
 fn die(msg: &str) -> ! {
