@@ -112,8 +112,13 @@ fn floods_do_not_stop_well_behaved_clients_and_leak_no_descriptors() {
         || (open_fds(), running.handle.stats()),
         |(fds, stats)| stats.active == 0 && *fds <= baseline,
     );
+    // The floods reached the server (not a vacuous test): at least the
+    // resets, each of which it saw. Not all 4,500: a connection whose
+    // handshake the kernel completed while the accept queue was full, and
+    // which its client closed at once, is reset by the kernel and never
+    // accepted (3,503 in one run, with `ListenOverflows` counted).
     let stats = running.handle.stats();
-    assert!(stats.accepted as usize >= 2 * FLOOD, "{stats:?}");
+    assert!(stats.accepted as usize >= FLOOD && stats.resets as usize >= FLOOD / 2, "{stats:?}");
     // And the server still serves.
     let mut c = tcp_connect(addr);
     assert_eq!(round_trip(&mut c, b"after\n"), b"after\n");
