@@ -249,9 +249,6 @@ impl<R: Request> Service<R> {
                 outcome = worse(outcome, how);
             }
             crate::sys::process::write_raw(report, text.as_bytes());
-            // What the handler wrote before it failed goes out, as it does
-            // in `report` (the peer may be gone: nothing more to say).
-            let _ = req.flush();
         }
         outcome as i32
     }
@@ -259,7 +256,12 @@ impl<R: Request> Service<R> {
     fn run_phases(&self, req: &mut R) -> Result<(), Failure> {
         req.begin();
         let h = self.handler.as_ref();
-        guarded(|| h.setup(req))?;
+        if let Err(failure) = guarded(|| h.setup(req)) {
+            // No `finish` after a failed `setup`, but what it wrote goes out,
+            // as after `handle` (the peer may be gone: nothing to report).
+            let _ = req.flush();
+            return Err(failure);
+        }
         let handled = guarded(|| h.handle(req));
         self.conclude(req, handled)
     }
