@@ -28,6 +28,29 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// [`write_buffer`](crate::Builder::write_buffer) only for longer answers.
 const WRITE_FIRST: usize = 512;
 
+thread_local! {
+    /// Under the event strategy a connection gives its (empty) write buffer
+    /// back when it parks; the next connection this thread runs takes it,
+    /// so an answer costs no allocation, and a parked connection no memory.
+    static SPARE_WBUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// A write buffer from this thread's spare (empty, with its capacity).
+fn take_spare_wbuf() -> Vec<u8> {
+    SPARE_WBUF.with(std::cell::Cell::take)
+}
+
+/// Keeps `buf` (cleared) as this thread's spare, unless it grew past the
+/// first allocation's size many times over (a bulk answer's buffer is
+/// freed, not kept per thread).
+fn keep_spare_wbuf(mut buf: Vec<u8>) {
+    if buf.capacity() == 0 || buf.capacity() > 16 * WRITE_FIRST {
+        return;
+    }
+    buf.clear();
+    SPARE_WBUF.with(|spare| spare.set(buf));
+}
+
 /// Per-connection settings a stream request needs.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct StreamPolicy {
@@ -926,6 +949,7 @@ impl Write for StreamRequest {
             if self.wbuf.capacity() == 0 {
                 // Most answers are short: a first piece that fits them, not
                 // the whole buffer (a connection that parks gives it back).
+                self.wbuf = take_spare_wbuf();
                 self.wbuf.reserve(buf.len().max(WRITE_FIRST).min(cap));
             }
             self.wbuf.extend_from_slice(buf);
@@ -993,5 +1017,25 @@ impl Drop for StreamRequest {
     fn drop(&mut self) {
         let unread = !self.rbuf.is_empty();
         self.conn.close(self.eof && !self.drained, unread);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_parked_connections_write_buffer_serves_the_next_one_on_this_thread() {
+        let mut buf = Vec::with_capacity(WRITE_FIRST);
+        buf.extend_from_slice(b"an answer");
+        let kept = buf.as_ptr();
+        keep_spare_wbuf(buf);
+        let again = take_spare_wbuf();
+        assert!(again.is_empty() && again.capacity() >= WRITE_FIRST && again.as_ptr() == kept);
+        // Taken: the next one finds none.
+        assert_eq!(take_spare_wbuf().capacity(), 0);
+        // A bulk answer's buffer is not kept.
+        keep_spare_wbuf(Vec::with_capacity(64 * WRITE_FIRST));
+        assert_eq!(take_spare_wbuf().capacity(), 0);
     }
 }

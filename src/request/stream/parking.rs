@@ -296,8 +296,9 @@ impl StreamRequest {
     pub(crate) fn park(&mut self) -> io::Result<ParkKind> {
         self.flush_buffer()?;
         self.rbuf.release();
-        // A parked connection holds no write buffer either.
-        self.wbuf = Vec::new();
+        // A parked connection holds no write buffer either: it is this
+        // thread's spare for the next connection it runs.
+        super::keep_spare_wbuf(std::mem::take(&mut self.wbuf));
         if !self.backlog.is_empty() {
             self.park_kind = ParkKind::Write;
         }
