@@ -46,6 +46,8 @@ const LONG_RUN: Duration = Duration::from_micros(50);
 /// it hardly had a CPU meanwhile: a busy machine preempts pollers all the
 /// time, and more threads would not help.
 const RUNNABLE_AFTER: Duration = Duration::from_millis(20);
+/// Connections taken for expiry per hold of the timers' lock.
+const EXPIRE_BATCH: usize = 256;
 /// Events the monitor takes per look when it polls for blocked pollers.
 const EVENTS: usize = 64;
 
@@ -117,7 +119,9 @@ impl Reactor {
             let mut expired = Vec::new();
             {
                 let conns = self.conns.read();
-                while let Some(entry) = timers.pop_due(now_nanos) {
+                while expired.len() < EXPIRE_BATCH
+                    && let Some(entry) = timers.pop_due(now_nanos)
+                {
                     // (A closed connection's entries went with it.)
                     let Some(conn) = conns.get(entry.token) else { continue };
                     let queued = &conn.queued[entry.timer.index()];
@@ -157,7 +161,15 @@ impl Reactor {
             if resume_accepting {
                 self.rearm_listener();
             }
+            let more = expired.len() == EXPIRE_BATCH;
             self.queue_expired(expired);
+            if more {
+                // The pollers close these while the next are taken (a shutdown
+                // expires every idle connection at once: 10,000 of them used
+                // to be taken under the timers' lock that closing needs).
+                timers = self.timers.lock();
+                continue;
+            }
             let Watched { busy, long } = self.watch_pollers(&mut events);
             every = if long { QUICK_LOOK } else { (every * 2).min(STUCK_AFTER) };
             timers = self.timers.lock();
