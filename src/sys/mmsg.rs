@@ -82,11 +82,6 @@ impl RecvBatch {
         self.lens.len()
     }
 
-    /// How many datagrams the last receive took.
-    pub(crate) fn filled(&self) -> usize {
-        self.filled
-    }
-
     /// Receives up to [`capacity`](Self::capacity) datagrams in one
     /// `recvmmsg`; returns how many (at least 1). `EINTR` is retried.
     ///
@@ -167,32 +162,38 @@ impl RecvBatch {
     }
 }
 
-/// Sends each `(payload, address)` of `msgs` (at most [`MAX_BATCH`] are
-/// taken) in one `sendmmsg` that never waits (`MSG_DONTWAIT`); returns how
+/// Sends each `(payload, address)` of `msgs` (the first [`MAX_BATCH`]) in one `sendmmsg` that never waits (`MSG_DONTWAIT`); returns how
 /// many were sent, in order: fewer than given when the kernel stopped (the
 /// next one's error comes with the next call). `EINTR` is retried.
 ///
 /// # Errors
 /// As `sendmmsg(2)`, for the first message when none was sent: `WouldBlock`
 /// when the socket cannot take it now.
-pub(crate) fn send_batch(fd: BorrowedFd<'_>, msgs: &[(&[u8], &SockAddr)]) -> io::Result<usize> {
-    let n = msgs.len().min(MAX_BATCH);
+pub(crate) fn send_batch<'a>(
+    fd: BorrowedFd<'_>,
+    msgs: impl IntoIterator<Item = (&'a [u8], &'a SockAddr)>,
+) -> io::Result<usize> {
+    let mut iovs = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_BATCH];
+    let mut names: [(*const SockAddrStorage, libc::socklen_t); MAX_BATCH] = [(std::ptr::null(), 0); MAX_BATCH];
+    let mut n = 0;
+    // The kernel only reads a sent message's buffer and address: the `*mut`
+    // casts below never lead to a write through them. Both are borrowed
+    // for `'a`, which outlives this call.
+    for ((iov, name), (data, to)) in iovs.iter_mut().zip(names.iter_mut()).zip(msgs) {
+        *iov = libc::iovec { iov_base: data.as_ptr().cast_mut().cast(), iov_len: data.len() };
+        *name = (to.as_ptr(), to.len());
+        n += 1;
+    }
     if n == 0 {
         return Ok(0);
     }
-    let mut iovs = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_BATCH];
     let mut hdrs: [MaybeUninit<libc::mmsghdr>; MAX_BATCH] = [const { MaybeUninit::uninit() }; MAX_BATCH];
-    // The kernel only reads a sent message's buffer and address: the `*mut`
-    // casts below never lead to a write through them.
-    for (iov, (data, _)) in iovs.iter_mut().zip(&msgs[..n]) {
-        *iov = libc::iovec { iov_base: data.as_ptr().cast_mut().cast(), iov_len: data.len() };
-    }
     let iov_base = iovs.as_mut_ptr();
-    for (i, (hdr, (_, to))) in hdrs.iter_mut().zip(&msgs[..n]).enumerate() {
+    for (i, (hdr, (name, name_len))) in hdrs.iter_mut().zip(&names[..n]).enumerate() {
         // SAFETY: all zeros is a valid mmsghdr.
         let mut h: libc::mmsghdr = unsafe { mem::zeroed() };
-        h.msg_hdr.msg_name = to.as_ptr().cast_mut().cast();
-        h.msg_hdr.msg_namelen = to.len();
+        h.msg_hdr.msg_name = name.cast_mut().cast();
+        h.msg_hdr.msg_namelen = *name_len;
         // SAFETY: `i < n <= MAX_BATCH == iovs.len()`.
         h.msg_hdr.msg_iov = unsafe { iov_base.add(i) };
         h.msg_hdr.msg_iovlen = 1;
@@ -252,7 +253,7 @@ mod tests {
         assert_eq!(seen[0], (b"one".to_vec(), 3, false));
         assert_eq!(seen[1], (vec![7u8; 10], 100, true), "cut to the slot, its real length kept");
         assert_eq!(seen[2], (b"three".to_vec(), 5, false));
-        assert!(batch.get(batch.filled()).is_none());
+        assert!(batch.get(n).is_none());
         let err = batch.receive(server.as_fd(), Wait::No).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
     }
@@ -264,7 +265,7 @@ mod tests {
         let b = UdpSocket::bind("127.0.0.1:0").unwrap();
         let (ta, tb) = (SockAddr::from(a.local_addr().unwrap()), SockAddr::from(b.local_addr().unwrap()));
         let msgs: [(&[u8], &SockAddr); 3] = [(b"a1", &ta), (b"b1", &tb), (b"a2", &ta)];
-        assert_eq!(send_batch(server.as_fd(), &msgs).unwrap(), 3);
+        assert_eq!(send_batch(server.as_fd(), msgs).unwrap(), 3);
         let recv = |s: &UdpSocket| {
             let mut buf = [0u8; 8];
             let n = s.recv(&mut buf).unwrap();
@@ -273,6 +274,6 @@ mod tests {
         assert_eq!(recv(&a), b"a1");
         assert_eq!(recv(&a), b"a2");
         assert_eq!(recv(&b), b"b1");
-        assert_eq!(send_batch(server.as_fd(), &[]).unwrap(), 0);
+        assert_eq!(send_batch(server.as_fd(), []).unwrap(), 0);
     }
 }
