@@ -320,3 +320,11 @@ fn datagrams_queued_at_the_shutdown_are_answered_in_batches() {
         assert_eq!((stats.accepted, stats.completed), (21, 21), "no wake-up taken for a request: {stats:?}");
     }
 }
+
+/// The request holds its receiver's outbox behind a lock, not a `RefCell`:
+/// a handler may still share `&DatagramRequest` with scoped threads.
+#[test]
+fn a_datagram_request_stays_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<DatagramRequest>();
+}

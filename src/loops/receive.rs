@@ -350,7 +350,7 @@ impl Receiver {
         wake_from: Option<SockAddr>,
     ) -> Receiver {
         let slot = request.buf.len();
-        request.outbox = Some(std::cell::RefCell::new(Outbox::default()));
+        request.outbox = Some(Mutex::new(Outbox::default()));
         Receiver {
             core: Arc::clone(core),
             service: Arc::clone(service),
@@ -454,14 +454,14 @@ impl Receiver {
     }
 
     fn outbox_waited(&self) -> Duration {
-        self.request.outbox.as_ref().map_or(Duration::ZERO, |o| o.borrow().waited(Instant::now()))
+        self.request.outbox.as_ref().map_or(Duration::ZERO, |o| o.lock().waited(Instant::now()))
     }
 
     /// Sends the held replies; reports those that failed (but for a full
     /// socket: dropped and counted) to `handle_error`.
     fn flush_replies(&mut self) {
         let Some(outbox) = &self.request.outbox else { return };
-        let mut outbox = outbox.borrow_mut();
+        let mut outbox = outbox.lock();
         outbox.flush(&self.request.socket, &self.core.shared.stats.replies_dropped);
         for (to, e) in outbox.failed.drain(..) {
             let e = crate::error::context(e, "a datagram reply held for its batch could not be sent");

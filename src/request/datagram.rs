@@ -1,6 +1,5 @@
 //! [`DatagramRequest`]: one datagram, as a handler sees it.
 
-use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -8,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use socket2::SockAddr;
 
 use crate::handle::ServerHandle;
@@ -52,7 +52,9 @@ pub struct DatagramRequest {
     max_reply: usize,
     pub(crate) slot: Option<Slot>,
     /// A batch receiver's held replies (`None`: a reply is sent at once).
-    pub(crate) outbox: Option<RefCell<Outbox>>,
+    /// (A mutex, not a `RefCell`, so that the request stays `Sync`: only
+    /// its receiver's thread ever takes it.)
+    pub(crate) outbox: Option<Mutex<Outbox>>,
 }
 
 impl DatagramRequest {
@@ -143,7 +145,7 @@ impl DatagramRequest {
         }
         let dropped = &self.server.shared.stats.replies_dropped;
         if let Some(outbox) = &self.outbox {
-            let mut outbox = outbox.borrow_mut();
+            let mut outbox = outbox.lock();
             if data.len() <= DEFERRED_MAX {
                 if !outbox.fits(data.len()) {
                     outbox.flush(&self.socket, dropped);
