@@ -454,7 +454,7 @@ impl Receiver {
     }
 
     fn outbox_waited(&self) -> Duration {
-        self.request.outbox.as_ref().map_or(Duration::ZERO, |o| o.lock().waited(Instant::now()))
+        self.request.outbox.as_ref().map_or(Duration::ZERO, |o| o.lock().waited())
     }
 
     /// Sends the held replies; reports those that failed (but for a full

@@ -253,9 +253,10 @@ impl Outbox {
         self.bytes.extend_from_slice(data);
     }
 
-    /// How long the oldest held reply has waited (zero: none held).
-    pub(crate) fn waited(&self, now: Instant) -> Duration {
-        self.since.map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
+    /// How long the oldest held reply has waited (zero, without reading the
+    /// clock: none held).
+    pub(crate) fn waited(&self) -> Duration {
+        self.since.map_or(Duration::ZERO, |t| t.elapsed())
     }
 
     /// Sends the held replies in order, in as few `sendmmsg` calls as the
