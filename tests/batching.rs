@@ -328,3 +328,46 @@ fn a_datagram_request_stays_send_and_sync() {
     fn send_sync<T: Send + Sync>() {}
     send_sync::<DatagramRequest>();
 }
+
+/// A handler that takes long (here: until the test lets it go, and at least
+/// 200 µs) sends the replies held before it before the next handler starts:
+/// the next one, as slow, never holds them back.
+#[test]
+fn a_slow_handler_does_not_hold_back_the_replies_before_the_next() {
+    for strategy in one_receiver() {
+        let (started_tx, started) = mpsc::channel::<Vec<u8>>();
+        let (permit, permits) = mpsc::channel::<()>();
+        let (started_tx, permits) = (Mutex::new(started_tx), Mutex::new(permits));
+        let server = UdpServer::builder()
+            .strategy(strategy.clone())
+            .bind("127.0.0.1:0", move |req: &mut DatagramRequest| {
+                let began = Instant::now();
+                started_tx.lock().unwrap().send(req.data().to_vec()).unwrap();
+                permits.lock().unwrap().recv().unwrap();
+                while began.elapsed() < Duration::from_micros(200) {
+                    std::hint::spin_loop();
+                }
+                req.reply(req.data())
+            })
+            .unwrap();
+        let running = run(server);
+        let (c, to) = (udp_client(), running.inet());
+        c.send_to(b"first", to).unwrap();
+        assert_eq!(started.recv_timeout(TIMEOUT).unwrap(), b"first");
+        // Queued behind the running handler: the next batch.
+        c.send_to(b"d1", to).unwrap();
+        c.send_to(b"d2", to).unwrap();
+        permit.send(()).unwrap();
+        assert_eq!(recv(&c), b"first");
+        assert_eq!(started.recv_timeout(TIMEOUT).unwrap(), b"d1");
+        permit.send(()).unwrap();
+        assert_eq!(started.recv_timeout(TIMEOUT).unwrap(), b"d2");
+        // d2's handler is running, held: d1's reply is out already.
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(recv(&c), b"d1", "d1's reply was held while the next handler ran, under {strategy}");
+        permit.send(()).unwrap();
+        assert_eq!(recv(&c), b"d2");
+        assert_eq!(running.handle.stats().datagram_batches, 2, "d1 and d2 came in one batch");
+        running.stop().unwrap();
+    }
+}

@@ -16,7 +16,7 @@ use super::{Core, Endpoint, Kind, Serving, Taken};
 use crate::deadline::Deadline;
 use crate::net::{Address, DatagramSocket};
 use crate::request::DatagramRequest;
-use crate::request::{Outbox, REPLY_HOLD};
+use crate::request::{Outbox, REPLY_HOLD, SLOW_HANDLER};
 use crate::service::Service;
 use crate::shutdown::FORCE_WAIT;
 use crate::stats::Counters;
@@ -423,15 +423,21 @@ impl Receiver {
     /// queued are), then sends their replies. Returns whether one was a
     /// request.
     ///
-    /// Replies are held until the batch's end, when 64 are held, or until
-    /// a handler is about to start once the oldest has waited
-    /// [`REPLY_HOLD`]: a batch is what was already queued, so a reply waits
-    /// for at most the handlers of its batch, and a slow handler holds back
-    /// only the replies of the last millisecond before it.
+    /// Replies are held until the batch's end, or until 64 are held, but a
+    /// handler never starts with replies held that waited [`REPLY_HOLD`]
+    /// (1 ms) or that were made before a handler that took
+    /// [`SLOW_HANDLER`] (100 µs): a batch is what was already queued, so a
+    /// reply waits for at most the handlers of its batch; handlers that
+    /// block (a database call each) send each reply before the next one
+    /// starts; and a first slow handler after fast ones holds back only
+    /// the replies of the last millisecond before it. One clock read per
+    /// handler, at its end.
     fn handle_batch(&mut self, n: usize, until: Option<Deadline>) -> bool {
         let mut any = false;
+        let mut last = Instant::now();
+        let mut slow = false;
         for i in 0..n {
-            if until.is_some_and(|u| u.passed(Instant::now())) {
+            if until.is_some_and(|u| u.passed(last)) {
                 break;
             }
             let Some(d) = self.batch.get(i) else { break };
@@ -443,18 +449,24 @@ impl Receiver {
             let taken = admit(&self.core, &self.service, &mut self.request, len, d.from, self.wake_from.as_ref());
             if taken == Taken::Request {
                 any = true;
-                if self.outbox_waited() >= REPLY_HOLD {
+                if slow || self.outbox_waited(last) >= REPLY_HOLD {
                     self.flush_replies();
                 }
                 self.handle();
+                let now = Instant::now();
+                slow = now.saturating_duration_since(last) >= SLOW_HANDLER;
+                if let Some(outbox) = &self.request.outbox {
+                    outbox.lock().stamp(now);
+                }
+                last = now;
             }
         }
         self.flush_replies();
         any
     }
 
-    fn outbox_waited(&self) -> Duration {
-        self.request.outbox.as_ref().map_or(Duration::ZERO, |o| o.lock().waited())
+    fn outbox_waited(&self, now: Instant) -> Duration {
+        self.request.outbox.as_ref().map_or(Duration::ZERO, |o| o.lock().waited(now))
     }
 
     /// Sends the held replies; reports those that failed (but for a full

@@ -107,7 +107,8 @@ impl DatagramRequest {
     /// up to 65,507 bytes is held and sent with the other replies of its
     /// batch in one `sendmmsg`, in the order they were made: after the
     /// batch's last handler, when 64 are held, or before a handler starts
-    /// once the oldest has waited 1 ms. An error sending a held reply goes
+    /// once the oldest has waited 1 ms or the handler before took 100 µs.
+    /// An error sending a held reply goes
     /// to `handle_error` (with the peer), not to this call; what
     /// [`socket`](Self::socket) sends goes at once, possibly before held
     /// replies.
@@ -219,6 +220,10 @@ const OUTBOX_BYTES: usize = 64 * 1024;
 /// starts: the replies a slow handler holds back are only those made in
 /// the last millisecond before it started.
 pub(crate) const REPLY_HOLD: Duration = Duration::from_millis(1);
+/// A handler this slow sends the replies held before the next handler
+/// starts: next to it, what one `sendmmsg` saves is nothing, and the next
+/// one may be as slow.
+pub(crate) const SLOW_HANDLER: Duration = Duration::from_micros(100);
 
 /// Whether a send failed because the socket cannot take the datagram now
 /// (`EAGAIN`, `ENOBUFS`): the reply is dropped and counted, never waited on.
@@ -246,17 +251,22 @@ impl Outbox {
     }
 
     fn push(&mut self, data: &[u8], to: &SockAddr) {
-        if self.held.is_empty() {
-            self.since = Some(Instant::now());
-        }
         self.held.push((self.bytes.len(), data.len(), to.clone()));
         self.bytes.extend_from_slice(data);
     }
 
-    /// How long the oldest held reply has waited (zero, without reading the
-    /// clock: none held).
-    pub(crate) fn waited(&self) -> Duration {
-        self.since.map_or(Duration::ZERO, |t| t.elapsed())
+    /// Notes `now` (the end of the handler that made them) as the time of
+    /// the replies held since the last stamp: the receiver reads the clock
+    /// once per handler, and a reply need not read it again.
+    pub(crate) fn stamp(&mut self, now: Instant) {
+        if self.since.is_none() && !self.held.is_empty() {
+            self.since = Some(now);
+        }
+    }
+
+    /// How long the oldest held reply has waited by `now` (zero: none held).
+    pub(crate) fn waited(&self, now: Instant) -> Duration {
+        self.since.map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
     }
 
     /// Sends the held replies in order, in as few `sendmmsg` calls as the
