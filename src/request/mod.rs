@@ -13,6 +13,7 @@ pub(crate) mod timeouts;
 use std::io;
 
 pub use datagram::DatagramRequest;
+pub(crate) use datagram::{Outbox, REPLY_HOLD, SLOW_HANDLER};
 pub(crate) use stream::{BlockingHint, CloseStep, ParkKind, Preamble, StreamPolicy};
 pub use stream::{MAX_LINE, StreamRequest};
 

@@ -1,6 +1,6 @@
 //! The OS calls std and socket2 do not offer, and the only `unsafe` code in
 //! the crate: `poll`, a `recvfrom` that reports the real length of an
-//! oversized datagram, the process calls of the forking strategy ([`process`]) and C `strftime` for
+//! oversized datagram, datagrams in batches (`recvmmsg`/`sendmmsg`, [`mmsg`]), the process calls of the forking strategy ([`process`]) and C `strftime` for
 //! the bundled time server ([`time`]), SIGHUP on a pipe and a successor
 //! started with inherited sockets ([`handoff`]). Every `unsafe` block says why it is
 //! sound; every function with a precondition the compiler cannot check is
@@ -9,6 +9,7 @@
 
 pub(crate) mod epoll;
 pub(crate) mod handoff;
+pub(crate) mod mmsg;
 pub(crate) mod process;
 pub(crate) mod time;
 
