@@ -381,7 +381,7 @@ impl Receiver {
             match received {
                 Ok(n) => {
                     Counters::bump(&shared.stats.datagram_batches);
-                    if self.handle_batch(n, None) {
+                    if self.handle_batch(n) {
                         errors.succeeded();
                     }
                 }
@@ -401,14 +401,18 @@ impl Receiver {
                 },
             }
         }
-        // Shutting down: answer what is already queued, for at most the
-        // drain window, without waiting for more.
+        // Shutting down: answer what is already queued, receiving for at
+        // most the drain window, without waiting for more. A batch taken is
+        // answered whole, even past the window: its datagrams have left the
+        // socket's queue (one that a successor may share) and reached the
+        // server, and nothing that did is dropped unanswered. (At most a
+        // batch's handlers past the window; the grace period bounds it.)
         let until = Deadline::after(Instant::now(), core.opts.drain_window);
         while !until.passed(Instant::now()) {
             match self.batch.receive(self.request.socket.as_fd(), Wait::No) {
                 Ok(n) => {
                     Counters::bump(&shared.stats.datagram_batches);
-                    self.handle_batch(n, Some(until));
+                    self.handle_batch(n);
                 }
                 Err(e) if errors::classify(&e) == errors::Action::Skip => {}
                 Err(_) => break,
@@ -418,10 +422,8 @@ impl Receiver {
         self.receiving.fetch_sub(1, SeqCst);
     }
 
-    /// Handles the `n` datagrams of the batch in the order they came (in the
-    /// drain, only until `until`: the rest are dropped, as those left
-    /// queued are), then sends their replies. Returns whether one was a
-    /// request.
+    /// Handles the `n` datagrams of the batch in the order they came, then
+    /// sends their replies. Returns whether one was a request.
     ///
     /// Replies are held until the batch's end, or until 64 are held, but a
     /// handler never starts with replies held that waited [`REPLY_HOLD`]
@@ -432,14 +434,11 @@ impl Receiver {
     /// starts; and a first slow handler after fast ones holds back only
     /// the replies of the last millisecond before it. One clock read per
     /// handler, at its end.
-    fn handle_batch(&mut self, n: usize, until: Option<Deadline>) -> bool {
+    fn handle_batch(&mut self, n: usize) -> bool {
         let mut any = false;
         let mut last = Instant::now();
         let mut slow = false;
         for i in 0..n {
-            if until.is_some_and(|u| u.passed(last)) {
-                break;
-            }
             let Some(d) = self.batch.get(i) else { break };
             let fit = d.data.len().min(self.request.buf.len());
             self.request.buf[..fit].copy_from_slice(&d.data[..fit]);
