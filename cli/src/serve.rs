@@ -322,7 +322,7 @@ impl ServerOptions {
 
     /// `--max-workers`, or the strategy's default.
     fn max_workers(&self) -> usize {
-        let default = if matches!(self.strategy.strategy, AnyStrategy::Event(_)) { 256 } else { 4096 };
+        let default = if matches!(self.strategy.strategy, AnyStrategy::Event(_)) { 512 } else { 4096 };
         self.max_workers.map_or(default, NonZeroUsize::get)
     }
 

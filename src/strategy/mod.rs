@@ -308,13 +308,15 @@ pub struct Event {
 }
 
 impl Default for Event {
-    /// A polling slot per CPU, threads growing to 256 while handlers block,
-    /// idle threads retiring after 10 s.
+    /// A polling slot per CPU, threads growing to 512 while handlers block
+    /// (tokio's cap on its blocking threads: a thread per handler asleep
+    /// at once, and the pollers beside them), idle threads retiring after
+    /// 10 s.
     fn default() -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
         Event {
             pollers: cpus,
-            max_workers: 256.max(cpus),
+            max_workers: 512.max(cpus),
             keep_alive: DEFAULT_KEEP_ALIVE,
             stack_size: DEFAULT_STACK_SIZE,
         }
@@ -381,7 +383,7 @@ impl Event {
 /// | `pool` | [`ThreadPool::default()`]: a worker per CPU (at least 2), growing to 256 |
 /// | `pool(N)`, `pool(N-M)` | N workers ([`ThreadPool::new`]), or N growing to M |
 /// | `forking`, `forking(N)` | [`Forking`]: at most 40 children, or N |
-/// | `event` | [`Event::new()`]: a polling thread per CPU, up to 256 threads |
+/// | `event` | [`Event::new()`]: a polling slot per CPU, up to 512 threads |
 /// | `event(N)`, `event(N-M)` | N polling threads, at most N threads or M |
 ///
 /// The other settings follow the count inside the parentheses, apart by
