@@ -272,6 +272,62 @@ fn a_mebibyte_is_echoed_whole() {
     }
 }
 
+/// Lines pipelined in TLS records sent at once are all answered: a
+/// connection whose socket still holds records rustls has not read (it
+/// reads 4 KiB at a time, and a TLS read stops at its first plaintext) must
+/// not park under `Event` (epoll will not report those bytes again), and a
+/// boundary must not wait for the socket while rustls holds decrypted lines
+/// (`Threading`). Round A: a short line's record, then a 10 KB line's; the
+/// first read gives the short line alone. Round B: one record of 64 lines
+/// of 64 bytes; the first read of the 2 KiB read buffer takes 32 whole ones
+/// and leaves the rest in rustls, none in the socket. (Under `Event` A comes
+/// first, while the read buffer is 2 KiB; under `Threading` B, for the same
+/// reason: the 10 KB line grows it.)
+#[test]
+fn pipelined_records_are_all_answered() {
+    let _serial = serial();
+    let pki = Pki::new();
+    let round_a = vec![format!("{:099}\n", 0), format!("{:09999}\n", 1)];
+    let round_b: Vec<String> = (0..64).map(|i| format!("{i:063}\n")).collect();
+    for (strategy, rounds) in [
+        (AnyStrategy::from(Event::new()), [(&round_a, false), (&round_b, true)]),
+        (Threading::new().into(), [(&round_b, true), (&round_a, false)]),
+    ] {
+        let server = TcpServer::builder()
+            .strategy(strategy.clone())
+            .tls(pki.server(false))
+            .bind("127.0.0.1:0", echo_parked_lines)
+            .unwrap();
+        let running = run(server);
+        let mut c = tls_tcp(pki.client(None, &[]), running.inet());
+        c.write_all(b"hello\n").unwrap();
+        assert_eq!(read_line(&mut c).unwrap(), "hello");
+        c.sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        for (n, (lines, one_record)) in rounds.into_iter().enumerate() {
+            let mut wire = Vec::new();
+            let mut records: Vec<String> = lines.clone();
+            if one_record {
+                records = vec![lines.concat()];
+            }
+            for record in &records {
+                c.conn.writer().write_all(record.as_bytes()).unwrap();
+                while c.conn.wants_write() {
+                    c.conn.write_tls(&mut wire).unwrap();
+                }
+            }
+            c.sock.write_all(&wire).unwrap();
+            for (i, line) in lines.iter().enumerate() {
+                match read_line(&mut c) {
+                    Ok(got) => assert_eq!(got.len() + 1, line.len(), "{strategy:?}, round {n}, line {i}"),
+                    Err(e) => panic!("{strategy:?}, round {n}: no answer to line {i}: {e}"),
+                }
+            }
+        }
+        drop(c);
+        running.stop().unwrap();
+    }
+}
+
 /// TLS 1.0 and 1.1 are refused by the server (the client is allowed them:
 /// security level 0), and counted.
 #[test]
