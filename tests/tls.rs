@@ -210,7 +210,7 @@ fn pump<S: Read + Write>(c: &mut Client<S>, data: &[u8], expect: usize) -> Vec<u
     while got.len() < expect {
         assert!(start.elapsed() < TIMEOUT, "only {} of {expect} bytes came back", got.len());
         let mut progress = false;
-        if sent < data.len() && c.conn.wants_write() == false {
+        if sent < data.len() && !c.conn.wants_write() {
             let n = c.conn.writer().write(&data[sent..(sent + 16 * 1024).min(data.len())]).unwrap();
             sent += n;
         }
