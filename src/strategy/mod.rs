@@ -286,7 +286,9 @@ impl Forking {
 /// (the backlog, then the lingering read that keeps a reset from destroying
 /// the answer) runs on the loop too.
 ///
-/// `pollers` threads wait in epoll at most (one per polling slot). A handler
+/// `pollers` threads wait in epoll at most (one per polling slot; up to four
+/// times as many while handlers block where the library cannot see it, for
+/// a second after the last one was found). A handler
 /// that blocks (a read after consuming, a lock, a sleep) keeps its thread
 /// but loses its slot, with what it had not started, to an idle thread or
 /// a new one: at once when it waits in the library's own I/O or inside

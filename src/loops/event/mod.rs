@@ -149,6 +149,8 @@ struct Reactor {
     alive: sync::AtomicUsize,
     /// Polling slots no thread holds.
     free: slots::Free,
+    /// Boost slots to take back at a holder's next turn between handlers.
+    shrink: slots::Shrink,
     /// Threads without a slot or a handler, last parked last.
     idle: Mutex<Vec<std::thread::Thread>>,
     /// Polling threads waiting in epoll now.
@@ -197,6 +199,7 @@ pub(crate) fn serve(
         pollers: Mutex::new(Vec::new()),
         alive: sync::AtomicUsize::new(0),
         free: slots::Free::new(config.pollers.max(1)),
+        shrink: slots::Shrink::default(),
         idle: Mutex::new(Vec::new()),
         waiting: std::sync::atomic::AtomicUsize::new(0),
         stopping: AtomicBool::new(false),

@@ -46,6 +46,9 @@ const LONG_RUN: Duration = Duration::from_micros(50);
 /// it hardly had a CPU meanwhile: a busy machine preempts pollers all the
 /// time, and more threads would not help.
 const RUNNABLE_AFTER: Duration = Duration::from_millis(20);
+/// How long without a slot taken from a blocked handler before a boost slot
+/// is taken back (one per look).
+const BOOST_HOLD: Duration = Duration::from_secs(1);
 /// Connections taken for expiry per hold of the timers' lock.
 const EXPIRE_BATCH: usize = 256;
 /// Events the monitor takes per look when it polls for blocked pollers.
@@ -109,6 +112,8 @@ impl Reactor {
         sys::precise_timers();
         let mut events = Events::with_capacity(EVENTS);
         let mut every = STUCK_AFTER;
+        let mut boost = slots::Boost::new(self.config.pollers.max(1));
+        let mut last_retake = Instant::now();
         let mut timers = self.timers.lock();
         loop {
             if self.exit.load(SeqCst) {
@@ -170,13 +175,16 @@ impl Reactor {
                 timers = self.timers.lock();
                 continue;
             }
-            let Watched { busy, long } = self.watch_pollers(&mut events);
+            let Watched { busy, long } = self.watch_pollers(&mut events, &mut boost, &mut last_retake);
             every = if long { QUICK_LOOK } else { (every * 2).min(STUCK_AFTER) };
             timers = self.timers.lock();
             // Read again under the lock it will wait with: a timer set
             // while the lock was free was notified to nobody.
             let paused = *self.accept_paused.lock();
-            let next = [timers.next().map(|at| self.instant(at)), paused].into_iter().flatten().min();
+            // A boost slot is taken back a second after the last slot taken
+            // from a blocked handler, resting or not.
+            let unboost = boost.boosted().then(|| (last_retake + BOOST_HOLD).max(Instant::now() + STUCK_AFTER));
+            let next = [timers.next().map(|at| self.instant(at)), paused, unboost].into_iter().flatten().min();
             // Resting (asleep past a look) only while no handler runs,
             // checked after raising the flag: a handler that starts after
             // the check sees the flag and wakes it; and only once the looks
@@ -276,7 +284,12 @@ impl Reactor {
     /// as a look ago, and blocked, loses its slot and what it took from
     /// epoll and has not started; free slots go to idle threads or new
     /// ones, and when none can come and nobody polls, the monitor polls.
-    fn watch_pollers(self: &Arc<Self>, events: &mut Events) -> Watched {
+    fn watch_pollers(
+        self: &Arc<Self>,
+        events: &mut Events,
+        boost: &mut slots::Boost,
+        last_retake: &mut Instant,
+    ) -> Watched {
         self.window(Window::Look);
         let mut busy = false;
         let mut long = false;
@@ -342,6 +355,21 @@ impl Reactor {
         }
         for _ in 0..retaken {
             self.free.give();
+        }
+        let looked = Instant::now();
+        if retaken > 0 {
+            *last_retake = looked;
+        }
+        match boost.adjust(retaken, looked.saturating_duration_since(*last_retake) >= BOOST_HOLD) {
+            1 => self.free.give(),
+            -1 if self.free.take() => {}
+            -1 => {
+                // A holder answers at its next turn between handlers: one
+                // waiting in epoll is woken for it.
+                self.shrink.ask();
+                self.wake.signal();
+            }
+            _ => {}
         }
         let look = Look {
             free: self.free.load(),

@@ -123,6 +123,11 @@ impl Reactor {
             if self.exit.load(SeqCst) {
                 break;
             }
+            if slots::holds(me.run.load()) && self.shrink.answer() {
+                // A boost slot the monitor takes back: out of play, and
+                // this thread without a slot.
+                me.run.hand_back();
+            }
             if !slots::holds(me.run.load()) {
                 match self.find_slot(me) {
                     Found::Slot => continue,

@@ -185,15 +185,15 @@ fn threads_in_epoll_never_outnumber_the_slots_and_idle_ones_retire() {
         }
         _ => {}
     });
-    // Three handlers block (the monitor hands each one's slot on), and are
-    // released together.
-    let mut blockers: Vec<TcpStream> = (0..3).map(|_| running.client()).collect();
+    // Six handlers block (the monitor hands each one's slot on, and adds
+    // slots up to `BOOST` while they do), and are released together.
+    let mut blockers: Vec<TcpStream> = (0..6).map(|_| running.client()).collect();
     for (n, b) in blockers.iter_mut().enumerate() {
         b.write_all(b"block\n").unwrap();
         wait_for("the handler to block", || blocked.load(SeqCst) > n);
     }
-    wait_for("threads in the blocked ones' place", || running.handle.stats().workers_total >= 4);
-    for _ in 0..3 {
+    wait_for("threads in the blocked ones' place", || running.handle.stats().workers_total >= 7);
+    for _ in 0..6 {
         release_tx.send(()).unwrap();
     }
     for b in &mut blockers {
@@ -209,7 +209,10 @@ fn threads_in_epoll_never_outnumber_the_slots_and_idle_ones_retire() {
             assert_eq!(read_line(c), Some(format!("r{round}")));
         }
     }
-    assert_eq!(most.load(SeqCst), 1, "more threads waited in epoll than there are slots");
+    let most = most.load(SeqCst);
+    assert!(most <= super::slots::BOOST, "{most} threads waited in epoll at once, more than there are slots");
+    // A second without a blocked handler takes the boost slots back; then
+    // the threads without one retire.
     wait_for("the idle threads to retire", || running.handle.stats().workers_total <= 1);
     let mut newcomer = running.client();
     assert_eq!(ask(&mut newcomer, "hello").as_deref(), Some("hello"));
