@@ -7,6 +7,7 @@ mod logging;
 mod restart;
 mod serve;
 mod signals;
+mod tls;
 
 use std::process::ExitCode;
 use std::time::Duration;
