@@ -31,6 +31,8 @@ pub struct ClientTls<'a> {
     pub identity: Option<(&'a Path, &'a Path)>,
     /// Offer only this cipher suite (its rustls name, e.g. TLS13_AES_128_GCM_SHA256).
     pub cipher: Option<&'a str>,
+    /// Offer only this key exchange group (X25519, secp256r1, secp384r1).
+    pub group: Option<&'a str>,
     /// No session resumption: every connection a full handshake.
     pub no_resumption: bool,
 }
@@ -64,11 +66,24 @@ pub fn cipher_suite(name: &str) -> Result<rustls::SupportedCipherSuite, String> 
     })
 }
 
+/// The key exchange group of the ring provider called `name`.
+pub fn kx_group(name: &str) -> Result<&'static dyn rustls::crypto::SupportedKxGroup, String> {
+    let all = provider().kx_groups;
+    all.iter().copied().find(|g| format!("{:?}", g.name()).eq_ignore_ascii_case(name)).ok_or_else(|| {
+        let names: Vec<String> = all.iter().map(|g| format!("{:?}", g.name())).collect();
+        format!("`{name}` is not a key exchange group of this build ({})", names.join(", "))
+    })
+}
+
 pub fn client_config(opts: &ClientTls) -> io::Result<Arc<ClientConfig>> {
     let mut provider = provider();
     if let Some(name) = opts.cipher {
         let suite = cipher_suite(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         provider.cipher_suites = vec![suite];
+    }
+    if let Some(name) = opts.group {
+        let group = kx_group(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        provider.kx_groups = vec![group];
     }
     let provider = Arc::new(provider);
     let builder = ClientConfig::builder_with_provider(provider.clone())
@@ -180,6 +195,9 @@ mod tests {
         assert!(cipher_suite("tls13_aes_256_gcm_sha384").is_ok());
         let e = cipher_suite("AES").unwrap_err();
         assert!(e.contains("TLS13_AES_128_GCM_SHA256"), "{e}");
+        assert!(kx_group("x25519").is_ok());
+        assert!(kx_group("secp256r1").is_ok());
+        assert!(kx_group("x448").unwrap_err().contains("X25519"));
     }
 
     #[test]

@@ -41,6 +41,15 @@ pub struct Spec {
     /// TCP echo: every Nth request of a client is a slow one (its first
     /// byte `S`, which a `mixed:MS` server handler sleeps on); 0: none.
     pub slow_every: u64,
+    /// TCP modes: speak TLS (a handshake after each connect).
+    pub tls: Option<TlsClient>,
+}
+
+/// How the load's TCP clients speak TLS.
+#[derive(Clone, Debug)]
+pub struct TlsClient {
+    pub config: std::sync::Arc<rustls::ClientConfig>,
+    pub name: rustls::pki_types::ServerName<'static>,
 }
 
 /// What a run measured (only the measurement window, after the warm-up).
@@ -60,6 +69,9 @@ pub struct Outcome {
     pub latency_slow: Histogram<u64>,
     /// CPU time the generator threads used.
     pub generator_cpu: Duration,
+    /// TLS: the protocol version and cipher suite the first handshake
+    /// agreed on.
+    pub tls_negotiated: Option<String>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -105,9 +117,11 @@ pub fn run(spec: &Spec, tick: &(dyn Fn(u64) + Sync)) -> io::Result<Outcome> {
         latency: histogram(),
         latency_slow: histogram(),
         generator_cpu: Duration::ZERO,
+        tls_negotiated: None,
     };
     for r in results {
         let r = r?;
+        total.tls_negotiated = total.tls_negotiated.or(r.tls_negotiated);
         total.requests += r.requests;
         total.errors += r.errors;
         total.lost += r.lost;
@@ -127,6 +141,7 @@ struct ThreadOutcome {
     latency: Histogram<u64>,
     latency_slow: Histogram<u64>,
     cpu: Duration,
+    tls_negotiated: Option<String>,
 }
 
 enum Socket {
@@ -138,6 +153,8 @@ enum Socket {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum State {
     Connecting,
+    /// TLS: connected, the handshake under way.
+    Handshaking,
     Writing,
     Reading,
     /// Connect mode: answer complete, waiting for the end of stream.
@@ -147,6 +164,8 @@ enum State {
 
 struct Client {
     socket: Socket,
+    /// TLS: the client side of the connection over `socket`.
+    tls: Option<Box<rustls::ClientConnection>>,
     state: State,
     written: usize,
     read: usize,
@@ -174,6 +193,7 @@ struct Worker<'a> {
     latency: Histogram<u64>,
     latency_slow: Histogram<u64>,
     cpu_start: Duration,
+    tls_negotiated: Option<String>,
 }
 
 impl<'a> Worker<'a> {
@@ -200,6 +220,7 @@ impl<'a> Worker<'a> {
             latency: histogram(),
             latency_slow: histogram(),
             cpu_start: thread_cpu(),
+            tls_negotiated: None,
         };
         if spec.mode == Mode::TcpLine {
             for out in [&mut w.out, &mut w.out_slow] {
@@ -211,6 +232,7 @@ impl<'a> Worker<'a> {
         for i in 0..n {
             w.clients.push(Client {
                 socket: Socket::None,
+                tls: None,
                 state: State::Dead,
                 written: 0,
                 read: 0,
@@ -232,6 +254,7 @@ impl<'a> Worker<'a> {
         c.written = 0;
         c.read = 0;
         c.started = Instant::now();
+        c.tls = None;
         match self.spec.mode {
             Mode::TcpEcho | Mode::TcpLine | Mode::TcpConnect => {
                 let mut s = connect(self.spec.addr, i)?;
@@ -302,6 +325,7 @@ impl<'a> Worker<'a> {
             let _ = self.poll.registry().deregister(s);
         }
         c.socket = Socket::None;
+        c.tls = None;
         c.state = State::Dead;
         if Instant::now() >= self.measure_from {
             self.errors += 1;
@@ -333,6 +357,7 @@ impl<'a> Worker<'a> {
             let step = match state {
                 State::Dead => return,
                 State::Connecting => self.connecting(i),
+                State::Handshaking => self.handshaking(i),
                 State::Writing => self.writing(i),
                 State::Reading => self.reading(i),
                 State::Draining => self.draining(i),
@@ -358,6 +383,12 @@ impl<'a> Worker<'a> {
             Ok(_) => {
                 let _ = s.set_nodelay(true);
                 c.state = State::Writing;
+                if let Some(tls) = &self.spec.tls {
+                    let conn = rustls::ClientConnection::new(tls.config.clone(), tls.name.clone())
+                        .map_err(crate::tls::io_error)?;
+                    c.tls = Some(Box::new(conn));
+                    c.state = State::Handshaking;
+                }
                 Ok(true)
             }
             Err(e) if e.kind() == io::ErrorKind::NotConnected || e.raw_os_error() == Some(libc::EINPROGRESS) => {
@@ -378,6 +409,20 @@ impl<'a> Worker<'a> {
         }
         let out = if c.slow { &self.out_slow } else { &self.out };
         match &mut c.socket {
+            Socket::Tcp(s) if c.tls.is_some() => {
+                let tls = c.tls.as_mut().expect("checked");
+                loop {
+                    if !flush_tls(tls, s)? {
+                        return Ok(false);
+                    }
+                    if c.written == size {
+                        break;
+                    }
+                    c.written += tls.writer().write(&out[c.written..])?;
+                }
+                // Connect mode over TLS: no half-close; the client closes
+                // (close_notify) once the echo is back.
+            }
             Socket::Tcp(s) => {
                 while c.written < size {
                     match s.write(&out[c.written..]) {
@@ -412,6 +457,45 @@ impl<'a> Worker<'a> {
         let mode = self.spec.mode;
         let c = &mut self.clients[i];
         match &mut c.socket {
+            Socket::Tcp(s) if c.tls.is_some() => {
+                let tls = c.tls.as_mut().expect("checked");
+                // What is still to go out first (the socket took part of it).
+                flush_tls(tls, s)?;
+                loop {
+                    let want = if mode == Mode::TcpLine { self.inbuf.len() } else { size - c.read };
+                    match tls.reader().read(&mut self.inbuf[..want]) {
+                        Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                        Ok(n) if mode == Mode::TcpLine && self.inbuf[..n].contains(&b'\n') => break,
+                        Ok(n) => {
+                            c.read += n;
+                            if mode != Mode::TcpLine && c.read >= size {
+                                break;
+                            }
+                            continue;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e),
+                    }
+                    if !read_tls(tls, s)? {
+                        return Ok(false);
+                    }
+                }
+                if mode == Mode::TcpConnect {
+                    // Connect, handshake, one echo, close: the close is the
+                    // client's, with close_notify.
+                    tls.send_close_notify();
+                    let _ = flush_tls(tls, s);
+                    let _ = self.poll.registry().deregister(s);
+                    self.complete(i);
+                    self.clients[i].socket = Socket::None;
+                    self.clients[i].tls = None;
+                    self.clients[i].state = State::Dead;
+                    if Instant::now() < self.end {
+                        self.open(i)?;
+                    }
+                    return Ok(false);
+                }
+            }
             Socket::Tcp(s) if mode == Mode::TcpLine => loop {
                 // One line back, however long: done at its `\n`.
                 match s.read(&mut self.inbuf) {
@@ -475,6 +559,30 @@ impl<'a> Worker<'a> {
         Ok(false)
     }
 
+    /// TLS: moves the handshake on; on to writing once it is done.
+    fn handshaking(&mut self, i: usize) -> io::Result<bool> {
+        let c = &mut self.clients[i];
+        let (Socket::Tcp(s), Some(tls)) = (&mut c.socket, c.tls.as_mut()) else { return Ok(false) };
+        loop {
+            if !flush_tls(tls, s)? {
+                return Ok(false);
+            }
+            if !tls.is_handshaking() {
+                if self.tls_negotiated.is_none() {
+                    let version = tls.protocol_version().map_or("?".into(), |v| format!("{v:?}"));
+                    let suite = tls.negotiated_cipher_suite().map_or("?".into(), |s| format!("{:?}", s.suite()));
+                    let group = tls.negotiated_key_exchange_group().map_or("?".into(), |g| format!("{:?}", g.name()));
+                    self.tls_negotiated = Some(format!("{version} {suite} {group}"));
+                }
+                c.state = State::Writing;
+                return Ok(true);
+            }
+            if !read_tls(tls, s)? {
+                return Ok(false);
+            }
+        }
+    }
+
     fn finish(self) -> ThreadOutcome {
         ThreadOutcome {
             requests: self.requests,
@@ -484,6 +592,41 @@ impl<'a> Worker<'a> {
             latency: self.latency,
             latency_slow: self.latency_slow,
             cpu: thread_cpu().saturating_sub(self.cpu_start),
+            tls_negotiated: self.tls_negotiated,
+        }
+    }
+}
+
+/// Sends what rustls holds for the socket; `Ok(false)` when the socket
+/// takes no more for now.
+fn flush_tls(tls: &mut rustls::ClientConnection, s: &mut TcpStream) -> io::Result<bool> {
+    while tls.wants_write() {
+        match tls.write_tls(s) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// Reads TLS records from the socket into rustls and processes them;
+/// `Ok(false)` when the socket has nothing more for now.
+fn read_tls(tls: &mut rustls::ClientConnection, s: &mut TcpStream) -> io::Result<bool> {
+    loop {
+        match tls.read_tls(s) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {
+                let processed = tls.process_new_packets();
+                // An alert that says why goes out before the error.
+                let _ = flush_tls(tls, s);
+                processed.map_err(crate::tls::io_error)?;
+                return Ok(true);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }

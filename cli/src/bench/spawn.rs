@@ -203,6 +203,7 @@ mod tests {
             threads: 1,
             timeout: Duration::from_secs(5),
             slow_every: 4,
+            tls: None,
         };
         let outcome = load::run(&spec, &|_| {}).unwrap();
         let (fast, slow) = (outcome.latency.len(), outcome.latency_slow.len());

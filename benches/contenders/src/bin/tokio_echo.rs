@@ -15,7 +15,8 @@
 //! `--tls-cert PEM --tls-key PEM` (issue 19's peer): the TCP side speaks
 //! TLS with tokio-rustls (rustls 0.23, ring provider, rustls's defaults:
 //! TLS 1.3 and 1.2, its cipher suites in its order, two TLS 1.3 session
-//! tickets after each handshake), the handshake in the connection's task.
+//! tickets after each handshake), the handshake in the connection's task,
+//! `TCP_NODELAY` on (as `socketserver echo`).
 //!
 //! `tokio_echo --tcp 127.0.0.1:0 --udp 127.0.0.1:0` prints
 //! `listening tcp ADDR` / `listening udp ADDR` like `socketserver echo`.
@@ -83,6 +84,12 @@ fn main() {
                                 tokio::spawn(echo(stream, args.sleep_slow, args.inline));
                             }
                             Some(acceptor) => {
+                                // TCP_NODELAY, as ours: a handshake's
+                                // session tickets and the first echo are
+                                // separate small writes, which Nagle's
+                                // algorithm holds for the client's
+                                // delayed ACK (40 ms).
+                                let _ = stream.set_nodelay(true);
                                 let accept = acceptor.accept(stream);
                                 let (sleep_slow, inline) = (args.sleep_slow, args.inline);
                                 tokio::spawn(async move {
