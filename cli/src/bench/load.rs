@@ -563,24 +563,14 @@ impl<'a> Worker<'a> {
     fn handshaking(&mut self, i: usize) -> io::Result<bool> {
         let c = &mut self.clients[i];
         let (Socket::Tcp(s), Some(tls)) = (&mut c.socket, c.tls.as_mut()) else { return Ok(false) };
-        loop {
-            if !flush_tls(tls, s)? {
-                return Ok(false);
-            }
-            if !tls.is_handshaking() {
-                if self.tls_negotiated.is_none() {
-                    let version = tls.protocol_version().map_or("?".into(), |v| format!("{v:?}"));
-                    let suite = tls.negotiated_cipher_suite().map_or("?".into(), |s| format!("{:?}", s.suite()));
-                    let group = tls.negotiated_key_exchange_group().map_or("?".into(), |g| format!("{:?}", g.name()));
-                    self.tls_negotiated = Some(format!("{version} {suite} {group}"));
-                }
-                c.state = State::Writing;
-                return Ok(true);
-            }
-            if !read_tls(tls, s)? {
-                return Ok(false);
-            }
+        if !handshake(tls, s)? {
+            return Ok(false);
         }
+        if self.tls_negotiated.is_none() {
+            self.tls_negotiated = Some(negotiated(tls));
+        }
+        c.state = State::Writing;
+        Ok(true)
     }
 
     fn finish(self) -> ThreadOutcome {
@@ -627,6 +617,73 @@ fn read_tls(tls: &mut rustls::ClientConnection, s: &mut TcpStream) -> io::Result
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A non-blocking connection, over TLS or not, as `Read` and `Write`
+/// (`bench tcp-idle`): a TLS write is taken whole by rustls and sent as far
+/// as the socket takes it; a read sends what is left first.
+pub struct MaybeTls<'a> {
+    pub tcp: &'a mut TcpStream,
+    pub tls: Option<&'a mut rustls::ClientConnection>,
+}
+
+impl Read for MaybeTls<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(tls) = self.tls.as_deref_mut() else { return self.tcp.read(buf) };
+        flush_tls(tls, self.tcp)?;
+        loop {
+            match tls.reader().read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                other => return other,
+            }
+            match read_tls(tls, self.tcp) {
+                Ok(true) => {}
+                Ok(false) => return Err(io::ErrorKind::WouldBlock.into()),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Write for MaybeTls<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let Some(tls) = self.tls.as_deref_mut() else { return self.tcp.write(buf) };
+        if !flush_tls(tls, self.tcp)? {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = tls.writer().write(buf)?;
+        flush_tls(tls, self.tcp)?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// "TLSv1_3 TLS13_AES_128_GCM_SHA256 X25519": what a handshake agreed on.
+pub fn negotiated(tls: &rustls::ClientConnection) -> String {
+    let version = tls.protocol_version().map_or("?".into(), |v| format!("{v:?}"));
+    let suite = tls.negotiated_cipher_suite().map_or("?".into(), |s| format!("{:?}", s.suite()));
+    let group = tls.negotiated_key_exchange_group().map_or("?".into(), |g| format!("{:?}", g.name()));
+    format!("{version} {suite} {group}")
+}
+
+/// Moves a TLS handshake on: `Ok(true)` once it is done.
+pub fn handshake(tls: &mut rustls::ClientConnection, s: &mut TcpStream) -> io::Result<bool> {
+    loop {
+        if !flush_tls(tls, s)? {
+            return Ok(false);
+        }
+        if !tls.is_handshaking() {
+            return Ok(true);
+        }
+        if !read_tls(tls, s)? {
+            return Ok(false);
         }
     }
 }

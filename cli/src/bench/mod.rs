@@ -246,9 +246,6 @@ pub fn run(args: BenchArgs) -> io::Result<()> {
     }
     let Some(mode_arg) = args.mode else { unreachable!("clap requires a mode without --gen-cert") };
     if mode_arg == ModeArg::TcpIdle {
-        if args.tls {
-            return Err(io::Error::new(io::ErrorKind::Unsupported, "tcp-idle --tls: not yet"));
-        }
         return run_idle(&args);
     }
     if args.tls && mode_arg == ModeArg::UdpEcho {
@@ -385,6 +382,7 @@ fn run_idle(args: &BenchArgs) -> io::Result<()> {
             hold: args.duration,
             probe_timeout: args.probe_timeout,
             server_pid: args.server_pid,
+            tls: args.tls_client(args.addr.as_deref().unwrap_or_default())?,
         };
         rows.push(idle::run(&spec, &label)?);
     }
