@@ -47,6 +47,7 @@ use crate::transport::{BindAddress, DatagramTransport, InetTransport, StreamTran
 /// | TCP and UDP ([`InetTransport`]) | [`reuse_address`](Self::reuse_address), [`reuse_port`](Self::reuse_port) |
 /// | TCP only | [`nodelay`](Self::nodelay) |
 /// | stream: TCP, Unix stream ([`StreamTransport`]) | [`backlog`](Self::backlog), [`activate`](Self::activate), [`read_timeout`](Self::read_timeout), [`write_timeout`](Self::write_timeout), [`idle_timeout`](Self::idle_timeout), [`read_buffer`](Self::read_buffer), [`write_buffer`](Self::write_buffer), [`proxy_protocol`](Self::proxy_protocol) |
+/// | stream, with the `tls` feature | `tls`, `handshake_timeout`, `verify_tls` |
 /// | datagram: UDP, Unix datagram ([`DatagramTransport`]) | [`max_datagram_size`](Self::max_datagram_size), [`max_datagram_reply`](Self::max_datagram_reply) |
 ///
 /// ```no_run
@@ -452,6 +453,53 @@ impl<T: StreamTransport, S: Strategy> Builder<T, S> {
     }
 }
 
+/// TLS on stream servers (feature `tls`): see the [`tls`](crate::tls) module.
+#[cfg(feature = "tls")]
+impl<T: StreamTransport, S: Strategy> Builder<T, S> {
+    /// Every connection is TLS, with this config (from
+    /// [`tls::server_config_from_pem`](crate::tls::server_config_from_pem),
+    /// or built with rustls; its `alpn_protocols`, client verifier,
+    /// versions and session storage are used as they are). The handshake
+    /// runs where the request runs — a thread, a pool worker, a forked
+    /// child, or parked with no thread under [`Event`](crate::Event) — never
+    /// on the accept loop, after the PROXY header if there is one, within
+    /// [`handshake_timeout`](Self::handshake_timeout); then `verify_tls`,
+    /// then the handler, which reads and writes plaintext as ever and finds
+    /// what the handshake settled in [`StreamRequest::tls`](crate::StreamRequest::tls).
+    /// A server built with another config (a successor after a SIGHUP
+    /// hand-over, with a renewed certificate) uses its own. Stream servers
+    /// only.
+    pub fn tls(mut self, config: impl Into<Arc<rustls::ServerConfig>>) -> Self {
+        self.opts.tls = Some(config.into());
+        self
+    }
+
+    /// How long a TLS handshake may take from the moment it begins (after
+    /// any PROXY header), default 10 s: a client that has not finished it
+    /// by then — silent, slow, or stuck half-way — is closed and counted in
+    /// `Stats::tls_handshake_failures`. `Duration::MAX`: no limit; zero: only
+    /// what is already there is taken. Stream servers only.
+    pub fn handshake_timeout(mut self, t: Duration) -> Self {
+        self.opts.handshake_timeout = t;
+        self
+    }
+
+    /// Called with the peer and what its TLS handshake settled (SNI, ALPN,
+    /// the client's certificates) once the handshake is done, after
+    /// [`verify_request`](Self::verify_request) (which runs before the
+    /// handshake, on the peer's address, or on the client a PROXY header
+    /// names); `false` refuses the connection (`Stats::refused`), which is
+    /// closed with `close_notify` before the handler runs. Stream servers
+    /// with TLS only.
+    pub fn verify_tls(
+        mut self,
+        f: impl Fn(&Address, &crate::tls::TlsInfo) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.verify_tls = Some(Arc::new(f));
+        self
+    }
+}
+
 /// Settings of datagram servers only (UDP and Unix datagram sockets).
 impl<T: DatagramTransport, S: Strategy> Builder<T, S> {
     /// The longest datagram a datagram server takes. By default what the
@@ -525,4 +573,25 @@ mod kind_checks {
         MaxDatagramSize: "max_datagram_size(512)", right [UdpServer, UnixDatagramServer], wrong [TcpServer, UnixStreamServer];
         MaxDatagramReply: "max_datagram_reply(1200)", right [UdpServer, UnixDatagramServer], wrong [TcpServer, UnixStreamServer];
     }
+
+    /// The TLS settings (feature `tls`) exist on stream servers only:
+    ///
+    /// ```no_run
+    /// # fn config() -> socketserver::tls::rustls::ServerConfig { unimplemented!() }
+    /// let _ = socketserver::TcpServer::builder().tls(config()).handshake_timeout(std::time::Duration::from_secs(1));
+    /// let _ = socketserver::UnixStreamServer::builder().tls(config()).verify_tls(|_, _| true);
+    /// ```
+    /// ```compile_fail,E0599
+    /// # fn config() -> socketserver::tls::rustls::ServerConfig { unimplemented!() }
+    /// let _ = socketserver::UdpServer::builder().tls(config());
+    /// ```
+    /// ```compile_fail,E0599
+    /// # fn config() -> socketserver::tls::rustls::ServerConfig { unimplemented!() }
+    /// let _ = socketserver::UnixDatagramServer::builder().tls(config());
+    /// ```
+    /// ```compile_fail,E0599
+    /// let _ = socketserver::UdpServer::builder().handshake_timeout(std::time::Duration::from_secs(1));
+    /// ```
+    #[cfg(feature = "tls")]
+    pub struct Tls;
 }

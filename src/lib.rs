@@ -325,6 +325,8 @@ mod signals;
 mod stats;
 pub mod strategy;
 mod sys;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod transport;
 
 pub use crate::builder::Builder;

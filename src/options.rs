@@ -39,7 +39,17 @@ pub(crate) struct Options {
     pub(crate) read_buffer: usize,
     pub(crate) write_buffer: usize,
     pub(crate) proxy: Option<ProxyProtocol>,
+    /// TLS on every connection (stream servers).
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// How long a TLS handshake may take.
+    #[cfg(feature = "tls")]
+    pub(crate) handshake_timeout: Duration,
 }
+
+/// How long a TLS handshake may take by default.
+#[cfg(feature = "tls")]
+pub(crate) const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Default for Options {
     fn default() -> Self {
@@ -62,6 +72,10 @@ impl Default for Options {
             read_buffer: 64 * 1024,
             write_buffer: DEFAULT_WRITE_BUFFER,
             proxy: None,
+            #[cfg(feature = "tls")]
+            tls: None,
+            #[cfg(feature = "tls")]
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
 }
@@ -86,6 +100,11 @@ impl Options {
             write_buffer: self.write_buffer,
             drain_window: self.drain_window,
             proxy_header_timeout: self.proxy.as_ref().map(|p| p.header_timeout),
+            #[cfg(feature = "tls")]
+            tls: self.tls.as_ref().map(|config| crate::tls::TlsPolicy {
+                config: config.clone(),
+                handshake_timeout: self.handshake_timeout,
+            }),
         }
     }
 }

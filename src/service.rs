@@ -20,6 +20,8 @@ use crate::stats::Counters;
 type VerifyFn = dyn Fn(&Address) -> bool + Send + Sync;
 type ErrorFn<R> = dyn Fn(Option<&mut R>, &Address, &io::Error) + Send + Sync;
 type ActionFn = dyn Fn() + Send + Sync;
+#[cfg(feature = "tls")]
+pub(crate) type VerifyTlsFn = dyn Fn(&Address, &crate::tls::TlsInfo) -> bool + Send + Sync;
 
 /// Python's overridable server methods, as closures.
 pub(crate) struct Hooks<R> {
@@ -27,11 +29,21 @@ pub(crate) struct Hooks<R> {
     pub(crate) handle_error: Option<Arc<ErrorFn<R>>>,
     pub(crate) handle_timeout: Option<Arc<ActionFn>>,
     pub(crate) service_actions: Option<Arc<ActionFn>>,
+    /// After the TLS handshake (and `verify_request`): whether to serve.
+    #[cfg(feature = "tls")]
+    pub(crate) verify_tls: Option<Arc<VerifyTlsFn>>,
 }
 
 impl<R> Default for Hooks<R> {
     fn default() -> Self {
-        Hooks { verify_request: None, handle_error: None, handle_timeout: None, service_actions: None }
+        Hooks {
+            verify_request: None,
+            handle_error: None,
+            handle_timeout: None,
+            service_actions: None,
+            #[cfg(feature = "tls")]
+            verify_tls: None,
+        }
     }
 }
 
@@ -148,6 +160,12 @@ pub(crate) const CHILD_REFUSED: i32 = 3;
 pub(crate) const CHILD_CLOSED: i32 = 4;
 /// The PROXY header failed; the report says how.
 pub(crate) const CHILD_PREAMBLE_FAILED: i32 = 5;
+/// The TLS handshake failed; the report says how.
+pub(crate) const CHILD_TLS_FAILED: i32 = 6;
+/// Added to a child's exit code (one of the above, or an [`Outcome`]) when
+/// its TLS handshake completed, for the parent to count it (below the
+/// 128 + N of a child killed by a signal).
+pub(crate) const CHILD_TLS_DONE: i32 = 16;
 
 /// Whether a request may run, once what comes before it has been read.
 #[derive(Debug)]
@@ -161,6 +179,8 @@ pub(crate) enum Admission {
     Failed(io::Error),
     /// Not read whole yet (the event strategy parks the connection).
     Pending,
+    /// The TLS handshake failed or timed out.
+    TlsFailed(io::Error),
 }
 
 impl<R> Service<R> {
@@ -175,16 +195,31 @@ impl<R> Service<R> {
             }
             Admission::Failed(err) => {
                 Counters::bump(&stats.proxy_errors);
-                if let Some(held) = self.throttle.admit() {
-                    let more = match held {
-                        0 => String::new(),
-                        n => format!(" (and {n} more error(s) not logged since the last)"),
-                    };
-                    let err = Escaped::text(&err.to_string()).to_string();
-                    log::warn!("{}: closed a connection from {peer}: {err}{more}", self.shared.name);
-                }
+                self.warn_closed(peer, &err);
+            }
+            Admission::TlsFailed(err) => {
+                Counters::bump(&stats.tls_handshake_failures);
+                self.warn_closed(peer, &err);
             }
         }
+    }
+
+    /// Logs a connection a peer's preamble cost: at most one line a second,
+    /// saying how many it stands for.
+    fn warn_closed(&self, peer: &dyn fmt::Display, err: &io::Error) {
+        if let Some(held) = self.throttle.admit() {
+            let more = match held {
+                0 => String::new(),
+                n => format!(" (and {n} more error(s) not logged since the last)"),
+            };
+            let err = Escaped::text(&err.to_string()).to_string();
+            log::warn!("{}: closed a connection from {peer}: {err}{more}", self.shared.name);
+        }
+    }
+
+    /// Counts a completed TLS handshake (once its request is admitted or refused).
+    pub(crate) fn count_handshake(&self) {
+        Counters::bump(&self.shared.stats.tls_handshakes);
     }
 }
 
@@ -223,8 +258,13 @@ impl<R: Request> Service<R> {
     /// returned exit code is an [`Outcome`] or, for a request never
     /// admitted, one of the `CHILD_*` codes, for the parent to count.
     pub(crate) fn run_in_child(&self, mut req: R, report: &std::os::fd::OwnedFd) -> i32 {
+        let code = self.run_in_child_inner(&mut req, report);
+        if req.tls_handshaken() { code + CHILD_TLS_DONE } else { code }
+    }
+
+    fn run_in_child_inner(&self, req: &mut R, report: &std::os::fd::OwnedFd) -> i32 {
         let mut outcome = Outcome::Ok;
-        match self.admission(&mut req) {
+        match self.admission(req) {
             Admission::Admitted => {}
             Admission::Refused => {
                 // Whom `verify_request` refused: the client the header named.
@@ -236,8 +276,12 @@ impl<R: Request> Service<R> {
                 crate::sys::process::write_raw(report, Escaped::text(&err.to_string()).to_string().as_bytes());
                 return CHILD_PREAMBLE_FAILED;
             }
+            Admission::TlsFailed(err) => {
+                crate::sys::process::write_raw(report, Escaped::text(&err.to_string()).to_string().as_bytes());
+                return CHILD_TLS_FAILED;
+            }
         }
-        if let Err(failure) = self.run_phases(&mut req) {
+        if let Err(failure) = self.run_phases(req) {
             let mut errors = Vec::new();
             failure.into_errors(&mut errors);
             let mut text = String::new();
@@ -274,7 +318,11 @@ impl<R: Request> Service<R> {
     pub(crate) fn step(&self, req: &mut R, first: bool) -> Step {
         let h = self.handler.as_ref();
         if first {
-            match self.admission(req) {
+            let admission = self.admission(req);
+            if !matches!(admission, Admission::Pending) && req.tls_handshaken() {
+                self.count_handshake();
+            }
+            match admission {
                 Admission::Admitted => {}
                 Admission::Pending => return Step::Waiting,
                 other => {
@@ -310,7 +358,11 @@ impl<R: Request> Service<R> {
     /// names the client, asks `verify_request` about that client. `false`:
     /// the request is refused (counted) and the handler must not run.
     fn admit(&self, req: &mut R) -> bool {
-        match self.admission(req) {
+        let admission = self.admission(req);
+        if req.tls_handshaken() {
+            self.count_handshake();
+        }
+        match admission {
             Admission::Admitted => true,
             other => {
                 self.not_admitted(req.peer(), other);
@@ -323,13 +375,33 @@ impl<R: Request> Service<R> {
     /// child decides, its parent counts).
     fn admission(&self, req: &mut R) -> Admission {
         match req.preamble() {
-            Preamble::None => Admission::Admitted,
-            Preamble::Read if self.verify(req.peer()) => Admission::Admitted,
+            Preamble::None => self.verify_tls(req),
+            Preamble::Read if self.verify(req.peer()) => self.verify_tls(req),
             Preamble::Read => Admission::Refused,
             Preamble::Closed => Admission::Closed,
             Preamble::Failed(err) => Admission::Failed(err),
+            Preamble::TlsFailed(err) => Admission::TlsFailed(err),
             Preamble::Pending => Admission::Pending,
         }
+    }
+
+    /// `verify_tls`, when set, on a request whose handshake is done.
+    fn verify_tls(&self, req: &R) -> Admission {
+        #[cfg(feature = "tls")]
+        if let (Some(hook), Some(info)) = (&self.hooks.verify_tls, req.tls_info()) {
+            let peer = req.peer();
+            return match catch_unwind(AssertUnwindSafe(|| hook(peer, info))) {
+                Ok(true) => Admission::Admitted,
+                Ok(false) => Admission::Refused,
+                Err(p) => {
+                    let err = io::Error::other(format!("verify_tls panicked: {}", panic_message(&p)));
+                    self.handle_error(None, peer, &err);
+                    Admission::Refused
+                }
+            };
+        }
+        let _ = req;
+        Admission::Admitted
     }
 
     /// After `handle`: `finish`, then what the failures mean.

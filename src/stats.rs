@@ -54,6 +54,12 @@ pub struct Stats {
     /// Connections closed because their PROXY header was malformed, or did
     /// not come whole in time.
     pub proxy_errors: u64,
+    /// TLS handshakes completed (with [`Builder::tls`](crate::Builder::tls),
+    /// feature `tls`).
+    pub tls_handshakes: u64,
+    /// TLS handshakes that failed (a bad or refused client, a peer that
+    /// closed during it) or did not finish within the handshake timeout.
+    pub tls_handshake_failures: u64,
     /// Requests waiting in the pool's queue for a worker.
     pub queue_depth: u64,
     /// Pool workers (or, under `Event`, polling threads) running a request
@@ -84,6 +90,8 @@ pub(crate) struct Counters {
     pub(crate) resets: AtomicU64,
     pub(crate) proxy_refused: AtomicU64,
     pub(crate) proxy_errors: AtomicU64,
+    pub(crate) tls_handshakes: AtomicU64,
+    pub(crate) tls_handshake_failures: AtomicU64,
     pub(crate) queued: AtomicUsize,
     pub(crate) workers_busy: AtomicUsize,
     pub(crate) workers_total: AtomicUsize,
@@ -111,6 +119,8 @@ impl Counters {
             resets: self.resets.load(Relaxed),
             proxy_refused: self.proxy_refused.load(Relaxed),
             proxy_errors: self.proxy_errors.load(Relaxed),
+            tls_handshakes: self.tls_handshakes.load(Relaxed),
+            tls_handshake_failures: self.tls_handshake_failures.load(Relaxed),
             queue_depth: self.queued.load(Relaxed) as u64,
             workers_busy: self.workers_busy.load(Relaxed) as u64,
             workers_total: self.workers_total.load(Relaxed) as u64,

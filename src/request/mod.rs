@@ -9,6 +9,7 @@ pub(crate) mod conn;
 mod datagram;
 mod stream;
 pub(crate) mod timeouts;
+mod tls;
 
 use std::io;
 
@@ -33,6 +34,15 @@ pub trait Request: Send + Sized + 'static {
     }
     /// A handler is about to run.
     fn begin(&mut self) {}
+    /// Whether a TLS handshake completed on it (counted once it is admitted or refused).
+    fn tls_handshaken(&self) -> bool {
+        false
+    }
+    /// What its TLS handshake settled, for `verify_tls`.
+    #[cfg(feature = "tls")]
+    fn tls_info(&self) -> Option<&crate::tls::TlsInfo> {
+        None
+    }
     /// Whether `err`, which ended the handler, is the connection's idle
     /// timeout (its normal end, counted in `idle_closed`), not the
     /// handler's failure.
@@ -68,6 +78,14 @@ impl Request for StreamRequest {
     }
     fn begin(&mut self) {
         self.connection().begin_service();
+    }
+    #[cfg(feature = "tls")]
+    fn tls_handshaken(&self) -> bool {
+        StreamRequest::tls_handshaken(self)
+    }
+    #[cfg(feature = "tls")]
+    fn tls_info(&self) -> Option<&crate::tls::TlsInfo> {
+        self.tls()
     }
     fn closed_for_idleness(&mut self, err: &io::Error) -> bool {
         StreamRequest::closed_for_idleness(self, err)

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::buffer::ReadBuffer;
 use super::conn::Connection;
+use super::tls::Session;
 use super::timeouts::{Expired, ReadTimeouts, TimeoutPolicy};
 use crate::deadline::Deadline;
 use crate::handle::ServerHandle;
@@ -17,6 +18,8 @@ use crate::stats::Counters;
 use crate::sys;
 
 mod parking;
+#[cfg(feature = "tls")]
+mod secure;
 
 pub(crate) use self::parking::{BlockingHint, CloseStep, ParkKind};
 use self::parking::{Closing, Hint, More};
@@ -52,7 +55,7 @@ fn keep_spare_wbuf(mut buf: Vec<u8>) {
 }
 
 /// Per-connection settings a stream request needs.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct StreamPolicy {
     pub(crate) timeouts: TimeoutPolicy,
     pub(crate) read_buffer: usize,
@@ -62,6 +65,9 @@ pub(crate) struct StreamPolicy {
     pub(crate) drain_window: Duration,
     /// With the PROXY protocol: how long its header may take.
     pub(crate) proxy_header_timeout: Option<Duration>,
+    /// With TLS: the config and the handshake's timeout.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<crate::tls::TlsPolicy>,
 }
 
 /// One connection, as a handler sees it: Python's `StreamRequestHandler`
@@ -181,6 +187,20 @@ pub struct StreamRequest {
     proxy_deadline: Option<Deadline>,
     /// The address the client connected to, as a PROXY header said.
     local: Option<Address>,
+    /// A PROXY header was read (the preamble says so once it is whole).
+    proxied: bool,
+    /// Under TLS, once its handshake has begun: the session every read and
+    /// write goes through (`None`: plaintext, the one branch it costs).
+    tls: Option<Box<Session>>,
+    /// TLS is to begin (taken when the handshake starts).
+    #[cfg(feature = "tls")]
+    tls_policy: Option<crate::tls::TlsPolicy>,
+    /// When the TLS handshake must be done (set as it begins), and its timeout.
+    handshake_deadline: Option<Deadline>,
+    #[cfg(feature = "tls")]
+    handshake_timeout: Duration,
+    /// Under TLS: records to send, reused.
+    sealed: Vec<u8>,
 }
 
 /// What came before a connection's own bytes (a PROXY header).
@@ -198,6 +218,9 @@ pub(crate) enum Preamble {
     /// Under the event strategy: the rest of the header has not come yet;
     /// the connection parked, and the preamble is read again when it does.
     Pending,
+    /// The TLS handshake failed or timed out.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code, reason = "made by the TLS handshake only"))]
+    TlsFailed(io::Error),
 }
 
 impl StreamRequest {
@@ -230,15 +253,39 @@ impl StreamRequest {
             proxy_header: policy.proxy_header_timeout,
             proxy_deadline: None,
             local: None,
+            proxied: false,
+            tls: None,
+            #[cfg(feature = "tls")]
+            tls_policy: policy.tls,
+            handshake_deadline: None,
+            #[cfg(feature = "tls")]
+            handshake_timeout: Duration::ZERO,
+            sealed: Vec::new(),
         }
     }
 
-    /// Reads the PROXY header, when one is expected, before anything else:
-    /// the peer becomes the client it names, the local address the one the
-    /// client connected to. Bytes after the header stay buffered for the
-    /// handler. Waits at most the header timeout from now, the whole header
-    /// (a trusted proxy sends it at once).
+    /// Reads what comes before the connection's own bytes: the PROXY
+    /// header, when one is expected, then (under TLS) the handshake.
     pub(crate) fn read_preamble(&mut self) -> Preamble {
+        if self.proxy_header.is_some() {
+            match self.read_proxy_header() {
+                Preamble::Read => self.proxied = true,
+                other => return other,
+            }
+        }
+        #[cfg(feature = "tls")]
+        if let Some(stop) = self.handshake() {
+            return stop;
+        }
+        if self.proxied { Preamble::Read } else { Preamble::None }
+    }
+
+    /// Reads the PROXY header before anything else: the peer becomes the
+    /// client it names, the local address the one the client connected to.
+    /// Bytes after the header stay buffered (for the handler, or the TLS
+    /// handshake). Waits at most the header timeout from now, the whole
+    /// header (a trusted proxy sends it at once).
+    fn read_proxy_header(&mut self) -> Preamble {
         let Some(timeout) = self.proxy_header else { return Preamble::None };
         let deadline = *self.proxy_deadline.get_or_insert_with(|| Deadline::after(Instant::now(), timeout));
         let fd = self.fd();
@@ -330,8 +377,10 @@ impl StreamRequest {
     /// buffered by this request.
     ///
     /// # Errors
-    /// When sending the write buffer fails.
+    /// When sending the write buffer fails; `Unsupported` under TLS (what
+    /// is read or written on the socket itself would bypass the encryption).
     pub fn socket(&mut self) -> io::Result<&Stream> {
+        self.refuse_raw_under_tls("socket")?;
         self.flush_all()?;
         Ok(self.conn.stream())
     }
@@ -342,8 +391,10 @@ impl StreamRequest {
     /// server closes connections at the end of its grace period.
     ///
     /// # Errors
-    /// When sending the write buffer fails; as `dup(2)`.
+    /// When sending the write buffer fails; as `dup(2)`; `Unsupported`
+    /// under TLS (bytes written to the clone would bypass the encryption).
     pub fn try_clone(&mut self) -> io::Result<Stream> {
+        self.refuse_raw_under_tls("try_clone")?;
         self.flush_all()?;
         self.conn.try_clone()
     }
@@ -550,7 +601,7 @@ impl StreamRequest {
             return Ok(false);
         }
         loop {
-            match self.rbuf.fill_more(self.conn.stream(), limit) {
+            match self.rbuf.fill_more(source(&self.conn, &mut self.tls, true), limit) {
                 Ok(0) => {
                     self.eof = true;
                     return Ok(false);
@@ -572,8 +623,11 @@ impl StreamRequest {
     /// what the write buffer held.
     ///
     /// # Errors
-    /// As [`BufRead::fill_buf`]; when sending the write buffer fails.
+    /// As [`BufRead::fill_buf`]; when sending the write buffer fails;
+    /// `Unsupported` under TLS (bytes written to the stream would bypass
+    /// the encryption).
     pub fn fill_buf_and_stream(&mut self) -> io::Result<(&[u8], &Stream)> {
+        self.refuse_raw_under_tls("fill_buf_and_stream")?;
         self.flush_all()?;
         BufRead::fill_buf(self)?;
         // What is written to the stream is out of this request's sight.
@@ -672,6 +726,10 @@ impl StreamRequest {
         if self.eof {
             return Ok(!self.drained);
         }
+        if self.tls_readable() {
+            // Decrypted already (or its end is): no wait.
+            return Ok(true);
+        }
         if !self.mid_request {
             return self.wait_at_boundary();
         }
@@ -761,10 +819,71 @@ impl StreamRequest {
 
     fn send(&mut self, buf: &[u8]) -> io::Result<()> {
         self.mid_request = false;
+        if self.tls.is_some() {
+            return self.send_sealed(buf);
+        }
+        self.send_raw(buf)
+    }
+
+    /// Sends bytes as they go on the wire (plaintext, or TLS records).
+    fn send_raw(&mut self, buf: &[u8]) -> io::Result<()> {
         if self.parking {
             return self.send_parking(buf);
         }
         self.send_waiting(buf)
+    }
+
+    /// Under TLS: encrypts `buf` (64 KiB at a time, so that a bulk write is
+    /// not held whole twice) and sends the records, after any rustls had
+    /// queued, as plaintext is sent.
+    fn send_sealed(&mut self, buf: &[u8]) -> io::Result<()> {
+        const SEAL_CHUNK: usize = 64 * 1024;
+        let mut rest = buf;
+        loop {
+            let (chunk, after) = rest.split_at(rest.len().min(SEAL_CHUNK));
+            rest = after;
+            let mut sealed = std::mem::take(&mut self.sealed);
+            sealed.clear();
+            let result = match self.tls.as_deref_mut() {
+                Some(tls) => tls.seal(chunk, &mut sealed),
+                None => Ok(()),
+            };
+            let result = result.and_then(|()| self.send_raw(&sealed));
+            if sealed.capacity() <= 2 * SEAL_CHUNK {
+                sealed.clear();
+                self.sealed = sealed;
+            }
+            result?;
+            if rest.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Whether a TLS read would return without the socket: plaintext is
+    /// decrypted and held, or the peer's end waits there.
+    fn tls_readable(&mut self) -> bool {
+        self.tls.as_deref_mut().is_some_and(Session::readable)
+    }
+
+    /// Whether what the last read found is all there is, as far as TLS
+    /// knows: nothing decrypted is held, and the socket was found empty (a
+    /// TLS read stops at its first plaintext, so a short read does not say
+    /// the socket is empty). Always true without TLS.
+    fn tls_exhausted(&mut self) -> bool {
+        self.tls.as_deref_mut().is_none_or(Session::exhausted)
+    }
+
+    fn refuse_raw_under_tls(&self, what: &str) -> io::Result<()> {
+        #[cfg(feature = "tls")]
+        if self.tls.is_some() || self.tls_policy.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("StreamRequest::{what} under TLS: the socket itself would bypass the encryption"),
+            ));
+        }
+        let _ = what;
+        Ok(())
     }
 
     /// Sends all of `buf`, waiting for the peer as long as the write
@@ -782,7 +901,7 @@ impl StreamRequest {
     }
 
     fn flush_buffer(&mut self) -> io::Result<()> {
-        if self.wbuf.is_empty() {
+        if self.wbuf.is_empty() && !self.tls.as_deref().is_some_and(Session::wants_write) {
             return Ok(());
         }
         let buf = std::mem::take(&mut self.wbuf);
@@ -819,6 +938,31 @@ impl StreamRequest {
 
     pub(crate) fn fd(&self) -> RawFd {
         self.conn.fd()
+    }
+}
+
+/// What a request reads its bytes from: the socket, or its TLS session
+/// over the socket; waiting as the stream's timeouts say, or not at all.
+struct Source<'a> {
+    stream: &'a Stream,
+    tls: Option<&'a mut Session>,
+    wait: bool,
+}
+
+fn source<'a>(conn: &'a Connection, tls: &'a mut Option<Box<Session>>, wait: bool) -> Source<'a> {
+    Source { stream: conn.stream(), tls: tls.as_deref_mut(), wait }
+}
+
+impl Read for Source<'_> {
+    #[inline]
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut stream = self.stream;
+        match (&mut self.tls, self.wait) {
+            (None, true) => stream.read(buf),
+            (None, false) => stream.try_read(buf),
+            (Some(tls), true) => tls.read(&mut stream, buf),
+            (Some(tls), false) => tls.read(&mut TryRead(stream), buf),
+        }
     }
 }
 
@@ -880,7 +1024,7 @@ impl Read for StreamRequest {
         }
         self.reentrant = false;
         self.socket_empty = false;
-        match self.rbuf.read_from(self.conn.stream(), buf) {
+        match self.rbuf.read_from(source(&self.conn, &mut self.tls, true), buf) {
             Ok(0) => {
                 self.eof = true;
                 Ok(0)
@@ -909,10 +1053,10 @@ impl BufRead for StreamRequest {
                 return Ok(&[]);
             }
             self.socket_empty = false;
-            match self.rbuf.fill_from(self.conn.stream()) {
+            match self.rbuf.fill_from(source(&self.conn, &mut self.tls, true)) {
                 Ok(b) => {
                     self.eof = b.is_empty();
-                    self.socket_empty = !b.is_empty() && !self.rbuf.is_full();
+                    self.socket_empty = !self.eof && !self.rbuf.is_full() && self.tls_exhausted();
                     self.timeouts.data_came(Instant::now);
                 }
                 Err(e) => return Err(self.read_error(e)),
@@ -978,6 +1122,13 @@ impl Write for StreamRequest {
             }
             return Ok(total);
         }
+        if self.tls.is_some() {
+            // Each piece is encrypted on its own: no vectored send of records.
+            for b in bufs {
+                self.send(b)?;
+            }
+            return Ok(total);
+        }
         // A copy of the slice list to advance; on the stack for the usual few.
         let mut stack = [IoSlice::new(&[]); 8];
         let mut heap = Vec::new();
@@ -1015,6 +1166,8 @@ impl Write for StreamRequest {
 
 impl Drop for StreamRequest {
     fn drop(&mut self) {
+        #[cfg(feature = "tls")]
+        self.tls_goodbye();
         let unread = !self.rbuf.is_empty();
         self.conn.close(self.eof && !self.drained, unread);
     }

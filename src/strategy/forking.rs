@@ -25,7 +25,9 @@ use std::time::Duration;
 use super::Forking;
 use crate::net::Address;
 use crate::request::Request;
-use crate::service::{Admission, CHILD_CLOSED, CHILD_PREAMBLE_FAILED, CHILD_REFUSED, Outcome, Service};
+use crate::service::{
+    Admission, CHILD_CLOSED, CHILD_PREAMBLE_FAILED, CHILD_REFUSED, CHILD_TLS_DONE, CHILD_TLS_FAILED, Outcome, Service,
+};
 use crate::shutdown::Slot;
 use crate::stats::Counters;
 use crate::sys::epoll::{Epoll, EventFd, Events, Interest};
@@ -295,8 +297,17 @@ fn reap<R>(reaper: &Reaper, service: &Service<R>, live: &AtomicUsize) {
 fn conclude<R>(service: &Service<R>, live: &AtomicUsize, child: Child, status: io::Result<i32>) {
     let Child { pid, report, peer, slot, .. } = child;
     let stats = &service.shared.stats;
+    // A child whose TLS handshake completed says so in its exit code.
+    let status = status.map(|code| match code {
+        CHILD_TLS_DONE..128 => {
+            service.count_handshake();
+            code - CHILD_TLS_DONE
+        }
+        code => code,
+    });
     // A request never admitted is not completed, as elsewhere.
-    let completed = !matches!(status, Ok(CHILD_REFUSED | CHILD_CLOSED | CHILD_PREAMBLE_FAILED));
+    let completed =
+        !matches!(status, Ok(CHILD_REFUSED | CHILD_CLOSED | CHILD_PREAMBLE_FAILED | CHILD_TLS_FAILED));
     match status {
         Ok(0) => {}
         // Never admitted: counted as the other strategies count it,
@@ -309,6 +320,10 @@ fn conclude<R>(service: &Service<R>, live: &AtomicUsize, child: Child, status: i
         Ok(CHILD_PREAMBLE_FAILED) => {
             let why = String::from_utf8_lossy(&report).trim().to_string();
             service.not_admitted(&peer, Admission::Failed(io::Error::other(why)));
+        }
+        Ok(CHILD_TLS_FAILED) => {
+            let why = String::from_utf8_lossy(&report).trim().to_string();
+            service.not_admitted(&peer, Admission::TlsFailed(io::Error::other(why)));
         }
         Ok(code) => {
             Counters::bump(&stats.handler_errors);

@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{ReadBuffer, StreamRequest, TryRead};
+use super::{ReadBuffer, StreamRequest, source};
 use crate::deadline::Deadline;
 use crate::net::{Stream, is_write_timeout};
 use crate::request::timeouts::Expired;
@@ -135,10 +135,14 @@ impl StreamRequest {
             self.park_at(ParkKind::Boundary);
             return Ok(false);
         }
-        match self.rbuf.fill_from(TryRead(self.conn.stream())) {
+        match self.rbuf.fill_from(source(&self.conn, &mut self.tls, false)) {
             Ok([]) => self.eof = true,
             Ok(_) => {
-                self.socket_empty = !self.rbuf.is_full();
+                // Under TLS, only when nothing decrypted is held and the
+                // socket was found empty: a connection with plaintext in
+                // rustls, or records not read yet, must never park (epoll
+                // will not report them again).
+                self.socket_empty = !self.rbuf.is_full() && self.tls_exhausted();
                 self.timeouts.data_came(Instant::now);
                 self.turn_served += 1;
                 return Ok(true);
@@ -171,7 +175,7 @@ impl StreamRequest {
             return Ok(More::Eof);
         }
         loop {
-            match self.rbuf.fill_more(TryRead(self.conn.stream()), limit) {
+            match self.rbuf.fill_more(source(&self.conn, &mut self.tls, false), limit) {
                 Ok(0) => {
                     self.eof = true;
                     self.parked = false;
@@ -257,7 +261,9 @@ impl StreamRequest {
                 Ok(wait) => wait.or(self.timeouts.receive()),
                 Err(_) => return Some(now),
             },
-            ParkKind::Preamble => return self.proxy_deadline.and_then(Deadline::instant),
+            ParkKind::Preamble if self.proxy_header.is_some() => return self.proxy_deadline.and_then(Deadline::instant),
+            // The TLS handshake, after any PROXY header.
+            ParkKind::Preamble => return self.handshake_deadline.and_then(Deadline::instant),
             ParkKind::Write => policy.send(),
         };
         Deadline::within(now, wait).instant()
@@ -326,6 +332,11 @@ impl StreamRequest {
     /// First the backlog is sent (within the write timeout), then the close
     /// lingers as [`Connection::close`](crate::request::conn::Connection) does, without waiting.
     pub(crate) fn close_step(&mut self, now: Instant, expired: bool) -> CloseStep {
+        #[cfg(feature = "tls")]
+        if self.closing.is_none() {
+            // A graceful close says so: `close_notify`, behind the backlog.
+            self.queue_close_notify();
+        }
         if let None | Some(Closing::Flushing(_)) = self.closing {
             let until = match self.closing {
                 Some(Closing::Flushing(until)) => until,
@@ -370,6 +381,12 @@ impl StreamRequest {
         let n = n.min(self.rbuf.buffer().len());
         self.mid_request = false;
         self.reentrant = false;
+        if self.tls.is_some() {
+            // Encrypted on its way: a copy, then the usual path.
+            let data = self.rbuf.buffer()[..n].to_vec();
+            self.rbuf.consume(n);
+            return self.send(&data);
+        }
         if self.parking {
             let mut sent = 0;
             if self.backlog.is_empty() {
@@ -439,7 +456,7 @@ impl StreamRequest {
 
 /// Sends what the socket takes of `buf` now: how much it took, and the
 /// error that stopped it (`WouldBlock` is no error: just the end).
-fn send_now(stream: &Stream, buf: &[u8]) -> (usize, io::Result<()>) {
+pub(super) fn send_now(stream: &Stream, buf: &[u8]) -> (usize, io::Result<()>) {
     let mut sent = 0;
     while sent < buf.len() {
         match stream.try_write(&buf[sent..]) {
