@@ -251,6 +251,13 @@ pub fn run(args: BenchArgs) -> io::Result<()> {
     if args.tls && mode_arg == ModeArg::UdpEcho {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "--tls is for the TCP modes (udp-echo stays plaintext)"));
     }
+    if args.spawn && args.tls && args.tls_cert.is_none() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "--spawn --tls needs --tls-cert and --tls-key"));
+    }
+    let server_tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(std::sync::Arc::new(socketserver::tls::server_config_from_pem(cert, key, None)?)),
+        _ => None,
+    };
     raise_fd_limit();
     let mode = match mode_arg {
         ModeArg::TcpEcho | ModeArg::TcpMixed => Mode::TcpEcho,
@@ -277,7 +284,7 @@ pub fn run(args: BenchArgs) -> io::Result<()> {
     for (label, workload, strategy) in cells {
         for &connections in &args.connections {
             let spawned = match &strategy {
-                Some(s) => Some(Spawned::start(mode == Mode::UdpEcho, &s.strategy, workload)?),
+                Some(s) => Some(Spawned::start(mode == Mode::UdpEcho, &s.strategy, workload, server_tls.as_ref())?),
                 None => None,
             };
             let addr = match &spawned {

@@ -3,9 +3,11 @@
 use std::io::{self, BufRead, Write};
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use socketserver::tls::rustls::ServerConfig;
 use socketserver::{AnyStrategy, DatagramRequest, RequestHandler, ServerHandle, StreamRequest};
 use socketserver::{TcpServer, UdpServer};
 
@@ -107,6 +109,20 @@ pub struct Bench(pub Workload);
 
 impl RequestHandler<StreamRequest> for Bench {
     fn handle(&self, req: &mut StreamRequest) -> io::Result<()> {
+        if req.tls().is_some() {
+            // The raw socket is not handed out under TLS: the request's
+            // own writes encrypt.
+            let mut copy = Vec::new();
+            while req.wait_for_data()? {
+                let data = req.fill_buf()?;
+                self.0.before_echo(data);
+                copy.clear();
+                copy.extend_from_slice(data);
+                req.consume(copy.len());
+                req.write_all(&copy)?;
+            }
+            return Ok(());
+        }
         while req.wait_for_data()? {
             let (data, mut stream) = req.fill_buf_and_stream()?;
             self.0.before_echo(data);
@@ -133,14 +149,23 @@ pub struct Spawned {
 }
 
 impl Spawned {
-    pub fn start(udp: bool, strategy: &AnyStrategy, workload: Workload) -> io::Result<Spawned> {
+    /// With `tls`, the TCP server serves TLS with that configuration.
+    pub fn start(
+        udp: bool,
+        strategy: &AnyStrategy,
+        workload: Workload,
+        tls: Option<&Arc<ServerConfig>>,
+    ) -> io::Result<Spawned> {
         let (addr, handle, thread) = if udp {
             let server = UdpServer::builder().strategy(strategy.clone()).bind("127.0.0.1:0", Bench(workload))?;
             let addr = server.server_address().as_inet().expect("an IP server");
             (addr, server.handle(), std::thread::spawn(move || server.serve_forever()))
         } else {
-            let server =
-                TcpServer::builder().strategy(strategy.clone()).nodelay(true).bind("127.0.0.1:0", Bench(workload))?;
+            let mut builder = TcpServer::builder().strategy(strategy.clone()).nodelay(true);
+            if let Some(config) = tls {
+                builder = builder.tls(config.clone());
+            }
+            let server = builder.bind("127.0.0.1:0", Bench(workload))?;
             let addr = server.server_address().as_inet().expect("an IP server");
             (addr, server.handle(), std::thread::spawn(move || server.serve_forever()))
         };
@@ -192,7 +217,7 @@ mod tests {
     #[test]
     fn a_mixed_load_reports_its_slow_requests_apart() {
         let sleep = Duration::from_millis(2);
-        let server = Spawned::start(false, &socketserver::Event::new().into(), Workload::Mixed(sleep)).unwrap();
+        let server = Spawned::start(false, &socketserver::Event::new().into(), Workload::Mixed(sleep), None).unwrap();
         let spec = Spec {
             mode: Mode::TcpEcho,
             addr: server.addr,
