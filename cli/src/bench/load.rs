@@ -19,7 +19,9 @@ pub enum Mode {
     /// `\n`), read one line back (any length), repeat.
     TcpLine,
     /// Connect, write `size` bytes, half-close, read them back and the end
-    /// of stream, close; repeat with a new connection.
+    /// of stream, close; repeat with a new connection. Over TLS: connect,
+    /// handshake, write, read the echo, close_notify and half-close, read
+    /// to the end of stream, close.
     TcpConnect,
     /// Send a datagram of `size` bytes, wait for it back (or count it lost
     /// after the timeout), repeat.
@@ -420,8 +422,8 @@ impl<'a> Worker<'a> {
                     }
                     c.written += tls.writer().write(&out[c.written..])?;
                 }
-                // Connect mode over TLS: no half-close; the client closes
-                // (close_notify) once the echo is back.
+                // Connect mode over TLS: no half-close yet (TLS has none);
+                // close_notify once the echo is back.
             }
             Socket::Tcp(s) => {
                 while c.written < size {
@@ -481,19 +483,17 @@ impl<'a> Worker<'a> {
                     }
                 }
                 if mode == Mode::TcpConnect {
-                    // Connect, handshake, one echo, close: the close is the
-                    // client's, with close_notify.
+                    // Connect, handshake, one echo, close: close_notify and
+                    // a half-close, then the server's end of stream, as the
+                    // plaintext mode (the server closes first; the client
+                    // closing first had its TIME_WAIT tuples reused while
+                    // the server's side lingered: SYNs answered by a
+                    // challenge ACK, 1 s stalls).
                     tls.send_close_notify();
-                    let _ = flush_tls(tls, s);
-                    let _ = self.poll.registry().deregister(s);
-                    self.complete(i);
-                    self.clients[i].socket = Socket::None;
-                    self.clients[i].tls = None;
-                    self.clients[i].state = State::Dead;
-                    if Instant::now() < self.end {
-                        self.open(i)?;
-                    }
-                    return Ok(false);
+                    flush_tls(tls, s)?;
+                    s.shutdown(Shutdown::Write)?;
+                    c.state = State::Draining;
+                    return Ok(true);
                 }
             }
             Socket::Tcp(s) if mode == Mode::TcpLine => loop {
@@ -540,7 +540,28 @@ impl<'a> Worker<'a> {
     fn draining(&mut self, i: usize) -> io::Result<bool> {
         let c = &mut self.clients[i];
         let Socket::Tcp(s) = &mut c.socket else { return Ok(false) };
+        while let Some(tls) = c.tls.as_mut() {
+            // The server's close_notify (or not: tokio-rustls closes
+            // without one), then its end of stream.
+            match tls.read_tls(s) {
+                Ok(0) => break,
+                Ok(_) => {
+                    tls.process_new_packets().map_err(crate::tls::io_error)?;
+                    match tls.reader().read(&mut self.inbuf) {
+                        Ok(0) => {}
+                        Ok(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, "more bytes than sent")),
+                        Err(_) => {}
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
         loop {
+            if c.tls.is_some() {
+                break;
+            }
             match s.read(&mut self.inbuf) {
                 Ok(0) => break,
                 Ok(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, "more bytes than sent")),
@@ -552,6 +573,7 @@ impl<'a> Worker<'a> {
         let _ = self.poll.registry().deregister(s);
         self.complete(i);
         self.clients[i].socket = Socket::None;
+        self.clients[i].tls = None;
         self.clients[i].state = State::Dead;
         if Instant::now() < self.end {
             self.open(i)?;
