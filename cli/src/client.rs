@@ -4,8 +4,8 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs, UdpSocket};
-use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -75,7 +75,10 @@ pub struct TlsArgs {
 
 impl TlsArgs {
     /// The TLS client for `addr` (a host:port or a socket path), or none.
-    fn connector(&self, addr: &str) -> io::Result<Option<(std::sync::Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>> {
+    fn connector(
+        &self,
+        addr: &str,
+    ) -> io::Result<Option<(std::sync::Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>> {
         if !self.tls {
             return Ok(None);
         }
@@ -149,7 +152,10 @@ fn timeout_error(e: io::Error, target: &str, timeout: Duration) -> io::Error {
 pub fn run(args: ClientArgs) -> io::Result<()> {
     let t = args.target;
     if args.tls.tls && (t.udp.is_some() || t.unix_dgram.is_some()) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "--tls is for --tcp and --unix (datagrams stay plaintext)"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--tls is for --tcp and --unix (datagrams stay plaintext)",
+        ));
     }
     let timeout = args.timeout;
     let limits = Limits { timeout, max_line: args.max_line };

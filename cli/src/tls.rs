@@ -205,6 +205,9 @@ mod tests {
         assert_eq!(server_name(None, "localhost:443").unwrap(), ServerName::try_from("localhost").unwrap());
         assert!(matches!(server_name(None, "[::1]:443").unwrap(), ServerName::IpAddress(_)));
         assert!(matches!(server_name(None, "127.0.0.1:1").unwrap(), ServerName::IpAddress(_)));
-        assert_eq!(server_name(Some("example.com"), "127.0.0.1:1").unwrap(), ServerName::try_from("example.com").unwrap());
+        assert_eq!(
+            server_name(Some("example.com"), "127.0.0.1:1").unwrap(),
+            ServerName::try_from("example.com").unwrap()
+        );
     }
 }

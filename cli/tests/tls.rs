@@ -145,8 +145,16 @@ fn echo_serves_tls_to_openssl_s_client_on_tcp_and_unix() {
     let tcp = server.listening_on("tcp");
     let udp = server.listening_on("udp");
     server.listening_on("unix");
-    assert!(openssl_echo(&openssl, &["-connect", &tcp], &pki.path("ca.pem"), "hello over tcp"), "{}", server.stderr_text());
-    assert!(openssl_echo(&openssl, &["-unix", &sock], &pki.path("ca.pem"), "hello over unix"), "{}", server.stderr_text());
+    assert!(
+        openssl_echo(&openssl, &["-connect", &tcp], &pki.path("ca.pem"), "hello over tcp"),
+        "{}",
+        server.stderr_text()
+    );
+    assert!(
+        openssl_echo(&openssl, &["-unix", &sock], &pki.path("ca.pem"), "hello over unix"),
+        "{}",
+        server.stderr_text()
+    );
     // UDP: plaintext, as before.
     let (code, out, err) = client(&["--udp", &udp], "plain datagram\n");
     assert_eq!((code, out.as_str()), (0, "plain datagram\n"), "{err}");

@@ -642,6 +642,7 @@ mod tests {
             hold: Duration::from_millis(50),
             probe_timeout: Duration::from_secs(5),
             server_pid: Some(std::process::id()),
+            tls: None,
         };
         let row = run(&spec, "test").expect("run");
         assert_eq!((row.connected, row.connect_failed, row.answered), (20, 0, 20), "{row:?}");

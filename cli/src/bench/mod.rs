@@ -249,13 +249,18 @@ pub fn run(args: BenchArgs) -> io::Result<()> {
         return run_idle(&args);
     }
     if args.tls && mode_arg == ModeArg::UdpEcho {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "--tls is for the TCP modes (udp-echo stays plaintext)"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--tls is for the TCP modes (udp-echo stays plaintext)",
+        ));
     }
     if args.spawn && args.tls && args.tls_cert.is_none() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "--spawn --tls needs --tls-cert and --tls-key"));
     }
     let server_tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(std::sync::Arc::new(socketserver::tls::server_config_from_pem(cert, key, None)?)),
+        (Some(cert), Some(key)) => {
+            Some(std::sync::Arc::new(socketserver::tls::server_config_from_pem(cert, key, None)?))
+        }
         _ => None,
     };
     raise_fd_limit();
