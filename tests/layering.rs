@@ -9,7 +9,7 @@ use std::path::Path;
 /// The top-level modules, bottom layer first.
 const LAYERS: &[&[&str]] = &[
     &["deadline", "escaped"],
-    &["sys", "error", "framing", "handler", "stats"],
+    &["sys", "error", "framing", "handler", "stats", "tls"],
     &["net"],
     &["proxy", "activation"],
     &["shutdown"],
