@@ -244,7 +244,7 @@ fn a_bad_pem_file_is_a_clear_error() {
     for (tls, named) in cases {
         let mut args = vec!["echo", "--tcp", "127.0.0.1:0"];
         args.extend_from_slice(tls);
-        let out = Command::new(BIN).args(&args).env("RUST_BACKTRACE", "1").output().unwrap();
+        let out = run_briefly(Command::new(BIN).args(&args).env("RUST_BACKTRACE", "1"));
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(out.stdout.is_empty(), "{args:?} listened: {}", String::from_utf8_lossy(&out.stdout));
@@ -254,6 +254,25 @@ fn a_bad_pem_file_is_a_clear_error() {
     // --tls-key alone is a usage error.
     let out = Command::new(BIN).args(["echo", "--tls-key", &key]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// Runs `cmd` to its end, or kills it after TIMEOUT (a server that
+/// started serving instead of refusing its files: exit code `None`).
+fn run_briefly(cmd: &mut Command) -> std::process::Output {
+    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id() as libc::pid_t;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output().unwrap());
+    });
+    match rx.recv_timeout(TIMEOUT) {
+        Ok(out) => out,
+        Err(_) => {
+            // SAFETY: kill(2) on our own child, which the waiting thread has not reaped.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            rx.recv().unwrap()
+        }
+    }
 }
 
 /// --handshake-timeout: a client that connects and sends nothing is
