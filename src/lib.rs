@@ -258,12 +258,25 @@
 //! 10,000 clients that each send a byte a second and never a newline leave
 //! it at 8 threads with an honest client's p99 under 2.2 ms.
 //!
+//! # TLS
+//!
+//! With the `tls` feature, any stream server takes a `rustls::ServerConfig`
+//! (`Builder::tls`; `tls::server_config_from_pem` reads PEM files, with a
+//! client CA for mutual TLS). The handshake runs where the request runs —
+//! never on the accept loop, parked with no thread under [`Event`] — within
+//! a handshake timeout; the handler reads and writes plaintext as ever and
+//! finds SNI, ALPN and the client's certificates in `StreamRequest::tls`.
+//! The `socketserver::tls` module's docs show a mutual-TLS server.
+//!
 //! # What Python lacks
 //!
 //! * A bounded [`ThreadPool`] with backpressure ([`Overflow`]), connection
 //!   limits ([`Builder::max_connections`]), read, write and idle timeouts.
 //! * The [`Event`] strategy: connections parked in `epoll` between
 //!   requests, holding no thread, for blocking handlers.
+//! * TLS (feature `tls`, rustls) whose handshake cannot wedge the server:
+//!   Python's `ctx.wrap_socket(server.socket, server_side=True)` handshakes
+//!   inside `accept()`, so one silent client stops it.
 //! * A shutdown that wakes the loop at once from any thread — a handler
 //!   included — and never deadlocks; requests that raced it answered (the
 //!   drain window), a graceful drain with a deadline, after which

@@ -253,7 +253,7 @@ impl<R: Request> Service<R> {
     /// Runs a request in a forked child, which must take no lock another
     /// thread of the parent may have held: nothing is logged and no hook
     /// but `verify_request` (which must see the client a PROXY header
-    /// names) runs here. Each error is written to `report` (one line each,
+    /// names) and `verify_tls` (the child's handshake) runs here. Each error is written to `report` (one line each,
     /// raw `write(2)`) for the parent to pass to `handle_error`; the
     /// returned exit code is an [`Outcome`] or, for a request never
     /// admitted, one of the `CHILD_*` codes, for the parent to count.

@@ -54,8 +54,7 @@ pub struct Stats {
     /// Connections closed because their PROXY header was malformed, or did
     /// not come whole in time.
     pub proxy_errors: u64,
-    /// TLS handshakes completed (with [`Builder::tls`](crate::Builder::tls),
-    /// feature `tls`).
+    /// TLS handshakes completed (with `Builder::tls`, feature `tls`).
     pub tls_handshakes: u64,
     /// TLS handshakes that failed (a bad or refused client, a peer that
     /// closed during it) or did not finish within the handshake timeout.

@@ -305,6 +305,8 @@ impl StreamRequest {
         // A parked connection holds no write buffer either: it is this
         // thread's spare for the next connection it runs.
         super::keep_spare_wbuf(std::mem::take(&mut self.wbuf));
+        // Nor records to send (TLS): what the socket did not take is in the backlog.
+        self.sealed = Vec::new();
         if !self.backlog.is_empty() {
             self.park_kind = ParkKind::Write;
         }

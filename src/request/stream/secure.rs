@@ -75,7 +75,7 @@ impl StreamRequest {
                     self.eof = true;
                     let e = io::Error::new(
                         io::ErrorKind::UnexpectedEof,
-                        format!("{} closed in the middle of its TLS handshake", self.peer),
+                        "closed in the middle of its TLS handshake",
                     );
                     return Some(self.handshake_failed(e));
                 }
@@ -125,7 +125,7 @@ impl StreamRequest {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        format!("{} took no part of the server's TLS handshake in time", self.peer),
+                        "took no part of the server's TLS handshake in time",
                     ));
                 }
                 other => other?,
@@ -137,7 +137,7 @@ impl StreamRequest {
         let timeout = self.handshake_timeout;
         Preamble::TlsFailed(io::Error::new(
             io::ErrorKind::TimedOut,
-            format!("no TLS handshake from {} within {timeout:?}", self.peer),
+            format!("no whole TLS handshake within {timeout:?}"),
         ))
     }
 
@@ -150,7 +150,7 @@ impl StreamRequest {
         {
             let _ = send_now(self.conn.stream(), &out);
         }
-        Preamble::TlsFailed(io::Error::new(e.kind(), format!("TLS handshake with {} failed: {e}", self.peer)))
+        Preamble::TlsFailed(io::Error::new(e.kind(), format!("TLS handshake failed: {e}")))
     }
 
     /// Whether a close now is graceful: the handshake was done and the
