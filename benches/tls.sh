@@ -83,7 +83,7 @@ CARGO_TARGET_DIR="$target/contenders" cargo build --release -q --manifest-path b
 ss="$target/release/socketserver"
 tokio_echo="$target/contenders/release/tokio_echo"
 
-mkdir -p "$OUT/cells" "$OUT/logs"
+mkdir -p "$OUT/cells" "$OUT/logs" "$OUT/cpu"
 "$ss" bench --gen-cert "$OUT/cert"
 CERT="$OUT/cert/cert.pem"
 KEY="$OUT/cert/key.pem"
@@ -134,7 +134,12 @@ stop() {
     PID=""
 }
 
-# bench NAME MODE CELL ARGS...: one `socketserver bench` run, its JSON kept.
+# Machine-wide CPU jiffies from /proc/stat: busy (user nice system irq softirq steal) and total.
+cpu_jiffies() { awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
+
+# bench NAME MODE CELL ARGS...: one `socketserver bench` run, its JSON kept,
+# and the machine's CPU use over it (what other processes took is the
+# rest, once the server's and the generator's are taken off).
 bench() {
     local name=$1 mode=$2 cell=$3
     shift 3
@@ -144,8 +149,12 @@ bench() {
         gen=(taskset -c 0 "$ss")
         threads=(--threads 1)
     fi
+    local b0 t0 b1 t1
+    read -r b0 t0 < <(cpu_jiffies)
     "${gen[@]}" bench "$@" --tls --ca "$CERT" --duration "$DURATION" --warmup "$WARMUP" "${threads[@]}" \
         --label "$name" --server-pid "$PID" --json >"$OUT/cells/$mode.$cell.$name.json"
+    read -r b1 t1 < <(cpu_jiffies)
+    printf '{"busy": %s, "total": %s}\n' $((b1 - b0)) $((t1 - t0)) >"$OUT/cpu/$mode.$cell.$name.json"
     sleep 0.3
 }
 
@@ -167,8 +176,10 @@ for round in $(seq "$ROUNDS"); do
             log "round $round/$ROUNDS, $mode: $name"
             start "$name" "$mode.$round" "$pin"
             bench "$name" "$mode" "handshake.r$round" tcp-connect --addr "$TCP" -c 16 -b 64
-            bench "$name" "$mode" "echo64.r$round" tcp-echo --addr "$TCP" -c "$CONNS" -b 64
-            bench "$name" "$mode" "echo16k.r$round" tcp-echo --addr "$TCP" -c "$CONNS" -b 16384
+            for c in ${CONNS//,/ }; do
+                bench "$name" "$mode" "echo64-c$c.r$round" tcp-echo --addr "$TCP" -c "$c" -b 64
+                bench "$name" "$mode" "echo16k-c$c.r$round" tcp-echo --addr "$TCP" -c "$c" -b 16384
+            done
             stop
         done
     done

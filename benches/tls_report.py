@@ -22,7 +22,15 @@ for path in sorted(glob.glob(os.path.join(out, "cells", "*.json"))):
     if base.startswith("idle."):
         continue
     mode, cell, _round, name, _ = base.split(".")
+    cell = cell.split("-c")[0]
+    cpu_path = os.path.join(out, "cpu", base)
+    other = None
+    if os.path.exists(cpu_path):
+        j = json.load(open(cpu_path))
+        cores = settings["cpus"] * j["busy"] / max(j["total"], 1)
     for r in json.load(open(path)):
+        if os.path.exists(cpu_path):
+            r["other_cores"] = max(0.0, cores - (r["generator_cpu_pct"] + (r["server_cpu_pct"] or 0)) / 100)
         rows.setdefault((mode, cell, r["connections"]), {}).setdefault(name, []).append(r)
         if r.get("tls"):
             negotiated.add(r["tls"])
@@ -42,6 +50,7 @@ def fmt(v, digits=0):
 print(f"Commit `{settings['commit']}`; {settings['rounds']} round(s) of {settings['duration']} s (+{settings['warmup']} s warm-up) per cell; "
       f"load average {settings['loadavg_before']} before, {open(os.path.join(out, 'loadavg_after')).read().strip()} after.")
 print(f"Negotiated: {', '.join(sorted(negotiated)) or '?'}.")
+others = []
 print()
 for mode in settings["modes"]:
     print(f"### {mode.capitalize()}" + (" (server `taskset -c 1`, load `taskset -c 0 --threads 1`)" if mode == "pinned" else " (server and load free on both CPUs)"))
@@ -71,7 +80,10 @@ for mode in settings["modes"]:
                 if m["errors"] or m["unserved"]:
                     bad = f" [{m['errors']} errors, {m['unserved']} unserved]"
                 cpu = m.get("server_cpu_us_per_request")
-                line += f" {fmt(m['requests_per_sec'])}{spread}{bad} | {fmt(cpu, 2) if cpu is not None else '-'} | {fmt(m['p99_us'], 1)} |"
+                cpus = sorted(r.get("server_cpu_us_per_request") or 0 for r in rs)
+                cspread = f" ({cpus[0]:.1f}–{cpus[-1]:.1f})" if len(rs) > 1 else ""
+                others.extend(r["other_cores"] for r in rs if "other_cores" in r)
+                line += f" {fmt(m['requests_per_sec'])}{spread}{bad} | {fmt(cpu, 2) if cpu is not None else '-'}{cspread} | {fmt(m['p99_us'], 1)} |"
             if "ours" in med and "tokio" in med:
                 o, t = med["ours"], med["tokio"]
                 ratio = o["requests_per_sec"] / max(t["requests_per_sec"], 1e-9)
@@ -83,6 +95,9 @@ for mode in settings["modes"]:
             print(line)
     print()
 
+if others:
+    print(f"Other processes on the machine used {statistics.median(others):.2f} cores in the median cell and up to {max(others):.2f} (of {settings['cpus']}; machine busy minus server and generator).")
+    print()
 idle = {}
 for path in glob.glob(os.path.join(out, "cells", "idle.*.json")):
     name = os.path.basename(path).split(".")[1]
