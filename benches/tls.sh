@@ -84,9 +84,11 @@ ss="$target/release/socketserver"
 tokio_echo="$target/contenders/release/tokio_echo"
 
 mkdir -p "$OUT/cells" "$OUT/logs" "$OUT/cpu"
-"$ss" bench --gen-cert "$OUT/cert"
-CERT="$OUT/cert/cert.pem"
-KEY="$OUT/cert/key.pem"
+# The certificate and its key stay out of OUT (which is committed).
+CERTDIR=${CERTDIR:-$target/tls-bench-cert}
+"$ss" bench --gen-cert "$CERTDIR"
+CERT="$CERTDIR/cert.pem"
+KEY="$CERTDIR/key.pem"
 COMMIT="$(git rev-parse HEAD 2>/dev/null || echo '?')"
 [[ -z "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]] || COMMIT="$COMMIT (with uncommitted changes)"
 
@@ -163,7 +165,7 @@ import json, sys
 json.dump({"rounds": $ROUNDS, "duration": $DURATION, "warmup": $WARMUP, "modes": "$MODES".split(),
            "contenders": "$CONTENDERS".split(), "idle": $IDLE, "conns": "$CONNS", "commit": "$COMMIT",
            "cpus": $(nproc), "loadavg_before": "$(cut -d' ' -f1-3 /proc/loadavg)",
-           "ours": "$(server_cmd ours | sed "s|$PWD/||g")", "tokio": "$(server_cmd tokio | sed "s|$PWD/||g")"},
+           "ours": "$(server_cmd ours | sed "s|$target/||g")", "tokio": "$(server_cmd tokio | sed "s|$target/||g")"},
           open(sys.argv[1], "w"), indent=1)
 EOF
 
