@@ -249,7 +249,7 @@ mod tests {
         let server = Spawned::start(false, &socketserver::Event::new().into(), Workload::Echo, Some(&config)).unwrap();
         let opts = crate::tls::ClientTls {
             ca: Some(&cert),
-            cipher: Some("TLS13_AES_256_GCM_SHA384"),
+            cipher: Some("TLS13_CHACHA20_POLY1305_SHA256"),
             group: Some("secp256r1"),
             no_resumption: true,
             ..Default::default()
@@ -277,7 +277,7 @@ mod tests {
                 outcome.requests > 0 && outcome.errors == 0 && outcome.unserved == 0,
                 "{mode:?} {size}: {outcome:?}"
             );
-            assert_eq!(outcome.tls_negotiated.as_deref(), Some("TLSv1_3 TLS13_AES_256_GCM_SHA384 secp256r1"));
+            assert_eq!(outcome.tls_negotiated.as_deref(), Some("TLSv1_3 TLS13_CHACHA20_POLY1305_SHA256 secp256r1"));
         }
         let idle = crate::bench::idle::IdleSpec {
             addr: server.addr,
