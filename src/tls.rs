@@ -38,7 +38,7 @@
 //! and Go. `ring` is the smaller, faster build for a library dependency;
 //! what it lacks is the post-quantum key exchange (`X25519MLKEM768`) that
 //! rustls offers only with `aws-lc-rs`, for which rustls 0.23.48 deprecated
-//! `ring`'s `default_provider`. A [`ServerConfig`](rustls::ServerConfig)
+//! `ring`'s `default_provider`. A [`ServerConfig`]
 //! built with another provider (aws-lc-rs, in the user's own dependencies)
 //! works as well: the server only drives the connection.
 //!

@@ -753,6 +753,58 @@ fn the_idle_timeout_holds_over_tls() {
     }
 }
 
+/// The read and write timeouts hold over TLS: a line that never ends
+/// fails its read with `TimedOut`, an answer the client never takes fails
+/// its write with `TimedOut` — reported through `handle_error`, under
+/// `Event` and `Threading`.
+#[test]
+fn read_and_write_timeouts_hold_over_tls() {
+    let _serial = serial();
+    let pki = Pki::new();
+    for strategy in [AnyStrategy::from(Event::new()), Threading::new().into()] {
+        let (tx, rx) = std::sync::mpsc::channel::<(io::ErrorKind, String)>();
+        let tx = std::sync::Mutex::new(tx);
+        let server = TcpServer::builder()
+            .strategy(strategy.clone())
+            .tls(pki.server(false))
+            .read_timeout(Duration::from_millis(200))
+            .write_timeout(Duration::from_millis(200))
+            .handle_error(move |_, _, e| {
+                let _ = tx.lock().unwrap().send((e.kind(), e.to_string()));
+            })
+            .bind("127.0.0.1:0", |req: &mut StreamRequest| {
+                while req.wait_for_data()? {
+                    let Some(line) = req.next_line()? else { break };
+                    if line == "flood" {
+                        let chunk = vec![b'x'; 64 * 1024];
+                        loop {
+                            req.write_all(&chunk)?;
+                        }
+                    }
+                    writeln!(req, "{line}")?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let running = run(server);
+        // A line that never ends.
+        let mut c = tls_tcp(pki.client(None, &[]), running.inet());
+        c.write_all(b"no end").unwrap();
+        let (kind, text) = rx.recv_timeout(TIMEOUT).unwrap();
+        assert_eq!(kind, io::ErrorKind::TimedOut, "{strategy:?}: {text}");
+        assert!(text.contains("timed out"), "{strategy:?}: {text}");
+        drop(c);
+        // An answer never taken.
+        let mut c = tls_tcp(pki.client(None, &[]), running.inet());
+        c.write_all(b"flood\n").unwrap();
+        let (kind, text) = rx.recv_timeout(TIMEOUT).unwrap();
+        assert_eq!(kind, io::ErrorKind::TimedOut, "{strategy:?}: {text}");
+        assert!(text.starts_with("write to") && text.contains("timed out"), "{strategy:?}: {text}");
+        drop(c);
+        running.stop().unwrap();
+    }
+}
+
 /// Reading a bad PEM file fails with an error that names it.
 #[test]
 fn pem_errors_name_the_file() {
