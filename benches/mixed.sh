@@ -5,7 +5,8 @@
 # D ms (a database call), the rest are 64 B echoes.
 #
 #   contenders: event, pool, threading (`socketserver echo --strategy S
-#   --bench-sleep-slow D`), tokio-spawn-blocking and tokio-inline
+#   --bench-sleep-slow D`), event-hinted (the sleep inside
+#   `StreamRequest::blocking`: `--bench-hint`), tokio-spawn-blocking and tokio-inline
 #   (benches/contenders tokio_echo --sleep-slow D [--inline]), std
 #   (std_echo --sleep-slow D: a thread per connection).
 #
@@ -22,7 +23,7 @@
 #   CELLS="10:5" ROUNDS=3 benches/mixed.sh
 #
 # Settings (environment): CELLS ("F%:Dms ...", default "10:5 1:5 50:5 10:1
-# 10:50"), PINNINGS ("pinned unpinned"), CONTENDERS (all six), ROUNDS (3),
+# 10:50"), PINNINGS ("pinned unpinned"), CONTENDERS (all seven), ROUNDS (3),
 # CONNS (256), DURATION (3 s measured), WARMUP (0.5 s), OUT (raw file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,7 +36,7 @@ if [[ $QUICK == 1 ]]; then
 fi
 CELLS=${CELLS:-"10:5 1:5 50:5 10:1 10:50"}
 PINNINGS=${PINNINGS:-"pinned unpinned"}
-CONTENDERS=${CONTENDERS:-"event pool threading tokio-spawn-blocking tokio-inline std"}
+CONTENDERS=${CONTENDERS:-"event event-hinted pool threading tokio-spawn-blocking tokio-inline std"}
 ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-256}
 DURATION=${DURATION:-3}
@@ -45,9 +46,10 @@ mkdir -p benches/results/issue20
 OUT=${OUT:-benches/results/issue20/mixed-$(date -u +%Y%m%dT%H%M%SZ).jsonl}
 
 target=${CARGO_TARGET_DIR:-target}
+# Absolute before the contenders' build, which runs in their directory.
+[[ $target = /* ]] || target="$PWD/$target"
 cargo build --release -q -p socketserver-cli
 (cd benches/contenders && CARGO_TARGET_DIR="$target/contenders" cargo build --release -q)
-[[ $target = /* ]] || target="$PWD/$target"
 ss="$target/release/socketserver"
 contenders="$target/contenders/release"
 
@@ -72,6 +74,8 @@ start_server() {
     case $who in
         event | pool | threading)
             cmd=("$ss" echo --tcp 127.0.0.1:0 --strategy "$who" --bench-sleep-slow "$d" --log-level warn) ;;
+        event-hinted)
+            cmd=("$ss" echo --tcp 127.0.0.1:0 --strategy event --bench-sleep-slow "$d" --bench-hint --log-level warn) ;;
         tokio-spawn-blocking) cmd=("$contenders/tokio_echo" --tcp 127.0.0.1:0 --sleep-slow "$d") ;;
         tokio-inline) cmd=("$contenders/tokio_echo" --tcp 127.0.0.1:0 --sleep-slow "$d" --inline) ;;
         std) cmd=("$contenders/std_echo" --tcp 127.0.0.1:0 --backlog 1024 --sleep-slow "$d") ;;

@@ -42,6 +42,10 @@ pub struct Stats {
     /// Datagram replies dropped because the peer's queue was full (a
     /// client that does not read): a reply never waits.
     pub replies_dropped: u64,
+    /// Receive calls (`recvmmsg`) of a pool's or `Event`'s datagram
+    /// receivers that returned datagrams: `accepted / datagram_batches` is
+    /// the mean batch a call took.
+    pub datagram_batches: u64,
     /// Connections closed by the framework because their idle timeout passed
     /// (the peer sent nothing, or took nothing, for that long).
     pub idle_closed: u64,
@@ -85,6 +89,7 @@ pub(crate) struct Counters {
     pub(crate) accept_errors: AtomicU64,
     pub(crate) oversized: AtomicU64,
     pub(crate) replies_dropped: AtomicU64,
+    pub(crate) datagram_batches: AtomicU64,
     pub(crate) idle_closed: AtomicU64,
     pub(crate) resets: AtomicU64,
     pub(crate) proxy_refused: AtomicU64,
@@ -114,6 +119,7 @@ impl Counters {
             accept_errors: self.accept_errors.load(Relaxed),
             oversized: self.oversized.load(Relaxed),
             replies_dropped: self.replies_dropped.load(Relaxed),
+            datagram_batches: self.datagram_batches.load(Relaxed),
             idle_closed: self.idle_closed.load(Relaxed),
             resets: self.resets.load(Relaxed),
             proxy_refused: self.proxy_refused.load(Relaxed),

@@ -27,7 +27,7 @@ pub enum Bundled {
     Echo,
     /// The echo server, but a request whose first byte is `S` sleeps this
     /// long first (`--bench-sleep-slow`).
-    MixedEcho(Duration),
+    MixedEcho(Duration, bool),
     /// With the time a stream client has to send one whole request line.
     Time(Duration),
 }
@@ -35,7 +35,7 @@ pub enum Bundled {
 impl Bundled {
     fn default_port(self) -> u16 {
         match self {
-            Bundled::Echo | Bundled::MixedEcho(_) => 9999,
+            Bundled::Echo | Bundled::MixedEcho(..) => 9999,
             Bundled::Time(_) => 9000,
         }
     }
@@ -50,11 +50,15 @@ pub struct EchoArgs {
     /// call (a database, a disk) in a handler.
     #[arg(long, value_name = "MS", hide = true, value_parser = crate::bench::parse_ms)]
     pub bench_sleep_slow: Option<Duration>,
+    /// With `--bench-sleep-slow`: the sleep runs inside
+    /// `StreamRequest::blocking`, which tells the strategy first.
+    #[arg(long, hide = true, requires = "bench_sleep_slow")]
+    pub bench_hint: bool,
 }
 
 impl EchoArgs {
     pub fn bundled(&self) -> Bundled {
-        self.bench_sleep_slow.map_or(Bundled::Echo, Bundled::MixedEcho)
+        self.bench_sleep_slow.map_or(Bundled::Echo, |sleep| Bundled::MixedEcho(sleep, self.bench_hint))
     }
 }
 
@@ -339,7 +343,7 @@ impl ServerOptions {
 
     /// `--max-workers`, or the strategy's default.
     fn max_workers(&self) -> usize {
-        let default = if matches!(self.strategy.strategy, AnyStrategy::Event(_)) { 256 } else { 4096 };
+        let default = if matches!(self.strategy.strategy, AnyStrategy::Event(_)) { 512 } else { 4096 };
         self.max_workers.map_or(default, NonZeroUsize::get)
     }
 
@@ -554,8 +558,10 @@ pub fn run(which: Bundled, mut args: ServeArgs) -> io::Result<()> {
     }
     let servers = match which {
         Bundled::Echo => bind_all(Echo, &args.listeners, &args.options, inherited)?,
-        Bundled::MixedEcho(sleep) => {
-            let handler = crate::bench::Bench(crate::bench::Workload::Mixed(sleep));
+        Bundled::MixedEcho(sleep, hinted) => {
+            use crate::bench::Workload;
+            let handler =
+                crate::bench::Bench(if hinted { Workload::MixedHinted(sleep) } else { Workload::Mixed(sleep) });
             bind_all(handler, &args.listeners, &args.options, inherited)?
         }
         Bundled::Time(limit) => {

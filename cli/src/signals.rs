@@ -82,7 +82,8 @@ fn quit(servers: &[(String, ServerHandle)]) {
 fn summary(s: &Stats) -> String {
     format!(
         "accepted {}, active {}, completed {}, rejected {}, refused {}, handler errors {}, panics {}, \
-         accept errors {}, oversized {}, idle closed {}, queued {}, parked {}, workers {} busy of {}",
+         accept errors {}, oversized {}, replies dropped {}, datagram batches {}, idle closed {}, queued {}, \
+         parked {}, workers {} busy of {}",
         s.accepted,
         s.active,
         s.completed,
@@ -92,6 +93,8 @@ fn summary(s: &Stats) -> String {
         s.panics,
         s.accept_errors,
         s.oversized,
+        s.replies_dropped,
+        s.datagram_batches,
         s.idle_closed,
         s.queue_depth,
         s.parked,

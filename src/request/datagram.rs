@@ -2,8 +2,12 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use socket2::SockAddr;
 
 use crate::handle::ServerHandle;
@@ -47,6 +51,10 @@ pub struct DatagramRequest {
     server: ServerHandle,
     max_reply: usize,
     pub(crate) slot: Option<Slot>,
+    /// A batch receiver's held replies (`None`: a reply is sent at once).
+    /// (A mutex, not a `RefCell`, so that the request stays `Sync`: only
+    /// its receiver's thread ever takes it.)
+    pub(crate) outbox: Option<Mutex<Outbox>>,
 }
 
 impl DatagramRequest {
@@ -60,6 +68,7 @@ impl DatagramRequest {
             server,
             max_reply,
             slot: None,
+            outbox: None,
         }
     }
 
@@ -74,6 +83,7 @@ impl DatagramRequest {
             server: self.server.clone(),
             max_reply: self.max_reply,
             slot: None,
+            outbox: None,
         }
     }
 
@@ -91,6 +101,17 @@ impl DatagramRequest {
     /// the sender's queue is full (a client that does not read), the reply
     /// is dropped and counted in `Stats::replies_dropped`, and this returns
     /// `Ok` — as UDP drops what it cannot deliver.
+    ///
+    /// Under [`ThreadPool`](crate::ThreadPool) and [`Event`](crate::Event)
+    /// the receivers take datagrams in batches (`recvmmsg`) and a reply of
+    /// up to 65,507 bytes is held and sent with the other replies of its
+    /// batch in one `sendmmsg`, in the order they were made: after the
+    /// batch's last handler, when 64 are held, or before a handler starts
+    /// once the oldest has waited 1 ms or the handler before took 100 µs.
+    /// An error sending a held reply goes
+    /// to `handle_error` (with the peer), not to this call; what
+    /// [`socket`](Self::socket) sends goes at once, possibly before held
+    /// replies.
     ///
     /// # Errors
     /// `InvalidInput` when the sender is an unnamed Unix socket (it did not
@@ -123,9 +144,23 @@ impl DatagramRequest {
                 ),
             ));
         }
+        let dropped = &self.server.shared.stats.replies_dropped;
+        if let Some(outbox) = &self.outbox {
+            let mut outbox = outbox.lock();
+            if data.len() <= DEFERRED_MAX {
+                if !outbox.fits(data.len()) {
+                    outbox.flush(&self.socket, dropped);
+                }
+                outbox.push(data, &self.peer_raw);
+                return Ok(());
+            }
+            // Too large to hold: after the held ones, in order, and its
+            // error (EMSGSIZE) is the handler's.
+            outbox.flush(&self.socket, dropped);
+        }
         match self.socket.send_to_raw(data, &self.peer_raw) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                crate::stats::Counters::bump(&self.server.shared.stats.replies_dropped);
+            Err(e) if is_full(&e) => {
+                crate::stats::Counters::bump(dropped);
                 Ok(())
             }
             sent => sent,
@@ -173,5 +208,94 @@ impl DatagramRequest {
     /// A handle to the server: shut it down, read its stats.
     pub fn server(&self) -> &ServerHandle {
         &self.server
+    }
+}
+
+/// The largest reply held for a batch; a larger one is sent at once (its
+/// error, e.g. `EMSGSIZE`, is the handler's).
+const DEFERRED_MAX: usize = crate::net::MAX_UDP_PAYLOAD;
+/// The bytes of replies held at most (more: the held ones are sent first).
+const OUTBOX_BYTES: usize = 64 * 1024;
+/// How long a held reply may wait for the batch's end before a handler
+/// starts: the replies a slow handler holds back are only those made in
+/// the last millisecond before it started.
+pub(crate) const REPLY_HOLD: Duration = Duration::from_millis(1);
+/// A handler this slow sends the replies held before the next handler
+/// starts: next to it, what one `sendmmsg` saves is nothing, and the next
+/// one may be as slow.
+pub(crate) const SLOW_HANDLER: Duration = Duration::from_micros(100);
+
+/// Whether a send failed because the socket cannot take the datagram now
+/// (`EAGAIN`, `ENOBUFS`): the reply is dropped and counted, never waited on.
+fn is_full(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::ENOBUFS)
+}
+
+/// The replies a batch receiver holds until its batch ends, to send them
+/// with one `sendmmsg`.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    bytes: Vec<u8>,
+    /// Each reply: where its bytes start, how many, to whom.
+    held: Vec<(usize, usize, SockAddr)>,
+    /// When the oldest held reply was made.
+    since: Option<Instant>,
+    /// Held replies that could not be sent (other than for a full socket),
+    /// for the receiver to report.
+    pub(crate) failed: Vec<(SockAddr, io::Error)>,
+}
+
+impl Outbox {
+    fn fits(&self, len: usize) -> bool {
+        self.held.len() < crate::sys::mmsg::MAX_BATCH && self.bytes.len() + len <= OUTBOX_BYTES
+    }
+
+    fn push(&mut self, data: &[u8], to: &SockAddr) {
+        self.held.push((self.bytes.len(), data.len(), to.clone()));
+        self.bytes.extend_from_slice(data);
+    }
+
+    /// Notes `now` (the end of the handler that made them) as the time of
+    /// the replies held since the last stamp: the receiver reads the clock
+    /// once per handler, and a reply need not read it again.
+    pub(crate) fn stamp(&mut self, now: Instant) {
+        if self.since.is_none() && !self.held.is_empty() {
+            self.since = Some(now);
+        }
+    }
+
+    /// How long the oldest held reply has waited by `now` (zero: none held).
+    pub(crate) fn waited(&self, now: Instant) -> Duration {
+        self.since.map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
+    }
+
+    /// Sends the held replies in order, in as few `sendmmsg` calls as the
+    /// socket allows, never waiting: a reply the socket cannot take now is
+    /// dropped and counted in `dropped`, the ones after it are still tried;
+    /// one that fails otherwise is kept in `failed`.
+    pub(crate) fn flush(&mut self, socket: &DatagramSocket, dropped: &AtomicU64) {
+        let mut next = 0;
+        while next < self.held.len() {
+            let msgs = self.held[next..].iter().map(|(start, len, to)| (&self.bytes[*start..*start + *len], to));
+            match crate::sys::mmsg::send_batch(socket.as_fd(), msgs) {
+                Ok(0) => {
+                    // Not expected; never loop on it.
+                    crate::stats::Counters::bump(dropped);
+                    next += 1;
+                }
+                Ok(sent) => next += sent,
+                Err(e) if is_full(&e) => {
+                    crate::stats::Counters::bump(dropped);
+                    next += 1;
+                }
+                Err(e) => {
+                    self.failed.push((self.held[next].2.clone(), e));
+                    next += 1;
+                }
+            }
+        }
+        self.held.clear();
+        self.bytes.clear();
+        self.since = None;
     }
 }

@@ -14,6 +14,7 @@ mod tls;
 use std::io;
 
 pub use datagram::DatagramRequest;
+pub(crate) use datagram::{Outbox, REPLY_HOLD, SLOW_HANDLER};
 pub(crate) use stream::{BlockingHint, CloseStep, ParkKind, Preamble, StreamPolicy};
 pub use stream::{MAX_LINE, StreamRequest};
 

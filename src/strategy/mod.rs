@@ -286,13 +286,16 @@ impl Forking {
 /// (the backlog, then the lingering read that keeps a reset from destroying
 /// the answer) runs on the loop too.
 ///
-/// A handler that blocks (a read after consuming, a lock, a sleep) keeps its
-/// polling thread: when it waits in the library's own I/O, another thread
-/// takes over what it had not started and polls in its place at once;
-/// otherwise when it has been in one handler for a few milliseconds; up to
-/// `max_workers` threads in all, and at that limit new connections are
-/// still accepted and wait their turn. Surplus threads retire after
-/// `keep_alive` without work. The timeouts of parked connections cost no
+/// `pollers` threads wait in epoll at most (one per polling slot). A handler
+/// that blocks (a read after consuming, a lock, a sleep) keeps its thread
+/// but loses its slot, with what it had not started, to an idle thread or
+/// a new one: at once when it waits in the library's own I/O or inside
+/// [`StreamRequest::blocking`](crate::StreamRequest::blocking); otherwise
+/// when the monitor finds it blocked (within about 0.1 ms while handlers
+/// block, a few ms after a quiet spell); up to `max_workers` threads in
+/// all, and at that limit new connections are still accepted and wait
+/// their turn. A thread whose handler returns with no slot free parks as
+/// idle, and retires after `keep_alive`. The timeouts of parked connections cost no
 /// thread and one timer entry each, however many requests they serve. For
 /// datagram servers this strategy is the pool's: `pollers` threads receive
 /// and handle datagrams themselves.
@@ -305,13 +308,15 @@ pub struct Event {
 }
 
 impl Default for Event {
-    /// A polling thread per CPU, growing to 256 while handlers block,
-    /// surplus threads retiring after 10 s.
+    /// A polling slot per CPU, threads growing to 512 while handlers block
+    /// (tokio's cap on its blocking threads: a thread per handler asleep
+    /// at once, and the pollers beside them), idle threads retiring after
+    /// 10 s.
     fn default() -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
         Event {
             pollers: cpus,
-            max_workers: 256.max(cpus),
+            max_workers: 512.max(cpus),
             keep_alive: DEFAULT_KEEP_ALIVE,
             stack_size: DEFAULT_STACK_SIZE,
         }
@@ -324,8 +329,8 @@ impl Event {
         Self::default()
     }
 
-    /// The polling threads kept even when idle (at least 1; raises
-    /// `max_workers` to match).
+    /// The polling slots: threads that wait in epoll, kept even when idle
+    /// (at least 1; raises `max_workers` to match).
     pub fn pollers(mut self, n: usize) -> Self {
         self.pollers = n;
         self.max_workers = self.max_workers.max(self.pollers);
@@ -339,7 +344,8 @@ impl Event {
         self
     }
 
-    /// How long a surplus thread waits for work before it retires
+    /// How long an idle thread (one without a slot) waits for one before it
+    /// retires
     /// (`Duration::MAX`: never; zero: as soon as it finds none).
     pub fn keep_alive(mut self, idle: Duration) -> Self {
         self.keep_alive = idle;
@@ -377,7 +383,7 @@ impl Event {
 /// | `pool` | [`ThreadPool::default()`]: a worker per CPU (at least 2), growing to 256 |
 /// | `pool(N)`, `pool(N-M)` | N workers ([`ThreadPool::new`]), or N growing to M |
 /// | `forking`, `forking(N)` | [`Forking`]: at most 40 children, or N |
-/// | `event` | [`Event::new()`]: a polling thread per CPU, up to 256 threads |
+/// | `event` | [`Event::new()`]: a polling slot per CPU, up to 512 threads |
 /// | `event(N)`, `event(N-M)` | N polling threads, at most N threads or M |
 ///
 /// The other settings follow the count inside the parentheses, apart by

@@ -1,6 +1,6 @@
 //! The OS calls std and socket2 do not offer, and the only `unsafe` code in
 //! the crate: `poll`, a `recvfrom` that reports the real length of an
-//! oversized datagram, the process calls of the forking strategy ([`process`]) and C `strftime` for
+//! oversized datagram, datagrams in batches (`recvmmsg`/`sendmmsg`, [`mmsg`]), the process calls of the forking strategy ([`process`]) and C `strftime` for
 //! the bundled time server ([`time`]), SIGHUP on a pipe and a successor
 //! started with inherited sockets ([`handoff`]). Every `unsafe` block says why it is
 //! sound; every function with a precondition the compiler cannot check is
@@ -9,6 +9,7 @@
 
 pub(crate) mod epoll;
 pub(crate) mod handoff;
+pub(crate) mod mmsg;
 pub(crate) mod process;
 pub(crate) mod time;
 
@@ -187,9 +188,39 @@ pub(crate) fn thread_id() -> i32 {
 /// not moved on is then preempted or computing, not blocked. `false` when
 /// it cannot be told.
 pub(crate) fn thread_runnable(tid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")) else { return false };
-    // `pid (comm) S ...`: the state follows the last `)` (comm may hold one).
-    stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('R'))
+    let Ok(stat) = std::fs::read(format!("/proc/self/task/{tid}/stat")) else { return false };
+    stat_says_runnable(&stat)
+}
+
+/// Asks that the calling thread's timed waits end on time: Linux lets a
+/// wait run up to 50 µs late by default (its timer slack), which would
+/// double the monitor's quickest look. Best effort.
+pub(crate) fn precise_timers() {
+    // SAFETY: PR_SET_TIMERSLACK takes a value and touches no memory.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
+}
+
+/// The calling thread's `/proc` stat file, for [`thread_runnable_in`].
+pub(crate) fn own_thread_stat() -> Option<std::fs::File> {
+    std::fs::File::open("/proc/thread-self/stat").ok()
+}
+
+/// [`thread_runnable`] read from a thread's stat file opened once
+/// ([`own_thread_stat`]): `/proc` makes the text again at each read from
+/// offset 0, without the path walk and the open.
+pub(crate) fn thread_runnable_in(stat: &std::fs::File) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 512];
+    match stat.read_at(&mut buf, 0) {
+        Ok(n) => stat_says_runnable(&buf[..n]),
+        Err(_) => false,
+    }
+}
+
+/// `pid (comm) S ...`: the state follows the last `)` (comm may hold one).
+fn stat_says_runnable(stat: &[u8]) -> bool {
+    let Some(close) = stat.iter().rposition(|&b| b == b')') else { return false };
+    stat[close + 1..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'R')
 }
 
 /// The calling thread's CPU-time clock, for another thread to read with

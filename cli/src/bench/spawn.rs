@@ -24,6 +24,10 @@ pub enum Workload {
     /// generator's `--slow-every`), echo the rest at once: fast requests
     /// among slow ones.
     Mixed(Duration),
+    /// As `Mixed`, the sleep inside `StreamRequest::blocking` (the handler
+    /// says it will block: under `Event`, its thread hands on its polling
+    /// slot at once).
+    MixedHinted(Duration),
 }
 
 impl Workload {
@@ -31,8 +35,8 @@ impl Workload {
         match self {
             Workload::Echo => {}
             Workload::Sleep(d) => std::thread::sleep(d),
-            Workload::Mixed(d) if request.first() == Some(&b'S') => std::thread::sleep(d),
-            Workload::Mixed(_) => {}
+            Workload::Mixed(d) | Workload::MixedHinted(d) if request.first() == Some(&b'S') => std::thread::sleep(d),
+            Workload::Mixed(_) | Workload::MixedHinted(_) => {}
             Workload::Cpu(d) => {
                 let start = Instant::now();
                 let mut x = 0u64;
@@ -53,6 +57,7 @@ impl std::fmt::Display for Workload {
             Workload::Sleep(d) => write!(f, "sleep:{}", d.as_micros() as f64 / 1000.0),
             Workload::Cpu(d) => write!(f, "cpu:{}", d.as_micros() as f64 / 1000.0),
             Workload::Mixed(d) => write!(f, "mixed:{}", d.as_micros() as f64 / 1000.0),
+            Workload::MixedHinted(d) => write!(f, "mixed-hinted:{}", d.as_micros() as f64 / 1000.0),
         }
     }
 }
@@ -67,7 +72,8 @@ impl FromStr for Workload {
             Some(("sleep", v)) => Ok(Workload::Sleep(parse_ms(v)?)),
             Some(("cpu", v)) => Ok(Workload::Cpu(parse_ms(v)?)),
             Some(("mixed", v)) => Ok(Workload::Mixed(parse_ms(v)?)),
-            _ => Err(format!("`{s}`: expected echo, sleep:MS, cpu:MS or mixed:MS")),
+            Some(("mixed-hinted", v)) => Ok(Workload::MixedHinted(parse_ms(v)?)),
+            _ => Err(format!("`{s}`: expected echo, sleep:MS, cpu:MS, mixed:MS or mixed-hinted:MS")),
         }
     }
 }
@@ -124,6 +130,16 @@ impl RequestHandler<StreamRequest> for Bench {
             return Ok(());
         }
         while req.wait_for_data()? {
+            if let Workload::MixedHinted(d) = self.0
+                && req.buffered().first() == Some(&b'S')
+            {
+                req.blocking(|| std::thread::sleep(d));
+                let (data, mut stream) = req.fill_buf_and_stream()?;
+                let n = data.len();
+                stream.write_all(data)?;
+                req.consume(n);
+                continue;
+            }
             let (data, mut stream) = req.fill_buf_and_stream()?;
             self.0.before_echo(data);
             let n = data.len();

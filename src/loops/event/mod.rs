@@ -11,8 +11,10 @@
 //! * [`registry`]: connections by generation-carrying token;
 //! * [`timers`]: one ordered set of deadlines, at most one entry per connection
 //!   and kind;
-//! * [`poller`]: the polling threads: wait in epoll, accept, run handlers,
-//!   park, retire;
+//! * [`slots`]: the polling slots (`pollers` of them): who may wait in
+//!   epoll, and the transitions that take a slot from a blocked handler;
+//! * [`poller`]: the polling threads: wait in epoll while holding a slot,
+//!   accept, run handlers, park; without a slot, park as idle, retire;
 //! * [`monitor`]: the monitor thread: expire timers, start threads for
 //!   blocked pollers, resume accepting after a back-off.
 //!
@@ -22,6 +24,7 @@
 mod monitor;
 mod poller;
 mod registry;
+mod slots;
 mod state;
 mod timers;
 
@@ -144,6 +147,10 @@ struct Reactor {
     pollers: Mutex<Vec<Arc<Poller>>>,
     /// Polling threads alive (started and not yet gone).
     alive: sync::AtomicUsize,
+    /// Polling slots no thread holds.
+    free: slots::Free,
+    /// Threads without a slot or a handler, last parked last.
+    idle: Mutex<Vec<std::thread::Thread>>,
     /// Polling threads waiting in epoll now.
     waiting: std::sync::atomic::AtomicUsize,
     stopping: AtomicBool,
@@ -189,6 +196,8 @@ pub(crate) fn serve(
         tick: Condvar::new(),
         pollers: Mutex::new(Vec::new()),
         alive: sync::AtomicUsize::new(0),
+        free: slots::Free::new(config.pollers.max(1)),
+        idle: Mutex::new(Vec::new()),
         waiting: std::sync::atomic::AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
         exit: AtomicBool::new(false),
@@ -318,6 +327,10 @@ impl Reactor {
             let _timers = self.timers.lock();
             self.exit.store(true, SeqCst);
             self.tick.notify_all();
+        }
+        // Idle threads look at the flag after going on the stack.
+        for idle in self.idle.lock().drain(..) {
+            idle.unpark();
         }
         match EventFd::new() {
             Ok(exit) => {
@@ -516,9 +529,12 @@ pub(crate) mod windows {
     pub(crate) enum Window {
         /// The monitor has just taken a connection whose timer came due.
         Expire,
-        /// A surplus poller waited its keep-alive for nothing and decided
-        /// to retire.
+        /// An idle thread waited its keep-alive for a slot and retires.
         Retire,
+        /// A poller (holding a slot) is about to wait in epoll.
+        Wait,
+        /// A poller's wait in epoll returned.
+        Waited,
         /// A poller took events from epoll and has not started them.
         Batch,
         /// The monitor is about to look at the pollers.

@@ -1,22 +1,27 @@
 //! The monitor thread: expires the timers of parked connections, notices
-//! pollers blocked in a handler (handing what they had not started to
-//! others, and starting threads when nobody is left to poll), and resumes
-//! accepting after a back-off.
+//! pollers blocked in a handler (taking their polling slot and what they
+//! had not started, and handing the slot to an idle thread or a new one),
+//! and resumes accepting after a back-off.
 //!
-//! It looks every [`STUCK_AFTER`] while a handler runs, and otherwise sleeps
-//! until the next deadline with `resting` raised: the first handler that
-//! starts and could strand something (nobody else waits in epoll, or its
-//! thread holds events it has not started) wakes it, whatever timers are
-//! queued. A look costs a few atomic loads per poller; `/proc` is read only
-//! for a poller newly found in the same handler run, never again for one
-//! already counted as stuck, so 256 threads blocked in `sleep` cost about
-//! what one does.
+//! While a handler runs on a thread holding a slot it looks every
+//! [`QUICK_LOOK`] after a look that found a handler run [`LONG_RUN`] or
+//! longer, or after a handler woke it, doubling to [`STUCK_AFTER`] while looks
+//! find nothing (Go's `sysmon`: quick while handlers block, cheap while
+//! they do not); otherwise it sleeps until the
+//! next deadline with `resting` raised: the first handler that starts and
+//! could strand something (nobody else waits in epoll, or its thread holds
+//! events it has not started) wakes it, whatever timers are queued. A look
+//! costs a few atomic loads per slot holder; a thread's `/proc` stat is
+//! read (in place, from a file it opened) only when it is found in the same
+//! handler run as a look ago, and threads without a slot are not looked
+//! at, so 256 threads blocked in `sleep` cost about what one does.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::*;
 use std::time::{Duration, Instant};
 
 use super::poller::{NO_CLOCK, Poller};
+use super::slots;
 use super::state::Fired;
 use super::timers::Entry;
 use super::windows::Window;
@@ -24,40 +29,65 @@ use super::{CAPACITY, LISTENER, NEVER, Reactor, WAKE, Work};
 use crate::sys;
 use crate::sys::epoll::Events;
 
-/// How long a handler may run before the monitor counts its thread as
-/// blocked and lets another poll in its place.
+/// The longest a look waits while a handler runs: how long a handler may
+/// run, once handlers have not blocked for a while, before the monitor
+/// counts its thread as blocked and lets another poll in its place.
 pub(super) const STUCK_AFTER: Duration = Duration::from_millis(2);
-/// A thread still in one handler but runnable (preempted, or computing) is
-/// only counted as stuck after this many looks in a row: a busy machine
-/// preempts pollers all the time, and more threads would not help.
-const RUNNABLE_STRIKES: u32 = 10;
+/// The look after one that found a long handler run (or after a handler
+/// woke the monitor): handlers are blocking, and the next one is handed on
+/// within about [`LONG_RUN`] and this.
+pub(super) const QUICK_LOOK: Duration = Duration::from_micros(50);
+/// A handler run at least this long at a look is long: blocked (its thread
+/// asleep in a system call), its slot is taken at once; runnable, after
+/// [`RUNNABLE_AFTER`].
+const LONG_RUN: Duration = Duration::from_micros(50);
+/// A thread still in one handler but runnable (preempted, or computing)
+/// loses its slot only after it has been seen so this long, and not when
+/// it hardly had a CPU meanwhile: a busy machine preempts pollers all the
+/// time, and more threads would not help.
+const RUNNABLE_AFTER: Duration = Duration::from_millis(20);
+/// Connections taken for expiry per hold of the timers' lock.
+const EXPIRE_BATCH: usize = 256;
 /// Events the monitor takes per look when it polls for blocked pollers.
 const EVENTS: usize = 64;
 
-/// What one look at the pollers found.
+/// What one look at the pollers found, after it took the slots of the
+/// blocked.
 #[derive(Clone, Copy, Debug)]
 struct Look {
-    /// In one handler since the last look (blocked), or said so.
-    stuck: usize,
-    /// Started, not yet in their loop.
+    /// Slots no thread holds.
+    free: usize,
+    /// Threads parked as idle (each takes a slot handed to it).
+    idle: usize,
+    /// Started, not yet in their loop (each takes a free slot first).
     starting: usize,
     /// Waiting in epoll.
     waiting: usize,
     alive: usize,
-    /// Work queued for whoever polls next.
-    queued: usize,
     max_workers: usize,
 }
 
 /// What the monitor does about a look.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Plan {
-    Nothing,
-    /// Start this many polling threads.
-    Start(usize),
-    /// Every thread is blocked and no more may start: take what epoll has
-    /// for them (accept and register newcomers, queue what is ready).
-    PollForThem,
+struct Plan {
+    /// Idle threads to unpark for free slots.
+    wake: usize,
+    /// Threads to start for the free slots left, within `max_workers`.
+    start: usize,
+    /// Slots are free, nobody waits in epoll and no thread can come: take
+    /// what epoll has for them (accept and register newcomers, queue what
+    /// is ready) until a handler returns and its thread takes a slot.
+    poll_for_them: bool,
+}
+
+/// Free slots go to idle threads first (no thread start), then to new
+/// threads, within `max_workers`; threads already starting take theirs.
+fn plan(look: &Look) -> Plan {
+    let wake = look.free.min(look.idle);
+    let left = (look.free - wake).saturating_sub(look.starting);
+    let start = left.min(look.max_workers.saturating_sub(look.alive));
+    let poll_for_them = look.free > 0 && look.waiting == 0 && wake + start + look.starting == 0;
+    Plan { wake, start, poll_for_them }
 }
 
 /// A thread that used less than half of `wall` on a CPU, while runnable
@@ -74,28 +104,11 @@ fn cpu_nanos(p: &Poller) -> u64 {
     }
 }
 
-/// When pollers are blocked and nobody polls (or work waits that nobody
-/// takes), as many threads start as are blocked, for the work nobody has
-/// started (at least one, to poll): a burst of requests that all block
-/// doubles the threads each look rather than adding one, and a poller
-/// caught for a moment in a system call with a batch in hand adds one, not
-/// a thread per connection of it. At `max_workers`, the monitor polls for
-/// them.
-fn plan(look: &Look) -> Plan {
-    let free = look.alive.saturating_sub(look.stuck);
-    let nobody_polls = look.waiting == 0 && look.starting == 0 && (free == 0 || look.queued > 0);
-    if look.stuck == 0 || !nobody_polls {
-        return Plan::Nothing;
-    }
-    match look.max_workers.saturating_sub(look.alive) {
-        0 => Plan::PollForThem,
-        room => Plan::Start(look.queued.min(look.stuck).max(1).min(room)),
-    }
-}
-
 impl Reactor {
     pub(super) fn monitor(self: &Arc<Self>) {
+        sys::precise_timers();
         let mut events = Events::with_capacity(EVENTS);
+        let mut every = STUCK_AFTER;
         let mut timers = self.timers.lock();
         loop {
             if self.exit.load(SeqCst) {
@@ -106,7 +119,9 @@ impl Reactor {
             let mut expired = Vec::new();
             {
                 let conns = self.conns.read();
-                while let Some(entry) = timers.pop_due(now_nanos) {
+                while expired.len() < EXPIRE_BATCH
+                    && let Some(entry) = timers.pop_due(now_nanos)
+                {
                     // (A closed connection's entries went with it.)
                     let Some(conn) = conns.get(entry.token) else { continue };
                     let queued = &conn.queued[entry.timer.index()];
@@ -146,8 +161,17 @@ impl Reactor {
             if resume_accepting {
                 self.rearm_listener();
             }
+            let more = expired.len() == EXPIRE_BATCH;
             self.queue_expired(expired);
-            let busy = self.watch_pollers(&mut events);
+            if more {
+                // The pollers close these while the next are taken (a shutdown
+                // expires every idle connection at once: 10,000 of them used
+                // to be taken under the timers' lock that closing needs).
+                timers = self.timers.lock();
+                continue;
+            }
+            let Watched { busy, long } = self.watch_pollers(&mut events);
+            every = if long { QUICK_LOOK } else { (every * 2).min(STUCK_AFTER) };
             timers = self.timers.lock();
             // Read again under the lock it will wait with: a timer set
             // while the lock was free was notified to nobody.
@@ -159,20 +183,29 @@ impl Reactor {
             let mut look = busy;
             if !look {
                 self.resting.store(true, SeqCst);
-                look = self.pollers.lock().iter().any(|p| p.run.load(SeqCst) % 2 == 1);
+                look = self.pollers.lock().iter().any(|p| {
+                    let run = p.run.load();
+                    slots::in_handler(run) && slots::holds(run)
+                });
             }
             let until = match (next, look) {
-                (Some(at), true) => Some(at.min(Instant::now() + STUCK_AFTER)),
+                (Some(at), true) => Some(at.min(Instant::now() + every)),
                 (Some(at), false) => Some(at),
-                (None, true) => Some(Instant::now() + STUCK_AFTER),
+                (None, true) => Some(Instant::now() + every),
                 (None, false) => None,
             };
             if !self.exit.load(SeqCst) {
-                match until {
-                    Some(at) => {
-                        self.tick.wait_until(&mut timers, at);
+                let woken = match until {
+                    Some(at) => !self.tick.wait_until(&mut timers, at).timed_out(),
+                    None => {
+                        self.tick.wait(&mut timers);
+                        true
                     }
-                    None => self.tick.wait(&mut timers),
+                };
+                // Woken from a rest by a handler that could strand work (or
+                // a blocking hint): look quickly from here.
+                if woken && !look {
+                    every = QUICK_LOOK;
                 }
             }
             self.resting.store(false, SeqCst);
@@ -204,6 +237,12 @@ impl Reactor {
                 token => self.ready.lock().push_back(Work::Ready(token)),
             }
         }
+        // A thread with a slot may be back in epoll by now (or have been
+        // signalled to take queued work: this took its wake-up): work in the
+        // queue must not wait for it to wake on its own.
+        if !self.ready.lock().is_empty() {
+            self.wake.signal();
+        }
     }
 
     /// Whether a poller runnable for its last looks had a CPU for less than
@@ -228,17 +267,19 @@ impl Reactor {
         }
     }
 
-    /// Looks at every poller: one in the same handler run as a look ago is
-    /// blocked — what it took from epoll and not started goes to another,
-    /// and when nobody is left to poll, new threads start. Returns whether
-    /// any poller is in a handler.
-    fn watch_pollers(self: &Arc<Self>, events: &mut Events) -> bool {
+    /// Looks at every thread holding a slot: one in the same handler run
+    /// as a look ago, and blocked, loses its slot and what it took from
+    /// epoll and has not started; free slots go to idle threads or new
+    /// ones, and when none can come and nobody polls, the monitor polls.
+    fn watch_pollers(self: &Arc<Self>, events: &mut Events) -> Watched {
         self.window(Window::Look);
         let mut busy = false;
-        let mut stuck = 0;
-        // Threads still starting will take work or poll: not counted twice.
+        let mut long = false;
+        let mut retaken = 0;
+        // Threads still starting will take a slot: not counted twice.
         let mut starting = 0;
         let mut stolen = Vec::new();
+        let now = self.now_nanos(Instant::now());
         {
             let mut pollers = self.pollers.lock();
             pollers.retain(|p| !p.gone.load(SeqCst));
@@ -247,40 +288,45 @@ impl Reactor {
                     starting += 1;
                     continue;
                 }
-                let run = p.run.load(SeqCst);
-                if run % 2 == 0 {
+                let run = p.run.load();
+                if !slots::in_handler(run) || !slots::holds(run) {
                     continue;
                 }
                 busy = true;
-                if p.stuck.load(SeqCst) == run {
-                    // Counted already, in this same run: nothing to read,
-                    // and nothing in its batch (taken when it was counted;
-                    // only the poller itself adds to it, between handlers).
-                    stuck += 1;
+                if p.seen.swap(run, SeqCst) != run {
+                    p.strikes.store(0, SeqCst); // a new run
+                }
+                // (Stored before the run began: at least this run's start.)
+                let age = now.saturating_sub(p.started.load(SeqCst));
+                if age < LONG_RUN.as_nanos() as u64 {
                     continue;
                 }
-                let seen = p.seen.swap(run, SeqCst);
-                if seen != run {
-                    p.strikes.store(0, SeqCst);
-                    continue;
-                }
+                long = true;
                 // Blocked in a system call, or runnable for long.
-                let runnable = sys::thread_runnable(p.tid.load(SeqCst));
-                let strikes = if runnable { p.strikes.fetch_add(1, SeqCst) + 1 } else { RUNNABLE_STRIKES };
-                if runnable && strikes == 1 {
-                    p.strike_cpu.store(cpu_nanos(p), SeqCst);
-                    p.strike_at.store(self.now_nanos(Instant::now()), SeqCst);
+                let runnable = match p.stat.get() {
+                    Some(stat) => sys::thread_runnable_in(stat),
+                    None => sys::thread_runnable(p.tid.load(SeqCst)),
+                };
+                if runnable {
+                    // Watched from its first runnable look on.
+                    if p.strikes.fetch_add(1, SeqCst) == 0 {
+                        p.strike_cpu.store(cpu_nanos(p), SeqCst);
+                        p.strike_at.store(now, SeqCst);
+                    }
+                    if now.saturating_sub(p.strike_at.load(SeqCst)) < RUNNABLE_AFTER.as_nanos() as u64 {
+                        continue;
+                    }
+                    if self.starved(p) {
+                        // Runnable but hardly running: the CPUs are taken (by
+                        // other processes, or other pollers), and a new thread
+                        // would wait for one too. Watch again from here.
+                        p.strikes.store(0, SeqCst);
+                        continue;
+                    }
                 }
-                if runnable && strikes >= RUNNABLE_STRIKES && self.starved(p) {
-                    // Runnable but hardly running: the CPUs are taken (by
-                    // other processes, or other pollers), and a new thread
-                    // would wait for one too. Count again from here.
-                    p.strikes.store(0, SeqCst);
-                    continue;
-                }
-                if strikes >= RUNNABLE_STRIKES {
-                    p.stuck.store(run, SeqCst);
-                    stuck += 1;
+                // (The run may have ended since: then it keeps its slot.)
+                if p.run.retake(run) {
+                    retaken += 1;
                     stolen.extend(p.batch.lock().drain(..));
                 }
             }
@@ -289,53 +335,80 @@ impl Reactor {
             self.ready.lock().extend(stolen.into_iter().map(Work::Ready));
             self.wake.signal();
         }
+        for _ in 0..retaken {
+            self.free.give();
+        }
         let look = Look {
-            stuck,
+            free: self.free.load(),
+            idle: self.idle.lock().len(),
             starting,
             waiting: self.waiting.load(SeqCst),
             alive: self.alive.load(SeqCst),
-            queued: self.ready.lock().len(),
             max_workers: self.config.max_workers,
         };
-        match plan(&look) {
-            _ if self.exit.load(SeqCst) => {}
-            Plan::Nothing => {}
-            Plan::Start(n) => {
-                for _ in 0..n {
-                    if let Err(e) = self.spawn_poller() {
-                        log::warn!("{}: cannot start another polling thread: {e}", self.core.name());
-                        break;
-                    }
-                }
-            }
-            Plan::PollForThem => self.poll_for_the_blocked(events),
+        let plan = plan(&look);
+        if self.exit.load(SeqCst) {
+            return Watched { busy, long };
         }
-        busy
+        for _ in 0..plan.wake {
+            let idle = self.idle.lock().pop();
+            match idle {
+                Some(thread) => thread.unpark(),
+                None => break,
+            }
+        }
+        for _ in 0..plan.start {
+            if let Err(e) = self.spawn_poller() {
+                log::warn!("{}: cannot start another polling thread: {e}", self.core.name());
+                break;
+            }
+        }
+        if plan.poll_for_them {
+            self.poll_for_the_blocked(events);
+        }
+        // Looking on while slots wait for a thread that only a returning
+        // handler can be.
+        Watched { busy: busy || plan.poll_for_them, long }
     }
+}
+
+/// What [`Reactor::watch_pollers`] saw.
+struct Watched {
+    /// A thread holding a slot is in a handler (or free slots wait for a
+    /// thread): look again soon.
+    busy: bool,
+    /// A thread holding a slot was in a handler run [`LONG_RUN`] or longer
+    /// (blocked, or computing): look again quickly.
+    long: bool,
 }
 
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
-    fn look(stuck: usize, waiting: usize, alive: usize, queued: usize) -> Look {
-        Look { stuck, starting: 0, waiting, alive, queued, max_workers: 8 }
+    fn look(free: usize, idle: usize, waiting: usize, alive: usize) -> Look {
+        Look { free, idle, starting: 0, waiting, alive, max_workers: 8 }
     }
 
     #[test]
-    fn nothing_starts_while_someone_polls_or_nobody_is_stuck() {
-        assert_eq!(plan(&look(0, 0, 2, 5)), Plan::Nothing, "nobody stuck");
-        assert_eq!(plan(&look(1, 1, 2, 0)), Plan::Nothing, "one polls");
-        assert_eq!(plan(&Look { starting: 1, ..look(2, 0, 2, 3) }), Plan::Nothing, "one is starting");
-        assert_eq!(plan(&look(1, 0, 2, 0)), Plan::Nothing, "one free, about to poll, nothing queued");
+    fn nothing_to_do_without_free_slots() {
+        let p = plan(&look(0, 3, 0, 5));
+        assert_eq!(p, Plan { wake: 0, start: 0, poll_for_them: false });
     }
 
     #[test]
-    fn as_many_start_as_are_stuck_for_the_queued_work_within_the_room() {
-        assert_eq!(plan(&look(2, 0, 2, 0)), Plan::Start(1), "to poll");
-        assert_eq!(plan(&look(2, 0, 2, 20)), Plan::Start(2), "a burst doubles, not a thread per event");
-        assert_eq!(plan(&look(1, 0, 2, 3)), Plan::Start(1), "work waits though one is free");
-        assert_eq!(plan(&look(7, 0, 7, 7)), Plan::Start(1), "the room left");
+    fn free_slots_go_to_idle_threads_first_then_new_ones() {
+        assert_eq!(plan(&look(2, 1, 0, 5)), Plan { wake: 1, start: 1, poll_for_them: false });
+        assert_eq!(plan(&look(1, 3, 0, 5)), Plan { wake: 1, start: 0, poll_for_them: false });
+        let starting = Look { starting: 1, ..look(2, 0, 0, 5) };
+        assert_eq!(plan(&starting), Plan { wake: 0, start: 1, poll_for_them: false }, "one is on its way");
+    }
+
+    #[test]
+    fn new_threads_stop_at_max_workers_and_then_the_monitor_polls() {
+        assert_eq!(plan(&look(3, 0, 0, 7)), Plan { wake: 0, start: 1, poll_for_them: false }, "the room left");
+        assert_eq!(plan(&look(1, 0, 0, 8)), Plan { wake: 0, start: 0, poll_for_them: true });
+        assert_eq!(plan(&look(1, 0, 1, 8)), Plan { wake: 0, start: 0, poll_for_them: false }, "one polls");
     }
 
     #[test]
@@ -344,11 +417,5 @@ mod tests {
         assert!(starved(ms(2), ms(20)), "a tenth of the time on a CPU");
         assert!(!starved(ms(19), ms(20)), "computing");
         assert!(!starved(ms(10), ms(20)), "half is enough to count as computing");
-    }
-
-    #[test]
-    fn at_max_workers_the_monitor_polls_for_the_blocked() {
-        assert_eq!(plan(&look(8, 0, 8, 0)), Plan::PollForThem);
-        assert_eq!(plan(&look(8, 0, 8, 30)), Plan::PollForThem);
     }
 }

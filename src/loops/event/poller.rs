@@ -1,21 +1,25 @@
-//! The polling threads: each waits in the one epoll set, accepts when the
+//! The polling threads: each, while it holds a polling slot (see
+//! [`slots`](super::slots)), waits in the one epoll set, accepts when the
 //! listener is ready, and runs a ready connection's handler itself until
-//! the connection parks or ends. Surplus threads (started while others
-//! were blocked) retire after `keep_alive` without work.
+//! the connection parks or ends. A thread whose slot was taken while its
+//! handler blocked takes a free one afterwards, or parks as idle until one
+//! is handed to it; an idle thread retires after `keep_alive`.
 
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::slots::{self, Run};
 use super::state::{Notify, Timer};
-use super::sync::{AtomicUsize, Ordering};
 use super::windows::Window;
 use super::{CAPACITY, Conn, LISTENER, Parked, Reactor, WAKE, Work};
+use crate::deadline::Deadline;
 use crate::loops::admit::{Accepted, accept_request};
 use crate::loops::errors::{AcceptErrors, Verdict};
 use crate::request::{BlockingHint, CloseStep, ParkKind, StreamRequest};
@@ -31,14 +35,16 @@ const EVENTS: usize = 64;
 /// A polling thread, as the monitor sees it.
 #[derive(Debug)]
 pub(super) struct Poller {
-    /// Odd while it runs a handler; bumped at each start and end.
-    pub(super) run: AtomicU64,
+    /// Odd while it runs a handler, bumped at each start and end; whether
+    /// it holds a polling slot (see [`slots`](super::slots)). A thread
+    /// without one is not looked at: the monitor's cost does not grow with
+    /// the threads that stay blocked.
+    pub(super) run: Run,
     /// What the monitor saw at its last look.
     pub(super) seen: AtomicU64,
-    /// The handler run the monitor counted as stuck (`run`, odd), so that
-    /// it is not looked at again (in `/proc`) until it ends: the monitor's
-    /// cost does not grow with the threads that stay blocked.
-    pub(super) stuck: AtomicU64,
+    /// When its latest handler run began (nanoseconds from the reactor's
+    /// start), stored before the run's `begin`.
+    pub(super) started: AtomicU64,
     /// Events it has taken from epoll and not started yet.
     pub(super) batch: Mutex<VecDeque<u64>>,
     /// It has left.
@@ -46,7 +52,13 @@ pub(super) struct Poller {
     /// Its thread id, to tell blocked (sleeping) from preempted (runnable);
     /// 0 until its thread is in its loop.
     pub(super) tid: AtomicI32,
-    /// Looks in a row that found it in the same handler run, runnable.
+    /// Its `/proc` stat file, opened by the thread itself and read again
+    /// in place (no path walk per look).
+    pub(super) stat: OnceLock<File>,
+    /// Its thread, to hand it a slot while it is idle.
+    pub(super) thread: OnceLock<std::thread::Thread>,
+    /// Looks that found it in its current handler run, long and runnable
+    /// (0: not watched since the run began, or since it was found starved).
     pub(super) strikes: AtomicU32,
     /// Its CPU-time clock (`NO_CLOCK`: none), and its CPU time and the time
     /// (from the reactor's start) at the first of those looks: a runnable
@@ -62,12 +74,14 @@ pub(super) const NO_CLOCK: i64 = i64::MIN;
 impl Default for Poller {
     fn default() -> Self {
         Poller {
-            run: AtomicU64::new(0),
+            run: Run::without_slot(),
             seen: AtomicU64::new(0),
-            stuck: AtomicU64::new(0),
+            started: AtomicU64::new(0),
             batch: Mutex::new(VecDeque::new()),
             gone: AtomicBool::new(false),
             tid: AtomicI32::new(0),
+            stat: OnceLock::new(),
+            thread: OnceLock::new(),
             strikes: AtomicU32::new(0),
             cpu_clock: AtomicI64::new(NO_CLOCK),
             strike_cpu: AtomicU64::new(0),
@@ -76,17 +90,27 @@ impl Default for Poller {
     }
 }
 
-/// A surplus poller leaves: one compare-and-swap takes it off `alive`
-/// while more than `target` are alive, so that pollers timing out together
-/// never all leave (each sees the count the others left).
-pub(super) fn retire(alive: &AtomicUsize, target: usize) -> bool {
-    alive.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n > target).then(|| n - 1)).is_ok()
+/// What a thread without a slot found.
+enum Found {
+    Slot,
+    /// Its keep-alive passed with none: it leaves.
+    Retire,
+    Exit,
 }
 
 impl Reactor {
     pub(super) fn poll_loop(self: &Arc<Self>, me: &Arc<Poller>) {
         if let Some(clock) = sys::thread_cpu_clock() {
             me.cpu_clock.store(i64::from(clock), SeqCst);
+        }
+        if let Some(stat) = sys::own_thread_stat() {
+            let _ = me.stat.set(stat);
+        }
+        let _ = me.thread.set(std::thread::current());
+        // Counted as starting (the monitor starts no other for the free
+        // slot it came for) until it has tried to take one.
+        if self.free.take() {
+            me.run.reclaim();
         }
         me.tid.store(sys::thread_id(), SeqCst);
         CURRENT.with(|c| *c.borrow_mut() = Some(Arc::clone(me)));
@@ -95,9 +119,19 @@ impl Reactor {
         // waiting) before the next piece: a connection that yields and is
         // queued again must not keep the events of others waiting.
         let mut look_first = false;
-        let retired = loop {
+        loop {
             if self.exit.load(SeqCst) {
-                break false;
+                break;
+            }
+            if !slots::holds(me.run.load()) {
+                match self.find_slot(me) {
+                    Found::Slot => continue,
+                    Found::Retire => {
+                        self.window(Window::Retire);
+                        break;
+                    }
+                    Found::Exit => break,
+                }
             }
             let (work, more) = match look_first {
                 true => (None, false),
@@ -119,21 +153,18 @@ impl Reactor {
                 self.do_work(me, work);
                 continue;
             }
-            let surplus = !look_first && self.alive.load(SeqCst) > self.config.pollers;
-            let timeout = if look_first { Some(Duration::ZERO) } else { surplus.then_some(self.config.keep_alive) };
+            let timeout = look_first.then_some(Duration::ZERO);
             look_first = false;
             self.waiting.fetch_add(1, SeqCst);
+            self.window(Window::Wait);
             let waited = self.epoll.wait(&mut events, timeout);
+            self.window(Window::Waited);
             self.waiting.fetch_sub(1, SeqCst);
             match waited {
-                Ok(0) if surplus && retire(&self.alive, self.config.pollers) => {
-                    self.window(Window::Retire);
-                    break true;
-                }
                 Ok(_) => {}
                 Err(e) => {
                     log::error!("{}: epoll_wait failed: {e}", self.core.name());
-                    break false;
+                    break;
                 }
             }
             // Before anyone runs them: an event that says the peer closed
@@ -147,17 +178,21 @@ impl Reactor {
             if events.len() > 0 {
                 self.window(Window::Batch);
             }
+            // (A thread whose slot was retaken meanwhile has had its batch
+            // taken too: it finds it empty.)
             loop {
                 let next = me.batch.lock().pop_front();
                 let Some(token) = next else { break };
                 self.dispatch(me, token);
             }
-        };
+        }
         CURRENT.with(|c| c.borrow_mut().take());
         me.gone.store(true, SeqCst);
-        if !retired {
-            self.alive.fetch_sub(1, SeqCst);
+        if slots::holds(me.run.load()) {
+            // Leaving with its slot (the exit, or epoll failed): it is free.
+            self.free.give();
         }
+        self.alive.fetch_sub(1, SeqCst);
         self.core.shared.stats.workers_total.fetch_sub(1, SeqCst);
         // One fewer to poll: if the rest are all in handlers, the monitor
         // must be looking.
@@ -325,7 +360,8 @@ impl Reactor {
             if self.waiting.load(Relaxed) > 0 {
                 self.share_batch(me);
             }
-            me.run.fetch_add(1, SeqCst);
+            me.started.store(self.now_nanos(Instant::now()), SeqCst);
+            me.run.begin();
             // The monitor is only needed if this handler could strand
             // something: nobody else waits in epoll, or this thread holds
             // events it has not started.
@@ -335,7 +371,9 @@ impl Reactor {
             stats.workers_busy.fetch_add(1, Relaxed);
             let step = self.service.step(&mut req, !started);
             stats.workers_busy.fetch_sub(1, Relaxed);
-            me.run.fetch_add(1, SeqCst);
+            // (Without its slot now, the thread still finishes this
+            // connection's turn: it owns it.)
+            me.run.end();
             let kind = match step {
                 Step::Refused => {
                     self.forget(token);
@@ -430,17 +468,68 @@ impl Reactor {
     /// monitor looks at once (it starts a thread if nobody is left to
     /// poll) — the hand-off Go makes at `entersyscallblock`, not at the
     /// next look.
-    fn blocking(&self) {
+    fn blocking(self: &Arc<Self>) {
         let Some(me) = CURRENT.with(|c| c.borrow().clone()) else { return };
-        let run = me.run.load(SeqCst);
-        if run % 2 == 0 || me.stuck.swap(run, SeqCst) == run {
-            return; // not in a handler, or said already in this run
+        if !me.run.give_up() {
+            return; // not in a handler, or holding no slot (given up already in this run)
         }
         self.share_batch(&me);
-        if self.waiting.load(SeqCst) == 0 || !self.ready.lock().is_empty() {
-            let _timers = self.timers.lock();
-            self.resting.store(false, SeqCst);
-            self.tick.notify_one();
+        self.free.give();
+        // The slot goes to the idle thread that parked last, or a new one;
+        // at `max_workers`, the monitor looks at once (it polls for them).
+        let idle = self.idle.lock().pop();
+        if let Some(thread) = idle {
+            thread.unpark();
+            return;
+        }
+        if self.alive.load(SeqCst) < self.config.max_workers && !self.exit.load(SeqCst) {
+            match self.spawn_poller() {
+                Ok(()) => return,
+                Err(e) => log::warn!("{}: cannot start another polling thread: {e}", self.core.name()),
+            }
+        }
+        let _timers = self.timers.lock();
+        self.resting.store(false, SeqCst);
+        self.tick.notify_one();
+    }
+
+    /// A thread without a slot: takes a free one, or parks as idle (last
+    /// in, first out) until one is handed to it, its keep-alive passes (it
+    /// retires) or the loop exits.
+    fn find_slot(&self, me: &Poller) -> Found {
+        let deadline = Deadline::after(Instant::now(), self.config.keep_alive);
+        let id = std::thread::current().id();
+        loop {
+            if self.free.take() {
+                me.run.reclaim();
+                return Found::Slot;
+            }
+            // On the stack before the exit and the free slots are read
+            // again: whoever raises either after this finds it there.
+            self.idle.lock().push(std::thread::current());
+            let took = self.free.take();
+            if took || self.exit.load(SeqCst) {
+                self.idle.lock().retain(|t| t.id() != id);
+                if took {
+                    me.run.reclaim();
+                    return Found::Slot;
+                }
+                return Found::Exit;
+            }
+            match deadline.left(Instant::now()) {
+                None => std::thread::park(),
+                Some(left) if !left.is_zero() => std::thread::park_timeout(left),
+                Some(_) => {}
+            }
+            // Handed a slot (popped), timed out, or woken for nothing:
+            // off the stack either way, and look again.
+            self.idle.lock().retain(|t| t.id() != id);
+            if deadline.passed(Instant::now()) && !self.free.take() {
+                return Found::Retire;
+            } else if deadline.passed(Instant::now()) {
+                me.run.reclaim();
+                return Found::Slot;
+            }
         }
     }
 }
@@ -448,68 +537,4 @@ impl Reactor {
 thread_local! {
     /// The poller this thread is, for the blocking hint.
     static CURRENT: std::cell::RefCell<Option<Arc<Poller>>> = const { std::cell::RefCell::new(None) };
-}
-
-#[cfg(all(test, not(loom)))]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_retire_leaves_at_least_the_target() {
-        let alive = AtomicUsize::new(3);
-        assert!(retire(&alive, 1));
-        assert!(retire(&alive, 1));
-        assert!(!retire(&alive, 1), "the last one stays");
-        assert_eq!(alive.load(SeqCst), 1);
-    }
-
-    /// Many surplus pollers timing out at once: exactly the surplus leaves.
-    #[test]
-    fn pollers_retiring_together_leave_the_target() {
-        for _ in 0..50 {
-            let alive = Arc::new(AtomicUsize::new(8));
-            let barrier = Arc::new(std::sync::Barrier::new(8));
-            let left: usize = (0..8)
-                .map(|_| {
-                    let (alive, barrier) = (Arc::clone(&alive), Arc::clone(&barrier));
-                    std::thread::spawn(move || {
-                        barrier.wait();
-                        usize::from(retire(&alive, 2))
-                    })
-                })
-                .collect::<Vec<_>>()
-                .into_iter()
-                .map(|t| t.join().unwrap())
-                .sum();
-            assert_eq!(left, 6);
-            assert_eq!(alive.load(SeqCst), 2);
-        }
-    }
-}
-
-#[cfg(all(test, loom))]
-mod loom_models {
-    use super::*;
-    use loom::sync::Arc;
-    use loom::thread;
-
-    /// Two surplus pollers retire at once with one to keep: one leaves.
-    #[test]
-    fn retire_keeps_the_target() {
-        loom::model(|| {
-            let alive = Arc::new(AtomicUsize::new(3));
-            let a = {
-                let alive = Arc::clone(&alive);
-                thread::spawn(move || retire(&alive, 1))
-            };
-            let b = {
-                let alive = Arc::clone(&alive);
-                thread::spawn(move || retire(&alive, 1))
-            };
-            let c = retire(&alive, 1);
-            let left = [a.join().unwrap(), b.join().unwrap(), c].iter().filter(|&&r| r).count();
-            assert_eq!(left, 2);
-            assert_eq!(alive.load(Ordering::SeqCst), 1);
-        });
-    }
 }

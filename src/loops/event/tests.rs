@@ -144,14 +144,17 @@ fn an_expiry_never_closes_a_connection_whose_request_has_come() {
     assert_eq!(running.handle.stats().idle_closed, 0);
 }
 
-/// Surplus pollers that time out together leave no fewer than the pollers
-/// kept: retiring is one compare-and-swap. It checked the count and took
-/// one off later, so pollers timing out together could all pass the check
-/// (20 of 20 cycles ended with no poller with a 5 ms window), and a new
-/// client was never served.
+/// A handler that blocks loses its thread's polling slot to another
+/// thread; when it returns, its thread finds no slot free and parks as
+/// idle, then retires after `keep_alive`: however many handlers blocked,
+/// no more threads wait in epoll than there are slots. (Every thread
+/// started while handlers blocked used to wait in epoll until its
+/// keep-alive passed — each event woke a thread of its own, and under
+/// mixed load the context switches took half the server's CPU.) Hooks
+/// count the threads in epoll at once.
 #[test]
-fn surplus_pollers_retiring_together_keep_one_to_poll() {
-    let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(0);
+fn threads_in_epoll_never_outnumber_the_slots_and_idle_ones_retire() {
+    let (release_tx, release_rx) = crossbeam_channel::unbounded::<()>();
     let blocked = Arc::new(AtomicUsize::new(0));
     let in_handler = Arc::clone(&blocked);
     let handler = move |req: &mut StreamRequest| -> io::Result<()> {
@@ -165,41 +168,98 @@ fn surplus_pollers_retiring_together_keep_one_to_poll() {
         }
         Ok(())
     };
-    let event = Event::new().pollers(1).max_workers(8).keep_alive(Duration::from_millis(50));
+    let event = Event::new().pollers(1).max_workers(8).keep_alive(Duration::from_millis(300));
     let running = Running::start(TcpServer::builder().strategy(event), handler);
-    // Three handlers block: the monitor starts pollers in their place.
+    // (By thread: the first poller was in epoll before the hook.)
+    let in_epoll = Arc::new(parking_lot::Mutex::new(std::collections::HashSet::new()));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (now, high) = (Arc::clone(&in_epoll), Arc::clone(&most));
+    let _hook = windows::hook(&running.name(), move |at| match at {
+        Window::Wait => {
+            let mut now = now.lock();
+            now.insert(std::thread::current().id());
+            high.fetch_max(now.len(), SeqCst);
+        }
+        Window::Waited => {
+            now.lock().remove(&std::thread::current().id());
+        }
+        _ => {}
+    });
+    // Three handlers block (the monitor hands each one's slot on), and are
+    // released together.
     let mut blockers: Vec<TcpStream> = (0..3).map(|_| running.client()).collect();
-    for b in &mut blockers {
+    for (n, b) in blockers.iter_mut().enumerate() {
         b.write_all(b"block\n").unwrap();
-        let n = blocked.load(SeqCst);
         wait_for("the handler to block", || blocked.load(SeqCst) > n);
     }
-    wait_for("surplus pollers", || running.handle.stats().workers_total >= 4);
-    let surplus = running.handle.stats().workers_total as usize - 1;
-    // Every surplus poller that times out waits here for the others.
-    let arrived = Arc::new(AtomicUsize::new(0));
-    let count = Arc::clone(&arrived);
-    let _hook = windows::hook(&running.name(), move |at| {
-        if at == Window::Retire {
-            count.fetch_add(1, SeqCst);
-            let until = Instant::now() + Duration::from_millis(500);
-            while count.load(SeqCst) < surplus && Instant::now() < until {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    });
+    wait_for("threads in the blocked ones' place", || running.handle.stats().workers_total >= 4);
     for _ in 0..3 {
         release_tx.send(()).unwrap();
     }
     for b in &mut blockers {
         assert_eq!(read_line(b).as_deref(), Some("block"));
     }
-    wait_for("the surplus to retire", || running.handle.stats().workers_total <= 1);
-    assert!(arrived.load(SeqCst) >= 2, "the pollers did not time out together");
-    assert_eq!(running.handle.stats().workers_total, 1, "the kept poller retired too");
+    // Traffic on many connections while the threads are still there.
+    let mut clients: Vec<TcpStream> = (0..16).map(|_| running.client()).collect();
+    for round in 0..20 {
+        for c in &mut clients {
+            c.write_all(format!("r{round}\n").as_bytes()).unwrap();
+        }
+        for c in &mut clients {
+            assert_eq!(read_line(c), Some(format!("r{round}")));
+        }
+    }
+    assert_eq!(most.load(SeqCst), 1, "more threads waited in epoll than there are slots");
+    wait_for("the idle threads to retire", || running.handle.stats().workers_total <= 1);
     let mut newcomer = running.client();
     assert_eq!(ask(&mut newcomer, "hello").as_deref(), Some("hello"));
+    assert_eq!(running.handle.stats().workers_total, 1, "the slot holder retired");
+}
+
+/// `StreamRequest::blocking` hands the thread's slot on before the wait
+/// starts, as tokio's `block_in_place`: with the monitor held (it would
+/// find the thread blocked otherwise), another connection is still served
+/// while the first one's handler waits inside it, by a thread started for
+/// it at once.
+#[test]
+fn a_handler_that_says_it_blocks_hands_its_slot_on_at_once() {
+    let (release_tx, release_rx) = crossbeam_channel::unbounded::<()>();
+    let (entered_tx, entered_rx) = crossbeam_channel::unbounded::<()>();
+    let handler = move |req: &mut StreamRequest| -> io::Result<()> {
+        while req.wait_for_data()? {
+            let Some(line) = req.next_line()? else { break };
+            if line == "block" {
+                req.blocking(|| {
+                    let _ = entered_tx.send(());
+                    let _ = release_rx.recv_timeout(TIMEOUT);
+                });
+            }
+            req.write_all(format!("{line}\n").as_bytes())?;
+        }
+        Ok(())
+    };
+    let running = Running::start(TcpServer::builder().strategy(Event::new().pollers(1).max_workers(4)), handler);
+    let held = Arc::new(AtomicBool::new(false));
+    let hold = Arc::clone(&held);
+    let _hook = windows::hook(&running.name(), move |at| {
+        // The monitor looks at nothing while held (at most 5 s a look).
+        let until = Instant::now() + Duration::from_secs(5);
+        while at == Window::Look && hold.load(SeqCst) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    let mut slow = running.client();
+    let mut fast = running.client();
+    assert_eq!(ask(&mut slow, "hello").as_deref(), Some("hello"));
+    held.store(true, SeqCst);
+    slow.write_all(b"block\n").unwrap();
+    entered_rx.recv_timeout(TIMEOUT).unwrap();
+    fast.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let answer = ask(&mut fast, "fast");
+    held.store(false, SeqCst);
+    release_tx.send(()).unwrap();
+    assert_eq!(answer.as_deref(), Some("fast"), "the other connection waited for the monitor");
+    assert_eq!(read_line(&mut slow).as_deref(), Some("block"));
 }
 
 /// A poller that starts a handler with events still in hand gives them to
@@ -224,7 +284,14 @@ fn events_in_hand_go_to_a_waiting_poller_when_a_handler_starts() {
     let running = Running::start(TcpServer::builder().strategy(Event::new().pollers(2).max_workers(2)), handler);
     let held = Arc::new(AtomicBool::new(false));
     let hold = Arc::clone(&held);
+    let in_epoll = Arc::new(parking_lot::Mutex::new(std::collections::HashSet::new()));
+    let now = Arc::clone(&in_epoll);
     let _hook = windows::hook(&running.name(), move |at| {
+        match at {
+            Window::Wait => drop(now.lock().insert(std::thread::current().id())),
+            Window::Waited => drop(now.lock().remove(&std::thread::current().id())),
+            _ => {}
+        }
         // The monitor looks at nothing while held (at most 3 s a look).
         let until = Instant::now() + Duration::from_secs(3);
         while at == Window::Look && hold.load(SeqCst) && Instant::now() < until {
@@ -236,9 +303,15 @@ fn events_in_hand_go_to_a_waiting_poller_when_a_handler_starts() {
         let mut fast = running.client();
         assert_eq!(ask(&mut slow, "hello").as_deref(), Some("hello"));
         assert_eq!(ask(&mut fast, "hello").as_deref(), Some("hello"));
-        // The hand-off goes to a poller waiting in epoll: let the one that
-        // served the last round get back there (nothing signals it).
-        std::thread::sleep(Duration::from_millis(10));
+        // The hand-off goes to a poller waiting in epoll: both must be back
+        // there (the one that served the last round may still be on its
+        // way; the first round's wait counts the one that was there before
+        // the hook as soon as it has served once).
+        if round > 0 {
+            wait_for("both pollers in epoll", || in_epoll.lock().len() == 2);
+        } else {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         held.store(true, SeqCst);
         // Both ready at once: the poller that wakes takes both.
         slow.write_all(b"block\n").unwrap();

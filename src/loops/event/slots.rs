@@ -1,0 +1,253 @@
+//! Polling slots: how many threads may wait in epoll and take work
+//! (`Event::pollers`, Go's Ps), and who holds each one.
+//!
+//! A thread polls only while it holds a slot. A handler that blocks keeps
+//! its thread but loses its slot: the monitor retakes it (or the thread
+//! gives it up at the library's blocking hint) and hands it to an idle
+//! thread, or a new one. When the handler returns, its thread takes a free
+//! slot if there is one and otherwise parks as idle (last in, first out)
+//! until a slot is handed to it or its keep-alive passes. So however many
+//! handlers block, the threads in epoll stay at the slot count: with a
+//! thread per blocked handler all waiting in epoll, each event woke a
+//! thread of its own (a context switch per request), and the switches took
+//! half of the server's CPU under mixed load.
+//!
+//! Two words, each changed only by the named transitions below:
+//!
+//! * a poller's run word ([`Run`]): a count bumped at each handler start
+//!   and end (odd while in a handler) and the [`RETAKEN`] bit, set while the
+//!   thread holds no slot. The retake is a compare-and-swap against the run
+//!   the monitor saw twice, and the end of a run a `fetch_add` that reads
+//!   the bit: exactly one of them wins — the handler ended first (its
+//!   thread keeps the slot) or the retake came first (the slot is the
+//!   monitor's to hand on, and the thread learns it at the end of the run).
+//! * the free slots ([`Free`]): slots no thread holds. Given by whoever
+//!   took a slot from a thread; taken by a `fetch_update` that never goes
+//!   below zero.
+//!
+//! Slots are conserved: held + free is the slot count at every step (loom
+//! checks the races: a retake against the run's end, a blocking hint
+//! against a retake, two threads taking the last free slot).
+
+use super::sync::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+
+/// Set in a run word while its thread holds no slot.
+pub(super) const RETAKEN: u64 = 1 << 63;
+
+/// A poller's run word.
+#[derive(Debug)]
+pub(super) struct Run(AtomicU64);
+
+impl Run {
+    /// A new thread's word: no slot yet (it takes a free one first).
+    pub(super) fn without_slot() -> Run {
+        Run(AtomicU64::new(RETAKEN))
+    }
+
+    pub(super) fn load(&self) -> u64 {
+        self.0.load(SeqCst)
+    }
+
+    /// A handler starts on this thread (with a slot or without: a thread
+    /// whose slot was retaken finishes the connection it holds).
+    pub(super) fn begin(&self) {
+        self.0.fetch_add(1, SeqCst);
+    }
+
+    /// The handler returned: whether the thread still holds its slot.
+    pub(super) fn end(&self) -> bool {
+        self.0.fetch_add(1, SeqCst) & RETAKEN == 0
+    }
+
+    /// The monitor takes the slot of a thread it saw in run `seen` (a
+    /// handler running, slot held) twice: only if that run still goes on.
+    pub(super) fn retake(&self, seen: u64) -> bool {
+        seen % 2 == 1 && seen & RETAKEN == 0 && self.0.compare_exchange(seen, seen | RETAKEN, SeqCst, SeqCst).is_ok()
+    }
+
+    /// The thread gives its slot up itself, in a handler that is about to
+    /// wait (the blocking hint): `false` if it holds none (retaken, or
+    /// given up already in this run).
+    pub(super) fn give_up(&self) -> bool {
+        self.0.fetch_update(SeqCst, SeqCst, |w| (w % 2 == 1 && w & RETAKEN == 0).then_some(w | RETAKEN)).is_ok()
+    }
+
+    /// The thread took a free slot (between handlers: only it writes then).
+    pub(super) fn reclaim(&self) {
+        self.0.fetch_and(!RETAKEN, SeqCst);
+    }
+}
+
+/// Whether a run word's thread holds a slot.
+pub(super) fn holds(word: u64) -> bool {
+    word & RETAKEN == 0
+}
+
+/// Whether a run word's thread is in a handler.
+pub(super) fn in_handler(word: u64) -> bool {
+    word % 2 == 1
+}
+
+/// The slots no thread holds.
+#[derive(Debug)]
+pub(super) struct Free(AtomicUsize);
+
+impl Free {
+    /// All `n` free: each polling thread takes one as it starts.
+    pub(super) fn new(n: usize) -> Free {
+        Free(AtomicUsize::new(n))
+    }
+
+    pub(super) fn load(&self) -> usize {
+        self.0.load(SeqCst)
+    }
+
+    /// Takes a free slot, if there is one.
+    pub(super) fn take(&self) -> bool {
+        self.0.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok()
+    }
+
+    /// A slot taken from a thread (retaken, given up, or its thread left).
+    pub(super) fn give(&self) {
+        self.0.fetch_add(1, SeqCst);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retake_after_the_run_ended_fails_and_the_thread_keeps_its_slot() {
+        let run = Run::without_slot();
+        run.reclaim();
+        run.begin();
+        let seen = run.load();
+        assert!(run.end(), "not retaken: still held");
+        assert!(!run.retake(seen), "that run is over");
+        assert!(holds(run.load()));
+    }
+
+    #[test]
+    fn a_retake_in_the_run_takes_the_slot_and_the_end_says_so() {
+        let run = Run::without_slot();
+        run.reclaim();
+        run.begin();
+        let seen = run.load();
+        assert!(run.retake(seen));
+        assert!(!run.retake(seen), "once");
+        assert!(!run.give_up(), "nothing left to give up");
+        assert!(!run.end(), "the thread learns it lost the slot");
+        assert!(!holds(run.load()));
+        run.reclaim();
+        assert!(holds(run.load()) && !in_handler(run.load()));
+    }
+
+    #[test]
+    fn no_retake_between_handlers_or_without_a_slot() {
+        let run = Run::without_slot();
+        assert!(!run.retake(run.load()), "no slot");
+        run.reclaim();
+        assert!(!run.retake(run.load()), "between handlers");
+        assert!(!run.give_up(), "between handlers");
+    }
+
+    #[test]
+    fn free_slots_never_go_below_zero() {
+        let free = Free::new(1);
+        assert!(free.take());
+        assert!(!free.take());
+        free.give();
+        assert!(free.take());
+        assert_eq!(free.load(), 0);
+    }
+}
+
+/// The races under every interleaving `loom` finds. Run with
+/// `RUSTFLAGS="--cfg loom" cargo test -p socketserver --lib --release loom`.
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// A handler ends while the monitor retakes its slot (and hands it on
+    /// to a free slot) and its thread, learning it lost it, takes a free
+    /// one: the slot is held or free, exactly once, in every order.
+    #[test]
+    fn a_retake_racing_the_end_of_the_run_conserves_the_slot() {
+        loom::model(|| {
+            let run = Arc::new(Run::without_slot());
+            let free = Arc::new(Free::new(1));
+            assert!(free.take());
+            run.reclaim();
+            run.begin();
+            let seen = run.load();
+            let monitor = {
+                let (run, free) = (Arc::clone(&run), Arc::clone(&free));
+                thread::spawn(move || {
+                    if run.retake(seen) {
+                        free.give();
+                    }
+                })
+            };
+            let kept = run.end();
+            let held_after = kept || {
+                // Lost it: take one back if one is free (perhaps before
+                // the monitor gave it: then the thread would park idle).
+                let took = free.take();
+                if took {
+                    run.reclaim();
+                }
+                took
+            };
+            monitor.join().unwrap();
+            let held = usize::from(held_after);
+            assert_eq!(held + free.load(), 1, "the one slot is held or free, never both or neither");
+            assert_eq!(holds(run.load()), held_after);
+        });
+    }
+
+    /// The blocking hint and the monitor's retake at once: one of them
+    /// takes the slot.
+    #[test]
+    fn a_blocking_hint_racing_a_retake_frees_the_slot_once() {
+        loom::model(|| {
+            let run = Arc::new(Run::without_slot());
+            let free = Arc::new(Free::new(0));
+            run.reclaim();
+            run.begin();
+            let seen = run.load();
+            let monitor = {
+                let (run, free) = (Arc::clone(&run), Arc::clone(&free));
+                thread::spawn(move || {
+                    if run.retake(seen) {
+                        free.give();
+                    }
+                })
+            };
+            if run.give_up() {
+                free.give();
+            }
+            monitor.join().unwrap();
+            assert_eq!(free.load(), 1);
+            assert!(!run.end());
+        });
+    }
+
+    /// Two threads after the last free slot: one gets it.
+    #[test]
+    fn two_takers_of_one_free_slot() {
+        loom::model(|| {
+            let free = Arc::new(Free::new(1));
+            let other = {
+                let free = Arc::clone(&free);
+                thread::spawn(move || free.take())
+            };
+            let mine = free.take();
+            let theirs = other.join().unwrap();
+            assert!(mine ^ theirs);
+            assert_eq!(free.load(), 0);
+        });
+    }
+}
