@@ -4,6 +4,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -40,6 +41,77 @@ pub struct ClientArgs {
     /// M or G suffix multiplies by 1024, 1024² or 1024³.
     #[arg(long, value_name = "BYTES", default_value = "16M", value_parser = parse_bytes)]
     max_line: usize,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// TLS over --tcp or --unix.
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// Speak TLS (TCP and Unix stream only). The server's certificate is
+    /// checked against --ca, else against the Mozilla roots (webpki-roots)
+    /// compiled in; the name checked is --server-name, else the host of
+    /// --tcp.
+    #[arg(long)]
+    tls: bool,
+    /// Trust the CA certificates (or the self-signed certificate) in PEM.
+    #[arg(long, value_name = "PEM", requires = "tls")]
+    ca: Option<PathBuf>,
+    /// Accept any server certificate, for tests only: the connection is
+    /// encrypted, but to whoever answers.
+    #[arg(long, requires = "tls", conflicts_with = "ca")]
+    insecure_skip_verify: bool,
+    /// The name to send (SNI) and to check the certificate against
+    /// (needed with --unix, which has no host).
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    server_name: Option<String>,
+    /// A client certificate chain to show (mutual TLS), with --key.
+    #[arg(long, value_name = "PEM", requires_all = ["tls", "key"])]
+    cert: Option<PathBuf>,
+    /// The private key of --cert.
+    #[arg(long, value_name = "PEM", requires = "cert")]
+    key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The TLS client for `addr` (a host:port or a socket path), or none.
+    fn connector(
+        &self,
+        addr: &str,
+    ) -> io::Result<Option<(std::sync::Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>> {
+        if !self.tls {
+            return Ok(None);
+        }
+        let opts = crate::tls::ClientTls {
+            ca: self.ca.as_deref(),
+            insecure: self.insecure_skip_verify,
+            identity: self.cert.as_deref().zip(self.key.as_deref()),
+            ..Default::default()
+        };
+        let config = crate::tls::client_config(&opts)?;
+        let name = crate::tls::server_name(self.server_name.as_deref(), addr)?;
+        Ok(Some((config, name)))
+    }
+}
+
+/// Over TLS or not, the lines go over the stream.
+fn lines_over<S: Into<Sock> + Read + Write + Sync>(
+    stream: S,
+    tls: Option<(std::sync::Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
+    shutdown: impl Fn(&S) -> io::Result<()> + Sync,
+    set_nonblocking: impl Fn(&S) -> io::Result<()>,
+    target: &str,
+    limits: Limits,
+) -> io::Result<()>
+where
+    for<'a> &'a S: Read + Write,
+{
+    let Some((config, name)) = tls else { return lines_over_stream(stream, shutdown, target, limits) };
+    set_nonblocking(&stream)?;
+    let conn = rustls::ClientConnection::new(config, name).map_err(crate::tls::io_error)?;
+    let tls = TlsStream::handshake(stream.into(), conn, limits.timeout)
+        .map_err(|e| timeout_error(e, &format!("{target} (TLS handshake)"), limits.timeout))?;
+    lines_over_stream::<TlsStream>(tls, |t: &TlsStream| t.socket.shutdown(), target, limits)
 }
 
 fn parse_bytes(s: &str) -> Result<usize, String> {
@@ -79,6 +151,12 @@ fn timeout_error(e: io::Error, target: &str, timeout: Duration) -> io::Error {
 
 pub fn run(args: ClientArgs) -> io::Result<()> {
     let t = args.target;
+    if args.tls.tls && (t.udp.is_some() || t.unix_dgram.is_some()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--tls is for --tcp and --unix (datagrams stay plaintext)",
+        ));
+    }
     let timeout = args.timeout;
     let limits = Limits { timeout, max_line: args.max_line };
     if let Some(addr) = t.tcp {
@@ -86,13 +164,15 @@ pub fn run(args: ClientArgs) -> io::Result<()> {
         let stream = connect_tcp(&addr, timeout).map_err(|e| context(e, format_args!("cannot connect to {target}")))?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
-        lines_over_stream(stream, |s| s.shutdown(Shutdown::Both), &target, limits)
+        let tls = args.tls.connector(&addr)?;
+        lines_over(stream, tls, |s| s.shutdown(Shutdown::Both), |s| s.set_nonblocking(true), &target, limits)
     } else if let Some(path) = t.unix {
         let target = format!("unix {}", path.display());
         let stream = UnixStream::connect(&path).map_err(|e| context(e, format_args!("cannot connect to {target}")))?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
-        lines_over_stream(stream, |s| s.shutdown(Shutdown::Both), &target, limits)
+        let tls = args.tls.connector(args.tls.server_name.as_deref().unwrap_or("localhost"))?;
+        lines_over(stream, tls, |s| s.shutdown(Shutdown::Both), |s| s.set_nonblocking(true), &target, limits)
     } else if let Some(addr) = t.udp {
         let target = format!("udp {addr}");
         let socket = connect_udp(&addr).map_err(|e| context(e, format_args!("cannot reach {target}")))?;
@@ -302,5 +382,245 @@ fn ignored(signal: libc::c_int) -> bool {
 impl Drop for TempSocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A TLS connection that a reading and a writing thread share (as
+/// `lines_over_stream` needs): the socket is non-blocking, each side takes
+/// the rustls state only to move bytes, and waits in `poll` without it.
+struct TlsStream {
+    socket: Sock,
+    conn: std::sync::Mutex<rustls::ClientConnection>,
+    timeout: Duration,
+}
+
+impl TlsStream {
+    /// Runs the handshake to its end (within `timeout` of each step).
+    fn handshake(socket: Sock, conn: rustls::ClientConnection, timeout: Duration) -> io::Result<TlsStream> {
+        let stream = TlsStream { socket, conn: std::sync::Mutex::new(conn), timeout };
+        loop {
+            let mut conn = stream.lock();
+            if !conn.is_handshaking() && !conn.wants_write() {
+                drop(conn);
+                return Ok(stream);
+            }
+            while conn.wants_write() {
+                match conn.write_tls(&mut &stream.socket) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            if !conn.is_handshaking() {
+                continue;
+            }
+            match conn.read_tls(&mut &stream.socket) {
+                Ok(0) => {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the server closed during the handshake"));
+                }
+                Ok(_) => {
+                    conn.process_new_packets().map_err(|e| {
+                        // The alert that says why goes to the server.
+                        let _ = conn.write_tls(&mut &stream.socket);
+                        io::Error::new(io::ErrorKind::InvalidData, format!("TLS handshake: {e}"))
+                    })?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let out = conn.wants_write();
+                    drop(conn);
+                    stream.wait(true, out)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, rustls::ClientConnection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits for the socket to be readable and/or writable, up to the timeout.
+    fn wait(&self, read: bool, write: bool) -> io::Result<()> {
+        let mut events = 0;
+        if read {
+            events |= libc::POLLIN;
+        }
+        if write {
+            events |= libc::POLLOUT;
+        }
+        let mut fd = libc::pollfd { fd: self.socket.as_raw_fd(), events, revents: 0 };
+        let ms = libc::c_int::try_from(self.timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        loop {
+            // SAFETY: one valid pollfd, owned by this frame.
+            match unsafe { libc::poll(&mut fd, 1, ms) } {
+                0 => return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")),
+                n if n > 0 => return Ok(()),
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends what rustls holds; `Ok(false)` when the socket takes no more now.
+    fn flush_tls(&self, conn: &mut rustls::ClientConnection) -> io::Result<bool> {
+        while conn.wants_write() {
+            match conn.write_tls(&mut &self.socket) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+}
+
+impl Read for &TlsStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let mut conn = self.lock();
+            match conn.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                // Closed without close_notify: an end of stream all the same.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            match conn.read_tls(&mut &self.socket) {
+                Ok(_) => {
+                    conn.process_new_packets().map_err(crate::tls::io_error)?;
+                    // Anything the server's messages call for (an alert, a key update).
+                    self.flush_tls(&mut conn)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    drop(conn);
+                    self.wait(true, false)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Write for &TlsStream {
+    /// Returns once the bytes taken are on the socket (as a blocking
+    /// socket's write would): the reading side only reads.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut taken = None;
+        loop {
+            let mut conn = self.lock();
+            if taken.is_none() && !conn.wants_write() {
+                taken = Some(conn.writer().write(buf)?);
+            }
+            if self.flush_tls(&mut conn)? {
+                if let Some(n) = taken {
+                    return Ok(n);
+                }
+                continue;
+            }
+            drop(conn);
+            self.wait(false, true)?;
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        loop {
+            let mut conn = self.lock();
+            if self.flush_tls(&mut conn)? {
+                return Ok(());
+            }
+            drop(conn);
+            self.wait(false, true)?;
+        }
+    }
+}
+
+impl Read for TlsStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self).read(buf)
+    }
+}
+
+impl Write for TlsStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (&*self).flush()
+    }
+}
+
+impl Drop for TlsStream {
+    /// Tells the server this side is done (close_notify), best effort.
+    fn drop(&mut self) {
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        conn.send_close_notify();
+        while conn.wants_write() {
+            if conn.write_tls(&mut &self.socket).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// The socket under a TLS connection.
+enum Sock {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl From<TcpStream> for Sock {
+    fn from(s: TcpStream) -> Sock {
+        Sock::Tcp(s)
+    }
+}
+
+impl From<UnixStream> for Sock {
+    fn from(s: UnixStream) -> Sock {
+        Sock::Unix(s)
+    }
+}
+
+impl Sock {
+    fn shutdown(&self) -> io::Result<()> {
+        match self {
+            Sock::Tcp(s) => s.shutdown(Shutdown::Both),
+            Sock::Unix(s) => s.shutdown(Shutdown::Both),
+        }
+    }
+}
+
+impl AsRawFd for Sock {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Sock::Tcp(s) => s.as_raw_fd(),
+            Sock::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+impl Read for &Sock {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Sock::Tcp(s) => (&*s).read(buf),
+            Sock::Unix(s) => (&*s).read(buf),
+        }
+    }
+}
+
+impl Write for &Sock {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sock::Tcp(s) => (&*s).write(buf),
+            Sock::Unix(s) => (&*s).write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }

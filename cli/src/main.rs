@@ -7,6 +7,7 @@ mod logging;
 mod restart;
 mod serve;
 mod signals;
+mod tls;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -67,13 +68,36 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             logging::eprintln(&format!("socketserver: {e}"), EXIT_FLUSH);
-            ExitCode::FAILURE
+            // A file named on the command line that cannot be used: a usage
+            // error's code (clap's own is 2), nothing was served.
+            if e.get_ref().is_some_and(|inner| inner.is::<ConfigError>()) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     };
     // What the servers logged last (the signal, the drain) is still queued:
     // written now, unless stderr takes nothing for EXIT_FLUSH.
     logging::flush(EXIT_FLUSH);
     code
+}
+
+/// An error in what the command line named (a certificate file that
+/// cannot be read): the command exits with 2, as for a usage error.
+#[derive(Debug)]
+pub struct ConfigError(String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+pub fn config_error(msg: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, ConfigError(msg))
 }
 
 /// How long the exit waits for stderr to take the log lines still queued.

@@ -91,14 +91,15 @@ pub struct Listeners {
     /// Serve TCP on ADDR (host:port, IPv6 as [::1]:port; port 0: any free port).
     #[arg(long = "tcp", value_name = "ADDR")]
     tcp: Vec<String>,
-    /// Serve UDP on ADDR.
+    /// Serve UDP on ADDR (always plaintext: the --tls-* flags are for the
+    /// TCP and Unix-stream listeners).
     #[arg(long = "udp", value_name = "ADDR")]
     udp: Vec<String>,
     /// Serve a Unix stream socket at PATH (a stale socket file is replaced;
     /// the file is removed on exit).
     #[arg(long = "unix", value_name = "PATH")]
     unix: Vec<PathBuf>,
-    /// Serve a Unix datagram socket at PATH.
+    /// Serve a Unix datagram socket at PATH (always plaintext).
     #[arg(long = "unix-dgram", value_name = "PATH")]
     unix_dgram: Vec<PathBuf>,
 }
@@ -212,6 +213,26 @@ pub struct ServerOptions {
     /// How long a PROXY header may take to arrive whole.
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "3", requires = "proxy_protocol")]
     proxy_header_timeout: Duration,
+    /// Serve TLS on every TCP and Unix-stream listener (UDP and
+    /// Unix-datagram ones stay plaintext), with the certificate chain in
+    /// PEM (the server's certificate first, then its intermediates).
+    /// rustls: TLS 1.3 and 1.2, the ring provider.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: every client must present a certificate issued by one
+    /// of the CA certificates in PEM, or its handshake fails.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// A TLS handshake not done within SECS of its start is abandoned and
+    /// the connection closed.
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout, default_value = "10", requires = "tls_cert")]
+    handshake_timeout: Duration,
+    /// The TLS configuration, read from the files once (`load_tls`).
+    #[arg(skip)]
+    tls: Option<Arc<socketserver::tls::rustls::ServerConfig>>,
     /// Logging to stderr: off, error, warn, info, debug or trace.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: log::LevelFilter,
@@ -383,10 +404,24 @@ impl ServerOptions {
         self.datagram(Server::<Udp>::builder()).reuse_port(self.reuse_port)
     }
 
-    /// A stream server's settings: the general ones, the timeouts and the
-    /// PROXY protocol.
+    /// Reads --tls-cert, --tls-key and --tls-client-ca, once, before any
+    /// listener is bound: a file that cannot be used is an error naming it.
+    pub fn load_tls(&mut self) -> io::Result<()> {
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            let config = socketserver::tls::server_config_from_pem(cert, key, self.tls_client_ca.as_deref())
+                .map_err(|e| crate::config_error(format!("TLS: {e}")))?;
+            self.tls = Some(Arc::new(config));
+        }
+        Ok(())
+    }
+
+    /// A stream server's settings: the general ones, the timeouts, TLS and
+    /// the PROXY protocol.
     fn stream<T: StreamTransport>(&self, builder: Builder<T>) -> Builder<T, AnyStrategy> {
         let mut b = self.configure(builder);
+        if let Some(config) = &self.tls {
+            b = b.tls(config.clone()).handshake_timeout(self.handshake_timeout);
+        }
         if let Some(t) = self.idle_timeout {
             b = b.idle_timeout(t);
         }
@@ -512,6 +547,7 @@ where
 
 pub fn run(which: Bundled, mut args: ServeArgs) -> io::Result<()> {
     crate::logging::init(args.options.log_level)?;
+    args.options.load_tls()?;
     // Sockets handed over by systemd or by the process this one succeeds.
     let inherited = activation::listen_fds()?;
     let l = &mut args.listeners;

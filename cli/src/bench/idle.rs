@@ -43,6 +43,8 @@ pub struct IdleSpec {
     /// The probe phase ends after this long, answered or not.
     pub probe_timeout: Duration,
     pub server_pid: Option<u32>,
+    /// Speak TLS: a connection counts as open once its handshake is done.
+    pub tls: Option<load::TlsClient>,
 }
 
 /// What `/proc/PID/status` says about memory and threads.
@@ -121,6 +123,9 @@ pub struct IdleRow {
     /// (a dropped SYN is sent again after 1 s, then 2 s more...).
     pub listen_overflows: Option<u64>,
     pub syn_retransmits: Option<u64>,
+    /// With TLS: the protocol version, cipher suite and group negotiated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
 }
 
 /// `ListenOverflows` and `TCPSynRetrans` from the text of `/proc/net/netstat`
@@ -152,6 +157,8 @@ fn netstat() -> (Option<u64>, Option<u64>) {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     Connecting,
+    /// TLS: connected, the handshake under way (still in flight).
+    Handshaking,
     Open,
     /// Probe sent (`sent` bytes so far), answer awaited.
     Probing,
@@ -163,6 +170,7 @@ enum State {
 
 struct Conn {
     stream: Option<TcpStream>,
+    tls: Option<Box<rustls::ClientConnection>>,
     state: State,
     since: Instant,
     sent: usize,
@@ -198,6 +206,7 @@ pub fn run(spec: &IdleSpec, label: &str) -> io::Result<IdleRow> {
         buf: vec![0; spec.size.max(1) * 2],
         closed_before_probe: 0,
         first_error: None,
+        negotiated: None,
     };
     progress(format_args!("tcp-idle {label}: opening {} connections", spec.connections));
     let net0 = netstat();
@@ -245,6 +254,7 @@ pub fn run(spec: &IdleSpec, label: &str) -> io::Result<IdleRow> {
         first_error: run.first_error,
         listen_overflows: delta(net0.0, net1.0),
         syn_retransmits: delta(net0.1, net1.1),
+        tls: run.negotiated.take(),
     };
     drop(run.conns);
     Ok(row)
@@ -271,6 +281,7 @@ struct Run<'a> {
     buf: Vec<u8>,
     closed_before_probe: usize,
     first_error: Option<String>,
+    negotiated: Option<String>,
 }
 
 impl Run<'_> {
@@ -307,7 +318,14 @@ impl Run<'_> {
             let now = Instant::now();
             while inflight.len() < spec.parallel.max(1) && self.conns.len() < spec.connections && now < deadline {
                 let i = self.conns.len();
-                self.conns.push(Conn { stream: None, state: State::Connecting, since: now, sent: 0, got: 0 });
+                self.conns.push(Conn {
+                    stream: None,
+                    tls: None,
+                    state: State::Connecting,
+                    since: now,
+                    sent: 0,
+                    got: 0,
+                });
                 match load::connect(spec.addr, i) {
                     Ok(mut s) => {
                         self.poll.registry().register(&mut s, Token(i), Interest::READABLE | Interest::WRITABLE)?;
@@ -337,17 +355,24 @@ impl Run<'_> {
             self.wait(next_timeout.min(deadline).saturating_duration_since(now).min(Duration::from_millis(50)))?;
             let ready: Vec<usize> = self.events.iter().map(|e| e.token().0).collect();
             for i in ready {
-                match self.conns[i].state {
-                    State::Connecting => {
-                        if let Some(done) = self.finish_connect(i) {
+                let step = match self.conns[i].state {
+                    State::Connecting => self.finish_connect(i),
+                    State::Handshaking => self.step_handshake(i),
+                    State::Open => {
+                        self.check_open(i);
+                        None
+                    }
+                    _ => None,
+                };
+                {
+                    {
+                        if let Some(done) = step {
                             if done {
                                 last_done = Instant::now();
                             }
                             inflight.retain(|&j| j != i);
                         }
                     }
-                    State::Open => self.check_open(i),
-                    _ => {}
                 }
             }
             let now = Instant::now();
@@ -383,6 +408,19 @@ impl Run<'_> {
         match result {
             Ok(true) => {
                 let _ = s.set_nodelay(true);
+                if let Some(tls) = &self.spec.tls {
+                    match rustls::ClientConnection::new(tls.config.clone(), tls.name.clone()) {
+                        Ok(conn) => {
+                            self.conns[i].tls = Some(Box::new(conn));
+                            self.conns[i].state = State::Handshaking;
+                            return self.step_handshake(i);
+                        }
+                        Err(e) => {
+                            self.failed(i, crate::tls::io_error(e));
+                            return Some(false);
+                        }
+                    }
+                }
                 self.conns[i].state = State::Open;
                 // Bytes or an end of stream may have come with the connect.
                 self.check_open(i);
@@ -396,11 +434,34 @@ impl Run<'_> {
         }
     }
 
+    /// A handshake under way: Some(true) done (open), Some(false) failed,
+    /// None still going.
+    fn step_handshake(&mut self, i: usize) -> Option<bool> {
+        let c = &mut self.conns[i];
+        let (Some(s), Some(tls)) = (c.stream.as_mut(), c.tls.as_deref_mut()) else { return Some(false) };
+        match load::handshake(tls, s) {
+            Ok(false) => None,
+            Ok(true) => {
+                if self.negotiated.is_none() {
+                    self.negotiated = Some(load::negotiated(tls));
+                }
+                c.state = State::Open;
+                self.check_open(i);
+                Some(true)
+            }
+            Err(e) => {
+                self.failed(i, e);
+                Some(false)
+            }
+        }
+    }
+
     /// An open connection became readable before any request: the server
     /// closed it (or sent something unasked, which is read and ignored).
     fn check_open(&mut self, i: usize) {
         let c = &mut self.conns[i];
         let Some(s) = c.stream.as_mut() else { return };
+        let mut s = load::MaybeTls { tcp: s, tls: c.tls.as_deref_mut() };
         loop {
             match s.read(&mut self.buf) {
                 Ok(0) => break,
@@ -477,6 +538,7 @@ impl Run<'_> {
         let size = self.spec.size;
         let c = &mut self.conns[i];
         let Some(s) = c.stream.as_mut() else { return true };
+        let mut s = load::MaybeTls { tcp: s, tls: c.tls.as_deref_mut() };
         let out = [b'p'; 1024];
         while c.sent < size {
             let n = (size - c.sent).min(out.len());
@@ -580,6 +642,7 @@ mod tests {
             hold: Duration::from_millis(50),
             probe_timeout: Duration::from_secs(5),
             server_pid: Some(std::process::id()),
+            tls: None,
         };
         let row = run(&spec, "test").expect("run");
         assert_eq!((row.connected, row.connect_failed, row.answered), (20, 0, 20), "{row:?}");

@@ -19,7 +19,9 @@ pub enum Mode {
     /// `\n`), read one line back (any length), repeat.
     TcpLine,
     /// Connect, write `size` bytes, half-close, read them back and the end
-    /// of stream, close; repeat with a new connection.
+    /// of stream, close; repeat with a new connection. Over TLS: connect,
+    /// handshake, write, read the echo, close_notify and half-close, read
+    /// to the end of stream, close.
     TcpConnect,
     /// Send a datagram of `size` bytes, wait for it back (or count it lost
     /// after the timeout), repeat.
@@ -41,6 +43,15 @@ pub struct Spec {
     /// TCP echo: every Nth request of a client is a slow one (its first
     /// byte `S`, which a `mixed:MS` server handler sleeps on); 0: none.
     pub slow_every: u64,
+    /// TCP modes: speak TLS (a handshake after each connect).
+    pub tls: Option<TlsClient>,
+}
+
+/// How the load's TCP clients speak TLS.
+#[derive(Clone, Debug)]
+pub struct TlsClient {
+    pub config: std::sync::Arc<rustls::ClientConfig>,
+    pub name: rustls::pki_types::ServerName<'static>,
 }
 
 /// What a run measured (only the measurement window, after the warm-up).
@@ -60,6 +71,9 @@ pub struct Outcome {
     pub latency_slow: Histogram<u64>,
     /// CPU time the generator threads used.
     pub generator_cpu: Duration,
+    /// TLS: the protocol version and cipher suite the first handshake
+    /// agreed on.
+    pub tls_negotiated: Option<String>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -105,9 +119,11 @@ pub fn run(spec: &Spec, tick: &(dyn Fn(u64) + Sync)) -> io::Result<Outcome> {
         latency: histogram(),
         latency_slow: histogram(),
         generator_cpu: Duration::ZERO,
+        tls_negotiated: None,
     };
     for r in results {
         let r = r?;
+        total.tls_negotiated = total.tls_negotiated.or(r.tls_negotiated);
         total.requests += r.requests;
         total.errors += r.errors;
         total.lost += r.lost;
@@ -127,6 +143,7 @@ struct ThreadOutcome {
     latency: Histogram<u64>,
     latency_slow: Histogram<u64>,
     cpu: Duration,
+    tls_negotiated: Option<String>,
 }
 
 enum Socket {
@@ -138,6 +155,8 @@ enum Socket {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum State {
     Connecting,
+    /// TLS: connected, the handshake under way.
+    Handshaking,
     Writing,
     Reading,
     /// Connect mode: answer complete, waiting for the end of stream.
@@ -147,6 +166,8 @@ enum State {
 
 struct Client {
     socket: Socket,
+    /// TLS: the client side of the connection over `socket`.
+    tls: Option<Box<rustls::ClientConnection>>,
     state: State,
     written: usize,
     read: usize,
@@ -174,6 +195,7 @@ struct Worker<'a> {
     latency: Histogram<u64>,
     latency_slow: Histogram<u64>,
     cpu_start: Duration,
+    tls_negotiated: Option<String>,
 }
 
 impl<'a> Worker<'a> {
@@ -200,6 +222,7 @@ impl<'a> Worker<'a> {
             latency: histogram(),
             latency_slow: histogram(),
             cpu_start: thread_cpu(),
+            tls_negotiated: None,
         };
         if spec.mode == Mode::TcpLine {
             for out in [&mut w.out, &mut w.out_slow] {
@@ -211,6 +234,7 @@ impl<'a> Worker<'a> {
         for i in 0..n {
             w.clients.push(Client {
                 socket: Socket::None,
+                tls: None,
                 state: State::Dead,
                 written: 0,
                 read: 0,
@@ -232,6 +256,7 @@ impl<'a> Worker<'a> {
         c.written = 0;
         c.read = 0;
         c.started = Instant::now();
+        c.tls = None;
         match self.spec.mode {
             Mode::TcpEcho | Mode::TcpLine | Mode::TcpConnect => {
                 let mut s = connect(self.spec.addr, i)?;
@@ -302,6 +327,7 @@ impl<'a> Worker<'a> {
             let _ = self.poll.registry().deregister(s);
         }
         c.socket = Socket::None;
+        c.tls = None;
         c.state = State::Dead;
         if Instant::now() >= self.measure_from {
             self.errors += 1;
@@ -333,6 +359,7 @@ impl<'a> Worker<'a> {
             let step = match state {
                 State::Dead => return,
                 State::Connecting => self.connecting(i),
+                State::Handshaking => self.handshaking(i),
                 State::Writing => self.writing(i),
                 State::Reading => self.reading(i),
                 State::Draining => self.draining(i),
@@ -358,6 +385,12 @@ impl<'a> Worker<'a> {
             Ok(_) => {
                 let _ = s.set_nodelay(true);
                 c.state = State::Writing;
+                if let Some(tls) = &self.spec.tls {
+                    let conn = rustls::ClientConnection::new(tls.config.clone(), tls.name.clone())
+                        .map_err(crate::tls::io_error)?;
+                    c.tls = Some(Box::new(conn));
+                    c.state = State::Handshaking;
+                }
                 Ok(true)
             }
             Err(e) if e.kind() == io::ErrorKind::NotConnected || e.raw_os_error() == Some(libc::EINPROGRESS) => {
@@ -378,6 +411,20 @@ impl<'a> Worker<'a> {
         }
         let out = if c.slow { &self.out_slow } else { &self.out };
         match &mut c.socket {
+            Socket::Tcp(s) if c.tls.is_some() => {
+                let tls = c.tls.as_mut().expect("checked");
+                loop {
+                    if !flush_tls(tls, s)? {
+                        return Ok(false);
+                    }
+                    if c.written == size {
+                        break;
+                    }
+                    c.written += tls.writer().write(&out[c.written..])?;
+                }
+                // Connect mode over TLS: no half-close yet (TLS has none);
+                // close_notify once the echo is back.
+            }
             Socket::Tcp(s) => {
                 while c.written < size {
                     match s.write(&out[c.written..]) {
@@ -412,6 +459,43 @@ impl<'a> Worker<'a> {
         let mode = self.spec.mode;
         let c = &mut self.clients[i];
         match &mut c.socket {
+            Socket::Tcp(s) if c.tls.is_some() => {
+                let tls = c.tls.as_mut().expect("checked");
+                // What is still to go out first (the socket took part of it).
+                flush_tls(tls, s)?;
+                loop {
+                    let want = if mode == Mode::TcpLine { self.inbuf.len() } else { size - c.read };
+                    match tls.reader().read(&mut self.inbuf[..want]) {
+                        Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                        Ok(n) if mode == Mode::TcpLine && self.inbuf[..n].contains(&b'\n') => break,
+                        Ok(n) => {
+                            c.read += n;
+                            if mode != Mode::TcpLine && c.read >= size {
+                                break;
+                            }
+                            continue;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e),
+                    }
+                    if !read_tls(tls, s)? {
+                        return Ok(false);
+                    }
+                }
+                if mode == Mode::TcpConnect {
+                    // Connect, handshake, one echo, close: close_notify and
+                    // a half-close, then the server's end of stream, as the
+                    // plaintext mode (the server closes first; the client
+                    // closing first had its TIME_WAIT tuples reused while
+                    // the server's side lingered: SYNs answered by a
+                    // challenge ACK, 1 s stalls).
+                    tls.send_close_notify();
+                    flush_tls(tls, s)?;
+                    s.shutdown(Shutdown::Write)?;
+                    c.state = State::Draining;
+                    return Ok(true);
+                }
+            }
             Socket::Tcp(s) if mode == Mode::TcpLine => loop {
                 // One line back, however long: done at its `\n`.
                 match s.read(&mut self.inbuf) {
@@ -456,7 +540,28 @@ impl<'a> Worker<'a> {
     fn draining(&mut self, i: usize) -> io::Result<bool> {
         let c = &mut self.clients[i];
         let Socket::Tcp(s) = &mut c.socket else { return Ok(false) };
+        while let Some(tls) = c.tls.as_mut() {
+            // The server's close_notify (or not: tokio-rustls closes
+            // without one), then its end of stream.
+            match tls.read_tls(s) {
+                Ok(0) => break,
+                Ok(_) => {
+                    tls.process_new_packets().map_err(crate::tls::io_error)?;
+                    match tls.reader().read(&mut self.inbuf) {
+                        Ok(0) => {}
+                        Ok(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, "more bytes than sent")),
+                        Err(_) => {}
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
         loop {
+            if c.tls.is_some() {
+                break;
+            }
             match s.read(&mut self.inbuf) {
                 Ok(0) => break,
                 Ok(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, "more bytes than sent")),
@@ -468,11 +573,26 @@ impl<'a> Worker<'a> {
         let _ = self.poll.registry().deregister(s);
         self.complete(i);
         self.clients[i].socket = Socket::None;
+        self.clients[i].tls = None;
         self.clients[i].state = State::Dead;
         if Instant::now() < self.end {
             self.open(i)?;
         }
         Ok(false)
+    }
+
+    /// TLS: moves the handshake on; on to writing once it is done.
+    fn handshaking(&mut self, i: usize) -> io::Result<bool> {
+        let c = &mut self.clients[i];
+        let (Socket::Tcp(s), Some(tls)) = (&mut c.socket, c.tls.as_mut()) else { return Ok(false) };
+        if !handshake(tls, s)? {
+            return Ok(false);
+        }
+        if self.tls_negotiated.is_none() {
+            self.tls_negotiated = Some(negotiated(tls));
+        }
+        c.state = State::Writing;
+        Ok(true)
     }
 
     fn finish(self) -> ThreadOutcome {
@@ -484,6 +604,108 @@ impl<'a> Worker<'a> {
             latency: self.latency,
             latency_slow: self.latency_slow,
             cpu: thread_cpu().saturating_sub(self.cpu_start),
+            tls_negotiated: self.tls_negotiated,
+        }
+    }
+}
+
+/// Sends what rustls holds for the socket; `Ok(false)` when the socket
+/// takes no more for now.
+fn flush_tls(tls: &mut rustls::ClientConnection, s: &mut TcpStream) -> io::Result<bool> {
+    while tls.wants_write() {
+        match tls.write_tls(s) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// Reads TLS records from the socket into rustls and processes them;
+/// `Ok(false)` when the socket has nothing more for now.
+fn read_tls(tls: &mut rustls::ClientConnection, s: &mut TcpStream) -> io::Result<bool> {
+    loop {
+        match tls.read_tls(s) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {
+                let processed = tls.process_new_packets();
+                // An alert that says why goes out before the error.
+                let _ = flush_tls(tls, s);
+                processed.map_err(crate::tls::io_error)?;
+                return Ok(true);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A non-blocking connection, over TLS or not, as `Read` and `Write`
+/// (`bench tcp-idle`): a TLS write is taken whole by rustls and sent as far
+/// as the socket takes it; a read sends what is left first.
+pub struct MaybeTls<'a> {
+    pub tcp: &'a mut TcpStream,
+    pub tls: Option<&'a mut rustls::ClientConnection>,
+}
+
+impl Read for MaybeTls<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(tls) = self.tls.as_deref_mut() else { return self.tcp.read(buf) };
+        flush_tls(tls, self.tcp)?;
+        loop {
+            match tls.reader().read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                other => return other,
+            }
+            match read_tls(tls, self.tcp) {
+                Ok(true) => {}
+                Ok(false) => return Err(io::ErrorKind::WouldBlock.into()),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Write for MaybeTls<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let Some(tls) = self.tls.as_deref_mut() else { return self.tcp.write(buf) };
+        if !flush_tls(tls, self.tcp)? {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = tls.writer().write(buf)?;
+        flush_tls(tls, self.tcp)?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// "TLSv1_3 TLS13_AES_128_GCM_SHA256 X25519": what a handshake agreed on.
+pub fn negotiated(tls: &rustls::ClientConnection) -> String {
+    let version = tls.protocol_version().map_or("?".into(), |v| format!("{v:?}"));
+    let suite = tls.negotiated_cipher_suite().map_or("?".into(), |s| format!("{:?}", s.suite()));
+    let group = tls.negotiated_key_exchange_group().map_or("?".into(), |g| format!("{:?}", g.name()));
+    format!("{version} {suite} {group}")
+}
+
+/// Moves a TLS handshake on: `Ok(true)` once it is done.
+pub fn handshake(tls: &mut rustls::ClientConnection, s: &mut TcpStream) -> io::Result<bool> {
+    loop {
+        if !flush_tls(tls, s)? {
+            return Ok(false);
+        }
+        if !tls.is_handshaking() {
+            return Ok(true);
+        }
+        if !read_tls(tls, s)? {
+            return Ok(false);
         }
     }
 }

@@ -47,10 +47,10 @@ pub enum ModeArg {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// The workload the clients generate.
-    #[arg(value_enum)]
-    mode: ModeArg,
+    #[arg(value_enum, required_unless_present = "gen_cert")]
+    mode: Option<ModeArg>,
     /// Load a server that is already running at ADDR.
-    #[arg(long, value_name = "ADDR", conflicts_with = "spawn", required_unless_present = "spawn")]
+    #[arg(long, value_name = "ADDR", conflicts_with = "spawn", required_unless_present_any = ["spawn", "gen_cert"])]
     addr: Option<String>,
     /// Start servers in this process for each --strategies × --workloads
     /// and load each in turn.
@@ -112,6 +112,41 @@ pub struct BenchArgs {
     /// tcp-idle: the longest wait for the probes' answers.
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
     probe_timeout: Duration,
+    /// TCP modes (tcp-echo, tcp-line, tcp-connect, tcp-mixed, tcp-idle):
+    /// speak TLS, a handshake after each connect (tcp-connect: connect,
+    /// handshake, one echo, close — handshakes per second). No session
+    /// resumption: every handshake is a full one. With --spawn, the
+    /// servers serve TLS with --tls-cert and --tls-key.
+    #[arg(long)]
+    tls: bool,
+    /// With --tls: trust the certificate(s) in PEM (else the Mozilla roots).
+    #[arg(long, value_name = "PEM", requires = "tls")]
+    ca: Option<std::path::PathBuf>,
+    /// With --tls: accept any server certificate.
+    #[arg(long, requires = "tls", conflicts_with = "ca")]
+    insecure_skip_verify: bool,
+    /// With --tls: the name to send and check (default: the host of --addr).
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    server_name: Option<String>,
+    /// With --tls: the only cipher suite the clients offer, so that every
+    /// server measured uses the same one ("any": rustls's default list).
+    #[arg(long, value_name = "SUITE", default_value = "TLS13_AES_128_GCM_SHA256", requires = "tls")]
+    tls_cipher: String,
+    /// With --tls: the only key exchange group the clients offer ("any":
+    /// the ring provider's list, which rustls 0.23.48 heads with
+    /// secp384r1, several times X25519's cost).
+    #[arg(long, value_name = "GROUP", default_value = "X25519", requires = "tls")]
+    tls_group: String,
+    /// With --spawn --tls: the servers' certificate chain (PEM).
+    #[arg(long, value_name = "PEM", requires_all = ["tls", "spawn", "tls_key"])]
+    tls_cert: Option<std::path::PathBuf>,
+    /// With --spawn --tls: the servers' private key (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Write a self-signed certificate for localhost, 127.0.0.1 and ::1
+    /// (ECDSA P-256) to DIR/cert.pem and its key to DIR/key.pem, and exit.
+    #[arg(long, value_name = "DIR", hide = true, exclusive = true)]
+    gen_cert: Option<std::path::PathBuf>,
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -155,6 +190,9 @@ pub struct Row {
     /// With --server-pid: the most threads the server had (sampled every 100 ms).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_threads_max: Option<u64>,
+    /// With --tls: the protocol version and cipher suite negotiated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
 }
 
 /// The slow requests of a mixed load.
@@ -179,12 +217,54 @@ fn mode_name(m: ModeArg) -> &'static str {
     }
 }
 
+impl BenchArgs {
+    /// With --tls, how the clients speak it to `addr`.
+    fn tls_client(&self, addr: &str) -> io::Result<Option<load::TlsClient>> {
+        if !self.tls {
+            return Ok(None);
+        }
+        let cipher = Some(self.tls_cipher.as_str()).filter(|c| !c.eq_ignore_ascii_case("any"));
+        let group = Some(self.tls_group.as_str()).filter(|c| !c.eq_ignore_ascii_case("any"));
+        let opts = crate::tls::ClientTls {
+            ca: self.ca.as_deref(),
+            insecure: self.insecure_skip_verify,
+            cipher,
+            group,
+            no_resumption: true,
+            ..Default::default()
+        };
+        let config = crate::tls::client_config(&opts)?;
+        let name = crate::tls::server_name(self.server_name.as_deref(), addr)?;
+        Ok(Some(load::TlsClient { config, name }))
+    }
+}
+
 pub fn run(args: BenchArgs) -> io::Result<()> {
-    if args.mode == ModeArg::TcpIdle {
+    if let Some(dir) = &args.gen_cert {
+        return crate::tls::gen_cert(dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot write a certificate to {}: {e}", dir.display())));
+    }
+    let Some(mode_arg) = args.mode else { unreachable!("clap requires a mode without --gen-cert") };
+    if mode_arg == ModeArg::TcpIdle {
         return run_idle(&args);
     }
+    if args.tls && mode_arg == ModeArg::UdpEcho {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--tls is for the TCP modes (udp-echo stays plaintext)",
+        ));
+    }
+    if args.spawn && args.tls && args.tls_cert.is_none() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "--spawn --tls needs --tls-cert and --tls-key"));
+    }
+    let server_tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(std::sync::Arc::new(socketserver::tls::server_config_from_pem(cert, key, None)?))
+        }
+        _ => None,
+    };
     raise_fd_limit();
-    let mode = match args.mode {
+    let mode = match mode_arg {
         ModeArg::TcpEcho | ModeArg::TcpMixed => Mode::TcpEcho,
         ModeArg::TcpLine => Mode::TcpLine,
         ModeArg::TcpConnect => Mode::TcpConnect,
@@ -193,7 +273,7 @@ pub fn run(args: BenchArgs) -> io::Result<()> {
     };
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let threads = args.threads.unwrap_or(cpus).max(1);
-    let slow_every = args.slow_every.unwrap_or(if args.mode == ModeArg::TcpMixed { 10 } else { 0 });
+    let slow_every = args.slow_every.unwrap_or(if mode_arg == ModeArg::TcpMixed { 10 } else { 0 });
     let mut rows = Vec::new();
     let mut cells: Vec<(String, Workload, Option<StrategyChoice>)> = Vec::new();
     if args.spawn {
@@ -209,7 +289,7 @@ pub fn run(args: BenchArgs) -> io::Result<()> {
     for (label, workload, strategy) in cells {
         for &connections in &args.connections {
             let spawned = match &strategy {
-                Some(s) => Some(Spawned::start(mode == Mode::UdpEcho, &s.strategy, workload)?),
+                Some(s) => Some(Spawned::start(mode == Mode::UdpEcho, &s.strategy, workload, server_tls.as_ref())?),
                 None => None,
             };
             let addr = match &spawned {
@@ -226,8 +306,9 @@ pub fn run(args: BenchArgs) -> io::Result<()> {
                 threads,
                 timeout: args.timeout,
                 slow_every,
+                tls: args.tls_client(&args.addr.clone().unwrap_or_else(|| addr.to_string()))?,
             };
-            let what = format!("{} {label} {workload} c={connections}", mode_name(args.mode));
+            let what = format!("{} {label} {workload} c={connections}", mode_name(mode_arg));
             let server_cpu_before = args.server_pid.map(load::process_cpu);
             let watch = ServerWatch::new(args.server_pid, spec.warmup);
             let outcome = with_progress(&what, &spec, |tick| {
@@ -252,7 +333,7 @@ pub fn run(args: BenchArgs) -> io::Result<()> {
                 in_flight: slow.len() as f64 * slow.mean() / 1e9 / secs,
             });
             rows.push(Row {
-                mode: mode_name(args.mode),
+                mode: mode_name(mode_arg),
                 server: label.clone(),
                 workload: workload.to_string(),
                 connections,
@@ -272,6 +353,7 @@ pub fn run(args: BenchArgs) -> io::Result<()> {
                 server_cpu_us_per_request: server_cpu_measured
                     .map(|cpu| cpu.as_secs_f64() * 1e6 / outcome.requests.max(1) as f64),
                 server_threads_max,
+                tls: outcome.tls_negotiated.clone(),
             });
         }
     }
@@ -312,6 +394,7 @@ fn run_idle(args: &BenchArgs) -> io::Result<()> {
             hold: args.duration,
             probe_timeout: args.probe_timeout,
             server_pid: args.server_pid,
+            tls: args.tls_client(args.addr.as_deref().unwrap_or_default())?,
         };
         rows.push(idle::run(&spec, &label)?);
     }

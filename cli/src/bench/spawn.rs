@@ -3,9 +3,11 @@
 use std::io::{self, BufRead, Write};
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use socketserver::tls::rustls::ServerConfig;
 use socketserver::{AnyStrategy, DatagramRequest, RequestHandler, ServerHandle, StreamRequest};
 use socketserver::{TcpServer, UdpServer};
 
@@ -113,6 +115,20 @@ pub struct Bench(pub Workload);
 
 impl RequestHandler<StreamRequest> for Bench {
     fn handle(&self, req: &mut StreamRequest) -> io::Result<()> {
+        if req.tls().is_some() {
+            // The raw socket is not handed out under TLS: the request's
+            // own writes encrypt.
+            let mut copy = Vec::new();
+            while req.wait_for_data()? {
+                let data = req.fill_buf()?;
+                self.0.before_echo(data);
+                copy.clear();
+                copy.extend_from_slice(data);
+                req.consume(copy.len());
+                req.write_all(&copy)?;
+            }
+            return Ok(());
+        }
         while req.wait_for_data()? {
             if let Workload::MixedHinted(d) = self.0
                 && req.buffered().first() == Some(&b'S')
@@ -149,14 +165,23 @@ pub struct Spawned {
 }
 
 impl Spawned {
-    pub fn start(udp: bool, strategy: &AnyStrategy, workload: Workload) -> io::Result<Spawned> {
+    /// With `tls`, the TCP server serves TLS with that configuration.
+    pub fn start(
+        udp: bool,
+        strategy: &AnyStrategy,
+        workload: Workload,
+        tls: Option<&Arc<ServerConfig>>,
+    ) -> io::Result<Spawned> {
         let (addr, handle, thread) = if udp {
             let server = UdpServer::builder().strategy(strategy.clone()).bind("127.0.0.1:0", Bench(workload))?;
             let addr = server.server_address().as_inet().expect("an IP server");
             (addr, server.handle(), std::thread::spawn(move || server.serve_forever()))
         } else {
-            let server =
-                TcpServer::builder().strategy(strategy.clone()).nodelay(true).bind("127.0.0.1:0", Bench(workload))?;
+            let mut builder = TcpServer::builder().strategy(strategy.clone()).nodelay(true);
+            if let Some(config) = tls {
+                builder = builder.tls(config.clone());
+            }
+            let server = builder.bind("127.0.0.1:0", Bench(workload))?;
             let addr = server.server_address().as_inet().expect("an IP server");
             (addr, server.handle(), std::thread::spawn(move || server.serve_forever()))
         };
@@ -208,7 +233,7 @@ mod tests {
     #[test]
     fn a_mixed_load_reports_its_slow_requests_apart() {
         let sleep = Duration::from_millis(2);
-        let server = Spawned::start(false, &socketserver::Event::new().into(), Workload::Mixed(sleep)).unwrap();
+        let server = Spawned::start(false, &socketserver::Event::new().into(), Workload::Mixed(sleep), None).unwrap();
         let spec = Spec {
             mode: Mode::TcpEcho,
             addr: server.addr,
@@ -219,11 +244,91 @@ mod tests {
             threads: 1,
             timeout: Duration::from_secs(5),
             slow_every: 4,
+            tls: None,
         };
         let outcome = load::run(&spec, &|_| {}).unwrap();
         let (fast, slow) = (outcome.latency.len(), outcome.latency_slow.len());
         assert!(slow > 0 && fast >= slow, "{fast} fast, {slow} slow");
         assert!(outcome.latency_slow.min() >= sleep.as_nanos() as u64, "a slow request took less than the sleep");
         assert_eq!(outcome.errors, 0);
+    }
+
+    /// The load side over TLS against an in-process TLS server: echo,
+    /// connect (a handshake each) and idle connections are all served,
+    /// with the one suite and group offered.
+    #[test]
+    fn a_tls_load_is_served_with_the_suite_offered() {
+        let dir = std::env::temp_dir().join(format!("socketserver-bench-tls-{}", std::process::id()));
+        crate::tls::gen_cert(&dir).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let config = Arc::new(socketserver::tls::server_config_from_pem(&cert, &key, None).unwrap());
+        let server = Spawned::start(false, &socketserver::Event::new().into(), Workload::Echo, Some(&config)).unwrap();
+        let opts = crate::tls::ClientTls {
+            ca: Some(&cert),
+            cipher: Some("TLS13_CHACHA20_POLY1305_SHA256"),
+            group: Some("secp256r1"),
+            no_resumption: true,
+            ..Default::default()
+        };
+        let tls = load::TlsClient {
+            config: crate::tls::client_config(&opts).unwrap(),
+            name: crate::tls::server_name(None, "127.0.0.1:1").unwrap(),
+        };
+        for (mode, size) in [(Mode::TcpEcho, 64), (Mode::TcpEcho, 16384), (Mode::TcpLine, 100), (Mode::TcpConnect, 64)]
+        {
+            let spec = Spec {
+                mode,
+                addr: server.addr,
+                clients: 4,
+                size,
+                warmup: Duration::from_millis(50),
+                duration: Duration::from_millis(300),
+                threads: 1,
+                timeout: Duration::from_secs(5),
+                slow_every: 0,
+                tls: Some(tls.clone()),
+            };
+            let outcome = load::run(&spec, &|_| {}).unwrap();
+            assert!(
+                outcome.requests > 0 && outcome.errors == 0 && outcome.unserved == 0,
+                "{mode:?} {size}: {outcome:?}"
+            );
+            assert_eq!(outcome.tls_negotiated.as_deref(), Some("TLSv1_3 TLS13_CHACHA20_POLY1305_SHA256 secp256r1"));
+        }
+        let idle = crate::bench::idle::IdleSpec {
+            addr: server.addr,
+            connections: 20,
+            size: 64,
+            parallel: 4,
+            connect_timeout: Duration::from_secs(5),
+            max_time: Duration::from_secs(10),
+            hold: Duration::from_millis(50),
+            probe_timeout: Duration::from_secs(5),
+            server_pid: None,
+            tls: Some(tls),
+        };
+        let row = crate::bench::idle::run(&idle, "tls").unwrap();
+        assert_eq!((row.connected, row.answered), (20, 20), "{row:?}");
+        assert!(row.tls.as_deref().is_some_and(|t| t.starts_with("TLSv1_3")), "{row:?}");
+        // A client that does not trust the certificate is served nothing.
+        let untrusting = crate::tls::ClientTls::default();
+        let spec = Spec {
+            mode: Mode::TcpEcho,
+            addr: server.addr,
+            clients: 2,
+            size: 64,
+            warmup: Duration::ZERO,
+            duration: Duration::from_millis(200),
+            threads: 1,
+            timeout: Duration::from_secs(5),
+            slow_every: 0,
+            tls: Some(load::TlsClient {
+                config: crate::tls::client_config(&untrusting).unwrap(),
+                name: crate::tls::server_name(None, "127.0.0.1:1").unwrap(),
+            }),
+        };
+        let outcome = load::run(&spec, &|_| {}).unwrap();
+        assert_eq!((outcome.requests, outcome.unserved), (0, 2));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -12,6 +12,12 @@
 //! way, or with `--inline` on the worker itself (`std::thread::sleep`, the
 //! common mistake: the worker's other connections wait too).
 //!
+//! `--tls-cert PEM --tls-key PEM` (issue 19's peer): the TCP side speaks
+//! TLS with tokio-rustls (rustls 0.23, ring provider, rustls's defaults:
+//! TLS 1.3 and 1.2, its cipher suites in its order, two TLS 1.3 session
+//! tickets after each handshake), the handshake in the connection's task,
+//! `TCP_NODELAY` on (as `socketserver echo`).
+//!
 //! `tokio_echo --tcp 127.0.0.1:0 --udp 127.0.0.1:0` prints
 //! `listening tcp ADDR` / `listening udp ADDR` like `socketserver echo`.
 
@@ -19,8 +25,8 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
 
 fn main() {
     let args = Args::parse();
@@ -34,6 +40,11 @@ fn main() {
     }
     let rt = rt.enable_all().build().unwrap_or_else(|e| die(&format!("runtime: {e}")));
     let workers = rt.metrics().num_workers();
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)),
+        (None, None) => None,
+        _ => die("--tls-cert and --tls-key go together"),
+    };
     rt.block_on(async {
         let tcp = match &args.tcp {
             Some(a) => Some(listen(a, args.backlog).await.unwrap_or_else(|e| die(&format!("tcp {a}: {e}")))),
@@ -68,9 +79,26 @@ fn main() {
             tokio::spawn(async move {
                 loop {
                     match listener.accept().await {
-                        Ok((stream, _)) => {
-                            tokio::spawn(echo(stream, args.sleep_slow, args.inline));
-                        }
+                        Ok((stream, _)) => match &tls {
+                            None => {
+                                tokio::spawn(echo(stream, args.sleep_slow, args.inline));
+                            }
+                            Some(acceptor) => {
+                                // TCP_NODELAY, as ours: a handshake's
+                                // session tickets and the first echo are
+                                // separate small writes, which Nagle's
+                                // algorithm holds for the client's
+                                // delayed ACK (40 ms).
+                                let _ = stream.set_nodelay(true);
+                                let accept = acceptor.accept(stream);
+                                let (sleep_slow, inline) = (args.sleep_slow, args.inline);
+                                tokio::spawn(async move {
+                                    if let Ok(stream) = accept.await {
+                                        echo(stream, sleep_slow, inline).await;
+                                    }
+                                });
+                            }
+                        },
                         Err(e) => {
                             eprintln!("tokio_echo: accept: {e}");
                             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -97,7 +125,26 @@ async fn listen(addr: &str, backlog: Option<u32>) -> std::io::Result<TcpListener
     socket.listen(backlog)
 }
 
-async fn echo(mut stream: TcpStream, sleep_slow: Option<Duration>, inline: bool) {
+/// A TLS acceptor serving the certificate chain and key of these PEM files.
+fn tls_acceptor(cert: &str, key: &str) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect())
+        .unwrap_or_else(|e| die(&format!("--tls-cert {cert}: {e}")));
+    let key = PrivateKeyDer::from_pem_file(key).unwrap_or_else(|e| die(&format!("--tls-key {key}: {e}")));
+    // The ring provider, as the library's `tls` feature (deprecated in
+    // rustls 0.23.48 for lacking post-quantum key exchange: X25519 here).
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
+        .unwrap_or_else(|e| die(&format!("TLS configuration: {e}")));
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+async fn echo<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, sleep_slow: Option<Duration>, inline: bool) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         match stream.read(&mut buf).await {
@@ -127,6 +174,8 @@ struct Args {
     backlog: Option<u32>,
     sleep_slow: Option<Duration>,
     inline: bool,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
 }
 
 impl Args {
@@ -140,6 +189,8 @@ impl Args {
             backlog: None,
             sleep_slow: None,
             inline: false,
+            tls_cert: None,
+            tls_key: None,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -153,12 +204,14 @@ impl Args {
                 "--backlog" => args.backlog = Some(value().parse().unwrap_or_else(|_| die("--backlog N"))),
                 "--sleep-slow" => args.sleep_slow = Some(millis(&value()).unwrap_or_else(|| die("--sleep-slow MS"))),
                 "--inline" => args.inline = true,
+                "--tls-cert" => args.tls_cert = Some(value()),
+                "--tls-key" => args.tls_key = Some(value()),
                 _ => die(&format!("unknown argument {flag}")),
             }
         }
         if args.tcp.is_none() && args.udp.is_none() {
             die(
-                "usage: tokio_echo [--tcp ADDR] [--udp ADDR] [--threads N | --current-thread] [--udp-tasks N] [--backlog N] [--sleep-slow MS [--inline]]",
+                "usage: tokio_echo [--tcp ADDR] [--udp ADDR] [--threads N | --current-thread] [--udp-tasks N] [--backlog N] [--sleep-slow MS [--inline]] [--tls-cert PEM --tls-key PEM]",
             );
         }
         args
