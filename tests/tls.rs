@@ -805,6 +805,18 @@ fn read_and_write_timeouts_hold_over_tls() {
     }
 }
 
+/// The configuration from PEM files prefers X25519 (rustls's `ring`
+/// provider lists P-384 first, five times the handshake's CPU).
+#[test]
+fn the_pem_configuration_prefers_x25519() {
+    let pki = Pki::new();
+    for mutual in [false, true] {
+        let groups: Vec<_> = pki.server(mutual).crypto_provider().kx_groups.iter().map(|g| g.name()).collect();
+        assert_eq!(groups.first(), Some(&rustls::NamedGroup::X25519), "{groups:?}");
+        assert_eq!(groups.len(), 3, "no group dropped: {groups:?}");
+    }
+}
+
 /// Reading a bad PEM file fails with an error that names it.
 #[test]
 fn pem_errors_name_the_file() {
