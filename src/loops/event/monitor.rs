@@ -360,7 +360,11 @@ impl Reactor {
         if retaken > 0 {
             *last_retake = looked;
         }
-        match boost.adjust(retaken, looked.saturating_duration_since(*last_retake) >= BOOST_HOLD) {
+        // A boost only when the blocked handlers took every slot (nobody
+        // left in epoll): one handler blocking at a time is served by the
+        // slot handed on, and needs no more.
+        let saturated = retaken > 0 && self.waiting.load(SeqCst) == 0;
+        match boost.adjust(usize::from(saturated), looked.saturating_duration_since(*last_retake) >= BOOST_HOLD) {
             1 => self.free.give(),
             -1 if self.free.take() => {}
             -1 => {

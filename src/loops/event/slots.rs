@@ -121,8 +121,10 @@ pub(super) const BOOST: usize = 4;
 /// served, and with a handler blocking every few requests the slots spend
 /// more time waiting for the monitor than serving (pinned to one CPU, 10 %
 /// of requests sleeping 5 ms: 52k requests/s with one slot, 108k with
-/// four). So each look that takes a slot adds one, up to four per poller,
-/// and a second without one takes one back. With nothing blocking there
+/// four). So each look that takes a slot while nobody is left waiting in
+/// epoll adds one, up to four per poller, and a second without a slot
+/// taken takes one back. (One handler blocking at a time, with another
+/// slot's thread in epoll, adds none.) With nothing blocking there
 /// is no boost: a slot more than the CPUs costs a wake-up per event (15 %
 /// more CPU per request, pinned, with two slots for one CPU).
 #[derive(Debug)]
