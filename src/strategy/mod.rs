@@ -287,8 +287,8 @@ impl Forking {
 /// the answer) runs on the loop too.
 ///
 /// `pollers` threads wait in epoll at most (one per polling slot; up to four
-/// times as many while handlers block where the library cannot see it, for
-/// a second after the last one was found). A handler
+/// times as many while handlers the library cannot see blocking take every
+/// slot, for a second after the last one was found). A handler
 /// that blocks (a read after consuming, a lock, a sleep) keeps its thread
 /// but loses its slot, with what it had not started, to an idle thread or
 /// a new one: at once when it waits in the library's own I/O or inside
