@@ -200,23 +200,6 @@ pub(crate) fn precise_timers() {
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
 }
 
-/// The calling thread's `/proc` stat file, for [`thread_runnable_in`].
-pub(crate) fn own_thread_stat() -> Option<std::fs::File> {
-    std::fs::File::open("/proc/thread-self/stat").ok()
-}
-
-/// [`thread_runnable`] read from a thread's stat file opened once
-/// ([`own_thread_stat`]): `/proc` makes the text again at each read from
-/// offset 0, without the path walk and the open.
-pub(crate) fn thread_runnable_in(stat: &std::fs::File) -> bool {
-    use std::os::unix::fs::FileExt;
-    let mut buf = [0u8; 512];
-    match stat.read_at(&mut buf, 0) {
-        Ok(n) => stat_says_runnable(&buf[..n]),
-        Err(_) => false,
-    }
-}
-
 /// `pid (comm) S ...`: the state follows the last `)` (comm may hold one).
 fn stat_says_runnable(stat: &[u8]) -> bool {
     let Some(close) = stat.iter().rposition(|&b| b == b')') else { return false };

@@ -12,9 +12,9 @@
 //! could strand something (nobody else waits in epoll, or its thread holds
 //! events it has not started) wakes it, whatever timers are queued. A look
 //! costs a few atomic loads per slot holder; a thread's `/proc` stat is
-//! read (in place, from a file it opened) only when it is found in the same
-//! handler run as a look ago, and threads without a slot are not looked
-//! at, so 256 threads blocked in `sleep` cost about what one does.
+//! read only for a slot holder 50 µs or more into a handler run, and
+//! threads without a slot are not looked at, so 256 threads blocked in
+//! `sleep` cost about what one does.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::*;
@@ -321,10 +321,9 @@ impl Reactor {
                 }
                 long = true;
                 // Blocked in a system call, or runnable for long.
-                let runnable = match p.stat.get() {
-                    Some(stat) => sys::thread_runnable_in(stat),
-                    None => sys::thread_runnable(p.tid.load(SeqCst)),
-                };
+                // (By path, not a file each thread keeps open: threads come
+                // and go, and a descriptor each is a leak to whoever counts.)
+                let runnable = sys::thread_runnable(p.tid.load(SeqCst));
                 if runnable {
                     // Watched from its first runnable look on.
                     if p.strikes.fetch_add(1, SeqCst) == 0 {

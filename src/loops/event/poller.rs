@@ -6,11 +6,10 @@
 //! is handed to it; an idle thread retires after `keep_alive`.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering::*};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -52,11 +51,6 @@ pub(super) struct Poller {
     /// Its thread id, to tell blocked (sleeping) from preempted (runnable);
     /// 0 until its thread is in its loop.
     pub(super) tid: AtomicI32,
-    /// Its `/proc` stat file, opened by the thread itself and read again
-    /// in place (no path walk per look).
-    pub(super) stat: OnceLock<File>,
-    /// Its thread, to hand it a slot while it is idle.
-    pub(super) thread: OnceLock<std::thread::Thread>,
     /// Looks that found it in its current handler run, long and runnable
     /// (0: not watched since the run began, or since it was found starved).
     pub(super) strikes: AtomicU32,
@@ -80,8 +74,6 @@ impl Default for Poller {
             batch: Mutex::new(VecDeque::new()),
             gone: AtomicBool::new(false),
             tid: AtomicI32::new(0),
-            stat: OnceLock::new(),
-            thread: OnceLock::new(),
             strikes: AtomicU32::new(0),
             cpu_clock: AtomicI64::new(NO_CLOCK),
             strike_cpu: AtomicU64::new(0),
@@ -103,10 +95,6 @@ impl Reactor {
         if let Some(clock) = sys::thread_cpu_clock() {
             me.cpu_clock.store(i64::from(clock), SeqCst);
         }
-        if let Some(stat) = sys::own_thread_stat() {
-            let _ = me.stat.set(stat);
-        }
-        let _ = me.thread.set(std::thread::current());
         // Counted as starting (the monitor starts no other for the free
         // slot it came for) until it has tried to take one.
         if self.free.take() {
