@@ -884,7 +884,9 @@ fn a_thousand_silent_clients_delay_no_honest_one() {
     assert!(took < Duration::from_secs(2), "the honest client waited {took:?}");
     let grown = threads() - before;
     assert!(grown <= 2 * cpus() + 4, "{grown} threads for 1,001 connections");
-    assert_eq!(running.handle.stats().workers_busy, 0);
+    // (The poller that answered may not have left the handler yet: the
+    // answer reaches the client before its run ends.)
+    eventually("no handler running", || running.handle.stats().workers_busy == 0);
     drop(silent);
     drop(c);
     running.stop().unwrap();
