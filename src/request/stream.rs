@@ -223,6 +223,10 @@ pub(crate) enum Preamble {
     TlsFailed(io::Error),
 }
 
+/// Plaintext sealed into TLS records at a time (a bulk write is not held
+/// whole twice).
+const SEAL_CHUNK: usize = 64 * 1024;
+
 impl StreamRequest {
     pub(crate) fn new(stream: Stream, peer: Address, server: ServerHandle, policy: StreamPolicy, slot: Slot) -> Self {
         StreamRequest {
@@ -862,11 +866,10 @@ impl StreamRequest {
         self.send_waiting(buf)
     }
 
-    /// Under TLS: encrypts `buf` (64 KiB at a time, so that a bulk write is
-    /// not held whole twice) and sends the records, after any rustls had
+    /// Under TLS: encrypts `buf` ([`SEAL_CHUNK`] at a time, so that a bulk
+    /// write is not held whole twice) and sends the records, after any rustls had
     /// queued, as plaintext is sent.
     fn send_sealed(&mut self, buf: &[u8]) -> io::Result<()> {
-        const SEAL_CHUNK: usize = 64 * 1024;
         let mut rest = buf;
         loop {
             let (chunk, after) = rest.split_at(rest.len().min(SEAL_CHUNK));
@@ -878,14 +881,20 @@ impl StreamRequest {
                 None => Ok(()),
             };
             let result = result.and_then(|()| self.send_raw(&sealed));
-            if sealed.capacity() <= 2 * SEAL_CHUNK {
-                sealed.clear();
-                self.sealed = sealed;
-            }
+            self.keep_sealed(sealed);
             result?;
             if rest.is_empty() {
                 return Ok(());
             }
+        }
+    }
+
+    /// Keeps a records buffer for the next answer, unless a bulk write grew
+    /// it past twice the chunk it seals at a time.
+    fn keep_sealed(&mut self, mut sealed: Vec<u8>) {
+        if sealed.capacity() <= 2 * SEAL_CHUNK {
+            sealed.clear();
+            self.sealed = sealed;
         }
     }
 

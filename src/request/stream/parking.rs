@@ -383,11 +383,16 @@ impl StreamRequest {
         let n = n.min(self.rbuf.buffer().len());
         self.mid_request = false;
         self.reentrant = false;
-        if self.tls.is_some() {
-            // Encrypted on its way: a copy, then the usual path.
-            let data = self.rbuf.buffer()[..n].to_vec();
+        if let Some(tls) = self.tls.as_deref_mut() {
+            // Sealed straight out of the read buffer (it was copied out
+            // first, an allocation per answer), then sent as any records.
+            let mut sealed = std::mem::take(&mut self.sealed);
+            sealed.clear();
+            let sealing = tls.seal(&self.rbuf.buffer()[..n], &mut sealed);
             self.rbuf.consume(n);
-            return self.send(&data);
+            let sent = sealing.and_then(|()| self.send_raw(&sealed));
+            self.keep_sealed(sealed);
+            return sent;
         }
         if self.parking {
             let mut sent = 0;
