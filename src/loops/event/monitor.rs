@@ -280,10 +280,11 @@ impl Reactor {
         }
     }
 
-    /// Looks at every thread holding a slot: one in the same handler run
-    /// as a look ago, and blocked, loses its slot and what it took from
-    /// epoll and has not started; free slots go to idle threads or new
-    /// ones, and when none can come and nobody polls, the monitor polls.
+    /// Looks at every thread holding a slot: one in a handler run
+    /// [`LONG_RUN`] or older, blocked (or runnable for [`RUNNABLE_AFTER`]),
+    /// loses its slot and what it took from epoll and has not started; the
+    /// boost grows or shrinks; free slots go to idle threads or new ones,
+    /// and when none can come and nobody polls, the monitor polls.
     fn watch_pollers(
         self: &Arc<Self>,
         events: &mut Events,
@@ -363,7 +364,7 @@ impl Reactor {
         // left in epoll): one handler blocking at a time is served by the
         // slot handed on, and needs no more.
         let saturated = retaken > 0 && self.waiting.load(SeqCst) == 0;
-        match boost.adjust(usize::from(saturated), looked.saturating_duration_since(*last_retake) >= BOOST_HOLD) {
+        match boost.adjust(saturated, looked.saturating_duration_since(*last_retake) >= BOOST_HOLD) {
             1 => self.free.give(),
             -1 if self.free.take() => {}
             -1 => {
@@ -387,10 +388,8 @@ impl Reactor {
             return Watched { busy, long };
         }
         for _ in 0..plan.wake {
-            let idle = self.idle.lock().pop();
-            match idle {
-                Some(thread) => thread.unpark(),
-                None => break,
+            if !self.unpark_idle() {
+                break;
             }
         }
         for _ in 0..plan.start {

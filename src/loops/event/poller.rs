@@ -456,11 +456,12 @@ impl Reactor {
     }
 
     /// The handler on this thread is about to wait in the library's own I/O
-    /// (a read it cannot park, a write past the backlog): the thread counts
-    /// as stuck now, what it had not started goes to the others, and the
-    /// monitor looks at once (it starts a thread if nobody is left to
-    /// poll) — the hand-off Go makes at `entersyscallblock`, not at the
-    /// next look.
+    /// (a read it cannot park, a write past the backlog) or said it will
+    /// (`StreamRequest::blocking`): its slot goes at once to the idle thread
+    /// that parked last, or a new one, and what it had not started to the
+    /// others — the hand-off Go makes at `entersyscallblock`, not at the
+    /// monitor's next look. At `max_workers` the monitor looks at once (it
+    /// polls for them).
     fn blocking(self: &Arc<Self>) {
         let Some(me) = CURRENT.with(|c| c.borrow().clone()) else { return };
         if !me.run.give_up() {
@@ -468,11 +469,7 @@ impl Reactor {
         }
         self.share_batch(&me);
         self.free.give();
-        // The slot goes to the idle thread that parked last, or a new one;
-        // at `max_workers`, the monitor looks at once (it polls for them).
-        let idle = self.idle.lock().pop();
-        if let Some(thread) = idle {
-            thread.unpark();
+        if self.unpark_idle() {
             return;
         }
         if self.alive.load(SeqCst) < self.config.max_workers && !self.exit.load(SeqCst) {
@@ -515,15 +512,23 @@ impl Reactor {
                 Some(_) => {}
             }
             // Handed a slot (popped), timed out, or woken for nothing:
-            // off the stack either way, and look again.
+            // off the stack either way; past the keep-alive, a last look.
             self.idle.lock().retain(|t| t.id() != id);
-            if deadline.passed(Instant::now()) && !self.free.take() {
-                return Found::Retire;
-            } else if deadline.passed(Instant::now()) {
+            if deadline.passed(Instant::now()) {
+                if !self.free.take() {
+                    return Found::Retire;
+                }
                 me.run.reclaim();
                 return Found::Slot;
             }
         }
+    }
+
+    /// Hands a free slot to the idle thread that parked last; `false`: none
+    /// is idle.
+    pub(super) fn unpark_idle(&self) -> bool {
+        let idle = self.idle.lock().pop();
+        idle.map(|thread| thread.unpark()).is_some()
     }
 }
 

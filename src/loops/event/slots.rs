@@ -140,17 +140,19 @@ impl Boost {
         Boost { base: pollers, most: pollers.saturating_mul(BOOST), now: pollers }
     }
 
-    /// A look took `retaken` slots from blocked handlers (`quiet`: none for
-    /// a second): how many slots to add (positive) or take back.
+    /// More slots are in play than `pollers`.
     pub(super) fn boosted(&self) -> bool {
         self.now > self.base
     }
 
-    pub(super) fn adjust(&mut self, retaken: usize, quiet: bool) -> isize {
-        if retaken > 0 && self.now < self.most {
+    /// After a look: `grow`, it took slots from blocked handlers that held
+    /// every slot; `quiet`, none was taken for a second. How many slots to
+    /// add (positive) or take back.
+    pub(super) fn adjust(&mut self, grow: bool, quiet: bool) -> isize {
+        if grow && self.now < self.most {
             self.now += 1;
             1
-        } else if retaken == 0 && quiet && self.now > self.base {
+        } else if !grow && quiet && self.now > self.base {
             self.now -= 1;
             -1
         } else {
@@ -226,17 +228,17 @@ mod tests {
     #[test]
     fn a_boost_grows_while_handlers_block_and_shrinks_back_when_quiet() {
         let mut boost = Boost::new(2);
-        assert_eq!(boost.adjust(0, true), 0, "nothing to take back");
+        assert_eq!(boost.adjust(false, true), 0, "nothing to take back");
         for _ in 0..6 {
-            assert_eq!(boost.adjust(1, false), 1);
+            assert_eq!(boost.adjust(true, false), 1);
         }
         assert_eq!(boost.now, 8);
-        assert_eq!(boost.adjust(3, false), 0, "at most four per poller");
-        assert_eq!(boost.adjust(0, false), 0, "not quiet for long enough");
+        assert_eq!(boost.adjust(true, false), 0, "at most four per poller");
+        assert_eq!(boost.adjust(false, false), 0, "not quiet for long enough");
         for _ in 0..6 {
-            assert_eq!(boost.adjust(0, true), -1);
+            assert_eq!(boost.adjust(false, true), -1);
         }
-        assert_eq!(boost.adjust(0, true), 0, "never below the pollers");
+        assert_eq!(boost.adjust(false, true), 0, "never below the pollers");
         assert_eq!(boost.now, 2);
         let shrink = Shrink::default();
         assert!(!shrink.answer());
