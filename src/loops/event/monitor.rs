@@ -4,8 +4,8 @@
 //! and resumes accepting after a back-off.
 //!
 //! While a handler runs on a thread holding a slot it looks every
-//! [`QUICK_LOOK`] after a look that found a handler run [`LONG_RUN`] or
-//! longer, or after a handler woke it, doubling to [`STUCK_AFTER`] while looks
+//! [`QUICK_LOOK`] after a look that found one blocked in a handler run
+//! [`LONG_RUN`] or longer, or after a handler woke it, doubling to [`STUCK_AFTER`] while looks
 //! find nothing (Go's `sysmon`: quick while handlers block, cheap while
 //! they do not); otherwise it sleeps until the
 //! next deadline with `resting` raised: the first handler that starts and
@@ -320,11 +320,15 @@ impl Reactor {
                 if age < LONG_RUN.as_nanos() as u64 {
                     continue;
                 }
-                long = true;
                 // Blocked in a system call, or runnable for long.
                 // (By path, not a file each thread keeps open: threads come
                 // and go, and a descriptor each is a leak to whoever counts.)
                 let runnable = sys::thread_runnable(p.tid.load(SeqCst));
+                // Only a blocked one makes the looks quick: a runnable one
+                // is not taken before `RUNNABLE_AFTER`, and under plain load
+                // a preempted poller (pinned, its CPU shared) kept the
+                // monitor looking every 50 µs, taking that CPU from it.
+                long |= !runnable;
                 if runnable {
                     // Watched from its first runnable look on.
                     if p.strikes.fetch_add(1, SeqCst) == 0 {
@@ -412,8 +416,8 @@ struct Watched {
     /// A thread holding a slot is in a handler (or free slots wait for a
     /// thread): look again soon.
     busy: bool,
-    /// A thread holding a slot was in a handler run [`LONG_RUN`] or longer
-    /// (blocked, or computing): look again quickly.
+    /// A thread holding a slot was blocked in a handler run [`LONG_RUN`] or
+    /// longer: look again quickly.
     long: bool,
 }
 
